@@ -1,0 +1,134 @@
+"""aarch64: 4K/16K/64K granules, 39- to 52-bit kernel VAs, KASLR of the image
+and of the linear map (from VMCOREINFO), PRSTATUS and gdb register layouts,
+the Linux context-switch frame."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kvmcore.errors import UnsupportedError
+from kvmcore.pagetable import INVALID, LEAF, TABLE, Level, RadixTable, RadixTranslator, Translator
+from kvmcore.registry import ArchBackend, GdbRegister, PrstatusLayout, register_arch
+
+if TYPE_CHECKING:
+    from kvmcore.dump import Dump
+
+# struct user_pt_regs: x0..x30, sp, pc, pstate
+USER_REGS = tuple(f"x{i}" for i in range(31)) + ("sp", "pc", "pstate")
+
+
+class Aarch64Tables(RadixTable):
+    """VMSAv8-64 translation tables for TTBR1 (the kernel half)."""
+
+    entry_size = 8
+
+    def __init__(self, page_shift: int, va_bits: int) -> None:
+        if page_shift not in (12, 14, 16):
+            raise UnsupportedError(f"aarch64: unsupported page size {1 << page_shift}")
+        if not 36 <= va_bits <= 52:
+            raise UnsupportedError(f"aarch64: unsupported VA size {va_bits} bits")
+        per_level = page_shift - 3
+        nlevels = -(-(va_bits - page_shift) // per_level)
+        levels = []
+        for i in range(nlevels):
+            shift = page_shift + per_level * (nlevels - 1 - i)
+            bits = min(per_level, va_bits - shift) if i == 0 else per_level
+            levels.append(Level(shift, bits))
+        self.levels = levels
+        self.page_shift = page_shift
+        self.va_bits = va_bits
+        # output address bits [47:page_shift], plus [51:48] from bits [15:12] with 64K pages
+        self._oa_mask = ((1 << 48) - 1) & ~((1 << page_shift) - 1)
+
+    def _address(self, entry: int, shift: int) -> int:
+        pa = entry & self._oa_mask & ~((1 << shift) - 1)
+        if self.page_shift == 16:
+            pa |= ((entry >> 12) & 0xF) << 48
+        return pa
+
+    def decode(self, entry: int, depth: int) -> tuple[int, int]:
+        kind = entry & 3
+        last = depth == len(self.levels) - 1
+        if kind == 0 or kind == 2:
+            return INVALID, 0
+        if last:
+            return (LEAF, self._address(entry, self.page_shift)) if kind == 3 else (INVALID, 0)
+        if kind == 3:
+            return TABLE, self._address(entry, self.page_shift)
+        # a block descriptor: 1 GB / 2 MB with 4K, 32 MB with 16K, 512 MB with 64K
+        return LEAF, self._address(entry, self.levels[depth].shift)
+
+    def canonical(self, va: int) -> int:
+        return va | (~((1 << self.va_bits) - 1) & 0xFFFFFFFFFFFFFFFF)
+
+
+@register_arch("arm64")
+class Aarch64(ArchBackend):
+    name = "aarch64"
+    word_size = 8
+    pc_reg, sp_reg, fp_reg = "pc", "sp", "x29"
+    prstatus_layout = PrstatusLayout(size=392, pid_offset=32, regs_offset=112,
+                                     reg_names=USER_REGS, reg_size=8)
+    gdb_arch = "aarch64"
+    gdb_registers = tuple(
+        [GdbRegister(f"x{i}", 64) for i in range(31)]
+        + [GdbRegister("sp", 64, "data_ptr"), GdbRegister("pc", 64, "code_ptr"),
+           GdbRegister("cpsr", 32, "cpsr_flags")])
+
+    def _info(self):
+        if self.vmcoreinfo is None:
+            raise UnsupportedError("no VMCOREINFO: cannot locate the kernel page tables "
+                                   "(QEMU dumps need -device vmcoreinfo)", self.path)
+        return self.vmcoreinfo
+
+    @property
+    def va_bits(self) -> int:
+        info = self._info()
+        t1sz = info.number("TCR_EL1_T1SZ")
+        if t1sz:
+            return 64 - t1sz
+        return info.number("VA_BITS") or 48
+
+    @property
+    def kimage_voffset(self) -> int:
+        value = self._info().number("kimage_voffset")
+        if value is None:
+            raise UnsupportedError("VMCOREINFO has no NUMBER(kimage_voffset)", self.path)
+        return value & 0xFFFFFFFFFFFFFFFF
+
+    @property
+    def phys_offset(self) -> int:
+        value = self._info().number("PHYS_OFFSET")
+        return (value or 0) & 0xFFFFFFFFFFFFFFFF
+
+    @property
+    def pac_mask(self) -> int:
+        return (self._info().number("KERNELPACMASK") or 0) & 0xFFFFFFFFFFFFFFFF
+
+    def strip_pac(self, address: int) -> int:
+        """Remove a pointer-authentication code from a kernel return address."""
+        mask = self.pac_mask
+        return address | mask if mask else address
+
+    def page_table_root(self) -> int:
+        root = self._info().symbol("swapper_pg_dir")
+        if root is None:
+            raise UnsupportedError("VMCOREINFO has no SYMBOL(swapper_pg_dir)", self.path)
+        return (root - self.kimage_voffset) & 0xFFFFFFFFFFFFFFFF
+
+    def full_translator(self) -> Translator:
+        page_size = self._info().page_size or 4096
+        tables = Aarch64Tables(page_size.bit_length() - 1, self.va_bits)
+        return RadixTranslator(tables, self.page_table_root(), self.mem.read_phys, "little",
+                               self.path)
+
+    def linux_switch_frame(self, dump: "Dump", task: Any) -> dict[str, int]:
+        """thread.cpu_context holds x19-x28, fp, sp and pc as cpu_switch_to left them."""
+        types = dump.types
+        base = task + types.offsetof("struct task_struct", "thread.cpu_context")
+        regs = {}
+        for member in ("x19", "x20", "x21", "x22", "x23", "x24", "x25", "x26", "x27", "x28"):
+            regs[member] = dump.read_ptr(base + types.offsetof("struct cpu_context", member))
+        regs["x29"] = dump.read_ptr(base + types.offsetof("struct cpu_context", "fp"))
+        regs["sp"] = dump.read_ptr(base + types.offsetof("struct cpu_context", "sp"))
+        regs["pc"] = self.strip_pac(dump.read_ptr(base + types.offsetof("struct cpu_context", "pc")))
+        return regs

@@ -1,0 +1,164 @@
+"""Radix page-table walking shared by the architecture backends.
+
+A backend describes its tables (levels, entry size, how to decode an entry)
+and this module walks them: one address (`translate`) or every mapping
+(`walk`, as libkvm's kvm_walk_pages). Every walk is bounded: a table that
+appears among its own ancestors is a cycle and raises WalkError, and a walk
+visits at most `max_tables` tables.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from .errors import NotInDumpError, NotMappedError, WalkError
+
+INVALID, TABLE, LEAF = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Translation:
+    """Where a virtual address lives: physical address, page size, file offset."""
+
+    va: int
+    pa: int
+    page_size: int
+    file_offset: int | None = None
+
+
+@dataclass(frozen=True)
+class MappedRange:
+    """A run of virtual memory mapped to contiguous physical memory."""
+
+    va: int
+    pa: int
+    size: int
+    page_size: int
+
+
+class Translator(ABC):
+    """Kernel virtual to physical translation for one dump."""
+
+    @abstractmethod
+    def translate(self, va: int) -> Translation:
+        """Translate `va`; raise NotMappedError when nothing maps it."""
+
+    @abstractmethod
+    def walk(self) -> Iterator[MappedRange]:
+        """Yield every mapped kernel range, in ascending virtual order."""
+
+
+@dataclass(frozen=True)
+class Level:
+    shift: int  # log2 of the span of one entry at this level
+    bits: int   # index bits at this level
+
+
+class RadixTable(ABC):
+    """The shape of one architecture's page tables."""
+
+    entry_size: int = 8
+    levels: list[Level]
+
+    @abstractmethod
+    def decode(self, entry: int, depth: int) -> tuple[int, int]:
+        """Return (INVALID|TABLE|LEAF, physical address of table or page base)."""
+
+    def canonical(self, va: int) -> int:
+        """Sign-extend a walked address to the architecture's canonical form."""
+        return va
+
+
+class RadixTranslator(Translator):
+    """Walks a RadixTable from a root table in dumped physical memory."""
+
+    def __init__(self, table: RadixTable, root_pa: int, read_phys: Callable[[int, int], bytes],
+                 byteorder: str = "little", path: str | None = None,
+                 max_tables: int = 1 << 20) -> None:
+        self.table = table
+        self.root = root_pa
+        self.read_phys = read_phys
+        self.byteorder = byteorder
+        self.path = path
+        self.max_tables = max_tables
+        self._cache: dict[int, Translation] = {}
+
+    def _entry(self, table_pa: int, index: int) -> int:
+        size = self.table.entry_size
+        return int.from_bytes(self.read_phys(table_pa + index * size, size), self.byteorder)
+
+    def translate(self, va: int) -> Translation:
+        cached = self._cache.get(va >> 12)
+        if cached is not None:
+            return Translation(va, cached.pa + (va & 0xFFF), cached.page_size)
+        table_pa = self.root
+        seen: set[int] = set()
+        for depth, level in enumerate(self.table.levels):
+            if table_pa in seen:
+                raise WalkError(f"page-table cycle at table {table_pa:#x} translating {va:#x}",
+                                self.path)
+            seen.add(table_pa)
+            index = (va >> level.shift) & ((1 << level.bits) - 1)
+            try:
+                entry = self._entry(table_pa, index)
+            except NotInDumpError as exc:
+                raise NotMappedError(
+                    f"virtual address {va:#x}: page table at {table_pa:#x} is not in the dump "
+                    f"({exc.message})", va, self.path) from None
+            kind, base = self.table.decode(entry, depth)
+            if kind == INVALID:
+                raise NotMappedError(f"virtual address {va:#x} is not mapped", va, self.path)
+            if kind == LEAF:
+                size = 1 << level.shift
+                pa = base + (va & (size - 1))
+                if len(self._cache) > 1 << 16:
+                    self._cache.clear()
+                self._cache[va >> 12] = Translation(va & ~0xFFF, pa & ~0xFFF, size)
+                return Translation(va, pa, size)
+            table_pa = base
+        raise NotMappedError(f"virtual address {va:#x}: page-table walk did not reach a page",
+                             va, self.path)
+
+    def walk(self) -> Iterator[MappedRange]:
+        budget = [self.max_tables]
+        pending: MappedRange | None = None
+        for rng in self._walk_table(self.root, 0, 0, (), budget):
+            if pending and pending.va + pending.size == rng.va and \
+                    pending.pa + pending.size == rng.pa and pending.page_size == rng.page_size:
+                pending = MappedRange(pending.va, pending.pa, pending.size + rng.size,
+                                      pending.page_size)
+                continue
+            if pending:
+                yield pending
+            pending = rng
+        if pending:
+            yield pending
+
+    def _walk_table(self, table_pa: int, depth: int, va_base: int, ancestors: tuple[int, ...],
+                    budget: list[int]) -> Iterator[MappedRange]:
+        if table_pa in ancestors:
+            raise WalkError(f"page-table cycle: table {table_pa:#x} is its own ancestor",
+                            self.path)
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise WalkError(f"page-table walk visited more than {self.max_tables} tables",
+                            self.path)
+        level = self.table.levels[depth]
+        count = 1 << level.bits
+        size = self.table.entry_size
+        try:
+            raw = self.read_phys(table_pa, count * size)
+        except NotInDumpError:
+            return
+        for index in range(count):
+            entry = int.from_bytes(raw[index * size:(index + 1) * size], self.byteorder)
+            if not entry:
+                continue
+            kind, base = self.table.decode(entry, depth)
+            va = va_base | (index << level.shift)
+            if kind == LEAF:
+                span = 1 << level.shift
+                yield MappedRange(self.table.canonical(va), base, span, span)
+            elif kind == TABLE and depth + 1 < len(self.table.levels):
+                yield from self._walk_table(base, depth + 1, va, ancestors + (table_pa,), budget)
