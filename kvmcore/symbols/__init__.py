@@ -1,0 +1,120 @@
+"""Kernel symbols: `load_symbols(dump)` picks the best source at hand.
+
+Order of preference: (1) the vmlinux's .symtab (build id checked against
+VMCOREINFO, relocated by the KASLR slide), (2) a System.map (given, or found
+next to the vmlinux), (3) kallsyms decoded from the dump's own memory.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from ..errors import SymbolError
+from .kallsyms import read_kallsyms
+from .sysmap import find_system_map, read_system_map
+from .table import FUNCTION_TYPES, Symbol, SymbolTable
+from .vmlinux import VmlinuxFile
+
+if TYPE_CHECKING:
+    from ..dump import Dump
+
+__all__ = ["Symbol", "SymbolTable", "load_symbols", "symbols_from_vmlinux",
+           "symbols_from_system_map", "symbols_from_kallsyms", "check_build_id",
+           "FUNCTION_TYPES"]
+
+
+def cache_root() -> str:
+    """${KVMCORE_CACHE:-~/.cache/kvmcore}"""
+    return os.environ.get("KVMCORE_CACHE") or os.path.expanduser("~/.cache/kvmcore")
+
+
+def check_build_id(dump: "Dump", image: VmlinuxFile) -> None:
+    """Raise SymbolError when VMCOREINFO's BUILD-ID is not among the vmlinux's."""
+    info = dump.vmcoreinfo
+    want = info.build_id.lower() if info and info.build_id else None
+    if not want:
+        return
+    have = image.build_ids()
+    if have and want not in have:
+        raise SymbolError(f"vmlinux build id {', '.join(have)} does not match the dump's "
+                          f"VMCOREINFO BUILD-ID {want}", image.path)
+
+
+def _slide(dump: "Dump", link_stext: int | None, what: str) -> int:
+    """KASLR slide: KERNELOFFSET where the kernel exports it (x86_64, arm64),
+    else runtime SYMBOL(_stext) minus the link-time _stext (i386)."""
+    info = dump.vmcoreinfo
+    if info is None:
+        return 0
+    if "KERNELOFFSET" in info:
+        return info.kernel_offset
+    stext = info.symbol("_stext")
+    if stext is not None and link_stext is not None:
+        return stext - link_stext
+    return 0
+
+
+def _relocate(symbols: list[Symbol], slide: int, word_size: int) -> list[Symbol]:
+    if not slide:
+        return symbols
+    floor = 1 << (word_size * 8 - 1)
+    mask = (1 << (word_size * 8)) - 1
+    # Only kernel-half addresses move; per-cpu offsets and absolute values stay.
+    return [Symbol(s.name, (s.address + slide) & mask, s.size, s.type) if s.address >= floor
+            and s.type not in "aA" else s for s in symbols]
+
+
+def _link_stext(symbols: list[Symbol]) -> int | None:
+    return next((s.address for s in symbols if s.name == "_stext"), None)
+
+
+def symbols_from_vmlinux(dump: "Dump", path: str) -> SymbolTable:
+    image = VmlinuxFile(path)
+    try:
+        check_build_id(dump, image)
+        syms = image.symbols()
+    finally:
+        image.close()
+    slide = _slide(dump, _link_stext(syms), path)
+    return SymbolTable(_relocate(syms, slide, dump.word_size), "vmlinux", slide,
+                       dump.word_size, path)
+
+
+def symbols_from_system_map(dump: "Dump", path: str) -> SymbolTable:
+    syms = read_system_map(path)
+    slide = _slide(dump, _link_stext(syms), path)
+    return SymbolTable(_relocate(syms, slide, dump.word_size), "System.map", slide,
+                       dump.word_size, path)
+
+
+def symbols_from_kallsyms(dump: "Dump") -> SymbolTable:
+    info = dump.vmcoreinfo
+    return SymbolTable(read_kallsyms(dump), "kallsyms", info.kernel_offset if info else 0,
+                       dump.word_size, dump.path)
+
+
+def load_symbols(dump: "Dump", system_map: str | None = None,
+                 prefer: str | None = None) -> SymbolTable:
+    """The best symbol table for `dump`. `system_map` (or dump.system_map)
+    names a System.map; `prefer` forces one of "vmlinux", "System.map",
+    "kallsyms"."""
+    vmlinux = getattr(dump, "vmlinux", None)
+    system_map = system_map or getattr(dump, "system_map", None)
+    if system_map is None and vmlinux:
+        info = dump.vmcoreinfo
+        system_map = find_system_map(vmlinux, info.osrelease if info else None)
+    if prefer == "vmlinux" or (prefer is None and vmlinux):
+        if not vmlinux:
+            raise SymbolError("no vmlinux given", dump.path)
+        image = VmlinuxFile(vmlinux)
+        stripped = not image.has_symtab()
+        image.close()
+        if not stripped or prefer == "vmlinux":
+            return symbols_from_vmlinux(dump, vmlinux)
+    if prefer == "System.map" or (prefer is None and system_map):
+        if not system_map:
+            raise SymbolError("no System.map given or found next to the vmlinux", dump.path)
+        return symbols_from_system_map(dump, system_map)
+    if prefer not in (None, "kallsyms"):
+        raise SymbolError(f"unknown symbol source {prefer!r}", dump.path)
+    return symbols_from_kallsyms(dump)

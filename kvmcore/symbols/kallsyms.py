@@ -1,0 +1,142 @@
+"""kallsyms decoded from the dump's own memory.
+
+VMCOREINFO (Linux 6.0+) gives the addresses of the kernel's compressed
+symbol table. Layout (as built by scripts/kallsyms.c):
+
+* ``kallsyms_num_syms``: symbol count (unsigned int; unsigned long before 6.x
+  but the low half reads the same on little-endian machines).
+* ``kallsyms_names``: one entry per symbol: a length byte (when its top bit
+  is set, a second byte holds bits 7..14: "big symbols", 6.1+), then that
+  many token indexes. The expanded text's first char is the nm type letter.
+* ``kallsyms_token_table``: 256 NUL-terminated strings back to back;
+  ``kallsyms_token_index``: 256 u16 offsets into it.
+* ``kallsyms_offsets`` (s32 each) + ``kallsyms_relative_base`` with
+  KALLSYMS_BASE_RELATIVE: address = base + (u32)offset, except with
+  KALLSYMS_ABSOLUTE_PERCPU (x86_64 SMP) where a non-negative offset is an
+  absolute value and a negative one means base - 1 - offset. Older kernels
+  store ``kallsyms_addresses`` (unsigned long each) instead.
+"""
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from ..errors import KvmcoreError, SymbolError
+from .table import Symbol
+
+if TYPE_CHECKING:
+    from ..dump import Dump
+
+MAX_SYMBOLS = 2_000_000
+MAX_NAMES_BYTES = 64 << 20
+# arches whose Kconfig default enables KALLSYMS_ABSOLUTE_PERCPU
+_ABSOLUTE_PERCPU_ARCHES = {"x86_64"}
+
+
+def _need(dump: "Dump", name: str) -> int:
+    info = dump.vmcoreinfo
+    addr = info.symbol(name) if info else None
+    if addr is None:
+        raise SymbolError(f"VMCOREINFO has no SYMBOL({name}): cannot decode kallsyms "
+                          "(needs Linux 6.0+ or a vmlinux/System.map)", dump.path)
+    return addr
+
+
+def _read(dump: "Dump", addr: int, length: int, what: str) -> bytes:
+    try:
+        return dump.read(addr, length)
+    except KvmcoreError as exc:
+        raise SymbolError(f"cannot read {what} at {addr:#x}: {exc.message}", dump.path) from None
+
+
+def read_tokens(dump: "Dump") -> list[bytes]:
+    index_addr = _need(dump, "kallsyms_token_index")
+    table_addr = _need(dump, "kallsyms_token_table")
+    index = struct.unpack(dump._e + "256H", _read(dump, index_addr, 512, "kallsyms_token_index"))
+    table = _read(dump, table_addr, max(index) + 256, "kallsyms_token_table")
+    tokens = []
+    for off in index:
+        end = table.find(b"\0", off)
+        if end < 0:
+            raise SymbolError("kallsyms token table is not NUL-terminated", dump.path)
+        tokens.append(table[off:end])
+    return tokens
+
+
+def _read_num_syms(dump: "Dump") -> int:
+    addr = _need(dump, "kallsyms_num_syms")
+    n = dump.read_u32(addr)
+    if n == 0 and dump.byteorder == "big" and dump.word_size == 8:
+        n = dump.read_u64(addr)
+    if not 0 < n <= MAX_SYMBOLS:
+        raise SymbolError(f"kallsyms_num_syms={n} is implausible", dump.path)
+    return n
+
+
+def decode_names(dump: "Dump", num: int, tokens: list[bytes]) -> list[bytes]:
+    names_addr = _need(dump, "kallsyms_names")
+    # The names end before kallsyms_markers, which the linker places before
+    # the token table; read up to there when it lies after the names.
+    info = dump.vmcoreinfo
+    limit = (info.symbol("kallsyms_token_table") or 0) - names_addr
+    if not 0 < limit <= MAX_NAMES_BYTES:
+        limit = min(num * 64, MAX_NAMES_BYTES)
+    data = _read(dump, names_addr, limit, "kallsyms_names")
+    names: list[bytes] = []
+    pos = 0
+    get = tokens.__getitem__
+    for i in range(num):
+        if pos >= len(data):
+            raise SymbolError(f"kallsyms_names ends after {i} of {num} symbols", dump.path)
+        length = data[pos]
+        pos += 1
+        if length & 0x80:
+            length = (length & 0x7F) | (data[pos] << 7)
+            pos += 1
+        names.append(b"".join(map(get, data[pos:pos + length])))
+        pos += length
+    return names
+
+
+def decode_addresses(dump: "Dump", num: int, absolute_percpu: bool) -> list[int]:
+    info = dump.vmcoreinfo
+    mask = (1 << (dump.word_size * 8)) - 1
+    if info.symbol("kallsyms_offsets") is None and info.symbol("kallsyms_addresses") is not None:
+        return dump.read_ptrs(_need(dump, "kallsyms_addresses"), num)
+    raw = _read(dump, _need(dump, "kallsyms_offsets"), num * 4, "kallsyms_offsets")
+    offsets = struct.unpack(f"{dump._e}{num}i", raw)
+    base_addr = info.symbol("kallsyms_relative_base")
+    # Newest kernels dropped kallsyms_relative_base: offsets then count from _text.
+    base = dump.read_ptr(base_addr) if base_addr is not None else (info.symbol("_text") or 0)
+    if not absolute_percpu:
+        return [(base + (off & 0xFFFFFFFF)) & mask for off in offsets]
+    return [off if off >= 0 else (base - 1 - off) & mask for off in offsets]
+
+
+def read_kallsyms(dump: "Dump") -> list[Symbol]:
+    """Decode every kallsyms entry from dumped memory (runtime addresses)."""
+    num = _read_num_syms(dump)
+    tokens = read_tokens(dump)
+    names = decode_names(dump, num, tokens)
+    absolute = dump.arch.name in _ABSOLUTE_PERCPU_ARCHES
+    addrs = decode_addresses(dump, num, absolute)
+    stext = dump.vmcoreinfo.symbol("_stext")
+    if stext is not None:
+        # Confirm the address mode with _stext; flip it if the other fits.
+        try:
+            i = names.index(b"T_stext")
+        except ValueError:
+            i = -1
+        if i >= 0 and addrs[i] != stext:
+            other = decode_addresses(dump, num, not absolute)
+            if other[i] == stext:
+                addrs = other
+            else:
+                raise SymbolError(f"kallsyms decodes _stext to {addrs[i]:#x}, VMCOREINFO says "
+                                  f"{stext:#x}", dump.path)
+    out = []
+    for name, addr in zip(names, addrs):
+        if not name:
+            continue
+        out.append(Symbol(name[1:].decode("latin-1"), addr, 0, chr(name[0])))
+    return out
