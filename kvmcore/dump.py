@@ -27,12 +27,17 @@ if TYPE_CHECKING:
 class Dump:
     """An open crash dump, read-only."""
 
-    def __init__(self, path: str, vmlinux: str | None = None, arch: str | None = None) -> None:
-        self.path = os.fspath(path)
+    def __init__(self, path: "str | list[str]", vmlinux: str | None = None,
+                 arch: str | None = None) -> None:
+        # a list of paths: the parts of a split kdump dump (makedumpfile --split)
+        self.paths = [os.fspath(p) for p in path] if isinstance(path, (list, tuple)) \
+            else [os.fspath(path)]
+        self.path = self.paths[0]
         self.vmlinux = os.fspath(vmlinux) if vmlinux else None
         if self.vmlinux and not os.path.isfile(self.vmlinux):
             raise KvmcoreError("no such vmlinux file", self.vmlinux)
-        self.mem: PhysicalMemory = open_physical(self.path, raw=arch is not None)
+        self.mem: PhysicalMemory = open_physical(
+            self.paths if len(self.paths) > 1 else self.path, raw=arch is not None)
         self.arch: ArchBackend = select_arch(self.mem, arch)
         self.byteorder = self.arch.byteorder
         self.word_size = self.arch.word_size
@@ -144,6 +149,6 @@ class Dump:
         self.close()
 
 
-def open(path: str, vmlinux: str | None = None, arch: str | None = None) -> Dump:  # noqa: A001
+def open(path: "str | list[str]", vmlinux: str | None = None, arch: str | None = None) -> Dump:  # noqa: A001
     """Open a crash dump read-only; `arch` forces a backend (needed for raw images)."""
     return Dump(path, vmlinux, arch)

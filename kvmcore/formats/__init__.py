@@ -54,8 +54,16 @@ def open_source(source: ByteSource, raw_ok: bool = False) -> PhysicalMemory:
         "FreeBSD minidump or full dump; use --arch to read a raw memory image)", source.path)
 
 
-def open_physical(path: str, raw: bool = False) -> PhysicalMemory:
-    """Open `path` read-only and return its physical memory."""
+def open_physical(path: "str | list[str] | tuple[str, ...]", raw: bool = False) -> PhysicalMemory:
+    """Open `path` read-only and return its physical memory.
+
+    A list of paths is the parts of a `makedumpfile --split` dump."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            from .kdump import open_split
+
+            return open_split(path)
+        path = path[0]
     source = DumpFile(path)
     if source.size < 8 and not raw:
         raise DumpFormatError(f"is too small to be a dump ({source.size} bytes)", path)

@@ -305,7 +305,7 @@ class KdumpDump(PhysicalMemory):
         if self.split:
             self.start_pfn = h.sub.get("start_pfn_64") or h.sub.get("start_pfn", 0)
             self.end_pfn = h.sub.get("end_pfn_64") or h.sub.get("end_pfn", 0)
-            if not 0 <= self.start_pfn < self.end_pfn <= h.max_mapnr:
+            if not 0 <= self.start_pfn <= self.end_pfn <= h.max_mapnr:  # empty parts happen
                 raise DumpFormatError(
                     f"split dump part claims pfns [{self.start_pfn:#x}, {self.end_pfn:#x}) "
                     f"outside max_mapnr {h.max_mapnr:#x}", path)
