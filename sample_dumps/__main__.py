@@ -1,0 +1,68 @@
+"""python -m sample_dumps build [--only ID,...] [--with-dbg] [--force] [--commit-copy]
+python -m sample_dumps list"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import cache_dir
+from .table import BY_ID, SAMPLES, default_ids
+from .util import log
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sample_dumps", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build (or verify cached) samples")
+    b.add_argument("--only", help="comma-separated sample IDs (default: all default rows)")
+    b.add_argument("--with-dbg", action="store_true",
+                   help="also fetch the kernels' -dbg packages (vmlinux + System.map)")
+    b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    b.add_argument("--commit-copy", action="store_true",
+                   help="copy samples marked commit_copy (x86_64-small) into sample_dumps/committed/")
+    sub.add_parser("list", help="list cached samples and their files")
+    args = ap.parse_args(argv)
+    cache = cache_dir()
+
+    if args.cmd == "list":
+        from .catalog import load_samples
+        samples = load_samples(cache)
+        print(f"cache: {cache}")
+        for sid in [s.id for s in SAMPLES]:
+            s = samples.get(sid)
+            if s is None:
+                print(f"{sid}: not built")
+                continue
+            m = s.manifest
+            print(f"{sid}: {m['kernel_release']} ({m['kernel_package']} {m['kernel_version']}) "
+                  f"kaslr={m['kaslr']} {m['qemu']['memory_mb']}MB smp={m['qemu']['smp']} "
+                  f"built {m['build']['date']} in {m['build']['seconds']}s")
+            for fmt, e in m["files"].items():
+                print(f"    {fmt:12} {e['size']:>12}  {s.dir / e['path']}")
+            print(f"    vmlinux      {s.vmlinux() or '-'}")
+            print(f"    System.map   {s.system_map() or '-'}")
+        return 0
+
+    from .build import build_sample, commit_copy
+    ids = args.only.split(",") if args.only else default_ids()
+    unknown = [i for i in ids if i not in BY_ID]
+    if unknown:
+        ap.error(f"unknown sample IDs {unknown}; known: {', '.join(BY_ID)}")
+    failed = []
+    for sid in ids:
+        try:
+            build_sample(BY_ID[sid], cache, force=args.force, with_dbg=args.with_dbg)
+            if args.commit_copy and BY_ID[sid].commit_copy:
+                commit_copy(BY_ID[sid], cache)
+        except Exception as e:  # report, continue with the other samples
+            log(f"{sid}: FAILED: {e}")
+            failed.append(sid)
+    if failed:
+        log(f"failed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+#!/bin/sh
+# kvmcore sample guest init (busybox sh).  @VAR@ placeholders are filled by initramfs.py.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /proc /sys /dev /tmp
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in $(cat /etc/modules.order); do
+	insmod /lib/modules/$m || echo "KVMCORE insmod-failed $m"
+done
+
+if [ -e /proc/vmcore ]; then
+	# kdump capture kernel: copy the old kernel's memory image to the virtio disk
+	echo "KVMCORE capture vmcore-size=$(stat -c %s /proc/vmcore)"
+	dd if=/proc/vmcore of=/dev/vda bs=1M conv=fsync 2>&1
+	echo "KVMCORE capture-done rc=$?"
+	sync
+	echo o > /proc/sysrq-trigger
+	sleep 100000
+fi
+
+echo "KVMCORE uts.sysname=$(uname -s)"
+echo "KVMCORE uts.release=$(uname -r)"
+echo "KVMCORE uts.version=$(uname -v)"
+echo "KVMCORE uts.machine=$(uname -m)"
+
+@KEXEC@
+
+# wait until /proc/PID/comm reads COMM (the child has exec'd), at most ~30 s
+wait_comm() {
+	i=0
+	while :; do
+		c=
+		read c < /proc/$1/comm
+		[ "$c" = "$2" ] && return 0
+		i=$((i + 1))
+		[ $i -gt 3000 ] && { echo "KVMCORE wait-failed pid=$1 comm=$2 got=$c"; return 1; }
+		sleep 0.01
+	done
+}
+
+echo "KVMCORE pid=$$ ppid=0 comm=init"
+for s in sleeper_a sleeper_b sleeper_c; do
+	/bin/$s &
+	echo "KVMCORE pid=$! ppid=$$ comm=$s"
+	wait_comm $! $s
+done
+taskset -c 0 /bin/busyloop_task &
+echo "KVMCORE pid=$! ppid=$$ comm=busyloop_task"
+wait_comm $! busyloop_task
+/bin/threaded_task @NTHREADS@ /tmp/ready.threaded_task &
+echo "KVMCORE pid=$! ppid=$$ comm=threaded_task"
+wait_comm $! threaded_task
+for f in sleeper_a sleeper_b sleeper_c threaded_task; do
+	i=0
+	while [ ! -e /tmp/ready.$f ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i + 1)); done
+done
+echo "KVMCORE marker=@MARKER@"
+echo "@MARKER@" > /dev/kmsg
+echo "KVMCORE ready"
+taskset -c 1 /bin/crasher
+echo "KVMCORE crasher-returned"
+sleep 100000

@@ -1,0 +1,97 @@
+"""Guest initramfs (cpio newc, gzip): busybox-static of the guest arch, the init
+script, the named test processes, the threaded_task binary and a few modules."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from . import PACKAGE_DIR
+from .util import log
+
+GUEST = PACKAGE_DIR / "guest"
+NTHREADS = 4
+SLEEPERS = ("sleeper_a", "sleeper_b", "sleeper_c")
+
+
+def _module_index(moddir: Path) -> dict[str, Path]:
+    return {p.name[:-3].replace("-", "_"): p for p in (moddir / "kernel").rglob("*.ko")}
+
+
+def _depends(ko: Path) -> list[str]:
+    m = re.search(rb"\x00depends=([^\x00]*)\x00", b"\x00" + ko.read_bytes())
+    return [d.replace("-", "_") for d in m.group(1).decode().split(",") if d] if m else []
+
+
+def resolve_modules(moddir: Path, names: list[str]) -> list[Path]:
+    """Module files for `names` plus their dependencies, dependencies first.
+    Debian's package ships no modules.dep, so the .modinfo depends= strings are read."""
+    index = _module_index(moddir)
+    order: list[Path] = []
+
+    def visit(name: str) -> None:
+        name = name.replace("-", "_")
+        if name not in index:
+            raise RuntimeError(f"module {name} not found under {moddir}")
+        path = index[name]
+        if path in order:
+            return
+        for dep in _depends(path):
+            visit(dep)
+        if path not in order:
+            order.append(path)
+
+    for n in names:
+        visit(n)
+    return order
+
+
+def compile_threaded_task(cc: str, out: Path) -> Path:
+    src = GUEST / "threaded_task.c"
+    if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not shutil.which(cc):
+        raise RuntimeError(f"C compiler {cc} not found (apt-get install the packages in sample_dumps/apt-packages.txt)")
+    log(f"{cc} -static -pthread threaded_task.c")
+    subprocess.run([cc, "-O2", "-static", "-pthread", "-o", str(out), str(src)], check=True)
+    return out
+
+
+def _script(dest: Path, text: str) -> None:
+    dest.write_text(text)
+    dest.chmod(0o755)
+
+
+def build(out: Path, *, busybox: Path, moddir: Path, modules: list[str], threaded_task: Path,
+          marker: str, kexec: str = "", extra_files: dict[str, Path] | None = None) -> list[str]:
+    """Write the initramfs to `out`; return the module load order (file names)."""
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        root = Path(tmp)
+        for d in ("bin", "etc", "lib/modules", "proc", "sys", "dev", "tmp"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(busybox, root / "bin/busybox")
+        (root / "bin/sh").symlink_to("busybox")
+        shutil.copy2(threaded_task, root / "bin/threaded_task")
+        mods = resolve_modules(moddir, modules)
+        for m in mods:
+            shutil.copy2(m, root / "lib/modules" / m.name)
+        (root / "etc/modules.order").write_text("".join(m.name + "\n" for m in mods))
+        for name in SLEEPERS:
+            _script(root / "bin" / name, (GUEST / "sleeper.sh").read_text().replace("@NAME@", name))
+        _script(root / "bin/busyloop_task", (GUEST / "busyloop_task.sh").read_text())
+        _script(root / "bin/crasher", (GUEST / "crasher.sh").read_text())
+        init = (GUEST / "init.sh").read_text()
+        init = init.replace("@MARKER@", marker).replace("@NTHREADS@", str(NTHREADS))
+        init = init.replace("@KEXEC@", kexec)
+        _script(root / "init", init)
+        for rel, src in (extra_files or {}).items():
+            dst = root / rel.lstrip("/")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst, follow_symlinks=True)
+        with open(out, "wb") as f:
+            subprocess.run("find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --quiet | gzip -1",
+                           shell=True, cwd=root, stdout=f, check=True)
+    return [m.name for m in mods]

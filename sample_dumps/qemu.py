@@ -1,0 +1,170 @@
+"""Run a QEMU guest until it panics, then dump its memory over QMP (plain socket)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from .util import log
+
+
+class QMPError(RuntimeError):
+    pass
+
+
+class QMP:
+    """Minimal QMP client over a unix socket: commands and event collection."""
+
+    def __init__(self, path: Path, timeout: float = 30.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(str(path))
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise QMPError(f"cannot connect to QMP socket {path}")
+                time.sleep(0.05)
+        self.buf = b""
+        self.events: list[dict] = []
+        self.greeting = self._read(timeout)
+        self.command("qmp_capabilities")
+
+    def _read(self, timeout: float | None) -> dict | None:
+        """One JSON message, or None on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                return None
+            if not chunk:
+                raise QMPError("QMP connection closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def command(self, name: str, timeout: float = 300.0, **args) -> object:
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        deadline = time.monotonic() + timeout
+        while True:
+            resp = self._read(max(0.0, deadline - time.monotonic()))
+            if resp is None:
+                raise QMPError(f"QMP {name}: no reply within {timeout}s")
+            if "event" in resp:
+                self.events.append(resp)
+                continue
+            if "error" in resp:
+                raise QMPError(f"QMP {name}: {resp['error']}")
+            return resp.get("return")
+
+    def poll_event(self, timeout: float) -> dict | None:
+        if self.events:
+            return self.events.pop(0)
+        msg = self._read(timeout)
+        if msg is not None and "event" not in msg:
+            return None
+        return msg
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def serial_tail(path: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no serial log)"
+
+
+def run_and_dump(cmd: list[str], *, workdir: Path, serial: Path, panic_wait: str,
+                 dumps: dict[str, Path], timeout: float = 120.0,
+                 serial_pattern: str = "end Kernel panic") -> dict:
+    """Start QEMU (cmd without -serial/-qmp), wait for the guest panic, `stop`, run
+    dump-guest-memory for each {format: path}, `quit`.  Returns timing + version info."""
+    sock = workdir / "qmp.sock"
+    for p in [sock, serial, *dumps.values()]:
+        p.unlink(missing_ok=True)
+    full = cmd + ["-serial", f"file:{serial}", "-qmp", f"unix:{sock},server=on,wait=off",
+                  "-display", "none", "-monitor", "none", "-no-reboot"]
+    log(" ".join(full))
+    t0 = time.monotonic()
+    proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    qmp = None
+    try:
+        qmp = QMP(sock)
+        version = qmp.greeting["QMP"]["version"]
+        deadline = t0 + timeout
+        panicked = None
+        while panicked is None:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode(errors="replace")
+                raise RuntimeError(f"QEMU exited ({proc.returncode}) before the guest panicked\n{out}\n"
+                                   f"--- serial tail ({serial}) ---\n{serial_tail(serial)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"guest did not panic within {timeout}s\n"
+                                   f"--- serial tail ({serial}) ---\n{serial_tail(serial)}")
+            if panic_wait == "pvpanic":
+                ev = qmp.poll_event(0.5)
+                if ev and ev.get("event") == "GUEST_PANICKED":
+                    panicked = "GUEST_PANICKED"
+            else:
+                time.sleep(0.3)
+                if serial.exists() and serial_pattern in serial.read_text(errors="replace"):
+                    time.sleep(0.5)   # let the panic cpu settle in its final loop
+                    panicked = f"serial:{serial_pattern}"
+        t_panic = time.monotonic() - t0
+        log(f"guest panicked after {t_panic:.1f}s ({panicked}); stopping")
+        qmp.command("stop")
+        dump_secs = {}
+        for fmt, path in dumps.items():
+            t1 = time.monotonic()
+            qmp.command("dump-guest-memory", paging=False, protocol=f"file:{path}", format=fmt)
+            dump_secs[fmt] = round(time.monotonic() - t1, 2)
+            log(f"dump-guest-memory {fmt} -> {path.name} ({path.stat().st_size} bytes, {dump_secs[fmt]}s)")
+        try:
+            qmp.command("quit", timeout=10)
+        except QMPError:
+            pass
+        proc.wait(timeout=30)
+        return {"qemu_version": "{major}.{minor}.{micro}".format(**version["qemu"]),
+                "qemu_package": version.get("package", "").strip(),
+                "panic_seconds": round(t_panic, 1), "panic_event": panicked,
+                "dump_seconds": dump_secs}
+    finally:
+        if qmp:
+            qmp.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sock.unlink(missing_ok=True)
+
+
+def run_until_exit(cmd: list[str], *, serial: Path, timeout: float = 180.0) -> float:
+    """Run QEMU until it exits by itself (guest poweroff); for the real-kdump cycle."""
+    full = cmd + ["-serial", f"file:{serial}", "-display", "none", "-monitor", "none", "-no-reboot"]
+    serial.unlink(missing_ok=True)
+    log(" ".join(full))
+    t0 = time.monotonic()
+    proc = subprocess.Popen(full, stdin=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"QEMU did not power off within {timeout}s\n"
+                           f"--- serial tail ({serial}) ---\n{serial_tail(serial)}")
+    return time.monotonic() - t0

@@ -1,0 +1,84 @@
+"""The sample table: one row per sample.  Adding an architecture is one row."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# makedumpfile options per output format name (the ELF input is header-fixed first)
+MDF_FORMATS = {
+    "mdf-d31-c": ["-c", "-d", "31"],
+    "mdf-d31-l": ["-l", "-d", "31"],
+    "mdf-d31-E": ["-E", "-d", "31"],
+    "mdf-d31-F": ["-c", "-d", "31", "-F"],  # flattened, written to stdout
+}
+
+# manifest metadata per format name: (format, filtered, compression)
+FORMAT_INFO = {
+    "elf": ("elf", None, None),
+    "kdump-zlib": ("kdump-flattened", None, "zlib"),
+    "mdf-d31-c": ("kdump", "d31", "zlib"),
+    "mdf-d31-l": ("kdump", "d31", "lzo"),
+    "mdf-d31-E": ("elf-filtered", "d31", None),
+    "mdf-d31-F": ("kdump-flattened", "d31", "zlib"),
+    "proc-elf": ("elf", None, None),
+}
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str            # ELF/uname machine: x86_64, aarch64, i686
+    debian_arch: str     # amd64, arm64, i386
+    flavour: str         # kernel flavour: amd64, arm64, 686-pae
+    qemu_binary: str
+    machine: str | None  # -M
+    console: str         # console= device
+    modules: tuple[str, ...]   # modules insmod'ed by the guest init (deps resolved)
+    panic_wait: str      # "pvpanic" (QMP GUEST_PANICKED) or "serial"
+    cc: str              # C compiler for the guest threaded_task
+    cc_flags: tuple[str, ...] = ()
+
+
+ARCHES = {
+    "amd64": Arch("x86_64", "amd64", "amd64", "qemu-system-x86_64", None, "ttyS0",
+                  ("qemu_fw_cfg", "pvpanic_mmio"), "pvpanic", "gcc"),
+    "arm64": Arch("aarch64", "arm64", "arm64", "qemu-system-aarch64", "virt", "ttyAMA0",
+                  ("qemu_fw_cfg",), "serial", "aarch64-linux-gnu-gcc"),
+    "i386": Arch("i686", "i386", "686-pae", "qemu-system-i386", None, "ttyS0",
+                 ("qemu_fw_cfg", "pvpanic_mmio"), "pvpanic", "i686-linux-gnu-gcc"),
+}
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    id: str
+    arch: Arch
+    formats: tuple[str, ...]          # files produced, named vmcore.<format>
+    memory_mb: int = 256
+    smp: int = 2
+    cpu: str | None = None            # -cpu
+    kaslr: bool = True
+    kind: str = "qemu"                # "qemu" (dump-guest-memory) or "kdump" (real kexec -p capture)
+    extra_append: str = ""
+    default: bool = True              # part of `build` without --only
+    commit_copy: bool = False         # may be copied into sample_dumps/committed/
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+A64, ARM = ARCHES["amd64"], ARCHES["arm64"]
+ALL_MDF = ("mdf-d31-c", "mdf-d31-l", "mdf-d31-E", "mdf-d31-F")
+
+SAMPLES: list[SampleSpec] = [
+    SampleSpec("x86_64-kaslr", A64, ("elf", "kdump-zlib") + ALL_MDF),
+    SampleSpec("x86_64-nokaslr", A64, ("elf", "kdump-zlib", "mdf-d31-c"), kaslr=False),
+    SampleSpec("arm64-kaslr", ARM, ("elf", "kdump-zlib"), cpu="cortex-a57"),
+    SampleSpec("arm64-nokaslr", ARM, ("elf", "kdump-zlib"), cpu="cortex-a57", kaslr=False),
+    SampleSpec("x86_64-small", A64, ("mdf-d31-c",), memory_mb=128, commit_copy=True),
+    SampleSpec("x86_64-kdump", A64, ("proc-elf", "mdf-d31-l"), memory_mb=512, kind="kdump",
+               extra_append="crashkernel=160M"),
+]
+
+BY_ID = {s.id: s for s in SAMPLES}
+
+
+def default_ids() -> list[str]:
+    return [s.id for s in SAMPLES if s.default]
