@@ -1,0 +1,186 @@
+"""BTF (BPF Type Format) reader: the kernel's compact type table.
+
+Layout (include/uapi/linux/btf.h): a header {u16 magic 0xeB9F, u8 version,
+u8 flags, u32 hdr_len, u32 type_off, u32 type_len, u32 str_off, u32 str_len}
+(offsets counted from the end of the header), then the type section: per
+type {u32 name_off, u32 info (vlen bits 0-15, kind bits 24-28, kind_flag bit
+31), u32 size_or_type} followed by kind-specific records. Type ids count from
+1; id 0 is void. One pass records where each type starts and indexes names;
+types are decoded only when asked for.
+"""
+from __future__ import annotations
+
+import struct
+from array import array
+from typing import Hashable
+
+from ..errors import TypeInfoError
+from .model import VOID, Member, Type
+
+BTF_MAGIC = 0xEB9F
+KINDS = {1: "int", 2: "ptr", 3: "array", 4: "struct", 5: "union", 6: "enum", 7: "fwd",
+         8: "typedef", 9: "volatile", 10: "const", 11: "restrict", 12: "func",
+         13: "func_proto", 14: "var", 15: "datasec", 16: "float", 17: "decl_tag",
+         18: "type_tag", 19: "enum64"}
+# bytes of kind-specific data after the 12-byte common record: (fixed, per vlen)
+_EXTRA = {1: (4, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 13: (0, 8),
+          14: (4, 0), 15: (0, 12), 17: (4, 0), 19: (0, 12)}
+# kinds whose names go into the lookup index, under the name space C uses
+_INDEXED = {1: "base", 16: "base", 4: "struct", 5: "union", 6: "enum", 19: "enum",
+            7: "fwd", 8: "typedef", 12: "func", 14: "var"}
+MAX_TYPES = 5_000_000
+
+
+class BtfTypes:
+    """Types of one BTF blob. `origin` says where the blob came from."""
+
+    name = "btf"
+
+    def __init__(self, blob: bytes, word_size: int = 8, origin: str | None = None) -> None:
+        self.blob = blob
+        self.word_size = word_size
+        self.origin = origin
+        if len(blob) < 24:
+            raise TypeInfoError("BTF blob shorter than its header", origin)
+        if int.from_bytes(blob[:2], "little") == BTF_MAGIC:
+            self._e = "<"
+        elif int.from_bytes(blob[:2], "big") == BTF_MAGIC:
+            self._e = ">"
+        else:
+            raise TypeInfoError(f"bad BTF magic {blob[:2].hex()}", origin)
+        hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(self._e + "5I", blob, 4)
+        self.version = blob[2]
+        t0, s0 = hdr_len + type_off, hdr_len + str_off
+        if t0 + type_len > len(blob) or s0 + str_len > len(blob):
+            raise TypeInfoError("BTF sections extend past the end of the blob", origin)
+        self._strings = blob[s0:s0 + str_len]
+        self._offsets = array("Q", [0])  # id -> record offset; id 0 is void
+        self._index: dict[tuple[str, str], list[int]] = {}
+        self._cache: dict[int, Type] = {0: VOID}
+        self._enum_ids: list[int] = []
+        self._enumerator_index: dict[str, tuple[int, int]] | None = None
+        self._scan(t0, t0 + type_len)
+
+    # -- pass one ----------------------------------------------------------
+    def _scan(self, pos: int, end: int) -> None:
+        blob, unpack = self.blob, struct.Struct(self._e + "III").unpack_from
+        offsets, index, extra, indexed = self._offsets, self._index, _EXTRA, _INDEXED
+        strings = self._strings
+        while pos < end:
+            if len(offsets) > MAX_TYPES:
+                raise TypeInfoError(f"more than {MAX_TYPES} BTF types", self.origin)
+            name_off, info, _ = unpack(blob, pos)
+            kind = (info >> 24) & 0x1F
+            vlen = info & 0xFFFF
+            offsets.append(pos)
+            if name_off and kind in indexed:
+                stop = strings.find(b"\0", name_off)
+                name = strings[name_off:stop].decode("latin-1")
+                index.setdefault((indexed[kind], name), []).append(len(offsets) - 1)
+            if kind in (6, 19):
+                self._enum_ids.append(len(offsets) - 1)
+            fixed, per = extra.get(kind, (0, 0))
+            if kind not in KINDS:
+                raise TypeInfoError(f"unknown BTF kind {kind} at offset {pos:#x}", self.origin)
+            pos += 12 + fixed + per * vlen
+        if pos != end:
+            raise TypeInfoError("BTF type section does not end on a record boundary", self.origin)
+
+    def _str(self, off: int) -> str:
+        stop = self._strings.find(b"\0", off)
+        return self._strings[off:stop if stop >= 0 else len(self._strings)].decode("latin-1")
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    # -- decoding ----------------------------------------------------------
+    def type_by_id(self, tid: Hashable) -> Type | None:
+        if not isinstance(tid, int) or not 0 <= tid < len(self._offsets):
+            return None
+        t = self._cache.get(tid)
+        if t is None:
+            t = self._decode(tid)
+            self._cache[tid] = t
+        return t
+
+    def _decode(self, tid: int) -> Type:
+        e, blob, pos = self._e, self.blob, self._offsets[tid]
+        name_off, info, sz = struct.unpack_from(e + "III", blob, pos)
+        kind_no = (info >> 24) & 0x1F
+        kind, vlen, kflag = KINDS[kind_no], info & 0xFFFF, info >> 31
+        name = self._str(name_off) if name_off else None
+        body = pos + 12
+        r = self.type_by_id
+        if kind == "int":
+            (enc,) = struct.unpack_from(e + "I", blob, body)
+            return Type("int", name, sz, key=tid, signed=bool((enc >> 24) & 1),
+                        bit_size=enc & 0xFF, resolve=r)
+        if kind == "float":
+            return Type("float", name, sz, key=tid, resolve=r)
+        if kind == "ptr":
+            return Type("ptr", None, self.word_size, key=tid, target_key=sz, resolve=r)
+        if kind == "array":
+            elem, _index_type, nelems = struct.unpack_from(e + "III", blob, body)
+            return Type("array", None, None, key=tid, target_key=elem, length=nelems, resolve=r)
+        if kind in ("struct", "union"):
+            members = []
+            for i in range(vlen):
+                m_name, m_type, m_off = struct.unpack_from(e + "III", blob, body + 12 * i)
+                bits, off = (m_off >> 24, m_off & 0xFFFFFF) if kflag else (0, m_off)
+                members.append(Member(self._str(m_name) if m_name else None, m_type, off, bits, r))
+            return Type(kind, name, sz, key=tid, members=members, resolve=r)
+        if kind in ("enum", "enum64"):
+            values: dict[str, int] = {}
+            signed = bool(kflag)
+            for i in range(vlen):
+                if kind == "enum":
+                    n_off, val = struct.unpack_from(e + ("Ii" if signed else "II"), blob, body + 8 * i)
+                else:
+                    n_off, lo, hi = struct.unpack_from(e + "III", blob, body + 12 * i)
+                    val = (hi << 32) | lo
+                    if signed and val >> 63:
+                        val -= 1 << 64
+                values[self._str(n_off)] = val
+            return Type("enum", name, sz, key=tid, enumerators=values, signed=signed, resolve=r)
+        if kind == "fwd":
+            return Type("fwd", name, None, key=tid, resolve=r,
+                        enumerators={"union": 1} if kflag else {})
+        if kind in ("typedef", "volatile", "const", "restrict", "type_tag", "func", "var",
+                    "decl_tag"):
+            model_kind = "func" if kind == "func" else kind
+            return Type(model_kind, name, None, key=tid, target_key=sz, resolve=r)
+        if kind == "func_proto":
+            params = []
+            for i in range(vlen):
+                p_name, p_type = struct.unpack_from(e + "II", blob, body + 8 * i)
+                params.append(Member(self._str(p_name) if p_name else None, p_type, 0, 0, r))
+            return Type("func_proto", None, None, key=tid, target_key=sz, members=params,
+                        resolve=r)
+        if kind == "datasec":
+            vars_ = []
+            for i in range(vlen):
+                v_type, v_off, _v_size = struct.unpack_from(e + "III", blob, body + 12 * i)
+                vars_.append(Member(None, v_type, v_off * 8, 0, r))
+            return Type("datasec", name, sz, key=tid, members=vars_, resolve=r)
+        raise TypeInfoError(f"BTF kind {kind} of type {tid} not decoded", self.origin)
+
+    # -- lookups -----------------------------------------------------------
+    def lookup(self, space: str, name: str) -> Type | None:
+        """A named type: space is struct, union, enum, typedef, base, func, var.
+        A complete definition wins over a forward declaration."""
+        ids = self._index.get((space, name))
+        if not ids:
+            return None
+        return self.type_by_id(ids[0])
+
+    def find_enumerator(self, name: str) -> tuple[Type, int] | None:
+        if self._enumerator_index is None:
+            idx: dict[str, tuple[int, int]] = {}
+            for tid in self._enum_ids:
+                t = self.type_by_id(tid)
+                for key, val in t.enumerators.items():
+                    idx.setdefault(key, (tid, val))
+            self._enumerator_index = idx
+        hit = self._enumerator_index.get(name)
+        return (self.type_by_id(hit[0]), hit[1]) if hit else None
+
