@@ -1,0 +1,267 @@
+"""`kvmcore` commands. Errors become one line on stderr and an exit status:
+2 bad input, 3 unsupported format or arch, 4 missing symbols or types,
+5 unreadable address, 1 other kvmcore errors, 70 internal errors."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+import kvmcore
+from kvmcore.errors import KvmcoreError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Offline kernel crash-dump analyzer (Linux and FreeBSD vmcores).")
+
+EXIT_INTERNAL = 70
+DumpArg = typer.Argument(..., help="the crash dump (vmcore)")
+VmlinuxArg = typer.Argument(None, help="the kernel's vmlinux (optional)")
+ArchOpt = typer.Option(None, "--arch", help="force the architecture backend (x86_64, aarch64, ...)")
+JsonOpt = typer.Option(False, "--json", help="print JSON")
+
+
+def committed_sample() -> Path:
+    """The small real dump committed in sample_dumps/ of the source tree."""
+    env = os.environ.get("KVMCORE_DEFAULT_DUMP")
+    if env:
+        return Path(env)
+    root = Path(kvmcore.__file__).resolve().parent.parent
+    return root / "sample_dumps" / "committed" / "x86_64-small" / "vmcore.mdf-d31-c"
+
+
+def _open(dump: Path, vmlinux: Optional[Path], arch: Optional[str]) -> kvmcore.Dump:
+    return kvmcore.open(str(dump), str(vmlinux) if vmlinux else None, arch)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@app.command()
+def analyze(dump: Optional[Path] = typer.Argument(None, help="the crash dump; default: the "
+                                                 "committed sample"),
+            vmlinux: Optional[Path] = VmlinuxArg, arch: Optional[str] = ArchOpt,
+            json_out: bool = JsonOpt,
+            fmt: str = typer.Option("auto", "--format",
+                                    help="auto (rich on a terminal, text when piped), rich, "
+                                    "text, markdown, json"),
+            log_lines: int = typer.Option(40, "--log-lines", help="kernel log lines to show")
+            ) -> None:
+    """The crash report: panic, backtrace, system, log, tasks, modules."""
+    from rich.console import Console
+
+    from kvmcore.report import build_report
+    from kvmcore.report.render import render_markdown, render_rich, render_text
+
+    err = Console(stderr=True)
+    if dump is None:
+        dump = committed_sample()
+        if not dump.exists():
+            raise KvmcoreError("no dump given and the committed sample is missing", str(dump))
+        if fmt in ("auto", "rich", "text"):
+            print(f"kvmcore: no dump given: analyzing the committed sample {dump}")
+    if json_out:
+        fmt = "json"
+    d = _open(dump, vmlinux, arch)
+    with err.status("opening the dump") if err.is_terminal else _null() as status:
+        def progress(stage: str) -> None:
+            if status is not None:
+                status.update(stage)
+        report = build_report(d, log_lines=log_lines, progress=progress)
+    if fmt == "json":
+        _print_json(report)
+    elif fmt == "markdown":
+        sys.stdout.write(render_markdown(report))
+    elif fmt == "text" or (fmt == "auto" and not sys.stdout.isatty()):
+        print(render_text(report))
+    elif fmt in ("rich", "auto"):
+        render_rich(report, Console())
+    else:
+        raise KvmcoreError(f"unknown --format {fmt!r}")
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _command(name: str, dump: Path, vmlinux: Optional[Path], arch: Optional[str],
+             json_out: bool, **kwargs: Any) -> None:
+    from kvmcore.report import commands
+
+    d = _open(dump, vmlinux, arch)
+    data = getattr(commands, f"{name}_data")(d, **kwargs)
+    if json_out:
+        _print_json(data)
+    else:
+        print(getattr(commands, f"{name}_text")(data))
+
+
+@app.command()
+def ps(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
+       arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt) -> None:
+    """Every process and thread ('>' marks tasks that were on a CPU)."""
+    _command("ps", dump, vmlinux, arch, json_out)
+
+
+@app.command()
+def dmesg(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
+          arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt) -> None:
+    """The kernel log."""
+    _command("dmesg", dump, vmlinux, arch, json_out)
+
+
+@app.command()
+def mods(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
+         arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt) -> None:
+    """Loaded modules, with taints."""
+    _command("mods", dump, vmlinux, arch, json_out)
+
+
+@app.command("sys")
+def sys_cmd(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
+            arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt) -> None:
+    """System and panic summary (as crash's `sys`)."""
+    _command("sys", dump, vmlinux, arch, json_out)
+
+
+@app.command()
+def bt(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
+       arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt,
+       pid: Optional[int] = typer.Option(None, "--pid", help="backtrace of this task"),
+       all_tasks: bool = typer.Option(False, "--all", "-a", help="every task")) -> None:
+    """Backtrace of the panicking task (or --pid PID, or --all)."""
+    _command("bt", dump, vmlinux, arch, json_out, pid=pid, all_tasks=all_tasks)
+
+
+@app.command()
+def info(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
+         arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt) -> None:
+    """Format, architecture and kernel release: the quickest look at a dump."""
+    d = _open(dump, vmlinux, arch)
+    vi = d.vmcoreinfo
+    data = {"path": str(dump), "format": d.mem.describe(), "arch": d.arch.name, "os": d.os,
+            "release": vi.osrelease if vi else None,
+            "kaslr_offset": f"{vi.kernel_offset:#x}" if vi else None,
+            "cpus_dumped": len(d.mem.prstatus_notes()),
+            "memory_bytes": sum(r.size for r in d.phys_ranges())}
+    if data["release"] is None and d.os == "linux":
+        data["release"] = d.kernel.release
+    if json_out:
+        _print_json(data)
+    else:
+        for k, v in data.items():
+            print(f"{k:>13}: {v}")
+
+
+def _parse_addr(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise KvmcoreError(f"not an address: {text!r}") from None
+
+
+@app.command()
+def sym(dump: Path = DumpArg, what: str = typer.Argument(..., help="a symbol name or an address"),
+        vmlinux: Optional[Path] = typer.Argument(None, help="the kernel's vmlinux (optional)"),
+        arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt) -> None:
+    """Look up a symbol's address, or symbolize an address (func+off/size [module])."""
+    d = _open(dump, vmlinux, arch)
+    table = d.symbols
+    if what[:1].isdigit():
+        addr = _parse_addr(what)
+        data = {"address": f"{addr:#x}", "symbol": table.symbolize(addr), "source": table.source}
+    else:
+        data = {"name": what, "address": f"{table.lookup(what):#x}", "source": table.source}
+    if json_out:
+        _print_json(data)
+    else:
+        print(data.get("symbol") or data["address"])
+
+
+@app.command()
+def read(dump: Path = DumpArg, address: str = typer.Argument(..., help="kernel virtual address"),
+         length: int = typer.Argument(64, help="bytes to read"),
+         arch: Optional[str] = ArchOpt, physical: bool = typer.Option(
+             False, "--phys", help="the address is physical"),
+         json_out: bool = JsonOpt) -> None:
+    """Hex dump of kernel virtual (or --phys physical) memory, with its translation."""
+    d = _open(dump, None, arch)
+    addr = _parse_addr(address)
+    data = d.read_phys(addr, length) if physical else d.read(addr, length)
+    if json_out:
+        out: dict[str, Any] = {"address": f"{addr:#x}", "hex": data.hex()}
+        if not physical:
+            t = d.translate(addr)
+            out.update(physical=f"{t.pa:#x}", page_size=t.page_size,
+                       file_offset=t.file_offset)
+        _print_json(out)
+        return
+    width = d.word_size
+    for off in range(0, len(data), 16):
+        chunk = data[off:off + 16]
+        words = " ".join(f"{int.from_bytes(chunk[i:i + width], d.byteorder):0{width * 2}x}"
+                         for i in range(0, len(chunk) - width + 1, width))
+        print(f"{addr + off:016x}:  {words}")
+
+
+@app.command()
+def serve(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
+          arch: Optional[str] = ArchOpt,
+          listen: str = typer.Option("127.0.0.1:1234", "--listen", help="HOST:PORT"),
+          stdio: bool = typer.Option(False, "--stdio", help="speak on stdin/stdout "
+                                     "(target remote | kvmcore serve --stdio DUMP)")) -> None:
+    """Serve the dump to gdb over the remote serial protocol, read-only."""
+    from kvmcore import gdbserver
+
+    d = _open(dump, vmlinux, arch)
+    gdbserver.serve(d, listen=listen, stdio=stdio)
+
+
+@app.command()
+def symfile(dump: Path = DumpArg, output: Path = typer.Option(..., "-o", "--output"),
+            arch: Optional[str] = ArchOpt) -> None:
+    """Write an ELF symbol file for gdb from the dump's own kallsyms."""
+    from kvmcore.symbols.elfsym import write_symbol_file
+
+    d = _open(dump, None, arch)
+    write_symbol_file(d.symbols, str(output), d.arch.name)
+    print(f"wrote {output}: load it with `gdb {output}` then `target remote ...`")
+
+
+def main() -> None:
+    """Console-script entry: run the app, turning errors into one line each."""
+    try:
+        app(standalone_mode=False)
+    except KvmcoreError as exc:
+        print(f"kvmcore: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("kvmcore: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as exc:  # click usage errors and genuine bugs
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if os.environ.get("KVMCORE_DEBUG"):
+            raise
+        print(f"kvmcore: internal error: {type(exc).__name__}: {exc} "
+              "(set KVMCORE_DEBUG=1 for a traceback)", file=sys.stderr)
+        sys.exit(EXIT_INTERNAL)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""The Linux kernel model: what the kernel knew when it died.
+
+`LinuxKernel(dump)` answers tasks, registers, the log, modules, the panic and
+backtraces, each from the dump (with a vmlinux when one is given).
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AddressError, KvmcoreError, SymbolError
+from .modules import Module, read_modules
+from .panic import PanicInfo, find_panic
+from .printk import KernelLog, LogRecord, read_kernel_log
+from .tasks import Task, TaskList, walk_tasks
+
+if TYPE_CHECKING:
+    from ..dump import Dump
+
+MAX_CPUS = 8192
+
+
+class LinuxKernel:
+    """A Linux kernel's state, rebuilt from a dump."""
+
+    def __init__(self, dump: "Dump") -> None:
+        self.dump = dump
+
+    # -- symbols -----------------------------------------------------------
+    def symbol(self, name: str) -> int | None:
+        """Address of `name` from the best symbol source, or VMCOREINFO's SYMBOL()."""
+        try:
+            addr = self.dump.symbols.get(name)
+        except KvmcoreError:
+            addr = None
+        if addr is None and self.dump.vmcoreinfo is not None:
+            addr = self.dump.vmcoreinfo.symbol(name)
+        return addr
+
+    def require(self, name: str) -> int:
+        addr = self.symbol(name)
+        if addr is None:
+            raise SymbolError(f"symbol {name} is unknown (kallsyms in this kernel may lack data "
+                              "symbols: pass the vmlinux or a System.map)", self.dump.path)
+        return addr
+
+    # -- identity ----------------------------------------------------------
+    @cached_property
+    def utsname(self) -> dict[str, str]:
+        info = self.dump.vmcoreinfo
+        base = info.symbol("init_uts_ns") if info else None
+        if base is None:
+            base = self.require("init_uts_ns")
+        base += (info.offset("uts_namespace", "name") or 0) if info else 0
+        raw = self.dump.read(base, 65 * 6)
+        fields = ("sysname", "nodename", "release", "version", "machine", "domainname")
+        return {f: raw[i * 65:(i + 1) * 65].split(b"\0", 1)[0].decode("utf-8", "replace")
+                for i, f in enumerate(fields)}
+
+    @property
+    def release(self) -> str:
+        info = self.dump.vmcoreinfo
+        if info and info.osrelease:
+            return info.osrelease
+        return self.utsname["release"]
+
+    # -- CPUs --------------------------------------------------------------
+    @cached_property
+    def nr_cpus(self) -> int:
+        addr = self.symbol("nr_cpu_ids")
+        if addr is not None:
+            try:
+                n = self.dump.read_u32(addr)
+                if 0 < n <= MAX_CPUS:
+                    return n
+            except AddressError:
+                pass
+        return max(1, len(self.dump.cpu_states))
+
+    def _cpumask(self, name: str) -> list[int] | None:
+        addr = self.symbol(name)
+        if addr is None:
+            return None
+        try:
+            raw = self.dump.read(addr, (self.nr_cpus + 7) // 8)
+        except AddressError:
+            return None
+        bits = int.from_bytes(raw, self.dump.byteorder)
+        return [c for c in range(self.nr_cpus) if bits >> c & 1]
+
+    @cached_property
+    def online_cpus(self) -> list[int] | None:
+        """CPUs in cpu_online_mask at the crash (panic takes the others offline)."""
+        return self._cpumask("__cpu_online_mask")
+
+    @cached_property
+    def per_cpu_offsets(self) -> list[int] | None:
+        addr = self.symbol("__per_cpu_offset")
+        if addr is None:
+            return None
+        try:
+            return self.dump.read_ptrs(addr, self.nr_cpus)
+        except AddressError:
+            return None
+
+    def per_cpu(self, name: str, cpu: int) -> int | None:
+        """Address of per-CPU variable `name` for `cpu`."""
+        base = self.symbol(name)
+        offsets = self.per_cpu_offsets
+        if base is None or offsets is None or cpu >= len(offsets):
+            return None
+        return (base + offsets[cpu]) & ((1 << (8 * self.dump.word_size)) - 1)
+
+    @cached_property
+    def runqueue_tasks(self) -> dict[int, tuple[int, int]]:
+        """cpu -> (curr, idle) task addresses from each CPU's struct rq."""
+        out: dict[int, tuple[int, int]] = {}
+        try:
+            off_curr = self.dump.types.offsetof("struct rq", "curr")
+            off_idle = self.dump.types.offsetof("struct rq", "idle")
+        except KvmcoreError:
+            return out
+        for cpu in range(self.nr_cpus):
+            rq = self.per_cpu("runqueues", cpu)
+            if rq is None:
+                break
+            try:
+                out[cpu] = (self.dump.read_ptr(rq + off_curr), self.dump.read_ptr(rq + off_idle))
+            except AddressError:
+                continue
+        return out
+
+    # -- tasks -------------------------------------------------------------
+    @cached_property
+    def task_list(self) -> TaskList:
+        init_task = self.require("init_task")
+        idle = [idle for _, idle in self.runqueue_tasks.values()]
+        result = walk_tasks(self.dump, init_task, idle, self.task_registers)
+        curr = {c: cur for c, (cur, _) in self.runqueue_tasks.items()}
+        for task in result.tasks:  # rq->curr is the authority on what ran where
+            if curr and curr.get(task.cpu) == task.address:
+                task.on_cpu = True
+            elif curr:
+                task.on_cpu = False
+        return result
+
+    def tasks(self) -> list[Task]:
+        return self.task_list.tasks
+
+    def find_task(self, pid: int) -> Task | None:
+        for task in self.tasks():
+            if task.pid == pid and not (pid == 0 and task.cpu != 0):
+                return task
+        return None
+
+    def task_registers(self, task: Task) -> dict[str, int]:
+        states = self.dump.cpu_states
+        if task.on_cpu and task.cpu < len(states):
+            return dict(states[task.cpu].regs)
+        return self.dump.arch.linux_switch_frame(self.dump, task.address)
+
+    def running_task(self, cpu: int) -> Task | None:
+        for task in self.tasks():
+            if task.on_cpu and task.cpu == cpu:
+                return task
+        return None
+
+    # -- log, panic, modules ------------------------------------------------
+    @cached_property
+    def kernel_log(self) -> KernelLog:
+        return read_kernel_log(self.dump)
+
+    def log(self) -> list[LogRecord]:
+        return self.kernel_log.records
+
+    @cached_property
+    def panic(self) -> PanicInfo:
+        return find_panic(self)
+
+    def panic_task(self) -> Task | None:
+        return self.panic.task
+
+    @cached_property
+    def module_list(self) -> list[Module]:
+        return read_modules(self)
+
+    def modules(self) -> list[Module]:
+        return self.module_list
+
+    # -- backtraces ----------------------------------------------------------
+    def backtrace(self, task: Task, max_frames: int = 64) -> Any:
+        from ..unwind import unwind
+
+        return unwind(self.dump, task.registers(), max_frames=max_frames)
+
+
+__all__ = ["LinuxKernel", "Task", "LogRecord", "Module", "PanicInfo"]

@@ -1,0 +1,151 @@
+"""Collect the crash report as plain data (the --json document).
+
+Each section is computed on its own: a section that fails is marked
+unavailable with the reason, and the rest of the report still comes out.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Callable
+
+from .. import __version__
+from ..errors import KvmcoreError
+
+if TYPE_CHECKING:
+    from ..dump import Dump
+
+SCHEMA_VERSION = 1
+
+
+def _section(fn: Callable[[], dict[str, Any]], problems: list[str], name: str) -> dict[str, Any]:
+    try:
+        out = fn()
+        out.setdefault("available", True)
+        return out
+    except KvmcoreError as exc:
+        reason = exc.message
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+        reason = f"internal error: {type(exc).__name__}: {exc}"
+    problems.append(f"{name}: {reason}")
+    return {"available": False, "reason": reason}
+
+
+def frames_of(dump: "Dump", task: Any, max_frames: int = 48) -> dict[str, Any]:
+    bt = dump.kernel.backtrace(task, max_frames=max_frames)
+    frames = [{"index": f.index, "pc": f"{f.pc:#x}", "sp": f"{f.sp:#x}" if f.sp else None,
+               "function": f.function, "module": f.module, "guessed": f.guessed,
+               "kind": f.kind} for f in bt.frames]
+    return {"available": True, "frames": frames, "stopped": bt.error}
+
+
+def build_report(dump: "Dump", log_lines: int = 40, progress: Callable[[str], None] | None = None
+                 ) -> dict[str, Any]:
+    """The whole crash report of `dump` as JSON-ready data."""
+    note = progress or (lambda _stage: None)
+    problems: list[str] = []
+    kernel = dump.kernel
+    report: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kvmcore_version": __version__}
+
+    note("reading the dump")
+    report["dump"] = _dump_section(dump)
+    note("reading the kernel log")
+    report["log"] = _section(lambda: _log_section(kernel, log_lines), problems, "log")
+    note("walking tasks")
+    tasks_section = _section(lambda: _tasks_section(dump), problems, "tasks")
+    note("finding the panic")
+    report["headline"] = _section(lambda: _headline(dump), problems, "headline")
+    report["backtrace"] = _section(lambda: _panic_backtrace(dump), problems, "backtrace")
+    note("describing the system")
+    report["system"] = _section(lambda: _system(dump), problems, "system")
+    report["tasks"] = tasks_section
+    note("listing modules")
+    report["modules"] = _section(lambda: {"list": [m.as_dict() for m in kernel.modules()]},
+                                 problems, "modules")
+    report["problems"] = problems
+    return report
+
+
+def _dump_section(dump: "Dump") -> dict[str, Any]:
+    mem = dump.mem
+    info = dump.vmcoreinfo
+    out: dict[str, Any] = {
+        "path": os.path.abspath(dump.path), "size": os.path.getsize(dump.path),
+        "format": mem.format_name, "format_description": mem.describe(),
+        "arch": dump.arch.name, "os": dump.os,
+        "kaslr_offset": f"{info.kernel_offset:#x}" if info else None,
+        "vmlinux": dump.vmlinux, "dump_level": mem.metadata.get("dump_level"),
+        "vmcoreinfo": info is not None,
+    }
+    try:
+        out["symbols"] = dump.symbols.source
+    except KvmcoreError as exc:
+        out["symbols"] = f"unavailable: {exc.message}"
+    try:
+        out["types"] = dump.types.source_of("struct task_struct")
+    except KvmcoreError as exc:
+        out["types"] = f"unavailable: {exc.message}"
+    return out
+
+
+def _headline(dump: "Dump") -> dict[str, Any]:
+    kernel = dump.kernel
+    panic = kernel.panic
+    task = panic.task
+    return {
+        "panic_message": panic.message,
+        "task": {"pid": task.pid, "comm": task.comm, "address": f"{task.address:#x}"}
+        if task else None,
+        "cpu": panic.cpu, "release": kernel.release, "arch": dump.arch.name,
+        "uptime_seconds": round(panic.uptime_ns / 1e9, 6) if panic.uptime_ns is not None
+        else None,
+        "taint": panic.taint_string, "taint_reasons": panic.taint_reasons,
+        "crash_time": panic.crash_time, "sources": panic.sources,
+    }
+
+
+def _panic_backtrace(dump: "Dump") -> dict[str, Any]:
+    task = dump.kernel.panic.task
+    if task is None:
+        return {"available": False, "reason": "the panicking task is not known"}
+    return frames_of(dump, task)
+
+
+def _system(dump: "Dump") -> dict[str, Any]:
+    kernel = dump.kernel
+    uts = kernel.utsname
+    ranges = dump.phys_ranges()
+    return {
+        "nodename": uts["nodename"], "release": uts["release"], "version": uts["version"],
+        "machine": uts["machine"], "cpus": kernel.nr_cpus, "online_cpus": kernel.online_cpus,
+        "dumped_cpus": len(dump.cpu_states),
+        "memory_bytes": sum(r.size for r in ranges),
+    }
+
+
+def _log_section(kernel: Any, lines: int) -> dict[str, Any]:
+    log = kernel.kernel_log
+    out = []
+    for rec in log.records:
+        out.extend(rec.format().split("\n"))
+    return {"total_records": len(log.records), "layout": log.layout, "partial": log.partial,
+            "problem": log.problem, "lines": out[-lines:] if lines > 0 else []}
+
+
+def _tasks_section(dump: "Dump") -> dict[str, Any]:
+    kernel = dump.kernel
+    result = kernel.task_list
+    tasks = result.tasks
+    states = Counter(t.state for t in tasks)
+    on_cpu, blocked = [], []
+    for task in tasks:
+        if task.on_cpu or task.state == "D":
+            entry = task.as_dict()
+            try:
+                entry["backtrace"] = frames_of(dump, task, 32)
+            except KvmcoreError as exc:
+                entry["backtrace"] = {"available": False, "reason": exc.message}
+            (on_cpu if task.on_cpu else blocked).append(entry)
+    return {"count": len(tasks), "partial": result.partial, "problem": result.problem,
+            "by_state": dict(sorted(states.items())), "on_cpu": on_cpu,
+            "uninterruptible": blocked, "list": [t.as_dict() for t in tasks]}
