@@ -25,6 +25,8 @@ class LinuxKernel:
 
     def __init__(self, dump: "Dump") -> None:
         self.dump = dump
+        #: where each derived fact came from (symbol, scan, ...), for the report
+        self.sources: dict[str, str] = {}
 
     # -- symbols -----------------------------------------------------------
     def symbol(self, name: str) -> int | None:
@@ -132,8 +134,25 @@ class LinuxKernel:
 
     # -- tasks -------------------------------------------------------------
     @cached_property
+    def init_task(self) -> int:
+        """init_task from symbols, else from a validated scan of the kernel image."""
+        addr = self.symbol("init_task")
+        if addr is not None:
+            self.sources["init_task"] = "symbol"
+            return addr
+        from .scan import find_init_task
+
+        addr = find_init_task(self.dump)
+        if addr is None:
+            raise SymbolError("init_task is unknown and no task_struct named swapper/0 was found "
+                              "in the kernel image: pass the vmlinux or a System.map",
+                              self.dump.path)
+        self.sources["init_task"] = "kernel image scan"
+        return addr
+
+    @cached_property
     def task_list(self) -> TaskList:
-        init_task = self.require("init_task")
+        init_task = self.init_task
         idle = [idle for _, idle in self.runqueue_tasks.values()]
         result = walk_tasks(self.dump, init_task, idle, self.task_registers)
         curr = {c: cur for c, (cur, _) in self.runqueue_tasks.items()}
