@@ -1,0 +1,129 @@
+"""Write a SymbolTable as a minimal ELF symbol file that gdb can load
+(`gdb FILE`, `info symbol ADDR`, `info address NAME`, `bt`).
+
+Addresses are already relocated (runtime), so the file needs no KASLR
+offset. Each symbol group (vmlinux, then each module) gets one SHT_NOBITS
+allocated section spanning its addresses: gdb maps minimal symbols to
+sections and ignores those outside any. The file is written with struct
+rather than lief: lief edits existing ELFs well but has no simple way to
+build one from nothing.
+"""
+from __future__ import annotations
+
+import os
+import struct
+
+from ..errors import SymbolError
+from .table import Symbol, SymbolTable
+
+E_MACHINE = {"x86_64": 62, "aarch64": 183, "arm64": 183, "i386": 3, "x86": 3}
+SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_NOBITS = 1, 2, 3, 8
+SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 1, 2, 4
+STB_LOCAL, STB_GLOBAL = 0, 1
+STT_NOTYPE, STT_OBJECT, STT_FUNC = 0, 1, 2
+
+
+class _Strings:
+    def __init__(self) -> None:
+        self.data = bytearray(b"\0")
+        self.seen: dict[str, int] = {}
+
+    def add(self, s: str) -> int:
+        off = self.seen.get(s)
+        if off is None:
+            off = len(self.data)
+            self.data += s.encode("latin-1", "replace") + b"\0"
+            self.seen[s] = off
+        return off
+
+
+def write_symbol_file(symtab: SymbolTable, path: str, arch: str) -> None:
+    """Write `symtab`'s kernel-half symbols to an ELF file at `path`."""
+    machine = E_MACHINE.get(arch)
+    if machine is None:
+        raise SymbolError(f"no ELF machine number for architecture {arch!r}", path)
+    is64 = symtab.word_size == 8
+    floor = 1 << (symtab.word_size * 8 - 1)
+    groups: dict[str | None, list[Symbol]] = {}
+    for sym in symtab:
+        if sym.address >= floor:
+            groups.setdefault(sym.module, []).append(sym)
+    if not groups:
+        raise SymbolError("no kernel symbols to write", path)
+
+    shstr = _Strings()
+    strtab = _Strings()
+    # (name, type, flags, addr, size) per allocated section, index from 1
+    sections: list[tuple[int, int, int, int, int]] = []
+    entries: list[tuple[int, int, int, int, int]] = []  # name, value, size, info, shndx
+    for module, syms in sorted(groups.items(), key=lambda kv: (kv[0] is not None, kv[0] or "")):
+        lo = min(s.address for s in syms)
+        hi = max(s.address + max(s.size, 1) for s in syms)
+        name = ".text" if module is None else f".text.{module}"
+        sections.append((shstr.add(name), SHT_NOBITS, SHF_ALLOC | SHF_EXECINSTR | SHF_WRITE,
+                         lo, hi - lo))
+        shndx = len(sections)
+        for s in syms:
+            stype = STT_FUNC if s.type in "tTwW" else STT_OBJECT
+            bind = STB_GLOBAL if s.type.isupper() else STB_LOCAL
+            entries.append((strtab.add(s.name), s.address, s.size, (bind << 4) | stype, shndx))
+    entries.sort(key=lambda e: e[3] >> 4)  # ELF wants locals first
+    first_global = next((i + 1 for i, e in enumerate(entries) if e[3] >> 4 != STB_LOCAL),
+                        len(entries) + 1)
+    e = "<" if symtab_byteorder(arch) == "little" else ">"
+    if is64:
+        sym_fmt, sym_size = e + "IBBHQQ", 24
+        packed = b"\0" * sym_size + b"".join(
+            struct.pack(sym_fmt, n, info, 0, sh, v, sz) for n, v, sz, info, sh in entries)
+    else:
+        sym_fmt, sym_size = e + "IIIBBH", 16
+        packed = b"\0" * sym_size + b"".join(
+            struct.pack(sym_fmt, n, v & 0xFFFFFFFF, sz, info, 0, sh) for n, v, sz, info, sh in entries)
+    symtab_name, strtab_name = shstr.add(".symtab"), shstr.add(".strtab")
+    shstrtab_name = shstr.add(".shstrtab")
+
+    ehdr_size = 64 if is64 else 52
+    shent = 64 if is64 else 40
+    off_sym = ehdr_size
+    off_str = off_sym + len(packed)
+    off_shstr = off_str + len(strtab.data)
+    off_sh = (off_shstr + len(shstr.data) + 7) & ~7
+    n_alloc = len(sections)
+    i_symtab, i_strtab, i_shstr = n_alloc + 1, n_alloc + 2, n_alloc + 3
+    shnum = n_alloc + 4
+
+    def shdr(name, typ, flags, addr, off, size, link=0, info=0, align=1, entsize=0) -> bytes:
+        if is64:
+            return struct.pack(e + "IIQQQQIIQQ", name, typ, flags, addr, off, size, link, info,
+                               align, entsize)
+        return struct.pack(e + "IIIIIIIIII", name, typ, flags, addr & 0xFFFFFFFF, off, size,
+                           link, info, align, entsize)
+
+    headers = [shdr(0, 0, 0, 0, 0, 0)]
+    for name, typ, flags, addr, size in sections:
+        headers.append(shdr(name, typ, flags, addr, 0, size, align=16))
+    headers.append(shdr(symtab_name, SHT_SYMTAB, 0, 0, off_sym, len(packed), i_strtab,
+                        first_global, 8, sym_size))
+    headers.append(shdr(strtab_name, SHT_STRTAB, 0, 0, off_str, len(strtab.data)))
+    headers.append(shdr(shstrtab_name, SHT_STRTAB, 0, 0, off_shstr, len(shstr.data)))
+
+    ident = b"\x7fELF" + bytes([2 if is64 else 1, 1 if e == "<" else 2, 1, 0]) + b"\0" * 8
+    if is64:
+        ehdr = ident + struct.pack(e + "HHIQQQIHHHHHH", 2, machine, 1, 0, 0, off_sh, 0,
+                                   ehdr_size, 0, 0, shent, shnum, i_shstr)
+    else:
+        ehdr = ident + struct.pack(e + "HHIIIIIHHHHHH", 2, machine, 1, 0, 0, off_sh, 0,
+                                   ehdr_size, 0, 0, shent, shnum, i_shstr)
+    body = ehdr + packed + bytes(strtab.data) + bytes(shstr.data)
+    body += b"\0" * (off_sh - len(body))
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(body + b"".join(headers))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise SymbolError(f"cannot write symbol file: {exc}", path) from None
+
+
+def symtab_byteorder(arch: str) -> str:
+    return "little"  # every architecture kvmcore reads today is little-endian
