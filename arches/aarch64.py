@@ -8,6 +8,11 @@ from typing import TYPE_CHECKING, Any
 from kvmcore.errors import UnsupportedError
 from kvmcore.pagetable import INVALID, LEAF, TABLE, Level, RadixTable, RadixTranslator, Translator
 from kvmcore.registry import ArchBackend, GdbRegister, PrstatusLayout, register_arch
+from typing import Iterator
+
+from kvmcore.errors import NotMappedError
+from kvmcore.freebsd.kva import LazyRootTranslator, coalesce
+from kvmcore.pagetable import MappedRange, Translation
 
 if TYPE_CHECKING:
     from kvmcore.dump import Dump
@@ -116,10 +121,40 @@ class Aarch64(ArchBackend):
         return (root - self.kimage_voffset) & 0xFFFFFFFFFFFFFFFF
 
     def full_translator(self) -> Translator:
+        if self.mem.facts.os == "freebsd":
+            return self.freebsd_full_translator()
         page_size = self._info().page_size or 4096
         tables = Aarch64Tables(page_size.bit_length() - 1, self.va_bits)
         return RadixTranslator(tables, self.page_table_root(), self.mem.read_phys, "little",
                                self.path)
+
+    # -- FreeBSD (translators defined at the end of this module) --------------
+    def mini_translator(self) -> Translator:
+        return FreeBSDArm64MiniTranslator(self.mem)
+
+    def freebsd_full_translator(self) -> Translator:
+        """FreeBSD arm64 full dumps (libkvm has no reader for them): the walk
+        starts at the kernel pmap's L0 table, whose physical address must be
+        given with set_page_table_root (kernel_pmap_store.pm_l0_paddr)."""
+        def make() -> Translator:
+            root = getattr(self, "freebsd_root", None)
+            if root is None:
+                raise UnsupportedError(
+                    "FreeBSD arm64 full dump: give the kernel pmap's L0 table physical "
+                    "address (kernel_pmap_store.pm_l0_paddr) with "
+                    "dump.arch.set_page_table_root(pa)", self.path)
+            return RadixTranslator(Aarch64Tables(12, 48), root, self.mem.read_phys, "little",
+                                   self.path)
+
+        self._freebsd_lazy = LazyRootTranslator(make, self.path)
+        return self._freebsd_lazy
+
+    def set_page_table_root(self, pa: int) -> None:
+        """Give a FreeBSD full dump's kernel L0 table physical address explicitly."""
+        self.freebsd_root = pa
+        lazy = getattr(self, "_freebsd_lazy", None)
+        if lazy is not None:
+            lazy.reset()
 
     def linux_switch_frame(self, dump: "Dump", task: Any) -> dict[str, int]:
         """thread.cpu_context holds x19-x28, fp, sp and pc as cpu_switch_to left them."""
@@ -132,3 +167,61 @@ class Aarch64(ArchBackend):
         regs["sp"] = dump.read_ptr(base + types.offsetof("struct cpu_context", "sp"))
         regs["pc"] = self.strip_pac(dump.read_ptr(base + types.offsetof("struct cpu_context", "pc")))
         return regs
+
+
+# -- FreeBSD ------------------------------------------------------------------
+FREEBSD_ATTR_MASK = 0xFFFC000000000FFF  # sys/arm64/include/pte.h ATTR_MASK
+FREEBSD_L3_PAGE = 3
+
+
+class FreeBSDArm64MiniTranslator(Translator):
+    """kva -> pa from an arm64 minidump (libkvm's _aarch64_minidump_vatop): the
+    direct map first, pa = va - dmapbase + dmapphys; then the L3 array, one
+    entry per page from kernbase (the writer expands L1/L2 blocks into fake L3
+    pages, so block mappings arrive here as runs of L3 entries)."""
+
+    def __init__(self, mem: Any) -> None:
+        self.mem = mem
+        self.hdr = mem.header
+        self.page_size = mem.header.page_size
+        self.shift = self.page_size.bit_length() - 1
+        self.path = mem.path
+
+    def translate(self, va: int) -> Translation:
+        hdr, page = self.hdr, self.page_size
+        if hdr.dmapbase <= va < hdr.dmapend:
+            return Translation(va, va - hdr.dmapbase + hdr.dmapphys, page)
+        if va >= hdr.kernbase:
+            index = (va - hdr.kernbase) >> self.shift
+            l3 = self.mem.pmap_entry(index)
+            if l3 is None:
+                raise NotMappedError(f"virtual address {va:#x} lies past the minidump's kernel "
+                                     f"map ({self.mem.pmap_count} L3 entries)", va, self.path)
+            if l3 & 3 != FREEBSD_L3_PAGE:
+                raise NotMappedError(f"virtual address {va:#x} is not mapped (L3 entry {index} "
+                                     "is not a page)", va, self.path)
+            return Translation(va, (l3 & ~FREEBSD_ATTR_MASK) | (va & (page - 1)), page)
+        raise NotMappedError(f"virtual address {va:#x} is neither in the minidump's kernel map "
+                             f"(from {hdr.kernbase:#x}) nor in the direct map", va, self.path)
+
+    def _kernel_map(self) -> Iterator[MappedRange]:
+        hdr, page = self.hdr, self.page_size
+        for index in range(self.mem.pmap_count):
+            l3 = self.mem.pmap_entry(index)
+            if l3 & 3 == FREEBSD_L3_PAGE:
+                yield MappedRange(hdr.kernbase + (index << self.shift), l3 & ~FREEBSD_ATTR_MASK,
+                                  page, page)
+
+    def _direct_map(self) -> Iterator[MappedRange]:
+        hdr = self.hdr
+        for rng in self.mem.ranges():
+            va = rng.start - hdr.dmapphys + hdr.dmapbase
+            if rng.start >= hdr.dmapphys and va + rng.size <= hdr.dmapend:
+                yield MappedRange(va, rng.start, rng.size, self.page_size)
+
+    def walk(self) -> Iterator[MappedRange]:
+        parts = [self._kernel_map(), self._direct_map()]
+        if self.hdr.dmapbase < self.hdr.kernbase:
+            parts.reverse()
+        for part in parts:
+            yield from coalesce(part)

@@ -7,6 +7,12 @@ from typing import TYPE_CHECKING, Any
 from kvmcore.errors import UnsupportedError
 from kvmcore.pagetable import INVALID, LEAF, TABLE, Level, RadixTable, RadixTranslator, Translator
 from kvmcore.registry import ArchBackend, GdbRegister, PrstatusLayout, register_arch
+from typing import Iterator
+
+from kvmcore.errors import NotInDumpError, NotMappedError, SymbolError
+from kvmcore.freebsd.kva import LazyRootTranslator, coalesce
+from kvmcore.freebsd.kva import lookup as freebsd_lookup
+from kvmcore.pagetable import MappedRange, Translation
 
 if TYPE_CHECKING:
     from kvmcore.dump import Dump
@@ -79,8 +85,29 @@ class X86_64(ArchBackend):
         return bool(info and info.number("pgtable_l5_enabled"))
 
     def full_translator(self) -> Translator:
+        if self.mem.facts.os == "freebsd":
+            return self.freebsd_full_translator()
         return RadixTranslator(X86_64Tables(self.five_level()), self.page_table_root(),
                                self.mem.read_phys, "little", self.path)
+
+    # -- FreeBSD (translators defined at the end of this module) --------------
+    def mini_translator(self) -> Translator:
+        return FreeBSDAmd64MiniTranslator(self.mem)
+
+    def freebsd_full_translator(self) -> Translator:
+        def make() -> Translator:
+            return RadixTranslator(X86_64Tables(False), freebsd_amd64_root(self),
+                                   self.mem.read_phys, "little", self.path)
+
+        self._freebsd_lazy = LazyRootTranslator(make, self.path)
+        return self._freebsd_lazy
+
+    def set_page_table_root(self, pa: int) -> None:
+        """Give a FreeBSD full dump's kernel PML4 physical address explicitly."""
+        self.freebsd_root = pa
+        lazy = getattr(self, "_freebsd_lazy", None)
+        if lazy is not None:
+            lazy.reset()
 
     def linux_switch_frame(self, dump: "Dump", task: Any) -> dict[str, int]:
         """A sleeping task's thread.sp points at its struct inactive_task_frame,
@@ -96,3 +123,112 @@ class X86_64(ArchBackend):
                 name = "r" + member if member in ("bp", "bx") else member
                 regs[name] = dump.read_ptr(sp + types.offsetof(frame, member))
         return regs
+
+
+# -- FreeBSD ------------------------------------------------------------------
+# amd64 pmap constants (sys/amd64/include/pmap.h, lib/libkvm/kvm_amd64.h)
+FREEBSD_KERNBASE = 0xFFFFFFFF80000000
+FREEBSD_PG_FRAME = 0x000FFFFFFFFFF000
+FREEBSD_PG_PS_FRAME = 0x000FFFFFFFE00000
+
+
+class FreeBSDAmd64MiniTranslator(Translator):
+    """kva -> pa from an amd64 minidump's own kernel map (libkvm's
+    _amd64_minidump_vatop): version 1 holds one 4K PTE per page from kernbase,
+    version 2+ one PDE per 2 MB (a PS PDE is a 2 MB page, any other points at a
+    page-table page that is itself among the dumped pages). The direct map
+    [dmapbase, dmapend) is linear: pa = va - dmapbase."""
+
+    def __init__(self, mem: Any) -> None:
+        self.mem = mem
+        self.hdr = mem.header
+        self.path = mem.path
+
+    def _entry(self, va: int, index: int, what: str) -> int:
+        entry = self.mem.pmap_entry(index)
+        if entry is None:
+            raise NotMappedError(f"virtual address {va:#x} lies past the minidump's kernel map "
+                                 f"({self.mem.pmap_count} {what}s from {self.hdr.kernbase:#x})",
+                                 va, self.path)
+        if not entry & PRESENT:
+            raise NotMappedError(f"virtual address {va:#x} is not mapped ({what} {index} is "
+                                 "invalid)", va, self.path)
+        return entry
+
+    def translate(self, va: int) -> Translation:
+        hdr = self.hdr
+        if va >= hdr.kernbase:
+            if hdr.version == 1:
+                pte = self._entry(va, (va - hdr.kernbase) >> 12, "PTE")
+                return Translation(va, (pte & FREEBSD_PG_FRAME) | (va & 0xFFF), 1 << 12)
+            pde = self._entry(va, (va - hdr.kernbase) >> 21, "PDE")
+            if pde & PSE:
+                return Translation(va, (pde & FREEBSD_PG_PS_FRAME) | (va & 0x1FFFFF), 1 << 21)
+            table = pde & FREEBSD_PG_FRAME
+            try:
+                raw = self.mem.read_phys(table + ((va >> 12) & 511) * 8, 8)
+            except NotInDumpError:
+                raise NotMappedError(f"virtual address {va:#x}: its page-table page {table:#x} "
+                                     "is not in the minidump", va, self.path) from None
+            pte = int.from_bytes(raw, "little")
+            if not pte & PRESENT:
+                raise NotMappedError(f"virtual address {va:#x} is not mapped (PTE invalid)", va,
+                                     self.path)
+            return Translation(va, (pte & FREEBSD_PG_FRAME) | (va & 0xFFF), 1 << 12)
+        if hdr.dmapbase <= va < hdr.dmapend:
+            return Translation(va, va - hdr.dmapbase, 1 << 12)
+        raise NotMappedError(f"virtual address {va:#x} is neither in the minidump's kernel map "
+                             f"(from {hdr.kernbase:#x}) nor in the direct map", va, self.path)
+
+    def _kernel_map(self) -> Iterator[MappedRange]:
+        hdr, mem = self.hdr, self.mem
+        for index in range(mem.pmap_count):
+            entry = mem.pmap_entry(index)
+            if not entry & PRESENT:
+                continue
+            if hdr.version == 1:
+                yield MappedRange(hdr.kernbase + (index << 12), entry & FREEBSD_PG_FRAME,
+                                  1 << 12, 1 << 12)
+                continue
+            va = hdr.kernbase + (index << 21)
+            if entry & PSE:
+                yield MappedRange(va, entry & FREEBSD_PG_PS_FRAME, 1 << 21, 1 << 21)
+                continue
+            try:
+                raw = mem.read_phys(entry & FREEBSD_PG_FRAME, 4096)
+            except NotInDumpError:
+                continue  # libkvm also skips page-table pages that were not dumped
+            for i in range(512):
+                pte = int.from_bytes(raw[i * 8:i * 8 + 8], "little")
+                if pte & PRESENT:
+                    yield MappedRange(va + (i << 12), pte & FREEBSD_PG_FRAME, 1 << 12, 1 << 12)
+
+    def _direct_map(self) -> Iterator[MappedRange]:
+        hdr = self.hdr
+        for rng in self.mem.ranges():
+            if hdr.dmapbase + rng.end <= hdr.dmapend:
+                yield MappedRange(hdr.dmapbase + rng.start, rng.start, rng.size, 1 << 12)
+
+    def walk(self) -> Iterator[MappedRange]:
+        parts = [self._direct_map(), self._kernel_map()]
+        if self.hdr.kernbase < self.hdr.dmapbase:
+            parts.reverse()
+        for part in parts:
+            yield from coalesce(part)
+
+
+def freebsd_amd64_root(backend: "X86_64") -> int:
+    """Physical address of the kernel PML4 of a FreeBSD full dump: set explicitly
+    (backend.freebsd_root), else libkvm's bootstrap: the kernel image sits at
+    pa = va - kernbase, so KPML4phys (a u64 holding the PML4's pa) is read there."""
+    root = getattr(backend, "freebsd_root", None)
+    if root is not None:
+        return root
+    kpml4 = freebsd_lookup(backend, "KPML4phys")
+    if kpml4 is None:
+        raise SymbolError("FreeBSD full dump: the page-table root is the kernel variable "
+                          "KPML4phys; open the dump with the kernel's symbols (kernel or "
+                          "kernel.debug) or set it with dump.arch.set_page_table_root(pa)",
+                          backend.path)
+    kernbase = freebsd_lookup(backend, "kernbase") or FREEBSD_KERNBASE
+    return int.from_bytes(backend.mem.read_phys(kpml4 - kernbase, 8), "little")

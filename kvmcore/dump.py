@@ -39,6 +39,7 @@ class Dump:
         self.mem: PhysicalMemory = open_physical(
             self.paths if len(self.paths) > 1 else self.path, raw=arch is not None)
         self.arch: ArchBackend = select_arch(self.mem, arch)
+        self.arch.dump = self  # lazy translators (FreeBSD full dumps) need dump.symbols
         self.byteorder = self.arch.byteorder
         self.word_size = self.arch.word_size
         self._e = "<" if self.byteorder == "little" else ">"
