@@ -77,7 +77,8 @@ class Aarch64(ArchBackend):
     gdb_registers = tuple(
         [GdbRegister(f"x{i}", 64) for i in range(31)]
         + [GdbRegister("sp", 64, "data_ptr"), GdbRegister("pc", 64, "code_ptr"),
-           GdbRegister("cpsr", 32, "cpsr_flags")])
+           GdbRegister("cpsr", 32, "cpsr_flags", source="pstate")])
+    gdb_features = ("org.gnu.gdb.aarch64.core",)
 
     def _info(self):
         if self.vmcoreinfo is None:

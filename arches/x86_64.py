@@ -67,7 +67,20 @@ class X86_64(ArchBackend):
         + [GdbRegister("rbp", 64, "data_ptr"), GdbRegister("rsp", 64, "data_ptr")]
         + [GdbRegister(f"r{i}", 64, "int64") for i in range(8, 16)]
         + [GdbRegister("rip", 64, "code_ptr"), GdbRegister("eflags", 32, "i386_eflags")]
-        + [GdbRegister(n, 32, "int32") for n in ("cs", "ss", "ds", "es", "fs", "gs")])
+        + [GdbRegister(n, 32, "int32") for n in ("cs", "ss", "ds", "es", "fs", "gs")]
+        # gdb's amd64 target requires the x87 registers in the core feature and
+        # the SSE feature; a dump has none of them, so they are sent as unavailable
+        + [GdbRegister(f"st{i}", 80, "i387_ext") for i in range(8)]
+        + [GdbRegister(n, 32, "int", "float") for n in
+           ("fctrl", "fstat", "ftag", "fiseg", "fioff", "foseg", "fooff", "fop")]
+        + [GdbRegister(f"xmm{i}", 128, "vec128", feature="org.gnu.gdb.i386.sse")
+           for i in range(16)]
+        + [GdbRegister("mxcsr", 32, "i386_mxcsr", "vector", feature="org.gnu.gdb.i386.sse")]
+        + [GdbRegister("orig_rax", 64, "int", feature="org.gnu.gdb.i386.linux")]
+        + [GdbRegister(n, 64, "int", feature="org.gnu.gdb.i386.segments")
+           for n in ("fs_base", "gs_base")])
+    gdb_features = ("org.gnu.gdb.i386.core", "org.gnu.gdb.i386.sse", "org.gnu.gdb.i386.linux",
+                    "org.gnu.gdb.i386.segments")
 
     def page_table_root(self) -> int:
         """Physical address of the kernel's top-level table (init_top_pgt)."""

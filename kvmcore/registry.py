@@ -52,6 +52,10 @@ class GdbRegister:
     bitsize: int
     type: str = "int"
     group: str | None = None
+    #: gdb feature the register belongs to; None: the backend's first gdb_features entry
+    feature: str | None = None
+    #: name of the register in kvmcore's register dicts when it differs from gdb's
+    source: str | None = None
 
 
 class ArchBackend(ABC):

@@ -1,0 +1,157 @@
+"""What a dump offers to gdb, shared by every connection: the target
+description, threads, memory reads, modules, KASLR offsets, monitor text.
+
+Everything here only reads; one lock serialises access to the dump because
+the kernel model's caches are not built for concurrent use.
+"""
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from ..errors import AddressError, KvmcoreError
+from .tdesc import RegisterCodec, target_xml
+from .threads import GdbThread, ThreadList
+
+MONITOR_COMMANDS = {
+    "help": "list these commands",
+    "ps": "tasks, as `kvmcore ps` prints them",
+    "dmesg": "the kernel log, as `kvmcore dmesg` prints it",
+    "mods": "loaded modules, as `kvmcore mods` prints them",
+    "sys": "system summary, as `kvmcore sys` prints it",
+    "bt": "bt PID: kernel backtrace of a task, as `kvmcore bt PID` prints it",
+}
+
+
+class DumpTarget:
+    """The read-only gdb view of one open Dump."""
+
+    def __init__(self, dump: Any) -> None:
+        self.dump = dump
+        self.arch = dump.arch
+        self.lock = threading.RLock()
+        self.codec = RegisterCodec(self.arch)
+        self.mask = (1 << (self.arch.word_size * 8)) - 1
+
+    # -- static documents ------------------------------------------------
+    @cached_property
+    def target_xml(self) -> bytes:
+        return target_xml(self.arch).encode()
+
+    @cached_property
+    def threads(self) -> ThreadList:
+        with self.lock:
+            return ThreadList.from_dump(self.dump)
+
+    def threads_xml(self) -> bytes:
+        out = ["<?xml version=\"1.0\"?>", "<threads>"]
+        for t in self.threads.threads:
+            if t.cpu is not None:
+                with self.lock:
+                    t.registers()  # finds the module frames named in the extra text
+            core = f' core="{t.cpu}"' if t.cpu is not None else ""
+            out.append(f'<thread id="{t.tid:x}"{core} name={quoteattr(t.name)}>'
+                       f"{escape(t.extra)}</thread>")
+        out.append("</threads>")
+        return ("\n".join(out) + "\n").encode()
+
+    @cached_property
+    def kernel_offset(self) -> int:
+        info = self.dump.vmcoreinfo
+        return info.kernel_offset if info is not None else 0
+
+    @cached_property
+    def modules(self) -> list[Any]:
+        with self.lock:
+            try:
+                return list(self.dump.kernel.modules())
+            except (KvmcoreError, ImportError, AttributeError, NotImplementedError):
+                return []
+
+    def libraries_xml(self) -> bytes:
+        """Modules as gdb's target library list: one <section> per allocated
+        section in the kernel's order (the .ko's order of non-empty SHF_ALLOC
+        sections), falling back to the module base as its .text."""
+        out = ['<?xml version="1.0"?>', "<library-list>"]
+        for mod in self.modules:
+            sections = dict(getattr(mod, "sections", None) or {})
+            if not sections:
+                sections = {".text": mod.base}
+            out.append(f"<library name={quoteattr(mod.name + '.ko')}>")
+            for addr in sections.values():
+                out.append(f'  <section address="{addr:#x}"/>')
+            out.append("</library>")
+        out.append("</library-list>")
+        return ("\n".join(out) + "\n").encode()
+
+    # -- registers and memory --------------------------------------------
+    def registers_hex(self, thread: GdbThread) -> str:
+        with self.lock:
+            regs = thread.registers()
+        return self.codec.encode_all(regs)
+
+    def register_hex(self, thread: GdbThread, index: int) -> str | None:
+        if not 0 <= index < len(self.codec.regs):
+            return None
+        with self.lock:
+            regs = thread.registers()
+        return self.codec.encode_one(regs, index)
+
+    def read_memory(self, addr: int, length: int) -> bytes:
+        """Up to `length` bytes at `addr`: all of them, or those before the
+        first unreadable byte; b"" when the first byte is unreadable."""
+        addr &= self.mask
+        with self.lock:
+            try:
+                return self.dump.read(addr, length)
+            except AddressError as exc:
+                fault = exc.address & self.mask
+                if not addr < fault < addr + length:
+                    # the fault address may be the page's start: read the part before it
+                    return self._read_prefix(addr, length)
+                try:
+                    return self.dump.read(addr, fault - addr)
+                except KvmcoreError:
+                    return self._read_prefix(addr, length)
+            except KvmcoreError:
+                return self._read_prefix(addr, length)
+
+    def _read_prefix(self, addr: int, length: int) -> bytes:
+        """Page by page, stopping at the first page that cannot be read."""
+        parts = []
+        while length > 0:
+            n = min(length, 0x1000 - (addr & 0xFFF))
+            try:
+                parts.append(self.dump.read(addr, n))
+            except KvmcoreError:
+                break
+            addr = (addr + n) & self.mask
+            length -= n
+        return b"".join(parts)
+
+    # -- monitor ---------------------------------------------------------
+    def monitor(self, line: str) -> str:
+        words = line.split()
+        if not words or words[0] == "help":
+            width = max(map(len, MONITOR_COMMANDS))
+            return "kvmcore monitor commands (the target is a read-only crash dump):\n" + "".join(
+                f"  {name:<{width}}  {text}\n" for name, text in MONITOR_COMMANDS.items())
+        name, args = words[0], words[1:]
+        if name not in MONITOR_COMMANDS:
+            return f"unknown monitor command {name!r}; try `monitor help`\n"
+        if name == "bt" and not args:
+            return "usage: monitor bt PID\n"
+        with self.lock:
+            try:
+                from ..report.commands import render
+            except ImportError:
+                return f"monitor {name}: not available (kvmcore.report.commands is missing)\n"
+            try:
+                text = render(name, self.dump, args)
+            except KvmcoreError as exc:
+                return f"monitor {name}: {exc}\n"
+            except Exception as exc:  # noqa: BLE001 - a report bug must not end the session
+                return f"monitor {name}: not available ({type(exc).__name__}: {exc})\n"
+        return text if text.endswith("\n") or not text else text + "\n"

@@ -1,0 +1,204 @@
+"""gdb threads from the kernel model's tasks.
+
+Thread ids are the task's pid (tid, as the kernel numbers threads), so gdb's
+"Thread 115" is pid 115; the per-CPU idle tasks all have pid 0 and get
+IDLE_TID_BASE + cpu, above any pid the kernel hands out (PID_MAX_LIMIT is 4M).
+Without a kernel model (no `kvmcore.linux` yet, or an OS it does not know)
+each CPU of the dump's PRSTATUS notes is one thread.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import KvmcoreError
+
+IDLE_TID_BASE = 1 << 30
+
+
+@dataclass
+class GdbThread:
+    tid: int
+    pid: int
+    comm: str
+    cpu: int | None  # the CPU it was running on at the crash, if any
+    task: Any = None
+    _regs: Callable[[], dict[str, int]] | None = field(default=None, repr=False)
+    _cache: dict[str, int] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.pid} {self.comm}"
+
+    #: frames kvmcore unwound for gdb (module code gdb has no unwind data for)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def extra(self) -> str:
+        text = f"pid {self.pid} {self.comm}"
+        if self.cpu is not None:
+            text += f" on CPU {self.cpu}"
+        if self.skipped:
+            text += f"; {len(self.skipped)} module frame(s) above not shown: " + \
+                ", ".join(self.skipped) + " (see `monitor bt`)"
+        return text
+
+    def registers(self) -> dict[str, int]:
+        """The task's registers; {} when none can be recovered (all unavailable)."""
+        if self._cache is None:
+            try:
+                self._cache = dict(self._regs()) if self._regs else {}
+            except (KvmcoreError, LookupError, ValueError, TypeError, AttributeError):
+                self._cache = {}
+        return self._cache
+
+
+class ThreadList:
+    """All threads of one dump, in pid order, and which one is current."""
+
+    def __init__(self, threads: list[GdbThread], current: int, source: str) -> None:
+        self.threads = threads
+        self.by_tid = {t.tid: t for t in threads}
+        self.current_tid = current
+        self.source = source  # "tasks" or "cpus"
+
+    def get(self, tid: int) -> GdbThread | None:
+        if tid in (0, -1):
+            return self.by_tid.get(self.current_tid)
+        return self.by_tid.get(tid)
+
+    @classmethod
+    def from_dump(cls, dump: Any) -> "ThreadList":
+        try:
+            return cls._from_tasks(dump)
+        except (KvmcoreError, ImportError, AttributeError, NotImplementedError):
+            return cls._from_cpus(dump)
+
+    @classmethod
+    def _from_tasks(cls, dump: Any) -> "ThreadList":
+        kernel = dump.kernel
+        tasks = kernel.tasks()
+        if not tasks:
+            raise KvmcoreError("the kernel model found no tasks", dump.path)
+        cpu_regs = {}
+        try:
+            cpu_regs = {c.cpu: c.regs for c in dump.cpu_states}
+        except KvmcoreError:
+            pass
+        threads: list[GdbThread] = []
+        used: set[int] = set()
+        for task in tasks:
+            on_cpu = bool(getattr(task, "on_cpu", False))
+            cpu = getattr(task, "cpu", None) if on_cpu else None
+            tid = task.pid if task.pid > 0 else IDLE_TID_BASE + (getattr(task, "cpu", 0) or 0)
+            while tid in used:  # a model quirk must not merge two threads
+                tid += IDLE_TID_BASE
+            used.add(tid)
+            thread = GdbThread(tid, task.pid, str(task.comm), cpu, task, None)
+            thread._regs = _task_regs(dump, thread, cpu_regs.get(cpu))
+            threads.append(thread)
+        threads.sort(key=lambda t: t.tid)
+        current = threads[0].tid
+        try:
+            panic = kernel.panic_task()
+            current = next(t.tid for t in threads if t.task is panic or
+                           getattr(t.task, "address", None) == getattr(panic, "address", 0))
+        except (KvmcoreError, StopIteration, AttributeError, NotImplementedError):
+            pass
+        return cls(threads, current, "tasks")
+
+    @classmethod
+    def _from_cpus(cls, dump: Any) -> "ThreadList":
+        try:
+            states = dump.cpu_states
+        except KvmcoreError:
+            states = []
+        threads = [GdbThread(s.cpu + 1, s.pid, f"CPU {s.cpu}", s.cpu, None,
+                             (lambda regs=s.regs: regs)) for s in states]
+        if not threads:  # gdb needs one thread to talk to
+            threads = [GdbThread(1, 0, "no registers in dump", None, None, None)]
+        return cls(threads, threads[0].tid, "cpus")
+
+
+def _task_regs(dump: Any, thread: GdbThread, cpu_regs: dict[str, int] | None
+               ) -> Callable[[], dict[str, int]]:
+    def regs() -> dict[str, int]:
+        task = thread.task
+        try:
+            values = task.registers()
+        except (KvmcoreError, NotImplementedError, AttributeError):
+            if cpu_regs is None:
+                raise
+            values = cpu_regs  # a running task: its CPU's PRSTATUS
+        if thread.cpu is not None:
+            values = _past_module_frames(dump, thread, values)
+        return values
+    return regs
+
+
+def _kernel_text(dump: Any) -> tuple[int, int] | None:
+    try:
+        return dump.symbols.lookup("_stext"), dump.symbols.lookup("_etext")
+    except (KvmcoreError, AttributeError):
+        return None
+
+
+def _past_module_frames(dump: Any, thread: GdbThread, regs: dict[str, int]) -> dict[str, int]:
+    """A CPU stopped inside a module (pvpanic's notifier, on QEMU dumps) leaves
+    gdb with a frame it cannot unwind without that module's debug file, and
+    `bt` ends there. kvmcore's own unwinder (ORC, stack scan) walks such frames,
+    so gdb is given the registers of the first frame back in the kernel
+    image; the skipped frames are named in the thread's extra info."""
+    pc_name, sp_name = dump.arch.pc_reg, dump.arch.sp_reg
+    text = _kernel_text(dump)
+    pc = regs.get(pc_name)
+    if text is None or pc is None or text[0] <= pc < text[1]:
+        return regs
+    try:
+        from ..unwind import unwind
+
+        bt = unwind(dump, regs, max_frames=16)
+    except (KvmcoreError, ImportError, AttributeError, NotImplementedError):
+        return regs
+    skipped = []
+    for index, frame in enumerate(bt.frames):
+        if text[0] <= frame.pc < text[1]:
+            if not skipped:
+                return regs
+            thread.skipped = skipped
+            if frame.regs:  # entered through a saved pt_regs: all of them are known
+                return dict(frame.regs)
+            # only pc and sp are known for sure; the callee-saved registers the
+            # module code changed are unavailable, except a frame pointer ORC places
+            out = {pc_name: frame.pc, sp_name: frame.sp}
+            if dump.arch.name == "x86_64":
+                bp = _x86_frame_pointer(dump, bt.frames[index:])
+                if bp is not None:
+                    out["rbp"] = bp
+            return out
+        skipped.append(frame.function or f"{frame.pc:#x}")
+    return regs
+
+
+def _x86_frame_pointer(dump: Any, frames: list[Any]) -> int | None:
+    """rbp for the first of `frames`: rbp is callee-saved and code compiled
+    without frame pointers leaves it alone, so it is the frame pointer of the
+    first outer function whose ORC entry computes its CFA from rbp:
+    CFA - sp_offset, with CFA the stack pointer of the frame after it."""
+    try:
+        from ..unwind import orc, unwinder_for
+
+        table = unwinder_for(dump)._orc
+        if table is None:
+            return None
+        for inner, outer in zip(frames, frames[1:4]):
+            entry = table.find(inner.pc - 1)
+            if entry is None:
+                return None
+            if entry.bp_reg != orc.REG_UNDEFINED and entry.sp_reg != orc.REG_BP:
+                return None  # this frame saved rbp: gdb finds the value on the stack
+            if entry.sp_reg == orc.REG_BP:
+                return (outer.sp - entry.sp_offset) & 0xFFFFFFFFFFFFFFFF
+    except (KvmcoreError, ImportError, AttributeError):
+        return None
+    return None
