@@ -120,6 +120,16 @@ def _machine(name: str) -> tuple[str | None, int | None, str | None]:
     return None, None, None
 
 
+# VMCOREINFO entries only one architecture's kernel exports
+_VMCOREINFO_ARCH_KEYS = (
+    ("aarch64", ("NUMBER(kimage_voffset)", "NUMBER(TCR_EL1_T1SZ)")),
+    ("x86_64", ("SYMBOL(init_top_pgt)", "NUMBER(pgtable_l5_enabled)")),
+    ("s390x", ("SAMODE31", "IDENTITYBASE", "KERNELOFFPHYS")),
+)
+# sizeof(struct elf_prstatus) on 64-bit little-endian hosts that utsname may not name
+_PRSTATUS_SIZES = {392: "aarch64", 336: "x86_64"}
+
+
 @dataclass(frozen=True)
 class PageDesc:
     """One page_desc_t: where a dumped page's bytes are and how they are stored."""
@@ -368,9 +378,24 @@ class KdumpDump(PhysicalMemory):
             if not any(n.name == "VMCOREINFO" for n in self.notes):
                 self.notes.append(Note("VMCOREINFO", 0, raw))
 
+    def _guess_machine(self) -> tuple[str | None, str]:
+        """QEMU writes utsname.machine "Unknown" for some targets (aarch64): fall
+        back on arch-only VMCOREINFO entries, then on the NT_PRSTATUS size."""
+        if self.header.machine:
+            return self.header.machine, "utsname"
+        info = self.vmcoreinfo
+        if info is not None:
+            for machine, keys in _VMCOREINFO_ARCH_KEYS:
+                if any(k in info for k in keys):
+                    return machine, "vmcoreinfo"
+        sizes = {len(n.desc) for n in self.prstatus_notes()}
+        if len(sizes) == 1 and sizes.pop() in _PRSTATUS_SIZES:
+            return _PRSTATUS_SIZES[len(self.prstatus_notes()[0].desc)], "prstatus"
+        return None, "unknown"
+
     def _fill_facts(self) -> None:
         h, f = self.header, self.facts
-        f.machine = h.machine
+        f.machine, self.metadata["machine_source"] = self._guess_machine()
         f.os = "linux"
         f.word_size = h.word_size
         f.byteorder = h.byteorder
@@ -422,10 +447,14 @@ class KdumpDump(PhysicalMemory):
         index = self.dumped.rank(pfn) - self._rank_base
         raw = self.source.pread(self.desc_base + index * PAGE_DESC_SIZE, PAGE_DESC_SIZE)
         off, size, flags, page_flags = struct.unpack(self.header.e + "qIIQ", raw)
-        if off <= 0 or size == 0 or size > self.block_size or off + size > self.source.size:
+        if off <= 0 or size == 0 or size > self.block_size:
             raise DumpFormatError(
-                f"bad page descriptor for pfn {pfn:#x}: data at {off:#x}+{size:#x} "
-                f"(file is {self.source.size:#x} bytes)", self.path)
+                f"bad page descriptor for pfn {pfn:#x}: {size} bytes at offset {off:#x}",
+                self.path)
+        if off + size > self.source.size:
+            raise TruncatedDumpError(
+                f"pfn {pfn:#x}: page data at {off:#x}+{size:#x} lies past the end of the file "
+                f"({self.source.size:#x} bytes): the dump is truncated", self.path)
         return PageDesc(off, size, flags, page_flags)
 
     def read_page(self, pfn: int) -> bytes:
