@@ -447,37 +447,35 @@ class ModelTypes:
     """The model kernel's struct layouts, through the offsetof/sizeof interface of
     kvmcore's types facade (what DWARF from kernel.debug would give)."""
 
-    STRUCTS = {
-        "struct proc": PROC, "struct thread": THREAD, "struct msgbuf": MSGBUF,
-        "struct linker_file": {**LINKER_FILE, "size": LINKER_FILE["struct_size"]},
-    }
-
     def __init__(self, arch: str) -> None:
-        names = AMD64_PCB if arch == "amd64" else ()
-        pcb = {f"pcb_{n}": 8 * i for i, n in enumerate(names)}
-        if arch == "arm64":
+        def members(layout: dict, size_key: str = "size") -> tuple[dict, int]:
+            return {k: v for k, v in layout.items() if k != size_key}, layout[size_key]
+
+        if arch == "amd64":
+            pcb = {f"pcb_{n}": 8 * i for i, n in enumerate(AMD64_PCB)}
+        else:
             pcb = {"pcb_x": 0, "pcb_sp": 96}
-        pcb["size"] = PCB_SIZE
-        self.structs = {**self.STRUCTS, "struct pcb": pcb}
+        self.structs = {
+            "struct proc": members(PROC), "struct thread": members(THREAD),
+            "struct msgbuf": members(MSGBUF),
+            "struct linker_file": members(LINKER_FILE, "struct_size"),
+            "struct pcb": (pcb, PCB_SIZE),
+        }
 
     def offsetof(self, type_name: str, member: str) -> int:
         from kvmcore.errors import TypeInfoError
 
-        layout = self.structs.get(type_name)
-        if layout is None or member not in layout or member in ("size", "struct_size"):
+        fields = self.structs.get(type_name, ({}, 0))[0]
+        if member not in fields:
             raise TypeInfoError(f"{type_name} has no member {member!r} (model types)")
-        return layout[member]
+        return fields[member]
 
     def sizeof(self, type_name: str) -> int:
         from kvmcore.errors import TypeInfoError
 
-        layout = self.structs.get(type_name)
-        if layout is None:
+        if type_name not in self.structs:
             raise TypeInfoError(f"no type {type_name!r} (model types)")
-        return layout["size"]
-
-    def has_member(self, type_name: str, member: str) -> bool:
-        return member in self.structs.get(type_name, {})
+        return self.structs[type_name][1]
 
 
 # -- writers: minidumps --------------------------------------------------------------

@@ -149,7 +149,8 @@ class FreeBSDMinidump(PhysicalMemory):
         super().__init__(source)
         if source.size < 4096:
             raise TruncatedDumpError(
-                f"FreeBSD minidump of {source.size} bytes ends inside its header page",
+                f"FreeBSD minidump of {source.size} bytes ends inside its header page: "
+                "the dump is truncated",
                 source.path)
         hdr = parse_header(source.pread(0, 128), source.path)
         self.header = hdr
