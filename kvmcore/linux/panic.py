@@ -22,7 +22,8 @@ TAINT_NAMES = ["proprietary module", "forced module load", "CPU out of spec", "f
                "out-of-tree module", "unsigned module", "soft lockup", "live patch",
                "auxiliary", "struct randomization", "test"]
 
-PANIC_RE = re.compile(r"Kernel panic - not syncing: (.*)")
+# "---[ end Kernel panic - not syncing: ... ]---" closes the panic: skip it
+PANIC_RE = re.compile(r"^(?!---\[ end )Kernel panic - not syncing: (.*)")
 OOPS_RE = re.compile(r"^(BUG: .*|Oops: .*|kernel BUG at .*|Unable to handle kernel .*)")
 CPU_LINE_RE = re.compile(r"CPU: (\d+) PID: (\d+) Comm: (\S+) (Not tainted|Tainted: ([A-Z ]+))")
 
@@ -62,7 +63,7 @@ def find_panic(kernel: "LinuxKernel") -> PanicInfo:
         records = []
     panic_rec = None
     for rec in reversed(records):
-        m = PANIC_RE.search(rec.text)
+        m = PANIC_RE.match(rec.text)
         if m:
             info.message = m.group(1).strip()
             info.sources["message"] = "kernel log"

@@ -1,0 +1,47 @@
+"""Independent oracles for the tests: drgn (PyPI) reading the same dump with
+the Debian -dbg vmlinux. Facts come from here or from the manifests, never
+from kvmcore itself."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pytest
+
+
+def drgn_module():
+    try:
+        import drgn
+    except ImportError:
+        pytest.fail("drgn is not importable: install the test extra "
+                    "(.venv/bin/pip install -e '.[test]', or ./dev.sh test)", pytrace=False)
+    return drgn
+
+
+@lru_cache(maxsize=8)
+def drgn_program(dump: str, vmlinux: str):
+    drgn = drgn_module()
+    prog = drgn.Program()
+    prog.set_core_dump(dump)
+    prog.load_debug_info([vmlinux], default=False, main=False)
+    return prog
+
+
+@lru_cache(maxsize=8)
+def drgn_tasks(dump: str, vmlinux: str) -> dict[int, tuple[int, int, str]]:
+    """pid -> (tgid, parent's tgid, comm) of every task drgn finds (no idle tasks)."""
+    from drgn.helpers.linux.pid import for_each_task
+
+    out = {}
+    for t in for_each_task(drgn_program(dump, vmlinux)):
+        out[t.pid.value_()] = (t.tgid.value_(), t.real_parent.pid.value_(),
+                               t.comm.string_().decode())
+    return out
+
+
+@lru_cache(maxsize=8)
+def drgn_log(dump: str, vmlinux: str) -> list[tuple[int, int, str]]:
+    """(seq, timestamp ns, text) of every printk record."""
+    from drgn.helpers.linux.printk import get_printk_records
+
+    return [(r.seq, r.timestamp, r.text.decode(errors="replace"))
+            for r in get_printk_records(drgn_program(dump, vmlinux))]

