@@ -400,7 +400,10 @@ class KdumpDump(PhysicalMemory):
         f.word_size = h.word_size
         f.byteorder = h.byteorder
         f.kind = "full"
-        f.page_size = h.block_size
+        # block_size is the dumper's page size: makedumpfile uses the kernel's, but QEMU
+        # uses its own target page (64 KiB for aarch64 guests running 4 KiB kernels)
+        info = self.vmcoreinfo
+        f.page_size = (info.page_size if info and info.page_size else None) or h.block_size
         codecs = {name for bit, name in CODEC_NAMES.items() if h.status & bit}
         self.metadata.update({
             "signature": h.signature.decode("latin-1").strip(),
