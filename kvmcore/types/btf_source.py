@@ -46,9 +46,16 @@ def _btf_bounds(dump: "Dump") -> tuple[int, int]:
         start, stop = table.get("__start_BTF"), table.get("__stop_BTF")
         if start is not None and stop is not None:
             return start, stop
-    raise TypeInfoError("BTF from dump memory needs the __start_BTF/__stop_BTF symbols: "
-                        "kallsyms lacks them (kernel without CONFIG_KALLSYMS_ALL); "
-                        "give the vmlinux or its System.map", dump.path)
+    # No symbols: find the blob by its validated header in the kernel image.
+    from ..linux.scan import find_btf
+
+    found = find_btf(dump)
+    if found is not None:
+        return found[0], found[0] + found[1]
+    raise TypeInfoError("BTF from dump memory needs the __start_BTF/__stop_BTF symbols "
+                        "(kallsyms lacks them without CONFIG_KALLSYMS_ALL) and no BTF header "
+                        "was found in the kernel image; give the vmlinux or its System.map",
+                        dump.path)
 
 
 def btf_from_memory(dump: "Dump") -> bytes:
