@@ -1,0 +1,52 @@
+"""What an unwind produces: frames and the backtrace that holds them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FrameKind = Literal["normal", "exception", "interrupt"]
+
+
+@dataclass
+class Frame:
+    """One stack frame. `regs` is set for frames entered through a saved
+    register block (pt_regs): the registers of the interrupted code."""
+
+    index: int
+    pc: int
+    sp: int
+    function: str | None = None
+    module: str | None = None
+    guessed: bool = False
+    kind: FrameKind = "normal"
+    regs: dict[str, int] | None = None
+
+    def __str__(self) -> str:
+        where = self.function or "?"
+        if self.module:
+            where += f" [{self.module}]"
+        mark = "?" if self.guessed else " "
+        extra = f" <{self.kind}>" if self.kind != "normal" else ""
+        return f"#{self.index:<2} {mark}{self.pc:#018x} sp={self.sp:#018x} {where}{extra}"
+
+
+@dataclass
+class Backtrace:
+    """Frames innermost first; `error` says why the walk stopped early, if it did."""
+
+    frames: list[Frame] = field(default_factory=list)
+    error: str | None = None
+    #: the user-mode registers the walk ended at (syscall or user interrupt), if any
+    user_regs: dict[str, int] | None = None
+    #: remarks on how the walk was done (e.g. "ORC unavailable; stack scan")
+    notes: list[str] = field(default_factory=list)
+
+    def functions(self) -> list[str | None]:
+        """Bare function names (without +off/size), innermost first."""
+        return [f.function.split("+", 1)[0] if f.function else None for f in self.frames]
+
+    def __str__(self) -> str:
+        lines = [str(f) for f in self.frames]
+        if self.error:
+            lines.append(f"(stopped: {self.error})")
+        return "\n".join(lines)
