@@ -14,7 +14,8 @@ from .session import Session
 from .target import DumpTarget
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-IDLE_TIMEOUT = 3600.0  # a silent client is dropped after an hour
+IDLE_TIMEOUT = 3600.0
+REMOTE_TIMEOUT = 60  # seconds, for the gdb command line we print  # a silent client is dropped after an hour
 
 
 def _stderr(line: str) -> None:
@@ -138,7 +139,8 @@ def _quote(text: str) -> str:
 def gdb_command_line(dump: Any, listen: str = "127.0.0.1:1234", stdio: bool = False,
                      serve_command: str = "kvmcore serve") -> str:
     """The gdb invocation that attaches to this server (or starts it, with stdio)."""
-    parts = [_gdb_binary(dump)]
+    # building the task list can take seconds: more than gdb's 2 s default
+    parts = [_gdb_binary(dump), "-ex", _quote(f"set remotetimeout {REMOTE_TIMEOUT}")]
     if dump.vmlinux:
         parts.append(_quote(dump.vmlinux))
     if stdio:
@@ -162,11 +164,13 @@ def serve(dump: Any, listen: str = "127.0.0.1:1234", stdio: bool = False,
     Binding to anything but loopback is the caller's explicit choice; the dump
     holds the machine's memory (keys, passwords), so it is said loudly."""
     target = DumpTarget(dump)
+    warm = target.warm_up()
     if stdio:
         serve_stdio(target, log)
         return
     host, port = parse_listen(listen)
     server = TcpServer(target, host, port, log)
+    warm.join()
     bound = f"{server.address[0]}:{server.address[1]}"
     if host not in LOOPBACK:
         log(f"WARNING: listening on {bound}, not loopback: anyone who can reach this address "

@@ -34,16 +34,27 @@ class DumpTarget:
         self.lock = threading.RLock()
         self.codec = RegisterCodec(self.arch)
         self.mask = (1 << (self.arch.word_size * 8)) - 1
+        self._threads: ThreadList | None = None
 
     # -- static documents ------------------------------------------------
     @cached_property
     def target_xml(self) -> bytes:
         return target_xml(self.arch).encode()
 
-    @cached_property
+    @property
     def threads(self) -> ThreadList:
-        with self.lock:
-            return ThreadList.from_dump(self.dump)
+        with self.lock:  # the first caller builds it; others wait on the lock
+            if self._threads is None:
+                self._threads = ThreadList.from_dump(self.dump)
+            return self._threads
+
+    def warm_up(self) -> threading.Thread:
+        """Build the thread list (the kernel model, seconds with a DWARF
+        vmlinux) in the background, so that gdb's first packets are answered
+        within its remotetimeout."""
+        t = threading.Thread(target=lambda: self.threads, name="kvmcore warm-up", daemon=True)
+        t.start()
+        return t
 
     def threads_xml(self) -> bytes:
         out = ["<?xml version=\"1.0\"?>", "<threads>"]
