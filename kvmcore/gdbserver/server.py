@@ -142,7 +142,15 @@ def gdb_command_line(dump: Any, listen: str = "127.0.0.1:1234", stdio: bool = Fa
     # building the task list can take seconds: more than gdb's 2 s default
     parts = [_gdb_binary(dump), "-ex", _quote(f"set remotetimeout {REMOTE_TIMEOUT}")]
     if dump.vmlinux:
-        parts.append(_quote(dump.vmlinux))
+        # qOffsets relocates only .text/.data/.bss of an ET_EXEC vmlinux (gdb
+        # maps Text=/Data= to those sections when the file has more than two
+        # segments); .rodata, .data..read_mostly etc. need the whole-file offset
+        info = dump.vmcoreinfo
+        offset = info.kernel_offset if info is not None else 0
+        if offset:
+            parts += ["-ex", _quote(f"symbol-file -o {offset:#x} {_quote(dump.vmlinux)}")]
+        else:
+            parts.append(_quote(dump.vmlinux))
     if stdio:
         cmd = f"{serve_command} --stdio {_quote(dump.path)}"
         if dump.vmlinux:
