@@ -115,6 +115,13 @@ class Aarch64(ArchBackend):
         mask = self.pac_mask
         return address | mask if mask else address
 
+    def linear_map_address(self, pa: int) -> int:
+        """The linear-map (direct map) alias of physical address `pa`."""
+        # PAGE_OFFSET is fixed by the configured VA_BITS, even when TTBR1 uses fewer
+        page_offset = (-(1 << (self._info().number("VA_BITS") or self.va_bits))) \
+            & 0xFFFFFFFFFFFFFFFF
+        return ((pa - self.phys_offset) & 0xFFFFFFFFFFFFFFFF) | page_offset
+
     def page_table_root(self) -> int:
         root = self._info().symbol("swapper_pg_dir")
         if root is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import kvmcore
+from kvmcore.errors import SymbolError
 from conftest import sample_ids
 from oracles import drgn_log, drgn_tasks
 
@@ -81,7 +82,13 @@ def test_same_answers_without_vmlinux(samples, sid):
     key = lambda t: (t.pid, t.tgid, t.ppid, t.comm, t.state, t.cpu)  # noqa: E731
     assert sorted(map(key, without.tasks())) == sorted(map(key, with_v.tasks()))
     assert [r.text for r in without.log()] == [r.text for r in with_v.log()]
-    assert [m.name for m in without.modules()] == [m.name for m in with_v.modules()]
+    if without.symbol("modules") is None:
+        # arm64: kallsyms has no data symbols, so the module list head is unknown
+        # without a vmlinux or System.map; the model says so instead of guessing.
+        with pytest.raises(SymbolError, match="modules"):
+            without.modules()
+    else:
+        assert [m.name for m in without.modules()] == [m.name for m in with_v.modules()]
 
 
 @pytest.mark.parametrize("sid", ELF_SAMPLES)
@@ -90,5 +97,5 @@ def test_modules_are_the_ones_init_loaded(samples, sid):
     names = {m.name for m in dump.kernel.modules()}
     assert "qemu_fw_cfg" in names  # the guest's init insmods it for -device vmcoreinfo
     for mod in dump.kernel.modules():
-        assert dump.symbols.get(f"{mod.name}") is None or True
         assert mod.size > 0 and dump.arch.is_kernel_address(mod.base)
+        assert ".text" in mod.sections and mod.base <= mod.sections[".text"] < mod.base + mod.size

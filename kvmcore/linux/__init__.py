@@ -154,6 +154,11 @@ class LinuxKernel:
     def task_list(self) -> TaskList:
         init_task = self.init_task
         idle = [idle for _, idle in self.runqueue_tasks.values()]
+        if not idle and self.nr_cpus > 1:
+            from .scan import find_idle_tasks
+
+            idle = list(find_idle_tasks(self.dump, self.nr_cpus).values())
+            self.sources["idle_tasks"] = "memory scan"
         result = walk_tasks(self.dump, init_task, idle, self.task_registers)
         curr = {c: cur for c, (cur, _) in self.runqueue_tasks.items()}
         for task in result.tasks:  # rq->curr is the authority on what ran where

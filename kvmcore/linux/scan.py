@@ -114,3 +114,45 @@ def find_btf(dump: "Dump") -> tuple[int, int] | None:
             continue
         return hit, 24 + str_off + str_len
     return None
+
+
+def find_idle_tasks(dump: "Dump", nr_cpus: int) -> dict[int, int]:
+    """cpu -> idle task_struct for CPUs 1.., found in RAM by their "swapper/N"
+    comm when no runqueues symbol is known. Idle tasks are never on the task
+    list, so nothing else leads to them. Validated: pid 0, tgid 0, the comm's
+    CPU equals the task's CPU field; the address is its linear-map alias."""
+    import re
+
+    to_virt = getattr(dump.arch, "linear_map_address", None)
+    if to_virt is None or nr_cpus < 2:
+        return {}
+    types = dump.types
+    ts = "struct task_struct"
+    off_comm = types.offsetof(ts, "comm")
+    off_pid = types.offsetof(ts, "pid")
+    off_tgid = types.offsetof(ts, "tgid")
+    cpu_path = "thread_info.cpu" if types.has_member(ts, "thread_info.cpu") else "cpu"
+    off_cpu = types.offsetof(ts, cpu_path)
+    pattern = re.compile(rb"swapper/(\d{1,4})\0")
+    found: dict[int, int] = {}
+    for rng in dump.phys_ranges():
+        pa = rng.start
+        while pa < rng.end and len(found) < nr_cpus - 1:
+            n = min(CHUNK, rng.end - pa)
+            try:
+                data = dump.read_phys(pa, n)
+            except AddressError:
+                data = _read_pages(dump, pa, n) or b""
+            for m in pattern.finditer(data):
+                cpu = int(m.group(1))
+                if not 0 < cpu < nr_cpus or cpu in found:
+                    continue
+                task = to_virt(pa + m.start() - off_comm)
+                try:
+                    if (dump.read_u32(task + off_pid), dump.read_u32(task + off_tgid),
+                            dump.read_u32(task + off_cpu)) == (0, 0, cpu):
+                        found[cpu] = task
+                except AddressError:
+                    continue
+            pa += n
+    return found
