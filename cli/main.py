@@ -58,14 +58,15 @@ def analyze(dump: Optional[Path] = typer.Argument(None, help="the crash dump; de
     from kvmcore.report.render import render_markdown, render_rich, render_text
 
     err = Console(stderr=True)
+    if json_out:
+        fmt = "json"
     if dump is None:
         dump = committed_sample()
         if not dump.exists():
             raise KvmcoreError("no dump given and the committed sample is missing", str(dump))
-        if fmt in ("auto", "rich", "text"):
-            print(f"kvmcore: no dump given: analyzing the committed sample {dump}")
-    if json_out:
-        fmt = "json"
+        # first line of the report; on stderr where stdout must stay machine-readable
+        print(f"kvmcore: no dump given: analyzing the committed sample {dump}",
+              file=sys.stderr if fmt in ("json", "markdown") else sys.stdout)
     d = _open(dump, vmlinux, arch)
     with err.status("opening the dump") if err.is_terminal else _null() as status:
         def progress(stage: str) -> None:

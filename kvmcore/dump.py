@@ -12,7 +12,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .addrspace import KernelAddressSpace
-from .errors import KvmcoreError, UnsupportedError
+from .errors import KvmcoreError, TruncatedDumpError, UnsupportedError
 from .formats import open_physical
 from .formats.base import PhysicalMemory, PhysRange
 from .notes import VmcoreInfo
@@ -38,6 +38,11 @@ class Dump:
             raise KvmcoreError("no such vmlinux file", self.vmlinux)
         self.mem: PhysicalMemory = open_physical(
             self.paths if len(self.paths) > 1 else self.path, raw=arch is not None)
+        if self.mem.metadata.get("truncated"):
+            raise TruncatedDumpError(
+                f"the dump is truncated: its headers describe "
+                f"{self.mem.metadata.get('expected_size')} bytes but the file has "
+                f"{self.mem.source.size}", self.path)
         self.arch: ArchBackend = select_arch(self.mem, arch)
         self.arch.dump = self  # lazy translators (FreeBSD full dumps) need dump.symbols
         self.byteorder = self.arch.byteorder

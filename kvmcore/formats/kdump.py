@@ -335,6 +335,22 @@ class KdumpDump(PhysicalMemory):
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._read_notes(source)
         self._fill_facts()
+        self._check_length(source, ndesc)
+
+    def _check_length(self, source: ByteSource, ndesc: int) -> None:
+        """Page data is written in pfn order (zero pages share one block near the
+        start), so the last descriptors end the file; a shorter file was cut (an
+        interrupted copy, a full disk). Reads the last 4096 descriptors at most."""
+        tail = min(ndesc, 4096)
+        if tail <= 0:
+            return
+        raw = source.pread(self.desc_base + (ndesc - tail) * PAGE_DESC_SIZE,
+                           tail * PAGE_DESC_SIZE)
+        end = max((off + size for off, size, _f, _p in struct.iter_unpack(self.header.e + "qIIQ", raw)
+                   if off > 0 and 0 < size <= self.block_size), default=0)
+        if end:
+            self.metadata["expected_size"] = end
+            self.metadata["truncated"] = end > source.size
 
     # -- structure ---------------------------------------------------------
     def _read_bitmaps(self, source: ByteSource) -> None:

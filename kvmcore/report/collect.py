@@ -18,6 +18,12 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 
 
+def schema_path() -> str:
+    """The JSON Schema the --json report follows (kvmcore/schema/report.schema.json)."""
+    return os.path.join(os.path.dirname(os.path.dirname(__file__)), "schema",
+                        "report.schema.json")
+
+
 def _section(fn: Callable[[], dict[str, Any]], problems: list[str], name: str) -> dict[str, Any]:
     try:
         out = fn()
@@ -62,6 +68,7 @@ def build_report(dump: "Dump", log_lines: int = 40, progress: Callable[[str], No
     note("listing modules")
     report["modules"] = _section(lambda: {"list": [m.as_dict() for m in kernel.modules()]},
                                  problems, "modules")
+    report["dump"]["derived"] = dict(getattr(kernel, "sources", {}))
     report["problems"] = problems
     return report
 
