@@ -9,8 +9,10 @@ Debian's 6.1 vmlinux: sp_reg at bit 32, bp_reg 36, type 40 (2 bits), end 42):
               types CALL=0, REGS=1, REGS_PARTIAL=2
   6.4 on:     ... sp_reg:4, bp_reg:4, type:3, signal:1
               types UNDEFINED=0, END_OF_STACK=1, CALL=2, REGS=3, REGS_PARTIAL=4
-The core kernel's tables only; module code has its own (struct module's
-arch.orc_unwind*), which callers treat as "no entry".
+Loaded modules have their own tables in the same format (struct module's
+arch.num_orcs / orc_unwind_ip / orc_unwind, sorted at load); they are read
+when the kernel model and types can list the modules, else module code simply
+has no entry (the unwinder then scans the stack).
 """
 from __future__ import annotations
 
@@ -83,13 +85,10 @@ class OrcTable:
         if not 0 < count <= MAX_ORC_ENTRIES:
             raise UnsupportedError(f"ORC ip table of {count} entries at {start_ip:#x} is implausible",
                                    dump.path)
-        rel = array("i")
-        rel.frombytes(dump.read(start_ip, count * 4))  # AddressError propagates: caller reports it
-        if dump.byteorder != "little":
-            rel.byteswap()
-        self.ips = [start_ip + 4 * i + off for i, off in enumerate(rel)]
-        self.entries_at = start_orc
         self.dump = dump
+        self.ips = self._read_ips(start_ip, count)  # AddressError propagates: caller reports it
+        self.entries_at = start_orc
+        self._modules: list[tuple[int, int, list[int], int]] | None = None
         self.new_layout = _kernel_version(dump) >= (6, 4)
         # the tables cover core and init text only; everything else (modules, BPF) has no entry
         text_lo = syms.address("_stext") or self.ips[0]
@@ -100,22 +99,66 @@ class OrcTable:
             self.ranges.append((init_lo, init_hi))
         self._cache: dict[int, OrcEntry] = {}
 
+    def _read_ips(self, start: int, count: int) -> list[int]:
+        rel = array("i")
+        rel.frombytes(self.dump.read(start, count * 4))
+        if self.dump.byteorder != "little":
+            rel.byteswap()
+        return [start + 4 * i + off for i, off in enumerate(rel)]
+
+    @property
+    def modules(self) -> list[tuple[int, int, list[int], int]]:
+        """(text start, end, sorted ips, entries address) per loaded module."""
+        if self._modules is None:
+            self._modules = []
+            try:
+                types = self.dump.types
+                off_num = types.offsetof("struct module", "arch.num_orcs")
+                off_ip = types.offsetof("struct module", "arch.orc_unwind_ip")
+                off_orc = types.offsetof("struct module", "arch.orc_unwind")
+                modules = self.dump.kernel.modules()
+            except (KvmcoreError, AttributeError, ImportError):
+                return self._modules
+            for mod in modules:
+                try:
+                    num = self.dump.read_u32(mod.address + off_num)
+                    ip_at = self.dump.read_ptr(mod.address + off_ip)
+                    orc_at = self.dump.read_ptr(mod.address + off_orc)
+                    if not 0 < num <= MAX_ORC_ENTRIES // 16 or not ip_at or not orc_at:
+                        continue
+                    self._modules.append((mod.base, mod.base + mod.size,
+                                          self._read_ips(ip_at, num), orc_at))
+                except KvmcoreError:
+                    continue  # that module's tables are not in the dump
+        return self._modules
+
+    def _table_for(self, ip: int) -> tuple[list[int], int] | None:
+        if any(lo <= ip < hi for lo, hi in self.ranges):
+            return self.ips, self.entries_at
+        for lo, hi, ips, entries_at in self.modules:
+            if lo <= ip < hi:
+                return ips, entries_at
+        return None
+
     def covers(self, ip: int) -> bool:
-        return any(lo <= ip < hi for lo, hi in self.ranges)
+        return self._table_for(ip) is not None
 
     def find(self, ip: int) -> OrcEntry | None:
         """The entry for `ip`, or None when the address is outside the tables."""
-        if not self.covers(ip):
+        table = self._table_for(ip)
+        if table is None:
             return None
-        idx = bisect_right(self.ips, ip) - 1
+        ips, entries_at = table
+        idx = bisect_right(ips, ip) - 1
         if idx < 0:
             return None
-        entry = self._cache.get(idx)
+        key = entries_at + 6 * idx
+        entry = self._cache.get(key)
         if entry is None:
             try:
-                raw = self.dump.read(self.entries_at + 6 * idx, 6)
+                raw = self.dump.read(key, 6)
             except KvmcoreError:
                 return None
             entry = decode_entry(raw, self.new_layout)
-            self._cache[idx] = entry
+            self._cache[key] = entry
         return entry

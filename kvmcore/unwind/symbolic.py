@@ -36,6 +36,7 @@ class CodeSymbols:
         self._loaded = False
         self.error: str | None = None
         self._described: dict[int, tuple[str | None, str | None]] = {}
+        self._modules: list[tuple[int, int, str]] | None = None
 
     @property
     def table(self) -> Any:
@@ -64,7 +65,24 @@ class CodeSymbols:
             self._described[pc] = hit
         return hit
 
+    def _module_of(self, pc: int) -> str | None:
+        """The loaded module whose core memory holds `pc` (kernel model), if any."""
+        if self._modules is None:
+            self._modules = []
+            try:
+                self._modules = [(m.base, m.base + m.size, m.name)
+                                 for m in self.dump.kernel.modules()]
+            except (KvmcoreError, AttributeError, ImportError):
+                pass
+        return next((name for lo, hi, name in self._modules if lo <= pc < hi), None)
+
     def _describe(self, pc: int) -> tuple[str | None, str | None]:
+        text, module = self._describe_symbol(pc)
+        if text is None and module is None and self.dump.arch.is_kernel_address(pc):
+            module = self._module_of(pc)
+        return text, module
+
+    def _describe_symbol(self, pc: int) -> tuple[str | None, str | None]:
         table = self.table
         if table is None:
             return None, None
