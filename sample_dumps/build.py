@@ -51,7 +51,8 @@ def busybox(arch: Arch, cache: Path) -> Path:
 
 
 def threaded_task(arch: Arch, cache: Path) -> Path:
-    return initramfs.compile_threaded_task(arch.cc, cache / "guest" / arch.debian_arch / "threaded_task")
+    return initramfs.compile_threaded_task(arch.cc, cache / "guest" / arch.debian_arch / "threaded_task",
+                                           arch.cc_flags, arch.threaded_task_src)
 
 
 def cmdline(spec: SampleSpec) -> str:

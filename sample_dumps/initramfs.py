@@ -48,15 +48,17 @@ def resolve_modules(moddir: Path, names: list[str]) -> list[Path]:
     return order
 
 
-def compile_threaded_task(cc: str, out: Path) -> Path:
-    src = GUEST / "threaded_task.c"
+def compile_threaded_task(cc: str, out: Path, flags: tuple[str, ...] = (),
+                          src_name: str = "threaded_task.c") -> Path:
+    src = GUEST / src_name
     if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     if not shutil.which(cc):
         raise RuntimeError(f"C compiler {cc} not found (apt-get install the packages in sample_dumps/apt-packages.txt)")
-    log(f"{cc} -static -pthread threaded_task.c")
-    subprocess.run([cc, "-O2", "-static", "-pthread", "-o", str(out), str(src)], check=True)
+    flags = flags or ("-O2", "-static", "-pthread")
+    log(f"{cc} {' '.join(flags)} {src_name}")
+    subprocess.run([cc, *flags, "-o", str(out), str(src)], check=True)
     return out
 
 

@@ -34,7 +34,8 @@ class Arch:
     modules: tuple[str, ...]   # modules insmod'ed by the guest init (deps resolved)
     panic_wait: str      # "pvpanic" (QMP GUEST_PANICKED) or "serial"
     cc: str              # C compiler for the guest threaded_task
-    cc_flags: tuple[str, ...] = ()
+    cc_flags: tuple[str, ...] = ()   # replaces the default "-O2 -static -pthread" when set
+    threaded_task_src: str = "threaded_task.c"   # under sample_dumps/guest/
 
 
 ARCHES = {
@@ -42,8 +43,12 @@ ARCHES = {
                   ("qemu_fw_cfg", "pvpanic_mmio"), "pvpanic", "gcc"),
     "arm64": Arch("aarch64", "arm64", "arm64", "qemu-system-aarch64", "virt", "ttyAMA0",
                   ("qemu_fw_cfg",), "serial", "aarch64-linux-gnu-gcc"),
+    # no 32-bit libc on the host: a libc-free threaded_task built with the host gcc -m32
     "i386": Arch("i686", "i386", "686-pae", "qemu-system-i386", None, "ttyS0",
-                 ("qemu_fw_cfg", "pvpanic_mmio"), "pvpanic", "i686-linux-gnu-gcc"),
+                 ("qemu_fw_cfg", "pvpanic_mmio"), "pvpanic", "gcc",
+                 ("-m32", "-march=i686", "-O2", "-static", "-nostdlib", "-ffreestanding",
+                  "-fno-pic", "-no-pie", "-fno-stack-protector", "-fcf-protection=none"),
+                 "threaded_task_i386.c"),
 }
 
 
@@ -64,7 +69,7 @@ class SampleSpec:
     extra: dict = field(default_factory=dict)
 
 
-A64, ARM = ARCHES["amd64"], ARCHES["arm64"]
+A64, ARM, I386 = ARCHES["amd64"], ARCHES["arm64"], ARCHES["i386"]
 ALL_MDF = ("mdf-d31-c", "mdf-d31-l", "mdf-d31-E", "mdf-d31-F")
 
 SAMPLES: list[SampleSpec] = [
@@ -75,6 +80,10 @@ SAMPLES: list[SampleSpec] = [
     SampleSpec("x86_64-small", A64, ("mdf-d31-c",), memory_mb=128, commit_copy=True),
     SampleSpec("x86_64-kdump", A64, ("proc-elf", "mdf-d31-l"), memory_mb=512, kind="kdump",
                extra_append="crashkernel=160M"),
+    # Debian's 686-pae kernel (PAE paging, no BTF: types need the -dbg vmlinux)
+    SampleSpec("i386-pae", I386, ("elf", "kdump-zlib"), cpu="max"),
+    # the amd64 kernel with LA57 offered: it enables 5-level paging (pgtable_l5_enabled=1)
+    SampleSpec("x86_64-la57", A64, ("elf",), cpu="qemu64,+la57"),
 ]
 
 BY_ID = {s.id: s for s in SAMPLES}
