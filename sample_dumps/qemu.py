@@ -153,18 +153,28 @@ def run_and_dump(cmd: list[str], *, workdir: Path, serial: Path, panic_wait: str
         sock.unlink(missing_ok=True)
 
 
-def run_until_exit(cmd: list[str], *, serial: Path, timeout: float = 180.0) -> float:
-    """Run QEMU until it exits by itself (guest poweroff); for the real-kdump cycle."""
+def run_until_exit(cmd: list[str], *, serial: Path, timeout: float = 180.0,
+                   fail_patterns: tuple[str, ...] = ()) -> float:
+    """Run QEMU until it exits by itself (guest poweroff); for the real-kdump cycle.
+    Any of fail_patterns in the serial log aborts the run early."""
     full = cmd + ["-serial", f"file:{serial}", "-display", "none", "-monitor", "none", "-no-reboot"]
     serial.unlink(missing_ok=True)
     log(" ".join(full))
     t0 = time.monotonic()
     proc = subprocess.Popen(full, stdin=subprocess.DEVNULL)
     try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise RuntimeError(f"QEMU did not power off within {timeout}s\n"
-                           f"--- serial tail ({serial}) ---\n{serial_tail(serial)}")
+        while proc.poll() is None:
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"QEMU did not power off within {timeout}s\n"
+                                   f"--- serial tail ({serial}) ---\n{serial_tail(serial)}")
+            text = serial.read_text(errors="replace") if serial.exists() else ""
+            hit = [p for p in fail_patterns if p in text]
+            if hit:
+                raise RuntimeError(f"serial log shows {hit[0]!r}\n"
+                                   f"--- serial tail ({serial}) ---\n{serial_tail(serial)}")
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     return time.monotonic() - t0
