@@ -118,8 +118,10 @@ class TypeInfo:
         name = name.replace("const ", "").replace("volatile ", "").strip()
         if name == "void":
             return VOID
-        for space, key in (("typedef", name), ("base", BASE_ALIASES.get(name, name)),
-                           ("struct", name), ("union", name), ("enum", name)):
+        order = [("typedef", name), ("base", BASE_ALIASES.get(name, name))]
+        if name in BASE_ALIASES or " " in name:
+            order.reverse()  # a C base type: do not make DWARF scan for a typedef first
+        for space, key in order + [("struct", name), ("union", name), ("enum", name)]:
             t = src.lookup(space, key)
             if t is not None:
                 return t
