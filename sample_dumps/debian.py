@@ -73,7 +73,7 @@ def download(pkg: Package, debs: Path) -> Path:
     if path.exists():
         return path
     log(f"apt-get download {pkg.spec}")
-    subprocess.run(["apt-get", "download", pkg.spec], cwd=debs, check=True,
+    subprocess.run(["apt-get", "-o", "APT::Sandbox::User=root", "download", pkg.spec], cwd=debs, check=True,
                    stdout=subprocess.DEVNULL)
     if not path.exists():
         raise RuntimeError(f"apt-get download did not produce {path}")
