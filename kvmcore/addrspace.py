@@ -22,8 +22,11 @@ class KernelAddressSpace:
         t = self.translator.translate(va)
         return Translation(va, t.pa, t.page_size, self.mem.file_offset(t.pa))
 
-    def read(self, va: int, length: int) -> bytes:
-        """Read `length` bytes at kernel virtual address `va`."""
+    def read(self, va: int, length: int, zero_excluded: bool = False) -> bytes:
+        """Read `length` bytes at kernel virtual address `va`. With
+        `zero_excluded`, pages a filtered dump left out read as zeros: right for
+        kernel objects on pages makedumpfile dropped as zero-filled (dump level
+        bit 1), as crash's --zero_excluded does."""
         va &= self.mask
         if length <= 0:
             return b""
@@ -34,6 +37,11 @@ class KernelAddressSpace:
             try:
                 parts.append(self.mem.read_phys(t.pa, chunk))
             except PageExcludedError as exc:
+                if zero_excluded:
+                    parts.append(self._zero_filled(t.pa, chunk))
+                    va = (va + chunk) & self.mask
+                    length -= chunk
+                    continue
                 raise PageExcludedError(
                     f"virtual address {va:#x} (physical {t.pa:#x}) was excluded from the dump "
                     "by filtering", va, exc.path) from None
@@ -44,6 +52,18 @@ class KernelAddressSpace:
             va = (va + chunk) & self.mask
             length -= chunk
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _zero_filled(self, pa: int, length: int) -> bytes:
+        out = bytearray()
+        while length > 0:
+            n = min(length, 4096 - (pa & 0xFFF))
+            try:
+                out += self.mem.read_phys(pa, n)
+            except PageExcludedError:
+                out += bytes(n)
+            pa += n
+            length -= n
+        return bytes(out)
 
     def walk_pages(self) -> Iterator[MappedRange]:
         return self.translator.walk()

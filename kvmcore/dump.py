@@ -69,8 +69,8 @@ class Dump:
         return self.arch.cpu_states()
 
     # -- memory ------------------------------------------------------------
-    def read(self, va: int, length: int) -> bytes:
-        return self.aspace.read(va, length)
+    def read(self, va: int, length: int, zero_excluded: bool = False) -> bytes:
+        return self.aspace.read(va, length, zero_excluded)
 
     def read_phys(self, pa: int, length: int) -> bytes:
         return self.mem.read_phys(pa, length)

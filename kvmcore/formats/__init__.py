@@ -49,7 +49,7 @@ def open_source(source: ByteSource, raw_ok: bool = False) -> PhysicalMemory:
             continue
         if cls.probe(source):
             return cls(source)
-    raise UnsupportedError(
+    raise DumpFormatError(
         "not a recognised crash dump (expected ELF vmcore, kdump-compressed, flattened, "
         "FreeBSD minidump or full dump; use --arch to read a raw memory image)", source.path)
 

@@ -104,7 +104,8 @@ class TaskReader:
 
     def read(self, address: int, idle: bool = False) -> Task:
         d = self.dump
-        blob = d.read(address, self.size)
+        # makedumpfile -d 1 drops zero-filled pages, which may hold the tail of a task_struct
+        blob = d.read(address, self.size, zero_excluded=True)
         bo = d.byteorder
 
         def num(off: int, size: int, signed: bool = False) -> int:

@@ -135,8 +135,14 @@ def _log_section(kernel: Any, lines: int) -> dict[str, Any]:
     out = []
     for rec in log.records:
         out.extend(rec.format().split("\n"))
+    start = max(0, len(out) - lines) if lines > 0 else len(out)
+    # Reach back to the panic's first line when the tail would cut it off.
+    panic_at = next((i for i in range(len(out) - 1, -1, -1)
+                     if "Kernel panic - not syncing" in out[i] and "---[ end" not in out[i]), None)
+    if lines > 0 and panic_at is not None and len(out) - panic_at <= 4 * lines:
+        start = min(start, panic_at)
     return {"total_records": len(log.records), "layout": log.layout, "partial": log.partial,
-            "problem": log.problem, "lines": out[-lines:] if lines > 0 else []}
+            "problem": log.problem, "lines": out[start:]}
 
 
 def _tasks_section(dump: "Dump") -> dict[str, Any]:
