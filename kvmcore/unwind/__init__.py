@@ -41,6 +41,7 @@ UNWINDERS: dict[str, Callable[["Dump"], Any]] = {
     "x86_64": _x86_64,
     "aarch64": _aarch64,
     "i386": _i386,
+    "i686": _i386,
 }
 
 _CACHE_ATTR = "_kvmcore_unwinder"

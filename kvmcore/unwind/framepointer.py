@@ -71,8 +71,8 @@ class FramePointerUnwinder:
             frame_sp = fp + 2 * self.word
             self._add(bt, Frame(len(bt.frames), ret, frame_sp), exact=False)
             prev, fp = fp, next_fp
-            if not next_fp:
-                break
+            if not next_fp or not self.dump.arch.is_kernel_address(next_fp):
+                break  # end of the chain (a user-mode frame pointer after entry code)
             try:
                 crossed = self.exception_regs(ret, next_fp)
             except KvmcoreError as exc:

@@ -110,7 +110,7 @@ class X86_64Unwinder:
             return bt
         state = _State(regs["rip"], regs["rsp"], regs.get("rbp", 0), dict(regs), True)
         if (regs.get("cs", 0) & 3) == 3:
-            bt.error = "registers are user mode: no kernel stack to walk"
+            bt.user_regs = dict(regs)  # the CPU was in user mode: no kernel frames
             return bt
         guard = StackGuard(state.sp, THREAD_SIZE, task_stack, self.dump.arch.is_kernel_address)
         step = _Step(state=state)
@@ -150,8 +150,9 @@ class X86_64Unwinder:
         if entry.type == orc.END:
             return _Step(end=True)
         if entry.type == orc.UNDEFINED:
-            name = self.syms.describe(state.ip)[0] or f"{state.ip:#x}"
-            return _Step(error=f"ORC entry for {name} is undefined (cannot unwind further)")
+            # e.g. crash_setup_regs' _THIS_IP_ label past a function's last
+            # instruction (kdump's panic CPU): the kernel would give up; scan
+            return self._scan(state, guard)
         guessed = False
         if entry.sp_reg in (orc.REG_BP, orc.REG_BP_INDIRECT) and not guard.contains(state.bp, 8):
             # bp was lost (a frame crossed by stack scan clobbered it): place it
