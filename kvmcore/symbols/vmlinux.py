@@ -134,7 +134,8 @@ class VmlinuxFile:
                 continue
             end = find(b"\0", name_off)
             name = strings[name_off:end].decode("latin-1")
-            if not name:
+            # arm/arm64/riscv mapping symbols ($x, $d, $x.123) mark code/data runs, not functions
+            if not name or name[0] == "$":
                 continue
             if shndx == SHN_ABS:
                 letter = "a"
