@@ -206,7 +206,15 @@ class LinuxKernel:
 
     @cached_property
     def module_list(self) -> list[Module]:
-        return read_modules(self)
+        modules = read_modules(self)
+        try:
+            table = self.dump.symbols
+        except KvmcoreError:
+            return modules
+        for module in modules:  # so that frames in modules get names
+            if module.symbols and module.name not in table.modules:
+                table.add_module_symbols(module.name, module.symbols)
+        return modules
 
     def modules(self) -> list[Module]:
         return self.module_list

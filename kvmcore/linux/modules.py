@@ -23,6 +23,8 @@ class Module:
     size: int
     taints: int = 0
     sections: dict[str, int] = field(default_factory=dict)
+    #: (name, address, size, type letter) from the module's own kallsyms
+    symbols: list[tuple[str, int, int, str]] = field(default_factory=list, repr=False)
 
     @property
     def taint_flags(self) -> str:
@@ -65,9 +67,50 @@ def read_modules(kernel: "LinuxKernel") -> list[Module]:
             module.sections = _sections(dump, types, addr)
         except KvmcoreError:
             pass  # sections are a convenience; the module itself is known
+        try:
+            module.symbols = _kallsyms(dump, types, addr)
+        except KvmcoreError:
+            pass  # without them, frames in the module show as [module] only
         modules.append(module)
         node = dump.read_ptr(node)
     return modules
+
+
+MAX_MODULE_SYMBOLS = 1 << 18
+
+
+def _kallsyms(dump, types, addr: int) -> list[tuple[str, int, int, str]]:
+    """module->kallsyms: the module's Elf_Sym table, strtab and typetab, as the
+    kernel keeps them for /proc/kallsyms."""
+    mod_ks = dump.read_ptr(addr + types.offsetof("struct module", "kallsyms"))
+    if not mod_ks:
+        return []
+    mk = "struct mod_kallsyms"
+    symtab = dump.read_ptr(mod_ks + types.offsetof(mk, "symtab"))
+    count = dump.read_u32(mod_ks + types.offsetof(mk, "num_symtab"))
+    strtab = dump.read_ptr(mod_ks + types.offsetof(mk, "strtab"))
+    typetab = dump.read_ptr(mod_ks + types.offsetof(mk, "typetab"))
+    if not symtab or not strtab or count > MAX_MODULE_SYMBOLS:
+        return []
+    wide = dump.word_size == 8
+    entsize = 24 if wide else 16
+    raw = dump.read(symtab, count * entsize)
+    kinds = dump.read(typetab, count) if typetab else b"t" * count
+    bo = dump.byteorder
+    out = []
+    for i in range(count):
+        e = raw[i * entsize:(i + 1) * entsize]
+        name_off = int.from_bytes(e[0:4], bo)
+        if wide:
+            value, size = int.from_bytes(e[8:16], bo), int.from_bytes(e[16:24], bo)
+        else:
+            value, size = int.from_bytes(e[4:8], bo), int.from_bytes(e[8:12], bo)
+        if not value or not name_off:
+            continue
+        name = dump.read_cstring(strtab + name_off, 256)
+        if name and name[0] != "$":
+            out.append((name, value, size, chr(kinds[i])))
+    return out
 
 
 def _sections(dump, types, addr: int) -> dict[str, int]:

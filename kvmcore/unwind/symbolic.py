@@ -46,6 +46,10 @@ class CodeSymbols:
                 self._table = self.dump.symbols
             except (KvmcoreError, ImportError, AttributeError) as exc:
                 self.error = f"no kernel symbols: {exc}"
+            try:  # the kernel model adds each module's own kallsyms to the table
+                self.dump.kernel.modules()
+            except (KvmcoreError, AttributeError):
+                pass
         return self._table
 
     def address(self, name: str) -> int | None:
