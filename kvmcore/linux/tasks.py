@@ -161,19 +161,22 @@ def walk_tasks(dump: "Dump", init_task: int, idle_tasks: list[int],
     seen_tasks: set[int] = set()
     problem = None
     leaders = [init_task]
-    try:
-        leaders += list(reader.list_entries(init_task + reader.off_tasks, reader.off_tasks, set()))
+    try:  # keep what was walked before a fault
+        for leader in reader.list_entries(init_task + reader.off_tasks, reader.off_tasks, set()):
+            leaders.append(leader)
     except (WalkError, AddressError) as exc:
-        problem = f"task list walk stopped: {exc.message}"
+        problem = (f"task list walk stopped after {len(leaders)} thread-group leaders "
+                   f"(last {leaders[-1]:#x}): {exc.message}")
     for leader in leaders:
         if leader == init_task:
             members = [init_task]
         else:
+            members = []
             try:
-                members = list(reader.threads_of(leader))
+                for member in reader.threads_of(leader):
+                    members.append(member)
             except (WalkError, AddressError) as exc:
                 problem = problem or f"thread list of task {leader:#x} stopped: {exc.message}"
-                members = [leader]
             if leader not in members:
                 members.insert(0, leader)
         for addr in members:
