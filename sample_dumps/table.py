@@ -1,7 +1,7 @@
 """The sample table: one row per sample.  Adding an architecture is one row."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # makedumpfile options per output format name (the ELF input is header-fixed first)
 MDF_FORMATS = {
@@ -69,6 +69,8 @@ class SampleSpec:
     extra: dict = field(default_factory=dict)
 
 
+# the non-PAE 686 flavour (2-level paging, 4 MB pages) of the same i386 build
+ARCHES["i386-686"] = replace(ARCHES["i386"], flavour="686")
 A64, ARM, I386 = ARCHES["amd64"], ARCHES["arm64"], ARCHES["i386"]
 ALL_MDF = ("mdf-d31-c", "mdf-d31-l", "mdf-d31-E", "mdf-d31-F")
 
@@ -82,6 +84,7 @@ SAMPLES: list[SampleSpec] = [
                extra_append="crashkernel=160M"),
     # Debian's 686-pae kernel (PAE paging, no BTF: types need the -dbg vmlinux)
     SampleSpec("i386-pae", I386, ("elf", "kdump-zlib"), cpu="max"),
+    SampleSpec("i386-nopae", ARCHES["i386-686"], ("elf",), cpu="max"),
     # the amd64 kernel with LA57 offered: it enables 5-level paging (pgtable_l5_enabled=1)
     SampleSpec("x86_64-la57", A64, ("elf",), cpu="qemu64,+la57"),
 ]

@@ -1,5 +1,6 @@
-"""The i386 backend (Debian 686-pae, PAE paging) and 5-level x86_64 paging, on
-the real sample dumps i386-pae and x86_64-la57.
+"""The i386 backend (Debian 686-pae: PAE paging; Debian 686: 2-level paging)
+and 5-level x86_64 paging, on the real sample dumps i386-pae, i386-nopae and
+x86_64-la57.
 
 Ground truth comes from the samples' manifests (what the guest printed), from
 VMCOREINFO as readelf decodes it, from QEMU's own per-CPU note (control
@@ -23,9 +24,9 @@ from kvmcore.registry import get_arch
 from sample_dumps.catalog import load_samples
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILD = "python -m sample_dumps build --only i386-pae,x86_64-la57"
+BUILD = "python -m sample_dumps build --only i386-pae,i386-nopae,x86_64-la57"
 SAMPLES = load_samples()
-I386, LA57 = "i386-pae", "x86_64-la57"
+I386, NOPAE, LA57 = "i386-pae", "i386-nopae", "x86_64-la57"
 START_KERNEL_MAP = 0xFFFFFFFF80000000
 I386_PAGE_OFFSET = 0xC0000000  # Debian's CONFIG_VMSPLIT_3G
 UTS_FIELD = 65  # __NEW_UTS_LEN + 1
@@ -84,14 +85,14 @@ def kvmcore_cli(*args: str) -> str:
 
 # -- arch selection and uts through kernel virtual memory ---------------------
 
-@pytest.mark.parametrize("sid,fmt", dump_files(I386) + dump_files(LA57))
+@pytest.mark.parametrize("sid,fmt", dump_files(I386) + dump_files(NOPAE) + dump_files(LA57))
 def test_open_picks_arch_and_reads_uts(sid, fmt):
     s = sample(sid)
     m = s.manifest
-    want = {I386: "i386", LA57: "x86_64"}[sid]
+    want = {I386: "i386", NOPAE: "i386", LA57: "x86_64"}[sid]
     with kvmcore.open(str(s.file(fmt))) as dump:
         assert dump.arch.name == want
-        assert dump.word_size == (4 if sid == I386 else 8)
+        assert dump.word_size == (8 if sid == LA57 else 4)
         info = dump.vmcoreinfo
         base = info.symbol("init_uts_ns") + info.offset("uts_namespace", "name")
         raw = dump.read(base, UTS_FIELD * 5)
@@ -101,7 +102,7 @@ def test_open_picks_arch_and_reads_uts(sid, fmt):
         m["uts"]["sysname"], m["uts"]["release"], m["uts"]["version"], m["uts"]["machine"])
 
 
-@pytest.mark.parametrize("sid,other", [(I386, "x86_64"), (LA57, "i386")])
+@pytest.mark.parametrize("sid,other", [(I386, "x86_64"), (NOPAE, "x86_64"), (LA57, "i386")])
 def test_other_x86_backend_does_not_claim(sid, other):
     s = sample(sid)
     with kvmcore.open(str(s.file(s.formats[0]))) as dump:
@@ -110,20 +111,22 @@ def test_other_x86_backend_does_not_claim(sid, other):
 
 # -- i386 PAE -----------------------------------------------------------------
 
-def test_i386_vmcoreinfo_says_pae_and_cpu_runs_pae():
-    s = sample(I386)
+@pytest.mark.parametrize("sid,pae", [(I386, True), (NOPAE, False)])
+def test_i386_vmcoreinfo_and_cpu_agree_on_pae(sid, pae):
+    s = sample(sid)
     fields = readelf_vmcoreinfo(s.file("elf"))
-    assert fields.get("CONFIG_X86_PAE") == "y"
+    assert (fields.get("CONFIG_X86_PAE") == "y") == pae
     assert "KERNELOFFSET" not in fields  # i386 shows its relocation only in SYMBOL(_stext)
     with kvmcore.open(str(s.file("elf"))) as dump:
-        assert dump.arch.pae()
-        assert all(cr4 & CR4_PAE for cr4 in qemu_cr4(dump))
+        assert dump.arch.pae() == pae
+        assert len(dump.arch.full_translator().table.levels) == (3 if pae else 2)
+        assert [bool(cr4 & CR4_PAE) for cr4 in qemu_cr4(dump)] == [pae] * s.manifest["qemu"]["smp"]
         assert dump.arch.page_offset() == I386_PAGE_OFFSET
         assert dump.arch.page_table_root() == int(fields["SYMBOL(swapper_pg_dir)"], 16) - \
             I386_PAGE_OFFSET
 
 
-@pytest.mark.parametrize("sid,fmt", dump_files(I386))
+@pytest.mark.parametrize("sid,fmt", dump_files(I386) + dump_files(NOPAE))
 def test_i386_translate_is_pa_of_direct_map(sid, fmt):
     """Lowmem kernel addresses are __pa(x) = x - PAGE_OFFSET; reading the
     physical page directly gives the manifest's release."""
@@ -133,19 +136,21 @@ def test_i386_translate_is_pa_of_direct_map(sid, fmt):
     with kvmcore.open(str(s.file(fmt))) as dump:
         t = dump.translate(uts)
         assert t.pa == uts - I386_PAGE_OFFSET
-        assert t.page_size in (4096, 2 << 20)  # PAE: 4 KB or 2 MB, never 4 MB
+        # PAE: 4 KB or 2 MB pages; 2-level: 4 KB or 4 MB
+        assert t.page_size in ((4096, 2 << 20) if sid == I386 else (4096, 4 << 20))
         phys = dump.read_phys(t.pa, UTS_FIELD * 3)
         assert phys[2 * UTS_FIELD:].split(b"\0")[0].decode() == s.manifest["kernel_release"]
 
 
-def test_i386_walk_pages_is_pae_shaped():
-    s = sample(I386)
+@pytest.mark.parametrize("sid,large", [(I386, 2 << 20), (NOPAE, 4 << 20)])
+def test_i386_walk_pages_page_sizes_and_lowmem(sid, large):
+    s = sample(sid)
     with kvmcore.open(str(s.file("elf"))) as dump:
         ranges = list(dump.walk_pages())
     ram = s.manifest["qemu"]["memory_mb"] << 20
     assert ranges, "walk_pages yielded nothing"
     sizes = {r.page_size for r in ranges}
-    assert sizes <= {4096, 2 << 20} and 2 << 20 in sizes, sizes
+    assert sizes <= {4096, large} and large in sizes, sizes
     assert all(r.va + r.size <= 1 << 32 for r in ranges)
     first = ranges[0]
     assert (first.va, first.pa) == (I386_PAGE_OFFSET, 0)
@@ -232,6 +237,15 @@ def test_ps_and_dmesg(sid, fmt):
     log = kvmcore_cli("dmesg", *args)
     assert s.manifest["marker"] in log
     assert "Kernel panic - not syncing: sysrq triggered crash" in log
+
+
+def test_i386_dmesg_without_vmlinux():
+    """The printk ring buffer is found through VMCOREINFO alone (no BTF on i386)."""
+    for sid in (I386, NOPAE):
+        s = sample(sid)
+        log = kvmcore_cli("dmesg", str(s.file("elf")))
+        assert s.manifest["marker"] in log
+        assert f"Linux version {s.manifest['kernel_release']}" in log
 
 
 def test_i386_sleeping_thread_unwinds_through_switch_frame():
