@@ -1,4 +1,5 @@
 """python -m sample_dumps build [--only ID,...] [--with-dbg] [--force] [--commit-copy]
+python -m sample_dumps build --memory-mb MB [--extra-tasks N]   (scale sample, under $CACHE/scale/)
 python -m sample_dumps list"""
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     b.add_argument("--commit-copy", action="store_true",
                    help="copy samples marked commit_copy (x86_64-small) into sample_dumps/committed/")
+    b.add_argument("--memory-mb", type=int,
+                   help="build one scale sample x86_64-m<MB>-t<N> (under $CACHE/scale/) with this guest memory")
+    b.add_argument("--extra-tasks", type=int, default=0,
+                   help="with --memory-mb: init starts this many extra sleep processes")
     sub.add_parser("list", help="list cached samples and their files")
     args = ap.parse_args(argv)
     cache = cache_dir()
@@ -45,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from .build import build_sample, commit_copy
+    if args.memory_mb:
+        from .table import scale_spec
+        spec = scale_spec(args.memory_mb, args.extra_tasks)
+        return 0 if build_sample(spec, cache, force=args.force) else 1
     ids = args.only.split(",") if args.only else default_ids()
     unknown = [i for i in ids if i not in BY_ID]
     if unknown:

@@ -127,7 +127,8 @@ def build_qemu_sample(spec: SampleSpec, cache: Path, sdir: Path, kernel: Kernel)
     marker = "kvmcore-marker-" + secrets.token_hex(8)
     initrd = sdir / "initrd.cpio.gz"
     initramfs.build(initrd, busybox=busybox(a, cache), moddir=kernel.moddir, modules=list(a.modules),
-                    threaded_task=threaded_task(a, cache), marker=marker)
+                    threaded_task=threaded_task(a, cache), marker=marker,
+                    extra_tasks=spec.extra_tasks)
     append = cmdline(spec)
     need_elf = any(f == "elf" or f in MDF_FORMATS for f in spec.formats)
     dumps = {}
@@ -137,7 +138,8 @@ def build_qemu_sample(spec: SampleSpec, cache: Path, sdir: Path, kernel: Kernel)
         dumps["kdump-zlib"] = sdir / "vmcore.kdump-zlib"
     serial = sdir / "serial.log"
     info = qemu.run_and_dump(qemu_cmd(spec, kernel, initrd, append), workdir=sdir, serial=serial,
-                             panic_wait=a.panic_wait, dumps=dumps)
+                             panic_wait=a.panic_wait, dumps=dumps,
+                             timeout=120.0 + spec.extra_tasks * 0.1 + spec.memory_mb * 0.02)
     mdf = [f for f in spec.formats if f in MDF_FORMATS]
     if mdf:
         fixed = sdir / "tmp-fixed.elf"
@@ -152,6 +154,8 @@ def build_qemu_sample(spec: SampleSpec, cache: Path, sdir: Path, kernel: Kernel)
     m = base_manifest(spec, kernel, append, serial.read_text(errors="replace"))
     if m["marker"] != marker:
         raise RuntimeError(f"marker mismatch: {m['marker']} != {marker}")
+    if spec.extra_tasks:
+        m["extra_tasks"] = spec.extra_tasks
     m["qemu"]["version"] = info["qemu_version"]
     m["qemu"]["package"] = info["qemu_package"]
     m["build"]["panic_event"] = info["panic_event"]
@@ -161,7 +165,7 @@ def build_qemu_sample(spec: SampleSpec, cache: Path, sdir: Path, kernel: Kernel)
 
 
 def build_sample(spec: SampleSpec, cache: Path, *, force: bool = False, with_dbg: bool = False) -> str:
-    sdir = cache / "samples" / spec.id
+    sdir = cache / spec.cache_subdir / spec.id
     if not force and manifest.is_complete(sdir, spec.formats):
         log(f"{spec.id}: cached, up to date")
         if with_dbg:

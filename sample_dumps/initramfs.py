@@ -62,14 +62,27 @@ def compile_threaded_task(cc: str, out: Path, flags: tuple[str, ...] = (),
     return out
 
 
+def extra_tasks_script(n: int) -> str:
+    """Shell lines starting n extra `sleep` processes (each a task of its own)
+    before the marker; threads-max is raised since the kernel's default is
+    sized from RAM (~8k tasks per GB)."""
+    if n <= 0:
+        return ""
+    return (f"echo {n + 1000} > /proc/sys/kernel/threads-max\n"
+            f"i=0\nwhile [ $i -lt {n} ]; do sleep 100000 & i=$((i + 1)); done\n"
+            f'echo "KVMCORE extra-tasks={n} last-pid=$!"\n')
+
+
 def _script(dest: Path, text: str) -> None:
     dest.write_text(text)
     dest.chmod(0o755)
 
 
 def build(out: Path, *, busybox: Path, moddir: Path, modules: list[str], threaded_task: Path,
-          marker: str, kexec: str = "", extra_files: dict[str, Path] | None = None) -> list[str]:
-    """Write the initramfs to `out`; return the module load order (file names)."""
+          marker: str, kexec: str = "", extra_files: dict[str, Path] | None = None,
+          extra_tasks: int = 0) -> list[str]:
+    """Write the initramfs to `out`; return the module load order (file names).
+    extra_tasks > 0 makes init start that many more `sleep` processes (scale samples)."""
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         root = Path(tmp)
         for d in ("bin", "etc", "lib/modules", "proc", "sys", "dev", "tmp"):
@@ -88,6 +101,7 @@ def build(out: Path, *, busybox: Path, moddir: Path, modules: list[str], threade
         init = (GUEST / "init.sh").read_text()
         init = init.replace("@MARKER@", marker).replace("@NTHREADS@", str(NTHREADS))
         init = init.replace("@KEXEC@", kexec)
+        init = init.replace("@EXTRA_TASKS@", extra_tasks_script(extra_tasks))
         _script(root / "init", init)
         for rel, src in (extra_files or {}).items():
             dst = root / rel.lstrip("/")

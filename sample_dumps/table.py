@@ -67,6 +67,8 @@ class SampleSpec:
     commit_copy: bool = False         # may be copied into sample_dumps/committed/
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    extra_tasks: int = 0              # more `sleep` processes started by init (scale samples)
+    cache_subdir: str = "samples"     # scale samples live apart from the test samples
 
 
 # the non-PAE 686 flavour (2-level paging, 4 MB pages) of the same i386 build
@@ -90,6 +92,14 @@ SAMPLES: list[SampleSpec] = [
 ]
 
 BY_ID = {s.id: s for s in SAMPLES}
+
+
+def scale_spec(memory_mb: int, extra_tasks: int) -> SampleSpec:
+    """An x86_64 ELF-only sample with the given guest memory and extra task count,
+    for the benchmark's scale series (bench --scale); cached under scale/<ID>/."""
+    return SampleSpec(f"x86_64-m{memory_mb}-t{extra_tasks}", A64, ("elf",), memory_mb=memory_mb,
+                      default=False, extra_tasks=extra_tasks, cache_subdir="scale",
+                      notes="benchmark scale series")
 
 
 def default_ids() -> list[str]:

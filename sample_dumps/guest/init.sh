@@ -56,6 +56,7 @@ for f in sleeper_a sleeper_b sleeper_c threaded_task; do
 	i=0
 	while [ ! -e /tmp/ready.$f ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i + 1)); done
 done
+@EXTRA_TASKS@
 echo "KVMCORE marker=@MARKER@"
 echo "@MARKER@" > /dev/kmsg
 echo "KVMCORE ready"

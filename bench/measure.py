@@ -1,0 +1,93 @@
+"""Run a command several times; wall time and peak RSS of each run.
+
+Peak RSS comes from os.wait4 on the child itself (ru_maxrss of that process
+and its waited-for descendants), so runs do not blur into each other the way
+a process-wide RUSAGE_CHILDREN maximum would."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Run:
+    seconds: float          # wall time of the whole process
+    rss_kb: int             # peak resident set size (KiB)
+    stdout: str
+    inner: dict = field(default_factory=dict)   # JSON the worker printed (read loops)
+
+
+@dataclass
+class Measurement:
+    tool: str
+    runs: list[Run]
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.runs)
+
+    def median(self, key: str = "seconds") -> float:
+        if key == "seconds":
+            return statistics.median(r.seconds for r in self.runs)
+        return statistics.median(r.inner[key] for r in self.runs)
+
+    @property
+    def rss_mb(self) -> float:
+        return max(r.rss_kb for r in self.runs) / 1024
+
+
+class CommandFailed(Exception):
+    pass
+
+
+def run_once(cmd: list[str], *, stdin_text: str | None = None, timeout: float = 900,
+             cwd: str | None = None, env: dict | None = None) -> Run:
+    """Run `cmd` to completion; raise CommandFailed on a non-zero exit or timeout.
+    Output goes through temporary files so that the parent can reap the child
+    itself with os.wait4 and keep its rusage."""
+    with tempfile.TemporaryFile("w+") as fin, tempfile.TemporaryFile("w+") as fout, \
+            tempfile.TemporaryFile("w+") as ferr:
+        if stdin_text is not None:
+            fin.write(stdin_text)
+            fin.flush()
+            fin.seek(0)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, cwd=cwd, env=env)
+        deadline = t0 + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                raise CommandFailed(f"{cmd[0]} timed out after {timeout}s")
+            time.sleep(0.005)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        fout.seek(0)
+        ferr.seek(0)
+        out, err = fout.read(), ferr.read()
+    if proc.returncode != 0:
+        tail = (err or out).strip().splitlines()[-3:]
+        raise CommandFailed(f"{' '.join(cmd[:3])} ... exited {proc.returncode}: {' | '.join(tail)}")
+    bench_lines = [line for line in out.splitlines() if line.startswith("BENCH ")]
+    inner = json.loads(bench_lines[-1][6:]) if bench_lines else {}
+    return Run(seconds, usage.ru_maxrss, out, inner)
+
+
+def measure(tool: str, cmd: list[str], runs: int, **kw) -> Measurement:
+    """`runs` runs of `cmd`; a failure is recorded, not raised."""
+    done: list[Run] = []
+    try:
+        for _ in range(runs):
+            done.append(run_once(cmd, **kw))
+    except (CommandFailed, OSError) as exc:
+        return Measurement(tool, done, str(exc))
+    return Measurement(tool, done)

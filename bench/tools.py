@@ -1,0 +1,56 @@
+"""Command lines of the tools being compared, for one dump."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+PY = sys.executable
+KVMCORE = str(Path(PY).with_name("kvmcore"))
+CRASH = shutil.which("crash")
+GDB = shutil.which("gdb")
+
+# crash commands doing the work of each kvmcore command
+CRASH_COMMANDS = {"info": ["sys"], "ps": ["ps"], "dmesg": ["log"], "bt": ["bt"],
+                  "analyze": ["sys", "ps", "log", "bt"]}
+
+
+def kvmcore_cmd(task: str, dump: Path) -> list[str]:
+    if task == "analyze":
+        return [KVMCORE, "analyze", str(dump), "--format", "text"]
+    return [KVMCORE, task, str(dump)]
+
+
+def drgn_cmd(task: str, dump: Path, vmlinux: Path) -> list[str]:
+    return [PY, "-m", "bench.drgn_worker", task, str(dump), str(vmlinux)]
+
+
+def kvmcore_read_cmd(mode: str, dump: Path) -> list[str]:
+    return [PY, "-m", "bench.kvmcore_worker", mode, str(dump)]
+
+
+def crash_cmd(task: str, dump: Path, vmlinux: Path, workdir: Path) -> list[str]:
+    cmdfile = workdir / f"crash-{task}.cmd"
+    cmdfile.write_text("\n".join(CRASH_COMMANDS[task] + ["quit"]) + "\n")
+    return [CRASH or "crash", "-s", "-i", str(cmdfile), str(vmlinux), str(dump)]
+
+
+def _gdb_dump_memory(setup: list[str], start: int, size: int, out: Path) -> list[str]:
+    """gdb in batch mode dumping [start, start+size) to `out`; the dump itself is
+    timed inside gdb (its Python) and printed as a BENCH line."""
+    cmd = [GDB or "gdb", "-nx", "-batch"]
+    for line in setup + [
+            "python import time; t0 = time.perf_counter()",
+            f"dump binary memory {out} {start:#x} {start + size:#x}",
+            'python print("BENCH {\\"loop_seconds\\": %f}" % (time.perf_counter() - t0))']:
+        cmd += ["-ex", line]
+    return cmd
+
+
+def gdb_via_serve_cmd(dump: Path, va: int, size: int, out: Path) -> list[str]:
+    return _gdb_dump_memory(["set remotetimeout 120",
+                             f"target remote | {KVMCORE} serve --stdio {dump}"], va, size, out)
+
+
+def gdb_core_cmd(dump: Path, pa: int, size: int, out: Path) -> list[str]:
+    return _gdb_dump_memory([f"core-file {dump}"], pa, size, out)
