@@ -48,10 +48,10 @@ def dump_files(sid: str) -> list:
     return [pytest.param(sid, fmt, id=f"{sid}-{fmt}") for fmt in SAMPLES[sid].formats]
 
 
-def i386_vmlinux() -> Path:
-    v = sample(I386).vmlinux()
+def i386_vmlinux(sid: str = I386) -> Path:
+    v = sample(sid).vmlinux()
     if v is None:
-        pytest.fail(f"the i386 -dbg vmlinux is missing: run `{BUILD} --with-dbg`")
+        pytest.fail(f"the -dbg vmlinux of {sid} is missing: run `{BUILD} --with-dbg`")
     return v
 
 
@@ -228,10 +228,11 @@ def check_ps(tasks: list[dict], manifest: dict) -> None:
         assert by_pid[th["tid"]]["tgid"] == th["tgid"]
 
 
-@pytest.mark.parametrize("sid,fmt", dump_files(I386) + dump_files(LA57))
+@pytest.mark.parametrize("sid,fmt", dump_files(I386) + dump_files(NOPAE) + dump_files(LA57))
 def test_ps_and_dmesg(sid, fmt):
+    """i386 kernels have no BTF: their types come from the -dbg vmlinux's DWARF."""
     s = sample(sid)
-    args = [str(s.file(fmt))] + ([str(i386_vmlinux())] if sid == I386 else [])
+    args = [str(s.file(fmt))] + ([str(i386_vmlinux(sid))] if sid != LA57 else [])
     tasks = json.loads(kvmcore_cli("ps", "--json", *args))["tasks"]
     check_ps(tasks, s.manifest)
     log = kvmcore_cli("dmesg", *args)
@@ -248,12 +249,13 @@ def test_i386_dmesg_without_vmlinux():
         assert f"Linux version {s.manifest['kernel_release']}" in log
 
 
-def test_i386_sleeping_thread_unwinds_through_switch_frame():
+@pytest.mark.parametrize("sid", [I386, NOPAE])
+def test_i386_sleeping_thread_unwinds_through_switch_frame(sid):
     """A worker thread sleeps in pause(): its switch frame leads through
     __schedule back to the int 0x80 entry."""
-    s = sample(I386)
+    s = sample(sid)
     th = s.manifest["threads"][0]
-    out = kvmcore_cli("bt", str(s.file("elf")), str(i386_vmlinux()), "--pid", str(th["tid"]))
+    out = kvmcore_cli("bt", str(s.file("elf")), str(i386_vmlinux(sid)), "--pid", str(th["tid"]))
     names = re.findall(r"\]\s+(\w+)\+", out)
     assert names[:2] == ["__schedule", "schedule"], out
     assert "__ia32_sys_pause" in names and "entry_INT80_32" in names, out
