@@ -150,7 +150,7 @@ def info(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
     vi = d.vmcoreinfo
     data = {"path": str(dump), "format": d.mem.describe(), "arch": d.arch.name, "os": d.os,
             "release": vi.osrelease if vi else None,
-            "kaslr_offset": f"{vi.kernel_offset:#x}" if vi else None,
+            "kaslr_offset": f"{d.kernel_offset:#x}" if d.os == "linux" else None,
             "cpus_dumped": len(d.mem.prstatus_notes()),
             "memory_bytes": sum(r.size for r in d.phys_ranges())}
     if data["release"] is None and d.os == "linux":

@@ -55,6 +55,19 @@ class Dump:
     def vmcoreinfo(self) -> VmcoreInfo | None:
         return self.arch.vmcoreinfo
 
+    @cached_property
+    def kernel_offset(self) -> int:
+        """How far the kernel image was moved from its link address (KASLR, or
+        i386's relocation): VMCOREINFO's KERNELOFFSET, else what the symbol
+        table measured (i386 has no KERNELOFFSET line), else 0."""
+        info = self.vmcoreinfo
+        if info is not None and info.hex("KERNELOFFSET") is not None:
+            return info.kernel_offset
+        try:
+            return self.symbols.kaslr_offset or 0
+        except KvmcoreError:
+            return 0
+
     @property
     def os(self) -> str | None:
         return self.mem.facts.os

@@ -146,7 +146,7 @@ def gdb_command_line(dump: Any, listen: str = "127.0.0.1:1234", stdio: bool = Fa
         # maps Text=/Data= to those sections when the file has more than two
         # segments); .rodata, .data..read_mostly etc. need the whole-file offset
         info = dump.vmcoreinfo
-        offset = info.kernel_offset if info is not None else 0
+        offset = dump.kernel_offset
         if offset:
             parts += ["-ex", _quote(f"symbol-file -o {offset:#x} {_quote(dump.vmlinux)}")]
         else:

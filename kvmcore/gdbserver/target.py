@@ -70,8 +70,7 @@ class DumpTarget:
 
     @cached_property
     def kernel_offset(self) -> int:
-        info = self.dump.vmcoreinfo
-        return info.kernel_offset if info is not None else 0
+        return self.dump.kernel_offset
 
     @cached_property
     def modules(self) -> list[Any]:

@@ -80,7 +80,7 @@ def _dump_section(dump: "Dump") -> dict[str, Any]:
         "path": os.path.abspath(dump.path), "size": os.path.getsize(dump.path),
         "format": mem.format_name, "format_description": mem.describe(),
         "arch": dump.arch.name, "os": dump.os,
-        "kaslr_offset": f"{info.kernel_offset:#x}" if info else None,
+        "kaslr_offset": f"{dump.kernel_offset:#x}" if info else None,
         "vmlinux": dump.vmlinux, "dump_level": mem.metadata.get("dump_level"),
         "vmcoreinfo": info is not None,
     }
