@@ -33,8 +33,19 @@ def committed_sample() -> Path:
     return root / "sample_dumps" / "committed" / "x86_64-small" / "vmcore.mdf-d31-c"
 
 
+PARTIAL = {"value": False}  # --partial, a global option
+
+
 def _open(dump: Path, vmlinux: Optional[Path], arch: Optional[str]) -> kvmcore.Dump:
-    return kvmcore.open(str(dump), str(vmlinux) if vmlinux else None, arch)
+    return kvmcore.open(str(dump), str(vmlinux) if vmlinux else None, arch,
+                        allow_truncated=PARTIAL["value"])
+
+
+@app.callback()
+def _global(partial: bool = typer.Option(
+        False, "--partial", help="read a truncated dump as far as it goes (sections that "
+        "need the missing part are reported unavailable)")) -> None:
+    PARTIAL["value"] = partial
 
 
 def _print_json(data: Any) -> None:

@@ -28,7 +28,7 @@ class Dump:
     """An open crash dump, read-only."""
 
     def __init__(self, path: "str | list[str]", vmlinux: str | None = None,
-                 arch: str | None = None) -> None:
+                 arch: str | None = None, allow_truncated: bool = False) -> None:
         # a list of paths: the parts of a split kdump dump (makedumpfile --split)
         self.paths = [os.fspath(p) for p in path] if isinstance(path, (list, tuple)) \
             else [os.fspath(path)]
@@ -38,11 +38,11 @@ class Dump:
             raise KvmcoreError("no such vmlinux file", self.vmlinux)
         self.mem: PhysicalMemory = open_physical(
             self.paths if len(self.paths) > 1 else self.path, raw=arch is not None)
-        if self.mem.metadata.get("truncated"):
+        if self.mem.metadata.get("truncated") and not allow_truncated:
             raise TruncatedDumpError(
                 f"the dump is truncated: its headers describe "
                 f"{self.mem.metadata.get('expected_size')} bytes but the file has "
-                f"{self.mem.source.size}", self.path)
+                f"{self.mem.source.size} (--partial reads what is there)", self.path)
         self.arch: ArchBackend = select_arch(self.mem, arch)
         self.arch.dump = self  # lazy translators (FreeBSD full dumps) need dump.symbols
         self.byteorder = self.arch.byteorder
@@ -168,6 +168,10 @@ class Dump:
         self.close()
 
 
-def open(path: "str | list[str]", vmlinux: str | None = None, arch: str | None = None) -> Dump:  # noqa: A001
-    """Open a crash dump read-only; `arch` forces a backend (needed for raw images)."""
-    return Dump(path, vmlinux, arch)
+def open(path: "str | list[str]", vmlinux: str | None = None, arch: str | None = None,  # noqa: A001
+         allow_truncated: bool = False) -> Dump:
+    """Open a crash dump read-only; `arch` forces a backend (needed for raw images).
+
+    A truncated file is refused unless `allow_truncated`: then what the file
+    holds reads as usual and the rest raises TruncatedDumpError on access."""
+    return Dump(path, vmlinux, arch, allow_truncated)

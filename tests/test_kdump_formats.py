@@ -382,7 +382,7 @@ def test_zeroed_header(tmp_path):
     blank = _copy(s, "mdf-d31-c", tmp_path / "zeroed-block")
     with open(blank, "r+b") as f:
         f.write(bytes(4096))
-    with deadline(20), pytest.raises(UnsupportedError) as ei:
+    with deadline(20), pytest.raises(DumpFormatError) as ei:
         open_physical(str(blank))
     _one_line_error(ei.value, blank, "not a recognised crash dump")
 

@@ -9,7 +9,10 @@ from kvmcore.errors import SymbolError
 from conftest import sample_ids
 from oracles import drgn_log, drgn_tasks
 
-ELF_SAMPLES = sample_ids(has_format="elf")
+# drgn (the oracle) cannot translate i386 addresses, and i386's kernel has no BTF, so
+# its model is checked against the manifest in test_arch_i386_la57.py instead.
+ELF_SAMPLES = [sid for arch in ("x86_64", "aarch64")
+               for sid in sample_ids(arch=arch, has_format="elf")]
 MODES = ["vmlinux", "no-vmlinux"]
 
 
