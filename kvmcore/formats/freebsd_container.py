@@ -109,6 +109,17 @@ def _gunzip(src: ByteSource, path: str, limit: int) -> BufferSource:
     return BufferSource(buf, total, path)
 
 
+def _check_gzip_payload(src: ByteSource, path: str) -> None:
+    """Inflate only the first bytes: refuse a gzip that holds no FreeBSD dump early."""
+    try:
+        first = zlib.decompressobj(wbits=31).decompress(src.pread(0, min(src.size, 65536)), 8)
+    except zlib.error as exc:
+        raise DecompressionError(f"gzip stream is corrupt: {exc}", path) from None
+    if first != b"minidump" and first[:4] != b"\x7fELF":
+        raise UnsupportedError("this gzip file holds neither a FreeBSD minidump nor an ELF "
+                               "dump", path)
+
+
 def _zstd_content_size(head: bytes) -> int | None:
     """Frame_Content_Size from a zstd frame header, when the writer recorded it."""
     if len(head) < 6:
@@ -228,6 +239,7 @@ class FreeBSDContainer(PhysicalMemory):
                     f"kerneldumpheader compression type {header['compression']}", path)
         magic = inner.pread(0, min(inner.size, 4))
         if compression == "gzip" or magic[:2] == GZIP_MAGIC:
+            _check_gzip_payload(inner, path)
             inner = _gunzip(inner, path, max_decompressed())
             wrappers.append("gzip")
         elif compression == "zstd" or magic[:4] == ZSTD_MAGIC:
