@@ -3,16 +3,15 @@ and of the linear map (from VMCOREINFO), PRSTATUS and gdb register layouts,
 the Linux context-switch frame."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
-from kvmcore.errors import UnsupportedError
-from kvmcore.pagetable import INVALID, LEAF, TABLE, Level, RadixTable, RadixTranslator, Translator
-from kvmcore.registry import ArchBackend, GdbRegister, PrstatusLayout, register_arch
-from typing import Iterator
-
-from kvmcore.errors import NotMappedError
+from kvmcore.errors import KvmcoreError, NotMappedError, UnsupportedError
 from kvmcore.freebsd.kva import LazyRootTranslator, coalesce
-from kvmcore.pagetable import MappedRange, Translation
+from kvmcore.freebsd.pcb import pcb_member_offset
+from kvmcore.pagetable import (INVALID, LEAF, TABLE, Level, MappedRange, RadixTable,
+                               RadixTranslator, Translation, Translator)
+from kvmcore.registry import ArchBackend, GdbRegister, PrstatusLayout, register_arch
+from kvmcore.unwind.framepointer import FramePointerUnwinder
 
 if TYPE_CHECKING:
     from kvmcore.dump import Dump
@@ -164,6 +163,31 @@ class Aarch64(ArchBackend):
         if lazy is not None:
             lazy.reset()
 
+    def unwinder(self, dump: "Dump") -> "Aarch64Unwinder":
+        return Aarch64Unwinder(dump)
+
+    def freebsd_pcb_registers(self, read: Any, pcb: int, types: Any) -> dict[str, int]:
+        """arm64 struct pcb: FreeBSD 14+ has pcb_x[12] = x19..x30 then pcb_sp at
+        96; older kernels pcb_x[31] = x0..x30 then pcb_sp. With types the array
+        length is measured (pcb_sp - pcb_x); without, the current layout is
+        assumed. pc = lr (x30)."""
+        off_x = pcb_member_offset(types, "pcb_x")
+        off_sp = pcb_member_offset(types, "pcb_sp")
+        if off_x is None or off_sp is None:
+            off_x, off_sp = 0, 96
+        count = (off_sp - off_x) // 8
+        if count == 12:
+            names = [f"x{i}" for i in range(19, 31)]
+        elif count == 31:
+            names = [f"x{i}" for i in range(31)]
+        else:
+            raise UnsupportedError(f"arm64 struct pcb with {count} saved x registers", self.path)
+        raw = read(pcb + off_x, 8 * count)
+        regs = {n: int.from_bytes(raw[8 * i:8 * i + 8], "little") for i, n in enumerate(names)}
+        regs["sp"] = int.from_bytes(read(pcb + off_sp, 8), "little")
+        regs["pc"] = regs["x30"]
+        return regs
+
     def linux_switch_frame(self, dump: "Dump", task: Any) -> dict[str, int]:
         """thread.cpu_context holds x19-x28, fp, sp and pc as cpu_switch_to left them."""
         types = dump.types
@@ -233,3 +257,69 @@ class FreeBSDArm64MiniTranslator(Translator):
             parts.reverse()
         for part in parts:
             yield from coalesce(part)
+
+
+# -- kernel backtraces --------------------------------------------------
+# aarch64 backtraces: the x29 frame-record chain (Linux builds arm64 with
+# frame pointers), return addresses stripped of pointer-authentication codes,
+# and el1 exception frames crossed through their struct pt_regs.
+# 
+# Exception entry (arch/arm64/kernel/entry.S, kernel_entry) stores the
+# interrupted {x29, elr} as a frame record inside pt_regs (`stackframe`) and
+# points x29 at it, so a return address into entry code (el1h_64_sync, ...,
+# el0t_64_irq) means the next record sits at pt_regs + offsetof(stackframe).
+
+
+PT_REGS = USER_REGS  # struct pt_regs starts with struct user_pt_regs
+# offsetof(struct pt_regs, stackframe) in 5.x-6.x (checked: 304 in Debian's 6.1 DWARF)
+DEFAULT_STACKFRAME_OFFSET = 304
+ENTRY_PREFIXES = ("el1h_64_", "el1t_64_", "el0t_64_", "el0t_32_", "vectors")
+PSTATE_MODE_MASK = 0xF  # M[3:0]: 0 = EL0t
+
+
+class Aarch64Unwinder(FramePointerUnwinder):
+    pc_reg, sp_reg, fp_reg, lr_reg = "pc", "sp", "x29", "x30"
+
+    def __init__(self, dump: "Dump") -> None:
+        super().__init__(dump)
+        self._stackframe_offset: int | None = None
+        self.entry_text = (self.syms.address("__entry_text_start"),
+                           self.syms.address("__entry_text_end"))
+
+    def clean(self, address: int) -> int:
+        strip = getattr(self.dump.arch, "strip_pac", None)
+        return strip(address) if strip else address
+
+    @property
+    def stackframe_offset(self) -> int:
+        if self._stackframe_offset is None:
+            offset = DEFAULT_STACKFRAME_OFFSET
+            try:
+                offset = self.dump.types.offsetof("struct pt_regs", "stackframe")
+            except (KvmcoreError, AttributeError, ImportError):
+                pass
+            self._stackframe_offset = offset
+        return self._stackframe_offset
+
+    def _entry_name(self, address: int) -> str | None:
+        lo, hi = self.entry_text
+        name = self.syms.function_name(address - 1) or ""
+        if lo and hi:
+            return name if lo <= address < hi else None
+        # no section bounds: the asm entry points by name (not their C *_handler)
+        if name.startswith(ENTRY_PREFIXES) and not name.endswith("_handler"):
+            return name
+        return None
+
+    def exception_regs(self, return_address: int, next_fp: int):
+        name = self._entry_name(return_address)
+        if name is None:
+            return None
+        base = next_fp - self.stackframe_offset
+        regs = dict(zip(PT_REGS, self.dump.read_ptrs(base, len(PT_REGS))))
+        regs["pc"] = self.clean(regs["pc"])
+        kind = "interrupt" if ("_irq" in name or "_fiq" in name) else "exception"
+        return kind, regs
+
+    def is_user(self, regs: dict[str, int]) -> bool:
+        return (regs.get("pstate", 0) & PSTATE_MODE_MASK) == 0

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from kvmcore.errors import AddressError, KvmcoreError, UnsupportedError
 from kvmcore.pagetable import INVALID, LEAF, TABLE, Level, RadixTable, RadixTranslator, Translator
 from kvmcore.registry import ArchBackend, GdbRegister, PrstatusLayout, register_arch
+from kvmcore.unwind.framepointer import FramePointerUnwinder
 
 if TYPE_CHECKING:
     from kvmcore.dump import Dump
@@ -173,6 +174,9 @@ class I386(ArchBackend):
         return out
 
     # -- kernel hooks ----------------------------------------------------
+    def unwinder(self, dump: "Dump") -> "I386Unwinder":
+        return I386Unwinder(dump)
+
     def linux_switch_frame(self, dump: "Dump", task: Any) -> dict[str, int]:
         """A sleeping task's thread.sp points at the struct inactive_task_frame
         __switch_to_asm pushed (i386: flags, si, di, bx, bp, ret_addr); its
@@ -187,3 +191,16 @@ class I386(ArchBackend):
             if member in names:
                 regs[names[member]] = dump.read_ptr(sp + types.offsetof(frame, member))
         return regs
+
+
+# -- kernel backtraces --------------------------------------------------
+# i386 backtraces: the ebp chain of {saved ebp, return address} records
+# (32-bit kernels are built with frame pointers). Register names as in an
+# i386 user_regs_struct: eip, esp, ebp.
+
+class I386Unwinder(FramePointerUnwinder):
+    pc_reg, sp_reg, fp_reg = "eip", "esp", "ebp"
+    thread_size = 8192  # THREAD_SIZE_ORDER 1
+
+    def is_user(self, regs: dict[str, int]) -> bool:
+        return (regs.get("xcs", regs.get("cs", 0)) & 3) == 3

@@ -2,22 +2,28 @@
 gdb register layouts, the Linux context-switch frame."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
 
-from kvmcore.errors import UnsupportedError
-from kvmcore.pagetable import INVALID, LEAF, TABLE, Level, RadixTable, RadixTranslator, Translator
-from kvmcore.registry import ArchBackend, GdbRegister, PrstatusLayout, register_arch
-from typing import Iterator
-
-from kvmcore.errors import NotInDumpError, NotMappedError, SymbolError
+from kvmcore.errors import (KvmcoreError, NotInDumpError, NotMappedError, SymbolError,
+                            UnsupportedError)
 from kvmcore.freebsd.kva import LazyRootTranslator, coalesce
 from kvmcore.freebsd.kva import lookup as freebsd_lookup
-from kvmcore.pagetable import MappedRange, Translation
+from kvmcore.freebsd.pcb import pcb_member_offset
+from kvmcore.pagetable import (INVALID, LEAF, TABLE, Level, MappedRange, RadixTable,
+                               RadixTranslator, Translation, Translator)
+from kvmcore.registry import ArchBackend, GdbRegister, PrstatusLayout, register_arch
+from kvmcore.unwind import orc
+from kvmcore.unwind.model import Backtrace, Frame
+from kvmcore.unwind.stack import StackGuard
+from kvmcore.unwind.symbolic import CodeSymbols
 
 if TYPE_CHECKING:
     from kvmcore.dump import Dump
 
 START_KERNEL_MAP = 0xFFFFFFFF80000000
+FREEBSD_PCB = ("r15", "r14", "r13", "r12", "rbp", "rsp", "rbx", "rip")
+FREEBSD_KERNEL_CS, FREEBSD_KERNEL_SS = 0x20, 0x28  # GSEL(GCODE_SEL/GDATA_SEL, SEL_KPL)
 PRESENT = 1 << 0
 PSE = 1 << 7  # a leaf at the PDPT (1 GB) or PD (2 MB) level
 ADDR_MASK = 0x000FFFFFFFFFF000
@@ -121,6 +127,19 @@ class X86_64(ArchBackend):
         lazy = getattr(self, "_freebsd_lazy", None)
         if lazy is not None:
             lazy.reset()
+
+    def unwinder(self, dump: "Dump") -> "X86_64Unwinder":
+        return X86_64Unwinder(dump)
+
+    def freebsd_pcb_registers(self, read: Any, pcb: int, types: Any) -> dict[str, int]:
+        """amd64 struct pcb: "(*) used by kernel debuggers, ABI preserved": eight
+        words from offset 0 (r15 r14 r13 r12 rbp rsp rbx rip), or where types say."""
+        regs = {}
+        for i, name in enumerate(FREEBSD_PCB):
+            off = pcb_member_offset(types, f"pcb_{name}")
+            regs[name] = int.from_bytes(read(pcb + (8 * i if off is None else off), 8), "little")
+        regs["cs"], regs["ss"] = FREEBSD_KERNEL_CS, FREEBSD_KERNEL_SS
+        return regs
 
     def linux_switch_frame(self, dump: "Dump", task: Any) -> dict[str, int]:
         """A sleeping task's thread.sp points at its struct inactive_task_frame,
@@ -245,3 +264,280 @@ def freebsd_amd64_root(backend: "X86_64") -> int:
                           backend.path)
     kernbase = freebsd_lookup(backend, "kernbase") or FREEBSD_KERNBASE
     return int.from_bytes(backend.mem.read_phys(kpml4 - kernbase, 8), "little")
+
+
+# -- kernel backtraces --------------------------------------------------
+# x86_64 backtraces: ORC from the dump, with a stack scan for code ORC does
+# not cover (modules, BPF) or when the tables are missing.
+# 
+# One step of the walk follows the kernel's own unwinder (arch/x86/kernel/
+# unwind_orc.c): the entry for the current ip gives the caller's stack pointer
+# (CFA) as a register plus offset, then by type: CALL - the return address sits
+# just below the CFA; REGS - a full struct pt_regs sits at the CFA (an exception
+# or interrupt entry) and the interrupted ip/sp/bp come from it; REGS_PARTIAL -
+# only the hardware iret frame (ip, cs, flags, sp, ss) is there. The walk ends at
+# an END entry or when the saved registers are user mode (cs & 3).
+
+THREAD_SIZE = 16384  # PAGE_SIZE << 2 (kernels without KASAN); also the IRQ stack size
+# struct pt_regs, in arch register names (same order as user_regs_struct's first 21)
+PT_REGS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
+           "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss")
+IRET_FRAME = ("rip", "cs", "eflags", "rsp", "ss")
+# ORC sp_reg values read from a full pt_regs of the current frame
+ORC_REG_NAMES = {orc.REG_DX: "rdx", orc.REG_DI: "rdi", orc.REG_R10: "r10", orc.REG_R13: "r13"}
+INTERRUPT_ENTRY_PREFIXES = ("asm_sysvec_", "asm_common_interrupt", "asm_spurious_interrupt",
+                            "irq_entries_start", "spurious_entries_start")
+MAX_SCAN_WORDS = THREAD_SIZE // 8
+KERNEL_TEXT_START = 0xFFFFFFFF80000000
+
+
+@dataclass
+class _State:
+    ip: int
+    sp: int
+    bp: int
+    regs: dict[str, int] | None  # full pt_regs of this frame, if it was entered through them
+    signal: bool  # ip is exact (not a return address)
+
+
+@dataclass
+class _Step:
+    state: _State | None = None
+    kind: str = "normal"
+    frame_regs: dict[str, int] | None = None
+    guessed: bool = False
+    allow_same_sp: bool = False
+    end: bool = False
+    user_regs: dict[str, int] | None = None
+    error: str | None = None
+
+
+def call_before(dump: "Dump", addr: int) -> int | None:
+    """What the instruction ending at `addr` calls: its target for `e8 rel32`,
+    INDIRECT for `ff /2` (register, disp8 and disp32 forms), None if it is no
+    call (so `addr` is no return address)."""
+    if addr < KERNEL_TEXT_START:
+        return None
+    try:
+        code = dump.read(addr - 7, 7)
+    except KvmcoreError:
+        return None
+    if code[2] == 0xE8:
+        return (addr + int.from_bytes(code[3:7], "little", signed=True)) & 0xFFFFFFFFFFFFFFFF
+    for back in (2, 3, 4, 6, 7):  # ff modrm [sib] [disp8|disp32]
+        op, modrm = code[7 - back], code[8 - back]
+        if op == 0xFF and (modrm >> 3) & 7 == 2:
+            mod = modrm >> 6
+            length = {3: 2, 1: 3, 2: 6, 0: 2}[mod] + (1 if mod != 3 and modrm & 7 == 4 else 0)
+            if length == back:
+                return INDIRECT
+    return None
+
+
+INDIRECT = -1
+# calls through these reach their real target indirectly (retpolines, static calls)
+INDIRECT_TARGET_PREFIXES = ("__x86_indirect_", "__SCT__", "__x86_return_thunk")
+
+
+def _base_name(name: str | None) -> str | None:
+    return name.split(".", 1)[0] if name else name
+
+
+class X86_64Unwinder:
+    """Unwinds kernel stacks of one x86_64 dump."""
+
+    def __init__(self, dump: "Dump") -> None:
+        self.dump = dump
+        self.syms = CodeSymbols(dump)
+        self._orc: orc.OrcTable | None = None
+        self.orc_error: str | None = None
+        try:
+            self._orc = orc.OrcTable(dump, self.syms)
+        except KvmcoreError as exc:
+            self.orc_error = str(exc)
+
+    # -- the walk ------------------------------------------------------------
+    def unwind(self, regs: dict[str, int], max_frames: int = 64,
+               task_stack: tuple[int, int] | None = None) -> Backtrace:
+        bt = Backtrace()
+        if "rip" not in regs or "rsp" not in regs:
+            bt.error = "registers lack rip/rsp"
+            return bt
+        state = _State(regs["rip"], regs["rsp"], regs.get("rbp", 0), dict(regs), True)
+        if (regs.get("cs", 0) & 3) == 3:
+            bt.user_regs = dict(regs)  # the CPU was in user mode: no kernel frames
+            return bt
+        guard = StackGuard(state.sp, THREAD_SIZE, task_stack, self.dump.arch.is_kernel_address)
+        step = _Step(state=state)
+        while True:
+            if len(bt.frames) >= max_frames:
+                bt.error = f"stopped after {max_frames} frames"
+                break
+            bt.frames.append(self._frame(len(bt.frames), state, step))
+            step = self._next(state, guard)
+            if step.user_regs is not None:
+                bt.user_regs = step.user_regs
+            if step.end:
+                break
+            if step.error:
+                bt.error = step.error
+                break
+            error = guard.advance(state.sp, step.state.sp, step.allow_same_sp)
+            if error:
+                bt.error = error
+                break
+            state = step.state
+        if self._orc is None and self.orc_error:
+            bt.notes.append(f"ORC unavailable ({self.orc_error}); frames found by stack scan")
+        return bt
+
+    def _frame(self, index: int, state: _State, step: _Step) -> Frame:
+        function, module = self.syms.describe(state.ip)
+        return Frame(index, state.ip, state.sp, function, module, step.guessed, step.kind,
+                     step.frame_regs)
+
+    def _next(self, state: _State, guard: StackGuard) -> _Step:
+        entry = None
+        if self._orc is not None:
+            entry = self._orc.find(state.ip if state.signal else state.ip - 1)
+        if entry is None:
+            return self._scan(state, guard)
+        if entry.type == orc.END:
+            return _Step(end=True)
+        if entry.type == orc.UNDEFINED:
+            # e.g. crash_setup_regs' _THIS_IP_ label past a function's last
+            # instruction (kdump's panic CPU): the kernel would give up; scan
+            return self._scan(state, guard)
+        guessed = False
+        if entry.sp_reg in (orc.REG_BP, orc.REG_BP_INDIRECT) and not guard.contains(state.bp, 8):
+            # bp was lost (a frame crossed by stack scan clobbered it): place it
+            # so that CFA - 8 is the nearest return address above sp
+            bp = self._guess_bp(state, guard, entry)
+            if bp is None:
+                return _Step(error=f"frame pointer {state.bp:#x} at {state.ip:#x} is off the stack")
+            state = _State(state.ip, state.sp, bp, state.regs, state.signal)
+            guessed = True
+        try:
+            step = self._orc_step(state, entry)
+        except KvmcoreError as exc:
+            return _Step(error=f"stack memory unreadable: {exc}")
+        step.guessed = step.guessed or guessed
+        return step
+
+    def _guess_bp(self, state: _State, guard: StackGuard, entry: orc.OrcEntry) -> int | None:
+        if entry.sp_reg != orc.REG_BP:
+            return None
+        found = self._find_return(state.sp, guard, state.ip)
+        return None if found is None else found[1] + 8 - entry.sp_offset
+
+    def _orc_step(self, state: _State, entry: orc.OrcEntry) -> _Step:
+        read = self.dump.read_u64
+        reg = entry.sp_reg
+        if reg == orc.REG_SP:
+            cfa = state.sp + entry.sp_offset
+        elif reg == orc.REG_BP:
+            cfa = state.bp + entry.sp_offset
+        elif reg == orc.REG_SP_INDIRECT:
+            cfa = read(state.sp) + entry.sp_offset
+        elif reg == orc.REG_BP_INDIRECT:
+            cfa = read(state.bp + entry.sp_offset)
+        elif reg in ORC_REG_NAMES:
+            if not state.regs or ORC_REG_NAMES[reg] not in state.regs:
+                return _Step(error=f"ORC needs {ORC_REG_NAMES[reg]} at {state.ip:#x}, "
+                                   "which no saved register block holds")
+            cfa = state.regs[ORC_REG_NAMES[reg]] + entry.sp_offset
+        else:
+            return _Step(error=f"unknown ORC sp_reg {reg} at {state.ip:#x}")
+        cfa &= 0xFFFFFFFFFFFFFFFF
+
+        step = _Step()
+        new_regs: dict[str, int] | None = None
+        if entry.type == orc.CALL:
+            ip, sp, signal = read(cfa - 8), cfa, False
+        elif entry.type == orc.REGS:
+            values = self.dump.read_ptrs(cfa, len(PT_REGS))
+            new_regs = dict(zip(PT_REGS, values))
+            ip, sp, signal = new_regs["rip"], new_regs["rsp"], True
+            step.frame_regs = new_regs
+            step.kind = self._entry_kind(state.ip)
+        else:  # REGS_PARTIAL: the iret frame only
+            values = self.dump.read_ptrs(cfa, len(IRET_FRAME))
+            partial = dict(zip(IRET_FRAME, values))
+            ip, sp, signal = partial["rip"], partial["rsp"], True
+            step.frame_regs = partial
+            step.kind = self._entry_kind(state.ip)
+            step.allow_same_sp = True
+        if step.frame_regs is not None and step.frame_regs.get("cs", 0) & 3:
+            step.user_regs = step.frame_regs
+            step.end = True
+            return step
+
+        bp = state.bp
+        if entry.bp_reg == orc.REG_UNDEFINED:
+            if new_regs is not None:
+                bp = new_regs["rbp"]
+        elif entry.bp_reg == orc.REG_PREV_SP:
+            bp = read(cfa + entry.bp_offset)
+        elif entry.bp_reg == orc.REG_BP:
+            bp = read(state.bp + entry.bp_offset)
+        if ip == 0:
+            step.end = True
+            return step
+        step.state = _State(ip, sp, bp, new_regs, signal)
+        return step
+
+    def _entry_kind(self, ip: int) -> str:
+        name = self.syms.function_name(ip) or ""
+        return "interrupt" if name.startswith(INTERRUPT_ENTRY_PREFIXES) else "exception"
+
+    # -- the heuristic for code without ORC ----------------------------------
+    def _scan(self, state: _State, guard: StackGuard) -> _Step:
+        """Find the nearest word above sp that is a return address (follows a
+        call instruction); the frame it starts is marked guessed."""
+        found = self._find_return(state.sp, guard, state.ip)
+        if found is None:
+            name = self.syms.describe(state.ip)[0] or f"{state.ip:#x}"
+            return _Step(error=f"no unwind data for {name} and no return address on its stack")
+        value, slot = found
+        return _Step(state=_State(value, slot + 8, state.bp, None, False), guessed=True)
+
+    def _find_return(self, sp: int, guard: StackGuard, callee: int | None = None
+                     ) -> tuple[int, int] | None:
+        """(return address, its slot) above sp for a frame of the function at
+        `callee`: the first word that follows a call to that function, or an
+        indirect call; failing both, the first that follows any call (words
+        left by earlier, finished calls are what this sorts out)."""
+        lo, hi = guard.current
+        end = min(hi, sp + MAX_SCAN_WORDS * 8)
+        if not lo <= sp < end:
+            return None
+        try:
+            words = self.dump.read_ptrs(sp, (end - sp) // 8)
+        except KvmcoreError:
+            return None
+        want_start = self.syms.function_start(callee) if callee is not None else None
+        want_name = _base_name(self.syms.function_name(callee)) if callee is not None else None
+        fallback = None
+        for i, value in enumerate(words):
+            if not self._is_text(value):
+                continue
+            target = call_before(self.dump, value)
+            if target is None:
+                continue
+            hit = (value, sp + 8 * i)
+            if callee is None or target == INDIRECT or target == want_start:
+                return hit
+            tname = self.syms.function_name(target)
+            if tname and (tname.startswith(INDIRECT_TARGET_PREFIXES) or _base_name(tname) == want_name):
+                return hit
+            if fallback is None:
+                fallback = hit
+        return fallback
+
+    def _is_text(self, addr: int) -> bool:
+        if addr < KERNEL_TEXT_START:
+            return False
+        if self._orc is not None and self._orc.covers(addr):
+            return True
+        function, _ = self.syms.describe(addr)
+        return function is not None

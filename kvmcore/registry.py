@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import ArchProbeError, UnsupportedError
@@ -131,6 +131,14 @@ class ArchBackend(ABC):
     def linux_switch_frame(self, dump: "Dump", task: Any) -> dict[str, int]:
         """Registers saved at a sleeping Linux task's last context switch."""
         raise UnsupportedError(f"{self.name}: saved switch frames are not supported", self.path)
+
+    def unwinder(self, dump: "Dump") -> Any:
+        """The kernel stack unwinder for this arch (see kvmcore.unwind)."""
+        raise UnsupportedError(f"{self.name}: no kernel stack unwinder", self.path)
+
+    def freebsd_pcb_registers(self, read: Any, pcb: int, types: Any) -> dict[str, int]:
+        """Registers a FreeBSD `struct pcb` saved for a switched-out thread."""
+        raise UnsupportedError(f"{self.name}: no FreeBSD pcb layout", self.path)
 
     def describe(self) -> dict[str, Any]:
         return {"arch": self.name}

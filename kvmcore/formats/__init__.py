@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from ..errors import DumpFormatError, UnsupportedError
+from ..errors import DumpFormatError
 from ..fileio import ByteSource, DumpFile
 from .base import PhysicalMemory, PhysRange
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import KvmcoreError, SymbolError, TypeInfoError, UnsupportedError, WalkError
+from ..errors import KvmcoreError, SymbolError, TypeInfoError, WalkError
 from .kva import symbol_value
-from .pcb import PCB_READERS
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -215,15 +214,11 @@ class FreeBSDKernel:
         return self.dump.read_ptr(thread.address + self.offset("td_pcb"))
 
     def pcb_registers(self, pcb: int) -> dict[str, int]:
-        reader = PCB_READERS.get(self.dump.arch.name)
-        if reader is None:
-            raise UnsupportedError(f"FreeBSD pcb layout for {self.dump.arch.name}",
-                                   self.dump.path)
         try:
             types = self.types
         except KvmcoreError:
             types = None
-        return reader(self.dump.read, pcb, types)
+        return self.dump.arch.freebsd_pcb_registers(self.dump.read, pcb, types)
 
     # -- message buffer --------------------------------------------------------
     def log(self) -> str:

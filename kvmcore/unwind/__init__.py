@@ -2,14 +2,14 @@
 
 `unwind(dump, regs)` walks the kernel stack the registers describe (a CPU's
 NT_PRSTATUS, or a sleeping task's switch frame) and returns a Backtrace.
-Which unwinder runs is the arch backend's choice (`ArchBackend.unwinder(dump)`),
-else the arch-keyed table below; an unwinder is built once per dump.
+Which unwinder runs is the arch backend's choice (`ArchBackend.unwinder(dump)`,
+in arches/); this package holds the shared machinery (ORC tables, frame-pointer
+walks, stack bounds, symbolization). An unwinder is built once per dump.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from ..errors import UnsupportedError
 from .model import Backtrace, Frame
 
 if TYPE_CHECKING:
@@ -17,32 +17,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Backtrace", "Frame", "unwind", "unwinder_for"]
 
-
-def _x86_64(dump: "Dump") -> Any:
-    from .x86_64 import X86_64Unwinder
-
-    return X86_64Unwinder(dump)
-
-
-def _aarch64(dump: "Dump") -> Any:
-    from .aarch64 import Aarch64Unwinder
-
-    return Aarch64Unwinder(dump)
-
-
-def _i386(dump: "Dump") -> Any:
-    from .i386 import I386Unwinder
-
-    return I386Unwinder(dump)
-
-
-#: arch name -> unwinder factory, for arches whose backend has no `unwinder` hook
-UNWINDERS: dict[str, Callable[["Dump"], Any]] = {
-    "x86_64": _x86_64,
-    "aarch64": _aarch64,
-    "i386": _i386,
-    "i686": _i386,
-}
 
 _CACHE_ATTR = "_kvmcore_unwinder"
 
@@ -52,14 +26,7 @@ def unwinder_for(dump: "Dump") -> Any:
     cached = getattr(dump, _CACHE_ATTR, None)
     if cached is not None:
         return cached
-    hook = getattr(dump.arch, "unwinder", None)
-    if hook is not None:
-        unwinder = hook(dump)
-    else:
-        factory = UNWINDERS.get(dump.arch.name)
-        if factory is None:
-            raise UnsupportedError(f"{dump.arch.name}: no kernel stack unwinder", dump.path)
-        unwinder = factory(dump)
+    unwinder = dump.arch.unwinder(dump)
     setattr(dump, _CACHE_ATTR, unwinder)
     return unwinder
 
