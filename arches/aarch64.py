@@ -72,6 +72,7 @@ class Aarch64(ArchBackend):
     pc_reg, sp_reg, fp_reg = "pc", "sp", "x29"
     prstatus_layout = PrstatusLayout(size=392, pid_offset=32, regs_offset=112,
                                      reg_names=USER_REGS, reg_size=8)
+    vmcoreinfo_keys = ("NUMBER(kimage_voffset)", "NUMBER(TCR_EL1_T1SZ)")
     gdb_arch = "aarch64"
     gdb_registers = tuple(
         [GdbRegister(f"x{i}", 64) for i in range(31)]

@@ -67,6 +67,7 @@ class X86_64(ArchBackend):
     pc_reg, sp_reg, fp_reg = "rip", "rsp", "rbp"
     prstatus_layout = PrstatusLayout(size=336, pid_offset=32, regs_offset=112,
                                      reg_names=USER_REGS, reg_size=8)
+    vmcoreinfo_keys = ("SYMBOL(init_top_pgt)", "NUMBER(pgtable_l5_enabled)")
     gdb_arch = "i386:x86-64"
     gdb_registers = tuple(
         [GdbRegister(n, 64, "int64") for n in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi")]

@@ -80,11 +80,24 @@ class ArchBackend(ABC):
         self.path = mem.path
 
     # -- probing ---------------------------------------------------------
+    #: VMCOREINFO keys only this architecture's kernels export
+    vmcoreinfo_keys: ClassVar[tuple[str, ...]] = ()
+
     @classmethod
     def probe(cls, mem: PhysicalMemory) -> bool:
-        """True when this backend reads `mem`. The default trusts the format's
-        machine hint; backends override it to tell variants apart."""
-        return mem.facts.machine == cls.name
+        """True when this backend reads `mem`. The format's machine hint decides
+        when it has one; without one (QEMU's kdump header on some targets says
+        "Unknown"), the VMCOREINFO keys only this arch exports, else the size of
+        its NT_PRSTATUS notes. Backends override it to tell variants apart."""
+        if mem.facts.machine is not None:
+            return mem.facts.machine == cls.name
+        info = mem.vmcoreinfo
+        if info is not None and cls.vmcoreinfo_keys:
+            return any(key in info for key in cls.vmcoreinfo_keys)
+        notes = mem.prstatus_notes()
+        layout = cls.prstatus_layout
+        return bool(notes) and layout is not None and \
+            all(len(n.desc) == layout.size for n in notes)
 
     # -- translation -----------------------------------------------------
     @abstractmethod

@@ -120,16 +120,6 @@ def _machine(name: str) -> tuple[str | None, int | None, str | None]:
     return None, None, None
 
 
-# VMCOREINFO entries only one architecture's kernel exports
-_VMCOREINFO_ARCH_KEYS = (
-    ("aarch64", ("NUMBER(kimage_voffset)", "NUMBER(TCR_EL1_T1SZ)")),
-    ("x86_64", ("SYMBOL(init_top_pgt)", "NUMBER(pgtable_l5_enabled)")),
-    ("s390x", ("SAMODE31", "IDENTITYBASE", "KERNELOFFPHYS")),
-)
-# sizeof(struct elf_prstatus) on 64-bit little-endian hosts that utsname may not name
-_PRSTATUS_SIZES = {392: "aarch64", 336: "x86_64"}
-
-
 @dataclass(frozen=True)
 class PageDesc:
     """One page_desc_t: where a dumped page's bytes are and how they are stored."""
@@ -394,24 +384,12 @@ class KdumpDump(PhysicalMemory):
             if not any(n.name == "VMCOREINFO" for n in self.notes):
                 self.notes.append(Note("VMCOREINFO", 0, raw))
 
-    def _guess_machine(self) -> tuple[str | None, str]:
-        """QEMU writes utsname.machine "Unknown" for some targets (aarch64): fall
-        back on arch-only VMCOREINFO entries, then on the NT_PRSTATUS size."""
-        if self.header.machine:
-            return self.header.machine, "utsname"
-        info = self.vmcoreinfo
-        if info is not None:
-            for machine, keys in _VMCOREINFO_ARCH_KEYS:
-                if any(k in info for k in keys):
-                    return machine, "vmcoreinfo"
-        sizes = {len(n.desc) for n in self.prstatus_notes()}
-        if len(sizes) == 1 and sizes.pop() in _PRSTATUS_SIZES:
-            return _PRSTATUS_SIZES[len(self.prstatus_notes()[0].desc)], "prstatus"
-        return None, "unknown"
-
     def _fill_facts(self) -> None:
         h, f = self.header, self.facts
-        f.machine, self.metadata["machine_source"] = self._guess_machine()
+        # QEMU writes utsname.machine "Unknown" for some targets (aarch64): then the
+        # arch backends' probes decide from VMCOREINFO and the notes
+        f.machine = h.machine
+        self.metadata["machine_source"] = "utsname" if h.machine else "unknown"
         f.os = "linux"
         f.word_size = h.word_size
         f.byteorder = h.byteorder
