@@ -244,8 +244,15 @@ def symfile(dump: Path = DumpArg, output: Path = typer.Option(..., "-o", "--outp
     from kvmcore.symbols.elfsym import write_symbol_file
 
     d = _open(dump, None, arch)
-    write_symbol_file(d.symbols, str(output), d.arch.name)
-    print(f"wrote {output}: load it with `gdb {output}` then `target remote ...`")
+    table = d.symbols
+    try:
+        d.kernel.modules()  # adds each module's own symbols to the table
+    except KvmcoreError:
+        pass
+    write_symbol_file(table, str(output), d.arch.name, d.kernel_offset)
+    print(f"wrote {output}: kernel symbols at link addresses (the server's qOffsets applies "
+          f"the KASLR offset {d.kernel_offset:#x}); use: gdb {output} -ex 'target remote | "
+          f"kvmcore serve --stdio {dump}'")
 
 
 def main() -> None:

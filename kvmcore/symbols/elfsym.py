@@ -1,10 +1,13 @@
 """Write a SymbolTable as a minimal ELF symbol file that gdb can load
 (`gdb FILE`, `info symbol ADDR`, `info address NAME`, `bt`).
 
-Addresses are already relocated (runtime), so the file needs no KASLR
-offset. Each symbol group (vmlinux, then each module) gets one SHT_NOBITS
-allocated section spanning its addresses: gdb maps minimal symbols to
-sections and ignores those outside any. The file is written with struct
+Kernel symbols are written at their link addresses (runtime address minus
+the KASLR offset), exactly as a vmlinux has them: the gdb server's qOffsets
+reply moves the file's .text by that offset, as it does a vmlinux's, so the
+same gdb session lines up with either file. Module symbols keep their runtime
+addresses, in sections of their own that qOffsets leaves alone. Each symbol
+group gets one SHT_NOBITS allocated section spanning its addresses: gdb maps
+minimal symbols to sections and ignores those outside any. The file is written with struct
 rather than lief: lief edits existing ELFs well but has no simple way to
 build one from nothing.
 """
@@ -37,8 +40,9 @@ class _Strings:
         return off
 
 
-def write_symbol_file(symtab: SymbolTable, path: str, arch: str) -> None:
-    """Write `symtab`'s kernel-half symbols to an ELF file at `path`."""
+def write_symbol_file(symtab: SymbolTable, path: str, arch: str, kernel_offset: int = 0) -> None:
+    """Write `symtab`'s kernel-half symbols to an ELF file at `path`; vmlinux
+    symbols moved back by `kernel_offset` to their link addresses."""
     machine = E_MACHINE.get(arch)
     if machine is None:
         raise SymbolError(f"no ELF machine number for architecture {arch!r}", path)
@@ -47,6 +51,8 @@ def write_symbol_file(symtab: SymbolTable, path: str, arch: str) -> None:
     groups: dict[str | None, list[Symbol]] = {}
     for sym in symtab:
         if sym.address >= floor:
+            if sym.module is None and kernel_offset:
+                sym = Symbol(sym.name, sym.address - kernel_offset, sym.size, sym.type, None)
             groups.setdefault(sym.module, []).append(sym)
     if not groups:
         raise SymbolError("no kernel symbols to write", path)
@@ -89,7 +95,7 @@ def write_symbol_file(symtab: SymbolTable, path: str, arch: str) -> None:
     off_shstr = off_str + len(strtab.data)
     off_sh = (off_shstr + len(shstr.data) + 7) & ~7
     n_alloc = len(sections)
-    i_symtab, i_strtab, i_shstr = n_alloc + 1, n_alloc + 2, n_alloc + 3
+    i_strtab, i_shstr = n_alloc + 2, n_alloc + 3
     shnum = n_alloc + 4
 
     def shdr(name, typ, flags, addr, off, size, link=0, info=0, align=1, entsize=0) -> bytes:
