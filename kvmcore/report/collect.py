@@ -82,6 +82,7 @@ def _dump_section(dump: "Dump") -> dict[str, Any]:
         "arch": dump.arch.name, "os": dump.os,
         "kaslr_offset": f"{dump.kernel_offset:#x}" if info else None,
         "vmlinux": dump.vmlinux, "dump_level": mem.metadata.get("dump_level"),
+        "excluded_pages": _excluded_pages(mem.metadata),
         "vmcoreinfo": info is not None,
     }
     try:
@@ -93,6 +94,12 @@ def _dump_section(dump: "Dump") -> dict[str, Any]:
     except KvmcoreError as exc:
         out["types"] = f"unavailable: {exc.message}"
     return out
+
+
+def _excluded_pages(meta: dict[str, Any]) -> int | None:
+    """RAM pages a filtered kdump file left out, when its bitmaps say."""
+    ram, dumped = meta.get("ram_pages"), meta.get("dumped_pages")
+    return ram - dumped if isinstance(ram, int) and isinstance(dumped, int) else None
 
 
 def _headline(dump: "Dump") -> dict[str, Any]:

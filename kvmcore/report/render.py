@@ -41,9 +41,9 @@ def _system_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
                  ("memory", f"{s['memory_bytes'] / 2**20:.0f} MiB in the dump")]
     else:
         rows.append(("system", f"unavailable: {s.get('reason')}"))
-    level = d.get("dump_level")
+    excluded = d.get("excluded_pages")
     rows += [("dump", f"{d['format_description']}, {d['size'] / 2**20:.1f} MiB"
-              + (f", filtered (dump level {level})" if level else "")),
+              + (f"; {excluded} RAM pages excluded" if excluded else "")),
              ("KASLR offset", d.get("kaslr_offset") or "-"),
              ("symbols", str(d.get("symbols"))), ("types", str(d.get("types")))]
     return rows
