@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterator
 
 from kvmcore.errors import KvmcoreError, NotMappedError, UnsupportedError
-from kvmcore.freebsd.kva import LazyRootTranslator, coalesce
+from kvmcore.freebsd.kva import LazyRootTranslator
 from kvmcore.freebsd.pcb import pcb_member_offset
-from kvmcore.pagetable import (INVALID, LEAF, TABLE, Level, MappedRange, RadixTable,
+from kvmcore.pagetable import (INVALID, LEAF, TABLE, Level, MappedRange, RadixTable, coalesce,
                                RadixTranslator, Translation, Translator)
 from kvmcore.registry import ArchBackend, GdbRegister, PrstatusLayout, register_arch
 from kvmcore.unwind.framepointer import FramePointerUnwinder

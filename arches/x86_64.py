@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from kvmcore.errors import (KvmcoreError, NotInDumpError, NotMappedError, SymbolError,
                             UnsupportedError)
-from kvmcore.freebsd.kva import LazyRootTranslator, coalesce
+from kvmcore.freebsd.kva import LazyRootTranslator
 from kvmcore.freebsd.kva import lookup as freebsd_lookup
 from kvmcore.freebsd.pcb import pcb_member_offset
-from kvmcore.pagetable import (INVALID, LEAF, TABLE, Level, MappedRange, RadixTable,
+from kvmcore.pagetable import (INVALID, LEAF, TABLE, Level, MappedRange, RadixTable, coalesce,
                                RadixTranslator, Translation, Translator)
 from kvmcore.registry import ArchBackend, GdbRegister, PrstatusLayout, register_arch
 from kvmcore.unwind import orc

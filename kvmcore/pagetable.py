@@ -37,6 +37,22 @@ class MappedRange:
     page_size: int
 
 
+def coalesce(ranges: Iterator[MappedRange]) -> Iterator[MappedRange]:
+    """Merge virtually and physically contiguous runs of the same page size."""
+    pending: MappedRange | None = None
+    for rng in ranges:
+        if pending and pending.va + pending.size == rng.va and \
+                pending.pa + pending.size == rng.pa and pending.page_size == rng.page_size:
+            pending = MappedRange(pending.va, pending.pa, pending.size + rng.size,
+                                  pending.page_size)
+            continue
+        if pending:
+            yield pending
+        pending = rng
+    if pending:
+        yield pending
+
+
 class Translator(ABC):
     """Kernel virtual to physical translation for one dump."""
 
@@ -121,19 +137,7 @@ class RadixTranslator(Translator):
                              va, self.path)
 
     def walk(self) -> Iterator[MappedRange]:
-        budget = [self.max_tables]
-        pending: MappedRange | None = None
-        for rng in self._walk_table(self.root, 0, 0, (), budget):
-            if pending and pending.va + pending.size == rng.va and \
-                    pending.pa + pending.size == rng.pa and pending.page_size == rng.page_size:
-                pending = MappedRange(pending.va, pending.pa, pending.size + rng.size,
-                                      pending.page_size)
-                continue
-            if pending:
-                yield pending
-            pending = rng
-        if pending:
-            yield pending
+        return coalesce(self._walk_table(self.root, 0, 0, (), [self.max_tables]))
 
     def _walk_table(self, table_pa: int, depth: int, va_base: int, ancestors: tuple[int, ...],
                     budget: list[int]) -> Iterator[MappedRange]:

@@ -79,18 +79,3 @@ class LazyRootTranslator(Translator):
     def walk(self) -> Iterator[MappedRange]:
         return self.inner().walk()
 
-
-def coalesce(ranges: Iterator[MappedRange]) -> Iterator[MappedRange]:
-    """Merge virtually and physically contiguous runs of the same page size."""
-    pending: MappedRange | None = None
-    for rng in ranges:
-        if pending and pending.va + pending.size == rng.va and \
-                pending.pa + pending.size == rng.pa and pending.page_size == rng.page_size:
-            pending = MappedRange(pending.va, pending.pa, pending.size + rng.size,
-                                  pending.page_size)
-            continue
-        if pending:
-            yield pending
-        pending = rng
-    if pending:
-        yield pending
