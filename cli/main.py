@@ -269,10 +269,9 @@ def main() -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
-    except Exception as exc:  # click usage errors and genuine bugs
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # usage errors (typer's click exceptions) and genuine bugs
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None),
+                                                                 int):
             exc.show()
             sys.exit(exc.exit_code)
         if os.environ.get("KVMCORE_DEBUG"):

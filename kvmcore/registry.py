@@ -8,8 +8,6 @@ architecture is one new module in arches/, found by import.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -17,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .errors import ArchProbeError, UnsupportedError
 from .formats.base import PhysicalMemory
 from .notes import Note, VmcoreInfo
+from .plugins import import_all
 from .pagetable import Translator
 
 if TYPE_CHECKING:
@@ -159,7 +158,6 @@ class ArchBackend(ABC):
 
 _ARCHES: dict[str, type[ArchBackend]] = {}
 _ALIASES: dict[str, str] = {}
-_loaded = False
 
 
 def register_arch(*aliases: str):
@@ -175,14 +173,7 @@ def register_arch(*aliases: str):
 
 
 def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    from . import arches  # noqa: F401  (kvmcore.arches, installed from arches/)
-
-    for info in pkgutil.iter_modules(arches.__path__):
-        importlib.import_module(f"{arches.__name__}.{info.name}")
+    import_all(f"{__package__}.arches")  # kvmcore.arches, installed from arches/
 
 
 def arch_names() -> list[str]:

@@ -5,15 +5,12 @@ with `@register_format`; it is found by import, with no edit elsewhere.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from ..errors import DumpFormatError
 from ..fileio import ByteSource, DumpFile
+from ..plugins import import_all
 from .base import PhysicalMemory, PhysRange
 
 _FORMATS: list[tuple[int, type[PhysicalMemory]]] = []
-_loaded = False
 
 
 def register_format(priority: int = 50):
@@ -28,13 +25,7 @@ def register_format(priority: int = 50):
 
 
 def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "base":
-            importlib.import_module(f"{__name__}.{info.name}")
+    import_all(__name__, frozenset({"base"}))
 
 
 def formats() -> list[type[PhysicalMemory]]:
