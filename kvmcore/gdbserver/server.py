@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import socket
 import sys
 import threading
@@ -103,6 +104,28 @@ class TcpServer:
         self.sock.close()
 
 
+def release_stderr_pipe() -> None:
+    """Point our stderr at /dev/null when it is a pipe or socket (gdb's
+    `target remote | CMD` gives CMD a socketpair).
+
+    gdb reads that pipe with one read(2) after every byte of protocol data it
+    receives (ser-base.c generic_readchar -> ser_base_read_error_fd) until the
+    pipe reaches EOF; a 64 MB `dump binary memory` arrives as 128 MB of hex, so
+    gdb spent ~170 s in EAGAIN reads.  Closing the pipe's only writer gives gdb
+    its EOF and it stops polling.  Messages after this point are lost; the
+    session's own output goes through the protocol (monitor replies)."""
+    try:
+        mode = os.fstat(2).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            return
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    except OSError:
+        pass
+
+
 def serve_stdio(target: DumpTarget, log: Callable[[str], None] = _stderr,
                 stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
     """One session over stdin/stdout, as `target remote | CMD` runs it."""
@@ -115,6 +138,8 @@ def serve_stdio(target: DumpTarget, log: Callable[[str], None] = _stderr,
         fout.write(data)
         fout.flush()
 
+    if stdin is None and stdout is None:
+        release_stderr_pipe()
     try:
         run_session(session, lambda: os.read(fd, 1 << 16), send)
     except (BrokenPipeError, ConnectionResetError):
