@@ -249,10 +249,29 @@ def symfile(dump: Path = DumpArg, output: Path = typer.Option(..., "-o", "--outp
         d.kernel.modules()  # adds each module's own symbols to the table
     except KvmcoreError:
         pass
-    write_symbol_file(table, str(output), d.arch.name, d.kernel_offset)
+    frame, cfi_note = symfile_debug_frame(d)
+    write_symbol_file(table, str(output), d.arch.name, d.kernel_offset, frame)
     print(f"wrote {output}: kernel symbols at link addresses (the server's qOffsets applies "
-          f"the KASLR offset {d.kernel_offset:#x}); use: gdb {output} -ex 'target remote | "
-          f"kvmcore serve --stdio {dump}'")
+          f"the KASLR offset {d.kernel_offset:#x}){cfi_note}; use: gdb {output} -ex "
+          f"'target remote | kvmcore serve --stdio {dump}'")
+
+
+def symfile_debug_frame(d: Any) -> tuple[bytes | None, str]:
+    """The arch's call-frame rows as .debug_frame bytes (at link addresses:
+    gdb shifts every FDE of the file by its .text offset, as it does the
+    kernel symbols), and a note for the user."""
+    from kvmcore.symbols.cfi import encode_debug_frame
+
+    try:
+        cfi = d.arch.symfile_cfi(d)
+    except KvmcoreError as exc:
+        return None, f"; no unwind rows ({exc}): gdb can name only frame #0"
+    if cfi is None:
+        return None, ""
+    layout, ranges = cfi
+    frame = encode_debug_frame(ranges, layout, shift=d.kernel_offset)
+    rows = sum(len(r.starts) for r in ranges)
+    return frame, f", .debug_frame from {rows} unwind entries"
 
 
 def main() -> None:

@@ -148,6 +148,11 @@ class ArchBackend(ABC):
         """The kernel stack unwinder for this arch (see kvmcore.unwind)."""
         raise UnsupportedError(f"{self.name}: no kernel stack unwinder", self.path)
 
+    def symfile_cfi(self, dump: "Dump") -> Any:
+        """(kvmcore.symbols.cfi.CfiLayout, [CfiRange]) of call-frame rows for
+        `kvmcore symfile`, at runtime addresses; None when gdb needs none."""
+        return None
+
     def freebsd_pcb_registers(self, read: Any, pcb: int, types: Any) -> dict[str, int]:
         """Registers a FreeBSD `struct pcb` saved for a switched-out thread."""
         raise UnsupportedError(f"{self.name}: no FreeBSD pcb layout", self.path)

@@ -40,9 +40,11 @@ class _Strings:
         return off
 
 
-def write_symbol_file(symtab: SymbolTable, path: str, arch: str, kernel_offset: int = 0) -> None:
+def write_symbol_file(symtab: SymbolTable, path: str, arch: str, kernel_offset: int = 0,
+                      debug_frame: bytes | None = None) -> None:
     """Write `symtab`'s kernel-half symbols to an ELF file at `path`; vmlinux
-    symbols moved back by `kernel_offset` to their link addresses."""
+    symbols moved back by `kernel_offset` to their link addresses. `debug_frame`
+    (kvmcore.symbols.cfi) becomes a .debug_frame section, for gdb to unwind with."""
     machine = E_MACHINE.get(arch)
     if machine is None:
         raise SymbolError(f"no ELF machine number for architecture {arch!r}", path)
@@ -87,16 +89,19 @@ def write_symbol_file(symtab: SymbolTable, path: str, arch: str, kernel_offset: 
             struct.pack(sym_fmt, n, v & 0xFFFFFFFF, sz, info, 0, sh) for n, v, sz, info, sh in entries)
     symtab_name, strtab_name = shstr.add(".symtab"), shstr.add(".strtab")
     shstrtab_name = shstr.add(".shstrtab")
+    frame = debug_frame or b""
+    frame_name = shstr.add(".debug_frame") if frame else 0
 
     ehdr_size = 64 if is64 else 52
     shent = 64 if is64 else 40
     off_sym = ehdr_size
     off_str = off_sym + len(packed)
     off_shstr = off_str + len(strtab.data)
-    off_sh = (off_shstr + len(shstr.data) + 7) & ~7
+    off_frame = (off_shstr + len(shstr.data) + 7) & ~7
+    off_sh = (off_frame + len(frame) + 7) & ~7
     n_alloc = len(sections)
     i_strtab, i_shstr = n_alloc + 2, n_alloc + 3
-    shnum = n_alloc + 4
+    shnum = n_alloc + 4 + (1 if frame else 0)
 
     def shdr(name, typ, flags, addr, off, size, link=0, info=0, align=1, entsize=0) -> bytes:
         if is64:
@@ -112,6 +117,8 @@ def write_symbol_file(symtab: SymbolTable, path: str, arch: str, kernel_offset: 
                         first_global, 8, sym_size))
     headers.append(shdr(strtab_name, SHT_STRTAB, 0, 0, off_str, len(strtab.data)))
     headers.append(shdr(shstrtab_name, SHT_STRTAB, 0, 0, off_shstr, len(shstr.data)))
+    if frame:
+        headers.append(shdr(frame_name, SHT_PROGBITS, 0, 0, off_frame, len(frame), align=8))
 
     ident = b"\x7fELF" + bytes([2 if is64 else 1, 1 if e == "<" else 2, 1, 0]) + b"\0" * 8
     if is64:
@@ -121,6 +128,7 @@ def write_symbol_file(symtab: SymbolTable, path: str, arch: str, kernel_offset: 
         ehdr = ident + struct.pack(e + "HHIIIIIHHHHHH", 2, machine, 1, 0, 0, off_sh, 0,
                                    ehdr_size, 0, 0, shent, shnum, i_shstr)
     body = ehdr + packed + bytes(strtab.data) + bytes(shstr.data)
+    body += b"\0" * (off_frame - len(body)) + frame
     body += b"\0" * (off_sh - len(body))
     tmp = f"{path}.tmp{os.getpid()}"
     try:
