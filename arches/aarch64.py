@@ -108,6 +108,11 @@ class Aarch64(ArchBackend):
 
     @property
     def pac_mask(self) -> int:
+        if self.mem.facts.os == "freebsd":
+            # no VMCOREINFO; FreeBSD arm64 kernels use 48-bit VAs from
+            # VM_MIN_KERNEL_ADDRESS 0xffff000000000000: the top 16 bits of a
+            # kernel address are all ones, whatever a PAC put there
+            return FREEBSD_KERNEL_VA_TOP
         return (self._info().number("KERNELPACMASK") or 0) & 0xFFFFFFFFFFFFFFFF
 
     def strip_pac(self, address: int) -> int:
@@ -205,6 +210,7 @@ class Aarch64(ArchBackend):
 # -- FreeBSD ------------------------------------------------------------------
 FREEBSD_ATTR_MASK = 0xFFFC000000000FFF  # sys/arm64/include/pte.h ATTR_MASK
 FREEBSD_L3_PAGE = 3
+FREEBSD_KERNEL_VA_TOP = 0xFFFF000000000000
 
 
 class FreeBSDArm64MiniTranslator(Translator):

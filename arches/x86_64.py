@@ -14,6 +14,7 @@ from kvmcore.pagetable import (INVALID, LEAF, TABLE, Level, MappedRange, RadixTa
                                RadixTranslator, Translation, Translator)
 from kvmcore.registry import ArchBackend, GdbRegister, PrstatusLayout, register_arch
 from kvmcore.unwind import orc
+from kvmcore.unwind.framepointer import FramePointerUnwinder
 from kvmcore.unwind.model import Backtrace, Frame
 from kvmcore.unwind.stack import StackGuard
 from kvmcore.unwind.symbolic import CodeSymbols
@@ -129,7 +130,11 @@ class X86_64(ArchBackend):
         if lazy is not None:
             lazy.reset()
 
-    def unwinder(self, dump: "Dump") -> "X86_64Unwinder":
+    def unwinder(self, dump: "Dump") -> "X86_64Unwinder | FreeBSDAmd64Unwinder":
+        # FreeBSD has no ORC; its amd64 kernel keeps frame pointers (ddb and
+        # kgdb walk the rbp chain), which beats the ORC path's stack scan
+        if dump.os == "freebsd":
+            return FreeBSDAmd64Unwinder(dump)
         return X86_64Unwinder(dump)
 
     def symfile_cfi(self, dump: "Dump") -> tuple[Any, list[Any]] | None:
@@ -549,6 +554,23 @@ class X86_64Unwinder:
             return True
         function, _ = self.syms.describe(addr)
         return function is not None
+
+
+# -- FreeBSD backtraces -------------------------------------------------------
+FREEBSD_KSTACK_SIZE = 4 * 4096  # KSTACK_PAGES (sys/amd64/include/param.h)
+
+
+class FreeBSDAmd64Unwinder(FramePointerUnwinder):
+    """The rbp chain of a FreeBSD amd64 kernel (built with frame pointers):
+    {saved rbp, return address} records from the thread's PCB rbp. Trap
+    frames (calltrap, fast_syscall) are not crossed: the walk ends where the
+    chain leaves the kernel stack."""
+
+    pc_reg, sp_reg, fp_reg = "rip", "rsp", "rbp"
+    thread_size = FREEBSD_KSTACK_SIZE
+
+    def is_user(self, regs: dict[str, int]) -> bool:
+        return bool(regs.get("cs", 0) & 3)
 
 
 # -- DWARF CFI from ORC, for `kvmcore symfile` ----------------------------------

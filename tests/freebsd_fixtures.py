@@ -118,6 +118,10 @@ class Machine:
     helper_symbols: set[str] = field(default_factory=set)
     expect: dict = field(default_factory=dict)
     msgbuf_text: bytes = b""
+    #: kernel functions planted for backtraces: name -> (address, size)
+    functions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: registers planted where regs_for() does not tell them: (tid, where) -> regs
+    planted: dict = field(default_factory=dict)
     _next_table: int = 0
     _heap: int = 0
 
@@ -277,28 +281,48 @@ def _fill_patterns(m: Machine) -> None:
 # -- kernel data: procs, threads, PCBs, msgbuf, linker files ---------------------------
 #: struct layouts of the model kernel (any offsets work: they reach the reader
 #: through kgdb's helper variables or through the types hook, never hard-coded)
-PROC = {"p_list": 0x0, "p_threads": 0x10, "p_hash": 0x20, "p_pid": 0xBC, "p_comm": 0x3C4,
-        "size": 0x420}
+PROC = {"p_list": 0x0, "p_threads": 0x10, "p_hash": 0x20, "p_pptr": 0x30, "p_pid": 0xBC,
+        "p_comm": 0x3C4, "size": 0x420}
 THREAD = {"td_plist": 0x10, "td_tid": 0x98, "td_state": 0xA0, "td_oncpu": 0x134,
           "td_name": 0x2A0, "td_pcb": 0x3F0, "size": 0x480}
 MSGBUF = {"msg_ptr": 0, "msg_magic": 8, "msg_size": 12, "msg_wseq": 16, "msg_rseq": 20,
           "msg_cksum": 24, "msg_seqmod": 28, "size": 0x40}
-LINKER_FILE = {"refs": 0x8, "link": 0x20, "filename": 0x30, "pathname": 0x38, "id": 0x40,
-               "address": 0x48, "size": 0x50, "struct_size": 0x80}
+# struct linker_file as sys/sys/linker.h lays it out on LP64 (KOBJ_FIELDS = one
+# ops pointer; int refs, userrefs, flags; TAILQ_ENTRY link; filename, pathname,
+# int id, address, size): the layout kvmcore assumes when no types are given
+LINKER_FILE = {"refs": 0x8, "link": 0x18, "filename": 0x28, "pathname": 0x30, "id": 0x38,
+               "address": 0x40, "size": 0x48, "struct_size": 0x80}
 AMD64_PCB = ("r15", "r14", "r13", "r12", "rbp", "rsp", "rbx", "rip")   # pcb.h, offsets 0..56
 ARM64_PCB_X = tuple(f"x{i}" for i in range(19, 31))                   # pcb_x[12]: x19..x30
 MAXCPU = 4
 PCB_SIZE = 0x100
 
-PROCS = [  # pid, comm, [(tid, name, oncpu, state)]
-    (0, "kernel", [(100000, "swapper", -1, 1), (100001, "thread taskq", -1, 1)]),
-    (1, "init", [(100002, "init", -1, 1)]),
-    (11, "idle", [(100003, "idle: cpu1", 1, 4)]),
-    (42, "panicker", [(100042, "panicker", 0, 4)]),
+PROCS = [  # pid, comm, parent pid (None: no parent), [(tid, name, oncpu, state)]
+    (0, "kernel", None, [(100000, "swapper", -1, 1), (100001, "thread taskq", -1, 1)]),
+    (1, "init", 0, [(100002, "init", -1, 1)]),
+    (11, "idle", 0, [(100003, "idle: cpu1", 1, 4)]),
+    (42, "panicker", 1, [(100042, "panicker", 0, 4)]),
 ]
 DUMPTID = 100042
 MODULES = [(1, "kernel", "/boot/kernel/kernel", 0x200000, 3),
-           (2, "zfs.ko", "/boot/kernel/zfs.ko", 0x5A000, 1)]
+           (2, "zfs.ko", "/boot/kernel/zfs.ko", 0x5A000, 1),
+           (3, "if_vtnet.ko", "/boot/kernel/if_vtnet.ko", 0x9000, 1)]
+
+# what the kernel says about itself (kern_mib.c / vers.c strings, kern_shutdown.c)
+PANIC_MESSAGE = "page fault while in kernel mode: synthetic kvmcore fixture"
+OSRELEASE = "14.0-RELEASE"
+VERSION = (f"FreeBSD {OSRELEASE} #0 releng/14.0-n265380-f9716eee8ab4: Fri Nov 10 05:57:23 "
+           "UTC 2023\n    root@releng1.nyi.freebsd.org:/usr/obj/usr/src/amd64.amd64/sys/GENERIC\n")
+HOSTNAME = "fixture.example.org"
+MP_NCPUS = 2
+TIME_UPTIME = 4321
+PANIC_TIME = 1700000123
+#: the dumping thread's call chain, innermost first: (function, offset of the
+#: return address / pc inside it); functions are 0x100 apart from TEXT_OFFSET
+CALL_CHAIN = [("doadump", 0x20), ("kern_reboot", 0x31), ("vpanic", 0x42), ("panic", 0x53),
+              ("sys_crash_test", 0x64), ("syscallenter", 0x75)]
+TEXT_OFFSET = 0x300000     # from KERNBASE, inside the kernel's 2 MB pages
+FUNC_SIZE = 0x100
 
 
 def regs_for(arch: str, tid: int, where: str) -> dict[str, int]:
@@ -317,12 +341,13 @@ def pcb_bytes(arch: str, regs: dict[str, int]) -> bytes:
     return body + bytes(PCB_SIZE - len(body))
 
 
-def build_kernel(m: Machine, helpers: bool = True) -> None:
+def build_kernel(m: Machine, helpers: bool = True, panicstr: bool = True) -> None:
     """Lay out allproc, threads, PCBs, msgbuf and linker_files in kernel memory.
 
     Globals sit in the kernel image (2 MB pages), objects on the 4K heap. With
     `helpers`, kgdb's helper variables (proc_off_*, thread_off_*, pcb_size) are
     planted and named in the symbol map; without, only types can tell layouts.
+    Without `panicstr`, the panic message is only in msgbuf's "panic: " line.
     """
     arch = m.arch
     base = (AMD64_KERNBASE if arch == "amd64" else ARM64_KERNBASE) + 0x201000
@@ -346,8 +371,32 @@ def build_kernel(m: Machine, helpers: bool = True) -> None:
 
     allproc = glob("allproc", 8)
     procs, threads = [], []
-    for pid, comm, tds in PROCS:
+    kernbase = AMD64_KERNBASE if arch == "amd64" else ARM64_KERNBASE
+    # the dumping thread's kernel stack: one page, a frame-record chain in it
+    stack = obj(PAGE)
+    functions = {}
+    for i, (fname, _) in enumerate(CALL_CHAIN):
+        functions[fname] = kernbase + TEXT_OFFSET + i * FUNC_SIZE
+        m.symbols[fname] = functions[fname]
+    m.functions = {name: (addr, FUNC_SIZE) for name, addr in functions.items()}
+    sp = stack + 0xD00
+    records = [stack + 0xD40 + 0x40 * i for i in range(len(CALL_CHAIN) - 1)]
+    for i, rec in enumerate(records):   # {saved frame pointer, return address}
+        nxt = records[i + 1] if i + 1 < len(records) else 0
+        fname, off = CALL_CHAIN[i + 1]
+        m.kwrite(rec, struct.pack("<QQ", nxt, functions[fname] + off))
+    pc = functions[CALL_CHAIN[0][0]] + CALL_CHAIN[0][1]
+    if arch == "amd64":
+        stack_regs = {"rip": pc, "rsp": sp, "rbp": records[0]}
+    else:   # pcb_x[x30] is the pc kgdb uses; x29 the frame pointer
+        stack_regs = {"x30": pc, "sp": sp, "x29": records[0]}
+    m.planted = {(DUMPTID, "dumppcb"): {**regs_for(arch, DUMPTID, "dumppcb"), **stack_regs}}
+    m.expect["backtrace"] = [name for name, _ in CALL_CHAIN]
+
+    proc_of: dict[int, int] = {}
+    for pid, comm, _parent, tds in PROCS:
         p = obj(PROC["size"])
+        proc_of[pid] = p
         m.kwrite(p + PROC["p_pid"], i32(pid))
         m.kwrite(p + PROC["p_comm"], comm.encode().ljust(20, b"\0"))
         tvas = []
@@ -367,22 +416,47 @@ def build_kernel(m: Machine, helpers: bool = True) -> None:
         for a, b in zip(tvas, tvas[1:] + [0]):
             m.kwrite(a + THREAD["td_plist"], q(b))
         procs.append(p)
+    for pid, _comm, parent, _tds in PROCS:
+        m.kwrite(proc_of[pid] + PROC["p_pptr"], q(proc_of[parent] if parent is not None else 0))
     # LIST allproc: lh_first; p_list: le_next, le_prev
     m.kwrite(allproc, q(procs[0]))
     for a, b in zip(procs, procs[1:] + [0]):
         m.kwrite(a + PROC["p_list"], q(b))
 
     m.kwrite(glob("dumptid", 4), i32(DUMPTID))
-    m.kwrite(glob("dumppcb", PCB_SIZE), pcb_bytes(arch, regs_for(arch, DUMPTID, "dumppcb")))
+    m.kwrite(glob("dumppcb", PCB_SIZE), pcb_bytes(arch, m.planted[(DUMPTID, "dumppcb")]))
     stoppcbs = glob("stoppcbs", PCB_SIZE * MAXCPU)
     for cpu in range(MAXCPU):
         tid = next((t[1] for t in threads if t[4] == cpu), 0)
         m.kwrite(stoppcbs + cpu * PCB_SIZE, pcb_bytes(arch, regs_for(arch, tid, "stoppcb")))
     m.kwrite(glob("stopped_cpus", 8), q(0b1110))          # every CPU but the panicking one
     m.kwrite(glob("mp_maxid", 4), i32(MAXCPU - 1))
+    m.kwrite(glob("mp_ncpus", 4), i32(MP_NCPUS))
+    m.kwrite(glob("time_uptime", 8), q(TIME_UPTIME))
+    for name, value in (("version", VERSION), ("osrelease", OSRELEASE), ("ostype", "FreeBSD"),
+                        ("hostname", HOSTNAME)):
+        raw = value.encode() + b"\0"
+        m.kwrite(glob(name, len(raw)), raw)
+    # vpanic(): vsnprintf into a static buffer, panicstr = that buffer
+    panicbuf = glob("panic_buf", 256)
+    m.kwrite(panicbuf, PANIC_MESSAGE.encode() + b"\0")
+    if panicstr:
+        m.kwrite(glob("panicstr", 8), q(panicbuf))
+    m.expect["panic"] = {"message": PANIC_MESSAGE, "tid": DUMPTID, "pid": 42,
+                         "comm": "panicker", "cpu": 0, "time": PANIC_TIME,
+                         "source": "panicstr" if panicstr else "msgbuf"}
+    m.expect["uts"] = {"release": OSRELEASE, "nodename": HOSTNAME, "sysname": "FreeBSD",
+                       "version": VERSION.split("\n")[0],
+                       "machine": "amd64" if arch == "amd64" else "arm64"}
+    m.expect["ncpus"] = MP_NCPUS
 
-    # message buffer: a wrapped ring (wseq past the end, rseq = wseq - size)
+    # message buffer: a wrapped ring (wseq past the end, rseq = wseq - size),
+    # ending with what vpanic() prints before doadump()
     text = b"".join(b"<6>line %03d of the synthetic FreeBSD kernel log\n" % i for i in range(90))
+    text += (b"\n\nFatal trap 12: page fault while in kernel mode\ncpuid = 0; apic id = 00\n"
+             b"panic: " + PANIC_MESSAGE.encode() + b"\ncpuid = 0\ntime = %d\n"
+             b"KDB: stack backtrace:\nUptime: %ds\nDumping 16 out of 16 MB:..100%%\n"
+             % (PANIC_TIME, TIME_UPTIME))
     size = 2048
     wseq = len(text)
     ring = bytearray(size)
@@ -435,8 +509,9 @@ def build_kernel(m: Machine, helpers: bool = True) -> None:
     m.expect["threads"] = [
         {"pid": pid, "tid": tid, "name": name, "comm": comm, "cpu": oncpu, "state": state,
          "address": td,
-         "regs": regs_for(arch, tid, "dumppcb" if tid == DUMPTID else
-                          "stoppcb" if oncpu >= 0 else "pcb")}
+         "regs": m.planted[(tid, "dumppcb")] if tid == DUMPTID else
+        regs_for(arch, tid, "stoppcb" if oncpu >= 0 else "pcb"),
+        "ppid": next(0 if par is None else par for p_, _c, par, _t in PROCS if p_ == pid)}
         for pid, tid, name, comm, oncpu, state, td in threads]
     m.expect["modules"] = [{"id": lid, "name": fname, "path": pname, "size": size_,
                             "refs": refs, "address": addr}
@@ -710,3 +785,20 @@ def add_pml4_cycle(m: Machine, va: int) -> None:
     """Make the PML4 entry covering `va` point back at the PML4 itself, and the
     self-referencing entry its own PDPT: a walk from `va` revisits the root."""
     m.mem.put64(m.root + ((va >> 39) & 511) * 8, m.root | PG_V | PG_RW)
+
+
+# -- the kernel's symbol file -----------------------------------------------------------
+def write_kernel_symbols(m: Machine, path: str) -> None:
+    """Write the model kernel's symbols as an ELF symbol file (what `kernel` /
+    `kernel.debug` is to kvmcore without DWARF): functions with their sizes,
+    data symbols as objects, through kvmcore's own ELF symbol-file writer.
+    No build id and no VMCOREINFO: FreeBSD has neither, and the fixture kernel
+    is not relocated (no KASLR)."""
+    from kvmcore.symbols.elfsym import write_symbol_file
+    from kvmcore.symbols.table import Symbol, SymbolTable
+
+    syms = [Symbol(name, addr, size, "T") for name, (addr, size) in m.functions.items()]
+    syms += [Symbol(name, addr, 0, "D") for name, addr in m.symbols.items()
+             if name not in m.functions]
+    write_symbol_file(SymbolTable(syms, "fixture", 0, 8, path), path,
+                      "x86_64" if m.arch == "amd64" else "aarch64")

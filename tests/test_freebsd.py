@@ -122,7 +122,7 @@ def test_minidump_kernel_model(minidump):
     with kvmcore.open(path) as dump:
         kernel = FreeBSDKernel(dump, symbols=m.symbols)
         check_threads(kernel, m)
-        assert kernel.log() == m.msgbuf_text.decode()
+        assert kernel.msgbuf_text() == m.msgbuf_text.decode()
 
 
 # -- full dumps ---------------------------------------------------------------------
@@ -178,13 +178,17 @@ def test_kernel_model_from_types(arch, workdir):
     with kvmcore.open(path) as dump:
         kernel = FreeBSDKernel(dump, symbols=m.symbols, types=F.ModelTypes(arch))
         threads = check_threads(kernel, m)
-        assert [t.state for t in threads] == [
+        assert [t.td_state for t in threads] == [
             {1: "inhibited", 4: "running"}[e["state"]] for e in m.expect["threads"]]
+        # TDS_INHIBITED with no inhibitor bit is a sleep; TDS_RUNNING runs
+        assert [t.state for t in threads] == [
+            {1: "S", 4: "R"}[e["state"]] for e in m.expect["threads"]]
+        assert [t.ppid for t in threads] == [e["ppid"] for e in m.expect["threads"]]
         mods = kernel.kld_modules()
         assert [(k.id, k.name, k.path, k.size, k.refs, k.address) for k in mods] == [
             (e["id"], e["name"], e["path"], e["size"], e["refs"], e["address"])
             for e in m.expect["modules"]]
-        assert kernel.log() == m.msgbuf_text.decode()
+        assert kernel.msgbuf_text() == m.msgbuf_text.decode()
 
 
 def test_kernel_model_without_layouts_fails_cleanly(workdir):

@@ -90,7 +90,9 @@ class ThreadList:
         for task in tasks:
             on_cpu = bool(getattr(task, "on_cpu", False))
             cpu = getattr(task, "cpu", None) if on_cpu else None
-            tid = task.pid if task.pid > 0 else IDLE_TID_BASE + (getattr(task, "cpu", 0) or 0)
+            # a per-thread id (Linux pid, FreeBSD td_tid: kvmcore.kernel.TaskModel.tid)
+            ident = getattr(task, "tid", task.pid)
+            tid = ident if ident > 0 else IDLE_TID_BASE + (getattr(task, "cpu", 0) or 0)
             while tid in used:  # a model quirk must not merge two threads
                 tid += IDLE_TID_BASE
             used.add(tid)

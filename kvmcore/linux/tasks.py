@@ -47,6 +47,11 @@ class Task:
     _registers: Callable[["Task"], dict[str, int]] | None = field(default=None, repr=False)
 
     @property
+    def tid(self) -> int:
+        """Unique per thread: a Linux task's pid is its thread id."""
+        return self.pid
+
+    @property
     def is_thread_group_leader(self) -> bool:
         return self.pid == self.tgid
 

@@ -90,7 +90,8 @@ def _dump_section(dump: "Dump") -> dict[str, Any]:
     except KvmcoreError as exc:
         out["symbols"] = f"unavailable: {exc.message}"
     try:
-        out["types"] = dump.types.source_of("struct task_struct")
+        out["types"] = dump.types.source_of(
+            "struct thread" if dump.os == "freebsd" else "struct task_struct")
     except KvmcoreError as exc:
         out["types"] = f"unavailable: {exc.message}"
     return out
@@ -145,7 +146,8 @@ def _log_section(kernel: Any, lines: int) -> dict[str, Any]:
     start = max(0, len(out) - lines) if lines > 0 else len(out)
     # Reach back to the panic's first line when the tail would cut it off.
     panic_at = next((i for i in range(len(out) - 1, -1, -1)
-                     if "Kernel panic - not syncing" in out[i] and "---[ end" not in out[i]), None)
+                     if ("Kernel panic - not syncing" in out[i] and "---[ end" not in out[i])
+                     or (log.layout == "msgbuf" and out[i].startswith("panic: "))), None)
     if lines > 0 and panic_at is not None and len(out) - panic_at <= 4 * lines:
         start = min(start, panic_at)
     return {"total_records": len(log.records), "layout": log.layout, "partial": log.partial,

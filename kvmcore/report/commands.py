@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import KvmcoreError
+from ..kernel import has_timestamps
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -24,6 +25,7 @@ def ps_data(dump: "Dump") -> dict[str, Any]:
 def dmesg_data(dump: "Dump") -> dict[str, Any]:
     log = dump.kernel.kernel_log
     return {"layout": log.layout, "partial": log.partial, "problem": log.problem,
+            "timestamps": has_timestamps(log),
             "records": [{"seq": r.seq, "timestamp_ns": r.timestamp_ns, "level": r.level,
                          "facility": r.facility, "caller": r.caller, "text": r.text}
                         for r in log.records]}
@@ -74,11 +76,14 @@ def bt_data(dump: "Dump", pid: int | None = None, all_tasks: bool = False) -> di
 
 # -- text -----------------------------------------------------------------
 def ps_text(data: dict[str, Any]) -> str:
-    lines = ["   PID    PPID  CPU  ST  TASK                COMM"]
+    # kernels whose threads have ids of their own (FreeBSD td_tid) get a TID column
+    tids = any("tid" in t for t in data["tasks"])
+    lines = ["   PID    PPID" + ("     TID" if tids else "") + "  CPU  ST  TASK                COMM"]
     for t in data["tasks"]:
         mark = ">" if t["on_cpu"] else " "
         comm = f"[{t['comm']}]" if t["idle"] or t["tgid"] != t["pid"] else t["comm"]
-        lines.append(f"{mark}{t['pid']:6d} {t['ppid']:7d} {t['cpu']:4d}  {t['state']:2s}  "
+        tid = f" {t['tid']:7d}" if tids else ""
+        lines.append(f"{mark}{t['pid']:6d} {t['ppid']:7d}{tid} {t['cpu']:4d}  {t['state']:2s}  "
                      f"{t['address']:18s}  {comm}")
     if data.get("partial"):
         lines.append(f"(partial: {data['problem']})")
@@ -87,10 +92,12 @@ def ps_text(data: dict[str, Any]) -> str:
 
 def dmesg_text(data: dict[str, Any]) -> str:
     out = []
+    stamped = data.get("timestamps", True)  # FreeBSD's msgbuf has none: lines as written
     for r in data["records"]:
         secs, nsec = divmod(r["timestamp_ns"], 1_000_000_000)
+        prefix = f"[{secs:5d}.{nsec // 1000:06d}] " if stamped else ""
         for line in r["text"].split("\n"):
-            out.append(f"[{secs:5d}.{nsec // 1000:06d}] {line}")
+            out.append(prefix + line)
     if data.get("partial"):
         out.append(f"(partial: {data['problem']})")
     return "\n".join(out)
@@ -126,7 +133,8 @@ def sys_text(data: dict[str, Any]) -> str:
 def bt_text(data: dict[str, Any]) -> str:
     out = []
     for t in data["tasks"]:
-        out.append(f"PID: {t['pid']}  TASK: {t['address']}  CPU: {t['cpu']}  "
+        tid = f"  TID: {t['tid']}" if "tid" in t else ""  # FreeBSD's td_tid
+        out.append(f"PID: {t['pid']}{tid}  TASK: {t['address']}  CPU: {t['cpu']}  "
                    f"COMMAND: \"{t['comm']}\"")
         out.extend(frame_lines(t["backtrace"]))
         out.append("")
