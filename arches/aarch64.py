@@ -12,6 +12,7 @@ from kvmcore.pagetable import (INVALID, LEAF, TABLE, Level, MappedRange, RadixTa
                                RadixTranslator, Translation, Translator)
 from kvmcore.registry import ArchBackend, GdbRegister, PrstatusLayout, register_arch
 from kvmcore.unwind.framepointer import FramePointerUnwinder
+from kvmcore.unwind.symbolic import CodeSymbols
 
 if TYPE_CHECKING:
     from kvmcore.dump import Dump
@@ -172,6 +173,12 @@ class Aarch64(ArchBackend):
     def unwinder(self, dump: "Dump") -> "Aarch64Unwinder":
         return Aarch64Unwinder(dump)
 
+    def symfile_cfi(self, dump: "Dump") -> tuple[Any, list[Any]] | None:
+        """Frame-pointer CFI for the symbol file (see aarch64_fp_cfi)."""
+        if dump.os != "linux":
+            return None
+        return aarch64_fp_cfi(dump)
+
     def freebsd_pcb_registers(self, read: Any, pcb: int, types: Any) -> dict[str, int]:
         """arm64 struct pcb: FreeBSD 14+ has pcb_x[12] = x19..x30 then pcb_sp at
         96; older kernels pcb_x[31] = x0..x30 then pcb_sp. With types the array
@@ -330,3 +337,45 @@ class Aarch64Unwinder(FramePointerUnwinder):
 
     def is_user(self, regs: dict[str, int]) -> bool:
         return (regs.get("pstate", 0) & PSTATE_MODE_MASK) == 0
+
+
+# -- DWARF CFI for `kvmcore symfile` -------------------------------------------
+# gdb-multiarch does not unwind an arm64 kernel from symbols alone (its
+# prologue analyser, with no function sizes and no debug info, repeats one
+# frame). Linux arm64 keeps frame pointers, so one rule serves all kernel
+# text: x29 points at the frame record {caller's x29, return address}, so
+# CFA = x29 + 16, x29 saved at CFA-16 and x30 (the return column) at CFA-8.
+# Exception entry stores the interrupted {x29, elr} as such a record inside
+# pt_regs, so the chain crosses el1 exceptions; entry from el0 leaves a zero
+# record, and gdb stops at the zero pc (with "previous frame identical", as
+# its "aarch64 stub" unwinder claims an unreadable pc before any CFI is
+# consulted, so no row can end the walk quietly). The rule is wrong for the innermost
+# frame while a function is still in its prologue or is a leaf.
+DWARF_FP, DWARF_LR = 29, 30
+CFI_DATA_ALIGN = -8
+
+
+def aarch64_fp_cfi(dump: "Dump") -> tuple[Any, list[Any]]:
+    """(CfiLayout, [CfiRange]) with the frame-record rule over the kernel's
+    text and each loaded module's, at runtime addresses."""
+    from kvmcore.symbols import cfi
+
+    syms = CodeSymbols(dump)
+    lo = syms.address("_stext") or syms.address("_text")
+    hi = syms.address("_etext")
+    if not lo or not hi or hi <= lo:
+        raise UnsupportedError("kallsyms has no _stext/_etext: no kernel text range for CFI",
+                               dump.path)
+    rule = cfi.CfiRule(b"", "frame-record")
+    ranges = [cfi.CfiRange([lo], [rule], hi)]
+    try:
+        modules = dump.kernel.modules()
+    except (KvmcoreError, AttributeError):
+        modules = []  # module list unreadable (no data symbols): core text only
+    for mod in modules:
+        ranges.append(cfi.CfiRange([mod.base], [rule], mod.base + mod.size))
+    layout = cfi.CfiLayout(address_size=8, return_column=DWARF_LR, data_align=CFI_DATA_ALIGN,
+                           initial=cfi.def_cfa(DWARF_FP, 16)
+                           + cfi.saved_at_cfa(DWARF_FP, -16, CFI_DATA_ALIGN)
+                           + cfi.saved_at_cfa(DWARF_LR, -8, CFI_DATA_ALIGN))
+    return layout, ranges
