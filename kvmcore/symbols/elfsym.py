@@ -7,7 +7,10 @@ reply moves the file's .text by that offset, as it does a vmlinux's, so the
 same gdb session lines up with either file. Module symbols keep their runtime
 addresses, in sections of their own that qOffsets leaves alone. Each symbol
 group gets one SHT_NOBITS allocated section spanning its addresses: gdb maps
-minimal symbols to sections and ignores those outside any. The file is written with struct
+minimal symbols to sections and ignores those outside any. An optional
+.debug_frame (kvmcore.symbols.cfi, rows from the arch backend) lets gdb
+unwind: gdb moves all of a file's FDEs by its .text offset, so they are at
+link addresses too (module rows included). The file is written with struct
 rather than lief: lief edits existing ELFs well but has no simple way to
 build one from nothing.
 """
