@@ -166,6 +166,11 @@ def info(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
             "memory_bytes": sum(r.size for r in d.phys_ranges())}
     if data["release"] is None and d.os == "linux":
         data["release"] = d.kernel.release
+    elif data["release"] is None and d.os == "freebsd":
+        try:  # osrelease needs the kernel's symbols
+            data["release"] = d.kernel.release or None
+        except KvmcoreError:
+            pass
     if json_out:
         _print_json(data)
     else:

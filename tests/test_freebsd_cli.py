@@ -188,3 +188,38 @@ def test_gdb_thread_ids_are_tids(case):
         planted = dumping_thread(m)["regs"]
         pc = "rip" if m.arch == "amd64" else "x30"
         assert regs[pc] == planted[pc]
+
+
+def test_broken_allproc_gives_partial_ps(tmp_path):
+    """Synthetic FreeBSD minidump whose allproc list loops back to its first
+    proc: ps still lists every thread read before the loop, marked partial."""
+    m = F.amd64_machine()
+    F.build_kernel(m)
+    procs = []
+    p = int.from_bytes(m.kread(m.symbols["allproc"], 8), "little")
+    while p:
+        procs.append(p)
+        p = int.from_bytes(m.kread(p + F.PROC["p_list"], 8), "little")
+    m.kwrite(procs[-1] + F.PROC["p_list"], procs[0].to_bytes(8, "little"))
+    dump, symbols = str(tmp_path / "vmcore.loop"), str(tmp_path / "kernel.sym")
+    F.write_minidump(m, dump, 3)
+    F.write_kernel_symbols(m, symbols)
+    data = json.loads(ok("ps", dump, symbols, "--json"))
+    assert data["partial"] and "loops" in data["problem"]
+    assert [t["tid"] for t in data["tasks"]] == [e["tid"] for e in m.expect["threads"]]
+
+
+def test_both_kernels_provide_the_model():
+    """LinuxKernel and FreeBSDKernel both define what kvmcore.kernel.KernelModel
+    names (checked on the classes: properties there are computed on access)."""
+    from kvmcore.freebsd import FreeBSDKernel
+    from kvmcore.kernel import KernelModel
+    from kvmcore.linux import LinuxKernel
+
+    instance_only = {"dump", "sources"}
+    names = {n for n in KernelModel.__protocol_attrs__} - instance_only \
+        if hasattr(KernelModel, "__protocol_attrs__") else \
+        {n for n in vars(KernelModel) if not n.startswith("_")} - instance_only
+    assert names >= {"task_list", "tasks", "find_task", "panic", "kernel_log", "modules"}
+    for cls in (LinuxKernel, FreeBSDKernel):
+        assert not [n for n in sorted(names) if not hasattr(cls, n)], cls

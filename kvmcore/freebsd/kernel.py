@@ -178,7 +178,15 @@ class FreeBSDKernel:
     @property
     def symbols(self) -> Any:
         if self._symbols is None:
-            self._symbols = self.dump.symbols
+            try:
+                self._symbols = self.dump.symbols
+            except KvmcoreError as exc:
+                if self.dump.vmlinux:
+                    raise
+                # the Linux fallbacks (kallsyms via VMCOREINFO) cannot apply here
+                raise SymbolError("FreeBSD dumps need the kernel's symbols: give the kernel "
+                                  "file (kernel or kernel.debug) after the dump",
+                                  self.dump.path) from exc
         return self._symbols
 
     @property
@@ -192,7 +200,11 @@ class FreeBSDKernel:
         return self._types
 
     def has_symbol(self, name: str) -> bool:
-        return symbol_value(self.symbols, name) is not None
+        """Whether `name` is known; False when no symbols are available at all."""
+        try:
+            return symbol_value(self.symbols, name) is not None
+        except SymbolError:
+            return False
 
     def symbol(self, name: str) -> int:
         value = symbol_value(self.symbols, name)
