@@ -119,12 +119,8 @@ def _read_ringbuffer(dump: "Dump") -> KernelLog:
     caller_off = h.off("printk_info", "caller_id")
     # facility (u8) and flags:5/level:3 follow the u16 text_len: not exported as
     # helpers, so take them from types when known, else from that fixed layout.
+    # Loading types just for this would cost more than the whole log read.
     fac_off, flags_off = len_off + 2, len_off + 3
-    try:
-        types = dump.types
-        fac_off = types.offsetof("struct printk_info", "facility")
-    except Exception:  # no type source: the layout above has held since 5.10
-        pass
 
     bits = word * 8
     flags_shift = bits - 2
