@@ -11,7 +11,7 @@ from . import COMMITTED_DIR, cache_dir, debian, initramfs, makedumpfile, manifes
 from .table import MDF_FORMATS, SampleSpec, Arch
 from .util import log
 
-QMP_FORMATS = ("elf", "kdump-zlib")
+QMP_FORMATS = ("elf", "kdump-zlib", "elf-paging")
 
 
 class Kernel:
@@ -134,8 +134,9 @@ def build_qemu_sample(spec: SampleSpec, cache: Path, sdir: Path, kernel: Kernel)
     dumps = {}
     if need_elf:
         dumps["elf"] = sdir / ("vmcore.elf" if "elf" in spec.formats else "tmp-qemu.elf")
-    if "kdump-zlib" in spec.formats:
-        dumps["kdump-zlib"] = sdir / "vmcore.kdump-zlib"
+    for fmt in ("kdump-zlib", "elf-paging"):
+        if fmt in spec.formats:
+            dumps[fmt] = sdir / f"vmcore.{fmt}"
     serial = sdir / "serial.log"
     info = qemu.run_and_dump(qemu_cmd(spec, kernel, initrd, append), workdir=sdir, serial=serial,
                              panic_wait=a.panic_wait, dumps=dumps,

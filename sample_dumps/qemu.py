@@ -132,7 +132,11 @@ def run_and_dump(cmd: list[str], *, workdir: Path, serial: Path, panic_wait: str
         dump_secs = {}
         for fmt, path in dumps.items():
             t1 = time.monotonic()
-            qmp.command("dump-guest-memory", paging=False, protocol=f"file:{path}", format=fmt)
+            # "elf-paging": QEMU walks the guest page tables and writes one PT_LOAD per
+            # virtual mapping (p_vaddr virtual, p_paddr physical), often PN_XNUM of them
+            paging = fmt == "elf-paging"
+            qmp.command("dump-guest-memory", paging=paging, protocol=f"file:{path}",
+                        format="elf" if paging else fmt)
             dump_secs[fmt] = round(time.monotonic() - t1, 2)
             log(f"dump-guest-memory {fmt} -> {path.name} ({path.stat().st_size} bytes, {dump_secs[fmt]}s)")
         try:

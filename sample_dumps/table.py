@@ -14,6 +14,7 @@ MDF_FORMATS = {
 # manifest metadata per format name: (format, filtered, compression)
 FORMAT_INFO = {
     "elf": ("elf", None, None),
+    "elf-paging": ("elf-paging", None, None),
     "kdump-zlib": ("kdump-flattened", None, "zlib"),
     "mdf-d31-c": ("kdump", "d31", "zlib"),
     "mdf-d31-l": ("kdump", "d31", "lzo"),
@@ -78,7 +79,8 @@ ALL_MDF = ("mdf-d31-c", "mdf-d31-l", "mdf-d31-E", "mdf-d31-F")
 
 SAMPLES: list[SampleSpec] = [
     SampleSpec("x86_64-kaslr", A64, ("elf", "kdump-zlib") + ALL_MDF),
-    SampleSpec("x86_64-nokaslr", A64, ("elf", "kdump-zlib", "mdf-d31-c"), kaslr=False),
+    SampleSpec("x86_64-nokaslr", A64, ("elf", "kdump-zlib", "mdf-d31-c", "elf-paging"),
+               kaslr=False),
     SampleSpec("arm64-kaslr", ARM, ("elf", "kdump-zlib"), cpu="cortex-a57"),
     SampleSpec("arm64-nokaslr", ARM, ("elf", "kdump-zlib"), cpu="cortex-a57", kaslr=False),
     SampleSpec("x86_64-small", A64, ("mdf-d31-c",), memory_mb=128, commit_copy=True),
