@@ -33,7 +33,7 @@ def drgn_tasks(dump: str, vmlinux: str) -> dict[int, tuple[int, int, str]]:
 
     out = {}
     for t in for_each_task(drgn_program(dump, vmlinux)):
-        out[t.pid.value_()] = (t.tgid.value_(), t.real_parent.pid.value_(),
+        out[t.pid.value_()] = (t.tgid.value_(), t.real_parent.tgid.value_(),
                                t.comm.string_().decode())
     return out
 

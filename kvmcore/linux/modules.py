@@ -11,8 +11,9 @@ if TYPE_CHECKING:
 
 MAX_MODULES = 1 << 14
 MAX_SECTIONS = 4096
-# module->taints bits worth naming per module (see panic.TAINT_FLAGS)
-MODULE_TAINTS = {0: "P", 12: "O", 13: "E", 10: "C", 1: "F", 15: "K"}
+# module->taints bits the kernel names per module (taint_flags[] entries with
+# .module set), in bit order as module_flags_taint() prints them: "(POE)"
+MODULE_TAINTS = {0: "P", 1: "F", 10: "C", 12: "O", 13: "E", 15: "K", 18: "N"}
 
 
 @dataclass
@@ -28,7 +29,8 @@ class Module:
 
     @property
     def taint_flags(self) -> str:
-        return "".join(flag for bit, flag in MODULE_TAINTS.items() if self.taints >> bit & 1)
+        return "".join(flag for bit, flag in sorted(MODULE_TAINTS.items())
+                       if self.taints >> bit & 1)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "base": f"{self.base:#x}", "size": self.size,

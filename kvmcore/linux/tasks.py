@@ -19,16 +19,23 @@ STATE_CHARS = "RSDTtXZPI"
 TASK_UNINTERRUPTIBLE = 0x2
 TASK_NOLOAD = 0x400
 TASK_IDLE = TASK_UNINTERRUPTIBLE | TASK_NOLOAD
+TASK_RTLOCK_WAIT = 0x1000  # PREEMPT_RT: blocked on a sleeping spinlock
 TASK_REPORT = 0x7F
+TASK_REPORT_IDLE = 0x80
 STATE_NAMES = {"R": "running", "S": "sleeping", "D": "uninterruptible", "T": "stopped",
                "t": "traced", "X": "dead", "Z": "zombie", "P": "parked", "I": "idle"}
 
 
 def state_char(state: int, exit_state: int) -> str:
-    if state == TASK_IDLE:
-        return "I"
+    """The ps letter, as the kernel's __task_state_index(): TASK_IDLE is a mask
+    (a freezable idle wait, TASK_IDLE | TASK_FREEZABLE, is still "I"), and an
+    RT task waiting on a sleeping spinlock reports as "D"."""
     bits = (state | exit_state) & TASK_REPORT
-    return STATE_CHARS[bits.bit_length()] if bits else "R"
+    if (state & TASK_IDLE) == TASK_IDLE:
+        bits = TASK_REPORT_IDLE
+    if state & TASK_RTLOCK_WAIT:
+        bits = TASK_UNINTERRUPTIBLE
+    return STATE_CHARS[bits.bit_length()]
 
 
 @dataclass
@@ -90,7 +97,13 @@ class TaskReader:
         self.off_tgid = t.offsetof(ts, "tgid")
         self.off_comm = t.offsetof(ts, "comm")
         self.off_parent = t.offsetof(ts, "real_parent")
-        self.off_state = t.offsetof(ts, "__state" if t.has_member(ts, "__state") else "state")
+        state = "__state" if t.has_member(ts, "__state") else "state"
+        self.off_state = t.offsetof(ts, state)
+        # `long state` before 5.14, `unsigned int __state` since: read its own width
+        try:
+            self.state_size = t.sizeof_type(t.member(ts, state)[2])
+        except KvmcoreError:
+            self.state_size = 4
         self.off_exit_state = t.offsetof(ts, "exit_state")
         self.off_on_cpu = t.offsetof(ts, "on_cpu") if t.has_member(ts, "on_cpu") else None
         if t.has_member(ts, "thread_info.cpu"):
@@ -118,15 +131,17 @@ class TaskReader:
 
         word = d.word_size
         parent = num(self.off_parent, word)
+        # ppid as ps and /proc/PID/stat give it: the *process* (tgid) of
+        # real_parent, which is a thread when a non-leader thread forked
         try:
-            ppid = d.read_u32(parent + self.off_pid) if parent and parent != address else 0
+            ppid = d.read_u32(parent + self.off_tgid) if parent and parent != address else 0
         except AddressError:
             ppid = -1
         comm = blob[self.off_comm:self.off_comm + 16].split(b"\0", 1)[0]
         return Task(
             address=address, pid=num(self.off_pid, 4, True), tgid=num(self.off_tgid, 4, True),
             ppid=ppid, comm=comm.decode("utf-8", "replace"),
-            state=state_char(num(self.off_state, 4), num(self.off_exit_state, 4)),
+            state=state_char(num(self.off_state, self.state_size), num(self.off_exit_state, 4)),
             cpu=num(self.off_cpu, 4),
             on_cpu=bool(num(self.off_on_cpu, 4)) if self.off_on_cpu is not None else False,
             is_idle=idle, _registers=self.registers)
