@@ -109,6 +109,11 @@ class ElfDump(PhysicalMemory):
                     raise DumpFormatError(
                         f"PT_NOTE at {off:#x}+{filesz:#x} lies past the end of the file",
                         source.path)
+                if filesz > getattr(source, "stored_size", source.size):
+                    # inside a flattened file's hole: would read as that many zeros
+                    raise DumpFormatError(
+                        f"PT_NOTE of {filesz:#x} bytes is larger than all the data the file "
+                        "holds", source.path)
                 self.notes += parse_notes(source.pread(off, filesz), hdr.byteorder)
             elif p_type == PT_LOAD:
                 self.segments.append((paddr, vaddr, off, filesz, memsz))

@@ -52,6 +52,9 @@ class FlattenedSource:
         records = self._scan()
         self._starts, self._ends, self._src = _resolve(records)
         self.size = self._ends[-1] if len(self._ends) else 0
+        # bytes the file really holds: `size` counts holes (read as zeros) too, so
+        # a reader that sizes a buffer from a header field checks it against this
+        self.stored_size = inner.size
         self.records = len(records)
 
     def _scan(self) -> list[tuple[int, int, int]]:

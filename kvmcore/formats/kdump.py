@@ -351,6 +351,11 @@ class KdumpDump(PhysicalMemory):
             raise TruncatedDumpError(
                 f"bitmaps ({h.bitmap_blocks} blocks at {start:#x}) run past the end of the "
                 f"file ({source.size:#x} bytes)", path)
+        stored = getattr(source, "stored_size", source.size)
+        if length > stored:  # a flattened file's holes would read as gigabytes of zeros
+            raise DumpFormatError(
+                f"bitmaps ({h.bitmap_blocks} blocks, {length} bytes) are larger than all the "
+                f"data the file holds ({stored} bytes): corrupt header", path)
         data = source.pread(start, length)
         half = length // 2
         if h.max_mapnr <= half * 8:
