@@ -11,6 +11,7 @@ from kvmcore.freebsd.pcb import pcb_member_offset
 from kvmcore.pagetable import (INVALID, LEAF, TABLE, Level, MappedRange, RadixTable, coalesce,
                                RadixTranslator, Translation, Translator)
 from kvmcore.registry import ArchBackend, GdbRegister, PrstatusLayout, register_arch
+from kvmcore.unwind.dwarf_cfi import CfiRegisters
 from kvmcore.unwind.framepointer import FramePointerUnwinder
 from kvmcore.unwind.symbolic import CodeSymbols
 
@@ -291,8 +292,15 @@ ENTRY_PREFIXES = ("el1h_64_", "el1t_64_", "el0t_64_", "el0t_32_", "vectors")
 PSTATE_MODE_MASK = 0xF  # M[3:0]: 0 = EL0t
 
 
+# DWARF register numbers (AAPCS64 DWARF): x0-x30 are 0-30, sp is 31; the
+# return address column is x30, whose caller value becomes pc
+CFI_REGISTERS = CfiRegisters({**{i: f"x{i}" for i in range(31)}, 31: "sp"}, sp_column=31,
+                             pc_name="pc")
+
+
 class Aarch64Unwinder(FramePointerUnwinder):
     pc_reg, sp_reg, fp_reg, lr_reg = "pc", "sp", "x29", "x30"
+    cfi_registers = CFI_REGISTERS
 
     def __init__(self, dump: "Dump") -> None:
         super().__init__(dump)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from kvmcore.errors import AddressError, KvmcoreError, UnsupportedError
 from kvmcore.pagetable import INVALID, LEAF, TABLE, Level, RadixTable, RadixTranslator, Translator
 from kvmcore.registry import ArchBackend, GdbRegister, PrstatusLayout, register_arch
+from kvmcore.unwind.dwarf_cfi import CfiRegisters
 from kvmcore.unwind.framepointer import FramePointerUnwinder
 
 if TYPE_CHECKING:
@@ -198,8 +199,14 @@ class I386(ArchBackend):
 # (32-bit kernels are built with frame pointers). Register names as in an
 # i386 user_regs_struct: eip, esp, ebp.
 
+# DWARF register numbers (i386 SysV psABI); eip (8) is the return address column
+CFI_REGISTERS = CfiRegisters({0: "eax", 1: "ecx", 2: "edx", 3: "ebx", 4: "esp", 5: "ebp",
+                              6: "esi", 7: "edi", 8: "eip"}, sp_column=4, pc_name="eip")
+
+
 class I386Unwinder(FramePointerUnwinder):
     pc_reg, sp_reg, fp_reg = "eip", "esp", "ebp"
+    cfi_registers = CFI_REGISTERS
     thread_size = 8192  # THREAD_SIZE_ORDER 1
 
     def is_user(self, regs: dict[str, int]) -> bool:

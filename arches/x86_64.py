@@ -14,6 +14,7 @@ from kvmcore.pagetable import (INVALID, LEAF, TABLE, Level, MappedRange, RadixTa
                                RadixTranslator, Translation, Translator)
 from kvmcore.registry import ArchBackend, GdbRegister, PrstatusLayout, register_arch
 from kvmcore.unwind import orc
+from kvmcore.unwind.dwarf_cfi import CfiRegisters, DwarfCfi
 from kvmcore.unwind.framepointer import FramePointerUnwinder
 from kvmcore.unwind.model import Backtrace, Frame
 from kvmcore.unwind.stack import StackGuard
@@ -311,6 +312,7 @@ class _State:
     bp: int
     regs: dict[str, int] | None  # full pt_regs of this frame, if it was entered through them
     signal: bool  # ip is exact (not a return address)
+    known: dict[str, int] | None = None  # every register recovered (given, or by CFI)
 
 
 @dataclass
@@ -323,6 +325,7 @@ class _Step:
     end: bool = False
     user_regs: dict[str, int] | None = None
     error: str | None = None
+    method: str = "orc"  # how this step found the caller (Frame.method)
 
 
 def call_before(dump: "Dump", addr: int) -> int | None:
@@ -364,6 +367,8 @@ class X86_64Unwinder:
         self.syms = CodeSymbols(dump)
         self._orc: orc.OrcTable | None = None
         self.orc_error: str | None = None
+        # with a vmlinux, its .debug_frame first (loaded on the first unwind)
+        self.cfi = DwarfCfi(dump, CFI_REGISTERS) if getattr(dump, "vmlinux", None) else None
         try:
             self._orc = orc.OrcTable(dump, self.syms)
         except KvmcoreError as exc:
@@ -376,12 +381,12 @@ class X86_64Unwinder:
         if "rip" not in regs or "rsp" not in regs:
             bt.error = "registers lack rip/rsp"
             return bt
-        state = _State(regs["rip"], regs["rsp"], regs.get("rbp", 0), dict(regs), True)
+        state = _State(regs["rip"], regs["rsp"], regs.get("rbp", 0), dict(regs), True, dict(regs))
         if (regs.get("cs", 0) & 3) == 3:
             bt.user_regs = dict(regs)  # the CPU was in user mode: no kernel frames
             return bt
         guard = StackGuard(state.sp, THREAD_SIZE, task_stack, self.dump.arch.is_kernel_address)
-        step = _Step(state=state)
+        step = _Step(state=state, method="registers")
         while True:
             if len(bt.frames) >= max_frames:
                 bt.error = f"stopped after {max_frames} frames"
@@ -407,9 +412,13 @@ class X86_64Unwinder:
     def _frame(self, index: int, state: _State, step: _Step) -> Frame:
         function, module = self.syms.describe(state.ip)
         return Frame(index, state.ip, state.sp, function, module, step.guessed, step.kind,
-                     step.frame_regs)
+                     step.frame_regs, step.method)
 
     def _next(self, state: _State, guard: StackGuard) -> _Step:
+        if self.cfi is not None:
+            step = self._cfi_step(state)
+            if step is not None:
+                return step
         entry = None
         if self._orc is not None:
             entry = self._orc.find(state.ip if state.signal else state.ip - 1)
@@ -436,6 +445,26 @@ class X86_64Unwinder:
             return _Step(error=f"stack memory unreadable: {exc}")
         step.guessed = step.guessed or guessed
         return step
+
+    def _cfi_step(self, state: _State) -> _Step | None:
+        """The caller by the vmlinux's CFI, or None when it has no rule for
+        this ip (entry code, modules) or its rules cannot be followed here:
+        ORC decides then."""
+        known = state.known
+        if known is None:
+            known = dict(state.regs or {})
+            known.update(rip=state.ip, rsp=state.sp, rbp=state.bp)
+        try:
+            found = self.cfi.caller(known, state.ip, state.signal)
+        except KvmcoreError:
+            return None
+        if found is None or found.return_address is None:
+            return None  # no FDE, or the CFI leaves the caller undefined: ORC decides
+        if found.return_address == 0:
+            return _Step(end=True)
+        regs = found.regs
+        return _Step(state=_State(found.return_address, found.cfa, regs.get("rbp", state.bp),
+                                  None, False, regs), method="cfi")
 
     def _guess_bp(self, state: _State, guard: StackGuard, entry: orc.OrcEntry) -> int | None:
         if entry.sp_reg != orc.REG_BP:
@@ -512,7 +541,8 @@ class X86_64Unwinder:
             name = self.syms.describe(state.ip)[0] or f"{state.ip:#x}"
             return _Step(error=f"no unwind data for {name} and no return address on its stack")
         value, slot = found
-        return _Step(state=_State(value, slot + 8, state.bp, None, False), guessed=True)
+        return _Step(state=_State(value, slot + 8, state.bp, None, False), guessed=True,
+                     method="scan")
 
     def _find_return(self, sp: int, guard: StackGuard, callee: int | None = None
                      ) -> tuple[int, int] | None:
@@ -595,6 +625,9 @@ class FreeBSDAmd64Unwinder(FramePointerUnwinder):
 DWARF_REGS = {"rax": 0, "rdx": 1, "rcx": 2, "rbx": 3, "rsi": 4, "rdi": 5, "rbp": 6, "rsp": 7,
               **{f"r{i}": i for i in range(8, 16)}, "rip": 16, "eflags": 49, "cs": 51, "ss": 52}
 DWARF_RA = DWARF_REGS["rip"]
+# the general registers and rip, for unwinding with the vmlinux's .debug_frame
+CFI_REGISTERS = CfiRegisters({num: name for name, num in DWARF_REGS.items() if num <= DWARF_RA},
+                             sp_column=DWARF_REGS["rsp"], pc_name="rip")
 ORC_DWARF_REG = {orc.REG_SP: 7, orc.REG_BP: 6, orc.REG_DX: 1, orc.REG_DI: 5, orc.REG_R10: 10,
                  orc.REG_R13: 13}
 CFI_DATA_ALIGN = -8

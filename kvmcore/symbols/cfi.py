@@ -36,6 +36,19 @@ DW_CFA_expression, DW_CFA_val_expression = 0x10, 0x16
 DW_OP_deref, DW_OP_dup, DW_OP_drop = 0x06, 0x12, 0x13
 DW_OP_and, DW_OP_plus_uconst, DW_OP_skip, DW_OP_bra = 0x1A, 0x23, 0x2F, 0x28
 DW_OP_lit0, DW_OP_breg0 = 0x30, 0x70
+# the rest of the CFA instruction set and expression operations, for readers
+# of a vmlinux's own .debug_frame (kvmcore.unwind.dwarf_cfi)
+DW_CFA_set_loc, DW_CFA_offset_extended, DW_CFA_restore_extended = 0x01, 0x05, 0x06
+DW_CFA_register, DW_CFA_remember_state, DW_CFA_restore_state = 0x09, 0x0A, 0x0B
+DW_CFA_def_cfa_register, DW_CFA_def_cfa_offset = 0x0D, 0x0E
+DW_CFA_def_cfa_sf, DW_CFA_def_cfa_offset_sf = 0x12, 0x13
+DW_CFA_val_offset, DW_CFA_val_offset_sf = 0x14, 0x15
+DW_CFA_GNU_window_save = 0x2D  # DW_CFA_AARCH64_negate_ra_state on arm64
+DW_CFA_GNU_args_size, DW_CFA_GNU_negative_offset_extended = 0x2E, 0x2F
+DW_OP_addr, DW_OP_const1u, DW_OP_const8s = 0x03, 0x08, 0x0F
+DW_OP_constu, DW_OP_consts, DW_OP_over, DW_OP_swap = 0x10, 0x11, 0x14, 0x16
+DW_OP_minus, DW_OP_plus, DW_OP_bregx, DW_OP_nop = 0x1C, 0x22, 0x92, 0x96
+DW_OP_lit31, DW_OP_breg31 = 0x4F, 0x8F
 
 MAX_ROWS_PER_FDE = 64
 MAX_ROWS = 4_000_000

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import KvmcoreError
+from .dwarf_cfi import CfiRegisters, DwarfCfi
 from .model import Backtrace, Frame
 from .stack import StackGuard
 from .symbolic import CodeSymbols
@@ -21,11 +22,16 @@ class FramePointerUnwinder:
     fp_reg = "fp"
     lr_reg: str | None = None  # link register, for a leaf function's caller
     thread_size = 16384
+    #: the arch's DWARF register numbering: with a vmlinux, frames are found
+    #: by its .debug_frame first, the frame-pointer chain where it has no FDE
+    cfi_registers: CfiRegisters | None = None
 
     def __init__(self, dump: "Dump") -> None:
         self.dump = dump
         self.syms = CodeSymbols(dump)
         self.word = dump.word_size
+        self.cfi = (DwarfCfi(dump, self.cfi_registers)
+                    if self.cfi_registers is not None and getattr(dump, "vmlinux", None) else None)
 
     # -- arch hooks -----------------------------------------------------------
     def clean(self, address: int) -> int:
@@ -47,9 +53,11 @@ class FramePointerUnwinder:
         if self.pc_reg not in regs or self.sp_reg not in regs or self.fp_reg not in regs:
             bt.error = f"registers lack {self.pc_reg}/{self.sp_reg}/{self.fp_reg}"
             return bt
+        if self.cfi is not None and self.cfi.table is not None:
+            return self._unwind_cfi(regs, max_frames, task_stack)
         pc, sp, fp = regs[self.pc_reg], regs[self.sp_reg], regs[self.fp_reg]
         guard = StackGuard(sp, self.thread_size, task_stack, self.dump.arch.is_kernel_address)
-        self._add(bt, Frame(0, pc, sp), exact=True)
+        self._add(bt, Frame(0, pc, sp, method="registers"), exact=True)
         self._leaf_caller(bt, regs, fp)
         prev = sp
         while fp:
@@ -69,7 +77,7 @@ class FramePointerUnwinder:
             if ret == 0:
                 break  # the final record of a task's stack
             frame_sp = fp + 2 * self.word
-            self._add(bt, Frame(len(bt.frames), ret, frame_sp), exact=False)
+            self._add(bt, Frame(len(bt.frames), ret, frame_sp, method="fp"), exact=False)
             prev, fp = fp, next_fp
             if not next_fp or not self.dump.arch.is_kernel_address(next_fp):
                 break  # end of the chain (a user-mode frame pointer after entry code)
@@ -88,7 +96,7 @@ class FramePointerUnwinder:
                 bt.error = f"stopped after {max_frames} frames"
                 return bt
             self._add(bt, Frame(len(bt.frames), saved[self.pc_reg], saved[self.sp_reg],
-                                kind=kind, regs=saved), exact=True)
+                                kind=kind, regs=saved, method="pt_regs"), exact=True)
             self._leaf_caller(bt, saved, saved[self.fp_reg])
             # the record inside the saved registers repeats {fp, pc}: skip it
             fp = saved[self.fp_reg]
@@ -121,4 +129,85 @@ class FramePointerUnwinder:
             recorded = None
         if recorded == lr:
             return
-        self._add(bt, Frame(len(bt.frames), lr, regs[self.sp_reg], guessed=True), exact=False)
+        self._add(bt, Frame(len(bt.frames), lr, regs[self.sp_reg], guessed=True, method="lr"),
+                  exact=False)
+
+    # -- the walk with DWARF CFI ---------------------------------------------
+    def _unwind_cfi(self, regs: dict[str, int], max_frames: int,
+                    task_stack: tuple[int, int] | None) -> Backtrace:
+        """Each frame's caller from the vmlinux's CFI when an FDE covers its
+        pc; else (entry and other asm code) from the frame-pointer record, with
+        exception frames crossed as the plain walk does."""
+        bt = Backtrace()
+        is_kernel = self.dump.arch.is_kernel_address
+        known = dict(regs)
+        pc, sp = regs[self.pc_reg], regs[self.sp_reg]
+        exact = True  # pc is the interrupted instruction, not a return address
+        guard = StackGuard(sp, self.thread_size, task_stack, is_kernel)
+        self._add(bt, Frame(0, pc, sp, method="registers"), exact=True)
+        while True:
+            if len(bt.frames) >= max_frames:
+                bt.error = f"stopped after {max_frames} frames"
+                return bt
+            fp = known.get(self.fp_reg, 0)
+            if not exact and fp and is_kernel(fp):
+                try:
+                    crossed = self.exception_regs(pc, fp)
+                except KvmcoreError as exc:
+                    bt.error = f"exception frame unreadable: {exc}"
+                    return bt
+                if crossed is not None:
+                    kind, saved = crossed
+                    if self.is_user(saved):
+                        bt.user_regs = saved
+                        return bt
+                    error = guard.advance(sp, saved[self.sp_reg], allow_same=True)
+                    if error:
+                        bt.error = error
+                        return bt
+                    known, pc, sp, exact = dict(saved), saved[self.pc_reg], saved[self.sp_reg], True
+                    self._add(bt, Frame(len(bt.frames), pc, sp, kind=kind, regs=saved,
+                                        method="pt_regs"), exact=True)
+                    continue
+            try:
+                found = self.cfi.caller(known, pc, exact)
+            except KvmcoreError:
+                found = None  # rules that read unmapped memory: let the frame record decide
+            if found is not None:
+                if found.return_address is None:
+                    return bt  # the CFI marks the outermost frame
+                ret = self.clean(found.return_address)
+                if ret == 0:
+                    return bt
+                if not is_kernel(ret):
+                    bt.error = f"CFI gives return address {ret:#x}, not kernel code"
+                    return bt
+                error = guard.advance(sp, found.cfa, allow_same=exact)
+                if error:
+                    bt.error = error
+                    return bt
+                known = dict(found.regs)
+                known[self.pc_reg] = pc = ret
+                sp, exact = found.cfa, False
+                self._add(bt, Frame(len(bt.frames), pc, sp, method="cfi"), exact=False)
+                continue
+            # no FDE: the frame record at fp
+            if exact:
+                self._leaf_caller(bt, known, fp)
+            if not fp or not is_kernel(fp):
+                return bt  # end of the chain (a user-mode frame pointer after entry code)
+            error = guard.advance(sp, fp, allow_same=(fp == sp))
+            if error:
+                bt.error = error
+                return bt
+            try:
+                next_fp, ret = self.dump.read_ptrs(fp, 2)
+            except KvmcoreError as exc:
+                bt.error = f"frame record unreadable: {exc}"
+                return bt
+            ret = self.clean(ret)
+            if ret == 0:
+                return bt  # the final record of a task's stack
+            pc, sp, exact = ret, fp + 2 * self.word, False
+            known = {self.pc_reg: pc, self.sp_reg: sp, self.fp_reg: next_fp}
+            self._add(bt, Frame(len(bt.frames), pc, sp, method="fp"), exact=False)

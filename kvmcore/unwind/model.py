@@ -20,6 +20,10 @@ class Frame:
     guessed: bool = False
     kind: FrameKind = "normal"
     regs: dict[str, int] | None = None
+    #: how the walk found this frame: "registers" (the given register set),
+    #: "cfi" (the vmlinux's DWARF CFI), "orc", "fp" (frame-pointer record),
+    #: "pt_regs" (a saved register block), "lr" (link register), "scan"
+    method: str = ""
 
     def __str__(self) -> str:
         where = self.function or "?"
