@@ -10,9 +10,9 @@ import os
 from typing import TYPE_CHECKING
 
 from ..errors import SymbolError
-from .kallsyms import read_kallsyms
+from .kallsyms import read_kallsyms_columns
 from .sysmap import find_system_map, read_system_map
-from .table import FUNCTION_TYPES, Symbol, SymbolTable
+from .table import FUNCTION_TYPES, Symbol, SymbolColumns, SymbolTable, relocated
 from .vmlinux import VmlinuxFile
 
 if TYPE_CHECKING:
@@ -54,43 +54,43 @@ def _slide(dump: "Dump", link_stext: int | None, what: str) -> int:
     return 0
 
 
-def _relocate(symbols: list[Symbol], slide: int, word_size: int) -> list[Symbol]:
+def _relocate(cols: SymbolColumns, slide: int, word_size: int) -> SymbolColumns:
     if not slide:
-        return symbols
-    floor = 1 << (word_size * 8 - 1)
-    mask = (1 << (word_size * 8)) - 1
-    # Only kernel-half addresses move; per-cpu offsets and absolute values stay.
-    return [Symbol(s.name, (s.address + slide) & mask, s.size, s.type) if s.address >= floor
-            and s.type not in "aA" else s for s in symbols]
+        return cols
+    return SymbolColumns(cols.names, relocated(cols.addresses, cols.types, slide, word_size),
+                         cols.types, cols.sizes)
 
 
-def _link_stext(symbols: list[Symbol]) -> int | None:
-    return next((s.address for s in symbols if s.name == "_stext"), None)
+def _link_stext(cols: SymbolColumns) -> int | None:
+    try:
+        return cols.addresses[cols.names.index("_stext")]
+    except ValueError:
+        return None
 
 
 def symbols_from_vmlinux(dump: "Dump", path: str) -> SymbolTable:
     image = VmlinuxFile(path)
     try:
         check_build_id(dump, image)
-        syms = image.symbols()
+        cols = image.symbol_columns()
     finally:
         image.close()
-    slide = _slide(dump, _link_stext(syms), path)
-    return SymbolTable(_relocate(syms, slide, dump.word_size), "vmlinux", slide,
+    slide = _slide(dump, _link_stext(cols), path)
+    return SymbolTable(_relocate(cols, slide, dump.word_size), "vmlinux", slide,
                        dump.word_size, path)
 
 
 def symbols_from_system_map(dump: "Dump", path: str) -> SymbolTable:
-    syms = read_system_map(path)
-    slide = _slide(dump, _link_stext(syms), path)
-    return SymbolTable(_relocate(syms, slide, dump.word_size), "System.map", slide,
+    cols = SymbolColumns.from_symbols(read_system_map(path))
+    slide = _slide(dump, _link_stext(cols), path)
+    return SymbolTable(_relocate(cols, slide, dump.word_size), "System.map", slide,
                        dump.word_size, path)
 
 
 def symbols_from_kallsyms(dump: "Dump") -> SymbolTable:
     info = dump.vmcoreinfo
-    return SymbolTable(read_kallsyms(dump), "kallsyms", info.kernel_offset if info else 0,
-                       dump.word_size, dump.path)
+    return SymbolTable(read_kallsyms_columns(dump), "kallsyms",
+                       info.kernel_offset if info else 0, dump.word_size, dump.path)
 
 
 def load_symbols(dump: "Dump", system_map: str | None = None,

@@ -1,9 +1,17 @@
-"""SymbolTable: name <-> address for one kernel, from whichever source was used."""
+"""SymbolTable: name <-> address for one kernel, from whichever source was used.
+
+A kernel has 100k-200k symbols and a command asks about a handful, so the
+table keeps them as parallel columns (names, addresses, sizes, types) and
+makes a Symbol object only for what a query returns. The name index is two
+dicts built in bulk; the address index is sorted once, on the first address
+query after symbols were added.
+"""
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from itertools import compress, repeat
+from typing import Iterable, Iterator, Sequence
 
 from ..errors import SymbolError
 
@@ -30,11 +38,31 @@ class Symbol:
         return self.type in FUNCTION_TYPES
 
 
+@dataclass
+class SymbolColumns:
+    """Symbols as parallel lists, the form sources produce in bulk.
+    `sizes` None means no sizes recorded (all 0)."""
+
+    names: list[str]
+    addresses: list[int]
+    types: list[str]
+    sizes: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @classmethod
+    def from_symbols(cls, symbols: Iterable[Symbol]) -> "SymbolColumns":
+        syms = list(symbols)
+        return cls([s.name for s in syms], [s.address for s in syms],
+                   [s.type for s in syms], [s.size for s in syms])
+
+
 # Among symbols sharing one address, which to show: code first, globals
 # before locals, then names without a leading underscore.
-def _display_rank(sym: Symbol) -> tuple[int, int, int]:
-    return (0 if sym.type in "Tt" else 1, 0 if sym.type.isupper() else 1,
-            1 if sym.name.startswith("_") else 0)
+def _display_rank(name: str, typ: str) -> tuple[int, int, int]:
+    return (0 if typ in "Tt" else 1, 0 if typ.isupper() else 1,
+            1 if name.startswith("_") else 0)
 
 
 class SymbolTable:
@@ -48,33 +76,68 @@ class SymbolTable:
     symbolize ordinary addresses.
     """
 
-    def __init__(self, symbols: Iterable[Symbol], source: str, kaslr_offset: int = 0,
-                 word_size: int = 8, origin: str | None = None) -> None:
+    def __init__(self, symbols: "Iterable[Symbol] | SymbolColumns", source: str,
+                 kaslr_offset: int = 0, word_size: int = 8, origin: str | None = None) -> None:
         self.source = source
         self.kaslr_offset = kaslr_offset
         self.word_size = word_size
         #: the file or dump the symbols were read from
         self.origin = origin
         self._kernel_floor = 1 << (word_size * 8 - 1)
-        self._by_name: dict[str, list[Symbol]] = {}
-        self._sorted: list[Symbol] = []
+        self._names: list[str] = []
+        self._addresses: list[int] = []
+        self._sizes: list[int] = []
+        self._types: list[str] = []
+        self._modules_of: list[str | None] = []
+        # name -> index of its first / last symbol (equal unless the name repeats)
+        self._first: dict[str, int] = {}
+        self._last: dict[str, int] = {}
+        # address index: kernel-half symbol indexes sorted by address (stable)
+        self._order: list[int] = []
         self._addrs: list[int] = []
+        self._sorted_upto = 0
         self.modules: dict[str, list[Symbol]] = {}
-        self._add(symbols)
+        cols = symbols if isinstance(symbols, SymbolColumns) else SymbolColumns.from_symbols(symbols)
+        self._append(cols, None)
 
     # -- building ----------------------------------------------------------
-    def _add(self, symbols: Iterable[Symbol]) -> None:
-        new: list[Symbol] = []
-        for sym in symbols:
-            self._by_name.setdefault(sym.name, []).append(sym)
-            if sym.address >= self._kernel_floor:
-                new.append(sym)
-        if not new:
+    def _append(self, cols: SymbolColumns, module: str | None) -> None:
+        base, n = len(self._names), len(cols)
+        if not n:
             return
-        merged = self._sorted + new
-        merged.sort(key=lambda s: (s.address, _display_rank(s)))
-        self._sorted = merged
-        self._addrs = [s.address for s in merged]
+        if not (len(cols.addresses) == len(cols.types) == n
+                and (cols.sizes is None or len(cols.sizes) == n)):
+            raise SymbolError("symbol columns of unequal length", self.origin)
+        self._names.extend(cols.names)
+        self._addresses.extend(cols.addresses)
+        self._types.extend(cols.types)
+        self._sizes.extend(cols.sizes if cols.sizes is not None else repeat(0, n))
+        self._modules_of.extend(repeat(module, n))
+        first = dict(zip(reversed(cols.names), range(base + n - 1, base - 1, -1)))
+        if base == 0:
+            self._first = first
+        else:
+            for name, i in first.items():
+                self._first.setdefault(name, i)
+        self._last.update(zip(cols.names, range(base, base + n)))
+
+    def _index(self) -> tuple[list[int], list[int]]:
+        """(sorted addresses, symbol indexes in that order), updated for
+        symbols added since the last call."""
+        total = len(self._addresses)
+        if self._sorted_upto < total:
+            addresses = self._addresses
+            new = compress(range(self._sorted_upto, total),
+                           map(self._kernel_floor.__le__,
+                               addresses[self._sorted_upto:total]))
+            order = self._order + list(new)
+            # stable, and near-linear: kallsyms is address-sorted, and the old
+            # index is one sorted run
+            order.sort(key=addresses.__getitem__)
+            self._order = order
+            self._addrs = list(map(addresses.__getitem__, order))
+            self._sorted_upto = total
+        return self._addrs, self._order
 
     def add_module_symbols(self, module_name: str,
                            symbols: Iterable[Symbol | tuple]) -> None:
@@ -92,55 +155,84 @@ class SymbolTable:
                 sym = Symbol(name, address, size or 0, typ, module_name)
             syms.append(sym)
         self.modules.setdefault(module_name, []).extend(syms)
-        self._add(syms)
+        self._append(SymbolColumns.from_symbols(syms), module_name)
 
     @property
     def sources(self) -> list[str]:
         """The kernel source, plus "modules" once module symbols were added."""
         return [self.source] + (["modules"] if self.modules else [])
 
+    # -- single symbols ------------------------------------------------------
+    def _symbol(self, i: int) -> Symbol:
+        return Symbol(self._names[i], self._addresses[i], self._sizes[i], self._types[i],
+                      self._modules_of[i])
+
+    def _indexes_of(self, name: str) -> list[int]:
+        first = self._first.get(name)
+        if first is None:
+            return []
+        last = self._last[name]
+        out = [first]
+        names = self._names
+        while out[-1] != last:
+            out.append(names.index(name, out[-1] + 1, last + 1))
+        return out
+
     # -- queries -----------------------------------------------------------
     def __len__(self) -> int:
-        return sum(len(v) for v in self._by_name.values())
+        return len(self._names)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._by_name
+        return name in self._first
 
     def __iter__(self) -> Iterator[Symbol]:
-        for syms in self._by_name.values():
-            yield from syms
+        """Every symbol, grouped by name in the order names first appear."""
+        for name, last in self._last.items():
+            first = self._first[name]
+            if first == last:
+                yield self._symbol(first)
+            else:
+                yield from map(self._symbol, self._indexes_of(name))
 
     def symbols(self, name: str) -> list[Symbol]:
         """Every symbol called `name` (static functions may repeat)."""
-        return list(self._by_name.get(name, ()))
+        return [self._symbol(i) for i in self._indexes_of(name)]
+
+    def _preferred(self, name: str) -> int | None:
+        first = self._first.get(name)
+        if first is None or first == self._last[name]:
+            return first
+        # Prefer the vmlinux's own symbol, then a global one.
+        return min(self._indexes_of(name), key=lambda i: (self._modules_of[i] is not None,
+                                                           not self._types[i].isupper()))
 
     def symbol(self, name: str) -> Symbol:
-        syms = self._by_name.get(name)
-        if not syms:
+        i = self._preferred(name)
+        if i is None:
             raise SymbolError(f"symbol {name!r} not found in the {self.source} symbols", self.origin)
-        # Prefer the vmlinux's own symbol, then a global one.
-        return min(syms, key=lambda s: (s.module is not None, not s.type.isupper()))
+        return self._symbol(i)
 
     def lookup(self, name: str) -> int:
         """Address of `name`; SymbolError naming it when absent."""
         return self.symbol(name).address
 
     def get(self, name: str) -> int | None:
-        syms = self._by_name.get(name)
-        return self.symbol(name).address if syms else None
+        i = self._preferred(name)
+        return None if i is None else self._addresses[i]
 
     def nearest(self, addr: int) -> tuple[Symbol, int] | None:
         """The symbol holding `addr` and the offset into it, or None."""
-        i = bisect.bisect_right(self._addrs, addr) - 1
-        if i < 0:
+        addrs, order = self._index()
+        k = bisect.bisect_right(addrs, addr)
+        if k == 0:
             return None
-        sym_addr = self._addrs[i]
-        # the preferred alias sits first among equal addresses
-        j = bisect.bisect_left(self._addrs, sym_addr)
-        sym = self._sorted[j]
+        sym_addr = addrs[k - 1]
+        j = bisect.bisect_left(addrs, sym_addr, 0, k)
+        # the preferred alias among those at one address (first one on a tie)
+        i = min(order[j:k], key=lambda i: _display_rank(self._names[i], self._types[i]))
+        sym = self._symbol(i)
         offset = addr - sym_addr
-        k = bisect.bisect_right(self._addrs, sym_addr)
-        if k >= len(self._addrs):
+        if k >= len(addrs):
             if offset >= max(sym.size, _LAST_SYMBOL_SLACK if sym.size == 0 else 0):
                 return None
         return sym, offset
@@ -149,8 +241,9 @@ class SymbolTable:
         """The symbol's size, or the gap to the next address when unrecorded."""
         if sym.size:
             return sym.size
-        k = bisect.bisect_right(self._addrs, sym.address)
-        return self._addrs[k] - sym.address if k < len(self._addrs) else 0
+        addrs, _ = self._index()
+        k = bisect.bisect_right(addrs, sym.address)
+        return addrs[k] - sym.address if k < len(addrs) else 0
 
     def symbolize(self, addr: int) -> str:
         """`func+0x1c/0x80`, with ` [module]` for module symbols; hex address
@@ -164,3 +257,15 @@ class SymbolTable:
 
     def __repr__(self) -> str:
         return f"<SymbolTable {self.source} {len(self)} symbols kaslr={self.kaslr_offset:#x}>"
+
+
+def relocated(addresses: Sequence[int], types: Sequence[str], slide: int,
+              word_size: int) -> list[int]:
+    """`addresses` moved by a KASLR `slide`: only kernel-half addresses move;
+    per-cpu offsets and absolute values (types a/A) stay."""
+    if not slide:
+        return list(addresses)
+    floor = 1 << (word_size * 8 - 1)
+    mask = (1 << (word_size * 8)) - 1
+    return [(a + slide) & mask if a >= floor and t not in "aA" else a
+            for a, t in zip(addresses, types)]

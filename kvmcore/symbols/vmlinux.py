@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import SymbolError
 from ..notes import parse_notes
-from .table import Symbol
+from .table import Symbol, SymbolColumns
 
 SHT_SYMTAB, SHT_NOTE, SHT_NOBITS = 2, 7, 8
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 1, 2, 4
@@ -109,46 +109,83 @@ class VmlinuxFile:
 
     def symbols(self) -> list[Symbol]:
         """The .symtab as Symbols with nm-style type letters, link-time addresses."""
+        cols = self.symbol_columns()
+        return [Symbol(n, a, z, t) for n, a, z, t in
+                zip(cols.names, cols.addresses, cols.sizes or [0] * len(cols), cols.types)]
+
+    def symbol_columns(self) -> SymbolColumns:
+        """The .symtab as columns (name, link-time address, size, nm-style
+        type letter); section, file, undefined and mapping symbols left out."""
         symtab = next((s for s in self.sections if s.type == SHT_SYMTAB), None)
         if symtab is None:
             raise SymbolError("vmlinux has no .symtab (stripped)", self.path)
+        if symtab.link >= len(self.sections):
+            raise SymbolError(".symtab links to a missing string table", self.path)
         strtab = self.sections[symtab.link]
-        strings = self.section_bytes(strtab)
+        # one decode of the whole string table, then str slices per name
+        text = self.section_bytes(strtab).decode("latin-1")
         data = self.section_bytes(symtab)
-        if self.is64:
-            fmt, entsize = self._e + "IBBHQQ", 24
-        else:
-            fmt, entsize = self._e + "IIIBBH", 16
+        entsize = 24 if self.is64 else 16
         usable = len(data) - len(data) % entsize
-        secs = self.sections
-        letters = [_section_letter(s) for s in secs]
-        out: list[Symbol] = []
-        find = strings.find
-        for entry in struct.iter_unpack(fmt, data[:usable]):
-            if self.is64:
-                name_off, info, _other, shndx, value, size = entry
-            else:
-                name_off, value, size, info, _other, shndx = entry
-            stype, bind = info & 0xF, info >> 4
-            if stype in (STT_SECTION, STT_FILE) or shndx == SHN_UNDEF or name_off == 0:
+        if self.is64:  # st_name, st_info, (st_other), st_shndx, st_value, st_size
+            rows = struct.iter_unpack(self._e + "IBxHQQ", data[:usable])
+        else:  # st_name, st_value, st_size, st_info, (st_other), st_shndx
+            rows = ((n, i, x, v, z) for n, v, z, i, x in
+                    struct.iter_unpack(self._e + "IIIBxH", data[:usable]))
+        letter_of = _LetterTable(self.sections)
+        names: list[str] = []
+        addresses: list[int] = []
+        sizes: list[int] = []
+        types: list[str] = []
+        find = text.find
+        for name_off, info, shndx, value, size in rows:
+            letter = letter_of(info, shndx)
+            if letter is None or name_off == 0:
                 continue
-            end = find(b"\0", name_off)
-            name = strings[name_off:end].decode("latin-1")
+            end = find("\0", name_off)
+            name = text[name_off:end] if end >= 0 else text[name_off:]
             # arm/arm64/riscv mapping symbols ($x, $d, $x.123) mark code/data runs, not functions
             if not name or name[0] == "$":
                 continue
-            if shndx == SHN_ABS:
-                letter = "a"
-            elif shndx < len(secs):
-                letter = "t" if stype == STT_FUNC else letters[shndx]
-            else:
-                letter = "d"
-            if bind == STB_WEAK:
-                letter = "W" if letter in "tT" else "V"
-            elif bind == STB_GLOBAL:
-                letter = letter.upper()
-            out.append(Symbol(name, value, size, letter))
-        return out
+            names.append(name)
+            addresses.append(value)
+            sizes.append(size)
+            types.append(letter)
+        return SymbolColumns(names, addresses, types, sizes)
+
+
+class _LetterTable(dict):
+    """(st_info, st_shndx) -> nm letter, or None for symbols to leave out;
+    memoized, as a kernel has few distinct pairs."""
+
+    def __init__(self, sections: list[Section]) -> None:
+        super().__init__()
+        self.sections = sections
+        self.section_letters = [_section_letter(s) for s in sections]
+
+    def __call__(self, info: int, shndx: int) -> str | None:
+        key = info | shndx << 8
+        try:
+            return self[key]
+        except KeyError:
+            letter = self[key] = self._letter(info, shndx)
+            return letter
+
+    def _letter(self, info: int, shndx: int) -> str | None:
+        stype, bind = info & 0xF, info >> 4
+        if stype in (STT_SECTION, STT_FILE) or shndx == SHN_UNDEF:
+            return None
+        if shndx == SHN_ABS:
+            letter = "a"
+        elif shndx < len(self.sections):
+            letter = "t" if stype == STT_FUNC else self.section_letters[shndx]
+        else:
+            letter = "d"
+        if bind == STB_WEAK:
+            return "W" if letter in "tT" else "V"
+        if bind == STB_GLOBAL:
+            return letter.upper()
+        return letter
 
 
 def _section_letter(sec: Section) -> str:
