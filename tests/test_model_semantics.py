@@ -83,3 +83,33 @@ def test_module_taints_in_the_kernels_order(samples, layout):
     dump = patched_dump(samples, {addr + layout["taints"]: bits.to_bytes(8, "little")})
     mod = next(m for m in dump.kernel.modules() if m.name == "qemu_fw_cfg")
     assert mod.taint_flags == "CON"
+
+
+def test_panic_in_interrupt_on_an_idle_cpu_names_that_cpus_idle_task(samples):
+    """A panic from interrupt context on an idle CPU: rq->curr of the panic
+    CPU is swapper/N and the log's "CPU: N PID: 0 Comm: swapper/N" line says
+    so too. The panicking task is that CPU's idle task (crash: PID 0
+    swapper/N), not nobody and not CPU 0's swapper/0."""
+    m = samples.get_built("x86_64-kaslr").manifest
+    cpu, pid, comm = m["panic"]["cpu"], m["panic"]["pid"], m["panic"]["comm"]
+    assert cpu != 0
+    dump = kvmcore.open(str(samples.get_built("x86_64-kaslr").file("elf")))
+    kernel, info = dump.kernel, dump.vmcoreinfo
+    idle = next(t for t in kernel.tasks() if t.is_idle and t.cpu == cpu)
+    rq_curr = kernel.per_cpu("runqueues", cpu) + dump.types.offsetof("struct rq", "curr")
+    ring = dump.read_ptr(info.symbol("prb")) + info.offset("printk_ringbuffer", "text_data_ring")
+    data = dump.read_ptr(ring + info.offset("prb_data_ring", "data"))
+    size = 1 << dump.read_u32(ring + info.offset("prb_data_ring", "size_bits"))
+    old = f"CPU: {cpu} PID: {pid} Comm: {comm}".encode()
+    new = f"CPU: {cpu} PID: 0 Comm: swapper/{cpu}".encode()
+    new = new.ljust(len(old))[:len(old)] if len(new) <= len(old) else None
+    assert new is not None, "the sample's comm is too short to patch in place"
+    at = dump.read(data, size).find(old)
+    assert at >= 0
+    damaged = patched_dump(samples, {rq_curr: idle.address.to_bytes(8, "little"),
+                                     data + at: new})
+    assert damaged.kernel.running_task(cpu).address == idle.address
+    panic = damaged.kernel.panic
+    assert panic.cpu == cpu
+    assert panic.task is not None and (panic.task.pid, panic.task.cpu) == (0, cpu)
+    assert panic.task.comm == f"swapper/{cpu}"

@@ -102,15 +102,21 @@ def find_panic(kernel: "LinuxKernel") -> PanicInfo:
             break
     if panic_rec is not None and not panic_rec.caller_id & 0x80000000 and pid is None:
         pid = panic_rec.caller_id
-    # The task: the one running on the panic CPU, else the pid that logged the panic.
+    # The task: the one running on the panic CPU (its idle task, swapper/N, when
+    # the panic came from an interrupt on an idle CPU), else the pid that logged
+    # the panic; pid 0 names the panic CPU's idle task, not CPU 0's.
     try:
         if info.cpu is not None:
             task = kernel.running_task(info.cpu)
-            if task is not None and not task.is_idle:
+            if task is not None:
                 info.task = task
                 info.sources["task"] = f"running on CPU {info.cpu}"
         if info.task is None and pid is not None:
-            info.task = kernel.find_task(pid)
+            if pid == 0 and info.cpu is not None:
+                info.task = next((t for t in kernel.tasks()
+                                  if t.is_idle and t.cpu == info.cpu), None)
+            else:
+                info.task = kernel.find_task(pid)
             if info.task is not None:
                 info.sources["task"] = "pid in the panic's log lines"
     except KvmcoreError as exc:
