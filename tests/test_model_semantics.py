@@ -7,6 +7,8 @@ __task_state_index() for state letters, task_ppid_nr() (the tgid of
 real_parent) for the PPID column, module_flags_taint() for module taints."""
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 import kvmcore
@@ -113,3 +115,44 @@ def test_panic_in_interrupt_on_an_idle_cpu_names_that_cpus_idle_task(samples):
     assert panic.cpu == cpu
     assert panic.task is not None and (panic.task.pid, panic.task.cpu) == (0, cpu)
     assert panic.task.comm == f"swapper/{cpu}"
+
+
+def test_pre_5_10_log_buf_levels_and_facilities(samples):
+    """Kernels before 5.10 (RHEL 7/8 among them) keep `struct printk_log`
+    records in log_buf: u64 ts_nsec, u16 len, u16 text_len, u16 dict_len,
+    u8 facility, u8 flags:5 level:3. The real dump's VMCOREINFO is given the
+    pre-5.10 helpers (SYMBOL(log_buf) etc.) instead of prb, pointing at two
+    such records placed in its memory."""
+    from kvmcore.notes import VmcoreInfo
+
+    dump = kvmcore.open(str(samples.get_built("x86_64-kaslr").file("elf")))
+    info = dump.vmcoreinfo
+    ring = dump.read_ptr(info.symbol("prb")) + info.offset("printk_ringbuffer", "text_data_ring")
+    area = dump.read_ptr(ring + info.offset("prb_data_ring", "data"))  # mapped, writable RAM
+
+    def rec(ts: int, facility: int, level: int, flags: int, text: bytes) -> bytes:
+        length = (16 + len(text) + 7) & ~7
+        head = struct.pack("<QHHHBB", ts, length, len(text), 0, facility, level << 5 | flags)
+        return (head + text).ljust(length, b"\0")
+
+    LOG_NEWLINE, LOG_CONT = 2, 8
+    records = (rec(1_500_000_000, 0, 3, LOG_NEWLINE, b"kernel err line")
+               + rec(2_000_000_000, 1, 6, LOG_NEWLINE, b"user info line")
+               + rec(2_500_000_000, 0, 4, LOG_CONT, b"cont"))
+    buf = area + 0x100
+    damaged = patched_dump(samples, {
+        area: buf.to_bytes(8, "little"), area + 8: (0x400).to_bytes(4, "little"),
+        area + 16: (0).to_bytes(4, "little"), area + 20: len(records).to_bytes(4, "little"),
+        buf: records})
+    lines = [line for line in info.text.splitlines() if not line.startswith("SYMBOL(prb)")]
+    lines += [f"SYMBOL(log_buf)={area:x}", f"SYMBOL(log_buf_len)={area + 8:x}",
+              f"SYMBOL(log_first_idx)={area + 16:x}", f"SYMBOL(log_next_idx)={area + 20:x}",
+              "SIZE(printk_log)=16", "OFFSET(printk_log.ts_nsec)=0",
+              "OFFSET(printk_log.len)=8", "OFFSET(printk_log.text_len)=10"]
+    damaged.arch.vmcoreinfo = VmcoreInfo("\n".join(lines) + "\n")
+    log = damaged.kernel.kernel_log
+    assert log.layout == "log_buf" and not log.partial, log.problem
+    got = [(r.timestamp_ns, r.facility, r.level, r.continuation, r.text) for r in log.records]
+    assert got == [(1_500_000_000, 0, 3, False, "kernel err line"),
+                   (2_000_000_000, 1, 6, False, "user info line"),
+                   (2_500_000_000, 0, 4, True, "cont")]

@@ -208,9 +208,14 @@ def _read_log_buf(dump: "Dump") -> KernelLog:
             continue
         text_len = int.from_bytes(blob[idx + tlen_off:idx + tlen_off + 2], bo)
         ts = int.from_bytes(blob[idx + ts_off:idx + ts_off + 8], bo)
-        flags_level = blob[idx + tlen_off + 4] if idx + tlen_off + 4 < buf_len else 0
+        # u16 text_len, u16 dict_len, u8 facility, u8 flags:5 level:3 (not exported
+        # as helpers; the layout is fixed from 3.11 to 5.9)
+        fac_at = idx + tlen_off + 4
+        facility = blob[fac_at] if fac_at < buf_len else 0
+        flags_level = blob[fac_at + 1] if fac_at + 1 < buf_len else 0
         text = blob[idx + hdr:idx + hdr + text_len].decode("utf-8", "replace")
-        records.append(LogRecord(seq, ts, flags_level >> 5, 0, text))
+        records.append(LogRecord(seq, ts, flags_level >> 5, facility, text,
+                                 continuation=bool(flags_level & LOG_CONT)))
         seq += 1
         idx += length
         if idx >= buf_len:
