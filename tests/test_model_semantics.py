@@ -156,3 +156,24 @@ def test_pre_5_10_log_buf_levels_and_facilities(samples):
     assert got == [(1_500_000_000, 0, 3, False, "kernel err line"),
                    (2_000_000_000, 1, 6, False, "user info line"),
                    (2_500_000_000, 0, 4, True, "cont")]
+
+
+@pytest.mark.parametrize("line", ["OFFSET(printk_info.text_len)=2147483648",
+                                  "SIZE(printk_info)=0", "OFFSET(prb_desc.state_var)=-8"])
+def test_corrupt_printk_helpers_are_named_not_an_index_error(samples, line):
+    """A VMCOREINFO whose printk helpers do not fit their struct (a damaged
+    note) gives a KvmcoreError naming the helper; the report marks the log
+    unavailable with that reason instead of an internal error."""
+    from kvmcore.errors import UnsupportedError
+    from kvmcore.notes import VmcoreInfo
+    from kvmcore.report import build_report
+
+    dump = kvmcore.open(str(samples.get_built("x86_64-kaslr").file("elf")))
+    key = line.split("=", 1)[0]
+    text = "\n".join(x for x in dump.vmcoreinfo.text.splitlines()
+                     if not x.startswith(key + "="))
+    dump.arch.vmcoreinfo = VmcoreInfo(f"{text}\n{line}\n")
+    with pytest.raises(UnsupportedError, match=key.split("(")[1].split(".")[0].rstrip(")")):
+        dump.kernel.kernel_log
+    problems = build_report(dump)["problems"]
+    assert not [p for p in problems if "internal error" in p], problems

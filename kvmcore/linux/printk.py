@@ -65,6 +65,12 @@ class _Helpers:
             raise UnsupportedError(f"VMCOREINFO lacks OFFSET({struct}.{member})", self.path)
         return value
 
+    def symbol(self, name: str) -> int:
+        value = self.info.symbol(name) if self.info else None
+        if value is None:
+            raise UnsupportedError(f"VMCOREINFO lacks SYMBOL({name})", self.path)
+        return value
+
     def size(self, name: str) -> int:
         value = self.info.size(name) if self.info else None
         if value is None:
@@ -101,8 +107,11 @@ def _read_ringbuffer(dump: "Dump") -> KernelLog:
     head_id = dump.read_ptr(desc_ring + h.off("prb_desc_ring", "head_id") + counter)
     tail_id = dump.read_ptr(desc_ring + h.off("prb_desc_ring", "tail_id") + counter)
     size_bits = dump.read_u32(data_ring + h.off("prb_data_ring", "size_bits"))
-    if not 0 < size_bits < 40:
-        raise UnsupportedError(f"printk ring buffer: impossible size_bits {size_bits}", dump.path)
+    # the kernel caps log_buf_len at 2 GiB (LOG_BUF_LEN_MAX) and sizes the
+    # descriptor ring from it (count_bits = size_bits - PRB_AVGBITS)
+    if not 0 < size_bits < 32 or count_bits > size_bits:
+        raise UnsupportedError(f"printk ring buffer: impossible size_bits {size_bits} "
+                               f"(count_bits {count_bits})", dump.path)
     data = dump.read_ptr(data_ring + h.off("prb_data_ring", "data"))
 
     ndescs = 1 << count_bits
@@ -121,6 +130,12 @@ def _read_ringbuffer(dump: "Dump") -> KernelLog:
     # helpers, so take them from types when known, else from that fixed layout.
     # Loading types just for this would cost more than the whole log read.
     fac_off, flags_off = len_off + 2, len_off + 3
+    _check_layout(dump, "prb_desc", desc_size, {
+        "state_var": (sv_off, word), "text_blk_lpos.begin": (begin_off, word),
+        "text_blk_lpos.next": (next_off, word)})
+    _check_layout(dump, "printk_info", info_size, {
+        "seq": (seq_off, 8), "ts_nsec": (ts_off, 8), "text_len": (len_off, 4),
+        "caller_id": (caller_off, 4)})
 
     bits = word * 8
     flags_shift = bits - 2
@@ -166,6 +181,22 @@ def _read_ringbuffer(dump: "Dump") -> KernelLog:
     return KernelLog(records, "printk_ringbuffer", partial=problem is not None, problem=problem)
 
 
+MAX_STRUCT_SIZE = 4096  # prb_desc and printk_info are tens of bytes
+
+
+def _check_layout(dump: "Dump", struct: str, size: int, fields: dict[str, tuple[int, int]]
+                  ) -> None:
+    """VMCOREINFO's SIZE()/OFFSET() must describe a struct its fields fit in:
+    corrupt helpers give an error naming them, not an index out of range."""
+    if not 0 < size <= MAX_STRUCT_SIZE:
+        raise UnsupportedError(f"VMCOREINFO SIZE({struct})={size} is impossible", dump.path)
+    for name, (off, width) in fields.items():
+        if not 0 <= off <= size - width:
+            raise UnsupportedError(
+                f"VMCOREINFO puts {struct}.{name} at {off}, outside SIZE({struct})={size}",
+                dump.path)
+
+
 def _block_text(blob: bytes, begin: int, nxt: int, size: int, word: int, text_len: int) -> bytes:
     """Text of a data block [begin, next) given as logical positions."""
     if begin & 1 or begin == nxt:  # data-less block (FAILED_LPOS / EMPTY_LINE_LPOS)
@@ -182,10 +213,10 @@ def _read_log_buf(dump: "Dump") -> KernelLog:
     """Pre-5.10 `struct printk_log` records in `log_buf`."""
     h = _Helpers(dump)
     info = dump.vmcoreinfo
-    buf = dump.read_ptr(info.symbol("log_buf"))
-    buf_len = dump.read_u32(info.symbol("log_buf_len"))
-    first = dump.read_u32(info.symbol("log_first_idx"))
-    nxt = dump.read_u32(info.symbol("log_next_idx"))
+    buf = dump.read_ptr(h.symbol("log_buf"))
+    buf_len = dump.read_u32(h.symbol("log_buf_len"))
+    first = dump.read_u32(h.symbol("log_first_idx"))
+    nxt = dump.read_u32(h.symbol("log_next_idx"))
     if not 0 < buf_len <= 1 << 28 or first >= buf_len:
         raise UnsupportedError(f"log_buf: impossible length {buf_len} or index {first}", dump.path)
     blob = dump.read(buf, buf_len)
@@ -193,6 +224,8 @@ def _read_log_buf(dump: "Dump") -> KernelLog:
     ts_off = h.off("printk_log", "ts_nsec")
     len_off = h.off("printk_log", "len")
     tlen_off = h.off("printk_log", "text_len")
+    _check_layout(dump, "printk_log", hdr, {"ts_nsec": (ts_off, 8), "len": (len_off, 2),
+                                             "text_len": (tlen_off, 6)})
     bo = dump.byteorder
     records: list[LogRecord] = []
     idx, seq, problem = first, 0, None
