@@ -407,6 +407,8 @@ class X86_64Unwinder:
             state = step.state
         if self._orc is None and self.orc_error:
             bt.notes.append(f"ORC unavailable ({self.orc_error}); frames found by stack scan")
+        if self.cfi is not None and self.cfi.note():
+            bt.notes.append(self.cfi.note())
         return bt
 
     def _frame(self, index: int, state: _State, step: _Step) -> Frame:

@@ -455,6 +455,12 @@ class DwarfCfi:
                 self.error = str(exc)
         return self._frame
 
+    def note(self) -> str | None:
+        """A Backtrace note when a vmlinux was given but its CFI is unusable."""
+        if self._loaded and self._frame is None and self.error:
+            return f"vmlinux DWARF CFI unavailable ({self.error})"
+        return None
+
     def covers(self, pc: int, exact: bool) -> bool:
         return self._row(pc, exact) is not None
 

@@ -53,8 +53,12 @@ class FramePointerUnwinder:
         if self.pc_reg not in regs or self.sp_reg not in regs or self.fp_reg not in regs:
             bt.error = f"registers lack {self.pc_reg}/{self.sp_reg}/{self.fp_reg}"
             return bt
-        if self.cfi is not None and self.cfi.table is not None:
-            return self._unwind_cfi(regs, max_frames, task_stack)
+        if self.cfi is not None:
+            if self.cfi.table is not None:
+                return self._unwind_cfi(regs, max_frames, task_stack)
+            note = self.cfi.note()
+            if note:
+                bt.notes.append(note)
         pc, sp, fp = regs[self.pc_reg], regs[self.sp_reg], regs[self.fp_reg]
         guard = StackGuard(sp, self.thread_size, task_stack, self.dump.arch.is_kernel_address)
         self._add(bt, Frame(0, pc, sp, method="registers"), exact=True)
