@@ -177,3 +177,21 @@ def test_corrupt_printk_helpers_are_named_not_an_index_error(samples, line):
         dump.kernel.kernel_log
     problems = build_report(dump)["problems"]
     assert not [p for p in problems if "internal error" in p], problems
+
+
+def test_utsname_of_a_kernel_without_the_uts_namespace_offset(samples):
+    """Before 5.11, VMCOREINFO had SYMBOL(init_uts_ns) but no
+    OFFSET(uts_namespace.name), and `name` followed a 4-byte kref. The real
+    dump's VMCOREINFO is given that shape: the symbol 4 bytes before `name`,
+    no offset line."""
+    from kvmcore.notes import VmcoreInfo
+
+    s = samples.get_built("x86_64-kaslr")
+    dump = kvmcore.open(str(s.file("elf")))
+    info = dump.vmcoreinfo
+    name = info.symbol("init_uts_ns") + info.offset("uts_namespace", "name")
+    lines = [x for x in info.text.splitlines()
+             if not x.startswith(("SYMBOL(init_uts_ns)=", "OFFSET(uts_namespace.name)="))]
+    dump.arch.vmcoreinfo = VmcoreInfo("\n".join(lines + [f"SYMBOL(init_uts_ns)={name - 4:x}"]))
+    uts = dump.kernel.utsname
+    assert {k: uts[k] for k in ("sysname", "release", "version", "machine")} == s.manifest["uts"]

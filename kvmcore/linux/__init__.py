@@ -53,11 +53,27 @@ class LinuxKernel:
         base = info.symbol("init_uts_ns") if info else None
         if base is None:
             base = self.require("init_uts_ns")
-        base += (info.offset("uts_namespace", "name") or 0) if info else 0
-        raw = self.dump.read(base, 65 * 6)
+        offset = info.offset("uts_namespace", "name") if info else None
+        if offset is None:
+            offset = self._uts_name_offset(base)
+        raw = self.dump.read(base + offset, 65 * 6)
         fields = ("sysname", "nodename", "release", "version", "machine", "domainname")
         return {f: raw[i * 65:(i + 1) * 65].split(b"\0", 1)[0].decode("utf-8", "replace")
                 for i, f in enumerate(fields)}
+
+    def _uts_name_offset(self, base: int) -> int:
+        """offsetof(struct uts_namespace, name) when VMCOREINFO does not say
+        (OFFSET(uts_namespace.name) came in 5.11; before, a 4-byte kref led
+        the struct): where the sysname "Linux" is (the initial namespace's
+        never changes), else what the types say."""
+        head = self.dump.read(base, 16)
+        for offset in (0, 4):
+            if head[offset:offset + 6] == b"Linux\0":
+                return offset
+        try:
+            return self.dump.types.offsetof("struct uts_namespace", "name")
+        except KvmcoreError:
+            return 0
 
     @property
     def release(self) -> str:
