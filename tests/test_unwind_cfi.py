@@ -279,6 +279,35 @@ def test_cfi_backtrace_matches_drgn(samples, sid, who):
     assert methods.count("cfi") > len(methods) // 2, (methods, str(bt))
 
 
+@pytest.mark.parametrize("sid", DRGN_SAMPLES)
+def test_every_cpu_matches_drgn(samples, sid):
+    """Each CPU's PRSTATUS backtrace (the other CPUs were stopped by an IPI
+    taken from user mode, on arm64 through the IRQ stack) against drgn's
+    trace of the task on that CPU."""
+    try:
+        import drgn
+        from drgn.helpers.linux.percpu import per_cpu
+    except ImportError:
+        pytest.fail("drgn is not importable: .venv/bin/pip install drgn", pytrace=False)
+    s = samples.get_built(sid)
+    dump = opened(samples, sid)
+    prog = drgn.Program()
+    prog.set_core_dump(str(s.file("elf")))
+    prog.load_debug_info([str(samples.vmlinux(sid))], default=False, main=False)
+    for state in dump.cpu_states:
+        theirs = []
+        for frame in prog.stack_trace(per_cpu(prog["runqueues"], state.cpu).curr):
+            if not dump.arch.is_kernel_address(frame.pc):
+                break
+            if not frame.is_inline:
+                theirs.append(frame.pc)
+        bt = unwind(dump, state.regs)
+        ours = [f.pc for f in bt.frames if not f.guessed]
+        assert ours == theirs, (state.cpu, str(bt), [hex(p) for p in theirs])
+        assert bt.error is None and bt.user_regs is not None, str(bt)
+        assert [f.method for f in bt.frames[1:]].count("cfi") >= len(bt.frames) // 2, str(bt)
+
+
 @pytest.mark.parametrize("who", ["panic", "sleeper"])
 def test_i386_cfi_matches_frame_pointers(samples, who):
     sid = "i386-pae"

@@ -556,6 +556,9 @@ def _load(dump: "Dump") -> DebugFrame:
     path = getattr(dump, "vmlinux", None)
     if not path:
         raise UnsupportedError("no vmlinux given: no .debug_frame", dump.path)
+    if dump.os != "linux":  # how far other kernels' text moved is not checked here
+        raise UnsupportedError(f"CFI unwinding is for Linux kernels (this dump: {dump.os})",
+                               dump.path)
     image = VmlinuxFile(path)
     try:
         with open(path, "rb") as f:
