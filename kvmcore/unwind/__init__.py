@@ -4,7 +4,10 @@
 NT_PRSTATUS, or a sleeping task's switch frame) and returns a Backtrace.
 Which unwinder runs is the arch backend's choice (`ArchBackend.unwinder(dump)`,
 in arches/); this package holds the shared machinery (ORC tables, frame-pointer
-walks, stack bounds, symbolization). An unwinder is built once per dump.
+walks, DWARF CFI from a vmlinux's .debug_frame, stack bounds, symbolization).
+With a vmlinux, each arch's unwinder asks the CFI first and falls back to its
+own method (ORC, frame pointers) where the CFI has no rule; Frame.method says
+which one found each frame. An unwinder is built once per dump.
 """
 from __future__ import annotations
 
