@@ -5,12 +5,15 @@ u8 flags, u32 hdr_len, u32 type_off, u32 type_len, u32 str_off, u32 str_len}
 (offsets counted from the end of the header), then the type section: per
 type {u32 name_off, u32 info (vlen bits 0-15, kind bits 24-28, kind_flag bit
 31), u32 size_or_type} followed by kind-specific records. Type ids count from
-1; id 0 is void. One pass records where each type starts and indexes names;
-types are decoded only when asked for.
+1; id 0 is void. One pass records where each type starts (a tight loop over
+the section as u32 words); names are found by searching the string section
+for the name and then the types that point at that string, so no name is
+decoded until asked for, and types are decoded only when asked for.
 """
 from __future__ import annotations
 
 import struct
+import sys
 from array import array
 from typing import Hashable
 
@@ -29,6 +32,11 @@ _EXTRA = {1: (4, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 13: (0, 8),
 _INDEXED = {1: "base", 16: "base", 4: "struct", 5: "union", 6: "enum", 19: "enum",
             7: "fwd", 8: "typedef", 12: "func", 14: "var"}
 MAX_TYPES = 5_000_000
+# record size in u32 words after the 3-word common part, by kind: fixed + per * vlen;
+# an unknown kind jumps past any section so that the scan stops and says so
+_UNKNOWN_STEP = 1 << 40
+_FIXED_WORDS = [(_EXTRA.get(k, (0, 0))[0] // 4 if k in KINDS else _UNKNOWN_STEP) for k in range(32)]
+_PER_WORDS = [_EXTRA.get(k, (0, 0))[1] // 4 for k in range(32)]
 
 
 class BtfTypes:
@@ -54,48 +62,90 @@ class BtfTypes:
         if t0 + type_len > len(blob) or s0 + str_len > len(blob):
             raise TypeInfoError("BTF sections extend past the end of the blob", origin)
         self._strings = blob[s0:s0 + str_len]
-        self._offsets = array("Q", [0])  # id -> record offset; id 0 is void
-        self._index: dict[tuple[str, str], list[int]] = {}
+        self._t0 = t0
         self._cache: dict[int, Type] = {0: VOID}
-        self._enum_ids: list[int] = []
+        self._enum_ids: list[int] | None = None
         self._enumerator_index: dict[str, tuple[int, int]] | None = None
-        self._scan(t0, t0 + type_len)
+        self._lookups: dict[tuple[str, str], int | None] = {}
+        self._scan(t0, type_len)
 
     # -- pass one ----------------------------------------------------------
-    def _scan(self, pos: int, end: int) -> None:
-        blob, unpack = self.blob, struct.Struct(self._e + "III").unpack_from
-        offsets, index, extra, indexed = self._offsets, self._index, _EXTRA, _INDEXED
-        strings = self._strings
-        while pos < end:
-            if len(offsets) > MAX_TYPES:
-                raise TypeInfoError(f"more than {MAX_TYPES} BTF types", self.origin)
-            name_off, info, _ = unpack(blob, pos)
-            kind = (info >> 24) & 0x1F
-            vlen = info & 0xFFFF
-            offsets.append(pos)
-            if name_off and kind in indexed:
-                stop = strings.find(b"\0", name_off)
-                name = strings[name_off:stop].decode("latin-1")
-                index.setdefault((indexed[kind], name), []).append(len(offsets) - 1)
-            if kind in (6, 19):
-                self._enum_ids.append(len(offsets) - 1)
-            fixed, per = extra.get(kind, (0, 0))
-            if kind not in KINDS:
-                raise TypeInfoError(f"unknown BTF kind {kind} at offset {pos:#x}", self.origin)
-            pos += 12 + fixed + per * vlen
-        if pos != end:
+    def _scan(self, t0: int, type_len: int) -> None:
+        """Record each type's start (in u32 words from the section start);
+        the name offsets and info words of all types then come in bulk."""
+        if type_len % 4:
             raise TypeInfoError("BTF type section does not end on a record boundary", self.origin)
+        words = array("I", self.blob[t0:t0 + type_len])
+        if (self._e == "<") != (sys.byteorder == "little"):
+            words.byteswap()
+        n = len(words)
+        starts: list[int] = []
+        append = starts.append
+        fixed, per = _FIXED_WORDS, _PER_WORDS
+        i = 0
+        try:
+            while i < n:
+                append(i)
+                info = words[i + 1]
+                kind = info >> 24 & 0x1F
+                i += 3 + fixed[kind] + per[kind] * (info & 0xFFFF)
+        except IndexError:
+            i = n + 1  # the last record is cut short
+        if starts and i > n:
+            last_kind = words[starts[-1] + 1] >> 24 & 0x1F if starts[-1] + 1 < n else None
+            if last_kind is not None and last_kind not in KINDS:
+                raise TypeInfoError(f"unknown BTF kind {last_kind} at offset "
+                                    f"{t0 + 4 * starts[-1]:#x}", self.origin)
+        if i != n:
+            raise TypeInfoError("BTF type section does not end on a record boundary", self.origin)
+        if len(starts) > MAX_TYPES:
+            raise TypeInfoError(f"more than {MAX_TYPES} BTF types", self.origin)
+        self._words = words
+        # id -> start word; id 0 is void
+        self._starts = array("I", [0])
+        self._starts.extend(starts)
+        ids = range(1, len(starts) + 1)
+        self._infos = list(map(words.__getitem__, map((1).__add__, starts)))
+        name_offs = list(map(words.__getitem__, starts))
+        # string offset -> first / last type id naming it (equal unless shared)
+        self._first_named = dict(zip(reversed(name_offs), reversed(ids)))
+        self._last_named = dict(zip(name_offs, ids))
+        self._name_offs = name_offs
 
     def _str(self, off: int) -> str:
         stop = self._strings.find(b"\0", off)
         return self._strings[off:stop if stop >= 0 else len(self._strings)].decode("latin-1")
 
     def __len__(self) -> int:
-        return len(self._offsets) - 1
+        return len(self._starts) - 1
+
+    def _ids_named(self, name_off: int) -> list[int]:
+        first = self._first_named.get(name_off)
+        if first is None:
+            return []
+        last = self._last_named[name_off]
+        out = [first]
+        offs = self._name_offs
+        while out[-1] != last:  # ids count from 1, list positions from 0
+            out.append(offs.index(name_off, out[-1], last) + 1)
+        return out
+
+    def _string_offsets(self, name: str) -> list[int]:
+        """Offsets of `name` in the string section (once if deduplicated)."""
+        try:
+            needle = b"\0" + name.encode("latin-1") + b"\0"
+        except UnicodeEncodeError:
+            return []
+        out = []
+        strings, pos = self._strings, self._strings.find(needle)
+        while pos >= 0:
+            out.append(pos + 1)
+            pos = strings.find(needle, pos + 1)
+        return out
 
     # -- decoding ----------------------------------------------------------
     def type_by_id(self, tid: Hashable) -> Type | None:
-        if not isinstance(tid, int) or not 0 <= tid < len(self._offsets):
+        if not isinstance(tid, int) or not 0 <= tid < len(self._starts):
             return None
         t = self._cache.get(tid)
         if t is None:
@@ -104,7 +154,7 @@ class BtfTypes:
         return t
 
     def _decode(self, tid: int) -> Type:
-        e, blob, pos = self._e, self.blob, self._offsets[tid]
+        e, blob, pos = self._e, self.blob, self._t0 + 4 * self._starts[tid]
         name_off, info, sz = struct.unpack_from(e + "III", blob, pos)
         kind_no = (info >> 24) & 0x1F
         kind, vlen, kflag = KINDS[kind_no], info & 0xFFFF, info >> 31
@@ -168,13 +218,25 @@ class BtfTypes:
     def lookup(self, space: str, name: str) -> Type | None:
         """A named type: space is struct, union, enum, typedef, base, func, var.
         A complete definition wins over a forward declaration."""
-        ids = self._index.get((space, name))
-        if not ids:
-            return None
-        return self.type_by_id(ids[0])
+        key = (space, name)
+        if key in self._lookups:
+            tid = self._lookups[key]
+        else:
+            infos, tid = self._infos, None
+            if name:
+                for off in self._string_offsets(name):
+                    for cand in self._ids_named(off):
+                        if _INDEXED.get(infos[cand - 1] >> 24 & 0x1F) == space:
+                            tid = cand if tid is None else min(tid, cand)
+                            break
+            self._lookups[key] = tid
+        return None if tid is None else self.type_by_id(tid)
 
     def find_enumerator(self, name: str) -> tuple[Type, int] | None:
         if self._enumerator_index is None:
+            if self._enum_ids is None:
+                self._enum_ids = [tid for tid, info in enumerate(self._infos, 1)
+                                  if info >> 24 & 0x1F in (6, 19)]
             idx: dict[str, tuple[int, int]] = {}
             for tid in self._enum_ids:
                 t = self.type_by_id(tid)
@@ -183,4 +245,3 @@ class BtfTypes:
             self._enumerator_index = idx
         hit = self._enumerator_index.get(name)
         return (self.type_by_id(hit[0]), hit[1]) if hit else None
-
