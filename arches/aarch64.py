@@ -92,9 +92,11 @@ class Aarch64(ArchBackend):
     def va_bits(self) -> int:
         info = self._info()
         t1sz = info.number("TCR_EL1_T1SZ")
-        if t1sz:
-            return 64 - t1sz
-        return info.number("VA_BITS") or 48
+        bits = 64 - t1sz if t1sz else info.number("VA_BITS") or 48
+        if not 36 <= bits <= 52:
+            raise UnsupportedError(f"aarch64: impossible kernel VA size {bits} bits "
+                                   "(VMCOREINFO TCR_EL1_T1SZ / VA_BITS)", self.path)
+        return bits
 
     @property
     def kimage_voffset(self) -> int:
@@ -125,8 +127,11 @@ class Aarch64(ArchBackend):
     def linear_map_address(self, pa: int) -> int:
         """The linear-map (direct map) alias of physical address `pa`."""
         # PAGE_OFFSET is fixed by the configured VA_BITS, even when TTBR1 uses fewer
-        page_offset = (-(1 << (self._info().number("VA_BITS") or self.va_bits))) \
-            & 0xFFFFFFFFFFFFFFFF
+        va_bits = self._info().number("VA_BITS") or self.va_bits
+        if not 36 <= va_bits <= 52:
+            raise UnsupportedError(f"aarch64: impossible VA_BITS {va_bits} in VMCOREINFO",
+                                   self.path)
+        page_offset = (-(1 << va_bits)) & 0xFFFFFFFFFFFFFFFF
         return ((pa - self.phys_offset) & 0xFFFFFFFFFFFFFFFF) | page_offset
 
     def page_table_root(self) -> int:

@@ -412,7 +412,10 @@ class X86_64Unwinder:
         return bt
 
     def _frame(self, index: int, state: _State, step: _Step) -> Frame:
-        function, module = self.syms.describe(state.ip)
+        # a return address names the call before it: a call to a noreturn function
+        # at the very end of a function must not be credited to the next one
+        describe = self.syms.describe if state.signal else self.syms.describe_return
+        function, module = describe(state.ip)
         return Frame(index, state.ip, state.sp, function, module, step.guessed, step.kind,
                      step.frame_regs, step.method)
 

@@ -144,6 +144,11 @@ class ArchBackend(ABC):
         """Registers saved at a sleeping Linux task's last context switch."""
         raise UnsupportedError(f"{self.name}: saved switch frames are not supported", self.path)
 
+    def linear_map_address(self, pa: int) -> int | None:
+        """The kernel's direct-map alias of physical `pa`, when the arch can tell
+        without symbols (used by the last-resort memory scans); else None."""
+        return None
+
     def unwinder(self, dump: "Dump") -> Any:
         """The kernel stack unwinder for this arch (see kvmcore.unwind)."""
         raise UnsupportedError(f"{self.name}: no kernel stack unwinder", self.path)

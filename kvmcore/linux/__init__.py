@@ -193,10 +193,34 @@ class LinuxKernel:
                 return task
         return None
 
-    def task_registers(self, task: Task) -> dict[str, int]:
+    @cached_property
+    def cpu_registers(self) -> dict[int, Any]:
+        """CPU -> the NT_PRSTATUS note saved for it. QEMU writes one note per vCPU,
+        in order, with pr_pid = cpu + 1. kdump writes one per CPU that saved its
+        registers, with pr_pid = the task running there, so a CPU that saved none
+        leaves a gap in the order: those notes are matched by pid, and only the
+        pid-0 (idle) ones by order onto the CPUs still without a note."""
         states = self.dump.cpu_states
-        if task.on_cpu and task.cpu < len(states):
-            return dict(states[task.cpu].regs)
+        if all(s.pid == i + 1 for i, s in enumerate(states)):
+            return dict(enumerate(states))
+        running = {t.pid: t for t in self.tasks() if t.on_cpu and not t.is_idle}
+        out: dict[int, Any] = {}
+        leftovers = []
+        for state in states:
+            task = running.get(state.pid) if state.pid else None
+            if task is not None and task.cpu not in out:
+                out[task.cpu] = state
+            else:
+                leftovers.append(state)
+        free = [c for c in (self.online_cpus or range(self.nr_cpus)) if c not in out]
+        out.update(zip(free, leftovers))
+        return out
+
+    def task_registers(self, task: Task) -> dict[str, int]:
+        if task.on_cpu:
+            state = self.cpu_registers.get(task.cpu)
+            if state is not None:
+                return dict(state.regs)
         return self.dump.arch.linux_switch_frame(self.dump, task.address)
 
     def running_task(self, cpu: int) -> Task | None:

@@ -25,7 +25,9 @@ TAINT_NAMES = ["proprietary module", "forced module load", "CPU out of spec", "f
 # "---[ end Kernel panic - not syncing: ... ]---" closes the panic: skip it
 PANIC_RE = re.compile(r"^(?!---\[ end )Kernel panic - not syncing: (.*)")
 OOPS_RE = re.compile(r"^(BUG: .*|Oops: .*|kernel BUG at .*|Unable to handle kernel .*)")
-CPU_LINE_RE = re.compile(r"CPU: (\d+) PID: (\d+) Comm: (\S+) (Not tainted|Tainted: ([A-Z ]+))")
+# "CPU: 1 PID: 115 Comm: crasher Not tainted ..."; 6.10+ adds "UID: 0 " before PID
+CPU_LINE_RE = re.compile(
+    r"CPU: (\d+) (?:UID: \d+ )?PID: (\d+) Comm: (\S+) (Not tainted|Tainted: ([A-Z ]+))")
 
 
 @dataclass

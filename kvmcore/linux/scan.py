@@ -123,9 +123,9 @@ def find_idle_tasks(dump: "Dump", nr_cpus: int) -> dict[int, int]:
     CPU equals the task's CPU field; the address is its linear-map alias."""
     import re
 
-    to_virt = getattr(dump.arch, "linear_map_address", None)
-    if to_virt is None or nr_cpus < 2:
+    if nr_cpus < 2 or dump.arch.linear_map_address(0) is None:
         return {}
+    to_virt = dump.arch.linear_map_address
     types = dump.types
     ts = "struct task_struct"
     off_comm = types.offsetof(ts, "comm")

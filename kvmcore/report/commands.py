@@ -125,7 +125,9 @@ def sys_text(data: dict[str, Any]) -> str:
         task = p.get("task")
         rows += [("PANIC", p["panic_message"] or "-"),
                  ("TASK", f"{task['pid']} ({task['comm']})" if task else "-"),
-                 ("CPU", str(p["cpu"])), ("UPTIME", f"{p['uptime_seconds']} s"),
+                 ("CPU", str(p["cpu"])),
+                 ("UPTIME", f"{p['uptime_seconds']} s" if p.get("uptime_seconds") is not None
+                  else "unknown"),
                  ("TAINT", p["taint"])]
     return "\n".join(f"{k:>13}: {v}" for k, v in rows)
 
