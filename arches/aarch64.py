@@ -72,6 +72,8 @@ class Aarch64(ArchBackend):
     name = "aarch64"
     word_size = 8
     pc_reg, sp_reg, fp_reg = "pc", "sp", "x29"
+    elf_machine = 183  # EM_AARCH64
+    freebsd_machine = "arm64"
     prstatus_layout = PrstatusLayout(size=392, pid_offset=32, regs_offset=112,
                                      reg_names=USER_REGS, reg_size=8)
     vmcoreinfo_keys = ("NUMBER(kimage_voffset)", "NUMBER(TCR_EL1_T1SZ)")

@@ -69,6 +69,8 @@ class I386(ArchBackend):
     word_size = 4
     pc_reg, sp_reg, fp_reg = "eip", "esp", "ebp"
     # elf_prstatus: pr_pid at 24, four 8-byte timevals, pr_reg (17 longs) at 72, pr_fpvalid
+    elf_machine = 3  # EM_386
+    freebsd_machine = "i386"
     prstatus_layout = PrstatusLayout(size=144, pid_offset=24, regs_offset=72,
                                      reg_names=USER_REGS, reg_size=4)
     gdb_arch = "i386"

@@ -67,6 +67,8 @@ class X86_64(ArchBackend):
     name = "x86_64"
     word_size = 8
     pc_reg, sp_reg, fp_reg = "rip", "rsp", "rbp"
+    elf_machine = 62  # EM_X86_64
+    freebsd_machine = "amd64"
     prstatus_layout = PrstatusLayout(size=336, pid_offset=32, regs_offset=112,
                                      reg_names=USER_REGS, reg_size=8)
     vmcoreinfo_keys = ("SYMBOL(init_top_pgt)", "NUMBER(pgtable_l5_enabled)")
@@ -130,6 +132,29 @@ class X86_64(ArchBackend):
         lazy = getattr(self, "_freebsd_lazy", None)
         if lazy is not None:
             lazy.reset()
+
+    def recovered_registers(self, dump: "Dump", frames: list[Any]) -> dict[str, int]:
+        """rbp for the first of `frames`: rbp is callee-saved and code compiled
+        without frame pointers leaves it alone, so it is the frame pointer of the
+        first outer function whose ORC entry computes its CFA from rbp:
+        CFA - sp_offset, with CFA the stack pointer of the frame after it."""
+        from kvmcore.unwind import unwinder_for
+
+        try:
+            table = getattr(unwinder_for(dump), "_orc", None)
+        except KvmcoreError:
+            return {}
+        if table is None:
+            return {}
+        for inner, outer in zip(frames, frames[1:4]):
+            entry = table.find(inner.pc - 1)
+            if entry is None:
+                return {}
+            if entry.bp_reg != orc.REG_UNDEFINED and entry.sp_reg != orc.REG_BP:
+                return {}  # this frame saved rbp: the debugger finds it on the stack
+            if entry.sp_reg == orc.REG_BP:
+                return {"rbp": (outer.sp - entry.sp_offset) & 0xFFFFFFFFFFFFFFFF}
+        return {}
 
     def unwinder(self, dump: "Dump") -> "X86_64Unwinder | FreeBSDAmd64Unwinder":
         # FreeBSD has no ORC; its amd64 kernel keeps frame pointers (ddb and

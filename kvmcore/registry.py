@@ -79,6 +79,10 @@ class ArchBackend(ABC):
         self.path = mem.path
 
     # -- probing ---------------------------------------------------------
+    #: ELF e_machine of this architecture's kernels (symbol files written for gdb)
+    elf_machine: ClassVar[int] = 0
+    #: FreeBSD's name for it (uname -m)
+    freebsd_machine: ClassVar[str] = ""
     #: VMCOREINFO keys only this architecture's kernels export
     vmcoreinfo_keys: ClassVar[tuple[str, ...]] = ()
 
@@ -148,6 +152,11 @@ class ArchBackend(ABC):
         """The kernel's direct-map alias of physical `pa`, when the arch can tell
         without symbols (used by the last-resort memory scans); else None."""
         return None
+
+    def recovered_registers(self, dump: "Dump", frames: list[Any]) -> dict[str, int]:
+        """Callee-saved registers known for the first of `frames` (a backtrace's
+        tail) beyond its pc and sp, for a debugger handed that frame; default none."""
+        return {}
 
     def unwinder(self, dump: "Dump") -> Any:
         """The kernel stack unwinder for this arch (see kvmcore.unwind)."""

@@ -32,7 +32,6 @@ MAX_THREADS_PER_PROC = 1 << 16
 MAX_FILES = 1 << 16
 TD_STATES = {0: "inactive", 1: "inhibited", 2: "can_run", 3: "runq", 4: "running"}
 MAX_CPUS = 1 << 16
-FREEBSD_MACHINE = {"x86_64": "amd64", "aarch64": "arm64", "i386": "i386"}
 # struct linker_file on LP64 when no types know it (see _linker_file_layout)
 LINKER_FILE_LP64 = {"refs": 0x8, "link": 0x18, "filename": 0x28, "pathname": 0x30,
                     "id": 0x38, "address": 0x40, "size": 0x48}
@@ -363,7 +362,7 @@ class FreeBSDKernel:
         return {"sysname": self._string_symbol("ostype") or "FreeBSD",
                 "nodename": self._string_symbol("hostname") or kdh.get("hostname") or "",
                 "release": release, "version": version.strip().split("\n", 1)[0].strip(),
-                "machine": FREEBSD_MACHINE.get(self.dump.arch.name, self.dump.arch.name),
+                "machine": self.dump.arch.freebsd_machine or self.dump.arch.name,
                 "domainname": ""}
 
     @property

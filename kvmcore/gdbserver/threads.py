@@ -172,35 +172,9 @@ def _past_module_frames(dump: Any, thread: GdbThread, regs: dict[str, int]) -> d
                 return dict(frame.regs)
             # only pc and sp are known for sure; the callee-saved registers the
             # module code changed are unavailable, except a frame pointer ORC places
-            out = {pc_name: frame.pc, sp_name: frame.sp}
-            if dump.arch.name == "x86_64":
-                bp = _x86_frame_pointer(dump, bt.frames[index:])
-                if bp is not None:
-                    out["rbp"] = bp
+            out = dict(dump.arch.recovered_registers(dump, bt.frames[index:]))
+            out.update({pc_name: frame.pc, sp_name: frame.sp})
             return out
         skipped.append(frame.function or f"{frame.pc:#x}")
     return regs
 
-
-def _x86_frame_pointer(dump: Any, frames: list[Any]) -> int | None:
-    """rbp for the first of `frames`: rbp is callee-saved and code compiled
-    without frame pointers leaves it alone, so it is the frame pointer of the
-    first outer function whose ORC entry computes its CFA from rbp:
-    CFA - sp_offset, with CFA the stack pointer of the frame after it."""
-    try:
-        from ..unwind import orc, unwinder_for
-
-        table = unwinder_for(dump)._orc
-        if table is None:
-            return None
-        for inner, outer in zip(frames, frames[1:4]):
-            entry = table.find(inner.pc - 1)
-            if entry is None:
-                return None
-            if entry.bp_reg != orc.REG_UNDEFINED and entry.sp_reg != orc.REG_BP:
-                return None  # this frame saved rbp: gdb finds the value on the stack
-            if entry.sp_reg == orc.REG_BP:
-                return (outer.sp - entry.sp_offset) & 0xFFFFFFFFFFFFFFFF
-    except (KvmcoreError, ImportError, AttributeError):
-        return None
-    return None

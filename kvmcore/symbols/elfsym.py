@@ -22,7 +22,6 @@ import struct
 from ..errors import SymbolError
 from .table import Symbol, SymbolTable
 
-E_MACHINE = {"x86_64": 62, "aarch64": 183, "arm64": 183, "i386": 3, "x86": 3}
 SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_NOBITS = 1, 2, 3, 8
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 1, 2, 4
 STB_LOCAL, STB_GLOBAL = 0, 1
@@ -48,8 +47,10 @@ def write_symbol_file(symtab: SymbolTable, path: str, arch: str, kernel_offset: 
     """Write `symtab`'s kernel-half symbols to an ELF file at `path`; vmlinux
     symbols moved back by `kernel_offset` to their link addresses. `debug_frame`
     (kvmcore.symbols.cfi) becomes a .debug_frame section, for gdb to unwind with."""
-    machine = E_MACHINE.get(arch)
-    if machine is None:
+    from ..registry import get_arch
+
+    machine = get_arch(arch).elf_machine
+    if not machine:
         raise SymbolError(f"no ELF machine number for architecture {arch!r}", path)
     is64 = symtab.word_size == 8
     floor = 1 << (symtab.word_size * 8 - 1)
