@@ -157,32 +157,7 @@ def bt(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
 def info(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
          arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt) -> None:
     """Format, architecture and kernel release: the quickest look at a dump."""
-    d = _open(dump, vmlinux, arch)
-    vi = d.vmcoreinfo
-    data = {"path": str(dump), "format": d.mem.describe(), "arch": d.arch.name, "os": d.os,
-            "release": vi.osrelease if vi else None,
-            "kaslr_offset": f"{d.kernel_offset:#x}" if d.os == "linux" else None,
-            "cpus_dumped": len(d.mem.prstatus_notes()),
-            "memory_bytes": sum(r.size for r in d.phys_ranges())}
-    if data["release"] is None and d.os == "linux":
-        data["release"] = d.kernel.release
-    elif data["release"] is None and d.os == "freebsd":
-        try:  # osrelease needs the kernel's symbols
-            data["release"] = d.kernel.release or None
-        except KvmcoreError:
-            pass
-    if json_out:
-        _print_json(data)
-    else:
-        for k, v in data.items():
-            print(f"{k:>13}: {v}")
-
-
-def _parse_addr(text: str) -> int:
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise KvmcoreError(f"not an address: {text!r}") from None
+    _command("info", dump, vmlinux, arch, json_out)
 
 
 @app.command()
@@ -190,17 +165,7 @@ def sym(dump: Path = DumpArg, what: str = typer.Argument(..., help="a symbol nam
         vmlinux: Optional[Path] = typer.Argument(None, help="the kernel's vmlinux (optional)"),
         arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt) -> None:
     """Look up a symbol's address, or symbolize an address (func+off/size [module])."""
-    d = _open(dump, vmlinux, arch)
-    table = d.symbols
-    if what[:1].isdigit():
-        addr = _parse_addr(what)
-        data = {"address": f"{addr:#x}", "symbol": table.symbolize(addr), "source": table.source}
-    else:
-        data = {"name": what, "address": f"{table.lookup(what):#x}", "source": table.source}
-    if json_out:
-        _print_json(data)
-    else:
-        print(data.get("symbol") or data["address"])
+    _command("sym", dump, vmlinux, arch, json_out, what=what)
 
 
 @app.command()
@@ -210,23 +175,8 @@ def read(dump: Path = DumpArg, address: str = typer.Argument(..., help="kernel v
              False, "--phys", help="the address is physical"),
          json_out: bool = JsonOpt) -> None:
     """Hex dump of kernel virtual (or --phys physical) memory, with its translation."""
-    d = _open(dump, None, arch)
-    addr = _parse_addr(address)
-    data = d.read_phys(addr, length) if physical else d.read(addr, length)
-    if json_out:
-        out: dict[str, Any] = {"address": f"{addr:#x}", "hex": data.hex()}
-        if not physical:
-            t = d.translate(addr)
-            out.update(physical=f"{t.pa:#x}", page_size=t.page_size,
-                       file_offset=t.file_offset)
-        _print_json(out)
-        return
-    width = d.word_size
-    for off in range(0, len(data), 16):
-        chunk = data[off:off + 16]
-        words = " ".join(f"{int.from_bytes(chunk[i:i + width], d.byteorder):0{width * 2}x}"
-                         for i in range(0, len(chunk) - width + 1, width))
-        print(f"{addr + off:016x}:  {words}")
+    _command("read", dump, None, arch, json_out, address=address, length=length,
+             physical=physical)
 
 
 @app.command()
@@ -246,37 +196,11 @@ def serve(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
 def symfile(dump: Path = DumpArg, output: Path = typer.Option(..., "-o", "--output"),
             arch: Optional[str] = ArchOpt) -> None:
     """Write an ELF symbol file for gdb from the dump's own kallsyms."""
-    from kvmcore.symbols.elfsym import write_symbol_file
+    from kvmcore.symbols.symfile import write_dump_symbol_file
 
-    d = _open(dump, None, arch)
-    table = d.symbols
-    try:
-        d.kernel.modules()  # adds each module's own symbols to the table
-    except KvmcoreError:
-        pass
-    frame, cfi_note = symfile_debug_frame(d)
-    write_symbol_file(table, str(output), d.arch.name, d.kernel_offset, frame)
-    print(f"wrote {output}: kernel symbols at link addresses (the server's qOffsets applies "
-          f"the KASLR offset {d.kernel_offset:#x}){cfi_note}; use: gdb {output} -ex "
+    note = write_dump_symbol_file(_open(dump, None, arch), str(output))
+    print(f"wrote {output}: {note}; use: gdb {output} -ex "
           f"'target remote | kvmcore serve --stdio {dump}'")
-
-
-def symfile_debug_frame(d: Any) -> tuple[bytes | None, str]:
-    """The arch's call-frame rows as .debug_frame bytes (at link addresses:
-    gdb shifts every FDE of the file by its .text offset, as it does the
-    kernel symbols), and a note for the user."""
-    from kvmcore.symbols.cfi import encode_debug_frame
-
-    try:
-        cfi = d.arch.symfile_cfi(d)
-    except KvmcoreError as exc:
-        return None, f"; no unwind rows ({exc}): gdb can name only frame #0"
-    if cfi is None:
-        return None, ""
-    layout, ranges = cfi
-    frame = encode_debug_frame(ranges, layout, shift=d.kernel_offset)
-    rows = sum(len(r.starts) for r in ranges)
-    return frame, f", .debug_frame from {rows} unwind entries"
 
 
 def main() -> None:

@@ -74,7 +74,69 @@ def bt_data(dump: "Dump", pid: int | None = None, all_tasks: bool = False) -> di
     return {"tasks": out}
 
 
+def info_data(dump: "Dump") -> dict[str, Any]:
+    """Format, arch, release, KASLR offset: what can be said without walking anything."""
+    vi = dump.vmcoreinfo
+    data = {"path": dump.path, "format": dump.mem.describe(), "arch": dump.arch.name,
+            "os": dump.os, "release": vi.osrelease if vi else None,
+            "kaslr_offset": f"{dump.kernel_offset:#x}" if dump.os == "linux" else None,
+            "cpus_dumped": len(dump.mem.prstatus_notes()),
+            "memory_bytes": sum(r.size for r in dump.phys_ranges())}
+    if data["release"] is None and dump.os in ("linux", "freebsd"):
+        try:  # from the kernel's memory; FreeBSD's osrelease needs the kernel's symbols
+            data["release"] = dump.kernel.release or None
+        except KvmcoreError:
+            pass
+    return data
+
+
+def sym_data(dump: "Dump", what: str) -> dict[str, Any]:
+    """A symbol's address, or an address's `func+off/size [module]`."""
+    table = dump.symbols
+    if what[:1].isdigit():
+        addr = parse_address(what)
+        return {"address": f"{addr:#x}", "symbol": table.symbolize(addr), "source": table.source}
+    return {"name": what, "address": f"{table.lookup(what):#x}", "source": table.source}
+
+
+def read_data(dump: "Dump", address: str, length: int, physical: bool = False) -> dict[str, Any]:
+    """Bytes at a kernel virtual (or physical) address, with the translation."""
+    addr = parse_address(address)
+    data = dump.read_phys(addr, length) if physical else dump.read(addr, length)
+    out: dict[str, Any] = {"address": f"{addr:#x}", "hex": data.hex(), "physical": None,
+                           "word_size": dump.word_size, "byteorder": dump.byteorder}
+    if not physical:
+        t = dump.translate(addr)
+        out.update(physical=f"{t.pa:#x}", page_size=t.page_size, file_offset=t.file_offset)
+    return out
+
+
+def parse_address(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise KvmcoreError(f"not an address: {text!r}") from None
+
+
 # -- text -----------------------------------------------------------------
+def info_text(data: dict[str, Any]) -> str:
+    return "\n".join(f"{k:>13}: {v}" for k, v in data.items())
+
+
+def sym_text(data: dict[str, Any]) -> str:
+    return data.get("symbol") or data["address"]
+
+
+def read_text(data: dict[str, Any]) -> str:
+    """Words of the dump's width and byte order, 16 bytes a line."""
+    raw, width, addr = bytes.fromhex(data["hex"]), data["word_size"], int(data["address"], 16)
+    lines = []
+    for off in range(0, len(raw), 16):
+        chunk = raw[off:off + 16]
+        words = " ".join(f"{int.from_bytes(chunk[i:i + width], data['byteorder']):0{width * 2}x}"
+                         for i in range(0, len(chunk) - width + 1, width))
+        lines.append(f"{addr + off:016x}:  {words}")
+    return "\n".join(lines)
 def ps_text(data: dict[str, Any]) -> str:
     # kernels whose threads have ids of their own (FreeBSD td_tid) get a TID column
     tids = any("tid" in t for t in data["tasks"])
