@@ -23,6 +23,7 @@ from itertools import compress
 from operator import itemgetter
 from typing import TYPE_CHECKING
 
+from .. import indexcache
 from ..errors import KvmcoreError, SymbolError
 from .table import Symbol, SymbolColumns
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 MAX_SYMBOLS = 2_000_000
 MAX_NAMES_BYTES = 64 << 20
+#: the expanded names in the build-id index cache (kvmcore.indexcache)
+CACHE_NAME = "kallsyms-names.v1"
 # arches whose Kconfig default enables KALLSYMS_ABSOLUTE_PERCPU
 _ABSOLUTE_PERCPU_ARCHES = {"x86_64"}
 
@@ -108,15 +111,31 @@ def _entry_starts(data: bytes, num: int, path: str) -> list[int]:
 
 def _expanded_text(dump: "Dump", num: int, tokens: list[bytes]) -> str:
     """Every symbol's expanded text (type letter, then name), each preceded
-    by a newline."""
+    by a newline; from the build-id cache when it holds the expansion of
+    exactly these bytes."""
     data = _names_bytes(dump, num)
-    starts = _entry_starts(data, num, dump.path)
+    info = dump.vmcoreinfo
+    build_id = info.build_id if info is not None and indexcache.enabled() else None
+    if build_id:
+        source = indexcache.source_digest(num.to_bytes(4, "little"), b"\0".join(tokens), data)
+        cached = indexcache.load(build_id, CACHE_NAME, source)
+        if cached is not None:
+            text = cached.decode("latin-1")
+            if text.count("\n") == num:
+                return text
+    text = _expand(data, num, tokens, dump.path)
+    if build_id:
+        indexcache.store(build_id, CACHE_NAME, source, text.encode("latin-1"))
+    return text
+
+
+def _expand(data: bytes, num: int, tokens: list[bytes], path: str) -> str:
+    starts = _entry_starts(data, num, path)
     if any(b"\n" in t for t in tokens):
-        raise SymbolError("a kallsyms token holds a newline: not a symbol table", dump.path)
+        raise SymbolError("a kallsyms token holds a newline: not a symbol table", path)
     # Expand every byte through the token table at once, with each entry's
     # length prefix expanding to a newline instead: one join, one split
-    # (per-symbol joins cost 5x more).
-    # (str tokens: str.join is several times faster than bytes.join here)
+    # (per-symbol joins cost 5x more; str.join beats bytes.join several times).
     text_tokens = [t.decode("latin-1") for t in tokens]
     parts = list(map(text_tokens.__getitem__, data[:starts[num]]))
     for pos in starts[:num]:

@@ -26,16 +26,19 @@ def load_btf(dump: "Dump", notes: list[str] | None = None) -> BtfTypes | None:
     """BTF from the vmlinux when given, else from the dump's memory."""
     notes = notes if notes is not None else []
     vmlinux = getattr(dump, "vmlinux", None)
+    info = dump.vmcoreinfo
+    build_id = info.build_id if info is not None else None
     if vmlinux:
         try:
             blob = btf_from_vmlinux(vmlinux)
             if blob:
-                return BtfTypes(blob, dump.word_size, f"{vmlinux} (.BTF)")
+                return BtfTypes(blob, dump.word_size, f"{vmlinux} (.BTF)", build_id)
             notes.append("the vmlinux has no .BTF section")
         except KvmcoreError as exc:
             notes.append(f"vmlinux BTF: {exc}")
     try:
-        return BtfTypes(btf_from_memory(dump), dump.word_size, f"{dump.path} (memory)")
+        return BtfTypes(btf_from_memory(dump), dump.word_size, f"{dump.path} (memory)",
+                        build_id)
     except KvmcoreError as exc:
         notes.append(f"no BTF: {exc.message}")
         return None

@@ -12,11 +12,13 @@ decoded until asked for, and types are decoded only when asked for.
 """
 from __future__ import annotations
 
+import bisect
 import struct
 import sys
 from array import array
 from typing import Hashable
 
+from .. import indexcache
 from ..errors import TypeInfoError
 from .model import VOID, Member, Type
 
@@ -32,6 +34,17 @@ _EXTRA = {1: (4, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 13: (0, 8),
 _INDEXED = {1: "base", 16: "base", 4: "struct", 5: "union", 6: "enum", 19: "enum",
             7: "fwd", 8: "typedef", 12: "func", 14: "var"}
 MAX_TYPES = 5_000_000
+
+
+def _little_endian(words: array) -> array:
+    """`words` as stored in the cache (little-endian), or back; swapped in place."""
+    if sys.byteorder != "little":
+        words.byteswap()
+    return words
+
+
+#: the type scan in the build-id index cache (kvmcore.indexcache)
+CACHE_NAME = "btf-scan.v2"
 # record size in u32 words after the 3-word common part, by kind: fixed + per * vlen;
 # an unknown kind jumps past any section so that the scan stops and says so
 _UNKNOWN_STEP = 1 << 40
@@ -44,8 +57,12 @@ class BtfTypes:
 
     name = "btf"
 
-    def __init__(self, blob: bytes, word_size: int = 8, origin: str | None = None) -> None:
+    def __init__(self, blob: bytes, word_size: int = 8, origin: str | None = None,
+                 build_id: str | None = None) -> None:
+        """`build_id` (the kernel's) lets the type scan be kept in the
+        on-disk index cache (kvmcore.indexcache)."""
         self.blob = blob
+        self.build_id = build_id
         self.word_size = word_size
         self.origin = origin
         if len(blob) < 24:
@@ -71,13 +88,37 @@ class BtfTypes:
 
     # -- pass one ----------------------------------------------------------
     def _scan(self, t0: int, type_len: int) -> None:
-        """Record each type's start (in u32 words from the section start);
-        the name offsets and info words of all types then come in bulk."""
+        """Record each type's start (in u32 words from the section start)
+        and sort the types by name offset, or take both from the cache."""
         if type_len % 4:
             raise TypeInfoError("BTF type section does not end on a record boundary", self.origin)
-        words = array("I", self.blob[t0:t0 + type_len])
+        section = self.blob[t0:t0 + type_len]
+        words = array("I", section)
         if (self._e == "<") != (sys.byteorder == "little"):
             words.byteswap()
+        build_id = self.build_id if indexcache.enabled() else None
+        scan = None
+        if build_id:
+            source = indexcache.source_digest(section)
+            scan = self._cached_scan(indexcache.load(build_id, CACHE_NAME, source), words)
+        if scan is None:
+            scan = self._index(self._walk(words, t0), words)
+            if build_id:
+                indexcache.store(build_id, CACHE_NAME, source, b"".join(
+                    _little_endian(array("I", part)).tobytes() for part in scan))
+        self._words = words
+        # id -> start word (id 0 is void); type name offsets sorted, and the
+        # type ids in that order (ascending among equal names)
+        self._starts, self._sorted_name_offs, self._ids_by_name = scan
+
+    @staticmethod
+    def _index(starts: list[int], words: array) -> tuple[array, array, array]:
+        name_offs = list(map(words.__getitem__, starts))
+        order = sorted(range(len(starts)), key=name_offs.__getitem__)
+        return (array("I", [0] + starts), array("I", map(name_offs.__getitem__, order)),
+                array("I", map((1).__add__, order)))
+
+    def _walk(self, words: array, t0: int) -> list[int]:
         n = len(words)
         starts: list[int] = []
         append = starts.append
@@ -100,17 +141,31 @@ class BtfTypes:
             raise TypeInfoError("BTF type section does not end on a record boundary", self.origin)
         if len(starts) > MAX_TYPES:
             raise TypeInfoError(f"more than {MAX_TYPES} BTF types", self.origin)
-        self._words = words
-        # id -> start word; id 0 is void
-        self._starts = array("I", [0])
-        self._starts.extend(starts)
-        ids = range(1, len(starts) + 1)
-        self._infos = list(map(words.__getitem__, map((1).__add__, starts)))
-        name_offs = list(map(words.__getitem__, starts))
-        # string offset -> first / last type id naming it (equal unless shared)
-        self._first_named = dict(zip(reversed(name_offs), reversed(ids)))
-        self._last_named = dict(zip(name_offs, ids))
-        self._name_offs = name_offs
+        return starts
+
+    @staticmethod
+    def _cached_scan(payload: bytes | None, words: array) -> tuple[array, array, array] | None:
+        """The scan from the cache, if the payload is plausible for `words`
+        (the source hash already matched; this guards against our own bugs).
+        Payload: starts with void (n + 1 u32), name offsets (n), ids (n)."""
+        if payload is None or len(payload) % 4:
+            return None
+        total = len(payload) // 4
+        n = (total - 1) // 3
+        if total != 3 * n + 1 or not 0 < n <= MAX_TYPES:
+            return None
+        flat = _little_endian(array("I", payload))
+        starts, names, ids = flat[:n + 1], flat[n + 1:2 * n + 1], flat[2 * n + 1:]
+        last = starts[-1]
+        if starts[0] != 0 or starts[1] != 0 or last + 1 >= len(words) or min(ids) < 1 \
+                or max(ids) > n:
+            return None
+        info = words[last + 1]
+        kind = info >> 24 & 0x1F
+        if kind not in KINDS or \
+                last + 3 + _FIXED_WORDS[kind] + _PER_WORDS[kind] * (info & 0xFFFF) != len(words):
+            return None
+        return starts, names, ids
 
     def _str(self, off: int) -> str:
         stop = self._strings.find(b"\0", off)
@@ -119,16 +174,15 @@ class BtfTypes:
     def __len__(self) -> int:
         return len(self._starts) - 1
 
+    def _kind(self, tid: int) -> int:
+        return self._words[self._starts[tid] + 1] >> 24 & 0x1F
+
     def _ids_named(self, name_off: int) -> list[int]:
-        first = self._first_named.get(name_off)
-        if first is None:
-            return []
-        last = self._last_named[name_off]
-        out = [first]
-        offs = self._name_offs
-        while out[-1] != last:  # ids count from 1, list positions from 0
-            out.append(offs.index(name_off, out[-1], last) + 1)
-        return out
+        """Type ids whose name is the string at `name_off`, ascending."""
+        names = self._sorted_name_offs
+        lo = bisect.bisect_left(names, name_off)
+        hi = bisect.bisect_right(names, name_off, lo)
+        return list(self._ids_by_name[lo:hi])
 
     def _string_offsets(self, name: str) -> list[int]:
         """Offsets of `name` in the string section (once if deduplicated)."""
@@ -222,11 +276,11 @@ class BtfTypes:
         if key in self._lookups:
             tid = self._lookups[key]
         else:
-            infos, tid = self._infos, None
+            tid = None
             if name:
                 for off in self._string_offsets(name):
                     for cand in self._ids_named(off):
-                        if _INDEXED.get(infos[cand - 1] >> 24 & 0x1F) == space:
+                        if _INDEXED.get(self._kind(cand)) == space:
                             tid = cand if tid is None else min(tid, cand)
                             break
             self._lookups[key] = tid
@@ -235,8 +289,8 @@ class BtfTypes:
     def find_enumerator(self, name: str) -> tuple[Type, int] | None:
         if self._enumerator_index is None:
             if self._enum_ids is None:
-                self._enum_ids = [tid for tid, info in enumerate(self._infos, 1)
-                                  if info >> 24 & 0x1F in (6, 19)]
+                self._enum_ids = [tid for tid in range(1, len(self._starts))
+                                  if self._kind(tid) in (6, 19)]
             idx: dict[str, tuple[int, int]] = {}
             for tid in self._enum_ids:
                 t = self.type_by_id(tid)

@@ -1,0 +1,110 @@
+"""The build-id index cache (kvmcore.indexcache): a warm cache gives the same
+symbols and types as decoding afresh (checked against System.map and drgn),
+and a stale, corrupt, truncated or unwritable cache is never trusted."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import kvmcore
+from kvmcore.symbols import load_symbols
+from kvmcore.symbols.kallsyms import CACHE_NAME as KALLSYMS_FILE
+from kvmcore.types import load_types
+from kvmcore.types.btf import CACHE_NAME as BTF_FILE
+
+from helpers_symtypes import drgn_program, sample, system_map
+
+SIDS = ["x86_64-kaslr", "arm64-kaslr"]
+NAMES = ("_stext", "sysrq_handle_crash", "panic", "schedule", "start_kernel")
+MEMBERS = (("struct task_struct", "tasks"), ("struct task_struct", "comm"),
+           ("struct task_struct", "pid"), ("struct rq", "curr"), ("struct module", "list"))
+
+
+def _facts(s):
+    """What the dump should give: System.map addresses (slid) and drgn offsets."""
+    slide = kvmcore.open(str(s.file("elf"))).vmcoreinfo.kernel_offset
+    smap = system_map(s.system_map())
+    addrs = {n: min(a for a, t in smap[n] if t in "tT") + slide for n in NAMES}
+    prog = drgn_program(s)
+    from drgn import offsetof
+
+    offsets = {(t, m): offsetof(prog.type(t), m) for t, m in MEMBERS}
+    return addrs, offsets
+
+
+def _read(s):
+    """Symbols and offsets decoded by kvmcore from the dump alone."""
+    dump = kvmcore.open(str(s.file("elf")))
+    table = load_symbols(dump)
+    dump.__dict__["symbols"] = table  # the BTF bounds come from these symbols
+    types = load_types(dump)
+    return ({n: table.lookup(n) for n in NAMES},
+            {(t, m): types.offsetof(t, m) for t, m in MEMBERS}, dump.vmcoreinfo.build_id)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    """Samples (and their oracles' answers) resolved before a test moves the cache root."""
+    return {sid: (sample(sid), _facts(sample(sid))) for sid in SIDS}
+
+
+@pytest.fixture
+def cache(samples, tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("KVMCORE_CACHE", str(root))
+    monkeypatch.delenv("KVMCORE_INDEX_CACHE", raising=False)
+    return root
+
+
+@pytest.mark.parametrize("sid", SIDS)
+def test_cold_and_warm_cache_agree_with_system_map_and_drgn(sid, samples, cache):
+    s, want = samples[sid]
+    cold = _read(s)
+    folder = cache / "index" / cold[2]
+    files = [folder / KALLSYMS_FILE, folder / BTF_FILE]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    warm = _read(s)
+    assert cold[:2] == want and warm[:2] == want
+    assert [f.stat().st_mtime_ns for f in files] == stamps, "a valid cache file was rewritten"
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "foreign", "empty"])
+def test_bad_cache_files_are_ignored_and_rewritten(damage, samples, cache):
+    (s, want), (other, _) = samples["x86_64-kaslr"], samples["arm64-kaslr"]
+    build_id = _read(s)[2]
+    other_id = _read(other)[2]
+    folder = cache / "index" / build_id
+    for name in (KALLSYMS_FILE, BTF_FILE):
+        path = folder / name
+        good = path.read_bytes()
+        if damage == "flip":  # one payload byte: the CRC no longer matches
+            bad = bytearray(good)
+            bad[len(bad) // 2] ^= 0x5A
+            path.write_bytes(bytes(bad))
+        elif damage == "truncate":
+            path.write_bytes(good[:len(good) // 3])
+        elif damage == "foreign":  # another kernel's file: its source hash differs
+            path.write_bytes((cache / "index" / other_id / name).read_bytes())
+        else:
+            path.write_bytes(b"")
+    assert _read(s)[:2] == want
+    for name in (KALLSYMS_FILE, BTF_FILE):  # rebuilt in place
+        assert (folder / name).stat().st_size > 1000
+
+
+def test_unwritable_cache_still_works(samples, tmp_path, monkeypatch):
+    s, want = samples["x86_64-kaslr"]
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the cache directory should be\n")
+    monkeypatch.setenv("KVMCORE_CACHE", str(blocker))
+    monkeypatch.delenv("KVMCORE_INDEX_CACHE", raising=False)
+    assert _read(s)[:2] == want
+    assert blocker.is_file()
+
+
+def test_cache_can_be_turned_off(samples, cache, monkeypatch):
+    s, want = samples["arm64-kaslr"]
+    monkeypatch.setenv("KVMCORE_INDEX_CACHE", "0")
+    assert _read(s)[:2] == want
+    assert not os.path.exists(cache / "index")
