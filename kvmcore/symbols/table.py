@@ -47,6 +47,8 @@ class SymbolColumns:
     addresses: list[int]
     types: list[str]
     sizes: list[int] | None = None
+    #: each symbol's module (None: all are the kernel's own)
+    modules: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -54,8 +56,10 @@ class SymbolColumns:
     @classmethod
     def from_symbols(cls, symbols: Iterable[Symbol]) -> "SymbolColumns":
         syms = list(symbols)
+        modules = [s.module for s in syms]
         return cls([s.name for s in syms], [s.address for s in syms],
-                   [s.type for s in syms], [s.size for s in syms])
+                   [s.type for s in syms], [s.size for s in syms],
+                   modules if any(modules) else None)
 
 
 # Among symbols sharing one address, which to show: code first, globals
@@ -106,13 +110,14 @@ class SymbolTable:
         if not n:
             return
         if not (len(cols.addresses) == len(cols.types) == n
-                and (cols.sizes is None or len(cols.sizes) == n)):
+                and (cols.sizes is None or len(cols.sizes) == n)
+                and (cols.modules is None or len(cols.modules) == n)):
             raise SymbolError("symbol columns of unequal length", self.origin)
         self._names.extend(cols.names)
         self._addresses.extend(cols.addresses)
         self._types.extend(cols.types)
         self._sizes.extend(cols.sizes if cols.sizes is not None else repeat(0, n))
-        self._modules_of.extend(repeat(module, n))
+        self._modules_of.extend(cols.modules if cols.modules is not None else repeat(module, n))
         first = dict(zip(reversed(cols.names), range(base + n - 1, base - 1, -1)))
         if base == 0:
             self._first = first
