@@ -69,6 +69,7 @@ class X86_64(ArchBackend):
     pc_reg, sp_reg, fp_reg = "rip", "rsp", "rbp"
     elf_machine = 62  # EM_X86_64
     freebsd_machine = "amd64"
+    kallsyms_absolute_percpu = True
     prstatus_layout = PrstatusLayout(size=336, pid_offset=32, regs_offset=112,
                                      reg_names=USER_REGS, reg_size=8)
     vmcoreinfo_keys = ("SYMBOL(init_top_pgt)", "NUMBER(pgtable_l5_enabled)")

@@ -81,6 +81,9 @@ class ArchBackend(ABC):
     # -- probing ---------------------------------------------------------
     #: ELF e_machine of this architecture's kernels (symbol files written for gdb)
     elf_machine: ClassVar[int] = 0
+    #: the arch's Kconfig enables KALLSYMS_ABSOLUTE_PERCPU (per-cpu symbols encoded
+    #: as absolute values in kallsyms_offsets)
+    kallsyms_absolute_percpu: ClassVar[bool] = False
     #: FreeBSD's name for it (uname -m)
     freebsd_machine: ClassVar[str] = ""
     #: VMCOREINFO keys only this architecture's kernels export

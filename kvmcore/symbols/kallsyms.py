@@ -34,8 +34,6 @@ MAX_SYMBOLS = 2_000_000
 MAX_NAMES_BYTES = 64 << 20
 #: the expanded names in the build-id index cache (kvmcore.indexcache)
 CACHE_NAME = "kallsyms-names.v1"
-# arches whose Kconfig default enables KALLSYMS_ABSOLUTE_PERCPU
-_ABSOLUTE_PERCPU_ARCHES = {"x86_64"}
 
 
 def _need(dump: "Dump", name: str) -> int:
@@ -170,7 +168,7 @@ def read_kallsyms_columns(dump: "Dump") -> SymbolColumns:
     num = _read_num_syms(dump)
     tokens = read_tokens(dump)
     entries = _expanded_text(dump, num, tokens).split("\n")[1:]
-    absolute = dump.arch.name in _ABSOLUTE_PERCPU_ARCHES
+    absolute = dump.arch.kallsyms_absolute_percpu
     addrs = decode_addresses(dump, num, absolute)
     stext = dump.vmcoreinfo.symbol("_stext")
     if stext is not None:
