@@ -7,29 +7,15 @@ from __future__ import annotations
 import pytest
 
 import kvmcore
+from patching import patched_dump, word
 import kvmcore.report
 import kvmcore.report.commands
 from kvmcore.errors import UnsupportedError
 
 
-def patched_dump(samples, patches: dict[int, int]) -> kvmcore.Dump:
-    """The x86_64 KASLR dump with the pointer-sized values at these kernel
-    virtual addresses replaced."""
-    s = samples.get_built("x86_64-kaslr")
-    dump = kvmcore.open(str(s.file("elf")))
-    by_pa = {dump.translate(va).pa: value.to_bytes(8, "little") for va, value in patches.items()}
-    original = dump.mem.read_phys
-
-    def read_phys(pa: int, length: int) -> bytes:
-        data = bytearray(original(pa, length))
-        for at, value in by_pa.items():
-            lo, hi = max(at, pa), min(at + len(value), pa + length)
-            if lo < hi:
-                data[lo - pa:hi - pa] = value[lo - at:hi - at]
-        return bytes(data)
-
-    dump.mem.read_phys = read_phys
-    return dump
+def patched_words(samples, patches: dict[int, int]) -> kvmcore.Dump:
+    """The x86_64 KASLR dump with pointer-sized values replaced at these addresses."""
+    return patched_dump(samples, {va: word(v) for va, v in patches.items()})
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +32,7 @@ def layout(samples):
 def test_task_list_that_loops(samples, layout):
     off = layout["off_tasks"]
     victim, target = layout["tasks"]["sleeper_b"], layout["tasks"]["init"]
-    dump = patched_dump(samples, {victim + off: target + off})  # sleeper_b -> init: a cycle
+    dump = patched_words(samples, {victim + off: target + off})  # sleeper_b -> init: a cycle
     result = dump.kernel.task_list
     assert result.partial
     assert "loops" in result.problem and f"{target + off:#x}" in result.problem
@@ -58,7 +44,7 @@ def test_task_list_that_loops(samples, layout):
 def test_pointer_into_unmapped_memory(samples, layout):
     off = layout["off_tasks"]
     victim = layout["tasks"]["sleeper_b"]
-    dump = patched_dump(samples, {victim + off: 0xFFFFDEAD00000000})
+    dump = patched_words(samples, {victim + off: 0xFFFFDEAD00000000})
     result = dump.kernel.task_list
     assert result.partial and "0xffffdead00000000" in result.problem
     assert "sleeper_b" in {t.comm for t in result.tasks}
@@ -76,12 +62,12 @@ def test_log_with_impossible_indexes(samples):
     tail = ring + info.offset("prb_desc_ring", "tail_id")
     tail_id = dump.read_ptr(tail)
     # head_id behind tail_id: the walk from tail can never reach it
-    damaged = patched_dump(samples, {head: tail_id - 2})
+    damaged = patched_words(samples, {head: tail_id - 2})
     log = damaged.kernel.kernel_log
     assert log.partial and "never reached head_id" in log.problem
     assert s.manifest["marker"] in [r.text for r in log.records]  # what was there still is
     count_bits = ring + info.offset("prb_desc_ring", "count_bits")
-    broken = patched_dump(samples, {count_bits: 77})
+    broken = patched_words(samples, {count_bits: 77})
     with pytest.raises(UnsupportedError, match="impossible count_bits 77"):
         broken.kernel.kernel_log
     report = kvmcore.report.build_report(broken)

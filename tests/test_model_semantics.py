@@ -12,24 +12,7 @@ import struct
 import pytest
 
 import kvmcore
-
-
-def patched_dump(samples, patches: dict[int, bytes]) -> kvmcore.Dump:
-    """The x86_64 KASLR dump with the bytes at these kernel virtual addresses replaced."""
-    dump = kvmcore.open(str(samples.get_built("x86_64-kaslr").file("elf")))
-    by_pa = {dump.translate(va).pa: value for va, value in patches.items()}
-    original = dump.mem.read_phys
-
-    def read_phys(pa: int, length: int) -> bytes:
-        data = bytearray(original(pa, length))
-        for at, value in by_pa.items():
-            lo, hi = max(at, pa), min(at + len(value), pa + length)
-            if lo < hi:
-                data[lo - pa:hi - pa] = value[lo - at:hi - at]
-        return bytes(data)
-
-    dump.mem.read_phys = read_phys
-    return dump
+from patching import patched_dump
 
 
 @pytest.fixture(scope="module")
