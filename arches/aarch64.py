@@ -171,13 +171,6 @@ class Aarch64(ArchBackend):
         self._freebsd_lazy = LazyRootTranslator(make, self.path)
         return self._freebsd_lazy
 
-    def set_page_table_root(self, pa: int) -> None:
-        """Give a FreeBSD full dump's kernel L0 table physical address explicitly."""
-        self.freebsd_root = pa
-        lazy = getattr(self, "_freebsd_lazy", None)
-        if lazy is not None:
-            lazy.reset()
-
     def unwinder(self, dump: "Dump") -> "Aarch64Unwinder":
         return Aarch64Unwinder(dump)
 

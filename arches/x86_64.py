@@ -127,13 +127,6 @@ class X86_64(ArchBackend):
         self._freebsd_lazy = LazyRootTranslator(make, self.path)
         return self._freebsd_lazy
 
-    def set_page_table_root(self, pa: int) -> None:
-        """Give a FreeBSD full dump's kernel PML4 physical address explicitly."""
-        self.freebsd_root = pa
-        lazy = getattr(self, "_freebsd_lazy", None)
-        if lazy is not None:
-            lazy.reset()
-
     def recovered_registers(self, dump: "Dump", frames: list[Any]) -> dict[str, int]:
         """rbp for the first of `frames`: rbp is callee-saved and code compiled
         without frame pointers leaves it alone, so it is the frame pointer of the

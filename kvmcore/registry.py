@@ -119,6 +119,15 @@ class ArchBackend(ABC):
             return self.mini_translator()
         return self.full_translator()
 
+    def set_page_table_root(self, pa: int) -> None:
+        """Give the kernel's top-level page table's physical address explicitly,
+        for dumps that do not name it (a FreeBSD full dump without its kernel's
+        symbols). A translator built lazily from the root is rebuilt."""
+        self.freebsd_root = pa
+        lazy = getattr(self, "_freebsd_lazy", None)
+        if lazy is not None:
+            lazy.reset()
+
     def is_kernel_address(self, va: int) -> bool:
         return va >= 1 << (self.word_size * 8 - 1)
 
