@@ -3,6 +3,7 @@ the Debian -dbg vmlinux. Facts come from here or from the manifests, never
 from kvmcore itself."""
 from __future__ import annotations
 
+import shutil
 from functools import lru_cache
 
 import pytest
@@ -45,3 +46,12 @@ def drgn_log(dump: str, vmlinux: str) -> list[tuple[int, int, str]]:
 
     return [(r.seq, r.timestamp, r.text.decode(errors="replace"))
             for r in get_printk_records(drgn_program(dump, vmlinux))]
+
+
+def gdb_binary(arch: str) -> str:
+    """Debian's gdb for x86_64 dumps, gdb-multiarch for the others."""
+    name = "gdb" if arch == "x86_64" else "gdb-multiarch"
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: apt-get install gdb gdb-multiarch", pytrace=False)
+    return path

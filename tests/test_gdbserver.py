@@ -4,17 +4,16 @@ protocol tests (garbage, checksums, noise, concurrency)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import re
-import shutil
 import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
+
+from oracles import gdb_binary
 
 import kvmcore
 from kvmcore.gdbserver import gdb_command_line, serve
@@ -22,15 +21,6 @@ from kvmcore.gdbserver.packets import PacketReader, checksum, frame
 
 PY = sys.executable
 INITIAL_JIFFIES = 4294892296  # the vmlinux's static value: (unsigned long)(unsigned int)(-300*HZ), HZ=250
-GDB_HINT = "apt-get install gdb gdb-multiarch"
-
-
-def gdb_binary(arch: str) -> str:
-    name = "gdb" if arch == "x86_64" else "gdb-multiarch"
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} not found: {GDB_HINT}", pytrace=False)
-    return path
 
 
 def run_gdb(arch: str, vmlinux, dump_path, commands: list[str], serve_vmlinux=None,

@@ -7,23 +7,16 @@ memory and registers."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
 
+from oracles import gdb_binary
+
 PY = sys.executable
 FRAME = re.compile(r"^#(\d+) +(?:(0x[0-9a-f]+) in )?([\w.]+|\?\?) \(", re.M)
 INFO_SYMBOL = "==SYM {}=="
-
-
-def gdb_binary(arch: str) -> str:
-    name = "gdb" if arch == "x86_64" else "gdb-multiarch"
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} not found: apt-get install gdb gdb-multiarch", pytrace=False)
-    return path
 
 
 def write_symfile(dump_path, out) -> None:

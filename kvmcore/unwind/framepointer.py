@@ -68,16 +68,10 @@ class FramePointerUnwinder:
             if len(bt.frames) >= max_frames:
                 bt.error = f"stopped after {max_frames} frames"
                 return bt
-            error = guard.advance(prev, fp, allow_same=(fp == prev))
-            if error:
-                bt.error = error
+            record = self._frame_record(bt, guard, prev, fp)
+            if record is None:
                 return bt
-            try:
-                next_fp, ret = self.dump.read_ptrs(fp, 2)
-            except KvmcoreError as exc:
-                bt.error = f"frame record unreadable: {exc}"
-                return bt
-            ret = self.clean(ret)
+            next_fp, ret = record
             if ret == 0:
                 break  # the final record of a task's stack
             frame_sp = fp + 2 * self.word
@@ -106,6 +100,22 @@ class FramePointerUnwinder:
             fp = saved[self.fp_reg]
             prev = next_fp
         return bt
+
+    def _frame_record(self, bt: Backtrace, guard: StackGuard, sp: int, fp: int
+                      ) -> tuple[int, int] | None:
+        """The {next fp, return address} record at fp, once the stack guard allows
+        the step from sp; None (with bt.error set) when it does not or the record
+        is unreadable. A return address of 0 ends a task's stack."""
+        error = guard.advance(sp, fp, allow_same=(fp == sp))
+        if error:
+            bt.error = error
+            return None
+        try:
+            next_fp, ret = self.dump.read_ptrs(fp, 2)
+        except KvmcoreError as exc:
+            bt.error = f"frame record unreadable: {exc}"
+            return None
+        return next_fp, self.clean(ret)
 
     def _add(self, bt: Backtrace, frame: Frame, exact: bool) -> None:
         desc = self.syms.describe(frame.pc) if exact else self.syms.describe_return(frame.pc)
@@ -200,16 +210,10 @@ class FramePointerUnwinder:
                 self._leaf_caller(bt, known, fp)
             if not fp or not is_kernel(fp):
                 return bt  # end of the chain (a user-mode frame pointer after entry code)
-            error = guard.advance(sp, fp, allow_same=(fp == sp))
-            if error:
-                bt.error = error
+            record = self._frame_record(bt, guard, sp, fp)
+            if record is None:
                 return bt
-            try:
-                next_fp, ret = self.dump.read_ptrs(fp, 2)
-            except KvmcoreError as exc:
-                bt.error = f"frame record unreadable: {exc}"
-                return bt
-            ret = self.clean(ret)
+            next_fp, ret = record
             if ret == 0:
                 return bt  # the final record of a task's stack
             pc, sp, exact = ret, fp + 2 * self.word, False
