@@ -196,7 +196,7 @@ def serve(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
 def symfile(dump: Path = DumpArg, output: Path = typer.Option(..., "-o", "--output"),
             arch: Optional[str] = ArchOpt) -> None:
     """Write an ELF symbol file for gdb from the dump's own kallsyms."""
-    from kvmcore.symbols.symfile import write_dump_symbol_file
+    from kvmcore.gdbserver.symfile import write_dump_symbol_file
 
     note = write_dump_symbol_file(_open(dump, None, arch), str(output))
     print(f"wrote {output}: {note}; use: gdb {output} -ex "

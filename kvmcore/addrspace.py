@@ -5,7 +5,7 @@ from typing import Iterator
 
 from .errors import NotInDumpError, PageExcludedError
 from .formats.base import PhysicalMemory
-from .pagetable import MappedRange, Translation, Translator
+from .translate import MappedRange, Translation, Translator
 
 
 class KernelAddressSpace:

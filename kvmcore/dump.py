@@ -1,34 +1,43 @@
 """The Dump object: `kvmcore.open()` returns one.
 
-It ties a format's physical memory to an architecture backend and exposes
-kernel virtual reads; the symbol, type and kernel-model layers hang off it
-and are built on first use.
+It is the top of the stack, wiring each layer from the ones below: the file
+and its format (physical memory), the architecture and the translator chosen
+for this dump's flavour (kvmcore.registry), the kernel address space over
+them, then on first use the symbols, the types, the OS personality (the
+kernel model) and the unwinder. The layers below never see the Dump: the
+translator is built from a TranslationContext, with a symbol resolver
+callable for the roots only a symbol names.
 """
 from __future__ import annotations
 
 import os
 import struct
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator, Mapping
 
+from . import unwind
 from .addrspace import KernelAddressSpace
-from .errors import KvmcoreError, TruncatedDumpError, UnsupportedError
+from .cpu import CpuState
+from .errors import KvmcoreError, SymbolError, TruncatedDumpError, UnsupportedError
 from .formats import open_physical
 from .formats.base import PhysicalMemory, PhysRange
+from .freebsd import FreeBSDKernel
+from .kernel import KernelModel
+from .linux import LinuxKernel
 from .notes import VmcoreInfo
-from .pagetable import MappedRange, Translation
-from .registry import ArchBackend, CpuState, select_arch
-
-if TYPE_CHECKING:
-    from .symbols import SymbolTable
-    from .types import TypeInfo
+from .registry import Arch, TranslatorFlavour, select_arch, select_translator
+from .symbols import SymbolTable, load_symbols
+from .translate import MappedRange, Translation, TranslationContext, Translator
+from .types import TypeInfo, load_types
+from .unwind.model import Backtrace
 
 
 class Dump:
     """An open crash dump, read-only."""
 
     def __init__(self, path: "str | list[str]", vmlinux: str | None = None,
-                 arch: str | None = None, allow_truncated: bool = False) -> None:
+                 arch: str | None = None, allow_truncated: bool = False,
+                 symbol_map: Mapping[str, int] | None = None) -> None:
         # a list of paths: the parts of a split kdump dump (makedumpfile --split)
         self.paths = [os.fspath(p) for p in path] if isinstance(path, (list, tuple)) \
             else [os.fspath(path)]
@@ -43,17 +52,58 @@ class Dump:
                 f"the dump is truncated: its headers describe "
                 f"{self.mem.metadata.get('expected_size')} bytes but the file has "
                 f"{self.mem.source.size} (--partial reads what is there)", self.path)
-        self.arch: ArchBackend = select_arch(self.mem, arch)
-        self.arch.dump = self  # lazy translators (FreeBSD full dumps) need dump.symbols
+        #: the architecture's CPU facts (kvmcore.registry.Arch)
+        self.arch: Arch = select_arch(self.mem, arch)
         self.byteorder = self.arch.byteorder
         self.word_size = self.arch.word_size
         self._e = "<" if self.byteorder == "little" else ">"
-        self.aspace = KernelAddressSpace(self.mem, self.arch.translator(), self.word_size)
+        #: the kernel's VMCOREINFO (Linux), or None
+        self.vmcoreinfo: VmcoreInfo | None = self.mem.vmcoreinfo
+        #: {name: address} consulted before the dump's own symbol sources
+        self.symbol_map: Mapping[str, int] | None = symbol_map
+        #: per-dump state of the layers above the model (the unwinder), by name
+        self.layer_cache: dict[str, Any] = {}
+        self.flavour: TranslatorFlavour = select_translator(self.arch, self.mem)
+        self._page_table_root: int | None = None
+        self.aspace = self._address_space()
+
+    def _address_space(self) -> KernelAddressSpace:
+        ctx = TranslationContext(self.mem, self.vmcoreinfo, self.resolve_symbol,
+                                 self._page_table_root, self.byteorder)
+        return KernelAddressSpace(self.mem, self.flavour.build(ctx), self.word_size)
+
+    def set_page_table_root(self, pa: int) -> None:
+        """Give the kernel's top-level page table's physical address, for dumps
+        that do not name it (a FreeBSD full dump without its kernel's symbols,
+        or of arm64); the translator is rebuilt from it."""
+        self._page_table_root = pa
+        self.aspace = self._address_space()
+
+    def resolve_symbol(self, name: str) -> int | None:
+        """Address of `name`: the explicit symbol map first, then the dump's
+        symbol table; None when neither knows it (or no symbols can be had)."""
+        if self.symbol_map is not None and name in self.symbol_map:
+            return int(self.symbol_map[name])
+        try:
+            return self.symbols.get(name)
+        except (SymbolError, UnsupportedError):
+            return None
 
     # -- facts -------------------------------------------------------------
     @property
-    def vmcoreinfo(self) -> VmcoreInfo | None:
-        return self.arch.vmcoreinfo
+    def translator(self) -> Translator:
+        return self.aspace.translator
+
+    def is_kernel_address(self, va: int) -> bool:
+        """Whether `va` lies in the kernel's half of the address space (as the
+        translator found it, else the architecture's default split)."""
+        start = self.translator.kernel_start
+        return va >= start if start is not None else self.arch.is_kernel_address(va)
+
+    def linear_map_address(self, pa: int) -> int | None:
+        """The direct-map alias of physical `pa` when the translator knows the
+        layout without symbols; else None."""
+        return self.translator.linear_map_address(pa)
 
     @cached_property
     def kernel_offset(self) -> int:
@@ -79,7 +129,7 @@ class Dump:
     @cached_property
     def cpu_states(self) -> list[CpuState]:
         """Registers per CPU from the dump's NT_PRSTATUS notes."""
-        return self.arch.cpu_states()
+        return self.arch.cpu_states(self.mem)
 
     # -- memory ------------------------------------------------------------
     def read(self, va: int, length: int, zero_excluded: bool = False) -> bytes:
@@ -134,29 +184,29 @@ class Dump:
 
     # -- upper layers (built on first use) ---------------------------------
     @cached_property
-    def symbols(self) -> "SymbolTable":
-        from .symbols import load_symbols
-
+    def symbols(self) -> SymbolTable:
         return load_symbols(self)
 
     @cached_property
-    def types(self) -> "TypeInfo":
-        from .types import load_types
-
+    def types(self) -> TypeInfo:
         return load_types(self)
 
     @cached_property
     def kernel(self) -> Any:
-        """The OS personality: kvmcore.linux.LinuxKernel or kvmcore.freebsd.FreeBSDKernel."""
+        """The OS personality (a kvmcore.kernel.KernelModel):
+        kvmcore.linux.LinuxKernel or kvmcore.freebsd.FreeBSDKernel."""
+        model: KernelModel
         if self.os == "freebsd":
-            from .freebsd import FreeBSDKernel
+            model = FreeBSDKernel(self)
+        elif self.os == "linux" or self.vmcoreinfo is not None:
+            model = LinuxKernel(self)
+        else:
+            raise UnsupportedError("cannot tell which kernel this dump is from", self.path)
+        return model
 
-            return FreeBSDKernel(self)
-        if self.os == "linux" or self.vmcoreinfo is not None:
-            from .linux import LinuxKernel
-
-            return LinuxKernel(self)
-        raise UnsupportedError("cannot tell which kernel this dump is from", self.path)
+    def backtrace(self, task: Any, max_frames: int = 64) -> Backtrace:
+        """The kernel backtrace of a task of `kernel` (kvmcore.unwind)."""
+        return unwind.backtrace(self, task, max_frames)
 
     def close(self) -> None:
         self.mem.close()
@@ -169,9 +219,11 @@ class Dump:
 
 
 def open(path: "str | list[str]", vmlinux: str | None = None, arch: str | None = None,  # noqa: A001
-         allow_truncated: bool = False) -> Dump:
+         allow_truncated: bool = False, symbol_map: Mapping[str, int] | None = None) -> Dump:
     """Open a crash dump read-only; `arch` forces a backend (needed for raw images).
 
     A truncated file is refused unless `allow_truncated`: then what the file
-    holds reads as usual and the rest raises TruncatedDumpError on access."""
-    return Dump(path, vmlinux, arch, allow_truncated)
+    holds reads as usual and the rest raises TruncatedDumpError on access.
+    `symbol_map` ({name: address}) is consulted before the dump's own symbol
+    sources (a FreeBSD kernel's symbols from elsewhere)."""
+    return Dump(path, vmlinux, arch, allow_truncated, symbol_map)

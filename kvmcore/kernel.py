@@ -3,7 +3,8 @@ commands and the gdb server: kvmcore.linux.LinuxKernel and
 kvmcore.freebsd.FreeBSDKernel both satisfy `KernelModel`.
 
 The report layer reads only these attributes; anything OS-specific stays in
-the personality. Field meanings that differ between kernels:
+the personality. Backtraces are not the model's: the unwinders sit above it
+(kvmcore.unwind.backtrace(dump, task), or dump.backtrace(task)). Field meanings that differ between kernels:
 
 - `Task.pid` is the id `ps` shows (Linux: the thread's pid; FreeBSD: the
   process's p_pid). `Task.tid` is unique per thread (Linux: pid; FreeBSD:
@@ -92,7 +93,10 @@ class KernelModel(Protocol):
     @property
     def online_cpus(self) -> list[int] | None: ...
 
-    def backtrace(self, task: Any, max_frames: int = 64) -> Any: ...
+    def symbol_table(self) -> Any:
+        """The kernel's symbol table with every loaded module's own symbols
+        added (an explicit step: it reads the module list)."""
+        ...
 
 
 def has_timestamps(log: Any) -> bool:

@@ -13,56 +13,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from .errors import NotInDumpError, NotMappedError, WalkError
+from .translate import MappedRange, Translation, Translator, coalesce
 
 INVALID, TABLE, LEAF = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class Translation:
-    """Where a virtual address lives: physical address, page size, file offset."""
-
-    va: int
-    pa: int
-    page_size: int
-    file_offset: int | None = None
-
-
-@dataclass(frozen=True)
-class MappedRange:
-    """A run of virtual memory mapped to contiguous physical memory."""
-
-    va: int
-    pa: int
-    size: int
-    page_size: int
-
-
-def coalesce(ranges: Iterator[MappedRange]) -> Iterator[MappedRange]:
-    """Merge virtually and physically contiguous runs of the same page size."""
-    pending: MappedRange | None = None
-    for rng in ranges:
-        if pending and pending.va + pending.size == rng.va and \
-                pending.pa + pending.size == rng.pa and pending.page_size == rng.page_size:
-            pending = MappedRange(pending.va, pending.pa, pending.size + rng.size,
-                                  pending.page_size)
-            continue
-        if pending:
-            yield pending
-        pending = rng
-    if pending:
-        yield pending
-
-
-class Translator(ABC):
-    """Kernel virtual to physical translation for one dump."""
-
-    @abstractmethod
-    def translate(self, va: int) -> Translation:
-        """Translate `va`; raise NotMappedError when nothing maps it."""
-
-    @abstractmethod
-    def walk(self) -> Iterator[MappedRange]:
-        """Yield every mapped kernel range, in ascending virtual order."""
 
 
 @dataclass(frozen=True)

@@ -1,206 +1,154 @@
 """The architecture registry: kvmcore's KVM_ARCH.
 
-Each module in `kvmcore.arches` (source: arches/) defines an ArchBackend
-subclass and decorates it with `@register_arch`. A backend says which dumps it
-takes (`probe`), gives the kernel-virtual translator for full and mini dumps,
-and holds the register layouts (PRSTATUS, gdb, saved switch frames). Adding an
-architecture is one new module in arches/, found by import.
+Two small tables, filled by the packages of `kvmcore.arches` (source:
+arches/) when they are imported:
+
+- `Arch`: one per architecture, its CPU facts (word size, byte order, the
+  registers that hold pc/sp/fp, NT_PRSTATUS layout, DWARF and gdb register
+  maps) and `probe(mem)`: does this dump come from this architecture?
+- `TranslatorFlavour`: one per (architecture, dump flavour), as libkvm has a
+  `struct kvm_arch` per kvm_amd64.c and kvm_minidump_amd64.c: its own
+  `probe(mem)` (a Linux full dump, a FreeBSD full dump, a FreeBSD minidump)
+  and `build(ctx)`, which makes the kernel-virtual translator from a
+  `TranslationContext` alone.
+
+Nothing here knows an operating system's data structures, an unwinder or the
+Dump: those register per architecture with kvmcore.linux, kvmcore.freebsd and
+kvmcore.unwind.
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Callable
 
+from .cpu import CpuState, DwarfRegisters, GdbTarget, PrstatusLayout
 from .errors import ArchProbeError, UnsupportedError
 from .formats.base import PhysicalMemory
-from .notes import Note, VmcoreInfo
 from .plugins import import_all
-from .pagetable import Translator
+from .translate import TranslationContext, Translator
 
-if TYPE_CHECKING:
-    from .dump import Dump
-
-
-@dataclass
-class CpuState:
-    """Registers the dumper saved for one CPU (an NT_PRSTATUS note)."""
-
-    cpu: int
-    pid: int
-    regs: dict[str, int]
-    raw: bytes = b""
+#: the dump flavours a translator can serve
+LINUX, FREEBSD_FULL, FREEBSD_MINI = "linux", "freebsd-full", "freebsd-mini"
 
 
 @dataclass(frozen=True)
-class PrstatusLayout:
-    """Where pid and the general registers sit in this arch's elf_prstatus."""
+class Arch:
+    """One architecture's CPU facts. Fields are documented one by one; only
+    `name`, `word_size` and the three register names are required."""
 
-    size: int
-    pid_offset: int
-    regs_offset: int
-    reg_names: tuple[str, ...]
-    reg_size: int
-
-
-@dataclass(frozen=True)
-class GdbRegister:
-    """One register of a gdb target description, in `g` packet order."""
-
+    #: kvmcore's name (also what `--arch` takes); the formats' machine hint uses it
     name: str
-    bitsize: int
-    type: str = "int"
-    group: str | None = None
-    #: gdb feature the register belongs to; None: the backend's first gdb_features entry
-    feature: str | None = None
-    #: name of the register in kvmcore's register dicts when it differs from gdb's
-    source: str | None = None
-
-
-class ArchBackend(ABC):
-    """One architecture: probing, address translation, register layouts."""
-
-    name: ClassVar[str]
-    word_size: ClassVar[int]
-    byteorder: ClassVar[str] = "little"
-    #: register names that hold the program counter, stack and frame pointers
-    pc_reg: ClassVar[str]
-    sp_reg: ClassVar[str]
-    fp_reg: ClassVar[str]
-    prstatus_layout: ClassVar[PrstatusLayout | None] = None
-    #: gdb's name for the architecture (target description <architecture>)
-    gdb_arch: ClassVar[str] = ""
-    gdb_features: ClassVar[tuple[str, ...]] = ()
-    gdb_registers: ClassVar[tuple[GdbRegister, ...]] = ()
-
-    def __init__(self, mem: PhysicalMemory) -> None:
-        self.mem = mem
-        self.vmcoreinfo: VmcoreInfo | None = mem.vmcoreinfo
-        self.path = mem.path
-
-    # -- probing ---------------------------------------------------------
+    #: bytes in a pointer / general register
+    word_size: int
+    #: register names (in kvmcore's register dicts) of the program counter,
+    #: stack pointer and frame pointer
+    pc_reg: str
+    sp_reg: str
+    fp_reg: str
+    #: byte order of the kernel's memory and registers
+    byteorder: str = "little"
+    #: other names `--arch` accepts (FreeBSD's uname -m, Debian's arch name)
+    aliases: tuple[str, ...] = ()
     #: ELF e_machine of this architecture's kernels (symbol files written for gdb)
-    elf_machine: ClassVar[int] = 0
-    #: the arch's Kconfig enables KALLSYMS_ABSOLUTE_PERCPU (per-cpu symbols encoded
-    #: as absolute values in kallsyms_offsets)
-    kallsyms_absolute_percpu: ClassVar[bool] = False
-    #: FreeBSD's name for it (uname -m)
-    freebsd_machine: ClassVar[str] = ""
-    #: VMCOREINFO keys only this architecture's kernels export
-    vmcoreinfo_keys: ClassVar[tuple[str, ...]] = ()
+    elf_machine: int = 0
+    #: FreeBSD's name for it (uname -m), as its dump headers write it
+    freebsd_machine: str = ""
+    #: the kernel config enables KALLSYMS_ABSOLUTE_PERCPU (per-cpu symbols are
+    #: absolute values in kallsyms_offsets)
+    kallsyms_absolute_percpu: bool = False
+    #: VMCOREINFO keys only this architecture's kernels export (a probe hint)
+    vmcoreinfo_keys: tuple[str, ...] = ()
+    #: where elf_prstatus keeps the pid and registers; None: the dumps of this
+    #: architecture carry no usable NT_PRSTATUS
+    prstatus: PrstatusLayout | None = None
+    #: DWARF register numbering, for unwinding with a vmlinux's CFI
+    dwarf: DwarfRegisters | None = None
+    #: gdb's target description
+    gdb: GdbTarget | None = None
+    #: lowest kernel virtual address when no translator knows better
+    #: (default: the upper half of the address space)
+    kernel_start: int | None = None
+    #: an extra test beyond the default probe (e.g. i386 against x86_64 VMCOREINFO)
+    probe_hook: Callable[[PhysicalMemory], bool] | None = field(default=None, compare=False)
 
-    @classmethod
-    def probe(cls, mem: PhysicalMemory) -> bool:
-        """True when this backend reads `mem`. The format's machine hint decides
-        when it has one; without one (QEMU's kdump header on some targets says
-        "Unknown"), the VMCOREINFO keys only this arch exports, else the size of
-        its NT_PRSTATUS notes. Backends override it to tell variants apart."""
-        if mem.facts.machine is not None:
-            return mem.facts.machine == cls.name
-        info = mem.vmcoreinfo
-        if info is not None and cls.vmcoreinfo_keys:
-            return any(key in info for key in cls.vmcoreinfo_keys)
-        notes = mem.prstatus_notes()
-        layout = cls.prstatus_layout
-        return bool(notes) and layout is not None and \
-            all(len(n.desc) == layout.size for n in notes)
-
-    # -- translation -----------------------------------------------------
-    @abstractmethod
-    def full_translator(self) -> Translator:
-        """Translator that walks the kernel's page tables in dumped memory."""
-
-    def mini_translator(self) -> Translator:
-        """Translator for dumps that carry their own kva map (FreeBSD minidumps)."""
-        raise UnsupportedError(f"{self.name}: minidumps are not supported", self.path)
-
-    def translator(self) -> Translator:
-        if self.mem.facts.kind == "mini":
-            return self.mini_translator()
-        return self.full_translator()
-
-    def set_page_table_root(self, pa: int) -> None:
-        """Give the kernel's top-level page table's physical address explicitly,
-        for dumps that do not name it (a FreeBSD full dump without its kernel's
-        symbols). A translator built lazily from the root is rebuilt."""
-        self.freebsd_root = pa
-        lazy = getattr(self, "_freebsd_lazy", None)
-        if lazy is not None:
-            lazy.reset()
+    @property
+    def address_mask(self) -> int:
+        return (1 << (self.word_size * 8)) - 1
 
     def is_kernel_address(self, va: int) -> bool:
-        return va >= 1 << (self.word_size * 8 - 1)
+        start = self.kernel_start
+        return va >= (1 << (self.word_size * 8 - 1) if start is None else start)
 
-    # -- registers -------------------------------------------------------
-    def parse_prstatus(self, note: Note, cpu: int) -> CpuState:
-        layout = self.prstatus_layout
-        if layout is None:
-            raise UnsupportedError(f"{self.name}: no NT_PRSTATUS layout", self.path)
-        desc = note.desc
-        if len(desc) < layout.regs_offset + layout.reg_size * len(layout.reg_names):
-            raise UnsupportedError(
-                f"{self.name}: NT_PRSTATUS note of {len(desc)} bytes is too short", self.path)
-        bo = self.byteorder
-        pid = int.from_bytes(desc[layout.pid_offset:layout.pid_offset + 4], bo)
-        regs = {}
-        for i, name in enumerate(layout.reg_names):
-            off = layout.regs_offset + i * layout.reg_size
-            regs[name] = int.from_bytes(desc[off:off + layout.reg_size], bo)
-        return CpuState(cpu, pid, regs, desc)
+    def probe(self, mem: PhysicalMemory) -> bool:
+        """True when `mem` comes from this architecture. The format's machine
+        hint decides when it has one; without one (QEMU's kdump header on some
+        targets says "Unknown"), the VMCOREINFO keys only this arch exports,
+        else the size of its NT_PRSTATUS notes."""
+        if mem.facts.machine is not None:
+            claimed = mem.facts.machine == self.name
+        elif mem.vmcoreinfo is not None and self.vmcoreinfo_keys:
+            claimed = any(key in mem.vmcoreinfo for key in self.vmcoreinfo_keys)
+        else:
+            notes = mem.prstatus_notes()
+            claimed = bool(notes) and self.prstatus is not None and \
+                all(len(n.desc) == self.prstatus.size for n in notes)
+        return claimed and (self.probe_hook is None or self.probe_hook(mem))
 
-    def cpu_states(self) -> list[CpuState]:
-        """Per-CPU registers from the dump's NT_PRSTATUS notes, in note order.
-
-        QEMU writes one per vCPU and kdump one per online CPU; both in CPU order.
-        """
-        return [self.parse_prstatus(n, i) for i, n in enumerate(self.mem.prstatus_notes())]
-
-    # -- kernel hooks (implemented where the arch supports them) -----------
-    def linux_switch_frame(self, dump: "Dump", task: Any) -> dict[str, int]:
-        """Registers saved at a sleeping Linux task's last context switch."""
-        raise UnsupportedError(f"{self.name}: saved switch frames are not supported", self.path)
-
-    def linear_map_address(self, pa: int) -> int | None:
-        """The kernel's direct-map alias of physical `pa`, when the arch can tell
-        without symbols (used by the last-resort memory scans); else None."""
-        return None
-
-    def recovered_registers(self, dump: "Dump", frames: list[Any]) -> dict[str, int]:
-        """Callee-saved registers known for the first of `frames` (a backtrace's
-        tail) beyond its pc and sp, for a debugger handed that frame; default none."""
-        return {}
-
-    def unwinder(self, dump: "Dump") -> Any:
-        """The kernel stack unwinder for this arch (see kvmcore.unwind)."""
-        raise UnsupportedError(f"{self.name}: no kernel stack unwinder", self.path)
-
-    def symfile_cfi(self, dump: "Dump") -> Any:
-        """(kvmcore.symbols.cfi.CfiLayout, [CfiRange]) of call-frame rows for
-        `kvmcore symfile`, at runtime addresses; None when gdb needs none."""
-        return None
-
-    def freebsd_pcb_registers(self, read: Any, pcb: int, types: Any) -> dict[str, int]:
-        """Registers a FreeBSD `struct pcb` saved for a switched-out thread."""
-        raise UnsupportedError(f"{self.name}: no FreeBSD pcb layout", self.path)
-
-    def describe(self) -> dict[str, Any]:
-        return {"arch": self.name}
+    def cpu_states(self, mem: PhysicalMemory) -> list[CpuState]:
+        """Per-CPU registers from the dump's NT_PRSTATUS notes, in note order
+        (QEMU writes one per vCPU and kdump one per online CPU, in CPU order)."""
+        notes = mem.prstatus_notes()
+        if not notes:
+            return []
+        if self.prstatus is None:
+            raise UnsupportedError(f"{self.name}: no NT_PRSTATUS layout", mem.path)
+        return [self.prstatus.parse(n, i, self.byteorder, mem.path) for i, n in enumerate(notes)]
 
 
-_ARCHES: dict[str, type[ArchBackend]] = {}
+@dataclass(frozen=True)
+class TranslatorFlavour:
+    """The kernel-virtual translator of one architecture for one kind of dump."""
+
+    #: the Arch.name this flavour belongs to
+    arch: str
+    #: LINUX, FREEBSD_FULL or FREEBSD_MINI
+    flavour: str
+    #: does this flavour read `mem` (already known to be of `arch`)?
+    probe: Callable[[PhysicalMemory], bool]
+    #: the translator, from the context alone
+    build: Callable[[TranslationContext], Translator]
+
+
+def is_linux(mem: PhysicalMemory) -> bool:
+    """The default probe of a LINUX flavour: any full dump not from FreeBSD."""
+    return mem.facts.os != "freebsd" and mem.facts.kind != "mini"
+
+
+def is_freebsd_full(mem: PhysicalMemory) -> bool:
+    return mem.facts.os == "freebsd" and mem.facts.kind != "mini"
+
+
+def is_freebsd_mini(mem: PhysicalMemory) -> bool:
+    return mem.facts.kind == "mini"  # only FreeBSD writes minidumps
+
+
+_ARCHES: dict[str, Arch] = {}
 _ALIASES: dict[str, str] = {}
+_FLAVOURS: dict[tuple[str, str], TranslatorFlavour] = {}
 
 
-def register_arch(*aliases: str):
-    """Class decorator that adds a backend to the registry."""
+def register_arch(arch: Arch) -> Arch:
+    """Add an architecture to the registry (its package's __init__ calls this)."""
+    _ARCHES[arch.name] = arch
+    for alias in (arch.name, *arch.aliases):
+        _ALIASES[alias] = arch.name
+    return arch
 
-    def deco(cls: type[ArchBackend]) -> type[ArchBackend]:
-        _ARCHES[cls.name] = cls
-        for alias in (cls.name, *aliases):
-            _ALIASES[alias] = cls.name
-        return cls
 
-    return deco
+def register_translator(flavour: TranslatorFlavour) -> TranslatorFlavour:
+    """Add an (architecture, dump flavour) translator to the registry."""
+    _FLAVOURS[(flavour.arch, flavour.flavour)] = flavour
+    return flavour
 
 
 def _load_all() -> None:
@@ -212,7 +160,7 @@ def arch_names() -> list[str]:
     return sorted(_ARCHES)
 
 
-def get_arch(name: str) -> type[ArchBackend]:
+def get_arch(name: str) -> Arch:
     _load_all()
     key = _ALIASES.get(name)
     if key is None:
@@ -220,19 +168,34 @@ def get_arch(name: str) -> type[ArchBackend]:
     return _ARCHES[key]
 
 
-def select_arch(mem: PhysicalMemory, name: str | None = None) -> ArchBackend:
-    """The backend for `mem`: the one named, or the single one whose probe claims it."""
+def select_arch(mem: PhysicalMemory, name: str | None = None) -> Arch:
+    """The architecture of `mem`: the one named, or the single one whose probe claims it."""
     if name:
-        return get_arch(name)(mem)
+        return get_arch(name)
     _load_all()
-    claims = [cls for cls in _ARCHES.values() if cls.probe(mem)]
+    claims = [arch for arch in _ARCHES.values() if arch.probe(mem)]
     if len(claims) == 1:
-        return claims[0](mem)
+        return claims[0]
     if not claims:
         raise ArchProbeError(
             f"no architecture backend claims this dump (machine hint: {mem.facts.machine!r}); "
             f"choose one with --arch ({', '.join(arch_names())})", mem.path)
     raise ArchProbeError(
         "several architecture backends claim this dump: "
-        f"{', '.join(sorted(c.name for c in claims))}; choose one with --arch", mem.path)
+        f"{', '.join(sorted(a.name for a in claims))}; choose one with --arch", mem.path)
 
+
+def select_translator(arch: Arch, mem: PhysicalMemory) -> TranslatorFlavour:
+    """The flavour of `arch` whose probe claims `mem`."""
+    _load_all()
+    mine = [f for (name, _), f in sorted(_FLAVOURS.items()) if name == arch.name]
+    claims = [f for f in mine if f.probe(mem)]
+    if len(claims) == 1:
+        return claims[0]
+    what = f"{mem.facts.os or 'unknown-OS'} {mem.facts.kind or 'full'} dump"
+    if not claims:
+        have = ", ".join(f.flavour for f in mine) or "none"
+        raise UnsupportedError(f"{arch.name}: no translator for a {what} "
+                               f"(this architecture has: {have})", mem.path)
+    raise UnsupportedError(f"{arch.name}: several translators claim a {what}: "
+                           f"{', '.join(f.flavour for f in claims)}", mem.path)

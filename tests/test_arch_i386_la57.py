@@ -118,11 +118,11 @@ def test_i386_vmcoreinfo_and_cpu_agree_on_pae(sid, pae):
     assert (fields.get("CONFIG_X86_PAE") == "y") == pae
     assert "KERNELOFFSET" not in fields  # i386 shows its relocation only in SYMBOL(_stext)
     with kvmcore.open(str(s.file("elf"))) as dump:
-        assert dump.arch.pae() == pae
-        assert len(dump.arch.full_translator().table.levels) == (3 if pae else 2)
+        assert dump.translator.describe()["pae"] == pae
+        assert len(dump.translator.table.levels) == (3 if pae else 2)
         assert [bool(cr4 & CR4_PAE) for cr4 in qemu_cr4(dump)] == [pae] * s.manifest["qemu"]["smp"]
-        assert dump.arch.page_offset() == I386_PAGE_OFFSET
-        assert dump.arch.page_table_root() == int(fields["SYMBOL(swapper_pg_dir)"], 16) - \
+        assert dump.translator.describe()["page_offset"] == I386_PAGE_OFFSET
+        assert dump.translator.root == int(fields["SYMBOL(swapper_pg_dir)"], 16) - \
             I386_PAGE_OFFSET
 
 
@@ -168,7 +168,7 @@ def test_la57_vmcoreinfo_and_cpu_say_five_levels():
     assert fields.get("NUMBER(pgtable_l5_enabled)") == "1"
     with kvmcore.open(str(s.file("elf"))) as dump:
         assert all(cr4 & CR4_LA57 for cr4 in qemu_cr4(dump))
-        assert len(dump.arch.full_translator().table.levels) == 5
+        assert len(dump.translator.table.levels) == 5
     other = SAMPLES.get("x86_64-kaslr")
     if other is None:
         pytest.fail("sample x86_64-kaslr is not built: run `python -m sample_dumps build`")
@@ -193,7 +193,7 @@ def test_la57_kernel_image_and_direct_map():
     uts = int(fields["SYMBOL(init_uts_ns)"], 16)
     want_pa = uts - START_KERNEL_MAP + int(fields["NUMBER(phys_base)"])  # NUMBER() is decimal
     with kvmcore.open(str(s.file("elf"))) as dump:
-        translator = dump.arch.full_translator()
+        translator = dump.translator
         counter = CountingReads(dump.mem.read_phys)
         translator.read_phys = counter
         t = translator.translate(uts)

@@ -35,6 +35,6 @@ def test_cpu_line_old_and_new_formats():
 
 def test_impossible_va_bits_is_a_clear_error(samples):
     dump = kvmcore.open(str(samples.get_built("arm64-kaslr").file("elf")))
-    dump.arch.vmcoreinfo.entries["NUMBER(VA_BITS)"] = "99"  # in memory only
+    dump.vmcoreinfo.entries["NUMBER(VA_BITS)"] = "99"  # in memory only
     with pytest.raises(UnsupportedError, match="impossible VA_BITS 99"):
-        dump.arch.linear_map_address(0)
+        dump.linear_map_address(0)

@@ -130,10 +130,9 @@ def test_full_dump_reads(full_dump):
     """Synthetic FreeBSD full dump (ELF, kern_dump.c layout; plain, behind a
     kerneldumpheader, gzip, zstd): page-table root from KPML4phys via symbols."""
     m, path, kind = full_dump
-    with kvmcore.open(path) as dump:
+    with kvmcore.open(path, symbol_map=m.symbols) as dump:
         assert dump.os == "freebsd" and dump.mem.format_name == "elf"
         assert [(r.start, r.end) for r in dump.mem.ranges()] == m.mem.avail
-        FreeBSDKernel(dump, symbols=m.symbols)
         for va, (pa, _) in m.kva_pages.items():
             assert dump.read(va, F.PAGE) == F.pattern(pa & ~(F.PAGE - 1)), hex(va)
         assert dump.translate(min(m.kva_pages)).page_size == F.NBPDR
@@ -153,7 +152,7 @@ def test_full_dump_explicit_root(workdir):
     path = str(workdir / "vmcore.root")
     F.write_full_dump(m, path)
     with kvmcore.open(path) as dump:
-        dump.arch.set_page_table_root(m.root)
+        dump.set_page_table_root(m.root)
         for va, (pa, _) in m.kva_pages.items():
             assert dump.read(va, 64) == F.pattern(pa & ~(F.PAGE - 1))[:64]
 
@@ -161,7 +160,7 @@ def test_full_dump_explicit_root(workdir):
 def test_full_dump_kernel_model(full_dump):
     """Synthetic full dump: the same threads and registers as the minidumps."""
     m, path, _ = full_dump
-    with kvmcore.open(path) as dump:
+    with kvmcore.open(path, symbol_map=m.symbols) as dump:
         check_threads(FreeBSDKernel(dump, symbols=m.symbols), m)
 
 
@@ -281,7 +280,7 @@ def test_page_table_cycle(workdir):
     path = str(workdir / "vmcore.cycle")
     F.write_full_dump(m, path)
     with kvmcore.open(path) as dump:
-        dump.arch.set_page_table_root(m.root)
+        dump.set_page_table_root(m.root)
         with pytest.raises(WalkError) as info:
             dump.read(va, 8)
         assert_one_line(info.value, path, "cycle")

@@ -73,7 +73,7 @@ def test_panic_task_and_backtrace(samples, sid, mode):
     assert panic.task is not None
     assert (panic.task.pid, panic.task.comm) == (m["panic"]["pid"], m["panic"]["comm"])
     assert panic.task.on_cpu and panic.task.cpu == m["panic"]["cpu"]
-    names = [f.function or "" for f in dump.kernel.backtrace(panic.task).frames]
+    names = [f.function or "" for f in dump.backtrace(panic.task).frames]
     crash_at = next(i for i, n in enumerate(names) if n.startswith("sysrq_handle_crash+"))
     assert any(n.startswith("__handle_sysrq") for n in names[crash_at + 1:]), names
 
@@ -100,5 +100,5 @@ def test_modules_are_the_ones_init_loaded(samples, sid):
     names = {m.name for m in dump.kernel.modules()}
     assert "qemu_fw_cfg" in names  # the guest's init insmods it for -device vmcoreinfo
     for mod in dump.kernel.modules():
-        assert mod.size > 0 and dump.arch.is_kernel_address(mod.base)
+        assert mod.size > 0 and dump.is_kernel_address(mod.base)
         assert ".text" in mod.sections and mod.base <= mod.sections[".text"] < mod.base + mod.size

@@ -132,7 +132,7 @@ def test_pre_5_10_log_buf_levels_and_facilities(samples):
               f"SYMBOL(log_first_idx)={area + 16:x}", f"SYMBOL(log_next_idx)={area + 20:x}",
               "SIZE(printk_log)=16", "OFFSET(printk_log.ts_nsec)=0",
               "OFFSET(printk_log.len)=8", "OFFSET(printk_log.text_len)=10"]
-    damaged.arch.vmcoreinfo = VmcoreInfo("\n".join(lines) + "\n")
+    damaged.vmcoreinfo = VmcoreInfo("\n".join(lines) + "\n")
     log = damaged.kernel.kernel_log
     assert log.layout == "log_buf" and not log.partial, log.problem
     got = [(r.timestamp_ns, r.facility, r.level, r.continuation, r.text) for r in log.records]
@@ -155,7 +155,7 @@ def test_corrupt_printk_helpers_are_named_not_an_index_error(samples, line):
     key = line.split("=", 1)[0]
     text = "\n".join(x for x in dump.vmcoreinfo.text.splitlines()
                      if not x.startswith(key + "="))
-    dump.arch.vmcoreinfo = VmcoreInfo(f"{text}\n{line}\n")
+    dump.vmcoreinfo = VmcoreInfo(f"{text}\n{line}\n")
     with pytest.raises(UnsupportedError, match=key.split("(")[1].split(".")[0].rstrip(")")):
         dump.kernel.kernel_log
     problems = build_report(dump)["problems"]
@@ -175,6 +175,6 @@ def test_utsname_of_a_kernel_without_the_uts_namespace_offset(samples):
     name = info.symbol("init_uts_ns") + info.offset("uts_namespace", "name")
     lines = [x for x in info.text.splitlines()
              if not x.startswith(("SYMBOL(init_uts_ns)=", "OFFSET(uts_namespace.name)="))]
-    dump.arch.vmcoreinfo = VmcoreInfo("\n".join(lines + [f"SYMBOL(init_uts_ns)={name - 4:x}"]))
+    dump.vmcoreinfo = VmcoreInfo("\n".join(lines + [f"SYMBOL(init_uts_ns)={name - 4:x}"]))
     uts = dump.kernel.utsname
     assert {k: uts[k] for k in ("sysname", "release", "version", "machine")} == s.manifest["uts"]

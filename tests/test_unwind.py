@@ -14,6 +14,7 @@ import pytest
 
 import kvmcore
 from conftest import sample_files, sample_ids
+from kvmcore.linux.switch_frame import switch_frame
 from kvmcore.unwind import unwind
 
 PANIC_PATH = {  # the panicking CPU's call chain, innermost first (each a name prefix)
@@ -65,7 +66,7 @@ def test_panic_cpu_backtrace(samples, sid, fmt):
     assert in_order(names, PANIC_PATH[m["arch"]]), str(bt)
     assert bt.error is None, str(bt)
     if m["arch"] != "i686":  # i386: the ebp chain just ends at the entry code
-        assert bt.user_regs is not None and not dump.arch.is_kernel_address(
+        assert bt.user_regs is not None and not dump.is_kernel_address(
             bt.user_regs[dump.arch.pc_reg]), "walk should end at the syscall entry"
     # the frames from the syscall entry down to the crash are exact, not guessed
     start = names.index("sysrq_handle_crash")
@@ -173,7 +174,7 @@ def test_matches_drgn_from_sysrq_handle_crash(samples, sid):
     ours = [f.pc for f in bt.frames[names.index("sysrq_handle_crash"):]]
     assert ours[0] in theirs, ([hex(p) for p in ours], [hex(p) for p in theirs])
     theirs = theirs[theirs.index(ours[0]):]
-    theirs = [pc for pc in theirs if dump.arch.is_kernel_address(pc)]
+    theirs = [pc for pc in theirs if dump.is_kernel_address(pc)]
     assert ours == theirs, ([hex(p) for p in ours], [hex(p) for p in theirs])
 
 
@@ -193,7 +194,7 @@ def test_sleeping_task_backtrace(samples, sid):
         kernel = dump.kernel
         task = kernel.find_task(child)
         assert task is not None and not task.on_cpu
-        bt = unwind(dump, dump.arch.linux_switch_frame(dump, task.address))
+        bt = unwind(dump, switch_frame(dump, task.address))
     names = [base(n) for n in bt.functions()]
     assert "schedule" in names, str(bt)
     assert in_order(names, ["schedule", "do_nanosleep"]) or in_order(

@@ -18,15 +18,15 @@ import time
 import pytest
 
 import kvmcore
-from kvmcore.arches import aarch64, i386, x86_64
+from kvmcore.linux.switch_frame import switch_frame
+from kvmcore.registry import get_arch
 from kvmcore.errors import KvmcoreError, SymbolError
-from kvmcore.unwind import dwarf_cfi, unwind, unwinder_for
+from kvmcore.unwind import dwarf_cfi, make_unwinder, unwind, unwinder_for
 from kvmcore.unwind.dwarf_cfi import DebugFrame, debug_frame_of
 
 CFI_SAMPLES = ["x86_64-kaslr", "arm64-kaslr", "i386-pae"]
 DRGN_SAMPLES = ["x86_64-kaslr", "arm64-kaslr"]  # drgn reads no i386 kernel
-REGISTERS = {"x86_64": x86_64.CFI_REGISTERS, "aarch64": aarch64.CFI_REGISTERS,
-             "i686": i386.CFI_REGISTERS}
+REGISTERS = {name: get_arch(name).dwarf for name in ("x86_64", "aarch64", "i686")}
 APT_HINT = "apt-get install binutils (readelf)"
 # sampling of readelf's table: every STRIDE-th FDE, all of its rows
 READELF_STRIDE = 23
@@ -74,12 +74,12 @@ def task_regs(dump, manifest, who: str) -> dict[str, int]:
                  if p["comm"] == "sleep" and p["ppid"] == sleeper)
     task = dump.kernel.find_task(child)
     assert task is not None and not task.on_cpu, f"pid {child} should be sleeping"
-    return dump.arch.linux_switch_frame(dump, task.address)
+    return switch_frame(dump, task.address)
 
 
 def fresh_unwind(dump, regs, cfi: bool):
     """Backtrace with a new unwinder of the dump's arch, its CFI on or off."""
-    unwinder = dump.arch.unwinder(dump)
+    unwinder = make_unwinder(dump)
     if not cfi:
         unwinder.cfi = None
     return unwinder.unwind(regs, 64, None)
@@ -297,7 +297,7 @@ def test_every_cpu_matches_drgn(samples, sid):
     for state in dump.cpu_states:
         theirs = []
         for frame in prog.stack_trace(per_cpu(prog["runqueues"], state.cpu).curr):
-            if not dump.arch.is_kernel_address(frame.pc):
+            if not dump.is_kernel_address(frame.pc):
                 break
             if not frame.is_inline:
                 theirs.append(frame.pc)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AddressError, KvmcoreError, SymbolError, TypeInfoError, WalkError
 from .kva import symbol_value
+from .pcb import pcb_registers
 from .msgbuf import MsgbufLog, MsgbufRecord, msgbuf_log
 from .panic import FreeBSDPanic, find_panic
 
@@ -169,9 +170,6 @@ class FreeBSDKernel:
         self._offsets: dict[str, int] = {}
         #: how derived facts were found, for the report
         self.sources: dict[str, str] = {}
-        if symbols is not None:
-            # the full-dump translators find KPML4phys through the backend
-            dump.arch.freebsd_symbols = symbols
 
     # -- symbols and layouts ---------------------------------------------------
     @property
@@ -191,11 +189,7 @@ class FreeBSDKernel:
     @property
     def types(self) -> Any:
         if self._types is None:
-            try:
-                self._types = self.dump.types
-            except ImportError:
-                raise TypeInfoError("no type information is available (kvmcore.types is "
-                                    "not installed)", self.dump.path) from None
+            self._types = self.dump.types
         return self._types
 
     def has_symbol(self, name: str) -> bool:
@@ -386,11 +380,9 @@ class FreeBSDKernel:
     def online_cpus(self) -> list[int] | None:
         return None  # not read (all_cpus minus halted ones); unknown
 
-    def backtrace(self, task: FreeBSDThread, max_frames: int = 64) -> Any:
-        """The arch's unwinder from the thread's saved registers."""
-        from ..unwind import unwind
-
-        return unwind(self.dump, task.registers(), max_frames=max_frames)
+    def symbol_table(self) -> Any:
+        """The kernel's symbols (KLD symbols are not read)."""
+        return self.symbols
 
     def dumptid(self) -> int | None:
         addr = symbol_value(self.symbols, "dumptid")
@@ -416,7 +408,7 @@ class FreeBSDKernel:
             types = self.types
         except KvmcoreError:
             types = None
-        return self.dump.arch.freebsd_pcb_registers(self.dump.read, pcb, types)
+        return pcb_registers(self.dump.arch.name, self.dump.read, pcb, types, self.dump.path)
 
     # -- message buffer --------------------------------------------------------
     @cached_property

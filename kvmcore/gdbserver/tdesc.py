@@ -1,6 +1,6 @@
-"""Target descriptions (`qXfer:features:read:target.xml`) built from an arch
-backend's `gdb_arch`, `gdb_features` and `gdb_registers`, plus the register
-block codec for `g` and `p` replies.
+"""Target descriptions (`qXfer:features:read:target.xml`) built from an
+architecture's `GdbTarget` (kvmcore.cpu), plus the register block codec for
+`g` and `p` replies.
 
 An architecture declares only its registers; the XML, the `g` layout and the
 custom types gdb's features expect (flags, vectors) come from here.
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from xml.sax.saxutils import quoteattr
 
-from ..registry import ArchBackend, GdbRegister
+from ..cpu import GdbRegister, GdbTarget
+from ..registry import Arch
 
 # Custom types named by gdb's standard features; gdb does not predefine them,
 # so a description that uses one must define it. Built from the field lists.
@@ -51,24 +52,25 @@ def _type_xml(type_id: str) -> str:
     return ""
 
 
-def _feature_of(arch: ArchBackend, reg: GdbRegister) -> str:
+def _feature_of(target: GdbTarget, reg: GdbRegister) -> str:
     if reg.feature:
         return reg.feature
-    if arch.gdb_features:
-        return arch.gdb_features[0]
-    return f"org.gnu.gdb.{arch.gdb_arch or arch.name}.core"
+    if target.features:
+        return target.features[0]
+    return f"org.gnu.gdb.{target.arch}.core"
 
 
-def target_xml(arch: ArchBackend) -> str:
+def target_xml(arch: Arch) -> str:
     """The whole description as one document (no xi:include, so one qXfer)."""
-    if not arch.gdb_registers:
+    target = arch.gdb
+    if target is None or not target.registers:
         return ""
     features: dict[str, list[GdbRegister]] = {}
-    for reg in arch.gdb_registers:
-        features.setdefault(_feature_of(arch, reg), []).append(reg)
+    for reg in target.registers:
+        features.setdefault(_feature_of(target, reg), []).append(reg)
     out = ['<?xml version="1.0"?>', '<!DOCTYPE target SYSTEM "gdb-target.dtd">', "<target>"]
-    if arch.gdb_arch:
-        out.append(f"<architecture>{arch.gdb_arch}</architecture>")
+    if target.arch:
+        out.append(f"<architecture>{target.arch}</architecture>")
     regnum = 0
     for name, regs in features.items():
         out.append(f"<feature name={quoteattr(name)}>")
@@ -90,9 +92,9 @@ class RegisterCodec:
     """Encodes register dicts as the hex of `g`/`p` replies, in tdesc order;
     a register the dict lacks is sent as `xx..` (unavailable)."""
 
-    def __init__(self, arch: ArchBackend) -> None:
+    def __init__(self, arch: Arch) -> None:
         self.byteorder = arch.byteorder
-        self.regs = list(arch.gdb_registers)
+        self.regs = list(arch.gdb.registers) if arch.gdb else []
 
     def encode_one(self, regs: dict[str, int], index: int) -> str:
         reg = self.regs[index]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import KvmcoreError
+from ..unwind import recovered_registers, unwind
 
 IDLE_TID_BASE = 1 << 30
 
@@ -157,10 +158,8 @@ def _past_module_frames(dump: Any, thread: GdbThread, regs: dict[str, int]) -> d
     if text is None or pc is None or text[0] <= pc < text[1]:
         return regs
     try:
-        from ..unwind import unwind
-
         bt = unwind(dump, regs, max_frames=16)
-    except (KvmcoreError, ImportError, AttributeError, NotImplementedError):
+    except KvmcoreError:
         return regs
     skipped = []
     for index, frame in enumerate(bt.frames):
@@ -172,7 +171,7 @@ def _past_module_frames(dump: Any, thread: GdbThread, regs: dict[str, int]) -> d
                 return dict(frame.regs)
             # only pc and sp are known for sure; the callee-saved registers the
             # module code changed are unavailable, except a frame pointer ORC places
-            out = dict(dump.arch.recovered_registers(dump, bt.frames[index:]))
+            out = recovered_registers(dump, bt.frames[index:])
             out.update({pc_name: frame.pc, sp_name: frame.sp})
             return out
         skipped.append(frame.function or f"{frame.pc:#x}")

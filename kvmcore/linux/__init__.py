@@ -12,6 +12,8 @@ from ..errors import AddressError, KvmcoreError, SymbolError
 from .modules import Module, read_modules
 from .panic import PanicInfo, find_panic
 from .printk import KernelLog, LogRecord, read_kernel_log
+from .scan import find_idle_tasks, find_init_task
+from .switch_frame import switch_frame
 from .tasks import Task, TaskList, walk_tasks
 
 if TYPE_CHECKING:
@@ -156,8 +158,6 @@ class LinuxKernel:
         if addr is not None:
             self.sources["init_task"] = "symbol"
             return addr
-        from .scan import find_init_task
-
         addr = find_init_task(self.dump)
         if addr is None:
             raise SymbolError("init_task is unknown and no task_struct named swapper/0 was found "
@@ -171,8 +171,6 @@ class LinuxKernel:
         init_task = self.init_task
         idle = [idle for _, idle in self.runqueue_tasks.values()]
         if not idle and self.nr_cpus > 1:
-            from .scan import find_idle_tasks
-
             idle = list(find_idle_tasks(self.dump, self.nr_cpus).values())
             self.sources["idle_tasks"] = "memory scan"
         result = walk_tasks(self.dump, init_task, idle, self.task_registers)
@@ -221,7 +219,7 @@ class LinuxKernel:
             state = self.cpu_registers.get(task.cpu)
             if state is not None:
                 return dict(state.regs)
-        return self.dump.arch.linux_switch_frame(self.dump, task.address)
+        return switch_frame(self.dump, task.address)
 
     def running_task(self, cpu: int) -> Task | None:
         for task in self.tasks():
@@ -246,24 +244,20 @@ class LinuxKernel:
 
     @cached_property
     def module_list(self) -> list[Module]:
-        modules = read_modules(self)
-        try:
-            table = self.dump.symbols
-        except KvmcoreError:
-            return modules
-        for module in modules:  # so that frames in modules get names
-            if module.symbols and module.name not in table.modules:
-                table.add_module_symbols(module.name, module.symbols)
-        return modules
+        return read_modules(self)
 
     def modules(self) -> list[Module]:
         return self.module_list
 
-    # -- backtraces ----------------------------------------------------------
-    def backtrace(self, task: Task, max_frames: int = 64) -> Any:
-        from ..unwind import unwind
-
-        return unwind(self.dump, task.registers(), max_frames=max_frames)
+    def symbol_table(self) -> Any:
+        """The dump's symbol table with each loaded module's own kallsyms
+        added: an explicit step, so that what has names does not depend on
+        which command ran first. Raises when the module list cannot be read."""
+        table = self.dump.symbols
+        for module in self.modules():
+            if module.symbols and module.name not in table.modules:
+                table.add_module_symbols(module.name, module.symbols)
+        return table
 
 
 __all__ = ["LinuxKernel", "Task", "LogRecord", "Module", "PanicInfo"]

@@ -38,7 +38,7 @@ def _section(fn: Callable[[], dict[str, Any]], problems: list[str], name: str) -
 
 
 def frames_of(dump: "Dump", task: Any, max_frames: int = 48) -> dict[str, Any]:
-    bt = dump.kernel.backtrace(task, max_frames=max_frames)
+    bt = dump.backtrace(task, max_frames=max_frames)
     frames = [{"index": f.index, "pc": f"{f.pc:#x}", "sp": f"{f.sp:#x}" if f.sp else None,
                "function": f.function, "module": f.module, "guessed": f.guessed,
                "kind": f.kind} for f in bt.frames]

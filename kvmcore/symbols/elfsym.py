@@ -20,6 +20,7 @@ import os
 import struct
 
 from ..errors import SymbolError
+from ..registry import get_arch
 from .table import Symbol, SymbolTable
 
 SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_NOBITS = 1, 2, 3, 8
@@ -47,8 +48,6 @@ def write_symbol_file(symtab: SymbolTable, path: str, arch: str, kernel_offset: 
     """Write `symtab`'s kernel-half symbols to an ELF file at `path`; vmlinux
     symbols moved back by `kernel_offset` to their link addresses. `debug_frame`
     (kvmcore.symbols.cfi) becomes a .debug_frame section, for gdb to unwind with."""
-    from ..registry import get_arch
-
     machine = get_arch(arch).elf_machine
     if not machine:
         raise SymbolError(f"no ELF machine number for architecture {arch!r}", path)

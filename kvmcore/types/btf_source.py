@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import KvmcoreError, SymbolError, TypeInfoError
+from ..errors import AddressError, KvmcoreError, SymbolError, TypeInfoError
+from ..symbols import load_symbols
+from ..symbols.image import scan_kernel_image
+from ..symbols.vmlinux import VmlinuxFile
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -14,8 +17,6 @@ MAX_BTF_BYTES = 64 << 20
 
 def btf_from_vmlinux(path: str) -> bytes | None:
     """The .BTF section's bytes, or None when the vmlinux has none."""
-    from ..symbols.vmlinux import VmlinuxFile
-
     image = VmlinuxFile(path)
     try:
         sec = image.section(".BTF")
@@ -28,8 +29,6 @@ def _btf_bounds(dump: "Dump") -> tuple[int, int]:
     """Runtime addresses of __start_BTF/__stop_BTF. kallsyms has them only
     with CONFIG_KALLSYMS_ALL (Debian amd64 yes, arm64/i386 no): then a
     vmlinux or System.map given with the dump supplies them."""
-    from ..symbols import load_symbols
-
     tables = []
     try:
         tables.append(dump.symbols)
@@ -47,8 +46,6 @@ def _btf_bounds(dump: "Dump") -> tuple[int, int]:
         if start is not None and stop is not None:
             return start, stop
     # No symbols: find the blob by its validated header in the kernel image.
-    from ..linux.scan import find_btf
-
     found = find_btf(dump)
     if found is not None:
         return found[0], found[0] + found[1]
@@ -56,6 +53,31 @@ def _btf_bounds(dump: "Dump") -> tuple[int, int]:
                         "(kallsyms lacks them without CONFIG_KALLSYMS_ALL) and no BTF header "
                         "was found in the kernel image; give the vmlinux or its System.map",
                         dump.path)
+
+
+BTF_HEADER = b"\x9f\xeb\x01\x00\x18\x00\x00\x00\x00\x00\x00\x00"  # magic, v1, hdr_len 24, type_off 0
+
+
+def find_btf(dump: "Dump") -> tuple[int, int] | None:
+    """(address, size) of the kernel's .BTF blob, found by its header in the image.
+    Little-endian kernels only; the header is validated (string section after types)."""
+    if dump.byteorder != "little":
+        return None
+    for hit in scan_kernel_image(dump, BTF_HEADER):
+        try:
+            hdr = dump.read(hit, 24)
+        except AddressError:
+            continue
+        type_len, str_off, str_len = (int.from_bytes(hdr[i:i + 4], "little") for i in (12, 16, 20))
+        if str_off != type_len or not 0 < str_len < 1 << 28 or type_len >= 1 << 28:
+            continue
+        try:
+            if dump.read(hit + 24 + str_off, 1) != b"\0":
+                continue
+        except AddressError:
+            continue
+        return hit, 24 + str_off + str_len
+    return None
 
 
 def btf_from_memory(dump: "Dump") -> bytes:

@@ -1,37 +1,84 @@
 """Kernel backtraces from a register set.
 
 `unwind(dump, regs)` walks the kernel stack the registers describe (a CPU's
-NT_PRSTATUS, or a sleeping task's switch frame) and returns a Backtrace.
-Which unwinder runs is the arch backend's choice (`ArchBackend.unwinder(dump)`,
-in arches/); this package holds the shared machinery (ORC tables, frame-pointer
-walks, DWARF CFI from a vmlinux's .debug_frame, stack bounds, symbolization).
-With a vmlinux, each arch's unwinder asks the CFI first and falls back to its
-own method (ORC, frame pointers) where the CFI has no rule; Frame.method says
-which one found each frame. An unwinder is built once per dump.
+NT_PRSTATUS, or a sleeping task's switch frame) and returns a Backtrace;
+`backtrace(dump, task)` does it for a task of the kernel model.
+
+Unwinders register here per (architecture, OS) from the modules named
+`arch_<name>.py` in this package, beside the shared machinery they use (ORC
+tables, frame-pointer walks, DWARF CFI from a vmlinux's .debug_frame, stack
+bounds, symbolization). With a vmlinux, each unwinder asks the CFI first and
+falls back to its own method (ORC, frame pointers) where the CFI has no rule;
+Frame.method says which one found each frame. An unwinder is built once per
+dump. The same modules register the unwind rows `kvmcore symfile` writes for
+gdb (`symfile_cfi`).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+import pkgutil
+from functools import cache
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from ..errors import UnsupportedError
 from .model import Backtrace, Frame
 
 if TYPE_CHECKING:
     from ..dump import Dump
 
-__all__ = ["Backtrace", "Frame", "unwind", "unwinder_for"]
+__all__ = ["Backtrace", "Frame", "Unwinder", "backtrace", "make_unwinder", "register_symfile_cfi",
+           "register_unwinder", "symfile_cfi", "unwind", "unwinder_for"]
 
 
-_CACHE_ATTR = "_kvmcore_unwinder"
+class Unwinder(Protocol):
+    """What an architecture's unwinder does."""
+
+    def unwind(self, regs: dict[str, int], max_frames: int = 64,
+               task_stack: tuple[int, int] | None = None) -> Backtrace: ...
 
 
-def unwinder_for(dump: "Dump") -> Any:
-    """The dump's unwinder (built on first use, then kept on the dump)."""
-    cached = getattr(dump, _CACHE_ATTR, None)
-    if cached is not None:
-        return cached
-    unwinder = dump.arch.unwinder(dump)
-    setattr(dump, _CACHE_ATTR, unwinder)
-    return unwinder
+UnwinderFactory = Callable[["Dump"], Unwinder]
+SymfileCfi = Callable[["Dump"], Any]
+
+_UNWINDERS: dict[tuple[str, str | None], UnwinderFactory] = {}
+_SYMFILE_CFI: dict[str, SymfileCfi] = {}
+
+
+def register_unwinder(arch: str, os: str | None, factory: UnwinderFactory) -> None:
+    """`factory(dump)` unwinds `arch` kernels of `os` ("linux", "freebsd";
+    None: any OS without one of its own)."""
+    _UNWINDERS[(arch, os)] = factory
+
+
+def register_symfile_cfi(arch: str, rows: SymfileCfi) -> None:
+    """`rows(dump)` gives (CfiLayout, [CfiRange]) for `kvmcore symfile`, or None."""
+    _SYMFILE_CFI[arch] = rows
+
+
+@cache
+def _load_all() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("arch_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def make_unwinder(dump: "Dump") -> Unwinder:
+    """A new unwinder for the dump's architecture and OS."""
+    _load_all()
+    arch = dump.arch.name
+    factory = _UNWINDERS.get((arch, dump.os)) or _UNWINDERS.get((arch, None))
+    if factory is None:
+        raise UnsupportedError(f"{arch}: no kernel stack unwinder for "
+                               f"{dump.os or 'this OS'}", dump.path)
+    return factory(dump)
+
+
+def unwinder_for(dump: "Dump") -> Unwinder:
+    """The dump's unwinder (built on first use, then kept by the dump)."""
+    cached = dump.layer_cache.get("unwinder")
+    if cached is None:
+        cached = dump.layer_cache["unwinder"] = make_unwinder(dump)
+    return cached  # type: ignore[no-any-return]
 
 
 def unwind(dump: "Dump", regs: dict[str, int], max_frames: int = 64,
@@ -42,3 +89,27 @@ def unwind(dump: "Dump", regs: dict[str, int], max_frames: int = 64,
     Missing memory or bad unwind data stop the walk with Backtrace.error set.
     """
     return unwinder_for(dump).unwind(regs, max_frames, task_stack)
+
+
+def backtrace(dump: "Dump", task: Any, max_frames: int = 64) -> Backtrace:
+    """The backtrace of a task of the kernel model (Linux task, FreeBSD
+    thread), from its registers: its CPU's when it was running, else those
+    its last context switch saved."""
+    return unwind(dump, task.registers(), max_frames=max_frames)
+
+
+def symfile_cfi(dump: "Dump") -> Any:
+    """(CfiLayout, [CfiRange]) of unwind rows for gdb, or None when the arch
+    registers none."""
+    _load_all()
+    rows = _SYMFILE_CFI.get(dump.arch.name)
+    return rows(dump) if rows is not None else None
+
+
+def recovered_registers(dump: "Dump", frames: list[Frame]) -> dict[str, int]:
+    """Callee-saved registers known for the first of `frames` (a backtrace's
+    tail) beyond its pc and sp, for a debugger handed that frame; the
+    unwinder's answer when it has one (x86_64's ORC places rbp), else none."""
+    unwinder = unwinder_for(dump)
+    recover = getattr(unwinder, "recovered_registers", None)  # optional for unwinders
+    return dict(recover(frames)) if recover is not None else {}

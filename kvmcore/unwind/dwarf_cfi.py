@@ -16,7 +16,8 @@ ET_DYN without them) whose section bytes already hold the relocated values
 relocatable object (ET_REL) is refused.
 
 Arch knowledge stays in arches/: each arch gives the DWARF register number
-to register name mapping and its stack pointer's column (`CfiRegisters`).
+to register name mapping and its stack pointer's column (`Arch.dwarf`, a
+kvmcore.cpu.DwarfRegisters).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping
 
+from ..cpu import DwarfRegisters
 from ..errors import KvmcoreError, SymbolError, UnsupportedError
 from ..symbols import cfi as C
 
@@ -41,15 +43,6 @@ MAX_ROW_CACHE = 65536
 # register rules (DWARF 4, 6.4.1)
 UNDEFINED, SAME, OFFSET, VAL_OFFSET, REGISTER, EXPRESSION, VAL_EXPRESSION = (
     "undefined", "same", "offset", "val_offset", "register", "expression", "val_expression")
-
-
-@dataclass(frozen=True)
-class CfiRegisters:
-    """An arch's DWARF register numbering, in kvmcore register names."""
-
-    names: Mapping[int, str]  # DWARF number -> register name
-    sp_column: int  # the stack pointer (its caller value is the CFA unless a rule says otherwise)
-    pc_name: str  # register that receives the return address
 
 
 @dataclass(frozen=True)
@@ -434,7 +427,7 @@ class DwarfCfi:
     """CFI steps for one dump, in the arch's register names; the vmlinux's
     .debug_frame is loaded on first use. `error` says why it is unavailable."""
 
-    def __init__(self, dump: "Dump", registers: CfiRegisters) -> None:
+    def __init__(self, dump: "Dump", registers: DwarfRegisters) -> None:
         self.dump = dump
         self.registers = registers
         self.numbers = {name: num for num, name in registers.names.items()}

@@ -1,13 +1,13 @@
 """Frame-pointer unwinding: a chain of {saved frame pointer, return address}
 records, the frame pointer register pointing at the newest one (aarch64's
-x29 chain, i386's ebp chain). Arch subclasses say how to read registers,
-clean return addresses and cross exception frames."""
+x29 chain, i386's and FreeBSD amd64's ebp/rbp chain). Arch subclasses say how
+to clean return addresses and cross exception frames."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from ..errors import KvmcoreError
-from .dwarf_cfi import CfiRegisters, DwarfCfi
+from .dwarf_cfi import DwarfCfi
 from .model import Backtrace, Frame
 from .stack import StackGuard
 from .symbolic import CodeSymbols
@@ -17,21 +17,21 @@ if TYPE_CHECKING:
 
 
 class FramePointerUnwinder:
-    pc_reg = "pc"
-    sp_reg = "sp"
-    fp_reg = "fp"
+    """The walk; the register names come from the dump's Arch. With a vmlinux
+    (and the arch's DWARF register numbering), frames are found by its
+    .debug_frame first, the frame-pointer chain where it has no FDE."""
+
     lr_reg: str | None = None  # link register, for a leaf function's caller
     thread_size = 16384
-    #: the arch's DWARF register numbering: with a vmlinux, frames are found
-    #: by its .debug_frame first, the frame-pointer chain where it has no FDE
-    cfi_registers: CfiRegisters | None = None
 
     def __init__(self, dump: "Dump") -> None:
         self.dump = dump
         self.syms = CodeSymbols(dump)
         self.word = dump.word_size
-        self.cfi = (DwarfCfi(dump, self.cfi_registers)
-                    if self.cfi_registers is not None and getattr(dump, "vmlinux", None) else None)
+        arch = dump.arch
+        self.pc_reg, self.sp_reg, self.fp_reg = arch.pc_reg, arch.sp_reg, arch.fp_reg
+        self.cfi = (DwarfCfi(dump, arch.dwarf)
+                    if arch.dwarf is not None and dump.vmlinux else None)
 
     # -- arch hooks -----------------------------------------------------------
     def clean(self, address: int) -> int:
@@ -60,7 +60,7 @@ class FramePointerUnwinder:
             if note:
                 bt.notes.append(note)
         pc, sp, fp = regs[self.pc_reg], regs[self.sp_reg], regs[self.fp_reg]
-        guard = StackGuard(sp, self.thread_size, task_stack, self.dump.arch.is_kernel_address)
+        guard = StackGuard(sp, self.thread_size, task_stack, self.dump.is_kernel_address)
         self._add(bt, Frame(0, pc, sp, method="registers"), exact=True)
         self._leaf_caller(bt, regs, fp)
         prev = sp
@@ -77,7 +77,7 @@ class FramePointerUnwinder:
             frame_sp = fp + 2 * self.word
             self._add(bt, Frame(len(bt.frames), ret, frame_sp, method="fp"), exact=False)
             prev, fp = fp, next_fp
-            if not next_fp or not self.dump.arch.is_kernel_address(next_fp):
+            if not next_fp or not self.dump.is_kernel_address(next_fp):
                 break  # end of the chain (a user-mode frame pointer after entry code)
             try:
                 crossed = self.exception_regs(ret, next_fp)
@@ -132,7 +132,7 @@ class FramePointerUnwinder:
             return
         lr = self.clean(regs[self.lr_reg])
         pc = regs[self.pc_reg]
-        if not self.dump.arch.is_kernel_address(lr):
+        if not self.dump.is_kernel_address(lr):
             return
         name = self.syms.function_name(lr - 1)
         if not name or name == self.syms.function_name(pc):
@@ -153,7 +153,7 @@ class FramePointerUnwinder:
         pc; else (entry and other asm code) from the frame-pointer record, with
         exception frames crossed as the plain walk does."""
         bt = Backtrace()
-        is_kernel = self.dump.arch.is_kernel_address
+        is_kernel = self.dump.is_kernel_address
         known = dict(regs)
         pc, sp = regs[self.pc_reg], regs[self.sp_reg]
         exact = True  # pc is the interrupted instruction, not a return address

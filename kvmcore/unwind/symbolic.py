@@ -40,16 +40,19 @@ class CodeSymbols:
 
     @property
     def table(self) -> Any:
+        """The kernel's symbol table with each loaded module's own symbols:
+        the model adds those in one explicit step (KernelModel.symbol_table)."""
         if not self._loaded:
             self._loaded = True
             try:
                 self._table = self.dump.symbols
-            except (KvmcoreError, ImportError, AttributeError) as exc:
+            except KvmcoreError as exc:
                 self.error = f"no kernel symbols: {exc}"
-            try:  # the kernel model adds each module's own kallsyms to the table
-                self.dump.kernel.modules()
-            except (KvmcoreError, AttributeError):
-                pass
+                return None
+            try:
+                self._table = self.dump.kernel.symbol_table()
+            except KvmcoreError:
+                pass  # no module list: core symbols only
         return self._table
 
     def address(self, name: str) -> int | None:
@@ -76,13 +79,13 @@ class CodeSymbols:
             try:
                 self._modules = [(m.base, m.base + m.size, m.name)
                                  for m in self.dump.kernel.modules()]
-            except (KvmcoreError, AttributeError, ImportError):
+            except KvmcoreError:
                 pass
         return next((name for lo, hi, name in self._modules if lo <= pc < hi), None)
 
     def _describe(self, pc: int) -> tuple[str | None, str | None]:
         text, module = self._describe_symbol(pc)
-        if text is None and module is None and self.dump.arch.is_kernel_address(pc):
+        if text is None and module is None and self.dump.is_kernel_address(pc):
             module = self._module_of(pc)
         return text, module
 

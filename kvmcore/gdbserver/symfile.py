@@ -1,11 +1,14 @@
-"""`kvmcore symfile`: a symbol file for gdb made from the dump alone."""
+"""`kvmcore symfile`: a symbol file for gdb made from the dump alone: the
+kernel's and each module's symbols (kvmcore.symbols.elfsym writes the ELF) and
+the unwind rows the architecture's unwinder gives (kvmcore.unwind)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .. import unwind
 from ..errors import KvmcoreError
-from .cfi import encode_debug_frame
-from .elfsym import write_symbol_file
+from ..symbols.cfi import encode_debug_frame
+from ..symbols.elfsym import write_symbol_file
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -16,7 +19,7 @@ def symfile_debug_frame(dump: "Dump") -> tuple[bytes | None, str]:
     gdb shifts every FDE of the file by its .text offset, as it does the
     kernel symbols), and a note for the user."""
     try:
-        cfi = dump.arch.symfile_cfi(dump)
+        cfi = unwind.symfile_cfi(dump)
     except KvmcoreError as exc:
         return None, f"; no unwind rows ({exc}): gdb can name only frame #0"
     if cfi is None:
@@ -30,11 +33,10 @@ def symfile_debug_frame(dump: "Dump") -> tuple[bytes | None, str]:
 def write_dump_symbol_file(dump: "Dump", path: str) -> str:
     """Write the dump's kernel and module symbols, with unwind rows, to an ELF
     file gdb loads in place of the vmlinux; returns a one-line description."""
-    table = dump.symbols
     try:
-        dump.kernel.modules()  # adds each module's own symbols to the table
+        table = dump.kernel.symbol_table()  # with each module's own symbols
     except KvmcoreError:
-        pass
+        table = dump.symbols
     frame, cfi_note = symfile_debug_frame(dump)
     write_symbol_file(table, path, dump.arch.name, dump.kernel_offset, frame)
     return (f"kernel symbols at link addresses (the server's qOffsets applies the KASLR "

@@ -1,0 +1,13 @@
+"""i386: 32-bit x86 with 2-level (4 KB and 4 MB pages) and PAE 3-level (4 KB
+and 2 MB pages) paging, the kernel direct map at PAGE_OFFSET.
+
+- cpu.py: registers (NT_PRSTATUS, DWARF numbering, gdb's i386 target)
+- mmu.py: the two 32-bit page-table formats
+- linux.py: Linux full dumps (PAGE_OFFSET found from the tables)
+"""
+from kvmcore.registry import register_arch
+
+from . import linux  # noqa: F401  (registers its translator)
+from .cpu import ARCH
+
+register_arch(ARCH)

@@ -1,0 +1,85 @@
+"""The registers a sleeping Linux task's last context switch saved, per
+architecture: where the kernel's switch code (__switch_to_asm, cpu_switch_to)
+left them, read through the dump's types.
+
+A new architecture adds a reader here with `@switch_frame_reader("name")`.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import UnsupportedError
+
+if TYPE_CHECKING:
+    from ..dump import Dump
+
+Reader = Callable[["Dump", int], dict[str, int]]
+_READERS: dict[str, Reader] = {}
+
+
+def switch_frame_reader(*arches: str) -> Callable[[Reader], Reader]:
+    def deco(fn: Reader) -> Reader:
+        for arch in arches:
+            _READERS[arch] = fn
+        return fn
+    return deco
+
+
+def switch_frame(dump: "Dump", task: int) -> dict[str, int]:
+    """Registers saved at the last context switch of the task_struct at `task`."""
+    reader = _READERS.get(dump.arch.name)
+    if reader is None:
+        raise UnsupportedError(f"{dump.arch.name}: saved switch frames are not supported",
+                               dump.path)
+    return reader(dump, task)
+
+
+@switch_frame_reader("x86_64")
+def _x86_64(dump: "Dump", task: int) -> dict[str, int]:
+    """thread.sp points at the struct inactive_task_frame __switch_to_asm
+    pushed; its return address is the resume point."""
+    types = dump.types
+    sp = dump.read_ptr(task + types.offsetof("struct task_struct", "thread.sp"))
+    frame = "struct inactive_task_frame"
+    regs = {"rsp": sp + types.sizeof(frame)}
+    for member in types.members(frame):
+        if member == "ret_addr":
+            regs["rip"] = dump.read_ptr(sp + types.offsetof(frame, member))
+        elif member in ("bp", "bx", "r12", "r13", "r14", "r15"):
+            name = "r" + member if member in ("bp", "bx") else member
+            regs[name] = dump.read_ptr(sp + types.offsetof(frame, member))
+    return regs
+
+
+@switch_frame_reader("i386")
+def _i386(dump: "Dump", task: int) -> dict[str, int]:
+    """thread.sp points at the struct inactive_task_frame __switch_to_asm
+    pushed (i386: flags, si, di, bx, bp, ret_addr)."""
+    types = dump.types
+    sp = dump.read_ptr(task + types.offsetof("struct task_struct", "thread.sp"))
+    frame = "struct inactive_task_frame"
+    regs = {"esp": sp + types.sizeof(frame)}
+    names = {"ret_addr": "eip", "bp": "ebp", "bx": "ebx", "si": "esi", "di": "edi",
+             "flags": "eflags"}
+    for member in types.members(frame):
+        if member in names:
+            regs[names[member]] = dump.read_ptr(sp + types.offsetof(frame, member))
+    return regs
+
+
+@switch_frame_reader("aarch64")
+def _aarch64(dump: "Dump", task: int) -> dict[str, int]:
+    """thread.cpu_context holds x19-x28, fp, sp and pc as cpu_switch_to left
+    them; pc may carry a pointer-authentication code (KERNELPACMASK)."""
+    types = dump.types
+    base = task + types.offsetof("struct task_struct", "thread.cpu_context")
+    regs = {}
+    for member in ("x19", "x20", "x21", "x22", "x23", "x24", "x25", "x26", "x27", "x28"):
+        regs[member] = dump.read_ptr(base + types.offsetof("struct cpu_context", member))
+    regs["x29"] = dump.read_ptr(base + types.offsetof("struct cpu_context", "fp"))
+    regs["sp"] = dump.read_ptr(base + types.offsetof("struct cpu_context", "sp"))
+    pc = dump.read_ptr(base + types.offsetof("struct cpu_context", "pc"))
+    info = dump.vmcoreinfo
+    pac = ((info.number("KERNELPACMASK") if info else None) or 0) & 0xFFFFFFFFFFFFFFFF
+    regs["pc"] = pc | pac if pac else pc
+    return regs
