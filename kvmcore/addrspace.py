@@ -1,17 +1,44 @@
-"""KernelAddressSpace: reads kernel virtual memory through an arch translator."""
+"""Address spaces, stacked as layers (as Volatility 3's layers are): the
+dump file, then the format's physical memory, then optionally layers that
+remap physical frames (a Xen PV guest's machine-to-pseudo-physical map), then
+the kernel's virtual address space on top. Each layer answers its own reads
+and raises its own faults (NotInDumpError, PageExcludedError below,
+NotMappedError here), so one can be slotted in without touching the others:
+a layer only needs the `PhysicalLayer` protocol of the one below.
+"""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Protocol
 
 from .errors import NotInDumpError, PageExcludedError
-from .formats.base import PhysicalMemory
+from .formats.base import PhysRange
 from .translate import MappedRange, Translation, Translator
 
 
-class KernelAddressSpace:
-    """Kernel virtual memory of one dump: translate, read, walk."""
+class PhysicalLayer(Protocol):
+    """What a layer above needs of physical memory (a format's PhysicalMemory
+    is one)."""
 
-    def __init__(self, mem: PhysicalMemory, translator: Translator, word_size: int) -> None:
+    path: str
+
+    def read_phys(self, pa: int, length: int) -> bytes:
+        """Bytes at physical `pa`; NotInDumpError / PageExcludedError when absent."""
+        ...
+
+    def ranges(self) -> list[PhysRange]:
+        """The physical ranges present, sorted."""
+        ...
+
+    def file_offset(self, pa: int) -> int | None:
+        """Where `pa` lies in the file, when stored uncompressed."""
+        ...
+
+
+class KernelAddressSpace:
+    """Kernel virtual memory of one dump: translate, read, walk. Page tables
+    are walked by `translator`, which reads them from the same layer below."""
+
+    def __init__(self, mem: PhysicalLayer, translator: Translator, word_size: int) -> None:
         self.mem = mem
         self.translator = translator
         self.word_size = word_size
