@@ -117,7 +117,7 @@ class OrcTable:
                 off_ip = types.offsetof("struct module", "arch.orc_unwind_ip")
                 off_orc = types.offsetof("struct module", "arch.orc_unwind")
                 modules = self.dump.kernel.modules()
-            except (KvmcoreError, AttributeError, ImportError):
+            except KvmcoreError:
                 return self._modules
             for mod in modules:
                 try:
