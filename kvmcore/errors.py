@@ -11,6 +11,10 @@ class KvmcoreError(Exception):
 
     exit_code = 1
 
+    #: what a bounded walk had read when it failed, where the walk attaches it
+    #: (FreeBSDKernel.procs); unset otherwise, so read it with getattr
+    partial: list[int]
+
     def __init__(self, message: str, path: str | None = None) -> None:
         super().__init__(message)
         self.message = message

@@ -36,7 +36,7 @@ class TaskModel(Protocol):
 
     def registers(self) -> dict[str, int]: ...
 
-    def as_dict(self) -> dict: ...
+    def as_dict(self) -> dict[str, object]: ...  # JSON-ready, for the report
 
 
 @runtime_checkable
@@ -49,7 +49,7 @@ class ModuleModel(Protocol):
     taints: int
     sections: dict[str, int]
 
-    def as_dict(self) -> dict: ...
+    def as_dict(self) -> dict[str, object]: ...  # JSON-ready, for the report
 
 
 @runtime_checkable

@@ -8,7 +8,10 @@ VMCOREINFO is the text note the kernel exports for dump tools:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Literal
+
+#: byte order of a dump's words, spelt as int.from_bytes and sys.byteorder spell it
+ByteOrder = Literal["little", "big"]
 
 NT_PRSTATUS = 1
 NT_PRFPREG = 2
@@ -30,7 +33,7 @@ def _align4(n: int) -> int:
     return (n + 3) & ~3
 
 
-def parse_notes(data: bytes, byteorder: str, limit: int = 100_000) -> list[Note]:
+def parse_notes(data: bytes, byteorder: ByteOrder, limit: int = 100_000) -> list[Note]:
     """Parse a PT_NOTE segment. Stops at the first malformed note."""
     notes: list[Note] = []
     off = 0

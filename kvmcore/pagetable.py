@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Generic, Iterator, TypeVar
 
 from .errors import NotInDumpError, NotMappedError, WalkError
+from .notes import ByteOrder
 from .translate import MappedRange, Translation, Translator, coalesce
 
 INVALID, TABLE, LEAF = 0, 1, 2
@@ -39,11 +40,15 @@ class RadixTable(ABC):
         return va
 
 
-class RadixTranslator(Translator):
-    """Walks a RadixTable from a root table in dumped physical memory."""
+_Table = TypeVar("_Table", bound=RadixTable)
 
-    def __init__(self, table: RadixTable, root_pa: int, read_phys: Callable[[int, int], bytes],
-                 byteorder: str = "little", path: str | None = None,
+
+class RadixTranslator(Translator, Generic[_Table]):
+    """Walks a RadixTable from a root table in dumped physical memory. Generic
+    in the table, so an arch's subclass sees its own table's fields."""
+
+    def __init__(self, table: _Table, root_pa: int, read_phys: Callable[[int, int], bytes],
+                 byteorder: ByteOrder = "little", path: str | None = None,
                  max_tables: int = 1 << 20) -> None:
         self.table = table
         self.root = root_pa

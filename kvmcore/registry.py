@@ -24,6 +24,7 @@ from typing import Callable
 from .cpu import CpuState, DwarfRegisters, GdbTarget, PrstatusLayout
 from .errors import ArchProbeError, UnsupportedError
 from .formats.base import PhysicalMemory
+from .notes import ByteOrder
 from .plugins import import_all
 from .translate import TranslationContext, Translator
 
@@ -46,7 +47,7 @@ class Arch:
     sp_reg: str
     fp_reg: str
     #: byte order of the kernel's memory and registers
-    byteorder: str = "little"
+    byteorder: ByteOrder = "little"
     #: other names `--arch` accepts (FreeBSD's uname -m, Debian's arch name)
     aliases: tuple[str, ...] = ()
     #: ELF e_machine of this architecture's kernels (symbol files written for gdb)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 from .errors import SymbolError
 from .formats.base import PhysicalMemory
-from .notes import VmcoreInfo
+from .notes import ByteOrder, VmcoreInfo
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class TranslationContext:
     #: the top-level page table's physical address when the caller knows it
     page_table_root: int | None = None
     #: the byte order of page-table entries
-    byteorder: str = "little"
+    byteorder: ByteOrder = "little"
 
     @property
     def path(self) -> str:

@@ -33,7 +33,7 @@ def va_bits(ctx: TranslationContext) -> int:
     return bits
 
 
-class LinuxArm64Translator(RadixTranslator):
+class LinuxArm64Translator(RadixTranslator[Aarch64Tables]):
     """The radix walk, plus the linear map's layout for linear_map_address."""
 
     def __init__(self, ctx: TranslationContext) -> None:

@@ -52,7 +52,7 @@ def find_page_offset(ctx: TranslationContext, tables: I386Tables) -> int:
         f"({'PAE' if tables.pae else '2-level'} paging)", ctx.path)
 
 
-class LinuxI386Translator(RadixTranslator):
+class LinuxI386Translator(RadixTranslator[I386Tables]):
     def __init__(self, ctx: TranslationContext) -> None:
         tables = I386Tables(is_pae(ctx))
         self.page_offset = find_page_offset(ctx, tables)

@@ -25,7 +25,7 @@ class FreeBSDAmd64MiniTranslator(Translator):
         self.path = mem.path
 
     def _entry(self, va: int, index: int, what: str) -> int:
-        entry = self.mem.pmap_entry(index)
+        entry: int | None = self.mem.pmap_entry(index)  # FreeBSDMinidump.pmap_entry
         if entry is None:
             raise NotMappedError(f"virtual address {va:#x} lies past the minidump's kernel map "
                                  f"({self.mem.pmap_count} {what}s from {self.hdr.kernbase:#x})",

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AddressError, KvmcoreError, SymbolError, TypeInfoError, WalkError
 from .kva import symbol_value
-from .pcb import pcb_registers
+from .pcb import Layouts, pcb_registers
 from .msgbuf import MsgbufLog, MsgbufRecord, msgbuf_log
 from .panic import FreeBSDPanic, find_panic
 
@@ -92,7 +93,7 @@ class FreeBSDThread:
         """Registers saved in this thread's PCB (dumppcb / stoppcbs[cpu] / td_pcb)."""
         return self.kernel.pcb_registers(self.pcb_address())
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"pid": self.pid, "tgid": self.tgid, "ppid": self.ppid, "tid": self.tid,
                 "comm": self.comm, "proc_comm": self.proc_comm, "state": self.state,
                 "cpu": self.cpu, "on_cpu": self.on_cpu, "idle": self.is_idle,
@@ -145,7 +146,7 @@ class KldModule:
     def sections(self) -> dict[str, int]:
         return {}
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "base": f"{self.address:#x}", "size": self.size,
                 "taints": "", "address": f"{self.kva:#x}", "id": self.id, "path": self.path,
                 "refs": self.refs}
@@ -163,7 +164,7 @@ class ThreadWalk:
 class FreeBSDKernel:
     """A FreeBSD kernel in a dump."""
 
-    def __init__(self, dump: "Dump", symbols: Any = None, types: Any = None) -> None:
+    def __init__(self, dump: "Dump", symbols: Any = None, types: Layouts | None = None) -> None:
         self.dump = dump
         self._symbols = symbols
         self._types = types
@@ -187,7 +188,7 @@ class FreeBSDKernel:
         return self._symbols
 
     @property
-    def types(self) -> Any:
+    def types(self) -> Layouts:
         if self._types is None:
             self._types = self.dump.types
         return self._types
@@ -404,6 +405,7 @@ class FreeBSDKernel:
         return self.dump.read_ptr(thread.address + self.offset("td_pcb"))
 
     def pcb_registers(self, pcb: int) -> dict[str, int]:
+        types: Layouts | None
         try:
             types = self.types
         except KvmcoreError:
@@ -423,7 +425,8 @@ class FreeBSDKernel:
         """The kernel message buffer, oldest byte first (msgbufp's ring)."""
         dump = self.dump
         if not self.has_symbol("msgbufp"):
-            raw = getattr(dump.mem, "msgbuf", None)
+            # a minidump carries the buffer itself (FreeBSDMinidump.msgbuf)
+            raw: Callable[[], bytes] | None = getattr(dump.mem, "msgbuf", None)
             if raw is None:
                 raise SymbolError("FreeBSD kernel symbol 'msgbufp' is unknown", dump.path)
             return raw().replace(b"\0", b"").decode("utf-8", "replace")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import KvmcoreError
 
 if TYPE_CHECKING:
-    from .kernel import FreeBSDKernel
+    from .kernel import FreeBSDKernel, FreeBSDThread
 
 PANIC_RE = re.compile(r"^panic: (.*)")
 CPUID_RE = re.compile(r"^cpuid = (\d+)")
@@ -28,7 +28,7 @@ class FreeBSDPanic:
 
     message: str | None = None
     cpu: int | None = None
-    task: Any = None
+    task: FreeBSDThread | None = None
     uptime_ns: int | None = None
     crash_time: int | None = None
     sources: dict[str, str] = field(default_factory=dict)

@@ -5,12 +5,23 @@ The layouts come from types when a type source knows `struct pcb`, else the
 ABI-preserved layout kgdb assumes."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable, Protocol
 
 from ..errors import TypeInfoError, UnsupportedError
 
+
+class Layouts(Protocol):
+    """The part of kvmcore.types.TypeInfo the FreeBSD model reads (tests pass
+    stand-ins with only these methods)."""
+
+    def offsetof(self, type_name: str, member: str, /) -> int: ...
+
+    def sizeof(self, type_name: str, /) -> int: ...
+
+
 Read = Callable[[int, int], bytes]
-Reader = Callable[[Read, int, Any], dict[str, int]]
+#: None: no type source at all (the reader falls back to kgdb's ABI layout)
+Reader = Callable[[Read, int, Layouts | None], dict[str, int]]
 _READERS: dict[str, Reader] = {}
 
 
@@ -21,7 +32,7 @@ def pcb_reader(arch: str) -> Callable[[Reader], Reader]:
     return deco
 
 
-def pcb_registers(arch: str, read: Read, pcb: int, types: Any, path: str | None = None
+def pcb_registers(arch: str, read: Read, pcb: int, types: Layouts | None, path: str | None = None
                   ) -> dict[str, int]:
     """Registers the `struct pcb` at `pcb` saved for a switched-out thread."""
     reader = _READERS.get(arch)
@@ -30,7 +41,7 @@ def pcb_registers(arch: str, read: Read, pcb: int, types: Any, path: str | None 
     return reader(read, pcb, types)
 
 
-def pcb_member_offset(types: Any, member: str) -> int | None:
+def pcb_member_offset(types: Layouts | None, member: str) -> int | None:
     """offsetof(struct pcb, member) when a type source knows it, else None."""
     if types is None:
         return None
@@ -45,7 +56,7 @@ AMD64_KERNEL_CS, AMD64_KERNEL_SS = 0x20, 0x28  # GSEL(GCODE_SEL/GDATA_SEL, SEL_K
 
 
 @pcb_reader("x86_64")
-def _amd64(read: Read, pcb: int, types: Any) -> dict[str, int]:
+def _amd64(read: Read, pcb: int, types: Layouts | None) -> dict[str, int]:
     """amd64 struct pcb: "(*) used by kernel debuggers, ABI preserved": eight
     words from offset 0 (r15 r14 r13 r12 rbp rsp rbx rip), or where types say."""
     regs = {}
@@ -57,7 +68,7 @@ def _amd64(read: Read, pcb: int, types: Any) -> dict[str, int]:
 
 
 @pcb_reader("aarch64")
-def _arm64(read: Read, pcb: int, types: Any) -> dict[str, int]:
+def _arm64(read: Read, pcb: int, types: Layouts | None) -> dict[str, int]:
     """arm64 struct pcb: FreeBSD 14+ has pcb_x[12] = x19..x30 then pcb_sp at
     96; older kernels pcb_x[31] = x0..x30 then pcb_sp. With types the array
     length is measured (pcb_sp - pcb_x); without, the current layout is

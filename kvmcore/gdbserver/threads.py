@@ -116,11 +116,15 @@ class ThreadList:
             states = dump.cpu_states
         except KvmcoreError:
             states = []
-        threads = [GdbThread(s.cpu + 1, s.pid, f"CPU {s.cpu}", s.cpu, None,
-                             (lambda regs=s.regs: regs)) for s in states]
+        threads = [GdbThread(s.cpu + 1, s.pid, f"CPU {s.cpu}", s.cpu, None, _fixed(s.regs))
+                   for s in states]
         if not threads:  # gdb needs one thread to talk to
             threads = [GdbThread(1, 0, "no registers in dump", None, None, None)]
         return cls(threads, threads[0].tid, "cpus")
+
+
+def _fixed(regs: dict[str, int]) -> Callable[[], dict[str, int]]:
+    return lambda: regs
 
 
 def _task_regs(dump: Any, thread: GdbThread, cpu_regs: dict[str, int] | None
@@ -128,7 +132,7 @@ def _task_regs(dump: Any, thread: GdbThread, cpu_regs: dict[str, int] | None
     def regs() -> dict[str, int]:
         task = thread.task
         try:
-            values = task.registers()
+            values: dict[str, int] = task.registers()  # a kvmcore.kernel.TaskModel
         except (KvmcoreError, NotImplementedError, AttributeError):
             if cpu_regs is None:
                 raise
@@ -161,7 +165,7 @@ def _past_module_frames(dump: Any, thread: GdbThread, regs: dict[str, int]) -> d
         bt = unwind(dump, regs, max_frames=16)
     except KvmcoreError:
         return regs
-    skipped = []
+    skipped: list[str] = []
     for index, frame in enumerate(bt.frames):
         if text[0] <= frame.pc < text[1]:
             if not skipped:

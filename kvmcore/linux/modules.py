@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 from ..errors import KvmcoreError, WalkError
 
 if TYPE_CHECKING:
+    from ..dump import Dump
+    from ..types import TypeInfo
     from . import LinuxKernel
 
 MAX_MODULES = 1 << 14
@@ -32,7 +34,7 @@ class Module:
         return "".join(flag for bit, flag in sorted(MODULE_TAINTS.items())
                        if self.taints >> bit & 1)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "base": f"{self.base:#x}", "size": self.size,
                 "taints": self.taint_flags, "address": f"{self.address:#x}",
                 "sections": {k: f"{v:#x}" for k, v in self.sections.items()}}
@@ -81,7 +83,7 @@ def read_modules(kernel: "LinuxKernel") -> list[Module]:
 MAX_MODULE_SYMBOLS = 1 << 18
 
 
-def _kallsyms(dump, types, addr: int) -> list[tuple[str, int, int, str]]:
+def _kallsyms(dump: Dump, types: TypeInfo, addr: int) -> list[tuple[str, int, int, str]]:
     """module->kallsyms: the module's Elf_Sym table, strtab and typetab, as the
     kernel keeps them for /proc/kallsyms."""
     mod_ks = dump.read_ptr(addr + types.offsetof("struct module", "kallsyms"))
@@ -115,7 +117,7 @@ def _kallsyms(dump, types, addr: int) -> list[tuple[str, int, int, str]]:
     return out
 
 
-def _sections(dump, types, addr: int) -> dict[str, int]:
+def _sections(dump: Dump, types: TypeInfo, addr: int) -> dict[str, int]:
     """module->sect_attrs->attrs[i]: (battr.attr.name, address)."""
     mod = "struct module"
     attrs = dump.read_ptr(addr + types.offsetof(mod, "sect_attrs"))

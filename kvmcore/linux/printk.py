@@ -13,6 +13,7 @@ from ..errors import AddressError, UnsupportedError
 
 if TYPE_CHECKING:
     from ..dump import Dump
+    from ..notes import VmcoreInfo
 
 # desc_ring state bits live in the top two bits of state_var
 DESC_COMMITTED, DESC_FINALIZED = 1, 2
@@ -84,18 +85,17 @@ def read_kernel_log(dump: "Dump") -> KernelLog:
     if info is None:
         raise UnsupportedError("no VMCOREINFO in the dump: cannot find the kernel log", dump.path)
     if info.symbol("prb") is not None:
-        return _read_ringbuffer(dump)
+        return _read_ringbuffer(dump, info)
     if info.symbol("log_buf") is not None:
         return _read_log_buf(dump)
     raise UnsupportedError("VMCOREINFO names neither prb nor log_buf", dump.path)
 
 
-def _read_ringbuffer(dump: "Dump") -> KernelLog:
+def _read_ringbuffer(dump: "Dump", info: VmcoreInfo) -> KernelLog:
     h = _Helpers(dump)
-    info = dump.vmcoreinfo
     word = dump.word_size
     counter = info.offset("atomic_long_t", "counter") or 0
-    prb = dump.read_ptr(info.symbol("prb"))
+    prb = dump.read_ptr(h.symbol("prb"))
     desc_ring = prb + h.off("printk_ringbuffer", "desc_ring")
     data_ring = prb + h.off("printk_ringbuffer", "text_data_ring")
     count_bits = dump.read_u32(desc_ring + h.off("prb_desc_ring", "count_bits"))

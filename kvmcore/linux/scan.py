@@ -67,6 +67,8 @@ def find_idle_tasks(dump: "Dump", nr_cpus: int) -> dict[int, int]:
                 if not 0 < cpu < nr_cpus or cpu in found:
                     continue
                 task = to_virt(pa + m.start() - off_comm)
+                if task is None:
+                    continue  # not met: the translator knew address 0's alias (above)
                 try:
                     if (dump.read_u32(task + off_pid), dump.read_u32(task + off_tgid),
                             dump.read_u32(task + off_cpu)) == (0, 0, cpu):

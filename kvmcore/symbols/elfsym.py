@@ -106,7 +106,8 @@ def write_symbol_file(symtab: SymbolTable, path: str, arch: str, kernel_offset: 
     i_strtab, i_shstr = n_alloc + 2, n_alloc + 3
     shnum = n_alloc + 4 + (1 if frame else 0)
 
-    def shdr(name, typ, flags, addr, off, size, link=0, info=0, align=1, entsize=0) -> bytes:
+    def shdr(name: int, typ: int, flags: int, addr: int, off: int, size: int, link: int = 0,
+             info: int = 0, align: int = 1, entsize: int = 0) -> bytes:
         if is64:
             return struct.pack(e + "IIQQQQIIQQ", name, typ, flags, addr, off, size, link, info,
                                align, entsize)
@@ -114,8 +115,8 @@ def write_symbol_file(symtab: SymbolTable, path: str, arch: str, kernel_offset: 
                            link, info, align, entsize)
 
     headers = [shdr(0, 0, 0, 0, 0, 0)]
-    for name, typ, flags, addr, size in sections:
-        headers.append(shdr(name, typ, flags, addr, 0, size, align=16))
+    for sh_name, typ, flags, addr, size in sections:
+        headers.append(shdr(sh_name, typ, flags, addr, 0, size, align=16))
     headers.append(shdr(symtab_name, SHT_SYMTAB, 0, 0, off_sym, len(packed), i_strtab,
                         first_global, 8, sym_size))
     headers.append(shdr(strtab_name, SHT_STRTAB, 0, 0, off_str, len(strtab.data)))

@@ -38,6 +38,7 @@ def scan_kernel_image(dump: "Dump", pattern: bytes, limit: int = IMAGE_SCAN_LIMI
     overlap = len(pattern) - 1
     off = 0
     while off < limit:
+        data: bytes | None
         try:
             data = dump.read_phys(base_pa + off, CHUNK + overlap)
         except AddressError:

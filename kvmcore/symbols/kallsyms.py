@@ -29,6 +29,7 @@ from .table import Symbol, SymbolColumns
 
 if TYPE_CHECKING:
     from ..dump import Dump
+    from ..notes import VmcoreInfo
 
 MAX_SYMBOLS = 2_000_000
 MAX_NAMES_BYTES = 64 << 20
@@ -43,6 +44,14 @@ def _need(dump: "Dump", name: str) -> int:
         raise SymbolError(f"VMCOREINFO has no SYMBOL({name}): cannot decode kallsyms "
                           "(needs Linux 6.0+ or a vmlinux/System.map)", dump.path)
     return addr
+
+
+def _info(dump: Dump) -> VmcoreInfo:
+    """The dump's VMCOREINFO, for decoders that run once _need found a symbol in it."""
+    info = dump.vmcoreinfo
+    if info is None:
+        raise SymbolError("no VMCOREINFO: cannot decode kallsyms", dump.path)
+    return info
 
 
 def _read(dump: "Dump", addr: int, length: int, what: str) -> bytes:
@@ -80,7 +89,7 @@ def _names_bytes(dump: "Dump", num: int) -> bytes:
     names_addr = _need(dump, "kallsyms_names")
     # The names end before kallsyms_markers, which the linker places before
     # the token table; read up to there when it lies after the names.
-    info = dump.vmcoreinfo
+    info = _info(dump)
     limit = (info.symbol("kallsyms_token_table") or 0) - names_addr
     if not 0 < limit <= MAX_NAMES_BYTES:
         limit = min(num * 64, MAX_NAMES_BYTES)
@@ -149,7 +158,7 @@ def decode_names(dump: "Dump", num: int, tokens: list[bytes]) -> list[bytes]:
 
 
 def decode_addresses(dump: "Dump", num: int, absolute_percpu: bool) -> list[int]:
-    info = dump.vmcoreinfo
+    info = _info(dump)
     mask = (1 << (dump.word_size * 8)) - 1
     if info.symbol("kallsyms_offsets") is None and info.symbol("kallsyms_addresses") is not None:
         return dump.read_ptrs(_need(dump, "kallsyms_addresses"), num)
@@ -170,7 +179,7 @@ def read_kallsyms_columns(dump: "Dump") -> SymbolColumns:
     entries = _expanded_text(dump, num, tokens).split("\n")[1:]
     absolute = dump.arch.kallsyms_absolute_percpu
     addrs = decode_addresses(dump, num, absolute)
-    stext = dump.vmcoreinfo.symbol("_stext")
+    stext = _info(dump).symbol("_stext")
     if stext is not None:
         # Confirm the address mode with _stext; flip it if the other fits.
         try:

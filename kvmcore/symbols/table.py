@@ -21,6 +21,10 @@ FUNCTION_TYPES = frozenset("tTwW")
 _LAST_SYMBOL_SLACK = 0x1000
 
 
+#: a module symbol as (name, address[, size[, type letter]]), runtime address
+ModuleSymbol = tuple[str, int] | tuple[str, int, int] | tuple[str, int, int, str]
+
+
 @dataclass(frozen=True)
 class Symbol:
     """One symbol. `size` is 0 when the source does not record sizes;
@@ -145,7 +149,7 @@ class SymbolTable:
         return self._addrs, self._order
 
     def add_module_symbols(self, module_name: str,
-                           symbols: Iterable[Symbol | tuple]) -> None:
+                           symbols: Iterable[Symbol | ModuleSymbol]) -> None:
         """Add a loaded module's symbols: Symbol objects or (name, address[,
         size[, type]]) tuples, runtime addresses."""
         syms: list[Symbol] = []
@@ -154,9 +158,10 @@ class SymbolTable:
                 sym = item if item.module == module_name else Symbol(
                     item.name, item.address, item.size, item.type, module_name)
             else:
-                name, address, *rest = item
-                size = rest[0] if rest else 0
-                typ = rest[1] if len(rest) > 1 else "t"
+                name, address, *_ = item
+                # by length, not from the unpacked rest: mypy types each tuple shape
+                size = item[2] if len(item) > 2 else 0
+                typ = item[3] if len(item) > 3 else "t"
                 sym = Symbol(name, address, size or 0, typ, module_name)
             syms.append(sym)
         self.modules.setdefault(module_name, []).extend(syms)

@@ -36,7 +36,7 @@ _INDEXED = {1: "base", 16: "base", 4: "struct", 5: "union", 6: "enum", 19: "enum
 MAX_TYPES = 5_000_000
 
 
-def _little_endian(words: array) -> array:
+def _little_endian(words: array[int]) -> array[int]:
     """`words` as stored in the cache (little-endian), or back; swapped in place."""
     if sys.byteorder != "little":
         words.byteswap()
@@ -112,13 +112,13 @@ class BtfTypes:
         self._starts, self._sorted_name_offs, self._ids_by_name = scan
 
     @staticmethod
-    def _index(starts: list[int], words: array) -> tuple[array, array, array]:
+    def _index(starts: list[int], words: array[int]) -> tuple[array[int], array[int], array[int]]:
         name_offs = list(map(words.__getitem__, starts))
         order = sorted(range(len(starts)), key=name_offs.__getitem__)
         return (array("I", [0] + starts), array("I", map(name_offs.__getitem__, order)),
                 array("I", map((1).__add__, order)))
 
-    def _walk(self, words: array, t0: int) -> list[int]:
+    def _walk(self, words: array[int], t0: int) -> list[int]:
         n = len(words)
         starts: list[int] = []
         append = starts.append
@@ -144,7 +144,8 @@ class BtfTypes:
         return starts
 
     @staticmethod
-    def _cached_scan(payload: bytes | None, words: array) -> tuple[array, array, array] | None:
+    def _cached_scan(payload: bytes | None, words: array[int]
+                     ) -> tuple[array[int], array[int], array[int]] | None:
         """The scan from the cache, if the payload is plausible for `words`
         (the source hash already matched; this guards against our own bugs).
         Payload: starts with void (n + 1 u32), name offsets (n), ids (n)."""
@@ -201,6 +202,10 @@ class BtfTypes:
     def type_by_id(self, tid: Hashable) -> Type | None:
         if not isinstance(tid, int) or not 0 <= tid < len(self._starts):
             return None
+        return self._type(tid)
+
+    def _type(self, tid: int) -> Type:
+        """Type `tid`, a valid id, decoded once."""
         t = self._cache.get(tid)
         if t is None:
             t = self._decode(tid)
@@ -293,9 +298,9 @@ class BtfTypes:
                                   if self._kind(tid) in (6, 19)]
             idx: dict[str, tuple[int, int]] = {}
             for tid in self._enum_ids:
-                t = self.type_by_id(tid)
+                t = self._type(tid)
                 for key, val in t.enumerators.items():
                     idx.setdefault(key, (tid, val))
             self._enumerator_index = idx
         hit = self._enumerator_index.get(name)
-        return (self.type_by_id(hit[0]), hit[1]) if hit else None
+        return (self._type(hit[0]), hit[1]) if hit else None

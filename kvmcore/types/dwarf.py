@@ -15,15 +15,19 @@ import json
 import os
 import tempfile
 import time
-from typing import Any, Hashable
+from typing import TYPE_CHECKING, Any, Hashable
 
 from ..errors import TypeInfoError
 from .model import VOID, Member, Type
 
+if TYPE_CHECKING:
+    from elftools.dwarf.die import DIE
+
 INDEX_VERSION = 1
-_SPACES = {"DW_TAG_structure_type": "struct", "DW_TAG_union_type": "union",
-           "DW_TAG_enumeration_type": "enum", "DW_TAG_typedef": "typedef",
-           "DW_TAG_base_type": "base"}
+# keyed by DIE.tag as pyelftools types it (an int for a tag it does not know)
+_SPACES: dict[str | int | None, str] = {
+    "DW_TAG_structure_type": "struct", "DW_TAG_union_type": "union",
+    "DW_TAG_enumeration_type": "enum", "DW_TAG_typedef": "typedef", "DW_TAG_base_type": "base"}
 _QUALIFIERS = {"DW_TAG_const_type": "const", "DW_TAG_volatile_type": "volatile",
                "DW_TAG_restrict_type": "restrict", "DW_TAG_typedef": "typedef",
                "DW_TAG_atomic_type": "volatile"}
@@ -54,13 +58,16 @@ class DwarfTypes:
             t0 = time.monotonic()
             self._dwarf = elf.get_dwarf_info(relocate_dwarf_sections=False)
             self.setup_seconds = time.monotonic() - t0
+            info_sec = self._dwarf.debug_info_sec
+            if info_sec is None:  # has_dwarf_info() counts a lone .eh_frame too
+                raise TypeInfoError("vmlinux has no DWARF (.debug_info)", path)
         except TypeInfoError:
             self._file.close()
             raise
         except Exception as exc:  # pyelftools raises many kinds on bad input
             self._file.close()
             raise TypeInfoError(f"cannot read DWARF: {exc}", path) from None
-        self._debug_info_size = self._dwarf.debug_info_sec.size
+        self._debug_info_size = info_sec.size
         self.index_path = os.path.join(cache_dir(build_id), "types.json")
         self._names: dict[str, list[int]] = {}
         self._next_cu = 0
@@ -171,7 +178,7 @@ class DwarfTypes:
                     return t, t.enumerators[name]
         return None
 
-    def type_by_key(self, key: Hashable) -> Type | None:
+    def type_by_key(self, key: Hashable) -> Type:
         if key is None:
             return VOID
         t = self._cache.get(key)
@@ -186,12 +193,12 @@ class DwarfTypes:
         return t
 
     # -- decoding ----------------------------------------------------------------
-    def _die(self, key: Any):
+    def _die(self, key: Any) -> DIE:
         cu_off, die_off = key
         cu = self._dwarf.get_CU_at(cu_off)
         return cu.get_DIE_from_refaddr(die_off)
 
-    def _ref(self, die, attr: str = "DW_AT_type") -> tuple[int, int] | None:
+    def _ref(self, die: DIE, attr: str = "DW_AT_type") -> tuple[int, int] | None:
         a = die.attributes.get(attr)
         if a is None:
             return None
@@ -249,7 +256,7 @@ class DwarfTypes:
                         dims.append(0)  # flexible array member
             dims = dims[:MAX_ARRAY_DIMS] or [0]
             # int a[2][3] is an array of 2 arrays of 3: build inner dims first
-            inner_key = tgt
+            inner_key: Hashable = tgt
             for i, n in enumerate(reversed(dims[1:])):
                 sub_key = (key, "dim", len(dims) - 1 - i)
                 self._cache[sub_key] = Type("array", None, None, key=sub_key,
@@ -268,7 +275,7 @@ class DwarfTypes:
             return VOID
         raise TypeInfoError(f"DWARF tag {tag} at {key[1]:#x} not handled", self.path)
 
-    def _member(self, die, struct_size: int | None) -> Member:
+    def _member(self, die: DIE, struct_size: int | None) -> Member:
         at = die.attributes
         name = at["DW_AT_name"].value.decode("latin-1") if "DW_AT_name" in at else None
         bit_size = at["DW_AT_bit_size"].value if "DW_AT_bit_size" in at else 0

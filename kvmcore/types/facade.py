@@ -14,7 +14,7 @@ from typing import Protocol
 
 from ..errors import TypeInfoError
 from .helpers import VmcoreInfoTypes
-from .model import VOID, Member, Type
+from .model import VOID, Member, Resolver, Type
 
 # C spellings -> the names compilers give base types in BTF and DWARF
 BASE_ALIASES = {
@@ -82,6 +82,12 @@ def _member_names(t: Type, depth: int = 0) -> list[str]:
     return out
 
 
+def _always(t: Type) -> Resolver:
+    """A resolver answering `t` for every key: the target of a pointer type
+    made from a name ("struct page *")."""
+    return lambda _key: t
+
+
 class TypeInfo:
     """Sizes, offsets and layouts of the dumped kernel's types."""
 
@@ -106,8 +112,7 @@ class TypeInfo:
         if t is None:
             return None
         for _ in range(stars):
-            t = Type("ptr", None, self.word_size, key=None, target_key=0,
-                     resolve=(lambda _k, tgt=t: tgt))
+            t = Type("ptr", None, self.word_size, key=None, target_key=0, resolve=_always(t))
         return t
 
     @staticmethod

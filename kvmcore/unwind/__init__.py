@@ -78,7 +78,7 @@ def unwinder_for(dump: "Dump") -> Unwinder:
     cached = dump.layer_cache.get("unwinder")
     if cached is None:
         cached = dump.layer_cache["unwinder"] = make_unwinder(dump)
-    return cached  # type: ignore[no-any-return]
+    return cached
 
 
 def unwind(dump: "Dump", regs: dict[str, int], max_frames: int = 64,

@@ -3,13 +3,14 @@ el1 exception frames crossed (Linux and FreeBSD), and the frame-record CFI
 rows `kvmcore symfile` gives gdb."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..arches.aarch64.cpu import PSTATE_MODE_MASK, PT_REGS
 from ..errors import KvmcoreError, UnsupportedError
 from ..symbols import cfi
 from . import register_symfile_cfi, register_unwinder
 from .framepointer import FramePointerUnwinder
+from .model import FrameKind
 from .symbolic import CodeSymbols
 
 if TYPE_CHECKING:
@@ -80,14 +81,15 @@ class Aarch64Unwinder(FramePointerUnwinder):
             return name
         return None
 
-    def exception_regs(self, return_address: int, next_fp: int):
+    def exception_regs(self, return_address: int, next_fp: int
+                       ) -> tuple[FrameKind, dict[str, int]] | None:
         name = self._entry_name(return_address)
         if name is None:
             return None
         base = next_fp - self.stackframe_offset
         regs = dict(zip(PT_REGS, self.dump.read_ptrs(base, len(PT_REGS))))
         regs["pc"] = self.clean(regs["pc"])
-        kind = "interrupt" if ("_irq" in name or "_fiq" in name) else "exception"
+        kind: FrameKind = "interrupt" if ("_irq" in name or "_fiq" in name) else "exception"
         return kind, regs
 
     def is_user(self, regs: dict[str, int]) -> bool:
@@ -110,7 +112,7 @@ DWARF_FP, DWARF_LR = 29, 30
 CFI_DATA_ALIGN = -8
 
 
-def aarch64_fp_cfi(dump: "Dump") -> tuple[Any, list[Any]]:
+def aarch64_fp_cfi(dump: "Dump") -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
     """(CfiLayout, [CfiRange]) with the frame-record rule over the kernel's
     text and each loaded module's, at runtime addresses."""
     syms = CodeSymbols(dump)

@@ -16,7 +16,7 @@ from ..errors import KvmcoreError
 from . import orc, register_symfile_cfi, register_unwinder
 from .dwarf_cfi import DwarfCfi
 from .framepointer import FramePointerUnwinder
-from .model import Backtrace, Frame
+from .model import Backtrace, Frame, FrameKind
 from .orc_cfi import orc_cfi_ranges
 from .stack import StackGuard
 from .symbolic import CodeSymbols
@@ -59,7 +59,7 @@ class _State:
 @dataclass
 class _Step:
     state: _State | None = None
-    kind: str = "normal"
+    kind: FrameKind = "normal"
     frame_regs: dict[str, int] | None = None
     guessed: bool = False
     allow_same_sp: bool = False
@@ -141,6 +141,7 @@ class X86_64Unwinder:
             if step.error:
                 bt.error = step.error
                 break
+            assert step.state is not None  # a step that neither ends nor fails has the caller
             error = guard.advance(state.sp, step.state.sp, step.allow_same_sp)
             if error:
                 bt.error = error
@@ -148,8 +149,8 @@ class X86_64Unwinder:
             state = step.state
         if self._orc is None and self.orc_error:
             bt.notes.append(f"ORC unavailable ({self.orc_error}); frames found by stack scan")
-        if self.cfi is not None and self.cfi.note():
-            bt.notes.append(self.cfi.note())
+        if self.cfi is not None and (note := self.cfi.note()):
+            bt.notes.append(note)
         return bt
 
     def _frame(self, index: int, state: _State, step: _Step) -> Frame:
@@ -162,7 +163,7 @@ class X86_64Unwinder:
 
     def _next(self, state: _State, guard: StackGuard) -> _Step:
         if self.cfi is not None:
-            step = self._cfi_step(state)
+            step = self._cfi_step(self.cfi, state)
             if step is not None:
                 return step
         entry = None
@@ -192,7 +193,7 @@ class X86_64Unwinder:
         step.guessed = step.guessed or guessed
         return step
 
-    def _cfi_step(self, state: _State) -> _Step | None:
+    def _cfi_step(self, cfi: DwarfCfi, state: _State) -> _Step | None:
         """The caller by the vmlinux's CFI, or None when it has no rule for
         this ip (entry code, modules) or its rules cannot be followed here:
         ORC decides then."""
@@ -201,7 +202,7 @@ class X86_64Unwinder:
             known = dict(state.regs or {})
             known.update(rip=state.ip, rsp=state.sp, rbp=state.bp)
         try:
-            found = self.cfi.caller(known, state.ip, state.signal)
+            found = cfi.caller(known, state.ip, state.signal)
         except KvmcoreError:
             return None
         if found is None or found.return_address is None:
@@ -274,7 +275,7 @@ class X86_64Unwinder:
         step.state = _State(ip, sp, bp, new_regs, signal)
         return step
 
-    def _entry_kind(self, ip: int) -> str:
+    def _entry_kind(self, ip: int) -> FrameKind:
         name = self.syms.function_name(ip) or ""
         return "interrupt" if name.startswith(INTERRUPT_ENTRY_PREFIXES) else "exception"
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 from ..cpu import DwarfRegisters
 from ..errors import KvmcoreError, SymbolError, UnsupportedError
+from ..notes import ByteOrder
 from ..symbols import cfi as C
 
 if TYPE_CHECKING:
@@ -43,6 +44,9 @@ MAX_ROW_CACHE = 65536
 # register rules (DWARF 4, 6.4.1)
 UNDEFINED, SAME, OFFSET, VAL_OFFSET, REGISTER, EXPRESSION, VAL_EXPRESSION = (
     "undefined", "same", "offset", "val_offset", "register", "expression", "val_expression")
+#: a register rule: (UNDEFINED,) or (SAME,); (OFFSET | VAL_OFFSET, n) or (REGISTER, number);
+#: (EXPRESSION | VAL_EXPRESSION, expression bytes)
+Rule = tuple[str] | tuple[str, int] | tuple[str, bytes]
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class Row:
     cfa_reg: int | None = None
     cfa_offset: int = 0
     cfa_expr: bytes | None = None
-    rules: dict[int, tuple] = field(default_factory=dict)
+    rules: dict[int, Rule] = field(default_factory=dict)
     ra_signed: bool = False  # aarch64: the return address carries a PAC
 
     def copy(self) -> "Row":
@@ -106,8 +110,8 @@ def _sleb(data: bytes, off: int) -> tuple[int, int]:
 class DebugFrame:
     """A parsed `.debug_frame`: FDE index plus lazy row evaluation, at link addresses."""
 
-    def __init__(self, data: bytes, address_size: int, byteorder: str, path: str | None = None,
-                 text_ranges: list[tuple[int, int]] | None = None) -> None:
+    def __init__(self, data: bytes, address_size: int, byteorder: ByteOrder,
+                 path: str | None = None, text_ranges: list[tuple[int, int]] | None = None) -> None:
         self.data = data
         self.address_size = address_size
         self.e = "<" if byteorder == "little" else ">"
@@ -348,7 +352,8 @@ class _Expression:
     """A DWARF expression evaluator for the operations CFI uses (register
     bases, constants, arithmetic, dereference, branches); bounded."""
 
-    def __init__(self, word_size: int, byteorder: str, read_word: Callable[[int], int]) -> None:
+    def __init__(self, word_size: int, byteorder: ByteOrder,
+                 read_word: Callable[[int], int]) -> None:
         self.mask = (1 << (8 * word_size)) - 1
         self.word_size = word_size
         self.order = byteorder
@@ -507,19 +512,23 @@ class DwarfCfi:
             out[self.registers.pc_name] = ra
         return CallerFrame(out, ra, cfa)
 
-    def _apply(self, rule: tuple, cfa: int, known: Mapping[int, int]) -> int | None:
-        kind, mask = rule[0], self._expr.mask
+    def _apply(self, rule: Rule, cfa: int, known: Mapping[int, int]) -> int | None:
+        if len(rule) == 1:
+            return None  # UNDEFINED (SAME is handled by the caller)
+        (kind, arg), mask = rule, self._expr.mask
+        if isinstance(arg, bytes):  # only the EXPRESSION kinds carry bytes
+            if kind == EXPRESSION:
+                return self.dump.read_ptr(self._expr.run(arg, known, [cfa]))
+            if kind == VAL_EXPRESSION:
+                return self._expr.run(arg, known, [cfa])
+            return None
         if kind == OFFSET:
-            return self.dump.read_ptr((cfa + rule[1]) & mask)
+            return self.dump.read_ptr((cfa + arg) & mask)
         if kind == VAL_OFFSET:
-            return (cfa + rule[1]) & mask
+            return (cfa + arg) & mask
         if kind == REGISTER:
-            return known.get(rule[1])
-        if kind == EXPRESSION:
-            return self.dump.read_ptr(self._expr.run(rule[1], known, [cfa]))
-        if kind == VAL_EXPRESSION:
-            return self._expr.run(rule[1], known, [cfa])
-        return None  # UNDEFINED (SAME is handled by the caller)
+            return known.get(arg)
+        return None
 
 
 _CACHE_ATTR = "_kvmcore_debug_frame"
@@ -556,7 +565,9 @@ def _load(dump: "Dump") -> DebugFrame:
     try:
         with open(path, "rb") as f:
             header = f.read(18)
-        e_type = int.from_bytes(header[16:18], image.byteorder)
+        # e_ident[EI_DATA], as VmlinuxFile read it (its byteorder attribute is a plain str)
+        byteorder: ByteOrder = "little" if header[5] == 1 else "big"
+        e_type = int.from_bytes(header[16:18], byteorder)
         if e_type == ET_REL:
             raise UnsupportedError("a relocatable object: its .debug_frame needs relocating",
                                    path)
@@ -568,7 +579,6 @@ def _load(dump: "Dump") -> DebugFrame:
         text = [(s.addr, s.addr + s.size) for s in image.sections
                 if s.flags & SHF_ALLOC and s.flags & SHF_EXECINSTR and s.size]
         address_size = 8 if image.is64 else 4
-        byteorder = image.byteorder
     finally:
         image.close()
     return DebugFrame(data, address_size, byteorder, path, text or None)

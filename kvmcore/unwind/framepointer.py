@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import KvmcoreError
 from .dwarf_cfi import DwarfCfi
-from .model import Backtrace, Frame
+from .model import Backtrace, Frame, FrameKind
 from .stack import StackGuard
 from .symbolic import CodeSymbols
 
@@ -38,7 +38,8 @@ class FramePointerUnwinder:
         """A return address as saved, made a plain code address."""
         return address
 
-    def exception_regs(self, return_address: int, next_fp: int) -> tuple[str, dict[str, int]] | None:
+    def exception_regs(self, return_address: int, next_fp: int
+                       ) -> tuple[FrameKind, dict[str, int]] | None:
         """(kind, registers) when `return_address` returns into exception entry
         code whose saved registers the record at `next_fp` belongs to."""
         return None
@@ -55,7 +56,7 @@ class FramePointerUnwinder:
             return bt
         if self.cfi is not None:
             if self.cfi.table is not None:
-                return self._unwind_cfi(regs, max_frames, task_stack)
+                return self._unwind_cfi(self.cfi, regs, max_frames, task_stack)
             note = self.cfi.note()
             if note:
                 bt.notes.append(note)
@@ -147,7 +148,7 @@ class FramePointerUnwinder:
                   exact=False)
 
     # -- the walk with DWARF CFI ---------------------------------------------
-    def _unwind_cfi(self, regs: dict[str, int], max_frames: int,
+    def _unwind_cfi(self, cfi: DwarfCfi, regs: dict[str, int], max_frames: int,
                     task_stack: tuple[int, int] | None) -> Backtrace:
         """Each frame's caller from the vmlinux's CFI when an FDE covers its
         pc; else (entry and other asm code) from the frame-pointer record, with
@@ -157,6 +158,7 @@ class FramePointerUnwinder:
         known = dict(regs)
         pc, sp = regs[self.pc_reg], regs[self.sp_reg]
         exact = True  # pc is the interrupted instruction, not a return address
+        via_record = False  # this frame was found through a frame record (sp estimated)
         guard = StackGuard(sp, self.thread_size, task_stack, is_kernel)
         self._add(bt, Frame(0, pc, sp, method="registers"), exact=True)
         while True:
@@ -179,14 +181,22 @@ class FramePointerUnwinder:
                     if error:
                         bt.error = error
                         return bt
-                    known, pc, sp, exact = dict(saved), saved[self.pc_reg], saved[self.sp_reg], True
+                    known, pc, sp = dict(saved), saved[self.pc_reg], saved[self.sp_reg]
+                    exact, via_record = True, False
                     self._add(bt, Frame(len(bt.frames), pc, sp, kind=kind, regs=saved,
                                         method="pt_regs"), exact=True)
                     continue
             try:
-                found = self.cfi.caller(known, pc, exact)
+                found = cfi.caller(known, pc, exact)
             except KvmcoreError:
                 found = None  # rules that read unmapped memory: let the frame record decide
+            if found is not None and not found.return_address and via_record \
+                    and fp and is_kernel(fp):
+                # this frame was reached through a frame record, so sp is only
+                # fp + 2 words, exact for a 16-byte frame, not for a callee with
+                # locals: a rule based on sp reads the wrong slots. An "outermost
+                # frame" answer then defers to the chain of records.
+                found = None
             if found is not None:
                 if found.return_address is None:
                     return bt  # the CFI marks the outermost frame
@@ -202,7 +212,7 @@ class FramePointerUnwinder:
                     return bt
                 known = dict(found.regs)
                 known[self.pc_reg] = pc = ret
-                sp, exact = found.cfa, False
+                sp, exact, via_record = found.cfa, False, False
                 self._add(bt, Frame(len(bt.frames), pc, sp, method="cfi"), exact=False)
                 continue
             # no FDE: the frame record at fp
@@ -216,6 +226,6 @@ class FramePointerUnwinder:
             next_fp, ret = record
             if ret == 0:
                 return bt  # the final record of a task's stack
-            pc, sp, exact = ret, fp + 2 * self.word, False
+            pc, sp, exact, via_record = ret, fp + 2 * self.word, False, True
             known = {self.pc_reg: pc, self.sp_reg: sp, self.fp_reg: next_fp}
             self._add(bt, Frame(len(bt.frames), pc, sp, method="fp"), exact=False)

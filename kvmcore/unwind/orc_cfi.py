@@ -77,7 +77,7 @@ def _interrupted(saved: tuple[str, ...]) -> bytes:
     return cfi.value_is(DWARF_RA, rip) + cfi.value_is(DWARF_REGS["rsp"], rsp)
 
 
-def orc_cfi_rule(entry: orc.OrcEntry, user_entry: bool = False) -> Any:
+def orc_cfi_rule(entry: orc.OrcEntry, user_entry: bool = False) -> cfi.CfiRule:
     """The CfiRule of one ORC entry (see the comment above)."""
     base = _orc_base(entry)
     kind = entry.type
@@ -121,8 +121,8 @@ def orc_cfi_ranges(dump: "Dump") -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
     tables = [(table.ips, table.entries_at, max(table.ranges[-1][1], table.ips[-1] + 1))]
     tables += [(ips, at, hi) for _, hi, ips, at in table.modules]
     entries: dict[bytes, orc.OrcEntry] = {}
-    plain: dict[bytes, Any] = {}  # rules of CALL/END/UNDEFINED entries, by raw entry
-    entry_frames: dict[tuple[bytes, bool], Any] = {}  # REGS rules, by (raw, user entry)
+    plain: dict[bytes, cfi.CfiRule] = {}  # rules of CALL/END/UNDEFINED entries, by raw entry
+    entry_frames: dict[tuple[bytes, bool], cfi.CfiRule] = {}  # REGS rules, by (raw, user entry)
     ranges = []
     for ips, entries_at, end in tables:
         raw = dump.read(entries_at, 6 * len(ips))

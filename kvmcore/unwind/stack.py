@@ -10,6 +10,8 @@ walk needs to tell "same stack" from "another stack".
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 MAX_STACK_SWITCHES = 6
 
 
@@ -17,10 +19,10 @@ class StackGuard:
     """Checks each new stack pointer of a walk; `advance` returns an error or None."""
 
     def __init__(self, sp: int, stack_size: int, task_stack: tuple[int, int] | None = None,
-                 is_kernel: "callable[[int], bool] | None" = None) -> None:
+                 is_kernel: Callable[[int], bool] | None = None) -> None:
         self.stack_size = stack_size
         self.task_stack = task_stack
-        self.is_kernel = is_kernel or (lambda a: True)
+        self.is_kernel: Callable[[int], bool] = is_kernel or (lambda a: True)
         self.current = self.region(sp)
         self.left: list[tuple[int, int]] = []
 
