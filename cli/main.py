@@ -106,7 +106,7 @@ class _null:
 
 def _command(name: str, dump: Path, vmlinux: Optional[Path], arch: Optional[str],
              json_out: bool, **kwargs: Any) -> None:
-    from kvmcore.report import commands
+    from kvmcore import commands
 
     d = _open(dump, vmlinux, arch)
     data = getattr(commands, f"{name}_data")(d, **kwargs)

@@ -119,7 +119,7 @@ def test_gdb_writes_refused(x86):
 
 def test_gdb_monitor_ps(x86):
     _, _, path, out = x86
-    from kvmcore.report.commands import render
+    from kvmcore.commands import render
 
     with kvmcore.open(str(path)) as dump:
         want = render("ps", dump, [])
@@ -131,7 +131,7 @@ def test_gdb_monitor_dmesg(samples):
     s = samples.get_built("x86_64-kaslr")
     path = s.file("elf")
     out = run_gdb("x86_64", samples.vmlinux("x86_64-kaslr"), path, ["monitor dmesg"])
-    from kvmcore.report.commands import render
+    from kvmcore.commands import render
 
     with kvmcore.open(str(path)) as dump:
         want = render("dmesg", dump, [])

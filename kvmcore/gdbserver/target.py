@@ -155,9 +155,9 @@ class DumpTarget:
             return "usage: monitor bt PID\n"
         with self.lock:
             try:
-                from ..report.commands import render
+                from ..commands import render
             except ImportError:
-                return f"monitor {name}: not available (kvmcore.report.commands is missing)\n"
+                return f"monitor {name}: not available (kvmcore.commands is missing)\n"
             try:
                 text = render(name, self.dump, args)
             except KvmcoreError as exc:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import KvmcoreError
-from ..kernel import has_timestamps
+from .errors import KvmcoreError
+from .kernel import has_timestamps
 
 if TYPE_CHECKING:
-    from ..dump import Dump
+    from .dump import Dump
 
 COMMANDS = ("ps", "dmesg", "mods", "sys", "bt")
 
@@ -36,7 +36,7 @@ def mods_data(dump: "Dump") -> dict[str, Any]:
 
 
 def sys_data(dump: "Dump") -> dict[str, Any]:
-    from .collect import _dump_section, _headline, _system
+    from .report.collect import _dump_section, _headline, _system
 
     out = {"dump": _dump_section(dump)}
     for key, fn in (("system", _system), ("panic", _headline)):
@@ -48,7 +48,7 @@ def sys_data(dump: "Dump") -> dict[str, Any]:
 
 
 def bt_data(dump: "Dump", pid: int | None = None, all_tasks: bool = False) -> dict[str, Any]:
-    from .collect import frames_of
+    from .report.collect import frames_of
 
     kernel = dump.kernel
     if all_tasks:
