@@ -1,11 +1,44 @@
-"""The per-command views, as data (for --json) and as plain text.
+"""The command table: every command that shows something of a dump.
 
-The CLI prints `render(...)`; the gdb server's `monitor` commands print the
-very same text.
+`COMMANDS` maps each name to a `Command`. The `kvmcore` CLI (kvmcore/cli/main.py),
+the gdb server's `monitor` (kvmcore/gdbserver/target.py) and the interactive
+shell take their commands from it and from nowhere else, so a command is
+written once:
+
+    Command(name, help, data, text, params)
+
+* ``data(dump, **args) -> dict``: the work, as plain JSON-able data; this is
+  what ``--json`` prints, and an ordinary library call, e.g.
+  ``kvmcore.commands.PS.data(kvmcore.open(path))`` or ``ps_data(dump)``.
+* ``text(data) -> str``: that data as the CLI prints it, and `monitor` too.
+* ``params``: the argument spec, one `Param` per keyword of ``data``: its
+  type, default, help and spellings (positional, or ``--pid``-style options).
+  The CLI builds its typer arguments from it; `Command.parse` reads the same
+  arguments from a command line (``monitor bt 115``, ``monitor read ADDR 32 --phys``).
+* ``cmd.run(dump, **cmd.parse(words))``: one command line's words
+  (``["bt", "--all"]`` less the name) to its text: what `monitor` does.
+
+How a dump is opened (the dump, vmlinux, --arch, --system-map, --partial)
+is the caller's business, not the table's. `serve` and `symfile` are CLI
+actions on a dump (serve it to gdb, write a file), not views, so they are
+not in the table.
+
+| name    | data          | text          | arguments                          |
+|---------|---------------|---------------|------------------------------------|
+| analyze | analyze_data  | analyze_text  | --log-lines N                      |
+| ps      | ps_data       | ps_text       |                                    |
+| dmesg   | dmesg_data    | dmesg_text    |                                    |
+| mods    | mods_data     | mods_text     |                                    |
+| sys     | sys_data      | sys_text      |                                    |
+| bt      | bt_data       | bt_text       | [--pid] PID, --all/-a              |
+| info    | info_data     | info_text     |                                    |
+| sym     | sym_data      | sym_text      | WHAT (a symbol name or an address) |
+| read    | read_data     | read_text     | ADDRESS [LENGTH] --phys            |
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import KvmcoreError
 from .kernel import has_timestamps
@@ -13,7 +46,15 @@ from .kernel import has_timestamps
 if TYPE_CHECKING:
     from .dump import Dump
 
-COMMANDS = ("ps", "dmesg", "mods", "sys", "bt")
+
+# -- data -----------------------------------------------------------------
+def analyze_data(dump: "Dump", log_lines: int = 40,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The crash report (kvmcore/schema/report.schema.json); `progress` is
+    told each stage's name (the CLI shows a spinner)."""
+    from .report import build_report
+
+    return build_report(dump, log_lines=log_lines, progress=progress)
 
 
 def ps_data(dump: "Dump") -> dict[str, Any]:
@@ -99,7 +140,7 @@ def sym_data(dump: "Dump", what: str) -> dict[str, Any]:
     return {"name": what, "address": f"{table.lookup(what):#x}", "source": table.source}
 
 
-def read_data(dump: "Dump", address: str, length: int, physical: bool = False) -> dict[str, Any]:
+def read_data(dump: "Dump", address: str, length: int = 64, physical: bool = False) -> dict[str, Any]:
     """Bytes at a kernel virtual (or physical) address, with the translation."""
     addr = parse_address(address)
     data = dump.read_phys(addr, length) if physical else dump.read(addr, length)
@@ -119,6 +160,12 @@ def parse_address(text: str) -> int:
 
 
 # -- text -----------------------------------------------------------------
+def analyze_text(data: dict[str, Any]) -> str:
+    from .report.render import render_text
+
+    return render_text(data)
+
+
 def info_text(data: dict[str, Any]) -> str:
     return "\n".join(f"{k:>13}: {v}" for k, v in data.items())
 
@@ -137,6 +184,8 @@ def read_text(data: dict[str, Any]) -> str:
                          for i in range(0, len(chunk) - width + 1, width))
         lines.append(f"{addr + off:016x}:  {words}")
     return "\n".join(lines)
+
+
 def ps_text(data: dict[str, Any]) -> str:
     # kernels whose threads have ids of their own (FreeBSD td_tid) get a TID column
     tids = any("tid" in t for t in data["tasks"])
@@ -228,20 +277,132 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def render(name: str, dump: "Dump", args: list[str] | None = None) -> str:
-    """Plain-text output of command `name` (ps, dmesg, mods, sys, bt [PID|-a])."""
-    args = args or []
-    if name == "ps":
-        return ps_text(ps_data(dump))
-    if name == "dmesg":
-        return dmesg_text(dmesg_data(dump))
-    if name == "mods":
-        return mods_text(mods_data(dump))
-    if name == "sys":
-        return sys_text(sys_data(dump))
-    if name == "bt":
-        if args and args[0] in ("-a", "--all"):
-            return bt_text(bt_data(dump, all_tasks=True))
-        pid = int(args[0]) if args else None
-        return bt_text(bt_data(dump, pid=pid))
-    raise KvmcoreError(f"unknown command {name!r}; try one of {', '.join(COMMANDS)}")
+# -- the table --------------------------------------------------------------
+@dataclass(frozen=True)
+class Param:
+    """One keyword argument of a command's `data` function."""
+
+    name: str                    # the keyword of Command.data
+    type: type                   # int, str, or bool (a flag: present or not)
+    help: str
+    default: Any = None
+    flags: tuple[str, ...] = ()  # option spellings ("--pid",); () = positional
+    required: bool = False
+    bare: bool = False           # an option a command line also takes as a bare word
+    metavar: str = ""
+
+    @property
+    def positional(self) -> bool:
+        return not self.flags
+
+    def usage(self) -> str:
+        meta = self.metavar or self.name.upper()
+        if self.positional:
+            return meta if self.required else f"[{meta}]"
+        spell = "|".join(self.flags)
+        if self.type is bool:
+            return f"[{spell}]"
+        return f"[{meta}]" if self.bare else f"[{spell} {meta}]"
+
+    def convert(self, word: str) -> Any:
+        if self.type is int:
+            try:
+                return int(word, 0)
+            except ValueError:
+                try:
+                    return int(word, 10)  # leading zeros
+                except ValueError:
+                    raise KvmcoreError(f"{self.name}: not a number: {word!r}") from None
+        return word
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: `data` does the work, `text` renders its result."""
+
+    name: str
+    help: str
+    data: Callable[..., dict[str, Any]]
+    text: Callable[[dict[str, Any]], str]
+    params: tuple[Param, ...] = ()
+
+    def param(self, name: str) -> Param:
+        return next(p for p in self.params if p.name == name)
+
+    def usage(self) -> str:
+        return " ".join([self.name] + [p.usage() for p in self.params])
+
+    def run(self, dump: "Dump", **args: Any) -> str:
+        """The command's text, as the CLI prints it."""
+        return self.text(self.data(dump, **args))
+
+    def parse(self, words: list[str]) -> dict[str, Any]:
+        """Keyword arguments for `data` from a command line's words (after the
+        name): options by their spellings (``--pid 5``, ``--pid=5``, ``-a``),
+        other words fill the positional (and bare) parameters in order."""
+        args: dict[str, Any] = {}
+        options = {flag: p for p in self.params for flag in p.flags}
+        bare = [p for p in self.params if p.positional or p.bare]
+        i = 0
+        while i < len(words):
+            word = words[i]
+            i += 1
+            flag, eq, value = word.partition("=")
+            if flag in options:
+                p = options[flag]
+                if p.type is bool:
+                    if eq:
+                        raise KvmcoreError(f"{flag} takes no value; usage: {self.usage()}")
+                    args[p.name] = True
+                    continue
+                if not eq:
+                    if i >= len(words):
+                        raise KvmcoreError(f"{flag} needs a value; usage: {self.usage()}")
+                    value = words[i]
+                    i += 1
+                args[p.name] = p.convert(value)
+            elif word.startswith("-") and not word[1:2].isdigit():
+                raise KvmcoreError(f"unknown option {word!r}; usage: {self.usage()}")
+            else:
+                free = [p for p in bare if p.name not in args]
+                if not free:
+                    raise KvmcoreError(f"too many arguments; usage: {self.usage()}")
+                args[free[0].name] = free[0].convert(word)
+        missing = [p.name for p in self.params if p.required and p.name not in args]
+        if missing:
+            raise KvmcoreError(f"missing {', '.join(missing)}; usage: {self.usage()}")
+        return args
+
+
+ADDRESS_HELP = "kernel virtual address"
+
+ANALYZE = Command(
+    "analyze", "The crash report: panic, backtrace, system, log, tasks, modules.",
+    analyze_data, analyze_text,
+    (Param("log_lines", int, "kernel log lines to show", 40, ("--log-lines",), metavar="N"),))
+PS = Command("ps", "Every process and thread ('>' marks tasks that were on a CPU).",
+             ps_data, ps_text)
+DMESG = Command("dmesg", "The kernel log.", dmesg_data, dmesg_text)
+MODS = Command("mods", "Loaded modules, with taints.", mods_data, mods_text)
+SYS = Command("sys", "System and panic summary (as crash's `sys`).", sys_data, sys_text)
+BT = Command(
+    "bt", "Backtrace of the panicking task (or --pid PID, or --all).", bt_data, bt_text,
+    (Param("pid", int, "backtrace of this task", None, ("--pid",), bare=True, metavar="PID"),
+     Param("all_tasks", bool, "every task", False, ("--all", "-a"))))
+INFO = Command("info", "Format, architecture and kernel release: the quickest look at a dump.",
+               info_data, info_text)
+SYM = Command(
+    "sym", "Look up a symbol's address, or symbolize an address (func+off/size [module]).",
+    sym_data, sym_text,
+    (Param("what", str, "a symbol name or an address", required=True, metavar="WHAT"),))
+READ = Command(
+    "read", "Hex dump of kernel virtual (or --phys physical) memory, with its translation.",
+    read_data, read_text,
+    (Param("address", str, ADDRESS_HELP, required=True, metavar="ADDRESS"),
+     Param("length", int, "bytes to read", 64, metavar="LENGTH"),
+     Param("physical", bool, "the address is physical", False, ("--phys",))))
+
+#: every command, by name, in the order `monitor help` lists them
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    ANALYZE, PS, DMESG, MODS, SYS, BT, INFO, SYM, READ)}
+
