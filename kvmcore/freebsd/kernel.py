@@ -191,11 +191,7 @@ class FreeBSDKernel:
     @property
     def types(self) -> Any:
         if self._types is None:
-            try:
-                self._types = self.dump.types
-            except ImportError:
-                raise TypeInfoError("no type information is available (kvmcore.types is "
-                                    "not installed)", self.dump.path) from None
+            self._types = self.dump.types
         return self._types
 
     def has_symbol(self, name: str) -> bool:

@@ -70,7 +70,7 @@ class DumpTarget:
         with self.lock:
             try:
                 return list(self.dump.kernel.modules())
-            except (KvmcoreError, ImportError, AttributeError, NotImplementedError):
+            except (KvmcoreError, NotImplementedError):
                 return []
 
     def libraries_xml(self) -> bytes:

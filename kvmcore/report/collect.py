@@ -25,7 +25,7 @@ def _section(fn: Callable[[], dict[str, Any]], problems: list[str], name: str) -
         return out
     except KvmcoreError as exc:
         reason = exc.message
-    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
         reason = f"internal error: {type(exc).__name__}: {exc}"
     problems.append(f"{name}: {reason}")
     return {"available": False, "reason": reason}
