@@ -33,13 +33,13 @@ def _say(text: str) -> None:
 
 
 def ensure_built(memory_mb: int, extra_tasks: int) -> ScalePoint:
-    from sample_dumps import cache_dir
+    from sample_dumps import cache_root
     from sample_dumps.build import build_sample
     from sample_dumps.manifest import load
     from sample_dumps.table import scale_spec
     spec = scale_spec(memory_mb, extra_tasks)
     point = ScalePoint(spec.id, memory_mb, extra_tasks)
-    cache = cache_dir()
+    cache = cache_root()
     sdir = cache / spec.cache_subdir / spec.id
     if not (sdir / "vmcore.elf").exists():
         free = shutil.disk_usage(cache).free
@@ -59,8 +59,8 @@ def ensure_built(memory_mb: int, extra_tasks: int) -> ScalePoint:
 
 
 def measure_point(point: ScalePoint, runs: int) -> None:
-    from sample_dumps import cache_dir
-    dump = cache_dir() / "scale" / point.id / "vmcore.elf"
+    from sample_dumps import cache_root
+    dump = cache_root() / "scale" / point.id / "vmcore.elf"
     for task in SCALE_TASKS:
         _say(f"  {point.id}: {task}")
         cmd = tools.kvmcore_read_cmd(task, dump) if task == "seq" else tools.kvmcore_cmd(task, dump)

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import typer
 
 import kvmcore
+from kvmcore import commands
 from kvmcore.errors import KvmcoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -22,6 +23,8 @@ DumpArg = typer.Argument(..., help="the crash dump (vmcore)")
 VmlinuxArg = typer.Argument(None, help="the kernel's vmlinux (optional)")
 ArchOpt = typer.Option(None, "--arch", help="force the architecture backend (x86_64, aarch64, ...)")
 JsonOpt = typer.Option(False, "--json", help="print JSON")
+SystemMapOpt = typer.Option(None, "--system-map", help="the kernel's System.map: its symbols "
+                            "when no vmlinux (or a stripped one) is given")
 
 
 def committed_sample() -> Path:
@@ -36,9 +39,11 @@ def committed_sample() -> Path:
 PARTIAL = {"value": False}  # --partial, a global option
 
 
-def _open(dump: Path, vmlinux: Optional[Path], arch: Optional[str]) -> kvmcore.Dump:
+def _open(dump: Path, vmlinux: Optional[Path], arch: Optional[str],
+          system_map: Optional[Path] = None) -> kvmcore.Dump:
     return kvmcore.open(str(dump), str(vmlinux) if vmlinux else None, arch,
-                        allow_truncated=PARTIAL["value"])
+                        allow_truncated=PARTIAL["value"],
+                        system_map=str(system_map) if system_map else None)
 
 
 @app.callback()
@@ -52,7 +57,15 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-@app.command()
+def _arg(cmd: commands.Command, name: str) -> Any:
+    """The typer argument or option for parameter `name` of `cmd`, from the table."""
+    p = cmd.param(name)
+    if p.positional:
+        return typer.Argument(... if p.required else p.default, help=p.help)
+    return typer.Option(p.default, *p.flags, help=p.help)
+
+
+@app.command("analyze", help=commands.ANALYZE.help)
 def analyze(dump: Optional[Path] = typer.Argument(None, help="the crash dump; default: the "
                                                  "committed sample"),
             vmlinux: Optional[Path] = VmlinuxArg, arch: Optional[str] = ArchOpt,
@@ -60,13 +73,11 @@ def analyze(dump: Optional[Path] = typer.Argument(None, help="the crash dump; de
             fmt: str = typer.Option("auto", "--format",
                                     help="auto (rich on a terminal, text when piped), rich, "
                                     "text, markdown, json"),
-            log_lines: int = typer.Option(40, "--log-lines", help="kernel log lines to show")
-            ) -> None:
-    """The crash report: panic, backtrace, system, log, tasks, modules."""
+            log_lines: int = _arg(commands.ANALYZE, "log_lines"),
+            system_map: Optional[Path] = SystemMapOpt) -> None:
     from rich.console import Console
 
-    from kvmcore.report import build_report
-    from kvmcore.report.render import render_markdown, render_rich, render_text
+    from kvmcore.report.render import render_markdown, render_rich
 
     err = Console(stderr=True)
     if json_out:
@@ -78,18 +89,18 @@ def analyze(dump: Optional[Path] = typer.Argument(None, help="the crash dump; de
         # first line of the report; on stderr where stdout must stay machine-readable
         print(f"kvmcore: no dump given: analyzing the committed sample {dump}",
               file=sys.stderr if fmt in ("json", "markdown") else sys.stdout)
-    d = _open(dump, vmlinux, arch)
+    d = _open(dump, vmlinux, arch, system_map)
     with err.status("opening the dump") if err.is_terminal else _null() as status:
         def progress(stage: str) -> None:
             if status is not None:
                 status.update(stage)
-        report = build_report(d, log_lines=log_lines, progress=progress)
+        report = commands.ANALYZE.data(d, log_lines=log_lines, progress=progress)
     if fmt == "json":
         _print_json(report)
     elif fmt == "markdown":
         sys.stdout.write(render_markdown(report))
     elif fmt == "text" or (fmt == "auto" and not sys.stdout.isatty()):
-        print(render_text(report))
+        print(commands.ANALYZE.text(report))
     elif fmt in ("rich", "auto"):
         render_rich(report, Console())
     else:
@@ -104,101 +115,99 @@ class _null:
         return None
 
 
-def _command(name: str, dump: Path, vmlinux: Optional[Path], arch: Optional[str],
-             json_out: bool, **kwargs: Any) -> None:
-    from kvmcore.report import commands
-
-    d = _open(dump, vmlinux, arch)
-    data = getattr(commands, f"{name}_data")(d, **kwargs)
+def _command(cmd: commands.Command, dump: Path, vmlinux: Optional[Path], arch: Optional[str],
+             system_map: Optional[Path], json_out: bool, **kwargs: Any) -> None:
+    """Open the dump, call `cmd.data`, print its JSON or `cmd.text`."""
+    data = cmd.data(_open(dump, vmlinux, arch, system_map), **kwargs)
     if json_out:
         _print_json(data)
     else:
-        print(getattr(commands, f"{name}_text")(data))
+        print(cmd.text(data))
 
 
-@app.command()
+@app.command("ps", help=commands.PS.help)
 def ps(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
-       arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt) -> None:
-    """Every process and thread ('>' marks tasks that were on a CPU)."""
-    _command("ps", dump, vmlinux, arch, json_out)
+       arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt,
+       system_map: Optional[Path] = SystemMapOpt) -> None:
+    _command(commands.PS, dump, vmlinux, arch, system_map, json_out)
 
 
-@app.command()
+@app.command("dmesg", help=commands.DMESG.help)
 def dmesg(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
-          arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt) -> None:
-    """The kernel log."""
-    _command("dmesg", dump, vmlinux, arch, json_out)
+          arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt,
+          system_map: Optional[Path] = SystemMapOpt) -> None:
+    _command(commands.DMESG, dump, vmlinux, arch, system_map, json_out)
 
 
-@app.command()
+@app.command("mods", help=commands.MODS.help)
 def mods(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
-         arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt) -> None:
-    """Loaded modules, with taints."""
-    _command("mods", dump, vmlinux, arch, json_out)
+         arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt,
+         system_map: Optional[Path] = SystemMapOpt) -> None:
+    _command(commands.MODS, dump, vmlinux, arch, system_map, json_out)
 
 
-@app.command("sys")
+@app.command("sys", help=commands.SYS.help)
 def sys_cmd(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
-            arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt) -> None:
-    """System and panic summary (as crash's `sys`)."""
-    _command("sys", dump, vmlinux, arch, json_out)
+            arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt,
+            system_map: Optional[Path] = SystemMapOpt) -> None:
+    _command(commands.SYS, dump, vmlinux, arch, system_map, json_out)
 
 
-@app.command()
+@app.command("bt", help=commands.BT.help)
 def bt(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
        arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt,
-       pid: Optional[int] = typer.Option(None, "--pid", help="backtrace of this task"),
-       all_tasks: bool = typer.Option(False, "--all", "-a", help="every task")) -> None:
-    """Backtrace of the panicking task (or --pid PID, or --all)."""
-    _command("bt", dump, vmlinux, arch, json_out, pid=pid, all_tasks=all_tasks)
+       pid: Optional[int] = _arg(commands.BT, "pid"),
+       all_tasks: bool = _arg(commands.BT, "all_tasks"),
+       system_map: Optional[Path] = SystemMapOpt) -> None:
+    _command(commands.BT, dump, vmlinux, arch, system_map, json_out, pid=pid,
+             all_tasks=all_tasks)
 
 
-@app.command()
+@app.command("info", help=commands.INFO.help)
 def info(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
-         arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt) -> None:
-    """Format, architecture and kernel release: the quickest look at a dump."""
-    _command("info", dump, vmlinux, arch, json_out)
+         arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt,
+         system_map: Optional[Path] = SystemMapOpt) -> None:
+    _command(commands.INFO, dump, vmlinux, arch, system_map, json_out)
 
 
-@app.command()
-def sym(dump: Path = DumpArg, what: str = typer.Argument(..., help="a symbol name or an address"),
-        vmlinux: Optional[Path] = typer.Argument(None, help="the kernel's vmlinux (optional)"),
-        arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt) -> None:
-    """Look up a symbol's address, or symbolize an address (func+off/size [module])."""
-    _command("sym", dump, vmlinux, arch, json_out, what=what)
+@app.command("sym", help=commands.SYM.help)
+def sym(dump: Path = DumpArg, what: str = _arg(commands.SYM, "what"),
+        vmlinux: Optional[Path] = VmlinuxArg,
+        arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt,
+        system_map: Optional[Path] = SystemMapOpt) -> None:
+    _command(commands.SYM, dump, vmlinux, arch, system_map, json_out, what=what)
 
 
-@app.command()
-def read(dump: Path = DumpArg, address: str = typer.Argument(..., help="kernel virtual address"),
-         length: int = typer.Argument(64, help="bytes to read"),
-         arch: Optional[str] = ArchOpt, physical: bool = typer.Option(
-             False, "--phys", help="the address is physical"),
-         json_out: bool = JsonOpt) -> None:
-    """Hex dump of kernel virtual (or --phys physical) memory, with its translation."""
-    _command("read", dump, None, arch, json_out, address=address, length=length,
-             physical=physical)
+@app.command("read", help=commands.READ.help)
+def read(dump: Path = DumpArg, address: str = _arg(commands.READ, "address"),
+         length: int = _arg(commands.READ, "length"),
+         arch: Optional[str] = ArchOpt, physical: bool = _arg(commands.READ, "physical"),
+         json_out: bool = JsonOpt, system_map: Optional[Path] = SystemMapOpt) -> None:
+    _command(commands.READ, dump, None, arch, system_map, json_out, address=address,
+             length=length, physical=physical)
 
 
 @app.command()
 def serve(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
-          arch: Optional[str] = ArchOpt,
+          arch: Optional[str] = ArchOpt, system_map: Optional[Path] = SystemMapOpt,
           listen: str = typer.Option("127.0.0.1:1234", "--listen", help="HOST:PORT"),
           stdio: bool = typer.Option(False, "--stdio", help="speak on stdin/stdout "
                                      "(target remote | kvmcore serve --stdio DUMP)")) -> None:
     """Serve the dump to gdb over the remote serial protocol, read-only."""
     from kvmcore import gdbserver
 
-    d = _open(dump, vmlinux, arch)
+    d = _open(dump, vmlinux, arch, system_map)
     gdbserver.serve(d, listen=listen, stdio=stdio)
 
 
 @app.command()
 def symfile(dump: Path = DumpArg, output: Path = typer.Option(..., "-o", "--output"),
-            arch: Optional[str] = ArchOpt) -> None:
+            arch: Optional[str] = ArchOpt,
+            system_map: Optional[Path] = SystemMapOpt) -> None:
     """Write an ELF symbol file for gdb from the dump's own kallsyms."""
     from kvmcore.gdbserver.symfile import write_dump_symbol_file
 
-    note = write_dump_symbol_file(_open(dump, None, arch), str(output))
+    note = write_dump_symbol_file(_open(dump, None, arch, system_map), str(output))
     print(f"wrote {output}: {note}; use: gdb {output} -ex "
           f"'target remote | kvmcore serve --stdio {dump}'")
 

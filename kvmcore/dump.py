@@ -37,6 +37,7 @@ class Dump:
 
     def __init__(self, path: "str | list[str]", vmlinux: str | None = None,
                  arch: str | None = None, allow_truncated: bool = False,
+                 system_map: str | None = None,
                  symbol_map: Mapping[str, int] | None = None) -> None:
         # a list of paths: the parts of a split kdump dump (makedumpfile --split)
         self.paths = [os.fspath(p) for p in path] if isinstance(path, (list, tuple)) \
@@ -45,6 +46,9 @@ class Dump:
         self.vmlinux = os.fspath(vmlinux) if vmlinux else None
         if self.vmlinux and not os.path.isfile(self.vmlinux):
             raise KvmcoreError("no such vmlinux file", self.vmlinux)
+        self.system_map = os.fspath(system_map) if system_map else None  # kvmcore.symbols
+        if self.system_map and not os.path.isfile(self.system_map):
+            raise KvmcoreError("no such System.map file", self.system_map)
         self.mem: PhysicalMemory = open_physical(
             self.paths if len(self.paths) > 1 else self.path, raw=arch is not None)
         if self.mem.metadata.get("truncated") and not allow_truncated:
@@ -219,11 +223,13 @@ class Dump:
 
 
 def open(path: "str | list[str]", vmlinux: str | None = None, arch: str | None = None,  # noqa: A001
-         allow_truncated: bool = False, symbol_map: Mapping[str, int] | None = None) -> Dump:
+         allow_truncated: bool = False, system_map: str | None = None,
+         symbol_map: Mapping[str, int] | None = None) -> Dump:
     """Open a crash dump read-only; `arch` forces a backend (needed for raw images).
 
     A truncated file is refused unless `allow_truncated`: then what the file
     holds reads as usual and the rest raises TruncatedDumpError on access.
+    `system_map` names a System.map, the symbols' source when no vmlinux is given.
     `symbol_map` ({name: address}) is consulted before the dump's own symbol
     sources (a FreeBSD kernel's symbols from elsewhere)."""
-    return Dump(path, vmlinux, arch, allow_truncated, symbol_map)
+    return Dump(path, vmlinux, arch, allow_truncated, system_map, symbol_map)

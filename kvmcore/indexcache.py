@@ -19,6 +19,8 @@ import struct
 import tempfile
 import zlib
 
+from .cachedir import index_dir
+
 MAGIC = b"KVMCIDX1"
 # magic, source length, source sha256, payload length, payload crc32
 _HEADER = struct.Struct("<8sQ32sQI")
@@ -30,18 +32,13 @@ def enabled() -> bool:
     return os.environ.get("KVMCORE_INDEX_CACHE", "1") not in ("0", "off", "no")
 
 
-def cache_dir(build_id: str) -> str:
-    root = os.environ.get("KVMCORE_CACHE") or os.path.expanduser("~/.cache/kvmcore")
-    return os.path.join(root, "index", build_id)
-
-
 def _path(build_id: str | None, name: str) -> str | None:
     if not build_id or not enabled():
         return None
     build_id = build_id.lower()
     if not _BUILD_ID.fullmatch(build_id):  # it names a directory: hex only
         return None
-    return os.path.join(cache_dir(build_id), name)
+    return os.path.join(index_dir(build_id), name)
 
 
 def source_digest(*parts: bytes) -> tuple[int, bytes]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cache_dir
+from . import cache_root
 from .table import BY_ID, SAMPLES, default_ids
 from .util import log
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --memory-mb: init starts this many extra sleep processes")
     sub.add_parser("list", help="list cached samples and their files")
     args = ap.parse_args(argv)
-    cache = cache_dir()
+    cache = cache_root()
 
     if args.cmd == "list":
         from .catalog import load_samples

@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import COMMITTED_DIR, cache_dir, debian, initramfs, makedumpfile, manifest, qemu
+from . import COMMITTED_DIR, debian, initramfs, makedumpfile, manifest, qemu
 from .table import MDF_FORMATS, SampleSpec, Arch
 from .util import log
 

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cache_dir
+from . import cache_root
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Sample:
 
 
 def load_samples(cache: Path | str | None = None) -> dict[str, Sample]:
-    cache = Path(cache) if cache else cache_dir()
+    cache = Path(cache) if cache else cache_root()
     out = {}
     for mf in sorted((cache / "samples").glob("*/manifest.json")):
         try:

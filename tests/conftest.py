@@ -12,6 +12,7 @@ if str(ROOT) not in sys.path:
 
 import pytest  # noqa: E402
 
+from sample_dumps import cache_root  # noqa: E402
 from sample_dumps.catalog import Sample, load_samples  # noqa: E402
 from sample_dumps.table import SAMPLES  # noqa: E402
 
@@ -39,8 +40,8 @@ class SampleSet(dict):
 
     def get_built(self, sid: str) -> Sample:
         if sid not in self:
-            pytest.fail(f"sample {sid!r} is not built (cache: looked in $KVMCORE_CACHE or "
-                        f"~/.cache/kvmcore/samples); {BUILD_HINT}", pytrace=False)
+            pytest.fail(f"sample {sid!r} is not built (looked in {cache_root() / 'samples'}); "
+                        f"{BUILD_HINT}", pytrace=False)
         return self[sid]
 
     def vmlinux(self, sid: str) -> Path:

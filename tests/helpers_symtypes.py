@@ -14,11 +14,12 @@ HOW_TO_GET = "build them with `python -m sample_dumps build --with-dbg` (see sam
 
 
 def sample(sample_id: str):
+    from sample_dumps import cache_root
     from sample_dumps.catalog import load_samples
 
     samples = load_samples()
     if sample_id not in samples:
-        pytest.fail(f"sample {sample_id} missing under ~/.cache/kvmcore/samples: {HOW_TO_GET}")
+        pytest.fail(f"sample {sample_id} missing under {cache_root() / 'samples'}: {HOW_TO_GET}")
     s = samples[sample_id]
     if s.vmlinux() is None or s.system_map() is None:
         pytest.fail(f"sample {sample_id}: -dbg vmlinux/System.map missing: {HOW_TO_GET}")

@@ -119,10 +119,10 @@ def test_gdb_writes_refused(x86):
 
 def test_gdb_monitor_ps(x86):
     _, _, path, out = x86
-    from kvmcore.report.commands import render
+    from kvmcore.commands import COMMANDS
 
     with kvmcore.open(str(path)) as dump:
-        want = render("ps", dump, [])
+        want = COMMANDS["ps"].run(dump)
     got = out.split("Command aborted.\n", 1)[-1].split("==PSEND==")[0]
     assert want.strip() in got, got[:2000]
 
@@ -131,10 +131,10 @@ def test_gdb_monitor_dmesg(samples):
     s = samples.get_built("x86_64-kaslr")
     path = s.file("elf")
     out = run_gdb("x86_64", samples.vmlinux("x86_64-kaslr"), path, ["monitor dmesg"])
-    from kvmcore.report.commands import render
+    from kvmcore.commands import COMMANDS
 
     with kvmcore.open(str(path)) as dump:
-        want = render("dmesg", dump, [])
+        want = COMMANDS["dmesg"].run(dump)
     assert s.manifest["marker"] in out
     assert want.strip() in out
 

@@ -9,7 +9,7 @@ import pytest
 import kvmcore
 from patching import patched_dump, word
 import kvmcore.report
-import kvmcore.report.commands
+import kvmcore.commands
 from kvmcore.errors import UnsupportedError
 
 
@@ -48,7 +48,7 @@ def test_pointer_into_unmapped_memory(samples, layout):
     result = dump.kernel.task_list
     assert result.partial and "0xffffdead00000000" in result.problem
     assert "sleeper_b" in {t.comm for t in result.tasks}
-    ps = kvmcore.report.commands.render("ps", dump)
+    ps = kvmcore.commands.PS.run(dump)
     assert ps.splitlines()[-1].startswith("(partial: task list walk stopped after")
 
 

@@ -26,7 +26,7 @@ import struct
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from ..errors import (DecompressionError, DumpFormatError, NotInDumpError,
                       TruncatedDumpError, UnsupportedError)
@@ -645,8 +645,3 @@ def open_split(paths: Sequence[str | os.PathLike[str]]) -> PhysicalMemory:
     if len(parts) == 1 and not parts[0].split:
         return parts[0]
     return SplitKdumpDump(parts)
-
-
-def describe_header(mem: KdumpDump) -> dict[str, Any]:
-    """The header fields, for `kvmcore info`-style reports."""
-    return {k: v for k, v in mem.metadata.items() if k != "vmcoreinfo_raw"}

@@ -32,21 +32,6 @@ def escape_binary(data: bytes) -> bytes:
             .replace(b"*", b"}\x0a"))
 
 
-def unescape_binary(data: bytes) -> bytes:
-    if b"}" not in data:
-        return data
-    out = bytearray()
-    it = iter(data)
-    for c in it:
-        if c == 0x7D:
-            nxt = next(it, None)
-            if nxt is not None:
-                out.append(nxt ^ 0x20)
-        else:
-            out.append(c)
-    return bytes(out)
-
-
 @dataclass(frozen=True)
 class Event:
     """What the reader saw: kind is 'packet', 'bad-checksum', 'oversized',

@@ -11,18 +11,11 @@ from functools import cached_property
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from .. import commands
 from ..errors import AddressError, KvmcoreError
 from .tdesc import RegisterCodec, target_xml
 from .threads import GdbThread, ThreadList
 
-MONITOR_COMMANDS = {
-    "help": "list these commands",
-    "ps": "tasks, as `kvmcore ps` prints them",
-    "dmesg": "the kernel log, as `kvmcore dmesg` prints it",
-    "mods": "loaded modules, as `kvmcore mods` prints them",
-    "sys": "system summary, as `kvmcore sys` prints it",
-    "bt": "bt PID: kernel backtrace of a task, as `kvmcore bt PID` prints it",
-}
 
 
 class DumpTarget:
@@ -77,7 +70,7 @@ class DumpTarget:
         with self.lock:
             try:
                 return list(self.dump.kernel.modules())
-            except (KvmcoreError, ImportError, AttributeError, NotImplementedError):
+            except (KvmcoreError, NotImplementedError):
                 return []
 
     def libraries_xml(self) -> bytes:
@@ -143,25 +136,30 @@ class DumpTarget:
 
     # -- monitor ---------------------------------------------------------
     def monitor(self, line: str) -> str:
+        """`monitor LINE`: `help`, or a command of kvmcore.commands.COMMANDS
+        with its CLI arguments (`monitor bt 115`, `monitor bt --all`), printing
+        what the CLI prints."""
         words = line.split()
         if not words or words[0] == "help":
-            width = max(map(len, MONITOR_COMMANDS))
-            return "kvmcore monitor commands (the target is a read-only crash dump):\n" + "".join(
-                f"  {name:<{width}}  {text}\n" for name, text in MONITOR_COMMANDS.items())
-        name, args = words[0], words[1:]
-        if name not in MONITOR_COMMANDS:
+            return monitor_help()
+        name = words[0]
+        cmd = commands.COMMANDS.get(name)
+        if cmd is None:
             return f"unknown monitor command {name!r}; try `monitor help`\n"
-        if name == "bt" and not args:
-            return "usage: monitor bt PID\n"
         with self.lock:
             try:
-                from ..report.commands import render
-            except ImportError:
-                return f"monitor {name}: not available (kvmcore.report.commands is missing)\n"
-            try:
-                text = render(name, self.dump, args)
+                text = cmd.run(self.dump, **cmd.parse(words[1:]))
             except KvmcoreError as exc:
                 return f"monitor {name}: {exc}\n"
             except Exception as exc:  # noqa: BLE001 - a report bug must not end the session
                 return f"monitor {name}: not available ({type(exc).__name__}: {exc})\n"
         return text if text.endswith("\n") or not text else text + "\n"
+
+
+def monitor_help() -> str:
+    """`monitor help`: every command of the table, with its arguments."""
+    rows = [("help", "List these commands.")]
+    rows += [(cmd.usage(), cmd.help) for cmd in commands.COMMANDS.values()]
+    width = max(len(usage) for usage, _ in rows)
+    return "kvmcore monitor commands (the target is a read-only crash dump):\n" + "".join(
+        f"  {usage:<{width}}  {text}\n" for usage, text in rows)

@@ -3,8 +3,8 @@
 Thread ids are the task's pid (tid, as the kernel numbers threads), so gdb's
 "Thread 115" is pid 115; the per-CPU idle tasks all have pid 0 and get
 IDLE_TID_BASE + cpu, above any pid the kernel hands out (PID_MAX_LIMIT is 4M).
-Without a kernel model (no `kvmcore.linux` yet, or an OS it does not know)
-each CPU of the dump's PRSTATUS notes is one thread.
+Without a kernel model (an OS kvmcore does not know, or a model that finds
+no tasks) each CPU of the dump's PRSTATUS notes is one thread.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class GdbThread:
         if self._cache is None:
             try:
                 self._cache = dict(self._regs()) if self._regs else {}
-            except (KvmcoreError, LookupError, ValueError, TypeError, AttributeError):
+            except (KvmcoreError, LookupError, ValueError, TypeError):
                 self._cache = {}
         return self._cache
 
@@ -72,7 +72,7 @@ class ThreadList:
     def from_dump(cls, dump: Any) -> "ThreadList":
         try:
             return cls._from_tasks(dump)
-        except (KvmcoreError, ImportError, AttributeError, NotImplementedError):
+        except (KvmcoreError, NotImplementedError):
             return cls._from_cpus(dump)
 
     @classmethod
@@ -106,7 +106,7 @@ class ThreadList:
             panic = kernel.panic_task()
             current = next(t.tid for t in threads if t.task is panic or
                            getattr(t.task, "address", None) == getattr(panic, "address", 0))
-        except (KvmcoreError, StopIteration, AttributeError, NotImplementedError):
+        except (KvmcoreError, StopIteration, NotImplementedError):
             pass
         return cls(threads, current, "tasks")
 
@@ -133,7 +133,7 @@ def _task_regs(dump: Any, thread: GdbThread, cpu_regs: dict[str, int] | None
         task = thread.task
         try:
             values: dict[str, int] = task.registers()  # a kvmcore.kernel.TaskModel
-        except (KvmcoreError, NotImplementedError, AttributeError):
+        except (KvmcoreError, NotImplementedError):
             if cpu_regs is None:
                 raise
             values = cpu_regs  # a running task: its CPU's PRSTATUS
@@ -146,7 +146,7 @@ def _task_regs(dump: Any, thread: GdbThread, cpu_regs: dict[str, int] | None
 def _kernel_text(dump: Any) -> tuple[int, int] | None:
     try:
         return dump.symbols.lookup("_stext"), dump.symbols.lookup("_etext")
-    except (KvmcoreError, AttributeError):
+    except KvmcoreError:
         return None
 
 
@@ -163,7 +163,7 @@ def _past_module_frames(dump: Any, thread: GdbThread, regs: dict[str, int]) -> d
         return regs
     try:
         bt = unwind(dump, regs, max_frames=16)
-    except KvmcoreError:
+    except (KvmcoreError, NotImplementedError):
         return regs
     skipped: list[str] = []
     for index, frame in enumerate(bt.frames):

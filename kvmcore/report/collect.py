@@ -18,12 +18,6 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 
 
-def schema_path() -> str:
-    """The JSON Schema the --json report follows (kvmcore/schema/report.schema.json)."""
-    return os.path.join(os.path.dirname(os.path.dirname(__file__)), "schema",
-                        "report.schema.json")
-
-
 def _section(fn: Callable[[], dict[str, Any]], problems: list[str], name: str) -> dict[str, Any]:
     try:
         out = fn()
@@ -31,7 +25,7 @@ def _section(fn: Callable[[], dict[str, Any]], problems: list[str], name: str) -
         return out
     except KvmcoreError as exc:
         reason = exc.message
-    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
         reason = f"internal error: {type(exc).__name__}: {exc}"
     problems.append(f"{name}: {reason}")
     return {"available": False, "reason": reason}

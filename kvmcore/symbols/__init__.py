@@ -6,7 +6,6 @@ next to the vmlinux), (3) kallsyms decoded from the dump's own memory.
 """
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from ..errors import SymbolError
@@ -21,11 +20,6 @@ if TYPE_CHECKING:
 __all__ = ["Symbol", "SymbolTable", "load_symbols", "symbols_from_vmlinux",
            "symbols_from_system_map", "symbols_from_kallsyms", "check_build_id",
            "FUNCTION_TYPES"]
-
-
-def cache_root() -> str:
-    """${KVMCORE_CACHE:-~/.cache/kvmcore}"""
-    return os.environ.get("KVMCORE_CACHE") or os.path.expanduser("~/.cache/kvmcore")
 
 
 def check_build_id(dump: "Dump", image: VmlinuxFile) -> None:
@@ -95,11 +89,12 @@ def symbols_from_kallsyms(dump: "Dump") -> SymbolTable:
 
 def load_symbols(dump: "Dump", system_map: str | None = None,
                  prefer: str | None = None) -> SymbolTable:
-    """The best symbol table for `dump`. `system_map` (or dump.system_map)
-    names a System.map; `prefer` forces one of "vmlinux", "System.map",
-    "kallsyms"."""
-    vmlinux = getattr(dump, "vmlinux", None)
-    system_map = system_map or getattr(dump, "system_map", None)
+    """The best symbol table for `dump`. `system_map` (or dump.system_map,
+    from `kvmcore.open(..., system_map=)` and the CLI's --system-map) names
+    a System.map, else one is looked for next to the vmlinux; `prefer` forces
+    one of "vmlinux", "System.map", "kallsyms"."""
+    vmlinux = dump.vmlinux
+    system_map = system_map or dump.system_map
     if system_map is None and vmlinux:
         info = dump.vmcoreinfo
         system_map = find_system_map(vmlinux, info.osrelease if info else None)

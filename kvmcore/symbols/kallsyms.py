@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from .. import indexcache
 from ..errors import KvmcoreError, SymbolError
-from .table import Symbol, SymbolColumns
+from .table import SymbolColumns
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -152,11 +152,6 @@ def _expand(data: bytes, num: int, tokens: list[bytes], path: str) -> str:
     return "".join(parts)
 
 
-def decode_names(dump: "Dump", num: int, tokens: list[bytes]) -> list[bytes]:
-    """Each symbol's expanded text (type letter, then name)."""
-    return [n.encode("latin-1") for n in _expanded_text(dump, num, tokens).split("\n")[1:]]
-
-
 def decode_addresses(dump: "Dump", num: int, absolute_percpu: bool) -> list[int]:
     info = _info(dump)
     mask = (1 << (dump.word_size * 8)) - 1
@@ -198,9 +193,3 @@ def read_kallsyms_columns(dump: "Dump") -> SymbolColumns:
         entries, addrs = list(compress(entries, keep)), list(compress(addrs, keep))
     return SymbolColumns(names=list(map(itemgetter(slice(1, None)), entries)),
                          addresses=addrs, types=list(map(itemgetter(0), entries)))
-
-
-def read_kallsyms(dump: "Dump") -> list[Symbol]:
-    """Every kallsyms entry as a Symbol (runtime addresses)."""
-    cols = read_kallsyms_columns(dump)
-    return [Symbol(n, a, 0, t) for n, a, t in zip(cols.names, cols.addresses, cols.types)]

@@ -17,6 +17,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any, Hashable
 
+from ..cachedir import index_dir
 from ..errors import TypeInfoError
 from .model import VOID, Member, Type
 
@@ -32,11 +33,6 @@ _QUALIFIERS = {"DW_TAG_const_type": "const", "DW_TAG_volatile_type": "volatile",
                "DW_TAG_restrict_type": "restrict", "DW_TAG_typedef": "typedef",
                "DW_TAG_atomic_type": "volatile"}
 MAX_ARRAY_DIMS = 16
-
-
-def cache_dir(build_id: str) -> str:
-    root = os.environ.get("KVMCORE_CACHE") or os.path.expanduser("~/.cache/kvmcore")
-    return os.path.join(root, "index", build_id)
 
 
 class DwarfTypes:
@@ -68,7 +64,7 @@ class DwarfTypes:
             self._file.close()
             raise TypeInfoError(f"cannot read DWARF: {exc}", path) from None
         self._debug_info_size = info_sec.size
-        self.index_path = os.path.join(cache_dir(build_id), "types.json")
+        self.index_path = os.path.join(index_dir(build_id), "types.json")
         self._names: dict[str, list[int]] = {}
         self._next_cu = 0
         self._complete = False

@@ -1,0 +1,408 @@
+"""The command table: every command that shows something of a dump.
+
+`COMMANDS` maps each name to a `Command`. The `kvmcore` CLI (kvmcore/cli/main.py),
+the gdb server's `monitor` (kvmcore/gdbserver/target.py) and the interactive
+shell take their commands from it and from nowhere else, so a command is
+written once:
+
+    Command(name, help, data, text, params)
+
+* ``data(dump, **args) -> dict``: the work, as plain JSON-able data; this is
+  what ``--json`` prints, and an ordinary library call, e.g.
+  ``kvmcore.commands.PS.data(kvmcore.open(path))`` or ``ps_data(dump)``.
+* ``text(data) -> str``: that data as the CLI prints it, and `monitor` too.
+* ``params``: the argument spec, one `Param` per keyword of ``data``: its
+  type, default, help and spellings (positional, or ``--pid``-style options).
+  The CLI builds its typer arguments from it; `Command.parse` reads the same
+  arguments from a command line (``monitor bt 115``, ``monitor read ADDR 32 --phys``).
+* ``cmd.run(dump, **cmd.parse(words))``: one command line's words
+  (``["bt", "--all"]`` less the name) to its text: what `monitor` does.
+
+How a dump is opened (the dump, vmlinux, --arch, --system-map, --partial)
+is the caller's business, not the table's. `serve` and `symfile` are CLI
+actions on a dump (serve it to gdb, write a file), not views, so they are
+not in the table.
+
+| name    | data          | text          | arguments                          |
+|---------|---------------|---------------|------------------------------------|
+| analyze | analyze_data  | analyze_text  | --log-lines N                      |
+| ps      | ps_data       | ps_text       |                                    |
+| dmesg   | dmesg_data    | dmesg_text    |                                    |
+| mods    | mods_data     | mods_text     |                                    |
+| sys     | sys_data      | sys_text      |                                    |
+| bt      | bt_data       | bt_text       | [--pid] PID, --all/-a              |
+| info    | info_data     | info_text     |                                    |
+| sym     | sym_data      | sym_text      | WHAT (a symbol name or an address) |
+| read    | read_data     | read_text     | ADDRESS [LENGTH] --phys            |
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import KvmcoreError
+from .kernel import has_timestamps
+
+if TYPE_CHECKING:
+    from .dump import Dump
+
+
+# -- data -----------------------------------------------------------------
+def analyze_data(dump: "Dump", log_lines: int = 40,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The crash report (kvmcore/schema/report.schema.json); `progress` is
+    told each stage's name (the CLI shows a spinner)."""
+    from .report import build_report
+
+    return build_report(dump, log_lines=log_lines, progress=progress)
+
+
+def ps_data(dump: "Dump") -> dict[str, Any]:
+    result = dump.kernel.task_list
+    return {"tasks": [t.as_dict() for t in result.tasks], "count": len(result.tasks),
+            "partial": result.partial, "problem": result.problem}
+
+
+def dmesg_data(dump: "Dump") -> dict[str, Any]:
+    log = dump.kernel.kernel_log
+    return {"layout": log.layout, "partial": log.partial, "problem": log.problem,
+            "timestamps": has_timestamps(log),
+            "records": [{"seq": r.seq, "timestamp_ns": r.timestamp_ns, "level": r.level,
+                         "facility": r.facility, "caller": r.caller, "text": r.text}
+                        for r in log.records]}
+
+
+def mods_data(dump: "Dump") -> dict[str, Any]:
+    return {"modules": [m.as_dict() for m in dump.kernel.modules()]}
+
+
+def sys_data(dump: "Dump") -> dict[str, Any]:
+    from .report.collect import _dump_section, _headline, _system
+
+    out = {"dump": _dump_section(dump)}
+    for key, fn in (("system", _system), ("panic", _headline)):
+        try:
+            out[key] = fn(dump)
+        except KvmcoreError as exc:
+            out[key] = {"available": False, "reason": exc.message}
+    return out
+
+
+def bt_data(dump: "Dump", pid: int | None = None, all_tasks: bool = False) -> dict[str, Any]:
+    from .report.collect import frames_of
+
+    kernel = dump.kernel
+    if all_tasks:
+        chosen = kernel.tasks()
+    elif pid is not None:
+        task = kernel.find_task(pid)
+        if task is None:
+            raise KvmcoreError(f"no task with pid {pid}", dump.path)
+        chosen = [task]
+    else:
+        task = kernel.panic_task()
+        if task is None:
+            raise KvmcoreError("the panicking task is not known; name one with --pid", dump.path)
+        chosen = [task]
+    out = []
+    for task in chosen:
+        entry = task.as_dict()
+        try:
+            entry["backtrace"] = frames_of(dump, task, 64)
+        except KvmcoreError as exc:
+            entry["backtrace"] = {"available": False, "reason": exc.message}
+        out.append(entry)
+    return {"tasks": out}
+
+
+def info_data(dump: "Dump") -> dict[str, Any]:
+    """Format, arch, release, KASLR offset: what can be said without walking anything."""
+    vi = dump.vmcoreinfo
+    data = {"path": dump.path, "format": dump.mem.describe(), "arch": dump.arch.name,
+            "os": dump.os, "release": vi.osrelease if vi else None,
+            "kaslr_offset": f"{dump.kernel_offset:#x}" if dump.os == "linux" else None,
+            "cpus_dumped": len(dump.mem.prstatus_notes()),
+            "memory_bytes": sum(r.size for r in dump.phys_ranges())}
+    if data["release"] is None and dump.os in ("linux", "freebsd"):
+        try:  # from the kernel's memory; FreeBSD's osrelease needs the kernel's symbols
+            data["release"] = dump.kernel.release or None
+        except KvmcoreError:
+            pass
+    return data
+
+
+def sym_data(dump: "Dump", what: str) -> dict[str, Any]:
+    """A symbol's address, or an address's `func+off/size [module]`."""
+    table = dump.symbols
+    if what[:1].isdigit():
+        addr = parse_address(what)
+        return {"address": f"{addr:#x}", "symbol": table.symbolize(addr), "source": table.source}
+    return {"name": what, "address": f"{table.lookup(what):#x}", "source": table.source}
+
+
+def read_data(dump: "Dump", address: str, length: int = 64, physical: bool = False) -> dict[str, Any]:
+    """Bytes at a kernel virtual (or physical) address, with the translation."""
+    addr = parse_address(address)
+    data = dump.read_phys(addr, length) if physical else dump.read(addr, length)
+    out: dict[str, Any] = {"address": f"{addr:#x}", "hex": data.hex(), "physical": None,
+                           "word_size": dump.word_size, "byteorder": dump.byteorder}
+    if not physical:
+        t = dump.translate(addr)
+        out.update(physical=f"{t.pa:#x}", page_size=t.page_size, file_offset=t.file_offset)
+    return out
+
+
+def parse_address(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise KvmcoreError(f"not an address: {text!r}") from None
+
+
+# -- text -----------------------------------------------------------------
+def analyze_text(data: dict[str, Any]) -> str:
+    from .report.render import render_text
+
+    return render_text(data)
+
+
+def info_text(data: dict[str, Any]) -> str:
+    return "\n".join(f"{k:>13}: {v}" for k, v in data.items())
+
+
+def sym_text(data: dict[str, Any]) -> str:
+    return data.get("symbol") or data["address"]
+
+
+def read_text(data: dict[str, Any]) -> str:
+    """Words of the dump's width and byte order, 16 bytes a line."""
+    raw, width, addr = bytes.fromhex(data["hex"]), data["word_size"], int(data["address"], 16)
+    lines = []
+    for off in range(0, len(raw), 16):
+        chunk = raw[off:off + 16]
+        words = " ".join(f"{int.from_bytes(chunk[i:i + width], data['byteorder']):0{width * 2}x}"
+                         for i in range(0, len(chunk) - width + 1, width))
+        lines.append(f"{addr + off:016x}:  {words}")
+    return "\n".join(lines)
+
+
+def ps_text(data: dict[str, Any]) -> str:
+    # kernels whose threads have ids of their own (FreeBSD td_tid) get a TID column
+    tids = any("tid" in t for t in data["tasks"])
+    lines = ["   PID    PPID" + ("     TID" if tids else "") + "  CPU  ST  TASK                COMM"]
+    for t in data["tasks"]:
+        mark = ">" if t["on_cpu"] else " "
+        comm = f"[{t['comm']}]" if t["idle"] or t["tgid"] != t["pid"] else t["comm"]
+        tid = f" {t['tid']:7d}" if tids else ""
+        lines.append(f"{mark}{t['pid']:6d} {t['ppid']:7d}{tid} {t['cpu']:4d}  {t['state']:2s}  "
+                     f"{t['address']:18s}  {comm}")
+    if data.get("partial"):
+        lines.append(f"(partial: {data['problem']})")
+    return "\n".join(lines)
+
+
+def dmesg_text(data: dict[str, Any]) -> str:
+    out = []
+    stamped = data.get("timestamps", True)  # FreeBSD's msgbuf has none: lines as written
+    for r in data["records"]:
+        secs, nsec = divmod(r["timestamp_ns"], 1_000_000_000)
+        prefix = f"[{secs:5d}.{nsec // 1000:06d}] " if stamped else ""
+        for line in r["text"].split("\n"):
+            out.append(prefix + line)
+    if data.get("partial"):
+        out.append(f"(partial: {data['problem']})")
+    return "\n".join(out)
+
+
+def mods_text(data: dict[str, Any]) -> str:
+    lines = ["MODULE              BASE                SIZE  TAINTS"]
+    for m in data["modules"]:
+        lines.append(f"{m['name']:18s}  {m['base']:18s}  {m['size']:7d}  {m['taints']}")
+    return "\n".join(lines)
+
+
+def sys_text(data: dict[str, Any]) -> str:
+    d, s, p = data["dump"], data.get("system", {}), data.get("panic", {})
+    rows = [("DUMPFILE", f"{d['path']}  [{d['format_description']}]"),
+            ("ARCH", d["arch"]), ("KASLR OFFSET", d["kaslr_offset"] or "-"),
+            ("SYMBOLS", str(d["symbols"])), ("TYPES", str(d["types"]))]
+    if s.get("available", True) and "release" in s:
+        online = s.get("online_cpus")
+        rows += [("NODENAME", s["nodename"]), ("RELEASE", s["release"]),
+                 ("VERSION", s["version"]), ("MACHINE", s["machine"]),
+                 ("CPUS", f"{s['cpus']}" + (f" (online: {online})" if online is not None else "")),
+                 ("MEMORY", _size(s["memory_bytes"]))]
+    if p.get("available", True) and "panic_message" in p:
+        task = p.get("task")
+        rows += [("PANIC", p["panic_message"] or "-"),
+                 ("TASK", f"{task['pid']} ({task['comm']})" if task else "-"),
+                 ("CPU", str(p["cpu"])),
+                 ("UPTIME", f"{p['uptime_seconds']} s" if p.get("uptime_seconds") is not None
+                  else "unknown"),
+                 ("TAINT", p["taint"])]
+    return "\n".join(f"{k:>13}: {v}" for k, v in rows)
+
+
+def bt_text(data: dict[str, Any]) -> str:
+    out = []
+    for t in data["tasks"]:
+        tid = f"  TID: {t['tid']}" if "tid" in t else ""  # FreeBSD's td_tid
+        out.append(f"PID: {t['pid']}{tid}  TASK: {t['address']}  CPU: {t['cpu']}  "
+                   f"COMMAND: \"{t['comm']}\"")
+        out.extend(frame_lines(t["backtrace"]))
+        out.append("")
+    return "\n".join(out).rstrip("\n")
+
+
+def frame_lines(bt: dict[str, Any]) -> list[str]:
+    if not bt.get("available", True):
+        return [f"  (backtrace unavailable: {bt['reason']})"]
+    out = []
+    for f in bt["frames"]:
+        func = f["function"] or "?"
+        mod = f" [{f['module']}]" if f["module"] else ""
+        guess = " (guess)" if f["guessed"] else ""
+        kind = f"  <{f['kind']}>" if f["kind"] not in (None, "normal") else ""
+        out.append(f" #{f['index']:<2d} [{f['sp'] or '?':>18}] {func}{mod} at {f['pc']}{guess}{kind}")
+    if bt.get("stopped"):
+        out.append(f"  (stopped: {bt['stopped']})")
+    return out
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# -- the table --------------------------------------------------------------
+@dataclass(frozen=True)
+class Param:
+    """One keyword argument of a command's `data` function."""
+
+    name: str                    # the keyword of Command.data
+    type: type                   # int, str, or bool (a flag: present or not)
+    help: str
+    default: Any = None
+    flags: tuple[str, ...] = ()  # option spellings ("--pid",); () = positional
+    required: bool = False
+    bare: bool = False           # an option a command line also takes as a bare word
+    metavar: str = ""
+
+    @property
+    def positional(self) -> bool:
+        return not self.flags
+
+    def usage(self) -> str:
+        meta = self.metavar or self.name.upper()
+        if self.positional:
+            return meta if self.required else f"[{meta}]"
+        spell = "|".join(self.flags)
+        if self.type is bool:
+            return f"[{spell}]"
+        return f"[{meta}]" if self.bare else f"[{spell} {meta}]"
+
+    def convert(self, word: str) -> Any:
+        if self.type is int:
+            try:
+                return int(word, 0)
+            except ValueError:
+                try:
+                    return int(word, 10)  # leading zeros
+                except ValueError:
+                    raise KvmcoreError(f"{self.name}: not a number: {word!r}") from None
+        return word
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: `data` does the work, `text` renders its result."""
+
+    name: str
+    help: str
+    data: Callable[..., dict[str, Any]]
+    text: Callable[[dict[str, Any]], str]
+    params: tuple[Param, ...] = ()
+
+    def param(self, name: str) -> Param:
+        return next(p for p in self.params if p.name == name)
+
+    def usage(self) -> str:
+        return " ".join([self.name] + [p.usage() for p in self.params])
+
+    def run(self, dump: "Dump", **args: Any) -> str:
+        """The command's text, as the CLI prints it."""
+        return self.text(self.data(dump, **args))
+
+    def parse(self, words: list[str]) -> dict[str, Any]:
+        """Keyword arguments for `data` from a command line's words (after the
+        name): options by their spellings (``--pid 5``, ``--pid=5``, ``-a``),
+        other words fill the positional (and bare) parameters in order."""
+        args: dict[str, Any] = {}
+        options = {flag: p for p in self.params for flag in p.flags}
+        bare = [p for p in self.params if p.positional or p.bare]
+        i = 0
+        while i < len(words):
+            word = words[i]
+            i += 1
+            flag, eq, value = word.partition("=")
+            if flag in options:
+                p = options[flag]
+                if p.type is bool:
+                    if eq:
+                        raise KvmcoreError(f"{flag} takes no value; usage: {self.usage()}")
+                    args[p.name] = True
+                    continue
+                if not eq:
+                    if i >= len(words):
+                        raise KvmcoreError(f"{flag} needs a value; usage: {self.usage()}")
+                    value = words[i]
+                    i += 1
+                args[p.name] = p.convert(value)
+            elif word.startswith("-") and not word[1:2].isdigit():
+                raise KvmcoreError(f"unknown option {word!r}; usage: {self.usage()}")
+            else:
+                free = [p for p in bare if p.name not in args]
+                if not free:
+                    raise KvmcoreError(f"too many arguments; usage: {self.usage()}")
+                args[free[0].name] = free[0].convert(word)
+        missing = [p.name for p in self.params if p.required and p.name not in args]
+        if missing:
+            raise KvmcoreError(f"missing {', '.join(missing)}; usage: {self.usage()}")
+        return args
+
+
+ADDRESS_HELP = "kernel virtual address"
+
+ANALYZE = Command(
+    "analyze", "The crash report: panic, backtrace, system, log, tasks, modules.",
+    analyze_data, analyze_text,
+    (Param("log_lines", int, "kernel log lines to show", 40, ("--log-lines",), metavar="N"),))
+PS = Command("ps", "Every process and thread ('>' marks tasks that were on a CPU).",
+             ps_data, ps_text)
+DMESG = Command("dmesg", "The kernel log.", dmesg_data, dmesg_text)
+MODS = Command("mods", "Loaded modules, with taints.", mods_data, mods_text)
+SYS = Command("sys", "System and panic summary (as crash's `sys`).", sys_data, sys_text)
+BT = Command(
+    "bt", "Backtrace of the panicking task (or --pid PID, or --all).", bt_data, bt_text,
+    (Param("pid", int, "backtrace of this task", None, ("--pid",), bare=True, metavar="PID"),
+     Param("all_tasks", bool, "every task", False, ("--all", "-a"))))
+INFO = Command("info", "Format, architecture and kernel release: the quickest look at a dump.",
+               info_data, info_text)
+SYM = Command(
+    "sym", "Look up a symbol's address, or symbolize an address (func+off/size [module]).",
+    sym_data, sym_text,
+    (Param("what", str, "a symbol name or an address", required=True, metavar="WHAT"),))
+READ = Command(
+    "read", "Hex dump of kernel virtual (or --phys physical) memory, with its translation.",
+    read_data, read_text,
+    (Param("address", str, ADDRESS_HELP, required=True, metavar="ADDRESS"),
+     Param("length", int, "bytes to read", 64, metavar="LENGTH"),
+     Param("physical", bool, "the address is physical", False, ("--phys",))))
+
+#: every command, by name, in the order `monitor help` lists them
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    ANALYZE, PS, DMESG, MODS, SYS, BT, INFO, SYM, READ)}
+
