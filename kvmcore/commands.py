@@ -42,6 +42,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import KvmcoreError
 from .kernel import has_timestamps
+from .report import build_report
+from .report.collect import _dump_section, _headline, _system, frames_of
+from .report.lines import frame_lines
 
 if TYPE_CHECKING:
     from .dump import Dump
@@ -52,8 +55,6 @@ def analyze_data(dump: "Dump", log_lines: int = 40,
                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The crash report (kvmcore/schema/report.schema.json); `progress` is
     told each stage's name (the CLI shows a spinner)."""
-    from .report import build_report
-
     return build_report(dump, log_lines=log_lines, progress=progress)
 
 
@@ -77,8 +78,6 @@ def mods_data(dump: "Dump") -> dict[str, Any]:
 
 
 def sys_data(dump: "Dump") -> dict[str, Any]:
-    from .report.collect import _dump_section, _headline, _system
-
     out = {"dump": _dump_section(dump)}
     for key, fn in (("system", _system), ("panic", _headline)):
         try:
@@ -89,8 +88,6 @@ def sys_data(dump: "Dump") -> dict[str, Any]:
 
 
 def bt_data(dump: "Dump", pid: int | None = None, all_tasks: bool = False) -> dict[str, Any]:
-    from .report.collect import frames_of
-
     kernel = dump.kernel
     if all_tasks:
         chosen = kernel.tasks()
@@ -132,8 +129,12 @@ def info_data(dump: "Dump") -> dict[str, Any]:
 
 
 def sym_data(dump: "Dump", what: str) -> dict[str, Any]:
-    """A symbol's address, or an address's `func+off/size [module]`."""
-    table = dump.symbols
+    """A symbol's address, or an address's `func+off/size [module]`, loaded
+    modules' own symbols included when the module list can be read."""
+    try:
+        table = dump.kernel.symbol_table()
+    except KvmcoreError:
+        table = dump.symbols  # no module list: the kernel's own symbols
     if what[:1].isdigit():
         addr = parse_address(what)
         return {"address": f"{addr:#x}", "symbol": table.symbolize(addr), "source": table.source}
@@ -161,7 +162,7 @@ def parse_address(text: str) -> int:
 
 # -- text -----------------------------------------------------------------
 def analyze_text(data: dict[str, Any]) -> str:
-    from .report.render import render_text
+    from .report.render import render_text  # imports rich: only when a report is rendered
 
     return render_text(data)
 
@@ -252,21 +253,6 @@ def bt_text(data: dict[str, Any]) -> str:
         out.extend(frame_lines(t["backtrace"]))
         out.append("")
     return "\n".join(out).rstrip("\n")
-
-
-def frame_lines(bt: dict[str, Any]) -> list[str]:
-    if not bt.get("available", True):
-        return [f"  (backtrace unavailable: {bt['reason']})"]
-    out = []
-    for f in bt["frames"]:
-        func = f["function"] or "?"
-        mod = f" [{f['module']}]" if f["module"] else ""
-        guess = " (guess)" if f["guessed"] else ""
-        kind = f"  <{f['kind']}>" if f["kind"] not in (None, "normal") else ""
-        out.append(f" #{f['index']:<2d} [{f['sp'] or '?':>18}] {func}{mod} at {f['pc']}{guess}{kind}")
-    if bt.get("stopped"):
-        out.append(f"  (stopped: {bt['stopped']})")
-    return out
 
 
 def _size(n: int) -> str:

@@ -8,7 +8,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..commands import frame_lines
+from .lines import frame_lines
+
 
 
 def _headline_title(report: dict[str, Any]) -> str:
