@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections import Counter
 import sys
 from pathlib import Path
 
@@ -133,8 +134,10 @@ def test_sym_resolves_module_addresses():
     spec = next(s for s in SAMPLES if s.id == MANIFEST["id"])
     module = spec.arch.modules[0]  # insmod'ed by the guest init
     with kvmcore.open(str(DUMP)) as dump:
-        name = next(sym.name for sym in dump.kernel.symbol_table()
-                    if sym.module == module and sym.type in "tT")
+        table = list(dump.kernel.symbol_table())
+    counts = Counter(sym.name for sym in table)  # init_module etc. are in every module
+    name = next(sym.name for sym in table
+                if sym.module == module and sym.type in "tT" and counts[sym.name] == 1)
     addr = int(kvmcore_cli("sym", DUMP, name).stdout.strip(), 16)
     out = kvmcore_cli("sym", DUMP, hex(addr + 1))
     assert out.returncode == 0, out.stderr
