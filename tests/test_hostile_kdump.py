@@ -93,3 +93,35 @@ def test_undamaged_committed_dump_still_opens():
         f.seek(lay["bitmap2"])
         dumped = int.from_bytes(f.read(lay["half"]), "little").bit_count()
     assert d.mem.dumped_pages == dumped
+
+
+# -- §4.2: a sub-header without the ELF notes (so without any NT_PRSTATUS) ------------------
+SUB_OFFSET_NOTE, SUB_SIZE_NOTE = 48, 56  # kdump_sub_header, 64-bit host (diskdump_mod.h)
+
+
+def _manifest() -> dict:
+    import json
+
+    return json.loads((COMMITTED.parent / "manifest.json").read_text())
+
+
+def test_committed_dump_has_prstatus_per_cpu():
+    mem = kvmcore.open(str(COMMITTED)).mem
+    assert len(mem.prstatus_notes()) == _manifest()["qemu"]["smp"]
+    assert mem.notes_problem is None
+
+
+@pytest.mark.parametrize("field,value", [(SUB_OFFSET_NOTE, 0), (SUB_SIZE_NOTE, 0),
+                                         (SUB_SIZE_NOTE, 1)])
+def test_missing_cpu_notes_are_recorded(tmp_path, field, value):
+    lay = _layout(COMMITTED)
+    bad = tmp_path / "nonotes.kdump"
+    shutil.copyfile(COMMITTED, bad)
+    with open(bad, "r+b") as f:
+        f.seek(lay["bs"] + field)  # the sub-header is block 1
+        f.write(struct.pack("<q", value))
+    d = kvmcore.open(str(bad))
+    assert d.mem.prstatus_notes() == []
+    assert d.mem.notes_problem and d.mem.notes_problem.startswith("CPU registers missing")
+    # still a dump: its release is still read from VMCOREINFO (a separate sub-header field)
+    assert d.mem.vmcoreinfo.get("OSRELEASE") == _manifest()["kernel_release"]

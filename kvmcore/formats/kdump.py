@@ -424,6 +424,15 @@ class KdumpDump(PhysicalMemory):
                 raise TruncatedDumpError(
                     f"ELF notes at {off:#x}+{size:#x} lie past the end of the file", path)
             self.notes = parse_notes(source.pread(off, size), self.header.byteorder)
+        if "offset_note" not in sub:
+            where = (f"the kdump header (version {self.header.header_version}) has no ELF "
+                     "notes field")
+        elif not (off and size):
+            where = f"the kdump sub-header gives no ELF notes (offset_note {off}, size_note {size})"
+        else:
+            where = f"the kdump ELF notes ({size} bytes at {off:#x}) hold no NT_PRSTATUS"
+        if not self.prstatus_notes():  # the report must say so: see PhysicalMemory.notes_problem
+            self.metadata["notes_problem"] = f"CPU registers missing: {where}"
         voff, vsize = sub.get("offset_vmcoreinfo", 0), sub.get("size_vmcoreinfo", 0)
         if voff and vsize:
             if vsize > MAX_NOTES_BYTES or voff < 0 or voff + vsize > source.size:
