@@ -1,8 +1,10 @@
 """Read-only access to a dump file.
 
 Dumps are opened O_RDONLY and mapped with ACCESS_READ: no code path can write
-to them. Everything above reads through the `ByteSource` protocol, which a
-flattened or compressed container can also implement.
+to them. When the map cannot be made (a dump larger than the process's address
+space limit, `ulimit -v`, or a file system without mmap), the same interface
+reads with os.pread instead. Everything above reads through the `ByteSource`
+protocol, which a flattened or compressed container can also implement.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ class ByteSource(Protocol):
 
 
 class DumpFile:
-    """A dump file mapped read-only into memory."""
+    """A dump file mapped read-only into memory, or read with os.pread when
+    it cannot be mapped (`mapped` tells which)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
@@ -42,25 +45,62 @@ class DumpFile:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError as exc:
             raise DumpFormatError(f"cannot open: {exc.strerror}", self.path) from None
+        self.size = st.st_size
+        self._map: mmap.mmap | None = None
+        self._fd: int | None = None
         try:
             self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        finally:
+        except (OSError, ValueError, OverflowError):
+            # ENOMEM under an address-space limit, ENODEV on a file system that
+            # cannot map, a file larger than this platform's map size
+            self._fd = fd
+        else:
             os.close(fd)
-        self.size = st.st_size
+
+    @property
+    def mapped(self) -> bool:
+        return self._map is not None
 
     def pread(self, offset: int, length: int) -> bytes:
-        if offset < 0 or offset + length > self.size:
+        if offset < 0 or length < 0 or offset + length > self.size:
             raise TruncatedDumpError(
                 f"read of {length} bytes at offset {offset:#x} runs past the end of the file "
                 f"({self.size:#x} bytes): the dump is truncated", self.path)
-        return self._map[offset:offset + length]
+        if self._map is not None:
+            return self._map[offset:offset + length]
+        return self._pread(offset, length)
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        if self._fd is None:
+            raise DumpFormatError("read after close", self.path)
+        chunks = []
+        while length > 0:
+            try:
+                data = os.pread(self._fd, min(length, 1 << 30), offset)
+            except OSError as exc:
+                raise DumpFormatError(f"read error at offset {offset:#x}: {exc.strerror}",
+                                      self.path) from None
+            if not data:  # the file shrank under us
+                raise TruncatedDumpError(
+                    f"file ends at {offset:#x}, before the {self.size:#x} bytes it had when "
+                    "opened", self.path)
+            chunks.append(data)
+            offset += len(data)
+            length -= len(data)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)  # b"" for length 0
 
     def view(self) -> memoryview:
-        """A zero-copy view of the whole file (read-only)."""
-        return memoryview(self._map)
+        """A zero-copy view of the whole file (read-only); a copy when unmapped."""
+        if self._map is not None:
+            return memoryview(self._map)
+        return memoryview(self._pread(0, self.size))
 
     def close(self) -> None:
-        try:
-            self._map.close()
-        except BufferError:
-            pass  # a memoryview is still alive; the map goes when it does
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # a memoryview is still alive; the map goes when it does

@@ -95,6 +95,13 @@ class PhysicalMemory(ABC):
     def prstatus_notes(self) -> list[Note]:
         return [n for n in self.notes if n.type == NT_PRSTATUS and n.name in ("CORE", "")]
 
+    @property
+    def notes_problem(self) -> str | None:
+        """Why the dump has no per-CPU registers (no NT_PRSTATUS note), or None.
+        Then every backtrace, the panicking task's too, can only start from the
+        task's last context switch, and the report must say so."""
+        return self.metadata.get("notes_problem")
+
     def close(self) -> None:
         close = getattr(self.source, "close", None)
         if close:

@@ -141,6 +141,9 @@ class ElfDump(PhysicalMemory):
         if info and info.page_size:
             f.page_size = info.page_size
         self.metadata["producer"] = self._producer()
+        if f.os == "linux" and not self.prstatus_notes():
+            self.metadata["notes_problem"] = (
+                "CPU registers missing: the ELF notes hold no NT_PRSTATUS")
 
     def _xnum_count(self, hdr: ElfHeader) -> int:
         """With PN_XNUM the real count sits in section header 0's sh_info."""

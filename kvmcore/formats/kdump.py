@@ -44,6 +44,7 @@ COMPRESSED_SNAPPY = 0x4
 INCOMPLETE = 0x8
 EXCLUDED_VMEMMAP = 0x10
 COMPRESSED_ZSTD = 0x20
+KNOWN_DESC_FLAGS = 0x3F
 CODEC_NAMES = {COMPRESSED_ZLIB: "zlib", COMPRESSED_LZO: "lzo",
                COMPRESSED_SNAPPY: "snappy", COMPRESSED_ZSTD: "zstd"}
 
@@ -322,10 +323,54 @@ class KdumpDump(PhysicalMemory):
                 f"({self.desc_base:#x}..{desc_end:#x}) run past the end of the file "
                 f"({source.size:#x} bytes)", path)
         self.dumped_pages = ndesc
+        self.desc_end = desc_end
+        self._check_descriptor_table(source, ndesc)
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._read_notes(source)
         self._fill_facts()
         self._check_length(source, ndesc)
+
+    def _plausible_desc(self, off: int, size: int, flags: int) -> bool:
+        return (off >= self.desc_end and 0 < size <= self.block_size
+                and off + size <= self.source.size and not flags & ~KNOWN_DESC_FLAGS)
+
+    def _check_descriptor_table(self, source: ByteSource, ndesc: int) -> None:
+        """Bitmap 2 against the descriptor table, in a bounded look.
+
+        Both writers (makedumpfile, QEMU) put the page data right after the
+        descriptor table: a shared zero page at the table's end (referenced or
+        not), then the pages in pfn order. The table holds one descriptor per
+        dumped bit, so its end is known from the bitmap alone; a bit set or
+        cleared by corruption moves that end, and every page after the bit
+        would be read through its neighbour's descriptor. So: no descriptor
+        may point below the table's end, and the bytes right after the end
+        must not be one more descriptor (the bitmap has fewer bits than the
+        table has entries). Reads the first and last 4096 descriptors and one
+        after them."""
+        if ndesc <= 0:
+            return
+        e, path, end = self.header.e + "qIIQ", source.path, self.desc_end
+        k = min(ndesc, 4096)
+        sample = list(struct.iter_unpack(e, source.pread(self.desc_base, k * PAGE_DESC_SIZE)))
+        if ndesc > k:
+            sample += struct.iter_unpack(e, source.pread(end - k * PAGE_DESC_SIZE,
+                                                         k * PAGE_DESC_SIZE))
+        offsets = [off for off, size, _f, _p in sample if off > 0]  # 0: not written (incomplete)
+        if not offsets:
+            return
+        low = min(offsets)
+        if low < end:
+            raise DumpFormatError(
+                f"bitmap 2 disagrees with the page descriptor table: its {ndesc} dumped pages "
+                f"need descriptors up to {end:#x}, but page data starts at {low:#x} "
+                f"({(end - low) / PAGE_DESC_SIZE:g} descriptors fewer): corrupt bitmap", path)
+        if low > end and end + PAGE_DESC_SIZE <= source.size:
+            nxt = struct.unpack(e, source.pread(end, PAGE_DESC_SIZE))
+            if self._plausible_desc(*nxt[:3]):
+                raise DumpFormatError(
+                    f"bitmap 2 disagrees with the page descriptor table: its {ndesc} dumped "
+                    f"pages end the table at {end:#x}, but more descriptors follow (page data "
+                    f"starts at {low:#x}): corrupt bitmap", path)
 
     def _check_length(self, source: ByteSource, ndesc: int) -> None:
         """Page data is written in pfn order (zero pages share one block near the
@@ -379,6 +424,15 @@ class KdumpDump(PhysicalMemory):
                 raise TruncatedDumpError(
                     f"ELF notes at {off:#x}+{size:#x} lie past the end of the file", path)
             self.notes = parse_notes(source.pread(off, size), self.header.byteorder)
+        if "offset_note" not in sub:
+            where = (f"the kdump header (version {self.header.header_version}) has no ELF "
+                     "notes field")
+        elif not (off and size):
+            where = f"the kdump sub-header gives no ELF notes (offset_note {off}, size_note {size})"
+        else:
+            where = f"the kdump ELF notes ({size} bytes at {off:#x}) hold no NT_PRSTATUS"
+        if not self.prstatus_notes():  # the report must say so: see PhysicalMemory.notes_problem
+            self.metadata["notes_problem"] = f"CPU registers missing: {where}"
         voff, vsize = sub.get("offset_vmcoreinfo", 0), sub.get("size_vmcoreinfo", 0)
         if voff and vsize:
             if vsize > MAX_NOTES_BYTES or voff < 0 or voff + vsize > source.size:
@@ -452,6 +506,11 @@ class KdumpDump(PhysicalMemory):
         if off <= 0 or size == 0 or size > self.block_size:
             raise DumpFormatError(
                 f"bad page descriptor for pfn {pfn:#x}: {size} bytes at offset {off:#x}",
+                self.path)
+        if off < self.desc_end:
+            raise DumpFormatError(
+                f"bad page descriptor for pfn {pfn:#x}: its data at {off:#x} lies inside the "
+                f"descriptor table (which ends at {self.desc_end:#x}): corrupt bitmap or table",
                 self.path)
         if off + size > self.source.size:
             raise TruncatedDumpError(

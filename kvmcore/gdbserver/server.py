@@ -1,5 +1,7 @@
-"""Transports: a TCP server (one thread per client) and stdio (gdb's
-`target remote | CMD`). Each logs one line per connection when it ends."""
+"""Transports: a TCP server (one thread per client, at most MAX_CLIENTS at a
+time, each dropped after IDLE_TIMEOUT seconds of silence) and stdio (gdb's
+`target remote | CMD`). Each logs one line per connection when it ends; no
+client, and no failure to serve one, ends the server."""
 from __future__ import annotations
 
 import os
@@ -11,12 +13,16 @@ import time
 from typing import Any, Callable, BinaryIO
 
 from ..errors import KvmcoreError
+from .packets import frame
 from .session import Session
 from .target import DumpTarget
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-IDLE_TIMEOUT = 3600.0
-REMOTE_TIMEOUT = 60  # seconds, for the gdb command line we print  # a silent client is dropped after an hour
+IDLE_TIMEOUT = 300.0  # seconds: a silent client is dropped (gdb sends nothing while idle
+#                       at its prompt, so a long interactive pause needs a reconnect)
+MAX_CLIENTS = 32  # connections served at once; more are refused with a message
+REMOTE_TIMEOUT = 60  # seconds, for the gdb command line we print
+ACCEPT_RETRY = 0.2  # seconds to wait after accept() fails for lack of resources
 
 
 def _stderr(line: str) -> None:
@@ -49,28 +55,53 @@ def run_session(session: Session, recv: Callable[[], bytes], send: Callable[[byt
 
 
 def serve_connection(target: DumpTarget, conn: socket.socket, peer: str,
-                     log: Callable[[str], None]) -> None:
+                     log: Callable[[str], None], idle_timeout: float = IDLE_TIMEOUT) -> None:
     session = Session(target)
     start = time.monotonic()
     try:
-        conn.settimeout(IDLE_TIMEOUT)
+        conn.settimeout(idle_timeout)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         run_session(session, lambda: conn.recv(1 << 16), conn.sendall)
+    except socket.timeout:
+        session.end_reason = f"idle for {idle_timeout:g}s: dropped"
     except OSError as exc:
         session.end_reason = f"connection error: {exc.strerror or exc}"
+    except Exception as exc:  # a bug must end this connection only, on one line
+        session.end_reason = f"internal error: {type(exc).__name__}: {exc}"
     finally:
         conn.close()
         log(f"gdb client {peer}: {session.packets} packets, {session.errors} bad, "
             f"{time.monotonic() - start:.1f}s, {session.end_reason}")
 
 
+def refuse(conn: socket.socket, reason: str) -> None:
+    """Tell a client why it is not served (an error reply to its first packet,
+    which gdb prints), then close."""
+    try:
+        conn.settimeout(1.0)
+        conn.sendall(frame(b"E.kvmcore: " + reason.encode("ascii", "replace")))
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
 class TcpServer:
     """Accepts gdb clients on a socket; each gets its own thread and session."""
 
     def __init__(self, target: DumpTarget, host: str, port: int,
-                 log: Callable[[str], None] = _stderr) -> None:
+                 log: Callable[[str], None] = _stderr, *, max_clients: int = MAX_CLIENTS,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+        if max_clients < 1 or not idle_timeout > 0:
+            raise KvmcoreError(f"bad gdb server limits: {max_clients} clients, "
+                               f"{idle_timeout}s idle timeout")
         self.target = target
         self.log = log
+        self.max_clients = max_clients
+        self.idle_timeout = idle_timeout
+        self._clients = 0
+        self._lock = threading.Lock()
+        self.refused = 0
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -79,21 +110,59 @@ class TcpServer:
         except OSError as exc:
             self.sock.close()
             raise KvmcoreError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        self.sock.listen(16)
+        self.sock.listen(64)
         self.address = self.sock.getsockname()[:2]
         self._stopping = False
+
+    @property
+    def clients(self) -> int:
+        """Connections being served now."""
+        return self._clients
 
     def serve_forever(self) -> None:
         while not self._stopping:
             try:
                 conn, peer = self.sock.accept()
-            except OSError:
+            except OSError as exc:
                 if self._stopping:
                     break
-                raise
-            name = f"{peer[0]}:{peer[1]}"
-            threading.Thread(target=serve_connection, args=(self.target, conn, name, self.log),
-                             name=f"gdb {name}", daemon=True).start()
+                # out of descriptors or memory, a client gone before accept: wait, go on
+                self.log(f"gdb server: accept failed: {exc.strerror or exc}")
+                time.sleep(ACCEPT_RETRY)
+                continue
+            try:
+                self._start(conn, f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else
+                            str(peer))
+            except Exception as exc:  # never let one connection end the server
+                self.log(f"gdb server: dropped a connection: {type(exc).__name__}: {exc}")
+                conn.close()
+
+    def _start(self, conn: socket.socket, name: str) -> None:
+        with self._lock:
+            full = self._clients >= self.max_clients
+            if not full:
+                self._clients += 1
+        if full:
+            self.refused += 1
+            self.log(f"gdb client {name}: refused, {self.max_clients} connections already open")
+            refuse(conn, f"too many gdb connections ({self.max_clients} open); try again later")
+            return
+        try:
+            threading.Thread(target=self._serve, args=(conn, name), name=f"gdb {name}",
+                             daemon=True).start()
+        except RuntimeError as exc:  # "can't start new thread"
+            with self._lock:
+                self._clients -= 1
+            self.refused += 1
+            self.log(f"gdb client {name}: refused, {exc}")
+            refuse(conn, f"server cannot take another connection now ({exc})")
+
+    def _serve(self, conn: socket.socket, name: str) -> None:
+        try:
+            serve_connection(self.target, conn, name, self.log, self.idle_timeout)
+        finally:
+            with self._lock:
+                self._clients -= 1
 
     def close(self) -> None:
         self._stopping = True
@@ -190,8 +259,8 @@ def gdb_command_line(dump: Any, listen: str = "127.0.0.1:1234", stdio: bool = Fa
 
 
 def serve(dump: Any, listen: str = "127.0.0.1:1234", stdio: bool = False,
-          log: Callable[[str], None] = _stderr, ready: Callable[[TcpServer], None] | None = None
-          ) -> None:
+          log: Callable[[str], None] = _stderr, ready: Callable[[TcpServer], None] | None = None,
+          *, max_clients: int = MAX_CLIENTS, idle_timeout: float = IDLE_TIMEOUT) -> None:
     """Serve `dump` read-only to gdb until interrupted (TCP) or the session ends (stdio).
 
     Binding to anything but loopback is the caller's explicit choice; the dump
@@ -202,7 +271,8 @@ def serve(dump: Any, listen: str = "127.0.0.1:1234", stdio: bool = False,
         serve_stdio(target, log)
         return
     host, port = parse_listen(listen)
-    server = TcpServer(target, host, port, log)
+    server = TcpServer(target, host, port, log, max_clients=max_clients,
+                       idle_timeout=idle_timeout)
     warm.join()
     bound = f"{server.address[0]}:{server.address[1]}"
     if host not in LOOPBACK:

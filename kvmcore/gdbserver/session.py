@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from ..errors import KvmcoreError
 from .packets import PACKET_SIZE, Event, PacketReader, escape_binary, frame
 from .target import DumpTarget
 from .threads import GdbThread
@@ -18,6 +19,12 @@ CANNOT_RUN = b"E.kvmcore: the target is a crash dump and cannot run or step"
 MAX_RETRANSMITS = 8
 _ADDR_LEN = re.compile(rb"([0-9a-fA-F]{1,16}),([0-9a-fA-F]{1,8})")
 _STOP_SIGNAL = 5  # SIGTRAP, as kgdb reports a stopped kernel
+
+
+def _ascii(text: str) -> bytes:
+    """One line of printable ASCII, escaped for a packet (E.message replies)."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text)[:200]
+    return escape_binary(clean.encode("ascii"))
 
 
 class Session:
@@ -91,6 +98,12 @@ class Session:
         except (ValueError, IndexError, UnicodeDecodeError):
             self.errors += 1
             return b"E01"
+        except KvmcoreError as exc:  # damaged dump data: this packet fails, not the session
+            self.errors += 1
+            return b"E.kvmcore: " + _ascii(exc.message)
+        except Exception as exc:  # a bug: say so in the reply, keep serving
+            self.errors += 1
+            return b"E.kvmcore: internal error: " + _ascii(f"{type(exc).__name__}: {exc}")
 
     # -- stop state and threads --------------------------------------------
     def _thread(self, tid: int | None = None) -> GdbThread | None:

@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from ..dump import Dump
 
 MAX_TASKS = 1 << 20  # bound on every list walk below
+#: bound on the list steps of one whole walk_tasks(), all lists together: each
+#: task is one step on the task list and one on its group's thread list
+MAX_WALK_STEPS = 2 * MAX_TASKS + 4096
 
 # fls() of (state | exit_state) & TASK_REPORT indexes this, as the kernel's
 # task_index_to_char() does; 0x80 is TASK_REPORT_IDLE.
@@ -146,9 +149,14 @@ class TaskReader:
             on_cpu=bool(num(self.off_on_cpu, 4)) if self.off_on_cpu is not None else False,
             is_idle=idle, _registers=self.registers)
 
-    def list_entries(self, head: int, link_off: int, seen: set[int]) -> Iterator[int]:
-        """Addresses of the structures on the list at `head` (bounded, cycle-checked)."""
+    def list_entries(self, head: int, link_off: int, seen: set[int],
+                     budget: "StepBudget | None" = None) -> Iterator[int]:
+        """Addresses of the structures on the list at `head` (bounded, cycle-checked).
+        `seen` may be shared by several lists that cannot share a node; `budget`
+        bounds the steps of all the walks that share it."""
         d = self.dump
+        budget = budget or StepBudget(MAX_TASKS)
+        budget.take(head)
         node = d.read_ptr(head)
         for _ in range(MAX_TASKS):
             if node == head:
@@ -157,19 +165,39 @@ class TaskReader:
                 raise WalkError(f"list at {head:#x} loops back to {node:#x}", d.path)
             seen.add(node)
             yield node - link_off
+            budget.take(head)
             node = d.read_ptr(node)
         raise WalkError(f"list at {head:#x} has more than {MAX_TASKS} entries", d.path)
 
-    def threads_of(self, leader: int) -> Iterator[int]:
+    def threads_of(self, leader: int, seen: set[int] | None = None,
+                   budget: "StepBudget | None" = None) -> Iterator[int]:
+        """The threads of `leader`'s group. Pass one `seen` set for all groups: a
+        thread is in one group only, so a node met again is a damaged list."""
         d = self.dump
+        seen = set() if seen is None else seen
         if self.off_signal is not None:
+            budget and budget.take(leader)
             signal = d.read_ptr(leader + self.off_signal)
             head = signal + self.off_thread_head
-            yield from self.list_entries(head, self.off_thread_link, set())
+            yield from self.list_entries(head, self.off_thread_link, seen, budget)
         else:
             yield leader
             yield from self.list_entries(leader + self.off_thread_link, self.off_thread_link,
-                                         set())
+                                         seen, budget)
+
+
+class StepBudget:
+    """Pointer reads left for a walk of several lists."""
+
+    def __init__(self, steps: int, path: str | None = None) -> None:
+        self.total = self.left = steps
+        self.path = path
+
+    def take(self, where: int) -> None:
+        if self.left <= 0:
+            raise WalkError(f"walk of the task lists stopped at {where:#x} after "
+                            f"{self.total} list steps (damaged lists?)", self.path)
+        self.left -= 1
 
 
 def walk_tasks(dump: "Dump", init_task: int, idle_tasks: list[int],
@@ -181,8 +209,13 @@ def walk_tasks(dump: "Dump", init_task: int, idle_tasks: list[int],
     seen_tasks: set[int] = set()
     problem = None
     leaders = [init_task]
+    # one budget for every list, and one seen-set for every thread list: damaged
+    # lists (each group's "threads" being the whole task chain) stay linear
+    budget = StepBudget(MAX_WALK_STEPS, dump.path)
+    seen_threads: set[int] = set()
     try:  # keep what was walked before a fault
-        for leader in reader.list_entries(init_task + reader.off_tasks, reader.off_tasks, set()):
+        for leader in reader.list_entries(init_task + reader.off_tasks, reader.off_tasks, set(),
+                                          budget):
             leaders.append(leader)
     except (WalkError, AddressError) as exc:
         problem = (f"task list walk stopped after {len(leaders)} thread-group leaders "
@@ -193,7 +226,7 @@ def walk_tasks(dump: "Dump", init_task: int, idle_tasks: list[int],
         else:
             members = []
             try:
-                for member in reader.threads_of(leader):
+                for member in reader.threads_of(leader, seen_threads, budget):
                     members.append(member)
             except (WalkError, AddressError) as exc:
                 problem = problem or f"thread list of task {leader:#x} stopped: {exc.message}"

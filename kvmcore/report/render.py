@@ -1,15 +1,33 @@
-"""Render the crash report: rich (terminal), plain text (pipes) and markdown."""
+"""Render the crash report: rich (terminal), plain text (pipes) and markdown.
+
+Every string of the report may come from the dump (comms, log text, release,
+module and symbol names), so each renderer first passes the whole report
+through textsafe.printable (control characters shown as \\xNN); the rich
+renderer never lets such a string be read as console markup, and the markdown
+renderer escapes table cells and fences code blocks past any backticks."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ..textsafe import printable, printable_tree
 from .lines import frame_lines
 
+
+def safe_report(report: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the report whose every string is printable (the log's lines
+    keep their newlines: a record may have several)."""
+    out = printable_tree(report)
+    log = report.get("log")
+    if isinstance(log, dict) and isinstance(log.get("lines"), list):
+        out["log"]["lines"] = [printable(line, newlines=True) for line in log["lines"]]
+    return out
 
 
 def _headline_title(report: dict[str, Any]) -> str:
@@ -60,6 +78,7 @@ def _task_label(t: dict[str, Any]) -> str:
 
 def render_text(report: dict[str, Any]) -> str:
     """Plain text, no escape codes: for pipes and files."""
+    report = safe_report(report)
     out = [_headline_title(report), "=" * len(_headline_title(report))]
     out += [f"{k:>13}: {v}" for k, v in _headline_rows(report)]
     out += ["", "Backtrace of the panicking task:"]
@@ -96,12 +115,14 @@ def render_text(report: dict[str, Any]) -> str:
 
 
 def render_rich(report: dict[str, Any], console: Console) -> None:
-    """Panels and tables for a terminal."""
+    """Panels and tables for a terminal. Strings from the report go in as
+    Text (or markup-escaped), never as markup: a comm "[link=...]" stays text."""
+    report = safe_report(report)
     head = Table.grid(padding=(0, 2))
     for k, v in _headline_rows(report):
         head.add_row(Text(k, style="bold"), Text(v))
     bt = Text("\n".join(_bt_lines(report.get("backtrace", {}))))
-    console.print(Panel(Group(head, Text(""), bt), title=_headline_title(report),
+    console.print(Panel(Group(head, Text(""), bt), title=Text(_headline_title(report)),
                         border_style="red", title_align="left"))
     sysgrid = Table.grid(padding=(0, 2))
     for k, v in _system_rows(report):
@@ -114,57 +135,76 @@ def render_rich(report: dict[str, Any], console: Console) -> None:
     tasks = report.get("tasks", {})
     if tasks.get("available"):
         states = ", ".join(f"{k}: {v}" for k, v in tasks["by_state"].items())
-        table = Table(title=f"Tasks: {tasks['count']} ({states})", title_justify="left")
+        table = Table(title=Text(f"Tasks: {tasks['count']} ({states})"), title_justify="left")
         for col in ("PID", "COMM", "CPU", "ST", "backtrace"):
             table.add_column(col)
         for t in tasks["on_cpu"] + tasks["uninterruptible"]:
-            table.add_row(str(t["pid"]), t["comm"], str(t["cpu"]), t["state"],
-                          "\n".join(_bt_lines(t["backtrace"])[:12]))
+            table.add_row(Text(str(t["pid"])), Text(str(t["comm"])), Text(str(t["cpu"])),
+                          Text(str(t["state"])),
+                          Text("\n".join(_bt_lines(t["backtrace"])[:12])))
         console.print(table)
     else:
-        console.print(f"[yellow]Tasks unavailable: {tasks.get('reason')}[/]")
+        console.print(f"[yellow]Tasks unavailable: {escape(str(tasks.get('reason')))}[/]")
     mods = report.get("modules", {})
     if mods.get("available"):
         table = Table(title=f"Modules: {len(mods['list'])}", title_justify="left")
         for col in ("name", "base", "size", "taints"):
             table.add_column(col)
         for m in mods["list"]:
-            table.add_row(m["name"], m["base"], str(m["size"]), m["taints"])
+            table.add_row(Text(str(m["name"])), Text(str(m["base"])), Text(str(m["size"])),
+                          Text(str(m["taints"])))
         console.print(table)
     else:
-        console.print(f"[yellow]Modules unavailable: {mods.get('reason')}[/]")
+        console.print(f"[yellow]Modules unavailable: {escape(str(mods.get('reason')))}[/]")
     for p in report.get("problems", []):
-        console.print(f"[yellow]unavailable[/] {p}")
+        console.print(f"[yellow]unavailable[/] {escape(str(p))}")
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
+
+
+def md(text: Any) -> str:
+    """Markdown-inert text for a heading, list item or table cell: every
+    markdown character backslash-escaped (no links, images, HTML or cells)."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+
+
+def md_code(lines: list[str]) -> list[str]:
+    """A fenced code block that no backtick run in `lines` can close."""
+    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence] + lines + [fence]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     """GitHub-flavoured markdown, for a CI job summary."""
-    out = [f"# {_headline_title(report)}", ""]
-    out += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in _headline_rows(report)]
-    out += ["", "## Backtrace", "", "```"] + _bt_lines(report.get("backtrace", {})) + ["```"]
+    report = safe_report(report)
+    out = [f"# {md(_headline_title(report))}", ""]
+    out += ["| | |", "|---|---|"] + [f"| {md(k)} | {md(v)} |" for k, v in _headline_rows(report)]
+    out += ["", "## Backtrace", ""] + md_code(_bt_lines(report.get("backtrace", {})))
     out += ["", "## System", "", "| | |", "|---|---|"]
-    out += [f"| {k} | {v} |" for k, v in _system_rows(report)]
+    out += [f"| {md(k)} | {md(v)} |" for k, v in _system_rows(report)]
     log = report.get("log", {})
-    out += ["", "## Kernel log", "", "```"]
-    out += log.get("lines", []) if log.get("available") else [f"unavailable: {log.get('reason')}"]
-    out += ["```"]
+    out += ["", "## Kernel log", ""]
+    out += md_code(log.get("lines", []) if log.get("available")
+                   else [f"unavailable: {log.get('reason')}"])
     tasks = report.get("tasks", {})
     out += ["", "## Tasks", ""]
     if tasks.get("available"):
-        out.append(f"{tasks['count']} tasks: "
-                   + ", ".join(f"{k} {v}" for k, v in tasks["by_state"].items()))
+        out.append(md(f"{tasks['count']} tasks: "
+                      + ", ".join(f"{k} {v}" for k, v in tasks["by_state"].items())))
         for t in tasks["on_cpu"] + tasks["uninterruptible"]:
-            out += ["", f"### {_task_label(t)}", "", "```"] + _bt_lines(t["backtrace"]) + ["```"]
+            out += ["", f"### {md(_task_label(t))}", ""] + md_code(_bt_lines(t["backtrace"]))
     else:
-        out.append(f"unavailable: {tasks.get('reason')}")
+        out.append(md(f"unavailable: {tasks.get('reason')}"))
     mods = report.get("modules", {})
     out += ["", "## Modules", ""]
     if mods.get("available"):
         out += ["| name | base | size | taints |", "|---|---|---|---|"]
-        out += [f"| {m['name']} | {m['base']} | {m['size']} | {m['taints']} |"
+        out += [f"| {md(m['name'])} | {md(m['base'])} | {m['size']} | {md(m['taints'])} |"
                 for m in mods["list"]]
     else:
-        out.append(f"unavailable: {mods.get('reason')}")
+        out.append(md(f"unavailable: {mods.get('reason')}"))
     if report.get("problems"):
-        out += ["", "## Unavailable", ""] + [f"- {p}" for p in report["problems"]]
+        out += ["", "## Unavailable", ""] + [f"- {md(p)}" for p in report["problems"]]
     return "\n".join(out) + "\n"

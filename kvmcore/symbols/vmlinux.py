@@ -5,12 +5,12 @@ takes a fraction of a second for a 633 MB debug vmlinux, where pyelftools'
 per-symbol objects would be much slower; DWARF is never touched here."""
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 from dataclasses import dataclass
 
-from ..errors import SymbolError
+from ..errors import KvmcoreError, SymbolError
+from ..fileio import DumpFile
 from ..notes import parse_notes
 from .table import Symbol, SymbolColumns
 
@@ -20,6 +20,14 @@ SHN_UNDEF, SHN_ABS, SHN_COMMON = 0, 0xFFF1, 0xFFF2
 STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE = 0, 1, 2, 3, 4
 STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
 NT_GNU_BUILD_ID = 3
+PT_INTERP = 3
+_NOT_A_KERNEL_TYPE = {0: "ELF type ET_NONE", 1: "a relocatable object (a kernel module?)",
+                      4: "an ELF core file (is it the dump? the dump comes first)"}
+#: sections every Linux vmlinux (any arch) or FreeBSD kernel has, one is enough
+KERNEL_SECTIONS = frozenset({
+    ".init.text", ".head.text", "__ksymtab", "__ksymtab_gpl", "__ksymtab_strings",
+    "__ex_table", "__param", ".data..percpu", ".BTF",
+    "set_sysinit_set", "set_modmetadata_set", "set_pcpu"})
 
 
 @dataclass(frozen=True)
@@ -36,50 +44,107 @@ class Section:
 
 
 class VmlinuxFile:
-    """Read-only view of a kernel ELF image."""
+    """Read-only view of a kernel ELF image (a vmlinux, a FreeBSD kernel or
+    kernel.debug, or a kvmcore symbol file). Anything else, or an ELF whose
+    tables run past its end, is a one-line SymbolError naming the file."""
 
     def __init__(self, path: str) -> None:
         self.path = os.fspath(path)
         try:
-            with open(self.path, "rb") as f:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError) as exc:
-            raise SymbolError(f"cannot read vmlinux: {exc}", self.path) from None
-        m = self._map
-        if len(m) < 64 or m[:4] != b"\x7fELF":
-            raise SymbolError("not an ELF file", self.path)
-        self.elf_class = m[4]
-        if self.elf_class not in (1, 2):
-            raise SymbolError(f"bad ELF class {self.elf_class}", self.path)
+            self._file = DumpFile(self.path)  # mmap, or pread when it cannot map
+        except KvmcoreError as exc:
+            if exc.message == "is empty":
+                raise SymbolError("not a vmlinux: the file is empty", self.path) from None
+            raise SymbolError(f"cannot read vmlinux: {exc.message}", self.path) from None
+        self.size = size = self._file.size
+        head = self._read(0, min(size, 64))
+        if len(head) < 16 or head[:4] != b"\x7fELF":
+            raise SymbolError("not a vmlinux: not an ELF file", self.path)
+        self.elf_class = head[4]
+        if self.elf_class not in (1, 2) or head[5] not in (1, 2):
+            raise SymbolError(f"not a vmlinux: bad ELF class {head[4]} / data encoding "
+                              f"{head[5]}", self.path)
         self.is64 = self.elf_class == 2
-        self.byteorder = "little" if m[5] == 1 else "big"
-        self._e = "<" if m[5] == 1 else ">"
+        self.byteorder = "little" if head[5] == 1 else "big"
+        self._e = "<" if head[5] == 1 else ">"
         e = self._e
+        if len(head) < (64 if self.is64 else 52):
+            raise SymbolError(f"truncated ELF: {size} bytes, shorter than its ELF header",
+                              self.path)
         if self.is64:
-            (self.machine,) = struct.unpack_from(e + "H", m, 18)
-            shoff, = struct.unpack_from(e + "Q", m, 40)
-            shentsize, shnum, shstrndx = struct.unpack_from(e + "HHH", m, 58)
-            shfmt = e + "IIQQQQIIQQ"
+            self.e_type, self.machine = struct.unpack_from(e + "HH", head, 16)
+            phoff, shoff = struct.unpack_from(e + "QQ", head, 32)
+            phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from(e + "HHHHH",
+                                                                              head, 54)
+            shfmt, phfmt = e + "IIQQQQIIQQ", e + "I"
         else:
-            (self.machine,) = struct.unpack_from(e + "H", m, 18)
-            shoff, = struct.unpack_from(e + "I", m, 32)
-            shentsize, shnum, shstrndx = struct.unpack_from(e + "HHH", m, 46)
-            shfmt = e + "IIIIIIIIII"
-        if shoff == 0 or shoff + shnum * shentsize > len(m):
-            raise SymbolError("ELF section headers missing or beyond end of file", self.path)
-        raw = [struct.unpack_from(shfmt, m, shoff + i * shentsize) for i in range(shnum)]
+            self.e_type, self.machine = struct.unpack_from(e + "HH", head, 16)
+            phoff, shoff = struct.unpack_from(e + "II", head, 28)
+            phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from(e + "HHHHH",
+                                                                              head, 42)
+            shfmt, phfmt = e + "IIIIIIIIII", e + "I"
+        kind = _NOT_A_KERNEL_TYPE.get(self.e_type)
+        if kind:
+            raise SymbolError(f"not a vmlinux: {kind}", self.path)
+        shsize = struct.calcsize(shfmt)
+        if shoff == 0 or shnum == 0:
+            raise SymbolError("not a vmlinux: the ELF has no section headers", self.path)
+        if shentsize < shsize:
+            raise SymbolError(f"corrupt ELF: section header size {shentsize}, expected "
+                              f"{shsize}", self.path)
+        if shoff + shnum * shentsize > size:
+            raise SymbolError(
+                f"truncated or corrupt ELF: its section header table ({shnum} x {shentsize} "
+                f"bytes at {shoff:#x}) runs past the end of the file ({size:#x} bytes)",
+                self.path)
+        table = self._read(shoff, shnum * shentsize)
+        raw = [struct.unpack_from(shfmt, table, i * shentsize) for i in range(shnum)]
         if shstrndx >= shnum:
-            raise SymbolError("ELF section-name table index out of range", self.path)
+            raise SymbolError("corrupt ELF: section-name table index out of range", self.path)
         names_off, names_size = raw[shstrndx][4], raw[shstrndx][5]
-        names = m[names_off:names_off + names_size]
+        names = self._read(names_off, names_size) if names_off + names_size <= size else b""
         self.sections: list[Section] = []
-        for i, (nm, typ, flags, addr, off, size, link, _info, _align, ent) in enumerate(raw):
+        for i, (nm, typ, flags, addr, off, sz, link, _info, _align, ent) in enumerate(raw):
             end = names.find(b"\0", nm)
             name = names[nm:end if end >= 0 else len(names)].decode("latin-1")
-            self.sections.append(Section(i, name, typ, flags, addr, off, size, link, ent))
+            sec = Section(i, name, typ, flags, addr, off, sz, link, ent)
+            if typ != SHT_NOBITS and sz and off + sz > size:
+                raise SymbolError(
+                    f"truncated or corrupt ELF: section {name or i} ({sz:#x} bytes at "
+                    f"{off:#x}) runs past the end of the file ({size:#x} bytes)", self.path)
+            self.sections.append(sec)
+        interp = any(s.name == ".interp" for s in self.sections)
+        if not interp and phoff and phentsize >= 4 and phoff + phnum * phentsize <= size:
+            ph = self._read(phoff, phnum * phentsize)
+            interp = any(struct.unpack_from(phfmt, ph, i * phentsize)[0] == PT_INTERP
+                         for i in range(phnum))
+        if interp:
+            raise SymbolError("not a vmlinux: a user-space program (it names an ELF "
+                              "interpreter)", self.path)
+        if not self._looks_like_a_kernel():
+            raise SymbolError(
+                "not a vmlinux: no kernel sections (.init.text, __ksymtab, set_sysinit_set, "
+                "...) and no section at a kernel address", self.path)
+
+    def _looks_like_a_kernel(self) -> bool:
+        if any(s.name in KERNEL_SECTIONS for s in self.sections):
+            return True
+        # a kernel is linked in the top half of the address space on every arch
+        # kvmcore reads (kvmcore's own symbol files have only .text there)
+        top = 1 << (63 if self.is64 else 31)
+        return any(s.flags & SHF_ALLOC and s.addr >= top for s in self.sections)
+
+    def _read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise SymbolError(f"truncated or corrupt ELF: read of {length:#x} bytes at "
+                              f"{offset:#x} runs past the end of the file", self.path)
+        try:
+            return self._file.pread(offset, length)
+        except KvmcoreError as exc:
+            raise SymbolError(f"cannot read vmlinux: {exc.message}", self.path) from None
 
     def close(self) -> None:
-        self._map.close()
+        self._file.close()
 
     def section(self, name: str) -> Section | None:
         for s in self.sections:
@@ -90,9 +155,9 @@ class VmlinuxFile:
     def section_bytes(self, sec: Section) -> bytes:
         if sec.type == SHT_NOBITS:
             return b""
-        if sec.offset + sec.size > len(self._map):
+        if sec.offset + sec.size > self.size:
             raise SymbolError(f"section {sec.name} extends past end of file", self.path)
-        return self._map[sec.offset:sec.offset + sec.size]
+        return self._read(sec.offset, sec.size)
 
     def build_ids(self) -> list[str]:
         """Every NT_GNU_BUILD_ID in the note sections (a vmlinux may hold several)."""

@@ -1,0 +1,85 @@
+"""Task lists patched into a chain (issue 12 §4.5): every thread-group leader's
+thread list made to run through every other leader. The walk of all the lists
+must do work linear in the number of tasks (one step budget and one seen-set
+shared by every list), not a fresh bounded walk per group: counted in pointer
+reads, never timed."""
+from __future__ import annotations
+
+import pytest
+
+import kvmcore
+from kvmcore.linux import tasks as tasks_mod
+from patching import patched_dump, word
+
+SID = "x86_64-kaslr"
+
+
+@pytest.fixture(scope="module")
+def chain(samples):
+    """Leaders found by walking init_task.tasks here, with the dump's raw reads
+    and the struct offsets (not through walk_tasks)."""
+    dump = kvmcore.open(str(samples.get_built(SID).file("elf")))
+    t = dump.types
+    off_tasks = t.offsetof("struct task_struct", "tasks")
+    init = dump.kernel.init_task
+    leaders, node = [], dump.read_ptr(init + off_tasks)
+    while node != init + off_tasks and len(leaders) < 10_000:
+        leaders.append(node - off_tasks)
+        node = dump.read_ptr(node)
+    # signal->thread_head + task->thread_node since 6.7 (and Debian's 6.1.19x),
+    # task->thread_group (a ring through the leader) before
+    new = t.has_member("struct signal_struct", "thread_head")
+    link = t.offsetof("struct task_struct", "thread_node" if new else "thread_group")
+    return {"leaders": leaders, "link": link,
+            "manifest": samples.get_built(SID).manifest}
+
+
+def _chained(samples, chain) -> kvmcore.Dump:
+    link, leaders = chain["link"], chain["leaders"]
+    # leader i's thread link .next -> leader i+1's, the last back to the first:
+    # every group's thread list now runs through the whole chain of leaders
+    patches = {a + link: word(b + link) for a, b in zip(leaders, leaders[1:] + leaders[:1])}
+    return patched_dump(samples, patches, SID)
+
+
+def _counting(dump: kvmcore.Dump) -> list[int]:
+    calls = [0]
+    read_ptr = dump.read_ptr
+
+    def counted(addr: int) -> int:
+        calls[0] += 1
+        return read_ptr(addr)
+
+    dump.read_ptr = counted
+    return calls
+
+
+def test_chained_thread_lists_are_walked_in_linear_steps(samples, chain):
+    n = len(chain["leaders"])
+    assert n >= 20, "enough leaders for a quadratic walk to show"
+    dump = _chained(samples, chain)
+    calls = _counting(dump)
+    result = dump.kernel.task_list
+    # the leader list (n + 1 reads), one group walking the chain (n), then one
+    # read per other group before it meets a node already seen, plus slack
+    assert calls[0] <= 4 * n + 64, f"{calls[0]} pointer reads for {n} leaders"
+    assert result.partial and "thread list" in result.problem
+    comms = {t.comm for t in result.tasks}
+    assert {p["comm"] for p in chain["manifest"]["processes"]} <= comms
+
+
+def test_one_step_budget_for_the_whole_walk(samples, chain, monkeypatch):
+    monkeypatch.setattr(tasks_mod, "MAX_WALK_STEPS", 30)
+    dump = _chained(samples, chain)
+    calls = _counting(dump)
+    result = dump.kernel.task_list
+    assert result.partial and "after 30 list steps" in result.problem
+    assert calls[0] <= 30 + 8
+
+
+def test_undamaged_walk_is_complete(samples, chain):
+    dump = kvmcore.open(str(samples.get_built(SID).file("elf")))
+    result = dump.kernel.task_list
+    assert not result.partial, result.problem
+    leaders = {t.address for t in result.tasks if t.pid == t.tgid and not t.is_idle}
+    assert set(chain["leaders"]) <= leaders
