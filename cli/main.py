@@ -14,6 +14,7 @@ import typer
 import kvmcore
 from kvmcore import commands
 from kvmcore.errors import KvmcoreError
+from kvmcore.textsafe import printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Offline kernel crash-dump analyzer (Linux and FreeBSD vmcores).")
@@ -100,7 +101,7 @@ def analyze(dump: Optional[Path] = typer.Argument(None, help="the crash dump; de
     elif fmt == "markdown":
         sys.stdout.write(render_markdown(report))
     elif fmt == "text" or (fmt == "auto" and not sys.stdout.isatty()):
-        print(commands.ANALYZE.text(report))
+        print(commands.ANALYZE.render(report))
     elif fmt in ("rich", "auto"):
         render_rich(report, Console())
     else:
@@ -122,7 +123,7 @@ def _command(cmd: commands.Command, dump: Path, vmlinux: Optional[Path], arch: O
     if json_out:
         _print_json(data)
     else:
-        print(cmd.text(data))
+        print(cmd.render(data))
 
 
 @app.command("ps", help=commands.PS.help)
@@ -217,7 +218,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except KvmcoreError as exc:
-        print(f"kvmcore: error: {exc}", file=sys.stderr)
+        print(f"kvmcore: error: {printable(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import KvmcoreError
+from .textsafe import printable_tree
 from .kernel import has_timestamps
 from .report import build_report
 from .report.collect import _dump_section, _headline, _system, frames_of
@@ -318,9 +319,15 @@ class Command:
     def usage(self) -> str:
         return " ".join([self.name] + [p.usage() for p in self.params])
 
+    def render(self, data: dict[str, Any]) -> str:
+        """`text(data)` with every string from the dump made printable (a
+        comm, a log line or OSRELEASE can hold terminal escapes); log records
+        keep their newlines."""
+        return self.text(printable_tree(data, newlines=self.name == "dmesg"))
+
     def run(self, dump: "Dump", **args: Any) -> str:
         """The command's text, as the CLI prints it."""
-        return self.text(self.data(dump, **args))
+        return self.render(self.data(dump, **args))
 
     def parse(self, words: list[str]) -> dict[str, Any]:
         """Keyword arguments for `data` from a command line's words (after the

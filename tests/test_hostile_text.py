@@ -43,7 +43,33 @@ def test_markdown_helpers():
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory):
+def hostile(hostile_dump):
+    """The report of the hostile dump, with a planted log line."""
+    report = build_report(hostile_dump)
+    # the planted bytes did reach the report (the renderers must make them safe)
+    assert report["headline"]["task"]["comm"] == COMM.decode()
+    assert report["headline"]["release"] == EVIL_RELEASE.decode()
+    log = report["log"]["lines"]
+    log.append("[    9.999999] planted \x1b[31mred\x1b[0m log line")
+    return report
+
+
+@pytest.mark.parametrize("name", ["ps", "sys", "bt", "info", "mods", "dmesg"])
+def test_command_texts(hostile_dump, name):
+    """Every text view of the command table (CLI and gdb's monitor) shows the
+    planted comm and OSRELEASE escaped."""
+    from kvmcore.commands import COMMANDS
+
+    out = COMMANDS[name].run(hostile_dump)
+    _no_controls(out)
+    if name in ("ps", "bt", "sys"):
+        assert "\\x1b]0;pwn\\x07[bold]" in out
+    if name == "info":  # sys shows the release from memory (utsname), not VMCOREINFO
+        assert "6.1.0\\x1b[2J\\x07amd6" in out
+
+
+@pytest.fixture(scope="module")
+def hostile_dump(tmp_path_factory):
     """The committed dump, its OSRELEASE changed in the file and the panicking
     task's comm changed in the reader."""
     copy = tmp_path_factory.mktemp("hostile") / "vmcore"
@@ -70,13 +96,7 @@ def hostile(tmp_path_factory):
         return bytes(out)
 
     dump.mem.read_phys = read_phys
-    report = build_report(dump)
-    # the planted bytes did reach the report (the renderers must make them safe)
-    assert report["headline"]["task"]["comm"] == COMM.decode()
-    assert report["headline"]["release"] == EVIL_RELEASE.decode()
-    log = report["log"]["lines"]
-    log.append("[    9.999999] planted \x1b[31mred\x1b[0m log line")
-    return report
+    return dump
 
 
 def _no_controls(text: str) -> None:
