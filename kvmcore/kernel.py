@@ -93,6 +93,11 @@ class KernelModel(Protocol):
     @property
     def online_cpus(self) -> list[int] | None: ...
 
+    def registers_note(self, task: Any) -> str | None:
+        """Why `task.registers()` are not what the task ran with, when they
+        are not (a running task whose CPU saved no registers), else None."""
+        ...
+
     def symbol_table(self) -> Any:
         """The kernel's symbol table with every loaded module's own symbols
         added (an explicit step: it reads the module list)."""

@@ -14,6 +14,7 @@ import pytest
 
 import kvmcore
 from kvmcore.errors import DumpFormatError
+from kvmcore.report import build_report
 
 COMMITTED = (Path(__file__).resolve().parent.parent / "sample_dumps" / "committed"
              / "x86_64-small" / "vmcore.mdf-d31-c")
@@ -125,3 +126,22 @@ def test_missing_cpu_notes_are_recorded(tmp_path, field, value):
     assert d.mem.notes_problem and d.mem.notes_problem.startswith("CPU registers missing")
     # still a dump: its release is still read from VMCOREINFO (a separate sub-header field)
     assert d.mem.vmcoreinfo.get("OSRELEASE") == _manifest()["kernel_release"]
+
+
+def test_missing_cpu_notes_are_said_in_bt_and_report(tmp_path):
+    """With no NT_PRSTATUS (offset_note 0), the panicking task's trace is its
+    last context switch: `bt` and the report's backtrace say so (issue 12)."""
+    lay = _layout(COMMITTED)
+    bad = tmp_path / "nonotes.kdump"
+    shutil.copyfile(COMMITTED, bad)
+    with open(bad, "r+b") as f:
+        f.seek(lay["bs"] + SUB_OFFSET_NOTE)
+        f.write(struct.pack("<q", 0))
+    out = subprocess.run([sys.executable, "-c", "from kvmcore.cli.main import main; main()",
+                          "bt", str(bad)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    cpu = _manifest()["panic"]["cpu"]
+    assert f"CPU {cpu}'s registers are missing (CPU registers missing" in out.stdout
+    assert "last context switch" in out.stdout
+    report = build_report(kvmcore.open(str(bad)))
+    assert any("last context switch" in n for n in report["backtrace"]["notes"])

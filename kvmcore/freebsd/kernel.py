@@ -381,6 +381,10 @@ class FreeBSDKernel:
     def online_cpus(self) -> list[int] | None:
         return None  # not read (all_cpus minus halted ones); unknown
 
+    def registers_note(self, task: Any) -> str | None:
+        """FreeBSD threads' registers always come from a PCB (dumppcb, stoppcbs)."""
+        return None
+
     def symbol_table(self) -> Any:
         """The kernel's symbols (KLD symbols are not read)."""
         return self.symbols

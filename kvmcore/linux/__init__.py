@@ -221,6 +221,15 @@ class LinuxKernel:
                 return dict(state.regs)
         return switch_frame(self.dump, task.address)
 
+    def registers_note(self, task: Task) -> str | None:
+        """A task that ran on a CPU whose registers the dump lacks gets its
+        last context switch's registers instead: say so."""
+        if not task.on_cpu or self.cpu_registers.get(task.cpu) is not None:
+            return None
+        why = self.dump.mem.notes_problem or f"no NT_PRSTATUS note for CPU {task.cpu}"
+        return (f"CPU {task.cpu}'s registers are missing ({why}); the trace starts at the "
+                "task's last context switch, not where it was running")
+
     def running_task(self, cpu: int) -> Task | None:
         for task in self.tasks():
             if task.on_cpu and task.cpu == cpu:

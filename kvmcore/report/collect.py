@@ -36,7 +36,11 @@ def frames_of(dump: "Dump", task: Any, max_frames: int = 48) -> dict[str, Any]:
     frames = [{"index": f.index, "pc": f"{f.pc:#x}", "sp": f"{f.sp:#x}" if f.sp else None,
                "function": f.function, "module": f.module, "guessed": f.guessed,
                "kind": f.kind} for f in bt.frames]
-    return {"available": True, "frames": frames, "stopped": bt.error}
+    notes = list(bt.notes)
+    missing = dump.kernel.registers_note(task)
+    if missing:
+        notes.insert(0, missing)
+    return {"available": True, "frames": frames, "stopped": bt.error, "notes": notes}
 
 
 def build_report(dump: "Dump", log_lines: int = 40, progress: Callable[[str], None] | None = None

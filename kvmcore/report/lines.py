@@ -9,7 +9,7 @@ def frame_lines(bt: dict[str, Any]) -> list[str]:
     """A backtrace of the report (or of `bt --json`) as crash-style lines."""
     if not bt.get("available", True):
         return [f"  (backtrace unavailable: {bt['reason']})"]
-    out = []
+    out = [f"  ({note})" for note in bt.get("notes", ())]
     for f in bt["frames"]:
         func = f["function"] or "?"
         mod = f" [{f['module']}]" if f["module"] else ""
