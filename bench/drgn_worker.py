@@ -1,6 +1,7 @@
 """`python -m bench.drgn_worker TASK DUMP VMLINUX`: drgn doing the same work as a
 kvmcore command.  TASK: info, ps, dmesg, bt, analyze (all four), or seq/rand
 (the read benchmark through prog.read)."""
+
 from __future__ import annotations
 
 import sys
@@ -29,8 +30,14 @@ def info(prog: drgn.Program) -> None:
 def ps(prog: drgn.Program) -> None:
     print("PID PPID CPU TASK ST COMM")
     for task in for_each_task(prog):
-        print(task.pid.value_(), task.real_parent.pid.value_(), task_cpu(task),
-              hex(task.value_()), task_state_to_char(task), task.comm.string_().decode())
+        print(
+            task.pid.value_(),
+            task.real_parent.pid.value_(),
+            task_cpu(task),
+            hex(task.value_()),
+            task_state_to_char(task),
+            task.comm.string_().decode(),
+        )
 
 
 def dmesg(prog: drgn.Program) -> None:

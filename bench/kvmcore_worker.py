@@ -1,4 +1,5 @@
 """`python -m bench.kvmcore_worker seq|rand DUMP`: kvmcore's side of the read benchmark."""
+
 from __future__ import annotations
 
 import sys

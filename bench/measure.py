@@ -3,6 +3,7 @@
 Peak RSS comes from os.wait4 on the child itself (ru_maxrss of that process
 and its waited-for descendants), so runs do not blur into each other the way
 a process-wide RUSAGE_CHILDREN maximum would."""
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,10 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Run:
-    seconds: float          # wall time of the whole process
-    rss_kb: int             # peak resident set size (KiB)
+    seconds: float  # wall time of the whole process
+    rss_kb: int  # peak resident set size (KiB)
     stdout: str
-    inner: dict = field(default_factory=dict)   # JSON the worker printed (read loops)
+    inner: dict = field(default_factory=dict)  # JSON the worker printed (read loops)
 
 
 @dataclass
@@ -46,13 +47,22 @@ class CommandFailed(Exception):
     pass
 
 
-def run_once(cmd: list[str], *, stdin_text: str | None = None, timeout: float = 900,
-             cwd: str | None = None, env: dict | None = None) -> Run:
+def run_once(
+    cmd: list[str],
+    *,
+    stdin_text: str | None = None,
+    timeout: float = 900,
+    cwd: str | None = None,
+    env: dict | None = None,
+) -> Run:
     """Run `cmd` to completion; raise CommandFailed on a non-zero exit or timeout.
     Output goes through temporary files so that the parent can reap the child
     itself with os.wait4 and keep its rusage."""
-    with tempfile.TemporaryFile("w+") as fin, tempfile.TemporaryFile("w+") as fout, \
-            tempfile.TemporaryFile("w+") as ferr:
+    with (
+        tempfile.TemporaryFile("w+") as fin,
+        tempfile.TemporaryFile("w+") as fout,
+        tempfile.TemporaryFile("w+") as ferr,
+    ):
         if stdin_text is not None:
             fin.write(stdin_text)
             fin.flush()

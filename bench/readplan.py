@@ -6,12 +6,13 @@ every sample's RAM).  Sequential: 64 KiB reads front to back.  Random: 4 KiB
 reads at page-aligned offsets drawn from a fixed seed.  A read that faults
 (page filtered out by makedumpfile) is retried page by page and the faulting
 pages are counted, so filtered dumps get the same treatment in both tools."""
+
 from __future__ import annotations
 
 import json
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 WINDOW_PA = 16 << 20
 WINDOW_BYTES = 64 << 20
@@ -27,7 +28,9 @@ def random_offsets() -> list[int]:
     return [rng.randrange(pages) * PAGE for _ in range(RANDOM_READS)]
 
 
-def _read_chunk(read: Callable[[int, int], bytes], faults: tuple, va: int, size: int) -> tuple[int, int]:
+def _read_chunk(
+    read: Callable[[int, int], bytes], faults: tuple, va: int, size: int
+) -> tuple[int, int]:
     """(bytes read, pages faulted) for one chunk, page by page after a fault."""
     try:
         return len(read(va, size)), 0

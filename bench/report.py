@@ -1,4 +1,5 @@
 """Text and Markdown rendering of benchmark results, and the machine description."""
+
 from __future__ import annotations
 
 import datetime
@@ -23,11 +24,16 @@ def _first_line(cmd: list[str]) -> str:
 def machine() -> dict[str, str]:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = re.search(r"model name\s*:\s*(.*)", cpuinfo)
-    mem = _first_line(["sh", "-c", "free -m | awk '/^Mem:/ {print $2\" MB total, \"$7\" MB available\"}'"])
+    mem = _first_line(
+        ["sh", "-c", 'free -m | awk \'/^Mem:/ {print $2" MB total, "$7" MB available"}\'']
+    )
     import drgn
-    rev = _first_line(["git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse", "--short", "HEAD"])
+
+    rev = _first_line(
+        ["git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse", "--short", "HEAD"]
+    )
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu": f"{model.group(1) if model else platform.processor()} x {os.cpu_count()} (nproc)",
         "memory": mem,
         "kernel": platform.release(),

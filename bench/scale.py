@@ -2,6 +2,7 @@
 
 Dumps are built on demand (QEMU guests via sample_dumps, ELF only) and cached
 under $CACHE/scale/<ID>/, apart from the test samples."""
+
 from __future__ import annotations
 
 import shutil
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from . import tools
 from .measure import Measurement, measure
 
-MEMORY_SERIES = [(256, 0), (1024, 0), (4096, 0)]           # (guest MB, extra tasks)
+MEMORY_SERIES = [(256, 0), (1024, 0), (4096, 0)]  # (guest MB, extra tasks)
 TASK_SERIES = [(2048, 100), (2048, 1000), (2048, 10000)]  # 10k processes need ~1 GB of guest RAM
 SCALE_TASKS = ("info", "ps", "dmesg", "bt", "analyze", "seq")
 
@@ -37,6 +38,7 @@ def ensure_built(memory_mb: int, extra_tasks: int) -> ScalePoint:
     from sample_dumps.build import build_sample
     from sample_dumps.manifest import load
     from sample_dumps.table import scale_spec
+
     spec = scale_spec(memory_mb, extra_tasks)
     point = ScalePoint(spec.id, memory_mb, extra_tasks)
     cache = cache_root()
@@ -60,13 +62,16 @@ def ensure_built(memory_mb: int, extra_tasks: int) -> ScalePoint:
 
 def measure_point(point: ScalePoint, runs: int) -> None:
     from sample_dumps import cache_root
+
     dump = cache_root() / "scale" / point.id / "vmcore.elf"
     for task in SCALE_TASKS:
         _say(f"  {point.id}: {task}")
         cmd = tools.kvmcore_read_cmd(task, dump) if task == "seq" else tools.kvmcore_cmd(task, dump)
         point.results[task] = m = measure("kvmcore", cmd, runs)
         if task == "ps" and m.ok:
-            point.tasks_listed = sum(1 for line in m.runs[0].stdout.splitlines()[1:] if line.strip())
+            point.tasks_listed = sum(
+                1 for line in m.runs[0].stdout.splitlines()[1:] if line.strip()
+            )
 
 
 def run_scale(runs: int, series: list[tuple[int, int]] | None = None) -> list[ScalePoint]:
@@ -88,17 +93,29 @@ def _value(point: ScalePoint, task: str) -> float | None:
 
 def scale_table(points: list[ScalePoint], title: str) -> list[str]:
     """Markdown: one row per dump, each figure with its growth over the series' first row."""
-    head = ["dump", "guest", "extra tasks", "tasks listed", "dump size", "build"] + \
-           [f"{t} (x first)" if t != "seq" else "seq read 64 MB (x first)" for t in SCALE_TASKS] + ["peak RSS"]
+    head = (
+        ["dump", "guest", "extra tasks", "tasks listed", "dump size", "build"]
+        + [f"{t} (x first)" if t != "seq" else "seq read 64 MB (x first)" for t in SCALE_TASKS]
+        + ["peak RSS"]
+    )
     lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = next((p for p in points if p.error is None), None)
     for p in points:
         if p.error:
-            lines.append(f"| {p.id} | {p.memory_mb} MB | {p.extra_tasks} | " + " | ".join(["-"] * (len(head) - 4))
-                         + f" | {p.error} |")
+            lines.append(
+                f"| {p.id} | {p.memory_mb} MB | {p.extra_tasks} | "
+                + " | ".join(["-"] * (len(head) - 4))
+                + f" | {p.error} |"
+            )
             continue
-        cells = [p.id, f"{p.memory_mb} MB", str(p.extra_tasks), str(p.tasks_listed or "-"),
-                 f"{(p.dump_bytes or 0) / (1 << 20):.0f} MB", f"{p.build_seconds:.0f} s"]
+        cells = [
+            p.id,
+            f"{p.memory_mb} MB",
+            str(p.extra_tasks),
+            str(p.tasks_listed or "-"),
+            f"{(p.dump_bytes or 0) / (1 << 20):.0f} MB",
+            f"{p.build_seconds:.0f} s",
+        ]
         for t in SCALE_TASKS:
             v, b = _value(p, t), _value(base, t) if base else None
             cells.append("n/a" if v is None else f"{v:.2f} s" + (f" (x{v / b:.2f})" if b else ""))

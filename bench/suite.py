@@ -1,4 +1,5 @@
 """The comparison suite: kvmcore against drgn, crash and gdb on one sample."""
+
 from __future__ import annotations
 
 import sys
@@ -15,9 +16,9 @@ READ_FORMATS = ("elf", "kdump-zlib", "mdf-d31-c", "mdf-d31-l", "mdf-d31-E")
 
 @dataclass
 class Row:
-    group: str                 # "commands", "reads", "gdb"
+    group: str  # "commands", "reads", "gdb"
     task: str
-    metric: str                # "seconds" (whole process) or "loop_seconds" (timed inside)
+    metric: str  # "seconds" (whole process) or "loop_seconds" (timed inside)
     kvmcore: Measurement
     anchors: dict[str, Measurement] = field(default_factory=dict)
     note: str = ""
@@ -47,13 +48,16 @@ def command_rows(sample, cfg: Config, work: Path) -> list[Row]:
     rows = []
     for task in COMMAND_TASKS:
         _say(f"  {task}: kvmcore")
-        row = Row("commands", task, "seconds", measure("kvmcore", tools.kvmcore_cmd(task, dump), cfg.runs))
+        row = Row(
+            "commands", task, "seconds", measure("kvmcore", tools.kvmcore_cmd(task, dump), cfg.runs)
+        )
         _say(f"  {task}: drgn")
         row.anchors["drgn"] = measure("drgn", tools.drgn_cmd(task, dump, vmlinux), cfg.runs)
         if cfg.with_crash and cfg.crash_runs > 0:
             _say(f"  {task}: crash {' ; '.join(tools.CRASH_COMMANDS[task])}")
-            row.anchors["crash"] = measure("crash", tools.crash_cmd(task, dump, vmlinux, work),
-                                           cfg.crash_runs)
+            row.anchors["crash"] = measure(
+                "crash", tools.crash_cmd(task, dump, vmlinux, work), cfg.crash_runs
+            )
         rows.append(row)
     return rows
 
@@ -67,8 +71,12 @@ def read_rows(sample, cfg: Config) -> list[Row]:
         dump = sample.file(fmt)
         for mode in ("seq", "rand"):
             _say(f"  read {mode} {fmt}: kvmcore, drgn")
-            row = Row("reads", f"{mode} {fmt}", "loop_seconds",
-                      measure("kvmcore", tools.kvmcore_read_cmd(mode, dump), cfg.runs))
+            row = Row(
+                "reads",
+                f"{mode} {fmt}",
+                "loop_seconds",
+                measure("kvmcore", tools.kvmcore_read_cmd(mode, dump), cfg.runs),
+            )
             row.anchors["drgn"] = measure("drgn", tools.drgn_cmd(mode, dump, vmlinux), cfg.runs)
             rows.append(row)
     return rows
@@ -79,17 +87,26 @@ def gdb_rows(sample, cfg: Config, work: Path) -> list[Row]:
     through gdb's own core-file reader (gdb cannot translate kernel virtual
     addresses in a QEMU paging=false dump; its PT_LOADs have p_vaddr == p_paddr)."""
     import kvmcore
+
     dump = sample.file("elf")
     with kvmcore.open(str(dump)) as d:
         direct_map = d.read_u64(d.symbols.lookup("page_offset_base"))
     va, pa = direct_map + readplan.WINDOW_PA, readplan.WINDOW_PA
     size = readplan.WINDOW_BYTES
     _say("  gdb: dump binary memory via kvmcore serve, and gdb core-file")
-    row = Row("gdb", "dump binary memory 64 MB", "loop_seconds",
-              measure("kvmcore serve", tools.gdb_via_serve_cmd(dump, va, size, work / "serve.bin"), cfg.runs),
-              note=f"kvmcore serve reads kernel-virtual {va:#x}+64M; gdb core-file reads the same "
-                   f"bytes at physical {pa:#x}+64M (PT_LOAD p_vaddr == p_paddr)")
-    row.anchors["gdb"] = measure("gdb", tools.gdb_core_cmd(dump, pa, size, work / "core.bin"), cfg.runs)
+    row = Row(
+        "gdb",
+        "dump binary memory 64 MB",
+        "loop_seconds",
+        measure(
+            "kvmcore serve", tools.gdb_via_serve_cmd(dump, va, size, work / "serve.bin"), cfg.runs
+        ),
+        note=f"kvmcore serve reads kernel-virtual {va:#x}+64M; gdb core-file reads the same "
+        f"bytes at physical {pa:#x}+64M (PT_LOAD p_vaddr == p_paddr)",
+    )
+    row.anchors["gdb"] = measure(
+        "gdb", tools.gdb_core_cmd(dump, pa, size, work / "core.bin"), cfg.runs
+    )
     a, b = work / "serve.bin", work / "core.bin"
     if a.exists() and b.exists() and a.read_bytes() != b.read_bytes():
         row.note += "; WARNING: the two dumps differ"
@@ -100,8 +117,10 @@ def gdb_rows(sample, cfg: Config, work: Path) -> list[Row]:
 
 def run_suite(sample, cfg: Config) -> list[Row]:
     if sample.vmlinux() is None:
-        raise SystemExit(f"{sample.id}: no -dbg vmlinux in the cache; drgn and crash need it: "
-                         f"python -m sample_dumps build --only {sample.id} --with-dbg")
+        raise SystemExit(
+            f"{sample.id}: no -dbg vmlinux in the cache; drgn and crash need it: "
+            f"python -m sample_dumps build --only {sample.id} --with-dbg"
+        )
     with tempfile.TemporaryDirectory(prefix="kvmcore-bench-") as tmp:
         work = Path(tmp)
         _say(f"{sample.id}: commands")

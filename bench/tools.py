@@ -1,4 +1,5 @@
 """Command lines of the tools being compared, for one dump."""
+
 from __future__ import annotations
 
 import shutil
@@ -11,8 +12,13 @@ CRASH = shutil.which("crash")
 GDB = shutil.which("gdb")
 
 # crash commands doing the work of each kvmcore command
-CRASH_COMMANDS = {"info": ["sys"], "ps": ["ps"], "dmesg": ["log"], "bt": ["bt"],
-                  "analyze": ["sys", "ps", "log", "bt"]}
+CRASH_COMMANDS = {
+    "info": ["sys"],
+    "ps": ["ps"],
+    "dmesg": ["log"],
+    "bt": ["bt"],
+    "analyze": ["sys", "ps", "log", "bt"],
+}
 
 
 def kvmcore_cmd(task: str, dump: Path) -> list[str]:
@@ -40,16 +46,18 @@ def _gdb_dump_memory(setup: list[str], start: int, size: int, out: Path) -> list
     timed inside gdb (its Python) and printed as a BENCH line."""
     cmd = [GDB or "gdb", "-nx", "-batch"]
     for line in setup + [
-            "python import time; t0 = time.perf_counter()",
-            f"dump binary memory {out} {start:#x} {start + size:#x}",
-            'python print("BENCH {\\"loop_seconds\\": %f}" % (time.perf_counter() - t0))']:
+        "python import time; t0 = time.perf_counter()",
+        f"dump binary memory {out} {start:#x} {start + size:#x}",
+        'python print("BENCH {\\"loop_seconds\\": %f}" % (time.perf_counter() - t0))',
+    ]:
         cmd += ["-ex", line]
     return cmd
 
 
 def gdb_via_serve_cmd(dump: Path, va: int, size: int, out: Path) -> list[str]:
-    return _gdb_dump_memory(["set remotetimeout 120",
-                             f"target remote | {KVMCORE} serve --stdio {dump}"], va, size, out)
+    return _gdb_dump_memory(
+        ["set remotetimeout 120", f"target remote | {KVMCORE} serve --stdio {dump}"], va, size, out
+    )
 
 
 def gdb_core_cmd(dump: Path, pa: int, size: int, out: Path) -> list[str]:

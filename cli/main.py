@@ -1,13 +1,14 @@
 """`kvmcore` commands. Errors become one line on stderr and an exit status:
 2 bad input, 3 unsupported format or arch, 4 missing symbols or types,
 5 unreadable address, 1 other kvmcore errors, 70 internal errors."""
+
 from __future__ import annotations
 
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -16,16 +17,22 @@ from kvmcore import commands
 from kvmcore.errors import KvmcoreError
 from kvmcore.textsafe import printable
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Offline kernel crash-dump analyzer (Linux and FreeBSD vmcores).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Offline kernel crash-dump analyzer (Linux and FreeBSD vmcores).",
+)
 
 EXIT_INTERNAL = 70
 DumpArg = typer.Argument(..., help="the crash dump (vmcore)")
 VmlinuxArg = typer.Argument(None, help="the kernel's vmlinux (optional)")
 ArchOpt = typer.Option(None, "--arch", help="force the architecture backend (x86_64, aarch64, ...)")
 JsonOpt = typer.Option(False, "--json", help="print JSON")
-SystemMapOpt = typer.Option(None, "--system-map", help="the kernel's System.map: its symbols "
-                            "when no vmlinux (or a stripped one) is given")
+SystemMapOpt = typer.Option(
+    None,
+    "--system-map",
+    help="the kernel's System.map: its symbols when no vmlinux (or a stripped one) is given",
+)
 
 
 def committed_sample() -> Path:
@@ -40,17 +47,27 @@ def committed_sample() -> Path:
 PARTIAL = {"value": False}  # --partial, a global option
 
 
-def _open(dump: Path, vmlinux: Optional[Path], arch: Optional[str],
-          system_map: Optional[Path] = None) -> kvmcore.Dump:
-    return kvmcore.open(str(dump), str(vmlinux) if vmlinux else None, arch,
-                        allow_truncated=PARTIAL["value"],
-                        system_map=str(system_map) if system_map else None)
+def _open(
+    dump: Path, vmlinux: Path | None, arch: str | None, system_map: Path | None = None
+) -> kvmcore.Dump:
+    return kvmcore.open(
+        str(dump),
+        str(vmlinux) if vmlinux else None,
+        arch,
+        allow_truncated=PARTIAL["value"],
+        system_map=str(system_map) if system_map else None,
+    )
 
 
 @app.callback()
-def _global(partial: bool = typer.Option(
-        False, "--partial", help="read a truncated dump as far as it goes (sections that "
-        "need the missing part are reported unavailable)")) -> None:
+def _global(
+    partial: bool = typer.Option(
+        False,
+        "--partial",
+        help="read a truncated dump as far as it goes (sections that "
+        "need the missing part are reported unavailable)",
+    ),
+) -> None:
     PARTIAL["value"] = partial
 
 
@@ -67,15 +84,19 @@ def _arg(cmd: commands.Command, name: str) -> Any:
 
 
 @app.command("analyze", help=commands.ANALYZE.help)
-def analyze(dump: Optional[Path] = typer.Argument(None, help="the crash dump; default: the "
-                                                 "committed sample"),
-            vmlinux: Optional[Path] = VmlinuxArg, arch: Optional[str] = ArchOpt,
-            json_out: bool = JsonOpt,
-            fmt: str = typer.Option("auto", "--format",
-                                    help="auto (rich on a terminal, text when piped), rich, "
-                                    "text, markdown, json"),
-            log_lines: int = _arg(commands.ANALYZE, "log_lines"),
-            system_map: Optional[Path] = SystemMapOpt) -> None:
+def analyze(
+    dump: Path | None = typer.Argument(None, help="the crash dump; default: the committed sample"),
+    vmlinux: Path | None = VmlinuxArg,
+    arch: str | None = ArchOpt,
+    json_out: bool = JsonOpt,
+    fmt: str = typer.Option(
+        "auto",
+        "--format",
+        help="auto (rich on a terminal, text when piped), rich, text, markdown, json",
+    ),
+    log_lines: int = _arg(commands.ANALYZE, "log_lines"),
+    system_map: Path | None = SystemMapOpt,
+) -> None:
     from rich.console import Console
 
     from kvmcore.report.render import render_markdown, render_rich
@@ -88,13 +109,17 @@ def analyze(dump: Optional[Path] = typer.Argument(None, help="the crash dump; de
         if not dump.exists():
             raise KvmcoreError("no dump given and the committed sample is missing", str(dump))
         # first line of the report; on stderr where stdout must stay machine-readable
-        print(f"kvmcore: no dump given: analyzing the committed sample {dump}",
-              file=sys.stderr if fmt in ("json", "markdown") else sys.stdout)
+        print(
+            f"kvmcore: no dump given: analyzing the committed sample {dump}",
+            file=sys.stderr if fmt in ("json", "markdown") else sys.stdout,
+        )
     d = _open(dump, vmlinux, arch, system_map)
     with err.status("opening the dump") if err.is_terminal else _null() as status:
+
         def progress(stage: str) -> None:
             if status is not None:
                 status.update(stage)
+
         report = commands.ANALYZE.data(d, log_lines=log_lines, progress=progress)
     if fmt == "json":
         _print_json(report)
@@ -116,8 +141,15 @@ class _null:
         return None
 
 
-def _command(cmd: commands.Command, dump: Path, vmlinux: Optional[Path], arch: Optional[str],
-             system_map: Optional[Path], json_out: bool, **kwargs: Any) -> None:
+def _command(
+    cmd: commands.Command,
+    dump: Path,
+    vmlinux: Path | None,
+    arch: str | None,
+    system_map: Path | None,
+    json_out: bool,
+    **kwargs: Any,
+) -> None:
     """Open the dump, call `cmd.data`, print its JSON or `cmd.text`."""
     data = cmd.data(_open(dump, vmlinux, arch, system_map), **kwargs)
     if json_out:
@@ -127,73 +159,119 @@ def _command(cmd: commands.Command, dump: Path, vmlinux: Optional[Path], arch: O
 
 
 @app.command("ps", help=commands.PS.help)
-def ps(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
-       arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt,
-       system_map: Optional[Path] = SystemMapOpt) -> None:
+def ps(
+    dump: Path = DumpArg,
+    vmlinux: Path | None = VmlinuxArg,
+    arch: str | None = ArchOpt,
+    json_out: bool = JsonOpt,
+    system_map: Path | None = SystemMapOpt,
+) -> None:
     _command(commands.PS, dump, vmlinux, arch, system_map, json_out)
 
 
 @app.command("dmesg", help=commands.DMESG.help)
-def dmesg(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
-          arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt,
-          system_map: Optional[Path] = SystemMapOpt) -> None:
+def dmesg(
+    dump: Path = DumpArg,
+    vmlinux: Path | None = VmlinuxArg,
+    arch: str | None = ArchOpt,
+    json_out: bool = JsonOpt,
+    system_map: Path | None = SystemMapOpt,
+) -> None:
     _command(commands.DMESG, dump, vmlinux, arch, system_map, json_out)
 
 
 @app.command("mods", help=commands.MODS.help)
-def mods(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
-         arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt,
-         system_map: Optional[Path] = SystemMapOpt) -> None:
+def mods(
+    dump: Path = DumpArg,
+    vmlinux: Path | None = VmlinuxArg,
+    arch: str | None = ArchOpt,
+    json_out: bool = JsonOpt,
+    system_map: Path | None = SystemMapOpt,
+) -> None:
     _command(commands.MODS, dump, vmlinux, arch, system_map, json_out)
 
 
 @app.command("sys", help=commands.SYS.help)
-def sys_cmd(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
-            arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt,
-            system_map: Optional[Path] = SystemMapOpt) -> None:
+def sys_cmd(
+    dump: Path = DumpArg,
+    vmlinux: Path | None = VmlinuxArg,
+    arch: str | None = ArchOpt,
+    json_out: bool = JsonOpt,
+    system_map: Path | None = SystemMapOpt,
+) -> None:
     _command(commands.SYS, dump, vmlinux, arch, system_map, json_out)
 
 
 @app.command("bt", help=commands.BT.help)
-def bt(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
-       arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt,
-       pid: Optional[int] = _arg(commands.BT, "pid"),
-       all_tasks: bool = _arg(commands.BT, "all_tasks"),
-       system_map: Optional[Path] = SystemMapOpt) -> None:
-    _command(commands.BT, dump, vmlinux, arch, system_map, json_out, pid=pid,
-             all_tasks=all_tasks)
+def bt(
+    dump: Path = DumpArg,
+    vmlinux: Path | None = VmlinuxArg,
+    arch: str | None = ArchOpt,
+    json_out: bool = JsonOpt,
+    pid: int | None = _arg(commands.BT, "pid"),
+    all_tasks: bool = _arg(commands.BT, "all_tasks"),
+    system_map: Path | None = SystemMapOpt,
+) -> None:
+    _command(commands.BT, dump, vmlinux, arch, system_map, json_out, pid=pid, all_tasks=all_tasks)
 
 
 @app.command("info", help=commands.INFO.help)
-def info(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
-         arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt,
-         system_map: Optional[Path] = SystemMapOpt) -> None:
+def info(
+    dump: Path = DumpArg,
+    vmlinux: Path | None = VmlinuxArg,
+    arch: str | None = ArchOpt,
+    json_out: bool = JsonOpt,
+    system_map: Path | None = SystemMapOpt,
+) -> None:
     _command(commands.INFO, dump, vmlinux, arch, system_map, json_out)
 
 
 @app.command("sym", help=commands.SYM.help)
-def sym(dump: Path = DumpArg, what: str = _arg(commands.SYM, "what"),
-        vmlinux: Optional[Path] = VmlinuxArg,
-        arch: Optional[str] = ArchOpt, json_out: bool = JsonOpt,
-        system_map: Optional[Path] = SystemMapOpt) -> None:
+def sym(
+    dump: Path = DumpArg,
+    what: str = _arg(commands.SYM, "what"),
+    vmlinux: Path | None = VmlinuxArg,
+    arch: str | None = ArchOpt,
+    json_out: bool = JsonOpt,
+    system_map: Path | None = SystemMapOpt,
+) -> None:
     _command(commands.SYM, dump, vmlinux, arch, system_map, json_out, what=what)
 
 
 @app.command("read", help=commands.READ.help)
-def read(dump: Path = DumpArg, address: str = _arg(commands.READ, "address"),
-         length: int = _arg(commands.READ, "length"),
-         arch: Optional[str] = ArchOpt, physical: bool = _arg(commands.READ, "physical"),
-         json_out: bool = JsonOpt, system_map: Optional[Path] = SystemMapOpt) -> None:
-    _command(commands.READ, dump, None, arch, system_map, json_out, address=address,
-             length=length, physical=physical)
+def read(
+    dump: Path = DumpArg,
+    address: str = _arg(commands.READ, "address"),
+    length: int = _arg(commands.READ, "length"),
+    arch: str | None = ArchOpt,
+    physical: bool = _arg(commands.READ, "physical"),
+    json_out: bool = JsonOpt,
+    system_map: Path | None = SystemMapOpt,
+) -> None:
+    _command(
+        commands.READ,
+        dump,
+        None,
+        arch,
+        system_map,
+        json_out,
+        address=address,
+        length=length,
+        physical=physical,
+    )
 
 
 @app.command()
-def serve(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
-          arch: Optional[str] = ArchOpt, system_map: Optional[Path] = SystemMapOpt,
-          listen: str = typer.Option("127.0.0.1:1234", "--listen", help="HOST:PORT"),
-          stdio: bool = typer.Option(False, "--stdio", help="speak on stdin/stdout "
-                                     "(target remote | kvmcore serve --stdio DUMP)")) -> None:
+def serve(
+    dump: Path = DumpArg,
+    vmlinux: Path | None = VmlinuxArg,
+    arch: str | None = ArchOpt,
+    system_map: Path | None = SystemMapOpt,
+    listen: str = typer.Option("127.0.0.1:1234", "--listen", help="HOST:PORT"),
+    stdio: bool = typer.Option(
+        False, "--stdio", help="speak on stdin/stdout (target remote | kvmcore serve --stdio DUMP)"
+    ),
+) -> None:
     """Serve the dump to gdb over the remote serial protocol, read-only."""
     from kvmcore import gdbserver
 
@@ -202,15 +280,20 @@ def serve(dump: Path = DumpArg, vmlinux: Optional[Path] = VmlinuxArg,
 
 
 @app.command()
-def symfile(dump: Path = DumpArg, output: Path = typer.Option(..., "-o", "--output"),
-            arch: Optional[str] = ArchOpt,
-            system_map: Optional[Path] = SystemMapOpt) -> None:
+def symfile(
+    dump: Path = DumpArg,
+    output: Path = typer.Option(..., "-o", "--output"),
+    arch: str | None = ArchOpt,
+    system_map: Path | None = SystemMapOpt,
+) -> None:
     """Write an ELF symbol file for gdb from the dump's own kallsyms."""
     from kvmcore.gdbserver.symfile import write_dump_symbol_file
 
     note = write_dump_symbol_file(_open(dump, None, arch, system_map), str(output))
-    print(f"wrote {output}: {note}; use: gdb {output} -ex "
-          f"'target remote | kvmcore serve --stdio {dump}'")
+    print(
+        f"wrote {output}: {note}; use: gdb {output} -ex "
+        f"'target remote | kvmcore serve --stdio {dump}'"
+    )
 
 
 def main() -> None:
@@ -228,14 +311,18 @@ def main() -> None:
     except BrokenPipeError:
         sys.exit(0)
     except Exception as exc:  # usage errors (typer's click exceptions) and genuine bugs
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None),
-                                                                 int):
+        if callable(getattr(exc, "show", None)) and isinstance(
+            getattr(exc, "exit_code", None), int
+        ):
             exc.show()
             sys.exit(exc.exit_code)
         if os.environ.get("KVMCORE_DEBUG"):
             raise
-        print(f"kvmcore: internal error: {type(exc).__name__}: {exc} "
-              "(set KVMCORE_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(
+            f"kvmcore: internal error: {type(exc).__name__}: {exc} "
+            "(set KVMCORE_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_INTERNAL)
 
 

@@ -1,4 +1,5 @@
 """kvmcore: offline kernel crash-dump analysis (Linux and FreeBSD vmcores)."""
+
 from __future__ import annotations
 
 from .dump import Dump, open

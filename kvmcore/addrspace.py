@@ -6,9 +6,11 @@ and raises its own faults (NotInDumpError, PageExcludedError below,
 NotMappedError here), so one can be slotted in without touching the others:
 a layer only needs the `PhysicalLayer` protocol of the one below.
 """
+
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 from .errors import NotInDumpError, PageExcludedError
 from .formats.base import PhysRange
@@ -71,11 +73,16 @@ class KernelAddressSpace:
                     continue
                 raise PageExcludedError(
                     f"virtual address {va:#x} (physical {t.pa:#x}) was excluded from the dump "
-                    "by filtering", va, exc.path) from None
+                    "by filtering",
+                    va,
+                    exc.path,
+                ) from None
             except NotInDumpError as exc:
                 raise NotInDumpError(
                     f"virtual address {va:#x} maps to physical {t.pa:#x}, which is not in the dump",
-                    va, exc.path) from None
+                    va,
+                    exc.path,
+                ) from None
             va = (va + chunk) & self.mask
             length -= chunk
         return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -6,6 +6,7 @@ under ``index/``), the sample builder (``sample_dumps/``: ``samples/``,
 imports: sample_dumps/ loads this file by its path, so the builder runs on a
 bare python3 without kvmcore installed.
 """
+
 from __future__ import annotations
 
 import os

@@ -35,50 +35,69 @@ not in the table.
 | sym     | sym_data      | sym_text      | WHAT (a symbol name or an address) |
 | read    | read_data     | read_text     | ADDRESS [LENGTH] --phys            |
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import KvmcoreError
-from .textsafe import printable_tree
 from .kernel import has_timestamps
 from .report import build_report
 from .report.collect import _dump_section, _headline, _system, frames_of
 from .report.lines import frame_lines
+from .textsafe import printable_tree
 
 if TYPE_CHECKING:
     from .dump import Dump
 
 
 # -- data -----------------------------------------------------------------
-def analyze_data(dump: "Dump", log_lines: int = 40,
-                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def analyze_data(
+    dump: Dump, log_lines: int = 40, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """The crash report (kvmcore/schema/report.schema.json); `progress` is
     told each stage's name (the CLI shows a spinner)."""
     return build_report(dump, log_lines=log_lines, progress=progress)
 
 
-def ps_data(dump: "Dump") -> dict[str, Any]:
+def ps_data(dump: Dump) -> dict[str, Any]:
     result = dump.kernel.task_list
-    return {"tasks": [t.as_dict() for t in result.tasks], "count": len(result.tasks),
-            "partial": result.partial, "problem": result.problem}
+    return {
+        "tasks": [t.as_dict() for t in result.tasks],
+        "count": len(result.tasks),
+        "partial": result.partial,
+        "problem": result.problem,
+    }
 
 
-def dmesg_data(dump: "Dump") -> dict[str, Any]:
+def dmesg_data(dump: Dump) -> dict[str, Any]:
     log = dump.kernel.kernel_log
-    return {"layout": log.layout, "partial": log.partial, "problem": log.problem,
-            "timestamps": has_timestamps(log),
-            "records": [{"seq": r.seq, "timestamp_ns": r.timestamp_ns, "level": r.level,
-                         "facility": r.facility, "caller": r.caller, "text": r.text}
-                        for r in log.records]}
+    return {
+        "layout": log.layout,
+        "partial": log.partial,
+        "problem": log.problem,
+        "timestamps": has_timestamps(log),
+        "records": [
+            {
+                "seq": r.seq,
+                "timestamp_ns": r.timestamp_ns,
+                "level": r.level,
+                "facility": r.facility,
+                "caller": r.caller,
+                "text": r.text,
+            }
+            for r in log.records
+        ],
+    }
 
 
-def mods_data(dump: "Dump") -> dict[str, Any]:
+def mods_data(dump: Dump) -> dict[str, Any]:
     return {"modules": [m.as_dict() for m in dump.kernel.modules()]}
 
 
-def sys_data(dump: "Dump") -> dict[str, Any]:
+def sys_data(dump: Dump) -> dict[str, Any]:
     out = {"dump": _dump_section(dump)}
     for key, fn in (("system", _system), ("panic", _headline)):
         try:
@@ -88,7 +107,7 @@ def sys_data(dump: "Dump") -> dict[str, Any]:
     return out
 
 
-def bt_data(dump: "Dump", pid: int | None = None, all_tasks: bool = False) -> dict[str, Any]:
+def bt_data(dump: Dump, pid: int | None = None, all_tasks: bool = False) -> dict[str, Any]:
     kernel = dump.kernel
     if all_tasks:
         chosen = kernel.tasks()
@@ -113,14 +132,19 @@ def bt_data(dump: "Dump", pid: int | None = None, all_tasks: bool = False) -> di
     return {"tasks": out}
 
 
-def info_data(dump: "Dump") -> dict[str, Any]:
+def info_data(dump: Dump) -> dict[str, Any]:
     """Format, arch, release, KASLR offset: what can be said without walking anything."""
     vi = dump.vmcoreinfo
-    data = {"path": dump.path, "format": dump.mem.describe(), "arch": dump.arch.name,
-            "os": dump.os, "release": vi.osrelease if vi else None,
-            "kaslr_offset": f"{dump.kernel_offset:#x}" if dump.os == "linux" else None,
-            "cpus_dumped": len(dump.mem.prstatus_notes()),
-            "memory_bytes": sum(r.size for r in dump.phys_ranges())}
+    data = {
+        "path": dump.path,
+        "format": dump.mem.describe(),
+        "arch": dump.arch.name,
+        "os": dump.os,
+        "release": vi.osrelease if vi else None,
+        "kaslr_offset": f"{dump.kernel_offset:#x}" if dump.os == "linux" else None,
+        "cpus_dumped": len(dump.mem.prstatus_notes()),
+        "memory_bytes": sum(r.size for r in dump.phys_ranges()),
+    }
     if data["release"] is None and dump.os in ("linux", "freebsd"):
         try:  # from the kernel's memory; FreeBSD's osrelease needs the kernel's symbols
             data["release"] = dump.kernel.release or None
@@ -129,7 +153,7 @@ def info_data(dump: "Dump") -> dict[str, Any]:
     return data
 
 
-def sym_data(dump: "Dump", what: str) -> dict[str, Any]:
+def sym_data(dump: Dump, what: str) -> dict[str, Any]:
     """A symbol's address, or an address's `func+off/size [module]`, loaded
     modules' own symbols included when the module list can be read."""
     try:
@@ -142,12 +166,17 @@ def sym_data(dump: "Dump", what: str) -> dict[str, Any]:
     return {"name": what, "address": f"{table.lookup(what):#x}", "source": table.source}
 
 
-def read_data(dump: "Dump", address: str, length: int = 64, physical: bool = False) -> dict[str, Any]:
+def read_data(dump: Dump, address: str, length: int = 64, physical: bool = False) -> dict[str, Any]:
     """Bytes at a kernel virtual (or physical) address, with the translation."""
     addr = parse_address(address)
     data = dump.read_phys(addr, length) if physical else dump.read(addr, length)
-    out: dict[str, Any] = {"address": f"{addr:#x}", "hex": data.hex(), "physical": None,
-                           "word_size": dump.word_size, "byteorder": dump.byteorder}
+    out: dict[str, Any] = {
+        "address": f"{addr:#x}",
+        "hex": data.hex(),
+        "physical": None,
+        "word_size": dump.word_size,
+        "byteorder": dump.byteorder,
+    }
     if not physical:
         t = dump.translate(addr)
         out.update(physical=f"{t.pa:#x}", page_size=t.page_size, file_offset=t.file_offset)
@@ -181,9 +210,11 @@ def read_text(data: dict[str, Any]) -> str:
     raw, width, addr = bytes.fromhex(data["hex"]), data["word_size"], int(data["address"], 16)
     lines = []
     for off in range(0, len(raw), 16):
-        chunk = raw[off:off + 16]
-        words = " ".join(f"{int.from_bytes(chunk[i:i + width], data['byteorder']):0{width * 2}x}"
-                         for i in range(0, len(chunk) - width + 1, width))
+        chunk = raw[off : off + 16]
+        words = " ".join(
+            f"{int.from_bytes(chunk[i : i + width], data['byteorder']):0{width * 2}x}"
+            for i in range(0, len(chunk) - width + 1, width)
+        )
         lines.append(f"{addr + off:016x}:  {words}")
     return "\n".join(lines)
 
@@ -191,13 +222,17 @@ def read_text(data: dict[str, Any]) -> str:
 def ps_text(data: dict[str, Any]) -> str:
     # kernels whose threads have ids of their own (FreeBSD td_tid) get a TID column
     tids = any("tid" in t for t in data["tasks"])
-    lines = ["   PID    PPID" + ("     TID" if tids else "") + "  CPU  ST  TASK                COMM"]
+    lines = [
+        "   PID    PPID" + ("     TID" if tids else "") + "  CPU  ST  TASK                COMM"
+    ]
     for t in data["tasks"]:
         mark = ">" if t["on_cpu"] else " "
         comm = f"[{t['comm']}]" if t["idle"] or t["tgid"] != t["pid"] else t["comm"]
         tid = f" {t['tid']:7d}" if tids else ""
-        lines.append(f"{mark}{t['pid']:6d} {t['ppid']:7d}{tid} {t['cpu']:4d}  {t['state']:2s}  "
-                     f"{t['address']:18s}  {comm}")
+        lines.append(
+            f"{mark}{t['pid']:6d} {t['ppid']:7d}{tid} {t['cpu']:4d}  {t['state']:2s}  "
+            f"{t['address']:18s}  {comm}"
+        )
     if data.get("partial"):
         lines.append(f"(partial: {data['problem']})")
     return "\n".join(lines)
@@ -225,23 +260,35 @@ def mods_text(data: dict[str, Any]) -> str:
 
 def sys_text(data: dict[str, Any]) -> str:
     d, s, p = data["dump"], data.get("system", {}), data.get("panic", {})
-    rows = [("DUMPFILE", f"{d['path']}  [{d['format_description']}]"),
-            ("ARCH", d["arch"]), ("KASLR OFFSET", d["kaslr_offset"] or "-"),
-            ("SYMBOLS", str(d["symbols"])), ("TYPES", str(d["types"]))]
+    rows = [
+        ("DUMPFILE", f"{d['path']}  [{d['format_description']}]"),
+        ("ARCH", d["arch"]),
+        ("KASLR OFFSET", d["kaslr_offset"] or "-"),
+        ("SYMBOLS", str(d["symbols"])),
+        ("TYPES", str(d["types"])),
+    ]
     if s.get("available", True) and "release" in s:
         online = s.get("online_cpus")
-        rows += [("NODENAME", s["nodename"]), ("RELEASE", s["release"]),
-                 ("VERSION", s["version"]), ("MACHINE", s["machine"]),
-                 ("CPUS", f"{s['cpus']}" + (f" (online: {online})" if online is not None else "")),
-                 ("MEMORY", _size(s["memory_bytes"]))]
+        rows += [
+            ("NODENAME", s["nodename"]),
+            ("RELEASE", s["release"]),
+            ("VERSION", s["version"]),
+            ("MACHINE", s["machine"]),
+            ("CPUS", f"{s['cpus']}" + (f" (online: {online})" if online is not None else "")),
+            ("MEMORY", _size(s["memory_bytes"])),
+        ]
     if p.get("available", True) and "panic_message" in p:
         task = p.get("task")
-        rows += [("PANIC", p["panic_message"] or "-"),
-                 ("TASK", f"{task['pid']} ({task['comm']})" if task else "-"),
-                 ("CPU", str(p["cpu"])),
-                 ("UPTIME", f"{p['uptime_seconds']} s" if p.get("uptime_seconds") is not None
-                  else "unknown"),
-                 ("TAINT", p["taint"])]
+        rows += [
+            ("PANIC", p["panic_message"] or "-"),
+            ("TASK", f"{task['pid']} ({task['comm']})" if task else "-"),
+            ("CPU", str(p["cpu"])),
+            (
+                "UPTIME",
+                f"{p['uptime_seconds']} s" if p.get("uptime_seconds") is not None else "unknown",
+            ),
+            ("TAINT", p["taint"]),
+        ]
     return "\n".join(f"{k:>13}: {v}" for k, v in rows)
 
 
@@ -249,8 +296,9 @@ def bt_text(data: dict[str, Any]) -> str:
     out = []
     for t in data["tasks"]:
         tid = f"  TID: {t['tid']}" if "tid" in t else ""  # FreeBSD's td_tid
-        out.append(f"PID: {t['pid']}{tid}  TASK: {t['address']}  CPU: {t['cpu']}  "
-                   f"COMMAND: \"{t['comm']}\"")
+        out.append(
+            f'PID: {t["pid"]}{tid}  TASK: {t["address"]}  CPU: {t["cpu"]}  COMMAND: "{t["comm"]}"'
+        )
         out.extend(frame_lines(t["backtrace"]))
         out.append("")
     return "\n".join(out).rstrip("\n")
@@ -269,13 +317,13 @@ def _size(n: int) -> str:
 class Param:
     """One keyword argument of a command's `data` function."""
 
-    name: str                    # the keyword of Command.data
-    type: type                   # int, str, or bool (a flag: present or not)
+    name: str  # the keyword of Command.data
+    type: type  # int, str, or bool (a flag: present or not)
     help: str
     default: Any = None
     flags: tuple[str, ...] = ()  # option spellings ("--pid",); () = positional
     required: bool = False
-    bare: bool = False           # an option a command line also takes as a bare word
+    bare: bool = False  # an option a command line also takes as a bare word
     metavar: str = ""
 
     @property
@@ -325,7 +373,7 @@ class Command:
         keep their newlines."""
         return self.text(printable_tree(data, newlines=self.name == "dmesg"))
 
-    def run(self, dump: "Dump", **args: Any) -> str:
+    def run(self, dump: Dump, **args: Any) -> str:
         """The command's text, as the CLI prints it."""
         return self.render(self.data(dump, **args))
 
@@ -370,32 +418,54 @@ class Command:
 ADDRESS_HELP = "kernel virtual address"
 
 ANALYZE = Command(
-    "analyze", "The crash report: panic, backtrace, system, log, tasks, modules.",
-    analyze_data, analyze_text,
-    (Param("log_lines", int, "kernel log lines to show", 40, ("--log-lines",), metavar="N"),))
-PS = Command("ps", "Every process and thread ('>' marks tasks that were on a CPU).",
-             ps_data, ps_text)
+    "analyze",
+    "The crash report: panic, backtrace, system, log, tasks, modules.",
+    analyze_data,
+    analyze_text,
+    (Param("log_lines", int, "kernel log lines to show", 40, ("--log-lines",), metavar="N"),),
+)
+PS = Command(
+    "ps", "Every process and thread ('>' marks tasks that were on a CPU).", ps_data, ps_text
+)
 DMESG = Command("dmesg", "The kernel log.", dmesg_data, dmesg_text)
 MODS = Command("mods", "Loaded modules, with taints.", mods_data, mods_text)
 SYS = Command("sys", "System and panic summary (as crash's `sys`).", sys_data, sys_text)
 BT = Command(
-    "bt", "Backtrace of the panicking task (or --pid PID, or --all).", bt_data, bt_text,
-    (Param("pid", int, "backtrace of this task", None, ("--pid",), bare=True, metavar="PID"),
-     Param("all_tasks", bool, "every task", False, ("--all", "-a"))))
-INFO = Command("info", "Format, architecture and kernel release: the quickest look at a dump.",
-               info_data, info_text)
+    "bt",
+    "Backtrace of the panicking task (or --pid PID, or --all).",
+    bt_data,
+    bt_text,
+    (
+        Param("pid", int, "backtrace of this task", None, ("--pid",), bare=True, metavar="PID"),
+        Param("all_tasks", bool, "every task", False, ("--all", "-a")),
+    ),
+)
+INFO = Command(
+    "info",
+    "Format, architecture and kernel release: the quickest look at a dump.",
+    info_data,
+    info_text,
+)
 SYM = Command(
-    "sym", "Look up a symbol's address, or symbolize an address (func+off/size [module]).",
-    sym_data, sym_text,
-    (Param("what", str, "a symbol name or an address", required=True, metavar="WHAT"),))
+    "sym",
+    "Look up a symbol's address, or symbolize an address (func+off/size [module]).",
+    sym_data,
+    sym_text,
+    (Param("what", str, "a symbol name or an address", required=True, metavar="WHAT"),),
+)
 READ = Command(
-    "read", "Hex dump of kernel virtual (or --phys physical) memory, with its translation.",
-    read_data, read_text,
-    (Param("address", str, ADDRESS_HELP, required=True, metavar="ADDRESS"),
-     Param("length", int, "bytes to read", 64, metavar="LENGTH"),
-     Param("physical", bool, "the address is physical", False, ("--phys",))))
+    "read",
+    "Hex dump of kernel virtual (or --phys physical) memory, with its translation.",
+    read_data,
+    read_text,
+    (
+        Param("address", str, ADDRESS_HELP, required=True, metavar="ADDRESS"),
+        Param("length", int, "bytes to read", 64, metavar="LENGTH"),
+        Param("physical", bool, "the address is physical", False, ("--phys",)),
+    ),
+)
 
 #: every command, by name, in the order `monitor help` lists them
-COMMANDS: dict[str, Command] = {c.name: c for c in (
-    ANALYZE, PS, DMESG, MODS, SYS, BT, INFO, SYM, READ)}
-
+COMMANDS: dict[str, Command] = {
+    c.name: c for c in (ANALYZE, PS, DMESG, MODS, SYS, BT, INFO, SYM, READ)
+}

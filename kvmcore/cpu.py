@@ -6,10 +6,11 @@ These are plain data. An architecture module in arches/ fills them in
 (`kvmcore.registry.Arch`); the formats, the kernel model, the unwinders and
 the gdb server read them, never the other way round.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from .errors import UnsupportedError
 from .notes import ByteOrder, Note
@@ -40,19 +41,22 @@ class PrstatusLayout:
     #: width of each pr_reg slot in bytes
     reg_size: int
 
-    def parse(self, note: Note, cpu: int, byteorder: ByteOrder,
-              path: str | None = None) -> CpuState:
+    def parse(
+        self, note: Note, cpu: int, byteorder: ByteOrder, path: str | None = None
+    ) -> CpuState:
         """The CpuState one NT_PRSTATUS note describes."""
         desc = note.desc
         if len(desc) < self.regs_offset + self.reg_size * len(self.reg_names):
             raise UnsupportedError(
                 f"NT_PRSTATUS note of {len(desc)} bytes is too short for this architecture's "
-                f"{self.size}-byte elf_prstatus", path)
-        pid = int.from_bytes(desc[self.pid_offset:self.pid_offset + 4], byteorder)
+                f"{self.size}-byte elf_prstatus",
+                path,
+            )
+        pid = int.from_bytes(desc[self.pid_offset : self.pid_offset + 4], byteorder)
         regs: dict[str, int] = {}
         for i, name in enumerate(self.reg_names):
             off = self.regs_offset + i * self.reg_size
-            regs[name] = int.from_bytes(desc[off:off + self.reg_size], byteorder)
+            regs[name] = int.from_bytes(desc[off : off + self.reg_size], byteorder)
         return CpuState(cpu, pid, regs, desc)
 
 

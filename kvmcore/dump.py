@@ -8,12 +8,14 @@ kernel model) and the unwinder. The layers below never see the Dump: the
 translator is built from a TranslationContext, with a symbol resolver
 callable for the roots only a symbol names.
 """
+
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator, Mapping
 from functools import cached_property
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from . import unwind
 from .addrspace import KernelAddressSpace
@@ -35,13 +37,19 @@ from .unwind.model import Backtrace
 class Dump:
     """An open crash dump, read-only."""
 
-    def __init__(self, path: "str | list[str]", vmlinux: str | None = None,
-                 arch: str | None = None, allow_truncated: bool = False,
-                 system_map: str | None = None,
-                 symbol_map: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | list[str],
+        vmlinux: str | None = None,
+        arch: str | None = None,
+        allow_truncated: bool = False,
+        system_map: str | None = None,
+        symbol_map: Mapping[str, int] | None = None,
+    ) -> None:
         # a list of paths: the parts of a split kdump dump (makedumpfile --split)
-        self.paths = [os.fspath(p) for p in path] if isinstance(path, (list, tuple)) \
-            else [os.fspath(path)]
+        self.paths = (
+            [os.fspath(p) for p in path] if isinstance(path, (list, tuple)) else [os.fspath(path)]
+        )
         self.path = self.paths[0]
         self.vmlinux = os.fspath(vmlinux) if vmlinux else None
         if self.vmlinux and not os.path.isfile(self.vmlinux):
@@ -50,12 +58,15 @@ class Dump:
         if self.system_map and not os.path.isfile(self.system_map):
             raise KvmcoreError("no such System.map file", self.system_map)
         self.mem: PhysicalMemory = open_physical(
-            self.paths if len(self.paths) > 1 else self.path, raw=arch is not None)
+            self.paths if len(self.paths) > 1 else self.path, raw=arch is not None
+        )
         if self.mem.metadata.get("truncated") and not allow_truncated:
             raise TruncatedDumpError(
                 f"the dump is truncated: its headers describe "
                 f"{self.mem.metadata.get('expected_size')} bytes but the file has "
-                f"{self.mem.source.size} (--partial reads what is there)", self.path)
+                f"{self.mem.source.size} (--partial reads what is there)",
+                self.path,
+            )
         #: the architecture's CPU facts (kvmcore.registry.Arch)
         self.arch: Arch = select_arch(self.mem, arch)
         self.byteorder = self.arch.byteorder
@@ -72,8 +83,9 @@ class Dump:
         self.aspace = self._address_space()
 
     def _address_space(self) -> KernelAddressSpace:
-        ctx = TranslationContext(self.mem, self.vmcoreinfo, self.resolve_symbol,
-                                 self._page_table_root, self.byteorder)
+        ctx = TranslationContext(
+            self.mem, self.vmcoreinfo, self.resolve_symbol, self._page_table_root, self.byteorder
+        )
         return KernelAddressSpace(self.mem, self.flavour.build(ctx), self.word_size)
 
     def set_page_table_root(self, pa: int) -> None:
@@ -215,16 +227,21 @@ class Dump:
     def close(self) -> None:
         self.mem.close()
 
-    def __enter__(self) -> "Dump":
+    def __enter__(self) -> Dump:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def open(path: "str | list[str]", vmlinux: str | None = None, arch: str | None = None,  # noqa: A001
-         allow_truncated: bool = False, system_map: str | None = None,
-         symbol_map: Mapping[str, int] | None = None) -> Dump:
+def open(
+    path: str | list[str],
+    vmlinux: str | None = None,
+    arch: str | None = None,  # noqa: A001
+    allow_truncated: bool = False,
+    system_map: str | None = None,
+    symbol_map: Mapping[str, int] | None = None,
+) -> Dump:
     """Open a crash dump read-only; `arch` forces a backend (needed for raw images).
 
     A truncated file is refused unless `allow_truncated`: then what the file

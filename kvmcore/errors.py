@@ -3,6 +3,7 @@
 Every error the library raises on bad input is a KvmcoreError; the CLI turns
 each into one line on stderr and an exit status chosen by its class.
 """
+
 from __future__ import annotations
 
 

@@ -6,6 +6,7 @@ space limit, `ulimit -v`, or a file system without mmap), the same interface
 reads with os.pread instead. Everything above reads through the `ByteSource`
 protocol, which a flattened or compressed container can also implement.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -65,9 +66,11 @@ class DumpFile:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise TruncatedDumpError(
                 f"read of {length} bytes at offset {offset:#x} runs past the end of the file "
-                f"({self.size:#x} bytes): the dump is truncated", self.path)
+                f"({self.size:#x} bytes): the dump is truncated",
+                self.path,
+            )
         if self._map is not None:
-            return self._map[offset:offset + length]
+            return self._map[offset : offset + length]
         return self._pread(offset, length)
 
     def _pread(self, offset: int, length: int) -> bytes:
@@ -78,12 +81,14 @@ class DumpFile:
             try:
                 data = os.pread(self._fd, min(length, 1 << 30), offset)
             except OSError as exc:
-                raise DumpFormatError(f"read error at offset {offset:#x}: {exc.strerror}",
-                                      self.path) from None
+                raise DumpFormatError(
+                    f"read error at offset {offset:#x}: {exc.strerror}", self.path
+                ) from None
             if not data:  # the file shrank under us
                 raise TruncatedDumpError(
-                    f"file ends at {offset:#x}, before the {self.size:#x} bytes it had when "
-                    "opened", self.path)
+                    f"file ends at {offset:#x}, before the {self.size:#x} bytes it had when opened",
+                    self.path,
+                )
             chunks.append(data)
             offset += len(data)
             length -= len(data)

@@ -10,6 +10,7 @@ rewritten). Files are written atomically (temporary file + rename); a cache
 that cannot be written (read-only, full) only costs speed.
 KVMCORE_INDEX_CACHE=0 turns the cache off.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,9 +64,13 @@ def load(build_id: str | None, name: str, source: tuple[int, bytes]) -> bytes | 
     if len(raw) < _HEADER.size:
         return None
     magic, src_len, src_hash, length, crc = _HEADER.unpack_from(raw)
-    payload = raw[_HEADER.size:]
-    if (magic != MAGIC or (src_len, src_hash) != source or length != len(payload)
-            or zlib.crc32(payload) != crc):
+    payload = raw[_HEADER.size :]
+    if (
+        magic != MAGIC
+        or (src_len, src_hash) != source
+        or length != len(payload)
+        or zlib.crc32(payload) != crc
+    ):
         return None
     return payload
 

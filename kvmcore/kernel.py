@@ -12,6 +12,7 @@ the personality. Backtraces are not the model's: the unwinders sit above it
 - `LogRecord.timestamp_ns` is None-free: records of a log without timestamps
   (FreeBSD's msgbuf) carry 0 and their log says `timestamps = False`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
@@ -26,7 +27,7 @@ class TaskModel(Protocol):
     tgid: int
     ppid: int
     comm: str
-    state: str          # one letter of R S D T t X Z P I
+    state: str  # one letter of R S D T t X Z P I
     cpu: int
     on_cpu: bool
     is_idle: bool
@@ -61,7 +62,7 @@ class KernelModel(Protocol):
     sources: dict[str, str]
 
     @property
-    def task_list(self) -> Any: ...          # .tasks, .partial, .problem
+    def task_list(self) -> Any: ...  # .tasks, .partial, .problem
 
     def tasks(self) -> list[Any]: ...
 
@@ -72,14 +73,14 @@ class KernelModel(Protocol):
     def panic_task(self) -> Any: ...
 
     @property
-    def kernel_log(self) -> Any: ...         # .records, .layout, .partial, .problem
+    def kernel_log(self) -> Any: ...  # .records, .layout, .partial, .problem
 
     def log(self) -> list[Any]: ...
 
     def modules(self) -> list[Any]: ...
 
     @property
-    def panic(self) -> Any: ...              # message, cpu, task, uptime_ns, taint_string, ...
+    def panic(self) -> Any: ...  # message, cpu, task, uptime_ns, taint_string, ...
 
     @property
     def utsname(self) -> dict[str, str]: ...  # sysname nodename release version machine

@@ -5,10 +5,12 @@ VMCOREINFO is the text note the kernel exports for dump tools:
 ``OFFSET(list_head.next)=0``, ``SIZE(page)=64``, ``NUMBER(phys_base)=...``,
 ``LENGTH(free_area)=11``, ``KERNELOFFSET=3c000000`` and so on.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 #: byte order of a dump's words, spelt as int.from_bytes and sys.byteorder spell it
 ByteOrder = Literal["little", "big"]
@@ -38,9 +40,9 @@ def parse_notes(data: bytes, byteorder: ByteOrder, limit: int = 100_000) -> list
     notes: list[Note] = []
     off = 0
     while off + 12 <= len(data) and len(notes) < limit:
-        namesz = int.from_bytes(data[off:off + 4], byteorder)
-        descsz = int.from_bytes(data[off + 4:off + 8], byteorder)
-        ntype = int.from_bytes(data[off + 8:off + 12], byteorder)
+        namesz = int.from_bytes(data[off : off + 4], byteorder)
+        descsz = int.from_bytes(data[off + 4 : off + 8], byteorder)
+        ntype = int.from_bytes(data[off + 8 : off + 12], byteorder)
         off += 12
         if namesz == 0 and descsz == 0 and ntype == 0:
             break  # padding
@@ -67,7 +69,7 @@ class VmcoreInfo:
                 self.entries[key.strip()] = value.strip()
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "VmcoreInfo":
+    def from_bytes(cls, raw: bytes) -> VmcoreInfo:
         return cls(raw.split(b"\0", 1)[0].decode("latin-1"))
 
     def __contains__(self, key: str) -> bool:

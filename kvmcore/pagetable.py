@@ -6,11 +6,13 @@ and this module walks them: one address (`translate`) or every mapping
 appears among its own ancestors is a cycle and raises WalkError, and a walk
 visits at most `max_tables` tables.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from .errors import NotInDumpError, NotMappedError, WalkError
 from .notes import ByteOrder
@@ -22,7 +24,7 @@ INVALID, TABLE, LEAF = 0, 1, 2
 @dataclass(frozen=True)
 class Level:
     shift: int  # log2 of the span of one entry at this level
-    bits: int   # index bits at this level
+    bits: int  # index bits at this level
 
 
 class RadixTable(ABC):
@@ -47,9 +49,15 @@ class RadixTranslator(Translator, Generic[_Table]):
     """Walks a RadixTable from a root table in dumped physical memory. Generic
     in the table, so an arch's subclass sees its own table's fields."""
 
-    def __init__(self, table: _Table, root_pa: int, read_phys: Callable[[int, int], bytes],
-                 byteorder: ByteOrder = "little", path: str | None = None,
-                 max_tables: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        table: _Table,
+        root_pa: int,
+        read_phys: Callable[[int, int], bytes],
+        byteorder: ByteOrder = "little",
+        path: str | None = None,
+        max_tables: int = 1 << 20,
+    ) -> None:
         self.table = table
         self.root = root_pa
         self.read_phys = read_phys
@@ -70,8 +78,9 @@ class RadixTranslator(Translator, Generic[_Table]):
         seen: set[int] = set()
         for depth, level in enumerate(self.table.levels):
             if table_pa in seen:
-                raise WalkError(f"page-table cycle at table {table_pa:#x} translating {va:#x}",
-                                self.path)
+                raise WalkError(
+                    f"page-table cycle at table {table_pa:#x} translating {va:#x}", self.path
+                )
             seen.add(table_pa)
             index = (va >> level.shift) & ((1 << level.bits) - 1)
             try:
@@ -79,7 +88,10 @@ class RadixTranslator(Translator, Generic[_Table]):
             except NotInDumpError as exc:
                 raise NotMappedError(
                     f"virtual address {va:#x}: page table at {table_pa:#x} is not in the dump "
-                    f"({exc.message})", va, self.path) from None
+                    f"({exc.message})",
+                    va,
+                    self.path,
+                ) from None
             kind, base = self.table.decode(entry, depth)
             if kind == INVALID:
                 raise NotMappedError(f"virtual address {va:#x} is not mapped", va, self.path)
@@ -91,21 +103,23 @@ class RadixTranslator(Translator, Generic[_Table]):
                 self._cache[va >> 12] = Translation(va & ~0xFFF, pa & ~0xFFF, size)
                 return Translation(va, pa, size)
             table_pa = base
-        raise NotMappedError(f"virtual address {va:#x}: page-table walk did not reach a page",
-                             va, self.path)
+        raise NotMappedError(
+            f"virtual address {va:#x}: page-table walk did not reach a page", va, self.path
+        )
 
     def walk(self) -> Iterator[MappedRange]:
         return coalesce(self._walk_table(self.root, 0, 0, (), [self.max_tables]))
 
-    def _walk_table(self, table_pa: int, depth: int, va_base: int, ancestors: tuple[int, ...],
-                    budget: list[int]) -> Iterator[MappedRange]:
+    def _walk_table(
+        self, table_pa: int, depth: int, va_base: int, ancestors: tuple[int, ...], budget: list[int]
+    ) -> Iterator[MappedRange]:
         if table_pa in ancestors:
-            raise WalkError(f"page-table cycle: table {table_pa:#x} is its own ancestor",
-                            self.path)
+            raise WalkError(f"page-table cycle: table {table_pa:#x} is its own ancestor", self.path)
         budget[0] -= 1
         if budget[0] < 0:
-            raise WalkError(f"page-table walk visited more than {self.max_tables} tables",
-                            self.path)
+            raise WalkError(
+                f"page-table walk visited more than {self.max_tables} tables", self.path
+            )
         level = self.table.levels[depth]
         count = 1 << level.bits
         size = self.table.entry_size
@@ -114,7 +128,7 @@ class RadixTranslator(Translator, Generic[_Table]):
         except NotInDumpError:
             return
         for index in range(count):
-            entry = int.from_bytes(raw[index * size:(index + 1) * size], self.byteorder)
+            entry = int.from_bytes(raw[index * size : (index + 1) * size], self.byteorder)
             if not entry:
                 continue
             kind, base = self.table.decode(entry, depth)

@@ -1,5 +1,6 @@
 """Registration by import: formats and architecture backends register
 themselves when their module is imported, so adding one is adding a module."""
+
 from __future__ import annotations
 
 import importlib

@@ -16,10 +16,11 @@ Nothing here knows an operating system's data structures, an unwinder or the
 Dump: those register per architecture with kvmcore.linux, kvmcore.freebsd and
 kvmcore.unwind.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .cpu import CpuState, DwarfRegisters, GdbTarget, PrstatusLayout
 from .errors import ArchProbeError, UnsupportedError
@@ -91,8 +92,11 @@ class Arch:
             claimed = any(key in mem.vmcoreinfo for key in self.vmcoreinfo_keys)
         else:
             notes = mem.prstatus_notes()
-            claimed = bool(notes) and self.prstatus is not None and \
-                all(len(n.desc) == self.prstatus.size for n in notes)
+            claimed = (
+                bool(notes)
+                and self.prstatus is not None
+                and all(len(n.desc) == self.prstatus.size for n in notes)
+            )
         return claimed and (self.probe_hook is None or self.probe_hook(mem))
 
     def cpu_states(self, mem: PhysicalMemory) -> list[CpuState]:
@@ -180,10 +184,14 @@ def select_arch(mem: PhysicalMemory, name: str | None = None) -> Arch:
     if not claims:
         raise ArchProbeError(
             f"no architecture backend claims this dump (machine hint: {mem.facts.machine!r}); "
-            f"choose one with --arch ({', '.join(arch_names())})", mem.path)
+            f"choose one with --arch ({', '.join(arch_names())})",
+            mem.path,
+        )
     raise ArchProbeError(
         "several architecture backends claim this dump: "
-        f"{', '.join(sorted(a.name for a in claims))}; choose one with --arch", mem.path)
+        f"{', '.join(sorted(a.name for a in claims))}; choose one with --arch",
+        mem.path,
+    )
 
 
 def select_translator(arch: Arch, mem: PhysicalMemory) -> TranslatorFlavour:
@@ -196,7 +204,10 @@ def select_translator(arch: Arch, mem: PhysicalMemory) -> TranslatorFlavour:
     what = f"{mem.facts.os or 'unknown-OS'} {mem.facts.kind or 'full'} dump"
     if not claims:
         have = ", ".join(f.flavour for f in mine) or "none"
-        raise UnsupportedError(f"{arch.name}: no translator for a {what} "
-                               f"(this architecture has: {have})", mem.path)
-    raise UnsupportedError(f"{arch.name}: several translators claim a {what}: "
-                           f"{', '.join(f.flavour for f in claims)}", mem.path)
+        raise UnsupportedError(
+            f"{arch.name}: no translator for a {what} (this architecture has: {have})", mem.path
+        )
+    raise UnsupportedError(
+        f"{arch.name}: several translators claim a {what}: {', '.join(f.flavour for f in claims)}",
+        mem.path,
+    )

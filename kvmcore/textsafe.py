@@ -9,6 +9,7 @@ character instead, as `ps` and journalctl do: C0 (0x00-0x1f), DEL and C1
 multi-line, such as a log record). Unicode bidirectional and line-separator
 controls, which reorder or split what the reader sees, become `\\uNNNN`.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,8 +45,7 @@ def printable_tree(value: Any, newlines: bool = False) -> Any:
     if isinstance(value, str):
         return printable(value, newlines)
     if isinstance(value, dict):
-        return {printable_tree(k, newlines): printable_tree(v, newlines)
-                for k, v in value.items()}
+        return {printable_tree(k, newlines): printable_tree(v, newlines) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(printable_tree(v, newlines) for v in value)
     return value

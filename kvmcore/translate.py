@@ -7,11 +7,13 @@ A translator never holds the Dump: it is built from a `TranslationContext`
 explicit page-table root), as libkvm's `ka_initvtop` is handed the kvm_t's
 physical reader and `kvm_nlist`.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .errors import SymbolError
 from .formats.base import PhysicalMemory
@@ -42,10 +44,15 @@ def coalesce(ranges: Iterator[MappedRange]) -> Iterator[MappedRange]:
     """Merge virtually and physically contiguous runs of the same page size."""
     pending: MappedRange | None = None
     for rng in ranges:
-        if pending and pending.va + pending.size == rng.va and \
-                pending.pa + pending.size == rng.pa and pending.page_size == rng.page_size:
-            pending = MappedRange(pending.va, pending.pa, pending.size + rng.size,
-                                  pending.page_size)
+        if (
+            pending
+            and pending.va + pending.size == rng.va
+            and pending.pa + pending.size == rng.pa
+            and pending.page_size == rng.page_size
+        ):
+            pending = MappedRange(
+                pending.va, pending.pa, pending.size + rng.size, pending.page_size
+            )
             continue
         if pending:
             yield pending
@@ -115,8 +122,11 @@ class LazyTranslator(Translator):
     def inner(self) -> Translator:
         if self._inner is None:
             if self._busy:  # resolving the root needed a kernel-virtual read
-                raise SymbolError("locating the page-table root needs kernel symbols, "
-                                  "which in turn need virtual reads", self.path)
+                raise SymbolError(
+                    "locating the page-table root needs kernel symbols, "
+                    "which in turn need virtual reads",
+                    self.path,
+                )
             self._busy = True
             try:
                 self._inner = self._make()

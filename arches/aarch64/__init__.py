@@ -5,6 +5,7 @@
 - linux.py: Linux full dumps (KASLR of the image and the linear map from VMCOREINFO)
 - freebsd_full.py, freebsd_mini.py: FreeBSD full dumps and minidumps
 """
+
 from kvmcore.registry import register_arch
 
 from . import freebsd_full, freebsd_mini, linux  # noqa: F401  (each registers its translator)

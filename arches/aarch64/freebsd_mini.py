@@ -1,5 +1,7 @@
 """FreeBSD arm64 minidumps (libkvm's kvm_minidump_aarch64.c)."""
-from typing import Any, Iterator
+
+from collections.abc import Iterator
+from typing import Any
 
 from kvmcore.errors import NotMappedError
 from kvmcore.registry import FREEBSD_MINI, TranslatorFlavour, is_freebsd_mini, register_translator
@@ -30,22 +32,32 @@ class FreeBSDArm64MiniTranslator(Translator):
             index = (va - hdr.kernbase) >> self.shift
             l3 = self.mem.pmap_entry(index)
             if l3 is None:
-                raise NotMappedError(f"virtual address {va:#x} lies past the minidump's kernel "
-                                     f"map ({self.mem.pmap_count} L3 entries)", va, self.path)
+                raise NotMappedError(
+                    f"virtual address {va:#x} lies past the minidump's kernel "
+                    f"map ({self.mem.pmap_count} L3 entries)",
+                    va,
+                    self.path,
+                )
             if l3 & 3 != L3_PAGE:
-                raise NotMappedError(f"virtual address {va:#x} is not mapped (L3 entry {index} "
-                                     "is not a page)", va, self.path)
+                raise NotMappedError(
+                    f"virtual address {va:#x} is not mapped (L3 entry {index} is not a page)",
+                    va,
+                    self.path,
+                )
             return Translation(va, (l3 & ~ATTR_MASK) | (va & (page - 1)), page)
-        raise NotMappedError(f"virtual address {va:#x} is neither in the minidump's kernel map "
-                             f"(from {hdr.kernbase:#x}) nor in the direct map", va, self.path)
+        raise NotMappedError(
+            f"virtual address {va:#x} is neither in the minidump's kernel map "
+            f"(from {hdr.kernbase:#x}) nor in the direct map",
+            va,
+            self.path,
+        )
 
     def _kernel_map(self) -> Iterator[MappedRange]:
         hdr, page = self.hdr, self.page_size
         for index in range(self.mem.pmap_count):
             l3 = self.mem.pmap_entry(index)
             if l3 & 3 == L3_PAGE:
-                yield MappedRange(hdr.kernbase + (index << self.shift), l3 & ~ATTR_MASK,
-                                  page, page)
+                yield MappedRange(hdr.kernbase + (index << self.shift), l3 & ~ATTR_MASK, page, page)
 
     def _direct_map(self) -> Iterator[MappedRange]:
         hdr = self.hdr
@@ -62,5 +74,8 @@ class FreeBSDArm64MiniTranslator(Translator):
             yield from coalesce(part)
 
 
-register_translator(TranslatorFlavour(
-    "aarch64", FREEBSD_MINI, is_freebsd_mini, lambda ctx: FreeBSDArm64MiniTranslator(ctx.mem)))
+register_translator(
+    TranslatorFlavour(
+        "aarch64", FREEBSD_MINI, is_freebsd_mini, lambda ctx: FreeBSDArm64MiniTranslator(ctx.mem)
+    )
+)

@@ -2,13 +2,14 @@
 address is its image address less kimage_voffset; TCR_EL1_T1SZ (else VA_BITS)
 gives the walked VA size and PAGESIZE the granule, all from VMCOREINFO. The
 linear map starts at PAGE_OFFSET = -(1 << VA_BITS), at PHYS_OFFSET."""
+
 from typing import Any
 
 from kvmcore.errors import UnsupportedError
 from kvmcore.notes import VmcoreInfo
 from kvmcore.pagetable import RadixTranslator
 from kvmcore.registry import LINUX, TranslatorFlavour, is_linux, register_translator
-from kvmcore.translate import TranslationContext, Translator
+from kvmcore.translate import TranslationContext
 
 from .mmu import Aarch64Tables
 
@@ -17,8 +18,11 @@ MASK64 = 0xFFFFFFFFFFFFFFFF
 
 def _info(ctx: TranslationContext) -> VmcoreInfo:
     if ctx.vmcoreinfo is None:
-        raise UnsupportedError("no VMCOREINFO: cannot locate the kernel page tables "
-                               "(QEMU dumps need -device vmcoreinfo)", ctx.path)
+        raise UnsupportedError(
+            "no VMCOREINFO: cannot locate the kernel page tables "
+            "(QEMU dumps need -device vmcoreinfo)",
+            ctx.path,
+        )
     return ctx.vmcoreinfo
 
 
@@ -28,8 +32,10 @@ def va_bits(ctx: TranslationContext) -> int:
     t1sz = info.number("TCR_EL1_T1SZ")
     bits = 64 - t1sz if t1sz else info.number("VA_BITS") or 48
     if not 36 <= bits <= 52:
-        raise UnsupportedError(f"aarch64: impossible kernel VA size {bits} bits "
-                               "(VMCOREINFO TCR_EL1_T1SZ / VA_BITS)", ctx.path)
+        raise UnsupportedError(
+            f"aarch64: impossible kernel VA size {bits} bits (VMCOREINFO TCR_EL1_T1SZ / VA_BITS)",
+            ctx.path,
+        )
     return bits
 
 
@@ -48,8 +54,13 @@ class LinuxArm64Translator(RadixTranslator[Aarch64Tables]):
                 raise UnsupportedError("VMCOREINFO has no SYMBOL(swapper_pg_dir)", ctx.path)
             root = (swapper - voffset) & MASK64
         page_size = info.page_size or 4096
-        super().__init__(Aarch64Tables(page_size.bit_length() - 1, va_bits(ctx)), root,
-                         ctx.mem.read_phys, "little", ctx.path)
+        super().__init__(
+            Aarch64Tables(page_size.bit_length() - 1, va_bits(ctx)),
+            root,
+            ctx.mem.read_phys,
+            "little",
+            ctx.path,
+        )
         self.info = info
         self.phys_offset = (info.number("PHYS_OFFSET") or 0) & MASK64
 
@@ -58,8 +69,7 @@ class LinuxArm64Translator(RadixTranslator[Aarch64Tables]):
         # PAGE_OFFSET is fixed by the configured VA_BITS, even when TTBR1 uses fewer
         bits = self.info.number("VA_BITS") or self.table.va_bits
         if not 36 <= bits <= 52:
-            raise UnsupportedError(f"aarch64: impossible VA_BITS {bits} in VMCOREINFO",
-                                   self.path)
+            raise UnsupportedError(f"aarch64: impossible VA_BITS {bits} in VMCOREINFO", self.path)
         page_offset = (-(1 << bits)) & MASK64
         return ((pa - self.phys_offset) & MASK64) | page_offset
 

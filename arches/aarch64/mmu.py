@@ -1,6 +1,7 @@
 """The VMSAv8-64 translation-table format for TTBR1 (the kernel half): 4K,
 16K or 64K granules, 36- to 52-bit VAs, block descriptors at the upper levels,
 output address bits [51:48] in entry bits [15:12] with 64K pages."""
+
 from kvmcore.errors import UnsupportedError
 from kvmcore.pagetable import INVALID, LEAF, TABLE, Level, RadixTable
 

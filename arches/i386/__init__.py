@@ -5,6 +5,7 @@ and 2 MB pages) paging, the kernel direct map at PAGE_OFFSET.
 - mmu.py: the two 32-bit page-table formats
 - linux.py: Linux full dumps (PAGE_OFFSET found from the tables)
 """
+
 from kvmcore.registry import register_arch
 
 from . import linux  # noqa: F401  (registers its translator)

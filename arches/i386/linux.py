@@ -3,6 +3,7 @@ PAE). VMCOREINFO says whether the kernel uses PAE (CONFIG_X86_PAE) but not
 where the direct map starts, so PAGE_OFFSET is found from the tables: the
 right one makes the tables rooted at swapper_pg_dir - PAGE_OFFSET map
 swapper_pg_dir's own address to that physical address."""
+
 from typing import Any
 
 from kvmcore.errors import AddressError, KvmcoreError, UnsupportedError
@@ -27,8 +28,11 @@ def is_pae(ctx: TranslationContext) -> bool:
 def swapper_pg_dir(ctx: TranslationContext) -> int:
     info = ctx.vmcoreinfo
     if info is None:
-        raise UnsupportedError("no VMCOREINFO: cannot locate the kernel page tables "
-                               "(QEMU dumps need -device vmcoreinfo)", ctx.path)
+        raise UnsupportedError(
+            "no VMCOREINFO: cannot locate the kernel page tables "
+            "(QEMU dumps need -device vmcoreinfo)",
+            ctx.path,
+        )
     root = info.symbol("swapper_pg_dir")
     if root is None:
         raise UnsupportedError("VMCOREINFO has no SYMBOL(swapper_pg_dir)", ctx.path)
@@ -49,7 +53,9 @@ def find_page_offset(ctx: TranslationContext, tables: I386Tables) -> int:
     raise UnsupportedError(
         f"no PAGE_OFFSET among {', '.join(hex(o) for o in PAGE_OFFSETS)} makes the page "
         f"tables map swapper_pg_dir ({va:#x}) to its own physical address "
-        f"({'PAE' if tables.pae else '2-level'} paging)", ctx.path)
+        f"({'PAE' if tables.pae else '2-level'} paging)",
+        ctx.path,
+    )
 
 
 class LinuxI386Translator(RadixTranslator[I386Tables]):

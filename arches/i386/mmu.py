@@ -1,5 +1,6 @@
 """The two 32-bit x86 page-table formats (as Xen's gdbserver walks 32-bit
 and PAE guests); the 64-bit one is in arches/x86_64/mmu.py."""
+
 from kvmcore.pagetable import INVALID, LEAF, TABLE, Level, RadixTable
 
 PRESENT = 1 << 0

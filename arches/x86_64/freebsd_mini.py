@@ -1,5 +1,7 @@
 """FreeBSD amd64 minidumps (libkvm's kvm_minidump_amd64.c)."""
-from typing import Any, Iterator
+
+from collections.abc import Iterator
+from typing import Any
 
 from kvmcore.errors import NotInDumpError, NotMappedError
 from kvmcore.registry import FREEBSD_MINI, TranslatorFlavour, is_freebsd_mini, register_translator
@@ -27,12 +29,16 @@ class FreeBSDAmd64MiniTranslator(Translator):
     def _entry(self, va: int, index: int, what: str) -> int:
         entry: int | None = self.mem.pmap_entry(index)  # FreeBSDMinidump.pmap_entry
         if entry is None:
-            raise NotMappedError(f"virtual address {va:#x} lies past the minidump's kernel map "
-                                 f"({self.mem.pmap_count} {what}s from {self.hdr.kernbase:#x})",
-                                 va, self.path)
+            raise NotMappedError(
+                f"virtual address {va:#x} lies past the minidump's kernel map "
+                f"({self.mem.pmap_count} {what}s from {self.hdr.kernbase:#x})",
+                va,
+                self.path,
+            )
         if not entry & PRESENT:
-            raise NotMappedError(f"virtual address {va:#x} is not mapped ({what} {index} is "
-                                 "invalid)", va, self.path)
+            raise NotMappedError(
+                f"virtual address {va:#x} is not mapped ({what} {index} is invalid)", va, self.path
+            )
         return entry
 
     def translate(self, va: int) -> Translation:
@@ -48,17 +54,26 @@ class FreeBSDAmd64MiniTranslator(Translator):
             try:
                 raw = self.mem.read_phys(table + ((va >> 12) & 511) * 8, 8)
             except NotInDumpError:
-                raise NotMappedError(f"virtual address {va:#x}: its page-table page {table:#x} "
-                                     "is not in the minidump", va, self.path) from None
+                raise NotMappedError(
+                    f"virtual address {va:#x}: its page-table page {table:#x} "
+                    "is not in the minidump",
+                    va,
+                    self.path,
+                ) from None
             pte = int.from_bytes(raw, "little")
             if not pte & PRESENT:
-                raise NotMappedError(f"virtual address {va:#x} is not mapped (PTE invalid)", va,
-                                     self.path)
+                raise NotMappedError(
+                    f"virtual address {va:#x} is not mapped (PTE invalid)", va, self.path
+                )
             return Translation(va, (pte & PG_FRAME) | (va & 0xFFF), 1 << 12)
         if hdr.dmapbase <= va < hdr.dmapend:
             return Translation(va, va - hdr.dmapbase, 1 << 12)
-        raise NotMappedError(f"virtual address {va:#x} is neither in the minidump's kernel map "
-                             f"(from {hdr.kernbase:#x}) nor in the direct map", va, self.path)
+        raise NotMappedError(
+            f"virtual address {va:#x} is neither in the minidump's kernel map "
+            f"(from {hdr.kernbase:#x}) nor in the direct map",
+            va,
+            self.path,
+        )
 
     def _kernel_map(self) -> Iterator[MappedRange]:
         hdr, mem = self.hdr, self.mem
@@ -67,8 +82,7 @@ class FreeBSDAmd64MiniTranslator(Translator):
             if not entry & PRESENT:
                 continue
             if hdr.version == 1:
-                yield MappedRange(hdr.kernbase + (index << 12), entry & PG_FRAME,
-                                  1 << 12, 1 << 12)
+                yield MappedRange(hdr.kernbase + (index << 12), entry & PG_FRAME, 1 << 12, 1 << 12)
                 continue
             va = hdr.kernbase + (index << 21)
             if entry & PSE:
@@ -79,7 +93,7 @@ class FreeBSDAmd64MiniTranslator(Translator):
             except NotInDumpError:
                 continue  # libkvm also skips page-table pages that were not dumped
             for i in range(512):
-                pte = int.from_bytes(raw[i * 8:i * 8 + 8], "little")
+                pte = int.from_bytes(raw[i * 8 : i * 8 + 8], "little")
                 if pte & PRESENT:
                     yield MappedRange(va + (i << 12), pte & PG_FRAME, 1 << 12, 1 << 12)
 
@@ -97,6 +111,8 @@ class FreeBSDAmd64MiniTranslator(Translator):
             yield from coalesce(part)
 
 
-register_translator(TranslatorFlavour(
-    "x86_64", FREEBSD_MINI, is_freebsd_mini,
-    lambda ctx: FreeBSDAmd64MiniTranslator(ctx.mem)))
+register_translator(
+    TranslatorFlavour(
+        "x86_64", FREEBSD_MINI, is_freebsd_mini, lambda ctx: FreeBSDAmd64MiniTranslator(ctx.mem)
+    )
+)

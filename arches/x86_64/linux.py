@@ -1,6 +1,7 @@
 """Linux x86_64 full dumps: the walk starts at init_top_pgt, whose physical
 address is its kernel-image address less __START_KERNEL_map plus phys_base
 (both in VMCOREINFO); NUMBER(pgtable_l5_enabled) selects 5-level paging."""
+
 from kvmcore.errors import UnsupportedError
 from kvmcore.pagetable import RadixTranslator
 from kvmcore.registry import LINUX, TranslatorFlavour, is_linux, register_translator
@@ -17,8 +18,11 @@ def page_table_root(ctx: TranslationContext) -> int:
         return ctx.page_table_root
     info = ctx.vmcoreinfo
     if info is None:
-        raise UnsupportedError("no VMCOREINFO: cannot locate the kernel page tables "
-                               "(QEMU dumps need -device vmcoreinfo)", ctx.path)
+        raise UnsupportedError(
+            "no VMCOREINFO: cannot locate the kernel page tables "
+            "(QEMU dumps need -device vmcoreinfo)",
+            ctx.path,
+        )
     root = info.symbol("init_top_pgt") or info.symbol("init_level4_pgt")
     if root is None:
         raise UnsupportedError("VMCOREINFO has no SYMBOL(init_top_pgt)", ctx.path)
@@ -28,8 +32,9 @@ def page_table_root(ctx: TranslationContext) -> int:
 def build(ctx: TranslationContext) -> Translator:
     info = ctx.vmcoreinfo
     five_level = bool(info and info.number("pgtable_l5_enabled"))
-    return RadixTranslator(X86_64Tables(five_level), page_table_root(ctx), ctx.mem.read_phys,
-                           "little", ctx.path)
+    return RadixTranslator(
+        X86_64Tables(five_level), page_table_root(ctx), ctx.mem.read_phys, "little", ctx.path
+    )
 
 
 register_translator(TranslatorFlavour("x86_64", LINUX, is_linux, build))

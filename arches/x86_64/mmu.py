@@ -1,5 +1,6 @@
 """The x86_64 page-table format: PML5 (LA57) or PML4 down to 4K pages, with
 PS leaves of 1 GB (PDPT) and 2 MB (PD). Entries are 8 bytes, little-endian."""
+
 from kvmcore.pagetable import INVALID, LEAF, TABLE, Level, RadixTable
 
 PRESENT = 1 << 0

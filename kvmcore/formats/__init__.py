@@ -3,6 +3,7 @@
 Adding a format is one new module in this package that decorates its class
 with `@register_format`; it is found by import, with no edit elsewhere.
 """
+
 from __future__ import annotations
 
 from ..errors import DumpFormatError
@@ -42,10 +43,12 @@ def open_source(source: ByteSource, raw_ok: bool = False) -> PhysicalMemory:
             return cls(source)
     raise DumpFormatError(
         "not a recognised crash dump (expected ELF vmcore, kdump-compressed, flattened, "
-        "FreeBSD minidump or full dump; use --arch to read a raw memory image)", source.path)
+        "FreeBSD minidump or full dump; use --arch to read a raw memory image)",
+        source.path,
+    )
 
 
-def open_physical(path: "str | list[str] | tuple[str, ...]", raw: bool = False) -> PhysicalMemory:
+def open_physical(path: str | list[str] | tuple[str, ...], raw: bool = False) -> PhysicalMemory:
     """Open `path` read-only and return its physical memory.
 
     A list of paths is the parts of a `makedumpfile --split` dump."""
@@ -61,5 +64,11 @@ def open_physical(path: "str | list[str] | tuple[str, ...]", raw: bool = False) 
     return open_source(source, raw_ok=raw)
 
 
-__all__ = ["PhysicalMemory", "PhysRange", "register_format", "formats", "open_physical",
-           "open_source"]
+__all__ = [
+    "PhysicalMemory",
+    "PhysRange",
+    "register_format",
+    "formats",
+    "open_physical",
+    "open_source",
+]

@@ -4,6 +4,7 @@ A format module reads one container (ELF vmcore, kdump-compressed, FreeBSD
 minidump, raw image...) and exposes the machine's physical memory, the notes
 the dumper left, and facts about the dump. It knows nothing of page tables.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -156,4 +157,5 @@ class RangeMap:
 
 def excluded(pa: int, path: str) -> PageExcludedError:
     return PageExcludedError(
-        f"physical address {pa:#x} was excluded from the dump by filtering", pa, path)
+        f"physical address {pa:#x} was excluded from the dump by filtering", pa, path
+    )

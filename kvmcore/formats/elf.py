@@ -7,6 +7,7 @@ after two section headers and writes a bogus e_ehsize), PN_XNUM segment
 counts (QEMU paging=true), an i386 guest in an ELF64 container, and either
 byte order and class.
 """
+
 from __future__ import annotations
 
 import struct
@@ -59,9 +60,21 @@ class ElfHeader:
             fields = struct.unpack(e + "HHIQQQIHHHHHH", source.pread(16, 48))
         else:
             fields = struct.unpack(e + "HHIIIIIHHHHHH", source.pread(16, 36))
-        (self.e_type, self.e_machine, _version, _entry, self.e_phoff, self.e_shoff, _flags,
-         _ehsize, self.e_phentsize, self.e_phnum, self.e_shentsize, self.e_shnum,
-         _shstrndx) = fields
+        (
+            self.e_type,
+            self.e_machine,
+            _version,
+            _entry,
+            self.e_phoff,
+            self.e_shoff,
+            _flags,
+            _ehsize,
+            self.e_phentsize,
+            self.e_phnum,
+            self.e_shentsize,
+            self.e_shnum,
+            _shstrndx,
+        ) = fields
 
 
 @register_format(priority=10)
@@ -81,7 +94,9 @@ class ElfDump(PhysicalMemory):
         if hdr.e_type != 4:  # ET_CORE
             raise DumpFormatError(
                 f"is an ELF file but not a core dump (e_type {hdr.e_type}); "
-                "pass the vmlinux as the second argument", source.path)
+                "pass the vmlinux as the second argument",
+                source.path,
+            )
         phnum = hdr.e_phnum
         if phnum == PN_XNUM:
             phnum = self._xnum_count(hdr)
@@ -97,23 +112,27 @@ class ElfDump(PhysicalMemory):
         self.segments: list[tuple[int, int, int, int, int]] = []
         e = hdr.endian
         for i in range(phnum):
-            raw = table[i * stride:i * stride + entsize]
+            raw = table[i * stride : i * stride + entsize]
             if hdr.elfclass == 2:
                 p_type, _flags, off, vaddr, paddr, filesz, memsz, _align = struct.unpack(
-                    e + "IIQQQQQQ", raw)
+                    e + "IIQQQQQQ", raw
+                )
             else:
                 p_type, off, vaddr, paddr, filesz, memsz, _flags, _align = struct.unpack(
-                    e + "IIIIIIII", raw)
+                    e + "IIIIIIII", raw
+                )
             if p_type == PT_NOTE:
                 if off + filesz > source.size:
                     raise DumpFormatError(
                         f"PT_NOTE at {off:#x}+{filesz:#x} lies past the end of the file",
-                        source.path)
+                        source.path,
+                    )
                 if filesz > getattr(source, "stored_size", source.size):
                     # inside a flattened file's hole: would read as that many zeros
                     raise DumpFormatError(
-                        f"PT_NOTE of {filesz:#x} bytes is larger than all the data the file "
-                        "holds", source.path)
+                        f"PT_NOTE of {filesz:#x} bytes is larger than all the data the file holds",
+                        source.path,
+                    )
                 self.notes += parse_notes(source.pread(off, filesz), hdr.byteorder)
             elif p_type == PT_LOAD:
                 self.segments.append((paddr, vaddr, off, filesz, memsz))
@@ -143,13 +162,13 @@ class ElfDump(PhysicalMemory):
         self.metadata["producer"] = self._producer()
         if f.os == "linux" and not self.prstatus_notes():
             self.metadata["notes_problem"] = (
-                "CPU registers missing: the ELF notes hold no NT_PRSTATUS")
+                "CPU registers missing: the ELF notes hold no NT_PRSTATUS"
+            )
 
     def _xnum_count(self, hdr: ElfHeader) -> int:
         """With PN_XNUM the real count sits in section header 0's sh_info."""
         if not hdr.e_shoff:
-            raise DumpFormatError("e_phnum is PN_XNUM but there is no section header",
-                                  self.path)
+            raise DumpFormatError("e_phnum is PN_XNUM but there is no section header", self.path)
         if hdr.elfclass == 2:
             sh = self.source.pread(hdr.e_shoff, 64)
             return struct.unpack(hdr.endian + "I", sh[44:48])[0]
@@ -187,7 +206,8 @@ class ElfDump(PhysicalMemory):
 
     def describe(self) -> str:
         return {"qemu": "ELF (QEMU dump-guest-memory)", "kdump": "ELF (/proc/vmcore, kdump)"}.get(
-            self.metadata["producer"], "ELF vmcore")
+            self.metadata["producer"], "ELF vmcore"
+        )
 
 
 def _trim_overlaps(runs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:

@@ -12,6 +12,7 @@ as a ByteSource, so the kdump (or ELF) reader runs on it unchanged. Holes
 read as zeros; where records overlap, the later one wins, as when
 `makedumpfile -R` replays the stream.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -69,19 +70,22 @@ class FlattenedSource:
                     self.complete = False  # stream stopped cleanly before its end marker
                     return out
                 raise TruncatedDumpError(
-                    f"flattened record header at {pos:#x} is cut off by the end of the file",
-                    path)
+                    f"flattened record header at {pos:#x} is cut off by the end of the file", path
+                )
             offset, size = _RECORD.unpack(inner.pread(pos, _RECORD.size))
             if offset == END_FLAG:
                 return out
             if offset < 0 or size < 0 or size > MAX_RECORD:
                 raise DumpFormatError(
-                    f"bad flattened record at {pos:#x}: offset {offset}, size {size}", path)
+                    f"bad flattened record at {pos:#x}: offset {offset}, size {size}", path
+                )
             data = pos + _RECORD.size
             if data + size > end:
                 raise TruncatedDumpError(
                     f"flattened record at {pos:#x} ({size} bytes for offset {offset:#x}) "
-                    f"runs past the end of the file ({end:#x} bytes)", path)
+                    f"runs past the end of the file ({end:#x} bytes)",
+                    path,
+                )
             if size:
                 out.append((offset, size, data))
             pos = data + size
@@ -90,7 +94,9 @@ class FlattenedSource:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise TruncatedDumpError(
                 f"read of {length} bytes at offset {offset:#x} runs past the end of the "
-                f"rearranged flattened dump ({self.size:#x} bytes)", self.path)
+                f"rearranged flattened dump ({self.size:#x} bytes)",
+                self.path,
+            )
         starts, ends, src = self._starts, self._ends, self._src
         i = bisect.bisect_right(starts, offset) - 1
         if i >= 0 and offset + length <= ends[i]:

@@ -10,6 +10,7 @@ format's object (FreeBSDMinidump, ElfDump), opened over the unwrapped bytes.
 Decompressed bytes go to an unlinked temporary file (or anonymous memory for
 zstd), never next to the dump; output is capped by `max_decompressed()`.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -52,7 +53,9 @@ class SliceSource:
         if offset < 0 or offset + length > self.size:
             raise TruncatedDumpError(
                 f"read of {length} bytes at offset {offset:#x} runs past the end of the "
-                f"dump payload ({self.size:#x} bytes): the dump is truncated", self.path)
+                f"dump payload ({self.size:#x} bytes): the dump is truncated",
+                self.path,
+            )
         return self.base.pread(self.offset + offset, length)
 
 
@@ -66,8 +69,10 @@ class BufferSource:
         if offset < 0 or offset + length > self.size:
             raise TruncatedDumpError(
                 f"read of {length} bytes at offset {offset:#x} runs past the end of the "
-                f"decompressed dump ({self.size:#x} bytes): the dump is truncated", self.path)
-        return self._buf[offset:offset + length]
+                f"decompressed dump ({self.size:#x} bytes): the dump is truncated",
+                self.path,
+            )
+        return self._buf[offset : offset + length]
 
     def close(self) -> None:
         try:
@@ -92,16 +97,21 @@ def _gunzip(src: ByteSource, path: str, limit: int) -> BufferSource:
                     if total > limit:
                         raise DecompressionError(
                             f"gzip stream inflates past {limit} bytes (decompression-bomb "
-                            "limit; raise it with KVMCORE_MAX_DECOMPRESSED)", path)
+                            "limit; raise it with KVMCORE_MAX_DECOMPRESSED)",
+                            path,
+                        )
                     tmp.write(out)
                     chunk = inflater.unconsumed_tail
         except zlib.error as exc:
-            raise DecompressionError(f"gzip stream is corrupt at input offset ~{pos:#x}: {exc}",
-                                     path) from None
+            raise DecompressionError(
+                f"gzip stream is corrupt at input offset ~{pos:#x}: {exc}", path
+            ) from None
         if not inflater.eof:
             raise DecompressionError(
                 f"gzip stream ends early (input exhausted at {pos:#x}, {total} bytes out): "
-                "the dump is truncated", path)
+                "the dump is truncated",
+                path,
+            )
         if total == 0:
             raise DecompressionError("gzip stream holds no data", path)
         tmp.flush()
@@ -116,8 +126,9 @@ def _check_gzip_payload(src: ByteSource, path: str) -> None:
     except zlib.error as exc:
         raise DecompressionError(f"gzip stream is corrupt: {exc}", path) from None
     if first != b"minidump" and first[:4] != b"\x7fELF":
-        raise UnsupportedError("this gzip file holds neither a FreeBSD minidump nor an ELF "
-                               "dump", path)
+        raise UnsupportedError(
+            "this gzip file holds neither a FreeBSD minidump nor an ELF dump", path
+        )
 
 
 def _zstd_content_size(head: bytes) -> int | None:
@@ -130,7 +141,7 @@ def _zstd_content_size(head: bytes) -> int | None:
     width = (1 if single else 0, 2, 4, 8)[fcs_flag]
     if width == 0 or pos + width > len(head):
         return None
-    value = int.from_bytes(head[pos:pos + width], "little")
+    value = int.from_bytes(head[pos : pos + width], "little")
     return value + 256 if width == 2 else value
 
 
@@ -143,7 +154,9 @@ def _unzstd(src: ByteSource, path: str, limit: int) -> BufferSource:
     if known is not None and known > limit:
         raise DecompressionError(
             f"zstd frame declares {known} bytes, past the {limit}-byte decompression-bomb "
-            "limit (raise it with KVMCORE_MAX_DECOMPRESSED)", path)
+            "limit (raise it with KVMCORE_MAX_DECOMPRESSED)",
+            path,
+        )
     size = known or min(limit, max(len(data) * 8, 1 << 20))
     while True:
         buf = mmap.mmap(-1, max(size, 1))
@@ -158,9 +171,10 @@ def _unzstd(src: ByteSource, path: str, limit: int) -> BufferSource:
             if "whole buffer" in str(exc):
                 raise DecompressionError(
                     f"zstd stream inflates past {limit} bytes (decompression-bomb limit; raise "
-                    "it with KVMCORE_MAX_DECOMPRESSED)", path) from None
-            raise DecompressionError(f"zstd stream is corrupt or truncated: {exc}",
-                                     path) from None
+                    "it with KVMCORE_MAX_DECOMPRESSED)",
+                    path,
+                ) from None
+            raise DecompressionError(f"zstd stream is corrupt or truncated: {exc}", path) from None
     if written == 0:
         raise DecompressionError("zstd stream holds no data", path)
     return BufferSource(buf, written, path)
@@ -174,26 +188,42 @@ def parse_kerneldumpheader(raw: bytes, path: str) -> dict:
     for (word,) in struct.iter_unpack(">I", raw[:KDH_SIZE]):
         parity ^= word
     if parity:
-        raise DumpFormatError(f"kerneldumpheader parity check failed (residue {parity:#x})",
-                              path)
+        raise DumpFormatError(f"kerneldumpheader parity check failed (residue {parity:#x})", path)
     magic = raw[:20].split(b"\0", 1)[0]
     version, archver, dumplength, dumptime = struct.unpack_from(">IIQQ", raw, 32)
 
     def text(a: int, b: int) -> str:
         return raw[a:b].split(b"\0", 1)[0].decode("utf-8", "replace")
 
-    hdr = {"magic": magic.decode("ascii", "replace"), "kind": KDH_MAGICS.get(magic),
-           "architecture": text(20, 32), "version": version, "architectureversion": archver,
-           "dumplength": dumplength, "dumptime": dumptime}
+    hdr = {
+        "magic": magic.decode("ascii", "replace"),
+        "kind": KDH_MAGICS.get(magic),
+        "architecture": text(20, 32),
+        "version": version,
+        "architectureversion": archver,
+        "dumplength": dumplength,
+        "dumptime": dumptime,
+    }
     if version >= 2:
         keysize, blocksize = struct.unpack_from(">II", raw, 56)
-        hdr.update(dumpkeysize=keysize, blocksize=blocksize, hostname=text(64, 128),
-                   versionstring=text(128, 320), panicstring=text(320, 495),
-                   compression=raw[495] if version >= 3 else 0)
+        hdr.update(
+            dumpkeysize=keysize,
+            blocksize=blocksize,
+            hostname=text(64, 128),
+            versionstring=text(128, 320),
+            panicstring=text(320, 495),
+            compression=raw[495] if version >= 3 else 0,
+        )
     else:  # version 1 (FreeBSD <= 11): no key size, no compression
         blocksize = struct.unpack_from(">I", raw, 56)[0]
-        hdr.update(dumpkeysize=0, blocksize=blocksize, hostname=text(60, 124),
-                   versionstring=text(124, 316), panicstring=text(316, 508), compression=0)
+        hdr.update(
+            dumpkeysize=0,
+            blocksize=blocksize,
+            hostname=text(60, 124),
+            versionstring=text(124, 316),
+            panicstring=text(316, 508),
+            compression=0,
+        )
     return hdr
 
 
@@ -221,22 +251,27 @@ class FreeBSDContainer(PhysicalMemory):
             header = parse_kerneldumpheader(source.pread(0, min(source.size, KDH_SIZE)), path)
             if header["kind"] != "dump":
                 raise UnsupportedError(
-                    f"holds a {header['magic']!r} record, not a kernel memory dump", path)
+                    f"holds a {header['magic']!r} record, not a kernel memory dump", path
+                )
             if header["dumpkeysize"]:
-                raise UnsupportedError("the dump is encrypted (EKCD); decrypt it with "
-                                       "decryptcore(8) first", path)
+                raise UnsupportedError(
+                    "the dump is encrypted (EKCD); decrypt it with decryptcore(8) first", path
+                )
             start = KDH_SIZE
             length = header["dumplength"]
             if start + length > source.size:
                 raise TruncatedDumpError(
                     f"kerneldumpheader promises {length:#x} bytes of dump after the header, "
-                    f"the file holds {source.size - start:#x}: the dump is truncated", path)
+                    f"the file holds {source.size - start:#x}: the dump is truncated",
+                    path,
+                )
             inner = SliceSource(source, start, length, path)
             wrappers.append("kerneldumpheader")
             compression = COMPRESSION.get(header["compression"], "unknown")
             if compression == "unknown":
                 raise UnsupportedError(
-                    f"kerneldumpheader compression type {header['compression']}", path)
+                    f"kerneldumpheader compression type {header['compression']}", path
+                )
         magic = inner.pread(0, min(inner.size, 4))
         if compression == "gzip" or magic[:2] == GZIP_MAGIC:
             _check_gzip_payload(inner, path)
@@ -251,7 +286,9 @@ class FreeBSDContainer(PhysicalMemory):
         if first != b"minidump" and first[:4] != b"\x7fELF":
             raise UnsupportedError(
                 f"the {'+'.join(wrappers)} wrapper holds neither a FreeBSD minidump nor an "
-                "ELF dump", path)
+                "ELF dump",
+                path,
+            )
         mem = open_source(inner)
         mem.metadata["container"] = wrappers
         if header is not None:

@@ -14,6 +14,7 @@ A page's file offset is the rank of its bit in the bitmap (libkvm's
 _kvm_pt_find); the rank index is built once, so lookups are O(1). The kernel
 map itself is read by the translators in arches/ (see `pmap_entry`).
 """
+
 from __future__ import annotations
 
 import struct
@@ -54,9 +55,9 @@ class MinidumpHeader:
     kernbase: int
     dmapbase: int
     dmapend: int
-    dmapphys: int = 0        # arm64 only: physical address at dmapbase
-    dumpavailsize: int = 0   # amd64 v3, arm64 v2+
-    flags: int = 0           # arm64 v3+: page size
+    dmapphys: int = 0  # arm64 only: physical address at dmapbase
+    dumpavailsize: int = 0  # amd64 v3, arm64 v2+
+    flags: int = 0  # arm64 v3+: page size
     page_size: int = 4096
 
     @property
@@ -71,28 +72,52 @@ def parse_header(raw: bytes, path: str) -> MinidumpHeader:
     magic = raw[:24].split(b"\0", 1)[0]
     if magic not in MACHINES:
         shown = magic.decode("ascii", "replace")
-        raise UnsupportedError(f"FreeBSD minidump for an unsupported architecture ({shown!r})",
-                               path)
+        raise UnsupportedError(
+            f"FreeBSD minidump for an unsupported architecture ({shown!r})", path
+        )
     machine, newest = MACHINES[magic]
     version, msgbufsize, bitmapsize, pmapsize = struct.unpack_from("<4I", raw, 24)
     if not 1 <= version <= newest:
         raise UnsupportedError(
-            f"{magic.decode()} version {version} (this reader knows 1..{newest})", path)
+            f"{magic.decode()} version {version} (this reader knows 1..{newest})", path
+        )
     if machine == "x86_64":
         kernbase, dmapbase, dmapend = struct.unpack_from("<3Q", raw, 40)
         # v1 and v2 headers are identical; v3 appends dumpavailsize
         availsize = struct.unpack_from("<I", raw, 64)[0] if version >= 3 else 0
-        return MinidumpHeader(magic.decode(), machine, version, msgbufsize, bitmapsize,
-                              pmapsize, kernbase, dmapbase, dmapend, dumpavailsize=availsize)
+        return MinidumpHeader(
+            magic.decode(),
+            machine,
+            version,
+            msgbufsize,
+            bitmapsize,
+            pmapsize,
+            kernbase,
+            dmapbase,
+            dmapend,
+            dumpavailsize=availsize,
+        )
     kernbase, dmapphys, dmapbase, dmapend = struct.unpack_from("<4Q", raw, 40)
     availsize = struct.unpack_from("<I", raw, 72)[0] if version >= 2 else 0
     flags = struct.unpack_from("<I", raw, 76)[0] if version >= 3 else 0
     page_size = {0: 4096, 1: 16384}.get(flags & 3)
     if page_size is None:
-        raise UnsupportedError(f"arm64 minidump page-size flag {flags & 3} is not 4K or 16K",
-                               path)
-    return MinidumpHeader(magic.decode(), machine, version, msgbufsize, bitmapsize, pmapsize,
-                          kernbase, dmapbase, dmapend, dmapphys, availsize, flags, page_size)
+        raise UnsupportedError(f"arm64 minidump page-size flag {flags & 3} is not 4K or 16K", path)
+    return MinidumpHeader(
+        magic.decode(),
+        machine,
+        version,
+        msgbufsize,
+        bitmapsize,
+        pmapsize,
+        kernbase,
+        dmapbase,
+        dmapend,
+        dmapphys,
+        availsize,
+        flags,
+        page_size,
+    )
 
 
 class PageBitmap:
@@ -151,13 +176,15 @@ class FreeBSDMinidump(PhysicalMemory):
             raise TruncatedDumpError(
                 f"FreeBSD minidump of {source.size} bytes ends inside its header page: "
                 "the dump is truncated",
-                source.path)
+                source.path,
+            )
         hdr = parse_header(source.pread(0, 128), source.path)
         self.header = hdr
         page = hdr.page_size
         if hdr.bitmapsize > MAX_BITMAP:
-            raise DumpFormatError(f"implausible minidump bitmap size {hdr.bitmapsize:#x}",
-                                  source.path)
+            raise DumpFormatError(
+                f"implausible minidump bitmap size {hdr.bitmapsize:#x}", source.path
+            )
         self.msgbuf_offset = page
         self.dump_avail_offset = page + round_up(hdr.msgbufsize, page)
         self.bitmap_offset = self.dump_avail_offset + round_up(hdr.dumpavailsize, page)
@@ -167,7 +194,8 @@ class FreeBSDMinidump(PhysicalMemory):
             raise TruncatedDumpError(
                 f"FreeBSD minidump ends at {source.size:#x}, inside its header sections "
                 f"(dumped pages should start at {self.sparse_offset:#x}): the dump is truncated",
-                source.path)
+                source.path,
+            )
         self.dump_avail = self._read_dump_avail()
         self.bitmap = PageBitmap(source.pread(self.bitmap_offset, hdr.bitmapsize))
         self.pages_in_file = (source.size - self.sparse_offset) // page
@@ -182,12 +210,20 @@ class FreeBSDMinidump(PhysicalMemory):
         f.byteorder = "little"
         f.page_size = page
         self.metadata.update(
-            minidump_version=hdr.version, kernbase=hdr.kernbase, dmapbase=hdr.dmapbase,
-            dmapend=hdr.dmapend, dmapphys=hdr.dmapphys, pmap_kind=hdr.pmap_kind,
-            pmapsize=hdr.pmapsize, bitmapsize=hdr.bitmapsize, msgbufsize=hdr.msgbufsize,
-            dump_avail=self.dump_avail, pages_dumped=self.bitmap.total,
+            minidump_version=hdr.version,
+            kernbase=hdr.kernbase,
+            dmapbase=hdr.dmapbase,
+            dmapend=hdr.dmapend,
+            dmapphys=hdr.dmapphys,
+            pmap_kind=hdr.pmap_kind,
+            pmapsize=hdr.pmapsize,
+            bitmapsize=hdr.bitmapsize,
+            msgbufsize=hdr.msgbufsize,
+            dump_avail=self.dump_avail,
+            pages_dumped=self.bitmap.total,
             truncated=self.bitmap.total > self.pages_in_file,
-            expected_size=self.sparse_offset + self.bitmap.total * page)
+            expected_size=self.sparse_offset + self.bitmap.total * page,
+        )
 
     # -- header sections -----------------------------------------------------
     def _read_dump_avail(self) -> list[tuple[int, int]]:
@@ -196,7 +232,7 @@ class FreeBSDMinidump(PhysicalMemory):
             # older cores: the bitmap covers [0, bits * page) (libkvm's implied dump_avail)
             return [(0, hdr.bitmapsize * 8 * hdr.page_size)]
         raw = self.source.pread(self.dump_avail_offset, hdr.dumpavailsize)
-        words = struct.unpack(f"<{len(raw) // 8}Q", raw[:len(raw) // 8 * 8])
+        words = struct.unpack(f"<{len(raw) // 8}Q", raw[: len(raw) // 8 * 8])
         pairs = []
         for i in range(0, len(words) - 1, 2):
             if words[i + 1] == 0:
@@ -250,14 +286,15 @@ class FreeBSDMinidump(PhysicalMemory):
         if off is None:
             if self.bit_id(pa) is not None:
                 raise excluded(pa, self.path)
-            raise NotInDumpError(f"physical address {pa:#x} is not in the minidump", pa,
-                                 self.path)
+            raise NotInDumpError(f"physical address {pa:#x} is not in the minidump", pa, self.path)
         if off + self.header.page_size > self.source.size:
             raise TruncatedDumpError(
                 f"the bitmap lists physical page {pa & -self.header.page_size:#x} as dumped "
                 f"(at offset {off:#x}) but the file ends at {self.source.size:#x}: "
                 f"the minidump is truncated ({self.bitmap.total} pages claimed, "
-                f"{self.pages_in_file} present)", self.path)
+                f"{self.pages_in_file} present)",
+                self.path,
+            )
         return off
 
     # -- PhysicalMemory --------------------------------------------------------

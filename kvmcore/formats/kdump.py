@@ -17,6 +17,7 @@ makedumpfile diskdump_mod.h, QEMU include/sysemu/dump.h.
 A page's descriptor index is its rank among the dumped pfns; a prefix count
 per bitmap chunk makes that O(chunk) instead of a scan from pfn 0.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -25,11 +26,16 @@ import re
 import struct
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
-from ..errors import (DecompressionError, DumpFormatError, NotInDumpError,
-                      TruncatedDumpError, UnsupportedError)
+from ..errors import (
+    DecompressionError,
+    DumpFormatError,
+    NotInDumpError,
+    TruncatedDumpError,
+    UnsupportedError,
+)
 from ..fileio import ByteSource, DumpFile
 from ..notes import Note, parse_notes
 from . import register_format
@@ -45,8 +51,12 @@ INCOMPLETE = 0x8
 EXCLUDED_VMEMMAP = 0x10
 COMPRESSED_ZSTD = 0x20
 KNOWN_DESC_FLAGS = 0x3F
-CODEC_NAMES = {COMPRESSED_ZLIB: "zlib", COMPRESSED_LZO: "lzo",
-               COMPRESSED_SNAPPY: "snappy", COMPRESSED_ZSTD: "zstd"}
+CODEC_NAMES = {
+    COMPRESSED_ZLIB: "zlib",
+    COMPRESSED_LZO: "lzo",
+    COMPRESSED_SNAPPY: "snappy",
+    COMPRESSED_ZSTD: "zstd",
+}
 
 UTS_LEN = 65
 UTS_FIELDS = ("sysname", "nodename", "release", "version", "machine", "domainname")
@@ -57,30 +67,71 @@ _HDR_INTS = "IiiIIIIIIi"  # status block_size sub_hdr_size bitmap_blocks max_map
 
 # kdump_sub_header field offsets per host ABI: (name, offset, size)
 _SUB_FIELDS = {
-    "lp64": (("phys_base", 0, 8), ("dump_level", 8, 4), ("split", 12, 4),
-             ("start_pfn", 16, 8), ("end_pfn", 24, 8),
-             ("offset_vmcoreinfo", 32, 8), ("size_vmcoreinfo", 40, 8),
-             ("offset_note", 48, 8), ("size_note", 56, 8),
-             ("offset_eraseinfo", 64, 8), ("size_eraseinfo", 72, 8),
-             ("start_pfn_64", 80, 8), ("end_pfn_64", 88, 8), ("max_mapnr_64", 96, 8)),
-    "ilp32_pack4": (("phys_base", 0, 4), ("dump_level", 4, 4), ("split", 8, 4),
-                    ("start_pfn", 12, 4), ("end_pfn", 16, 4),
-                    ("offset_vmcoreinfo", 20, 8), ("size_vmcoreinfo", 28, 4),
-                    ("offset_note", 32, 8), ("size_note", 40, 4),
-                    ("offset_eraseinfo", 44, 8), ("size_eraseinfo", 52, 4),
-                    ("start_pfn_64", 56, 8), ("end_pfn_64", 64, 8), ("max_mapnr_64", 72, 8)),
-    "ilp32_pad8": (("phys_base", 0, 4), ("dump_level", 4, 4), ("split", 8, 4),
-                   ("start_pfn", 12, 4), ("end_pfn", 16, 4),
-                   ("offset_vmcoreinfo", 24, 8), ("size_vmcoreinfo", 32, 4),
-                   ("offset_note", 40, 8), ("size_note", 48, 4),
-                   ("offset_eraseinfo", 56, 8), ("size_eraseinfo", 64, 4),
-                   ("start_pfn_64", 72, 8), ("end_pfn_64", 80, 8), ("max_mapnr_64", 88, 8)),
+    "lp64": (
+        ("phys_base", 0, 8),
+        ("dump_level", 8, 4),
+        ("split", 12, 4),
+        ("start_pfn", 16, 8),
+        ("end_pfn", 24, 8),
+        ("offset_vmcoreinfo", 32, 8),
+        ("size_vmcoreinfo", 40, 8),
+        ("offset_note", 48, 8),
+        ("size_note", 56, 8),
+        ("offset_eraseinfo", 64, 8),
+        ("size_eraseinfo", 72, 8),
+        ("start_pfn_64", 80, 8),
+        ("end_pfn_64", 88, 8),
+        ("max_mapnr_64", 96, 8),
+    ),
+    "ilp32_pack4": (
+        ("phys_base", 0, 4),
+        ("dump_level", 4, 4),
+        ("split", 8, 4),
+        ("start_pfn", 12, 4),
+        ("end_pfn", 16, 4),
+        ("offset_vmcoreinfo", 20, 8),
+        ("size_vmcoreinfo", 28, 4),
+        ("offset_note", 32, 8),
+        ("size_note", 40, 4),
+        ("offset_eraseinfo", 44, 8),
+        ("size_eraseinfo", 52, 4),
+        ("start_pfn_64", 56, 8),
+        ("end_pfn_64", 64, 8),
+        ("max_mapnr_64", 72, 8),
+    ),
+    "ilp32_pad8": (
+        ("phys_base", 0, 4),
+        ("dump_level", 4, 4),
+        ("split", 8, 4),
+        ("start_pfn", 12, 4),
+        ("end_pfn", 16, 4),
+        ("offset_vmcoreinfo", 24, 8),
+        ("size_vmcoreinfo", 32, 4),
+        ("offset_note", 40, 8),
+        ("size_note", 48, 4),
+        ("offset_eraseinfo", 56, 8),
+        ("size_eraseinfo", 64, 4),
+        ("start_pfn_64", 72, 8),
+        ("end_pfn_64", 80, 8),
+        ("max_mapnr_64", 88, 8),
+    ),
 }
 # header_version that introduced each sub-header field (phys_base: always)
-_SUB_SINCE = {"dump_level": 1, "split": 2, "start_pfn": 2, "end_pfn": 2,
-              "offset_vmcoreinfo": 3, "size_vmcoreinfo": 3, "offset_note": 4, "size_note": 4,
-              "offset_eraseinfo": 5, "size_eraseinfo": 5, "start_pfn_64": 6, "end_pfn_64": 6,
-              "max_mapnr_64": 6}
+_SUB_SINCE = {
+    "dump_level": 1,
+    "split": 2,
+    "start_pfn": 2,
+    "end_pfn": 2,
+    "offset_vmcoreinfo": 3,
+    "size_vmcoreinfo": 3,
+    "offset_note": 4,
+    "size_note": 4,
+    "offset_eraseinfo": 5,
+    "size_eraseinfo": 5,
+    "start_pfn_64": 6,
+    "end_pfn_64": 6,
+    "max_mapnr_64": 6,
+}
 _SIGNED = {"dump_level", "split", "offset_vmcoreinfo", "offset_note", "offset_eraseinfo"}
 
 PAGE_DESC_SIZE = 24  # off_t offset; u32 size; u32 flags; u64 page_flags (all ABIs)
@@ -88,6 +139,7 @@ RANK_CHUNK_BITS = 4096  # bits per rank-index chunk (512 bitmap bytes)
 PAGE_CACHE_PAGES = 512
 MAX_NOTES_BYTES = 64 << 20
 MAX_BLOCK_SIZE = 1 << 20
+
 
 #: utsname.machine -> (normalized arch, word size, byte order)
 def _machine(name: str) -> tuple[str | None, int | None, str | None]:
@@ -160,20 +212,23 @@ class _Header:
         path = source.path
         if source.size < 512:
             raise TruncatedDumpError(
-                f"kdump header needs at least 512 bytes, the file has {source.size}", path)
+                f"kdump header needs at least 512 bytes, the file has {source.size}", path
+            )
         raw = source.pread(0, min(source.size, 4096))
         self.signature = raw[:8]
-        uts = raw[12:12 + 6 * UTS_LEN]
-        self.utsname = {f: _cstr(uts[i * UTS_LEN:(i + 1) * UTS_LEN])
-                        for i, f in enumerate(UTS_FIELDS)}
+        uts = raw[12 : 12 + 6 * UTS_LEN]
+        self.utsname = {
+            f: _cstr(uts[i * UTS_LEN : (i + 1) * UTS_LEN]) for i, f in enumerate(UTS_FIELDS)
+        }
         machine, word, order = _machine(self.utsname["machine"])
         self.machine = machine
         # candidate (word size, byte order) layouts, the utsname's guess first
         orders = [order] if order else ["little", "big"]
         words = [word] if word else [8, 4]
         candidates = [(w, o) for w in words for o in orders]
-        candidates += [(w, o) for w in (8, 4) for o in ("little", "big")
-                       if (w, o) not in candidates]
+        candidates += [
+            (w, o) for w in (8, 4) for o in ("little", "big") if (w, o) not in candidates
+        ]
         for w, o in candidates:
             fields = self._try(raw, w, o)
             if fields is not None:
@@ -182,13 +237,26 @@ class _Header:
             bs = int.from_bytes(raw[428:432], "little")
             raise DumpFormatError(
                 f"corrupt kdump header: no plausible block_size/bitmap fields "
-                f"(block_size reads {bs})", path)
+                f"(block_size reads {bs})",
+                path,
+            )
         self.word_size, self.byteorder = w, o
         self.e = "<" if o == "little" else ">"
         self.header_version = int.from_bytes(raw[8:12], o, signed=True)
-        (self.timestamp_sec, self.timestamp_usec, self.status, self.block_size,
-         self.sub_hdr_size, self.bitmap_blocks, self.max_mapnr_32, self.total_ram_blocks,
-         self.device_blocks, self.written_blocks, self.current_cpu, self.nr_cpus) = fields
+        (
+            self.timestamp_sec,
+            self.timestamp_usec,
+            self.status,
+            self.block_size,
+            self.sub_hdr_size,
+            self.bitmap_blocks,
+            self.max_mapnr_32,
+            self.total_ram_blocks,
+            self.device_blocks,
+            self.written_blocks,
+            self.current_cpu,
+            self.nr_cpus,
+        ) = fields
         self.sub = self._read_sub(source)
         self.max_mapnr = self.sub.get("max_mapnr_64") or self.max_mapnr_32
 
@@ -209,8 +277,9 @@ class _Header:
 
     def _read_sub(self, source: ByteSource) -> dict[str, int]:
         if self.header_version < 0 or self.header_version > 100:
-            raise DumpFormatError(f"implausible kdump header_version {self.header_version}",
-                                  source.path)
+            raise DumpFormatError(
+                f"implausible kdump header_version {self.header_version}", source.path
+            )
         if self.signature == b"DISKDUMP" and self.header_version < 1:
             return {}  # old diskdump: arch-specific sub-header without kdump fields
         if self.word_size == 8:
@@ -222,13 +291,14 @@ class _Header:
         if self.block_size + size > source.size:
             raise TruncatedDumpError(
                 f"kdump sub-header at {self.block_size:#x} lies past the end of the file",
-                source.path)
+                source.path,
+            )
         raw = source.pread(self.block_size, size)
         out: dict[str, int] = {}
         for name, off, n in layout:
             if self.header_version < _SUB_SINCE.get(name, 0):
                 continue
-            out[name] = int.from_bytes(raw[off:off + n], self.byteorder, signed=name in _SIGNED)
+            out[name] = int.from_bytes(raw[off : off + n], self.byteorder, signed=name in _SIGNED)
         return out
 
 
@@ -242,7 +312,7 @@ class _Bitmap:
         prefix = [0]
         total = 0
         for i in range(0, len(data), chunk):
-            total += int.from_bytes(data[i:i + chunk], "little").bit_count()
+            total += int.from_bytes(data[i : i + chunk], "little").bit_count()
             prefix.append(total)
         self.prefix = prefix
         self.count = total
@@ -309,19 +379,26 @@ class KdumpDump(PhysicalMemory):
             if not 0 <= self.start_pfn <= self.end_pfn <= h.max_mapnr:  # empty parts happen
                 raise DumpFormatError(
                     f"split dump part claims pfns [{self.start_pfn:#x}, {self.end_pfn:#x}) "
-                    f"outside max_mapnr {h.max_mapnr:#x}", path)
+                    f"outside max_mapnr {h.max_mapnr:#x}",
+                    path,
+                )
         else:
             self.start_pfn, self.end_pfn = 0, h.max_mapnr
         self._rank_base = self.dumped.rank(self.start_pfn) if self.start_pfn else 0
-        ndesc = (self.dumped.rank(self.end_pfn) if self.end_pfn < self.dumped.nbits
-                 else self.dumped.count) - self._rank_base
+        ndesc = (
+            self.dumped.rank(self.end_pfn)
+            if self.end_pfn < self.dumped.nbits
+            else self.dumped.count
+        ) - self._rank_base
         self.desc_base = (1 + h.sub_hdr_size + h.bitmap_blocks) * bs
         desc_end = self.desc_base + ndesc * PAGE_DESC_SIZE
         if desc_end > source.size:
             raise TruncatedDumpError(
                 f"bitmap 2 claims {ndesc} dumped pages, whose descriptors "
                 f"({self.desc_base:#x}..{desc_end:#x}) run past the end of the file "
-                f"({source.size:#x} bytes)", path)
+                f"({source.size:#x} bytes)",
+                path,
+            )
         self.dumped_pages = ndesc
         self.desc_end = desc_end
         self._check_descriptor_table(source, ndesc)
@@ -331,8 +408,12 @@ class KdumpDump(PhysicalMemory):
         self._check_length(source, ndesc)
 
     def _plausible_desc(self, off: int, size: int, flags: int) -> bool:
-        return (off >= self.desc_end and 0 < size <= self.block_size
-                and off + size <= self.source.size and not flags & ~KNOWN_DESC_FLAGS)
+        return (
+            off >= self.desc_end
+            and 0 < size <= self.block_size
+            and off + size <= self.source.size
+            and not flags & ~KNOWN_DESC_FLAGS
+        )
 
     def _check_descriptor_table(self, source: ByteSource, ndesc: int) -> None:
         """Bitmap 2 against the descriptor table, in a bounded look.
@@ -353,8 +434,9 @@ class KdumpDump(PhysicalMemory):
         k = min(ndesc, 4096)
         sample = list(struct.iter_unpack(e, source.pread(self.desc_base, k * PAGE_DESC_SIZE)))
         if ndesc > k:
-            sample += struct.iter_unpack(e, source.pread(end - k * PAGE_DESC_SIZE,
-                                                         k * PAGE_DESC_SIZE))
+            sample += struct.iter_unpack(
+                e, source.pread(end - k * PAGE_DESC_SIZE, k * PAGE_DESC_SIZE)
+            )
         offsets = [off for off, size, _f, _p in sample if off > 0]  # 0: not written (incomplete)
         if not offsets:
             return
@@ -363,14 +445,18 @@ class KdumpDump(PhysicalMemory):
             raise DumpFormatError(
                 f"bitmap 2 disagrees with the page descriptor table: its {ndesc} dumped pages "
                 f"need descriptors up to {end:#x}, but page data starts at {low:#x} "
-                f"({(end - low) / PAGE_DESC_SIZE:g} descriptors fewer): corrupt bitmap", path)
+                f"({(end - low) / PAGE_DESC_SIZE:g} descriptors fewer): corrupt bitmap",
+                path,
+            )
         if low > end and end + PAGE_DESC_SIZE <= source.size:
             nxt = struct.unpack(e, source.pread(end, PAGE_DESC_SIZE))
             if self._plausible_desc(*nxt[:3]):
                 raise DumpFormatError(
                     f"bitmap 2 disagrees with the page descriptor table: its {ndesc} dumped "
                     f"pages end the table at {end:#x}, but more descriptors follow (page data "
-                    f"starts at {low:#x}): corrupt bitmap", path)
+                    f"starts at {low:#x}): corrupt bitmap",
+                    path,
+                )
 
     def _check_length(self, source: ByteSource, ndesc: int) -> None:
         """Page data is written in pfn order (zero pages share one block near the
@@ -379,10 +465,15 @@ class KdumpDump(PhysicalMemory):
         tail = min(ndesc, 4096)
         if tail <= 0:
             return
-        raw = source.pread(self.desc_base + (ndesc - tail) * PAGE_DESC_SIZE,
-                           tail * PAGE_DESC_SIZE)
-        end = max((off + size for off, size, _f, _p in struct.iter_unpack(self.header.e + "qIIQ", raw)
-                   if off > 0 and 0 < size <= self.block_size), default=0)
+        raw = source.pread(self.desc_base + (ndesc - tail) * PAGE_DESC_SIZE, tail * PAGE_DESC_SIZE)
+        end = max(
+            (
+                off + size
+                for off, size, _f, _p in struct.iter_unpack(self.header.e + "qIIQ", raw)
+                if off > 0 and 0 < size <= self.block_size
+            ),
+            default=0,
+        )
         if end:
             self.metadata["expected_size"] = end
             self.metadata["truncated"] = end > source.size
@@ -395,12 +486,16 @@ class KdumpDump(PhysicalMemory):
         if start + length > source.size:
             raise TruncatedDumpError(
                 f"bitmaps ({h.bitmap_blocks} blocks at {start:#x}) run past the end of the "
-                f"file ({source.size:#x} bytes)", path)
+                f"file ({source.size:#x} bytes)",
+                path,
+            )
         stored = getattr(source, "stored_size", source.size)
         if length > stored:  # a flattened file's holes would read as gigabytes of zeros
             raise DumpFormatError(
                 f"bitmaps ({h.bitmap_blocks} blocks, {length} bytes) are larger than all the "
-                f"data the file holds ({stored} bytes): corrupt header", path)
+                f"data the file holds ({stored} bytes): corrupt header",
+                path,
+            )
         data = source.pread(start, length)
         half = length // 2
         if h.max_mapnr <= half * 8:
@@ -410,10 +505,12 @@ class KdumpDump(PhysicalMemory):
         else:
             raise DumpFormatError(
                 f"bitmap of {h.bitmap_blocks} blocks covers {length * 8} pfns but max_mapnr "
-                f"is {h.max_mapnr}", path)
+                f"is {h.max_mapnr}",
+                path,
+            )
         nbits = h.max_mapnr
-        self.ram = _Bitmap(first[:(nbits + 7) // 8], nbits)
-        self.dumped = _Bitmap(second[:(nbits + 7) // 8], nbits)
+        self.ram = _Bitmap(first[: (nbits + 7) // 8], nbits)
+        self.dumped = _Bitmap(second[: (nbits + 7) // 8], nbits)
         self.single_bitmap = first is second
 
     def _read_notes(self, source: ByteSource) -> None:
@@ -422,11 +519,13 @@ class KdumpDump(PhysicalMemory):
         if off and size:
             if size > MAX_NOTES_BYTES or off < 0 or off + size > source.size:
                 raise TruncatedDumpError(
-                    f"ELF notes at {off:#x}+{size:#x} lie past the end of the file", path)
+                    f"ELF notes at {off:#x}+{size:#x} lie past the end of the file", path
+                )
             self.notes = parse_notes(source.pread(off, size), self.header.byteorder)
         if "offset_note" not in sub:
-            where = (f"the kdump header (version {self.header.header_version}) has no ELF "
-                     "notes field")
+            where = (
+                f"the kdump header (version {self.header.header_version}) has no ELF notes field"
+            )
         elif not (off and size):
             where = f"the kdump sub-header gives no ELF notes (offset_note {off}, size_note {size})"
         else:
@@ -437,7 +536,8 @@ class KdumpDump(PhysicalMemory):
         if voff and vsize:
             if vsize > MAX_NOTES_BYTES or voff < 0 or voff + vsize > source.size:
                 raise TruncatedDumpError(
-                    f"VMCOREINFO at {voff:#x}+{vsize:#x} lies past the end of the file", path)
+                    f"VMCOREINFO at {voff:#x}+{vsize:#x} lies past the end of the file", path
+                )
             raw = source.pread(voff, vsize)
             self.metadata["vmcoreinfo_raw"] = raw
             if not any(n.name == "VMCOREINFO" for n in self.notes):
@@ -458,28 +558,34 @@ class KdumpDump(PhysicalMemory):
         info = self.vmcoreinfo
         f.page_size = (info.page_size if info and info.page_size else None) or h.block_size
         codecs = {name for bit, name in CODEC_NAMES.items() if h.status & bit}
-        self.metadata.update({
-            "signature": h.signature.decode("latin-1").strip(),
-            "header_version": h.header_version,
-            "utsname": dict(h.utsname),
-            "timestamp": h.timestamp_sec,
-            "status": h.status,
-            "incomplete": bool(h.status & INCOMPLETE),
-            "block_size": h.block_size,
-            "max_mapnr": h.max_mapnr,
-            "nr_cpus": h.nr_cpus,
-            "current_cpu": h.current_cpu,
-            "phys_base": h.sub.get("phys_base"),
-            "dump_level": h.sub.get("dump_level"),
-            "compression": sorted(codecs),
-            "compressions_seen": sorted(codecs | self._sample_codecs()),
-            "dumped_pages": self.dumped_pages,
-            "ram_pages": self.ram.count,
-            "split": ({"start_pfn": self.start_pfn, "end_pfn": self.end_pfn}
-                      if self.split else None),
-            "eraseinfo": ((h.sub["offset_eraseinfo"], h.sub["size_eraseinfo"])
-                          if h.sub.get("size_eraseinfo") else None),
-        })
+        self.metadata.update(
+            {
+                "signature": h.signature.decode("latin-1").strip(),
+                "header_version": h.header_version,
+                "utsname": dict(h.utsname),
+                "timestamp": h.timestamp_sec,
+                "status": h.status,
+                "incomplete": bool(h.status & INCOMPLETE),
+                "block_size": h.block_size,
+                "max_mapnr": h.max_mapnr,
+                "nr_cpus": h.nr_cpus,
+                "current_cpu": h.current_cpu,
+                "phys_base": h.sub.get("phys_base"),
+                "dump_level": h.sub.get("dump_level"),
+                "compression": sorted(codecs),
+                "compressions_seen": sorted(codecs | self._sample_codecs()),
+                "dumped_pages": self.dumped_pages,
+                "ram_pages": self.ram.count,
+                "split": (
+                    {"start_pfn": self.start_pfn, "end_pfn": self.end_pfn} if self.split else None
+                ),
+                "eraseinfo": (
+                    (h.sub["offset_eraseinfo"], h.sub["size_eraseinfo"])
+                    if h.sub.get("size_eraseinfo")
+                    else None
+                ),
+            }
+        )
 
     def _sample_codecs(self, limit: int = 4096) -> set[str]:
         """Codecs named by the first descriptors (a bounded look, not a scan)."""
@@ -487,7 +593,7 @@ class KdumpDump(PhysicalMemory):
         raw = self.source.pread(self.desc_base, n * PAGE_DESC_SIZE) if n else b""
         seen = set()
         for i in range(n):
-            flags = int.from_bytes(raw[i * 24 + 12:i * 24 + 16], self.header.byteorder)
+            flags = int.from_bytes(raw[i * 24 + 12 : i * 24 + 16], self.header.byteorder)
             seen |= {name for bit, name in CODEC_NAMES.items() if flags & bit}
         return seen
 
@@ -498,24 +604,30 @@ class KdumpDump(PhysicalMemory):
 
     def page_descriptor(self, pfn: int) -> PageDesc:
         if not self.has_page(pfn):
-            raise NotInDumpError(f"pfn {pfn:#x} has no page descriptor in this file",
-                                 pfn * self.block_size, self.path)
+            raise NotInDumpError(
+                f"pfn {pfn:#x} has no page descriptor in this file",
+                pfn * self.block_size,
+                self.path,
+            )
         index = self.dumped.rank(pfn) - self._rank_base
         raw = self.source.pread(self.desc_base + index * PAGE_DESC_SIZE, PAGE_DESC_SIZE)
         off, size, flags, page_flags = struct.unpack(self.header.e + "qIIQ", raw)
         if off <= 0 or size == 0 or size > self.block_size:
             raise DumpFormatError(
-                f"bad page descriptor for pfn {pfn:#x}: {size} bytes at offset {off:#x}",
-                self.path)
+                f"bad page descriptor for pfn {pfn:#x}: {size} bytes at offset {off:#x}", self.path
+            )
         if off < self.desc_end:
             raise DumpFormatError(
                 f"bad page descriptor for pfn {pfn:#x}: its data at {off:#x} lies inside the "
                 f"descriptor table (which ends at {self.desc_end:#x}): corrupt bitmap or table",
-                self.path)
+                self.path,
+            )
         if off + size > self.source.size:
             raise TruncatedDumpError(
                 f"pfn {pfn:#x}: page data at {off:#x}+{size:#x} lies past the end of the file "
-                f"({self.source.size:#x} bytes): the dump is truncated", self.path)
+                f"({self.source.size:#x} bytes): the dump is truncated",
+                self.path,
+            )
         return PageDesc(off, size, flags, page_flags)
 
     def read_page(self, pfn: int) -> bytes:
@@ -531,11 +643,14 @@ class KdumpDump(PhysicalMemory):
         bs = self.block_size
         if desc.size == bs:
             page = data  # stored raw
-        elif not desc.flags & (COMPRESSED_ZLIB | COMPRESSED_LZO | COMPRESSED_SNAPPY
-                               | COMPRESSED_ZSTD):
+        elif not desc.flags & (
+            COMPRESSED_ZLIB | COMPRESSED_LZO | COMPRESSED_SNAPPY | COMPRESSED_ZSTD
+        ):
             raise DumpFormatError(
                 f"pfn {pfn:#x}: {desc.size}-byte page stored uncompressed (flags "
-                f"{desc.flags:#x}) but pages are {bs} bytes", self.path)
+                f"{desc.flags:#x}) but pages are {bs} bytes",
+                self.path,
+            )
         else:
             try:
                 name, inflate = _codec(desc.flags)
@@ -546,11 +661,14 @@ class KdumpDump(PhysicalMemory):
             except Exception as exc:  # each codec library raises its own error type
                 raise DecompressionError(
                     f"pfn {pfn:#x}: {name} page ({desc.size} bytes at {desc.offset:#x}) "
-                    f"failed to inflate: {exc}", self.path) from None
+                    f"failed to inflate: {exc}",
+                    self.path,
+                ) from None
             if len(page) != bs:
                 raise DecompressionError(
                     f"pfn {pfn:#x}: {name} page inflated to {len(page)} bytes, expected {bs}",
-                    self.path)
+                    self.path,
+                )
         self._cache[pfn] = page
         if len(self._cache) > PAGE_CACHE_PAGES:
             self._cache.popitem(last=False)
@@ -563,7 +681,10 @@ class KdumpDump(PhysicalMemory):
         if self.dumped.test(pfn):
             return NotInDumpError(
                 f"physical address {pa:#x} is in another part of this split dump "
-                f"(this part holds pfns {self.start_pfn:#x}-{self.end_pfn:#x})", pa, self.path)
+                f"(this part holds pfns {self.start_pfn:#x}-{self.end_pfn:#x})",
+                pa,
+                self.path,
+            )
         return NotInDumpError(f"physical address {pa:#x} is not in the dump", pa, self.path)
 
     # -- PhysicalMemory ----------------------------------------------------
@@ -597,11 +718,11 @@ def _read_pages(read_page: Callable[[int], bytes], bs: int, pa: int, length: int
         return b""
     pfn, off = divmod(pa, bs)
     if off + length <= bs:
-        return read_page(pfn)[off:off + length]
+        return read_page(pfn)[off : off + length]
     out = bytearray()
     while length > 0:
         n = min(length, bs - off)
-        out += read_page(pfn)[off:off + n]
+        out += read_page(pfn)[off : off + n]
         length -= n
         pfn += 1
         off = 0
@@ -619,24 +740,29 @@ class SplitKdumpDump(PhysicalMemory):
         self.parts = sorted(parts, key=lambda p: p.start_pfn)
         for p in self.parts:
             if not p.split:
-                raise DumpFormatError("is not part of a split dump (sub-header split = 0)",
-                                      p.path)
-            if (p.block_size, p.header.max_mapnr) != (first.block_size, first.header.max_mapnr) \
-                    or p.header.utsname != first.header.utsname:
+                raise DumpFormatError("is not part of a split dump (sub-header split = 0)", p.path)
+            if (p.block_size, p.header.max_mapnr) != (
+                first.block_size,
+                first.header.max_mapnr,
+            ) or p.header.utsname != first.header.utsname:
                 raise DumpFormatError(
-                    f"is a part of a different dump than {first.path} (header mismatch)", p.path)
+                    f"is a part of a different dump than {first.path} (header mismatch)", p.path
+                )
         for a, b in zip(self.parts, self.parts[1:]):
             if a.end_pfn > b.start_pfn:
                 raise DumpFormatError(
                     f"split parts overlap: {a.path} ends at pfn {a.end_pfn:#x}, this one "
-                    f"starts at {b.start_pfn:#x}", b.path)
+                    f"starts at {b.start_pfn:#x}",
+                    b.path,
+                )
         self.block_size = first.block_size
         self._starts = [p.start_pfn for p in self.parts]
         self.notes = list(first.notes)
         self.facts = first.facts
         self.metadata = dict(first.metadata)
-        self.metadata["split"] = [{"path": p.path, "start_pfn": p.start_pfn,
-                                   "end_pfn": p.end_pfn} for p in self.parts]
+        self.metadata["split"] = [
+            {"path": p.path, "start_pfn": p.start_pfn, "end_pfn": p.end_pfn} for p in self.parts
+        ]
         self.metadata["dumped_pages"] = sum(p.dumped_pages for p in self.parts)
         self.path = first.path
 
@@ -656,8 +782,11 @@ class SplitKdumpDump(PhysicalMemory):
             pa = pfn * self.block_size
             if self.is_excluded(pa):
                 raise excluded(pa, self.path)
-            raise NotInDumpError(f"physical address {pa:#x} is in none of the "
-                                 f"{len(self.parts)} split parts", pa, self.path)
+            raise NotInDumpError(
+                f"physical address {pa:#x} is in none of the {len(self.parts)} split parts",
+                pa,
+                self.path,
+            )
         return part.read_page(pfn)
 
     def ranges(self) -> list[PhysRange]:
@@ -691,8 +820,9 @@ def open_part(path: str | os.PathLike[str]) -> KdumpDump:
     if is_flattened(source):
         source = FlattenedSource(source)
     if not KdumpDump.probe(source):
-        raise DumpFormatError("is not a kdump-compressed file (no KDUMP signature)",
-                              os.fspath(path))
+        raise DumpFormatError(
+            "is not a kdump-compressed file (no KDUMP signature)", os.fspath(path)
+        )
     return KdumpDump(source)
 
 

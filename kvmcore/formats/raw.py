@@ -4,6 +4,7 @@ Only used when the user names the architecture (`--arch`), since any file
 "looks raw". The image has no notes, so its VMCOREINFO is found the way the
 kernel left it: the text buffer (OSRELEASE=..., SYMBOL(...)=...) in memory.
 """
+
 from __future__ import annotations
 
 import re
@@ -57,8 +58,9 @@ class RawImage(PhysicalMemory):
         from ..errors import NotInDumpError
 
         if pa < 0 or pa + length > self.source.size:
-            raise NotInDumpError(f"physical address {pa:#x} is beyond the end of the raw image",
-                                 pa, self.path)
+            raise NotInDumpError(
+                f"physical address {pa:#x} is beyond the end of the raw image", pa, self.path
+            )
         return self.source.pread(pa, length)
 
     def file_offset(self, pa: int) -> int | None:

@@ -11,18 +11,19 @@ Symbols: `dump.symbols` by default; pass `symbols=` (a dict name -> address,
 or a SymbolTable) to use another map, e.g. for synthetic fixtures. `types=`
 likewise overrides `dump.types`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AddressError, KvmcoreError, SymbolError, TypeInfoError, WalkError
+from ..errors import AddressError, KvmcoreError, SymbolError, WalkError
 from .kva import symbol_value
-from .pcb import Layouts, pcb_registers
 from .msgbuf import MsgbufLog, MsgbufRecord, msgbuf_log
 from .panic import FreeBSDPanic, find_panic
+from .pcb import Layouts, pcb_registers
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -35,8 +36,15 @@ MAX_FILES = 1 << 16
 TD_STATES = {0: "inactive", 1: "inhibited", 2: "can_run", 3: "runq", 4: "running"}
 MAX_CPUS = 1 << 16
 # struct linker_file on LP64 when no types know it (see _linker_file_layout)
-LINKER_FILE_LP64 = {"refs": 0x8, "link": 0x18, "filename": 0x28, "pathname": 0x30,
-                    "id": 0x38, "address": 0x40, "size": 0x48}
+LINKER_FILE_LP64 = {
+    "refs": 0x8,
+    "link": 0x18,
+    "filename": 0x28,
+    "pathname": 0x30,
+    "id": 0x38,
+    "address": 0x40,
+    "size": 0x48,
+}
 
 # (helper variable, struct, member)
 LAYOUT = {
@@ -62,16 +70,16 @@ class FreeBSDThread:
 
     pid: int
     tid: int
-    comm: str            # td_name, or p_comm when the thread has no name
-    proc_comm: str       # p_comm
-    name: str            # td_name
+    comm: str  # td_name, or p_comm when the thread has no name
+    proc_comm: str  # p_comm
+    name: str  # td_name
     td_state: str | None  # td_state by name (TD_STATES) when types know its offset
-    state: str           # one ps letter (see state_letter)
-    cpu: int             # td_oncpu, -1 (NOCPU) when not running
-    address: int         # struct thread *
-    proc: int            # struct proc *
-    kernel: "FreeBSDKernel" = field(repr=False, compare=False)
-    ppid: int = -1       # p_pptr->p_pid when types know p_pptr, else -1 (unknown)
+    state: str  # one ps letter (see state_letter)
+    cpu: int  # td_oncpu, -1 (NOCPU) when not running
+    address: int  # struct thread *
+    proc: int  # struct proc *
+    kernel: FreeBSDKernel = field(repr=False, compare=False)
+    ppid: int = -1  # p_pptr->p_pid when types know p_pptr, else -1 (unknown)
 
     @property
     def tgid(self) -> int:
@@ -94,10 +102,19 @@ class FreeBSDThread:
         return self.kernel.pcb_registers(self.pcb_address())
 
     def as_dict(self) -> dict[str, object]:
-        return {"pid": self.pid, "tgid": self.tgid, "ppid": self.ppid, "tid": self.tid,
-                "comm": self.comm, "proc_comm": self.proc_comm, "state": self.state,
-                "cpu": self.cpu, "on_cpu": self.on_cpu, "idle": self.is_idle,
-                "address": f"{self.address:#x}"}
+        return {
+            "pid": self.pid,
+            "tgid": self.tgid,
+            "ppid": self.ppid,
+            "tid": self.tid,
+            "comm": self.comm,
+            "proc_comm": self.proc_comm,
+            "state": self.state,
+            "cpu": self.cpu,
+            "on_cpu": self.on_cpu,
+            "idle": self.is_idle,
+            "address": f"{self.address:#x}",
+        }
 
 
 # td_inhibitors bits (sys/sys/proc.h) -> ps letter, most telling first
@@ -132,7 +149,7 @@ class KldModule:
     address: int
     size: int
     refs: int
-    kva: int             # struct linker_file *
+    kva: int  # struct linker_file *
 
     # the report's module interface (kvmcore.kernel.ModuleModel)
     taints = 0
@@ -147,9 +164,16 @@ class KldModule:
         return {}
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "base": f"{self.address:#x}", "size": self.size,
-                "taints": "", "address": f"{self.kva:#x}", "id": self.id, "path": self.path,
-                "refs": self.refs}
+        return {
+            "name": self.name,
+            "base": f"{self.address:#x}",
+            "size": self.size,
+            "taints": "",
+            "address": f"{self.kva:#x}",
+            "id": self.id,
+            "path": self.path,
+            "refs": self.refs,
+        }
 
 
 @dataclass
@@ -164,7 +188,7 @@ class ThreadWalk:
 class FreeBSDKernel:
     """A FreeBSD kernel in a dump."""
 
-    def __init__(self, dump: "Dump", symbols: Any = None, types: Layouts | None = None) -> None:
+    def __init__(self, dump: Dump, symbols: Any = None, types: Layouts | None = None) -> None:
         self.dump = dump
         self._symbols = symbols
         self._types = types
@@ -182,9 +206,11 @@ class FreeBSDKernel:
                 if self.dump.vmlinux:
                     raise
                 # the Linux fallbacks (kallsyms via VMCOREINFO) cannot apply here
-                raise SymbolError("FreeBSD dumps need the kernel's symbols: give the kernel "
-                                  "file (kernel or kernel.debug) after the dump",
-                                  self.dump.path) from exc
+                raise SymbolError(
+                    "FreeBSD dumps need the kernel's symbols: give the kernel "
+                    "file (kernel or kernel.debug) after the dump",
+                    self.dump.path,
+                ) from exc
         return self._symbols
 
     @property
@@ -238,9 +264,12 @@ class FreeBSDKernel:
         link = self.offset("p_list")
         while p:
             if p in seen or len(out) >= MAX_PROCS:
-                exc = WalkError(f"allproc list loops back to proc {p:#x}" if p in seen else
-                                f"allproc list is longer than {MAX_PROCS} entries",
-                                self.dump.path)
+                exc = WalkError(
+                    f"allproc list loops back to proc {p:#x}"
+                    if p in seen
+                    else f"allproc list is longer than {MAX_PROCS} entries",
+                    self.dump.path,
+                )
                 exc.partial = out
                 raise exc
             seen.add(p)
@@ -252,7 +281,7 @@ class FreeBSDKernel:
                 raise
         return out
 
-    def walk_threads(self) -> "ThreadWalk":
+    def walk_threads(self) -> ThreadWalk:
         """Every thread of every process on allproc, in list order; a broken
         list keeps what was read before the fault (partial, with the problem)."""
         dump = self.dump
@@ -277,12 +306,15 @@ class FreeBSDKernel:
                 if off_pptr is not None:
                     parent = dump.read_ptr(p + off_pptr)
                     ppid = dump.read_int(parent + off_pid, 4, signed=True) if parent else 0
-                td = dump.read_ptr(p + off_threads)   # TAILQ_FIRST
+                td = dump.read_ptr(p + off_threads)  # TAILQ_FIRST
                 seen: set[int] = set()
                 while td:
                     if td in seen or len(seen) >= MAX_THREADS_PER_PROC:
-                        raise WalkError(f"thread list of pid {pid} (proc {p:#x}) loops or "
-                                        f"runs past {MAX_THREADS_PER_PROC} entries", dump.path)
+                        raise WalkError(
+                            f"thread list of pid {pid} (proc {p:#x}) loops or "
+                            f"runs past {MAX_THREADS_PER_PROC} entries",
+                            dump.path,
+                        )
                     seen.add(td)
                     name = dump.read_cstring(td + off_name, MAXCOMLEN + 1)
                     cpu = dump.read_int(td + off_oncpu, 4, signed=True)
@@ -291,12 +323,22 @@ class FreeBSDKernel:
                         raw = dump.read_int(td + off_state, 4, signed=True)
                     if off_inhib is not None:
                         inhib = dump.read_int(td + off_inhib, 4, signed=True)
-                    out.append(FreeBSDThread(
-                        pid=pid, tid=dump.read_int(td + off_tid, 4, signed=True),
-                        comm=name or comm, proc_comm=comm, name=name,
-                        td_state=None if raw is None else TD_STATES.get(raw, str(raw)),
-                        state=state_letter(raw, inhib, cpu != NOCPU), cpu=cpu, address=td,
-                        proc=p, kernel=self, ppid=ppid))
+                    out.append(
+                        FreeBSDThread(
+                            pid=pid,
+                            tid=dump.read_int(td + off_tid, 4, signed=True),
+                            comm=name or comm,
+                            proc_comm=comm,
+                            name=name,
+                            td_state=None if raw is None else TD_STATES.get(raw, str(raw)),
+                            state=state_letter(raw, inhib, cpu != NOCPU),
+                            cpu=cpu,
+                            address=td,
+                            proc=p,
+                            kernel=self,
+                            ppid=ppid,
+                        )
+                    )
                     td = dump.read_ptr(td + off_plist)  # tqe_next
             except (WalkError, AddressError) as exc:
                 problem = problem or f"proc {p:#x}: {exc.message}"
@@ -307,7 +349,7 @@ class FreeBSDKernel:
         return self.task_list.tasks
 
     @cached_property
-    def task_list(self) -> "ThreadWalk":
+    def task_list(self) -> ThreadWalk:
         return self.walk_threads()
 
     def find_task(self, pid: int) -> FreeBSDThread | None:
@@ -354,11 +396,14 @@ class FreeBSDKernel:
         if not release:  # "FreeBSD 14.0-RELEASE #0 ...": the word after the OS name
             words = version.split()
             release = words[1] if len(words) > 1 else ""
-        return {"sysname": self._string_symbol("ostype") or "FreeBSD",
-                "nodename": self._string_symbol("hostname") or kdh.get("hostname") or "",
-                "release": release, "version": version.strip().split("\n", 1)[0].strip(),
-                "machine": self.dump.arch.freebsd_machine or self.dump.arch.name,
-                "domainname": ""}
+        return {
+            "sysname": self._string_symbol("ostype") or "FreeBSD",
+            "nodename": self._string_symbol("hostname") or kdh.get("hostname") or "",
+            "release": release,
+            "version": version.strip().split("\n", 1)[0].strip(),
+            "machine": self.dump.arch.freebsd_machine or self.dump.arch.name,
+            "domainname": "",
+        }
 
     @property
     def release(self) -> str:
@@ -418,11 +463,11 @@ class FreeBSDKernel:
 
     # -- message buffer --------------------------------------------------------
     @cached_property
-    def kernel_log(self) -> "MsgbufLog":
+    def kernel_log(self) -> MsgbufLog:
         """The message buffer as line records (no timestamps: see freebsd.msgbuf)."""
         return msgbuf_log(self.msgbuf_text())
 
-    def log(self) -> list["MsgbufRecord"]:
+    def log(self) -> list[MsgbufRecord]:
         return self.kernel_log.records
 
     def msgbuf_text(self) -> str:
@@ -444,6 +489,7 @@ class FreeBSDKernel:
             count = (wpos - rpos) % size if size else 0
             start = rpos
         else:
+
             def off(member: str, default: int) -> int:
                 value = self._optional_offset("struct msgbuf", member)
                 return default if value is None else value
@@ -504,10 +550,16 @@ class FreeBSDKernel:
                 p = dump.read_ptr(lf + offs[member])
                 return dump.read_cstring(p, 1024) if p else ""
 
-            out.append(KldModule(
-                id=dump.read_int(lf + offs["id"], 4, signed=True), name=string("filename"),
-                path=string("pathname"), address=dump.read_ptr(lf + offs["address"]),
-                size=dump.read_ptr(lf + offs["size"]),
-                refs=dump.read_int(lf + offs["refs"], 4, signed=True), kva=lf))
+            out.append(
+                KldModule(
+                    id=dump.read_int(lf + offs["id"], 4, signed=True),
+                    name=string("filename"),
+                    path=string("pathname"),
+                    address=dump.read_ptr(lf + offs["address"]),
+                    size=dump.read_ptr(lf + offs["size"]),
+                    refs=dump.read_int(lf + offs["refs"], 4, signed=True),
+                    kva=lf,
+                )
+            )
             lf = dump.read_ptr(lf + link)
         return out

@@ -1,8 +1,10 @@
 """Symbol lookup across the symbol sources the FreeBSD model accepts (a
 {name: address} mapping or a kvmcore SymbolTable)."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import SymbolError
 
@@ -12,9 +14,7 @@ def symbol_value(source: Any, name: str) -> int | None:
     if source is None:
         return None
     try:
-        if isinstance(source, Mapping):
-            value = source.get(name)
-        elif hasattr(source, "get"):
+        if isinstance(source, Mapping) or hasattr(source, "get"):
             value = source.get(name)
         else:
             value = source.lookup(name)

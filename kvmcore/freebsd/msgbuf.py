@@ -6,6 +6,7 @@ when the kernel wrote it with one). So each line is one record, numbered from
 0, with timestamp 0; the log says `timestamps = False` and the renderers
 print the bare text instead of a "[    0.000000]" prefix.
 """
+
 from __future__ import annotations
 
 import re
@@ -59,6 +60,6 @@ def msgbuf_log(text: str) -> MsgbufLog:
         if m:
             pri = int(m.group(1))
             level, facility = pri & 7, pri >> 3
-            line = line[m.end():]
+            line = line[m.end() :]
         records.append(MsgbufRecord(seq, line, level, facility))
     return MsgbufLog(records, text=text)

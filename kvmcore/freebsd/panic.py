@@ -5,6 +5,7 @@ it; it then prints "panic: <message>", "cpuid = <n>" and "time = <secs>" to
 the console (so to msgbuf) and dumps from doadump(), whose thread id is in
 `dumptid` and whose registers are in `dumppcb`.
 """
+
 from __future__ import annotations
 
 import re
@@ -43,7 +44,7 @@ class FreeBSDPanic:
         return []
 
 
-def find_panic(kernel: "FreeBSDKernel") -> FreeBSDPanic:
+def find_panic(kernel: FreeBSDKernel) -> FreeBSDPanic:
     info = FreeBSDPanic()
     dump = kernel.dump
     try:
@@ -82,7 +83,7 @@ def find_panic(kernel: "FreeBSDKernel") -> FreeBSDPanic:
         info.sources["task"] = f"unavailable: {exc.message}"
     # the lines vpanic printed after the message
     if at is not None:
-        for rec in records[at + 1:at + 6]:
+        for rec in records[at + 1 : at + 6]:
             m = CPUID_RE.match(rec.text)
             if m and info.cpu is None:
                 info.cpu = int(m.group(1))
@@ -93,8 +94,10 @@ def find_panic(kernel: "FreeBSDKernel") -> FreeBSDPanic:
                 info.sources["time"] = "msgbuf"
     if kernel.has_symbol("time_uptime"):
         try:
-            info.uptime_ns = dump.read_int(kernel.symbol("time_uptime"), dump.word_size,
-                                           signed=True) * 1_000_000_000
+            info.uptime_ns = (
+                dump.read_int(kernel.symbol("time_uptime"), dump.word_size, signed=True)
+                * 1_000_000_000
+            )
             info.sources["uptime"] = "time_uptime"
         except KvmcoreError:
             pass

@@ -3,9 +3,11 @@
 *_fbsd_supply_pcb). A new architecture adds one with `@pcb_reader("name")`.
 The layouts come from types when a type source knows `struct pcb`, else the
 ABI-preserved layout kgdb assumes."""
+
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from ..errors import TypeInfoError, UnsupportedError
 
@@ -29,11 +31,13 @@ def pcb_reader(arch: str) -> Callable[[Reader], Reader]:
     def deco(fn: Reader) -> Reader:
         _READERS[arch] = fn
         return fn
+
     return deco
 
 
-def pcb_registers(arch: str, read: Read, pcb: int, types: Layouts | None, path: str | None = None
-                  ) -> dict[str, int]:
+def pcb_registers(
+    arch: str, read: Read, pcb: int, types: Layouts | None, path: str | None = None
+) -> dict[str, int]:
     """Registers the `struct pcb` at `pcb` saved for a switched-out thread."""
     reader = _READERS.get(arch)
     if reader is None:
@@ -85,7 +89,7 @@ def _arm64(read: Read, pcb: int, types: Layouts | None) -> dict[str, int]:
     else:
         raise UnsupportedError(f"arm64 struct pcb with {count} saved x registers")
     raw = read(pcb + off_x, 8 * count)
-    regs = {n: int.from_bytes(raw[8 * i:8 * i + 8], "little") for i, n in enumerate(names)}
+    regs = {n: int.from_bytes(raw[8 * i : 8 * i + 8], "little") for i, n in enumerate(names)}
     regs["sp"] = int.from_bytes(read(pcb + off_sp, 8), "little")
     regs["pc"] = regs["x30"]
     return regs

@@ -5,6 +5,7 @@ level: tasks are threads, memory reads come from the dump, and anything that
 would write or run gets an error reply. `serve()` runs it; the CLI's
 `kvmcore serve` is a thin wrapper.
 """
+
 from __future__ import annotations
 
 from .server import TcpServer, gdb_command_line, serve

@@ -1,4 +1,5 @@
 """`python -m kvmcore.gdbserver DUMP [VMLINUX] [--listen HOST:PORT] [--stdio]`."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,9 @@ from .server import serve
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kvmcore.gdbserver",
-                                 description="serve a crash dump read-only to gdb")
+    ap = argparse.ArgumentParser(
+        prog="python -m kvmcore.gdbserver", description="serve a crash dump read-only to gdb"
+    )
     ap.add_argument("dump")
     ap.add_argument("vmlinux", nargs="?")
     ap.add_argument("--listen", default="127.0.0.1:1234", metavar="HOST:PORT")

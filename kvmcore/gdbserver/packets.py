@@ -4,6 +4,7 @@
 raises on bad input, so garbage, truncated packets and noise only cost a NAK
 or an error reply, never the connection or the server.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,8 +29,12 @@ def escape_binary(data: bytes) -> bytes:
     other escapes introduce it."""
     if not any(c in data for c in (b"}", b"#", b"$", b"*")):
         return data
-    return (data.replace(b"}", b"}]").replace(b"#", b"}\x03").replace(b"$", b"}\x04")
-            .replace(b"*", b"}\x0a"))
+    return (
+        data.replace(b"}", b"}]")
+        .replace(b"#", b"}\x03")
+        .replace(b"$", b"}\x04")
+        .replace(b"*", b"}\x0a")
+    )
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class PacketReader:
                 if cut < 0:
                     buf.clear()
                     break
-                del buf[:cut + 1 if buf[cut] == 0x23 else cut]
+                del buf[: cut + 1 if buf[cut] == 0x23 else cut]
                 self._skipping = False
                 continue
             c = buf[0]
@@ -85,8 +90,8 @@ class PacketReader:
                 if len(buf) < end + 3:
                     break
                 body = bytes(buf[1:end])
-                cs = buf[end + 1:end + 3]
-                del buf[:end + 3]
+                cs = buf[end + 1 : end + 3]
+                del buf[: end + 3]
                 if end - 1 > self.max_size:
                     events.append(Event("oversized"))
                 elif cs[0] in _HEX and cs[1] in _HEX and int(cs, 16) == checksum(body):
@@ -103,7 +108,13 @@ class PacketReader:
                 del buf[:1]
                 events.append(Event("interrupt"))
             else:  # noise between packets
-                nxt = min((i for i in (buf.find(b"$"), buf.find(b"+"), buf.find(b"-"),
-                                       buf.find(b"\x03")) if i >= 0), default=len(buf))
+                nxt = min(
+                    (
+                        i
+                        for i in (buf.find(b"$"), buf.find(b"+"), buf.find(b"-"), buf.find(b"\x03"))
+                        if i >= 0
+                    ),
+                    default=len(buf),
+                )
                 del buf[:nxt]
         return events

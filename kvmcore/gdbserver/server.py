@@ -2,15 +2,17 @@
 time, each dropped after IDLE_TIMEOUT seconds of silence) and stdio (gdb's
 `target remote | CMD`). Each logs one line per connection when it ends; no
 client, and no failure to serve one, ends the server."""
+
 from __future__ import annotations
 
 import os
-import stat
 import socket
+import stat
 import sys
 import threading
 import time
-from typing import Any, Callable, BinaryIO
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 from ..errors import KvmcoreError
 from .packets import frame
@@ -54,15 +56,20 @@ def run_session(session: Session, recv: Callable[[], bytes], send: Callable[[byt
             send(reply)
 
 
-def serve_connection(target: DumpTarget, conn: socket.socket, peer: str,
-                     log: Callable[[str], None], idle_timeout: float = IDLE_TIMEOUT) -> None:
+def serve_connection(
+    target: DumpTarget,
+    conn: socket.socket,
+    peer: str,
+    log: Callable[[str], None],
+    idle_timeout: float = IDLE_TIMEOUT,
+) -> None:
     session = Session(target)
     start = time.monotonic()
     try:
         conn.settimeout(idle_timeout)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         run_session(session, lambda: conn.recv(1 << 16), conn.sendall)
-    except socket.timeout:
+    except TimeoutError:
         session.end_reason = f"idle for {idle_timeout:g}s: dropped"
     except OSError as exc:
         session.end_reason = f"connection error: {exc.strerror or exc}"
@@ -70,8 +77,10 @@ def serve_connection(target: DumpTarget, conn: socket.socket, peer: str,
         session.end_reason = f"internal error: {type(exc).__name__}: {exc}"
     finally:
         conn.close()
-        log(f"gdb client {peer}: {session.packets} packets, {session.errors} bad, "
-            f"{time.monotonic() - start:.1f}s, {session.end_reason}")
+        log(
+            f"gdb client {peer}: {session.packets} packets, {session.errors} bad, "
+            f"{time.monotonic() - start:.1f}s, {session.end_reason}"
+        )
 
 
 def refuse(conn: socket.socket, reason: str) -> None:
@@ -89,12 +98,20 @@ def refuse(conn: socket.socket, reason: str) -> None:
 class TcpServer:
     """Accepts gdb clients on a socket; each gets its own thread and session."""
 
-    def __init__(self, target: DumpTarget, host: str, port: int,
-                 log: Callable[[str], None] = _stderr, *, max_clients: int = MAX_CLIENTS,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        target: DumpTarget,
+        host: str,
+        port: int,
+        log: Callable[[str], None] = _stderr,
+        *,
+        max_clients: int = MAX_CLIENTS,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
         if max_clients < 1 or not idle_timeout > 0:
-            raise KvmcoreError(f"bad gdb server limits: {max_clients} clients, "
-                               f"{idle_timeout}s idle timeout")
+            raise KvmcoreError(
+                f"bad gdb server limits: {max_clients} clients, {idle_timeout}s idle timeout"
+            )
         self.target = target
         self.log = log
         self.max_clients = max_clients
@@ -131,8 +148,7 @@ class TcpServer:
                 time.sleep(ACCEPT_RETRY)
                 continue
             try:
-                self._start(conn, f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else
-                            str(peer))
+                self._start(conn, f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer))
             except Exception as exc:  # never let one connection end the server
                 self.log(f"gdb server: dropped a connection: {type(exc).__name__}: {exc}")
                 conn.close()
@@ -148,8 +164,9 @@ class TcpServer:
             refuse(conn, f"too many gdb connections ({self.max_clients} open); try again later")
             return
         try:
-            threading.Thread(target=self._serve, args=(conn, name), name=f"gdb {name}",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._serve, args=(conn, name), name=f"gdb {name}", daemon=True
+            ).start()
         except RuntimeError as exc:  # "can't start new thread"
             with self._lock:
                 self._clients -= 1
@@ -195,8 +212,12 @@ def release_stderr_pipe() -> None:
         pass
 
 
-def serve_stdio(target: DumpTarget, log: Callable[[str], None] = _stderr,
-                stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+def serve_stdio(
+    target: DumpTarget,
+    log: Callable[[str], None] = _stderr,
+    stdin: BinaryIO | None = None,
+    stdout: BinaryIO | None = None,
+) -> None:
     """One session over stdin/stdout, as `target remote | CMD` runs it."""
     fin = stdin or sys.stdin.buffer
     fout = stdout or sys.stdout.buffer
@@ -230,8 +251,12 @@ def _quote(text: str) -> str:
     return shlex.quote(text)
 
 
-def gdb_command_line(dump: Any, listen: str = "127.0.0.1:1234", stdio: bool = False,
-                     serve_command: str = "kvmcore serve") -> str:
+def gdb_command_line(
+    dump: Any,
+    listen: str = "127.0.0.1:1234",
+    stdio: bool = False,
+    serve_command: str = "kvmcore serve",
+) -> str:
     """The gdb invocation that attaches to this server (or starts it, with stdio)."""
     # building the task list can take seconds: more than gdb's 2 s default
     parts = [_gdb_binary(dump), "-ex", _quote(f"set remotetimeout {REMOTE_TIMEOUT}")]
@@ -258,9 +283,16 @@ def gdb_command_line(dump: Any, listen: str = "127.0.0.1:1234", stdio: bool = Fa
     return " ".join(parts)
 
 
-def serve(dump: Any, listen: str = "127.0.0.1:1234", stdio: bool = False,
-          log: Callable[[str], None] = _stderr, ready: Callable[[TcpServer], None] | None = None,
-          *, max_clients: int = MAX_CLIENTS, idle_timeout: float = IDLE_TIMEOUT) -> None:
+def serve(
+    dump: Any,
+    listen: str = "127.0.0.1:1234",
+    stdio: bool = False,
+    log: Callable[[str], None] = _stderr,
+    ready: Callable[[TcpServer], None] | None = None,
+    *,
+    max_clients: int = MAX_CLIENTS,
+    idle_timeout: float = IDLE_TIMEOUT,
+) -> None:
     """Serve `dump` read-only to gdb until interrupted (TCP) or the session ends (stdio).
 
     Binding to anything but loopback is the caller's explicit choice; the dump
@@ -271,18 +303,21 @@ def serve(dump: Any, listen: str = "127.0.0.1:1234", stdio: bool = False,
         serve_stdio(target, log)
         return
     host, port = parse_listen(listen)
-    server = TcpServer(target, host, port, log, max_clients=max_clients,
-                       idle_timeout=idle_timeout)
+    server = TcpServer(target, host, port, log, max_clients=max_clients, idle_timeout=idle_timeout)
     warm.join()
     bound = f"{server.address[0]}:{server.address[1]}"
     if host not in LOOPBACK:
-        log(f"WARNING: listening on {bound}, not loopback: anyone who can reach this address "
-            "can read the whole dump, including any secrets in memory")
+        log(
+            f"WARNING: listening on {bound}, not loopback: anyone who can reach this address "
+            "can read the whole dump, including any secrets in memory"
+        )
     log(f"kvmcore gdbserver: serving {dump.path} read-only on {bound}")
     log("attach with: " + gdb_command_line(dump, bound))
     if not dump.vmlinux:
-        log("no vmlinux given: for function names, write a symbol file with "
-            f"`kvmcore symfile {_quote(dump.path)} -o vmlinux.sym` and pass it to gdb")
+        log(
+            "no vmlinux given: for function names, write a symbol file with "
+            f"`kvmcore symfile {_quote(dump.path)} -o vmlinux.sym` and pass it to gdb"
+        )
     if ready:
         ready(server)
     try:

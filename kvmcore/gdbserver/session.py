@@ -4,10 +4,11 @@
 over TCP and over stdio. A session ends on `D`, `k` or end of input; the
 server goes on serving other connections.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import KvmcoreError
 from .packets import PACKET_SIZE, Event, PacketReader, escape_binary, frame
@@ -43,14 +44,30 @@ class Session:
         self._g_tid = 0  # 0: the current (panicking) thread
         self.client_features: set[str] = set()
         self._handlers: dict[bytes, Callable[[bytes], bytes | list[bytes] | None]] = {
-            b"?": self._stop_reason, b"g": self._read_registers, b"p": self._read_register,
-            b"m": self._read_memory_hex, b"x": self._read_memory_binary,
-            b"H": self._set_thread, b"T": self._thread_alive, b"q": self._query,
-            b"Q": self._set_query, b"v": self._v_packet, b"D": self._detach, b"k": self._kill,
-            b"M": self._refuse_write, b"X": self._refuse_write, b"G": self._refuse_write,
-            b"P": self._refuse_write, b"Z": self._refuse_write, b"z": self._refuse_write,
-            b"c": self._refuse_run, b"C": self._refuse_run, b"s": self._refuse_run,
-            b"S": self._refuse_run, b"R": self._refuse_run, b"!": self._empty,
+            b"?": self._stop_reason,
+            b"g": self._read_registers,
+            b"p": self._read_register,
+            b"m": self._read_memory_hex,
+            b"x": self._read_memory_binary,
+            b"H": self._set_thread,
+            b"T": self._thread_alive,
+            b"q": self._query,
+            b"Q": self._set_query,
+            b"v": self._v_packet,
+            b"D": self._detach,
+            b"k": self._kill,
+            b"M": self._refuse_write,
+            b"X": self._refuse_write,
+            b"G": self._refuse_write,
+            b"P": self._refuse_write,
+            b"Z": self._refuse_write,
+            b"z": self._refuse_write,
+            b"c": self._refuse_run,
+            b"C": self._refuse_run,
+            b"s": self._refuse_run,
+            b"S": self._refuse_run,
+            b"R": self._refuse_run,
+            b"!": self._empty,
         }
 
     # -- framing ---------------------------------------------------------
@@ -83,8 +100,7 @@ class Session:
         if ev.kind == "oversized":
             self.errors += 1
             return (b"-" if self.ack else b"") + frame(b"E.kvmcore: packet too large")
-        if ev.kind == "nak" and self.ack and self._last and \
-                self._retransmits < MAX_RETRANSMITS:
+        if ev.kind == "nak" and self.ack and self._last and self._retransmits < MAX_RETRANSMITS:
             self._retransmits += 1
             return self._last
         return b""  # acks, interrupts (the target never runs)
@@ -198,9 +214,11 @@ class Session:
         name, _, args = pkt.partition(b":")
         if name == b"qSupported":
             self.client_features = {f.decode("ascii", "replace") for f in args.split(b";") if f}
-            return (b"PacketSize=%x;QStartNoAckMode+;qXfer:features:read+;"
-                    b"qXfer:threads:read+;qXfer:libraries:read+;binary-upload+;"
-                    b"multiprocess-;vContSupported-;swbreak-;hwbreak-" % PACKET_SIZE)
+            return (
+                b"PacketSize=%x;QStartNoAckMode+;qXfer:features:read+;"
+                b"qXfer:threads:read+;qXfer:libraries:read+;binary-upload+;"
+                b"multiprocess-;vContSupported-;swbreak-;hwbreak-" % PACKET_SIZE
+            )
         if name == b"qXfer":
             return self._xfer(args)
         if pkt == b"qfThreadInfo":
@@ -247,7 +265,7 @@ class Session:
             return b"E00"
         off_text, _, len_text = span.partition(b",")
         offset, length = int(off_text, 16), min(int(len_text, 16), PACKET_SIZE // 2)
-        chunk = doc[offset:offset + length]
+        chunk = doc[offset : offset + length]
         more = offset + length < len(doc)
         return (b"m" if more else b"l") + escape_binary(chunk)
 
@@ -256,4 +274,6 @@ class Session:
         line = bytes.fromhex(hexcmd.decode("ascii")).decode("utf-8", "replace")
         text = self.target.monitor(line).encode("utf-8", "replace")
         step = PACKET_SIZE // 4
-        return [b"O" + text[i:i + step].hex().encode() for i in range(0, len(text), step)] + [b"OK"]
+        return [b"O" + text[i : i + step].hex().encode() for i in range(0, len(text), step)] + [
+            b"OK"
+        ]

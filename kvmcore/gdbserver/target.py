@@ -4,6 +4,7 @@ description, threads, memory reads, modules, KASLR offsets, monitor text.
 Everything here only reads; one lock serialises access to the dump because
 the kernel model's caches are not built for concurrent use.
 """
+
 from __future__ import annotations
 
 import threading
@@ -15,7 +16,6 @@ from .. import commands
 from ..errors import AddressError, KvmcoreError
 from .tdesc import RegisterCodec, target_xml
 from .threads import GdbThread, ThreadList
-
 
 
 class DumpTarget:
@@ -50,14 +50,15 @@ class DumpTarget:
         return t
 
     def threads_xml(self) -> bytes:
-        out = ["<?xml version=\"1.0\"?>", "<threads>"]
+        out = ['<?xml version="1.0"?>', "<threads>"]
         for t in self.threads.threads:
             if t.cpu is not None:
                 with self.lock:
                     t.registers()  # finds the module frames named in the extra text
             core = f' core="{t.cpu}"' if t.cpu is not None else ""
-            out.append(f'<thread id="{t.tid:x}"{core} name={quoteattr(t.name)}>'
-                       f"{escape(t.extra)}</thread>")
+            out.append(
+                f'<thread id="{t.tid:x}"{core} name={quoteattr(t.name)}>{escape(t.extra)}</thread>'
+            )
         out.append("</threads>")
         return ("\n".join(out) + "\n").encode()
 
@@ -162,4 +163,5 @@ def monitor_help() -> str:
     rows += [(cmd.usage(), cmd.help) for cmd in commands.COMMANDS.values()]
     width = max(len(usage) for usage, _ in rows)
     return "kvmcore monitor commands (the target is a read-only crash dump):\n" + "".join(
-        f"  {usage:<{width}}  {text}\n" for usage, text in rows)
+        f"  {usage:<{width}}  {text}\n" for usage, text in rows
+    )

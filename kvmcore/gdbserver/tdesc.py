@@ -5,6 +5,7 @@ architecture's `GdbTarget` (kvmcore.cpu), plus the register block codec for
 An architecture declares only its registers; the XML, the `g` layout and the
 custom types gdb's features expect (flags, vectors) come from here.
 """
+
 from __future__ import annotations
 
 from xml.sax.saxutils import quoteattr
@@ -15,24 +16,99 @@ from ..registry import Arch
 # Custom types named by gdb's standard features; gdb does not predefine them,
 # so a description that uses one must define it. Built from the field lists.
 _FLAGS = {
-    "i386_eflags": (4, ["CF", None, "PF", None, "AF", None, "ZF", "SF", "TF", "IF", "DF", "OF",
-                        None, None, "NT", None, "RF", "VM", "AC", "VIF", "VIP", "ID"]),
-    "i386_mxcsr": (4, ["IE", "DE", "ZE", "OE", "UE", "PE", "DAZ", "IM", "DM", "ZM", "OM", "UM",
-                       "PM", None, None, "FZ"]),
-    "cpsr_flags": (4, {"SP": 0, "EL": (2, 3), "nRW": 4, "F": 6, "I": 7, "A": 8, "D": 9,
-                       "SSBS": 12, "BTYPE": (10, 11), "IL": 20, "SS": 21, "PAN": 22, "UAO": 23,
-                       "DIT": 24, "TCO": 25, "V": 28, "C": 29, "Z": 30, "N": 31}),
+    "i386_eflags": (
+        4,
+        [
+            "CF",
+            None,
+            "PF",
+            None,
+            "AF",
+            None,
+            "ZF",
+            "SF",
+            "TF",
+            "IF",
+            "DF",
+            "OF",
+            None,
+            None,
+            "NT",
+            None,
+            "RF",
+            "VM",
+            "AC",
+            "VIF",
+            "VIP",
+            "ID",
+        ],
+    ),
+    "i386_mxcsr": (
+        4,
+        [
+            "IE",
+            "DE",
+            "ZE",
+            "OE",
+            "UE",
+            "PE",
+            "DAZ",
+            "IM",
+            "DM",
+            "ZM",
+            "OM",
+            "UM",
+            "PM",
+            None,
+            None,
+            "FZ",
+        ],
+    ),
+    "cpsr_flags": (
+        4,
+        {
+            "SP": 0,
+            "EL": (2, 3),
+            "nRW": 4,
+            "F": 6,
+            "I": 7,
+            "A": 8,
+            "D": 9,
+            "SSBS": 12,
+            "BTYPE": (10, 11),
+            "IL": 20,
+            "SS": 21,
+            "PAN": 22,
+            "UAO": 23,
+            "DIT": 24,
+            "TCO": 25,
+            "V": 28,
+            "C": 29,
+            "Z": 30,
+            "N": 31,
+        },
+    ),
 }
-_VECTORS = {"vec128": [("v4_float", "ieee_single", 4), ("v2_double", "ieee_double", 2),
-                       ("v16_int8", "int8", 16), ("v8_int16", "int16", 8),
-                       ("v4_int32", "int32", 4), ("v2_int64", "int64", 2)]}
+_VECTORS = {
+    "vec128": [
+        ("v4_float", "ieee_single", 4),
+        ("v2_double", "ieee_double", 2),
+        ("v16_int8", "int8", 16),
+        ("v8_int16", "int16", 8),
+        ("v4_int32", "int32", 4),
+        ("v2_int64", "int64", 2),
+    ]
+}
 
 
 def _type_xml(type_id: str) -> str:
     if type_id in _FLAGS:
         size, fields = _FLAGS[type_id]
-        items = fields.items() if isinstance(fields, dict) else \
-            ((n, i) for i, n in enumerate(fields) if n)
+        items = (
+            fields.items()
+            if isinstance(fields, dict)
+            else ((n, i) for i, n in enumerate(fields) if n)
+        )
         lines = [f'  <flags id="{type_id}" size="{size}">']
         for name, bits in items:
             start, end = bits if isinstance(bits, tuple) else (bits, bits)
@@ -80,8 +156,10 @@ def target_xml(arch: Arch) -> str:
                 out.append(xml)
         for reg in regs:
             group = f" group={quoteattr(reg.group)}" if reg.group else ""
-            out.append(f"  <reg name={quoteattr(reg.name)} bitsize=\"{reg.bitsize}\" "
-                       f"type={quoteattr(reg.type)} regnum=\"{regnum}\"{group}/>")
+            out.append(
+                f'  <reg name={quoteattr(reg.name)} bitsize="{reg.bitsize}" '
+                f'type={quoteattr(reg.type)} regnum="{regnum}"{group}/>'
+            )
             regnum += 1
         out.append("</feature>")
     out.append("</target>")

@@ -6,10 +6,12 @@ IDLE_TID_BASE + cpu, above any pid the kernel hands out (PID_MAX_LIMIT is 4M).
 Without a kernel model (an OS kvmcore does not know, or a model that finds
 no tasks) each CPU of the dump's PRSTATUS notes is one thread.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import KvmcoreError
 from ..unwind import recovered_registers, unwind
@@ -40,8 +42,11 @@ class GdbThread:
         if self.cpu is not None:
             text += f" on CPU {self.cpu}"
         if self.skipped:
-            text += f"; {len(self.skipped)} module frame(s) above not shown: " + \
-                ", ".join(self.skipped) + " (see `monitor bt`)"
+            text += (
+                f"; {len(self.skipped)} module frame(s) above not shown: "
+                + ", ".join(self.skipped)
+                + " (see `monitor bt`)"
+            )
         return text
 
     def registers(self) -> dict[str, int]:
@@ -69,14 +74,14 @@ class ThreadList:
         return self.by_tid.get(tid)
 
     @classmethod
-    def from_dump(cls, dump: Any) -> "ThreadList":
+    def from_dump(cls, dump: Any) -> ThreadList:
         try:
             return cls._from_tasks(dump)
         except (KvmcoreError, NotImplementedError):
             return cls._from_cpus(dump)
 
     @classmethod
-    def _from_tasks(cls, dump: Any) -> "ThreadList":
+    def _from_tasks(cls, dump: Any) -> ThreadList:
         kernel = dump.kernel
         tasks = kernel.tasks()
         if not tasks:
@@ -104,20 +109,25 @@ class ThreadList:
         current = threads[0].tid
         try:
             panic = kernel.panic_task()
-            current = next(t.tid for t in threads if t.task is panic or
-                           getattr(t.task, "address", None) == getattr(panic, "address", 0))
+            current = next(
+                t.tid
+                for t in threads
+                if t.task is panic
+                or getattr(t.task, "address", None) == getattr(panic, "address", 0)
+            )
         except (KvmcoreError, StopIteration, NotImplementedError):
             pass
         return cls(threads, current, "tasks")
 
     @classmethod
-    def _from_cpus(cls, dump: Any) -> "ThreadList":
+    def _from_cpus(cls, dump: Any) -> ThreadList:
         try:
             states = dump.cpu_states
         except KvmcoreError:
             states = []
-        threads = [GdbThread(s.cpu + 1, s.pid, f"CPU {s.cpu}", s.cpu, None, _fixed(s.regs))
-                   for s in states]
+        threads = [
+            GdbThread(s.cpu + 1, s.pid, f"CPU {s.cpu}", s.cpu, None, _fixed(s.regs)) for s in states
+        ]
         if not threads:  # gdb needs one thread to talk to
             threads = [GdbThread(1, 0, "no registers in dump", None, None, None)]
         return cls(threads, threads[0].tid, "cpus")
@@ -127,8 +137,9 @@ def _fixed(regs: dict[str, int]) -> Callable[[], dict[str, int]]:
     return lambda: regs
 
 
-def _task_regs(dump: Any, thread: GdbThread, cpu_regs: dict[str, int] | None
-               ) -> Callable[[], dict[str, int]]:
+def _task_regs(
+    dump: Any, thread: GdbThread, cpu_regs: dict[str, int] | None
+) -> Callable[[], dict[str, int]]:
     def regs() -> dict[str, int]:
         task = thread.task
         try:
@@ -140,6 +151,7 @@ def _task_regs(dump: Any, thread: GdbThread, cpu_regs: dict[str, int] | None
         if thread.cpu is not None:
             values = _past_module_frames(dump, thread, values)
         return values
+
     return regs
 
 
@@ -180,4 +192,3 @@ def _past_module_frames(dump: Any, thread: GdbThread, regs: dict[str, int]) -> d
             return out
         skipped.append(frame.function or f"{frame.pc:#x}")
     return regs
-

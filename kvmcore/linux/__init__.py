@@ -3,6 +3,7 @@
 `LinuxKernel(dump)` answers tasks, registers, the log, modules, the panic and
 backtraces, each from the dump (with a vmlinux when one is given).
 """
+
 from __future__ import annotations
 
 from functools import cached_property
@@ -25,7 +26,7 @@ MAX_CPUS = 8192
 class LinuxKernel:
     """A Linux kernel's state, rebuilt from a dump."""
 
-    def __init__(self, dump: "Dump") -> None:
+    def __init__(self, dump: Dump) -> None:
         self.dump = dump
         #: where each derived fact came from (symbol, scan, ...), for the report
         self.sources: dict[str, str] = {}
@@ -44,8 +45,11 @@ class LinuxKernel:
     def require(self, name: str) -> int:
         addr = self.symbol(name)
         if addr is None:
-            raise SymbolError(f"symbol {name} is unknown (kallsyms in this kernel may lack data "
-                              "symbols: pass the vmlinux or a System.map)", self.dump.path)
+            raise SymbolError(
+                f"symbol {name} is unknown (kallsyms in this kernel may lack data "
+                "symbols: pass the vmlinux or a System.map)",
+                self.dump.path,
+            )
         return addr
 
     # -- identity ----------------------------------------------------------
@@ -60,8 +64,10 @@ class LinuxKernel:
             offset = self._uts_name_offset(base)
         raw = self.dump.read(base + offset, 65 * 6)
         fields = ("sysname", "nodename", "release", "version", "machine", "domainname")
-        return {f: raw[i * 65:(i + 1) * 65].split(b"\0", 1)[0].decode("utf-8", "replace")
-                for i, f in enumerate(fields)}
+        return {
+            f: raw[i * 65 : (i + 1) * 65].split(b"\0", 1)[0].decode("utf-8", "replace")
+            for i, f in enumerate(fields)
+        }
 
     def _uts_name_offset(self, base: int) -> int:
         """offsetof(struct uts_namespace, name) when VMCOREINFO does not say
@@ -70,7 +76,7 @@ class LinuxKernel:
         never changes), else what the types say."""
         head = self.dump.read(base, 16)
         for offset in (0, 4):
-            if head[offset:offset + 6] == b"Linux\0":
+            if head[offset : offset + 6] == b"Linux\0":
                 return offset
         try:
             return self.dump.types.offsetof("struct uts_namespace", "name")
@@ -160,9 +166,11 @@ class LinuxKernel:
             return addr
         addr = find_init_task(self.dump)
         if addr is None:
-            raise SymbolError("init_task is unknown and no task_struct named swapper/0 was found "
-                              "in the kernel image: pass the vmlinux or a System.map",
-                              self.dump.path)
+            raise SymbolError(
+                "init_task is unknown and no task_struct named swapper/0 was found "
+                "in the kernel image: pass the vmlinux or a System.map",
+                self.dump.path,
+            )
         self.sources["init_task"] = "kernel image scan"
         return addr
 
@@ -227,8 +235,10 @@ class LinuxKernel:
         if not task.on_cpu or self.cpu_registers.get(task.cpu) is not None:
             return None
         why = self.dump.mem.notes_problem or f"no NT_PRSTATUS note for CPU {task.cpu}"
-        return (f"CPU {task.cpu}'s registers are missing ({why}); the trace starts at the "
-                "task's last context switch, not where it was running")
+        return (
+            f"CPU {task.cpu}'s registers are missing ({why}); the trace starts at the "
+            "task's last context switch, not where it was running"
+        )
 
     def running_task(self, cpu: int) -> Task | None:
         for task in self.tasks():

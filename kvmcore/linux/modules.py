@@ -1,4 +1,5 @@
 """Loaded kernel modules: name, base, size, sections and taints."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,16 +32,22 @@ class Module:
 
     @property
     def taint_flags(self) -> str:
-        return "".join(flag for bit, flag in sorted(MODULE_TAINTS.items())
-                       if self.taints >> bit & 1)
+        return "".join(
+            flag for bit, flag in sorted(MODULE_TAINTS.items()) if self.taints >> bit & 1
+        )
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "base": f"{self.base:#x}", "size": self.size,
-                "taints": self.taint_flags, "address": f"{self.address:#x}",
-                "sections": {k: f"{v:#x}" for k, v in self.sections.items()}}
+        return {
+            "name": self.name,
+            "base": f"{self.base:#x}",
+            "size": self.size,
+            "taints": self.taint_flags,
+            "address": f"{self.address:#x}",
+            "sections": {k: f"{v:#x}" for k, v in self.sections.items()},
+        }
 
 
-def read_modules(kernel: "LinuxKernel") -> list[Module]:
+def read_modules(kernel: LinuxKernel) -> list[Module]:
     dump = kernel.dump
     types = dump.types
     head = kernel.require("modules")
@@ -65,8 +72,13 @@ def read_modules(kernel: "LinuxKernel") -> list[Module]:
         seen.add(node)
         addr = node - off_list
         name = dump.read(addr + off_name, 56).split(b"\0", 1)[0].decode("utf-8", "replace")
-        module = Module(name, addr, dump.read_ptr(addr + off_base),
-                        dump.read_u32(addr + off_size), dump.read_ptr(addr + off_taints))
+        module = Module(
+            name,
+            addr,
+            dump.read_ptr(addr + off_base),
+            dump.read_u32(addr + off_size),
+            dump.read_ptr(addr + off_taints),
+        )
         try:
             module.sections = _sections(dump, types, addr)
         except KvmcoreError:
@@ -103,7 +115,7 @@ def _kallsyms(dump: Dump, types: TypeInfo, addr: int) -> list[tuple[str, int, in
     bo = dump.byteorder
     out = []
     for i in range(count):
-        e = raw[i * entsize:(i + 1) * entsize]
+        e = raw[i * entsize : (i + 1) * entsize]
         name_off = int.from_bytes(e[0:4], bo)
         if wide:
             value, size = int.from_bytes(e[8:16], bo), int.from_bytes(e[16:24], bo)

@@ -1,4 +1,5 @@
 """The panic: message, CPU, task, taint and uptime at the crash."""
+
 from __future__ import annotations
 
 import re
@@ -12,29 +13,63 @@ if TYPE_CHECKING:
     from .tasks import Task
 
 # bit -> (letter when set, letter when clear), as the kernel's taint_flags[]
-TAINT_FLAGS = [("P", "G"), ("F", " "), ("S", " "), ("R", " "), ("M", " "), ("B", " "),
-               ("U", " "), ("D", " "), ("A", " "), ("W", " "), ("C", " "), ("I", " "),
-               ("O", " "), ("E", " "), ("L", " "), ("K", " "), ("X", " "), ("T", " "),
-               ("N", " ")]
-TAINT_NAMES = ["proprietary module", "forced module load", "CPU out of spec", "forced rmmod",
-               "machine check", "bad page", "user request", "kernel died (oops)",
-               "ACPI table overridden", "warning", "staging driver", "firmware workaround",
-               "out-of-tree module", "unsigned module", "soft lockup", "live patch",
-               "auxiliary", "struct randomization", "test"]
+TAINT_FLAGS = [
+    ("P", "G"),
+    ("F", " "),
+    ("S", " "),
+    ("R", " "),
+    ("M", " "),
+    ("B", " "),
+    ("U", " "),
+    ("D", " "),
+    ("A", " "),
+    ("W", " "),
+    ("C", " "),
+    ("I", " "),
+    ("O", " "),
+    ("E", " "),
+    ("L", " "),
+    ("K", " "),
+    ("X", " "),
+    ("T", " "),
+    ("N", " "),
+]
+TAINT_NAMES = [
+    "proprietary module",
+    "forced module load",
+    "CPU out of spec",
+    "forced rmmod",
+    "machine check",
+    "bad page",
+    "user request",
+    "kernel died (oops)",
+    "ACPI table overridden",
+    "warning",
+    "staging driver",
+    "firmware workaround",
+    "out-of-tree module",
+    "unsigned module",
+    "soft lockup",
+    "live patch",
+    "auxiliary",
+    "struct randomization",
+    "test",
+]
 
 # "---[ end Kernel panic - not syncing: ... ]---" closes the panic: skip it
 PANIC_RE = re.compile(r"^(?!---\[ end )Kernel panic - not syncing: (.*)")
 OOPS_RE = re.compile(r"^(BUG: .*|Oops: .*|kernel BUG at .*|Unable to handle kernel .*)")
 # "CPU: 1 PID: 115 Comm: crasher Not tainted ..."; 6.10+ adds "UID: 0 " before PID
 CPU_LINE_RE = re.compile(
-    r"CPU: (\d+) (?:UID: \d+ )?PID: (\d+) Comm: (\S+) (Not tainted|Tainted: ([A-Z ]+))")
+    r"CPU: (\d+) (?:UID: \d+ )?PID: (\d+) Comm: (\S+) (Not tainted|Tainted: ([A-Z ]+))"
+)
 
 
 @dataclass
 class PanicInfo:
     message: str | None = None
     cpu: int | None = None
-    task: "Task | None" = None
+    task: Task | None = None
     taint_mask: int | None = None
     uptime_ns: int | None = None
     crash_time: int | None = None
@@ -46,9 +81,12 @@ class PanicInfo:
             return "unknown"
         if self.taint_mask == 0:
             return "Not tainted"
-        return "Tainted: " + "".join(
-            on if self.taint_mask >> i & 1 else off for i, (on, off) in enumerate(TAINT_FLAGS)
-        ).rstrip()
+        return (
+            "Tainted: "
+            + "".join(
+                on if self.taint_mask >> i & 1 else off for i, (on, off) in enumerate(TAINT_FLAGS)
+            ).rstrip()
+        )
 
     @property
     def taint_reasons(self) -> list[str]:
@@ -56,7 +94,7 @@ class PanicInfo:
         return [name for i, name in enumerate(TAINT_NAMES) if mask >> i & 1]
 
 
-def find_panic(kernel: "LinuxKernel") -> PanicInfo:
+def find_panic(kernel: LinuxKernel) -> PanicInfo:
     info = PanicInfo()
     dump = kernel.dump
     try:
@@ -93,7 +131,7 @@ def find_panic(kernel: "LinuxKernel") -> PanicInfo:
     pid = None
     log_taint = None
     start = records.index(panic_rec) if panic_rec is not None else max(0, len(records) - 50)
-    for rec in records[start:start + 20]:
+    for rec in records[start : start + 20]:
         m = CPU_LINE_RE.search(rec.text)
         if m:
             if info.cpu is None:
@@ -115,8 +153,9 @@ def find_panic(kernel: "LinuxKernel") -> PanicInfo:
                 info.sources["task"] = f"running on CPU {info.cpu}"
         if info.task is None and pid is not None:
             if pid == 0 and info.cpu is not None:
-                info.task = next((t for t in kernel.tasks()
-                                  if t.is_idle and t.cpu == info.cpu), None)
+                info.task = next(
+                    (t for t in kernel.tasks() if t.is_idle and t.cpu == info.cpu), None
+                )
             else:
                 info.task = kernel.find_task(pid)
             if info.task is not None:

@@ -4,6 +4,7 @@ Two layouts: the lockless printk ring buffer (Linux 5.10 and later), located
 entirely through VMCOREINFO's SYMBOL()/OFFSET()/SIZE() helpers so that no
 vmlinux is needed, and the older variable-length `log_buf` records.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,8 +42,7 @@ class LogRecord:
 
     def format(self) -> str:
         secs, nsec = divmod(self.timestamp_ns, 1_000_000_000)
-        return "\n".join(f"[{secs:5d}.{nsec // 1000:06d}] {line}"
-                         for line in self.text.split("\n"))
+        return "\n".join(f"[{secs:5d}.{nsec // 1000:06d}] {line}" for line in self.text.split("\n"))
 
 
 @dataclass
@@ -56,7 +56,7 @@ class KernelLog:
 class _Helpers:
     """VMCOREINFO lookups that fail with a message naming what is missing."""
 
-    def __init__(self, dump: "Dump") -> None:
+    def __init__(self, dump: Dump) -> None:
         self.info = dump.vmcoreinfo
         self.path = dump.path
 
@@ -79,7 +79,7 @@ class _Helpers:
         return value
 
 
-def read_kernel_log(dump: "Dump") -> KernelLog:
+def read_kernel_log(dump: Dump) -> KernelLog:
     """The whole kernel log, oldest record first."""
     info = dump.vmcoreinfo
     if info is None:
@@ -91,7 +91,7 @@ def read_kernel_log(dump: "Dump") -> KernelLog:
     raise UnsupportedError("VMCOREINFO names neither prb nor log_buf", dump.path)
 
 
-def _read_ringbuffer(dump: "Dump", info: VmcoreInfo) -> KernelLog:
+def _read_ringbuffer(dump: Dump, info: VmcoreInfo) -> KernelLog:
     h = _Helpers(dump)
     word = dump.word_size
     counter = info.offset("atomic_long_t", "counter") or 0
@@ -100,8 +100,7 @@ def _read_ringbuffer(dump: "Dump", info: VmcoreInfo) -> KernelLog:
     data_ring = prb + h.off("printk_ringbuffer", "text_data_ring")
     count_bits = dump.read_u32(desc_ring + h.off("prb_desc_ring", "count_bits"))
     if not 0 < count_bits < 32:
-        raise UnsupportedError(f"printk ring buffer: impossible count_bits {count_bits}",
-                               dump.path)
+        raise UnsupportedError(f"printk ring buffer: impossible count_bits {count_bits}", dump.path)
     descs = dump.read_ptr(desc_ring + h.off("prb_desc_ring", "descs"))
     infos = dump.read_ptr(desc_ring + h.off("prb_desc_ring", "infos"))
     head_id = dump.read_ptr(desc_ring + h.off("prb_desc_ring", "head_id") + counter)
@@ -110,8 +109,10 @@ def _read_ringbuffer(dump: "Dump", info: VmcoreInfo) -> KernelLog:
     # the kernel caps log_buf_len at 2 GiB (LOG_BUF_LEN_MAX) and sizes the
     # descriptor ring from it (count_bits = size_bits - PRB_AVGBITS)
     if not 0 < size_bits < 32 or count_bits > size_bits:
-        raise UnsupportedError(f"printk ring buffer: impossible size_bits {size_bits} "
-                               f"(count_bits {count_bits})", dump.path)
+        raise UnsupportedError(
+            f"printk ring buffer: impossible size_bits {size_bits} (count_bits {count_bits})",
+            dump.path,
+        )
     data = dump.read_ptr(data_ring + h.off("prb_data_ring", "data"))
 
     ndescs = 1 << count_bits
@@ -130,12 +131,27 @@ def _read_ringbuffer(dump: "Dump", info: VmcoreInfo) -> KernelLog:
     # helpers, so take them from types when known, else from that fixed layout.
     # Loading types just for this would cost more than the whole log read.
     fac_off, flags_off = len_off + 2, len_off + 3
-    _check_layout(dump, "prb_desc", desc_size, {
-        "state_var": (sv_off, word), "text_blk_lpos.begin": (begin_off, word),
-        "text_blk_lpos.next": (next_off, word)})
-    _check_layout(dump, "printk_info", info_size, {
-        "seq": (seq_off, 8), "ts_nsec": (ts_off, 8), "text_len": (len_off, 4),
-        "caller_id": (caller_off, 4)})
+    _check_layout(
+        dump,
+        "prb_desc",
+        desc_size,
+        {
+            "state_var": (sv_off, word),
+            "text_blk_lpos.begin": (begin_off, word),
+            "text_blk_lpos.next": (next_off, word),
+        },
+    )
+    _check_layout(
+        dump,
+        "printk_info",
+        info_size,
+        {
+            "seq": (seq_off, 8),
+            "ts_nsec": (ts_off, 8),
+            "text_len": (len_off, 4),
+            "caller_id": (caller_off, 4),
+        },
+    )
 
     bits = word * 8
     flags_shift = bits - 2
@@ -147,7 +163,7 @@ def _read_ringbuffer(dump: "Dump", info: VmcoreInfo) -> KernelLog:
     bo = dump.byteorder
 
     def field(blob: bytes, off: int, size: int) -> int:
-        return int.from_bytes(blob[off:off + size], bo)
+        return int.from_bytes(blob[off : off + size], bo)
 
     records: list[LogRecord] = []
     problem = None
@@ -165,13 +181,17 @@ def _read_ringbuffer(dump: "Dump", info: VmcoreInfo) -> KernelLog:
             text_len = field(info_blob, i + len_off, 2)
             text = _block_text(text_blob, begin, nxt, data_size, word, text_len)
             fl = info_blob[i + flags_off]
-            records.append(LogRecord(
-                seq=field(info_blob, i + seq_off, 8),
-                timestamp_ns=field(info_blob, i + ts_off, 8),
-                level=fl >> 5, facility=info_blob[i + fac_off],
-                text=text.decode("utf-8", "replace"),
-                caller_id=field(info_blob, i + caller_off, 4),
-                continuation=bool(fl & LOG_CONT)))
+            records.append(
+                LogRecord(
+                    seq=field(info_blob, i + seq_off, 8),
+                    timestamp_ns=field(info_blob, i + ts_off, 8),
+                    level=fl >> 5,
+                    facility=info_blob[i + fac_off],
+                    text=text.decode("utf-8", "replace"),
+                    caller_id=field(info_blob, i + caller_off, 4),
+                    continuation=bool(fl & LOG_CONT),
+                )
+            )
         if ident == head:
             break
         ident = (ident + 1) & id_mask
@@ -184,8 +204,7 @@ def _read_ringbuffer(dump: "Dump", info: VmcoreInfo) -> KernelLog:
 MAX_STRUCT_SIZE = 4096  # prb_desc and printk_info are tens of bytes
 
 
-def _check_layout(dump: "Dump", struct: str, size: int, fields: dict[str, tuple[int, int]]
-                  ) -> None:
+def _check_layout(dump: Dump, struct: str, size: int, fields: dict[str, tuple[int, int]]) -> None:
     """VMCOREINFO's SIZE()/OFFSET() must describe a struct its fields fit in:
     corrupt helpers give an error naming them, not an index out of range."""
     if not 0 < size <= MAX_STRUCT_SIZE:
@@ -194,7 +213,8 @@ def _check_layout(dump: "Dump", struct: str, size: int, fields: dict[str, tuple[
         if not 0 <= off <= size - width:
             raise UnsupportedError(
                 f"VMCOREINFO puts {struct}.{name} at {off}, outside SIZE({struct})={size}",
-                dump.path)
+                dump.path,
+            )
 
 
 def _block_text(blob: bytes, begin: int, nxt: int, size: int, word: int, text_len: int) -> bytes:
@@ -203,13 +223,13 @@ def _block_text(blob: bytes, begin: int, nxt: int, size: int, word: int, text_le
         return b""
     start = begin % size
     if begin // size == nxt // size:
-        block = blob[start:start + (nxt - begin)]
+        block = blob[start : start + (nxt - begin)]
     else:  # wrapped: the block was placed at the start of the ring
-        block = blob[:nxt % size]
-    return block[word:word + text_len]  # skip the descriptor id the block starts with
+        block = blob[: nxt % size]
+    return block[word : word + text_len]  # skip the descriptor id the block starts with
 
 
-def _read_log_buf(dump: "Dump") -> KernelLog:
+def _read_log_buf(dump: Dump) -> KernelLog:
     """Pre-5.10 `struct printk_log` records in `log_buf`."""
     h = _Helpers(dump)
     info = dump.vmcoreinfo
@@ -224,8 +244,12 @@ def _read_log_buf(dump: "Dump") -> KernelLog:
     ts_off = h.off("printk_log", "ts_nsec")
     len_off = h.off("printk_log", "len")
     tlen_off = h.off("printk_log", "text_len")
-    _check_layout(dump, "printk_log", hdr, {"ts_nsec": (ts_off, 8), "len": (len_off, 2),
-                                             "text_len": (tlen_off, 6)})
+    _check_layout(
+        dump,
+        "printk_log",
+        hdr,
+        {"ts_nsec": (ts_off, 8), "len": (len_off, 2), "text_len": (tlen_off, 6)},
+    )
     bo = dump.byteorder
     records: list[LogRecord] = []
     idx, seq, problem = first, 0, None
@@ -235,20 +259,23 @@ def _read_log_buf(dump: "Dump") -> KernelLog:
         if idx + hdr > buf_len:
             problem = f"record header at {idx} runs past the buffer"
             break
-        length = int.from_bytes(blob[idx + len_off:idx + len_off + 2], bo)
+        length = int.from_bytes(blob[idx + len_off : idx + len_off + 2], bo)
         if length == 0:  # wrap marker: continue from the start
             idx = 0
             continue
-        text_len = int.from_bytes(blob[idx + tlen_off:idx + tlen_off + 2], bo)
-        ts = int.from_bytes(blob[idx + ts_off:idx + ts_off + 8], bo)
+        text_len = int.from_bytes(blob[idx + tlen_off : idx + tlen_off + 2], bo)
+        ts = int.from_bytes(blob[idx + ts_off : idx + ts_off + 8], bo)
         # u16 text_len, u16 dict_len, u8 facility, u8 flags:5 level:3 (not exported
         # as helpers; the layout is fixed from 3.11 to 5.9)
         fac_at = idx + tlen_off + 4
         facility = blob[fac_at] if fac_at < buf_len else 0
         flags_level = blob[fac_at + 1] if fac_at + 1 < buf_len else 0
-        text = blob[idx + hdr:idx + hdr + text_len].decode("utf-8", "replace")
-        records.append(LogRecord(seq, ts, flags_level >> 5, facility, text,
-                                 continuation=bool(flags_level & LOG_CONT)))
+        text = blob[idx + hdr : idx + hdr + text_len].decode("utf-8", "replace")
+        records.append(
+            LogRecord(
+                seq, ts, flags_level >> 5, facility, text, continuation=bool(flags_level & LOG_CONT)
+            )
+        )
         seq += 1
         idx += length
         if idx >= buf_len:

@@ -2,18 +2,20 @@
 no data symbols (arm64 and i386 Debian kernels lack CONFIG_KALLSYMS_ALL) and
 no vmlinux at hand. Every hit is validated before it is used, and the caller
 records that the address came from a scan."""
+
 from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING
 
-from ..errors import AddressError, KvmcoreError
+from ..errors import AddressError
 from ..symbols.image import CHUNK, read_pages, scan_kernel_image
 
 if TYPE_CHECKING:
     from ..dump import Dump
 
-def find_init_task(dump: "Dump") -> int | None:
+
+def find_init_task(dump: Dump) -> int | None:
     """init_task: the task_struct in the image whose comm is "swapper/0", pid 0,
     and whose tasks list links back to itself consistently."""
     types = dump.types
@@ -37,7 +39,7 @@ def find_init_task(dump: "Dump") -> int | None:
     return None
 
 
-def find_idle_tasks(dump: "Dump", nr_cpus: int) -> dict[int, int]:
+def find_idle_tasks(dump: Dump, nr_cpus: int) -> dict[int, int]:
     """cpu -> idle task_struct for CPUs 1.., found in RAM by their "swapper/N"
     comm when no runqueues symbol is known. Idle tasks are never on the task
     list, so nothing else leads to them. Validated: pid 0, tgid 0, the comm's
@@ -70,8 +72,11 @@ def find_idle_tasks(dump: "Dump", nr_cpus: int) -> dict[int, int]:
                 if task is None:
                     continue  # not met: the translator knew address 0's alias (above)
                 try:
-                    if (dump.read_u32(task + off_pid), dump.read_u32(task + off_tgid),
-                            dump.read_u32(task + off_cpu)) == (0, 0, cpu):
+                    if (
+                        dump.read_u32(task + off_pid),
+                        dump.read_u32(task + off_tgid),
+                        dump.read_u32(task + off_cpu),
+                    ) == (0, 0, cpu):
                         found[cpu] = task
                 except AddressError:
                     continue

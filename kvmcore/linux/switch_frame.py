@@ -4,9 +4,11 @@ left them, read through the dump's types.
 
 A new architecture adds a reader here with `@switch_frame_reader("name")`.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..errors import UnsupportedError
 
@@ -22,20 +24,22 @@ def switch_frame_reader(*arches: str) -> Callable[[Reader], Reader]:
         for arch in arches:
             _READERS[arch] = fn
         return fn
+
     return deco
 
 
-def switch_frame(dump: "Dump", task: int) -> dict[str, int]:
+def switch_frame(dump: Dump, task: int) -> dict[str, int]:
     """Registers saved at the last context switch of the task_struct at `task`."""
     reader = _READERS.get(dump.arch.name)
     if reader is None:
-        raise UnsupportedError(f"{dump.arch.name}: saved switch frames are not supported",
-                               dump.path)
+        raise UnsupportedError(
+            f"{dump.arch.name}: saved switch frames are not supported", dump.path
+        )
     return reader(dump, task)
 
 
 @switch_frame_reader("x86_64")
-def _x86_64(dump: "Dump", task: int) -> dict[str, int]:
+def _x86_64(dump: Dump, task: int) -> dict[str, int]:
     """thread.sp points at the struct inactive_task_frame __switch_to_asm
     pushed; its return address is the resume point."""
     types = dump.types
@@ -52,15 +56,21 @@ def _x86_64(dump: "Dump", task: int) -> dict[str, int]:
 
 
 @switch_frame_reader("i386")
-def _i386(dump: "Dump", task: int) -> dict[str, int]:
+def _i386(dump: Dump, task: int) -> dict[str, int]:
     """thread.sp points at the struct inactive_task_frame __switch_to_asm
     pushed (i386: flags, si, di, bx, bp, ret_addr)."""
     types = dump.types
     sp = dump.read_ptr(task + types.offsetof("struct task_struct", "thread.sp"))
     frame = "struct inactive_task_frame"
     regs = {"esp": sp + types.sizeof(frame)}
-    names = {"ret_addr": "eip", "bp": "ebp", "bx": "ebx", "si": "esi", "di": "edi",
-             "flags": "eflags"}
+    names = {
+        "ret_addr": "eip",
+        "bp": "ebp",
+        "bx": "ebx",
+        "si": "esi",
+        "di": "edi",
+        "flags": "eflags",
+    }
     for member in types.members(frame):
         if member in names:
             regs[names[member]] = dump.read_ptr(sp + types.offsetof(frame, member))
@@ -68,7 +78,7 @@ def _i386(dump: "Dump", task: int) -> dict[str, int]:
 
 
 @switch_frame_reader("aarch64")
-def _aarch64(dump: "Dump", task: int) -> dict[str, int]:
+def _aarch64(dump: Dump, task: int) -> dict[str, int]:
     """thread.cpu_context holds x19-x28, fp, sp and pc as cpu_switch_to left
     them; pc may carry a pointer-authentication code (KERNELPACMASK)."""
     types = dump.types

@@ -1,10 +1,12 @@
 """Linux tasks: every process and thread, the per-CPU idle tasks, their
 state, CPU, and registers (PRSTATUS for running tasks, the context-switch
 frame for sleeping ones)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from ..errors import AddressError, KvmcoreError, WalkError
 
@@ -25,8 +27,17 @@ TASK_IDLE = TASK_UNINTERRUPTIBLE | TASK_NOLOAD
 TASK_RTLOCK_WAIT = 0x1000  # PREEMPT_RT: blocked on a sleeping spinlock
 TASK_REPORT = 0x7F
 TASK_REPORT_IDLE = 0x80
-STATE_NAMES = {"R": "running", "S": "sleeping", "D": "uninterruptible", "T": "stopped",
-               "t": "traced", "X": "dead", "Z": "zombie", "P": "parked", "I": "idle"}
+STATE_NAMES = {
+    "R": "running",
+    "S": "sleeping",
+    "D": "uninterruptible",
+    "T": "stopped",
+    "t": "traced",
+    "X": "dead",
+    "Z": "zombie",
+    "P": "parked",
+    "I": "idle",
+}
 
 
 def state_char(state: int, exit_state: int) -> str:
@@ -54,7 +65,7 @@ class Task:
     cpu: int
     on_cpu: bool
     is_idle: bool = False
-    _registers: Callable[["Task"], dict[str, int]] | None = field(default=None, repr=False)
+    _registers: Callable[[Task], dict[str, int]] | None = field(default=None, repr=False)
 
     @property
     def tid(self) -> int:
@@ -76,9 +87,17 @@ class Task:
         return self._registers(self)
 
     def as_dict(self) -> dict:
-        return {"pid": self.pid, "tgid": self.tgid, "ppid": self.ppid, "comm": self.comm,
-                "state": self.state, "cpu": self.cpu, "on_cpu": self.on_cpu,
-                "idle": self.is_idle, "address": f"{self.address:#x}"}
+        return {
+            "pid": self.pid,
+            "tgid": self.tgid,
+            "ppid": self.ppid,
+            "comm": self.comm,
+            "state": self.state,
+            "cpu": self.cpu,
+            "on_cpu": self.on_cpu,
+            "idle": self.is_idle,
+            "address": f"{self.address:#x}",
+        }
 
 
 @dataclass
@@ -91,7 +110,7 @@ class TaskList:
 class TaskReader:
     """Reads task_structs using offsets from the type facade."""
 
-    def __init__(self, dump: "Dump", registers: Callable[[Task], dict[str, int]]) -> None:
+    def __init__(self, dump: Dump, registers: Callable[[Task], dict[str, int]]) -> None:
         self.dump = dump
         t = dump.types
         ts = "struct task_struct"
@@ -130,7 +149,7 @@ class TaskReader:
         bo = d.byteorder
 
         def num(off: int, size: int, signed: bool = False) -> int:
-            return int.from_bytes(blob[off:off + size], bo, signed=signed)
+            return int.from_bytes(blob[off : off + size], bo, signed=signed)
 
         word = d.word_size
         parent = num(self.off_parent, word)
@@ -140,17 +159,23 @@ class TaskReader:
             ppid = d.read_u32(parent + self.off_tgid) if parent and parent != address else 0
         except AddressError:
             ppid = -1
-        comm = blob[self.off_comm:self.off_comm + 16].split(b"\0", 1)[0]
+        comm = blob[self.off_comm : self.off_comm + 16].split(b"\0", 1)[0]
         return Task(
-            address=address, pid=num(self.off_pid, 4, True), tgid=num(self.off_tgid, 4, True),
-            ppid=ppid, comm=comm.decode("utf-8", "replace"),
+            address=address,
+            pid=num(self.off_pid, 4, True),
+            tgid=num(self.off_tgid, 4, True),
+            ppid=ppid,
+            comm=comm.decode("utf-8", "replace"),
             state=state_char(num(self.off_state, self.state_size), num(self.off_exit_state, 4)),
             cpu=num(self.off_cpu, 4),
             on_cpu=bool(num(self.off_on_cpu, 4)) if self.off_on_cpu is not None else False,
-            is_idle=idle, _registers=self.registers)
+            is_idle=idle,
+            _registers=self.registers,
+        )
 
-    def list_entries(self, head: int, link_off: int, seen: set[int],
-                     budget: "StepBudget | None" = None) -> Iterator[int]:
+    def list_entries(
+        self, head: int, link_off: int, seen: set[int], budget: StepBudget | None = None
+    ) -> Iterator[int]:
         """Addresses of the structures on the list at `head` (bounded, cycle-checked).
         `seen` may be shared by several lists that cannot share a node; `budget`
         bounds the steps of all the walks that share it."""
@@ -169,8 +194,9 @@ class TaskReader:
             node = d.read_ptr(node)
         raise WalkError(f"list at {head:#x} has more than {MAX_TASKS} entries", d.path)
 
-    def threads_of(self, leader: int, seen: set[int] | None = None,
-                   budget: "StepBudget | None" = None) -> Iterator[int]:
+    def threads_of(
+        self, leader: int, seen: set[int] | None = None, budget: StepBudget | None = None
+    ) -> Iterator[int]:
         """The threads of `leader`'s group. Pass one `seen` set for all groups: a
         thread is in one group only, so a node met again is a damaged list."""
         d = self.dump
@@ -182,8 +208,9 @@ class TaskReader:
             yield from self.list_entries(head, self.off_thread_link, seen, budget)
         else:
             yield leader
-            yield from self.list_entries(leader + self.off_thread_link, self.off_thread_link,
-                                         seen, budget)
+            yield from self.list_entries(
+                leader + self.off_thread_link, self.off_thread_link, seen, budget
+            )
 
 
 class StepBudget:
@@ -195,13 +222,17 @@ class StepBudget:
 
     def take(self, where: int) -> None:
         if self.left <= 0:
-            raise WalkError(f"walk of the task lists stopped at {where:#x} after "
-                            f"{self.total} list steps (damaged lists?)", self.path)
+            raise WalkError(
+                f"walk of the task lists stopped at {where:#x} after "
+                f"{self.total} list steps (damaged lists?)",
+                self.path,
+            )
         self.left -= 1
 
 
-def walk_tasks(dump: "Dump", init_task: int, idle_tasks: list[int],
-               registers: Callable[[Task], dict[str, int]]) -> TaskList:
+def walk_tasks(
+    dump: Dump, init_task: int, idle_tasks: list[int], registers: Callable[[Task], dict[str, int]]
+) -> TaskList:
     """Every task: init_task's list of thread-group leaders, each group's threads,
     and the idle task of every CPU. A broken list gives a partial result."""
     reader = TaskReader(dump, registers)
@@ -214,12 +245,15 @@ def walk_tasks(dump: "Dump", init_task: int, idle_tasks: list[int],
     budget = StepBudget(MAX_WALK_STEPS, dump.path)
     seen_threads: set[int] = set()
     try:  # keep what was walked before a fault
-        for leader in reader.list_entries(init_task + reader.off_tasks, reader.off_tasks, set(),
-                                          budget):
+        for leader in reader.list_entries(
+            init_task + reader.off_tasks, reader.off_tasks, set(), budget
+        ):
             leaders.append(leader)
     except (WalkError, AddressError) as exc:
-        problem = (f"task list walk stopped after {len(leaders)} thread-group leaders "
-                   f"(last {leaders[-1]:#x}): {exc.message}")
+        problem = (
+            f"task list walk stopped after {len(leaders)} thread-group leaders "
+            f"(last {leaders[-1]:#x}): {exc.message}"
+        )
     for leader in leaders:
         if leader == init_task:
             members = [init_task]

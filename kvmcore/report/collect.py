@@ -3,11 +3,13 @@
 Each section is computed on its own: a section that fails is marked
 unavailable with the reason, and the rest of the report still comes out.
 """
+
 from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..errors import KvmcoreError
@@ -31,20 +33,32 @@ def _section(fn: Callable[[], dict[str, Any]], problems: list[str], name: str) -
     return {"available": False, "reason": reason}
 
 
-def frames_of(dump: "Dump", task: Any, max_frames: int = 48) -> dict[str, Any]:
+def frames_of(dump: Dump, task: Any, max_frames: int = 48) -> dict[str, Any]:
     bt = dump.backtrace(task, max_frames=max_frames)
-    frames = [{"index": f.index, "pc": f"{f.pc:#x}", "sp": f"{f.sp:#x}" if f.sp else None,
-               "function": f.function, "module": f.module, "guessed": f.guessed,
-               "kind": f.kind} for f in bt.frames]
-    notes = list(bt.notes)
-    missing = dump.kernel.registers_note(task)
-    if missing:
-        notes.insert(0, missing)
-    return {"available": True, "frames": frames, "stopped": bt.error, "notes": notes}
+    frames = [
+        {
+            "index": f.index,
+            "pc": f"{f.pc:#x}",
+            "sp": f"{f.sp:#x}" if f.sp else None,
+            "function": f.function,
+            "module": f.module,
+            "guessed": f.guessed,
+            "kind": f.kind,
+        }
+        for f in bt.frames
+    ]
+    return {
+        "available": True,
+        "frames": frames,
+        "stopped": bt.error,
+        "notes": list(bt.notes),
+        "warning": dump.kernel.registers_note(task),
+    }
 
 
-def build_report(dump: "Dump", log_lines: int = 40, progress: Callable[[str], None] | None = None
-                 ) -> dict[str, Any]:
+def build_report(
+    dump: Dump, log_lines: int = 40, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """The whole crash report of `dump` as JSON-ready data."""
     note = progress or (lambda _stage: None)
     problems: list[str] = []
@@ -64,22 +78,27 @@ def build_report(dump: "Dump", log_lines: int = 40, progress: Callable[[str], No
     report["system"] = _section(lambda: _system(dump), problems, "system")
     report["tasks"] = tasks_section
     note("listing modules")
-    report["modules"] = _section(lambda: {"list": [m.as_dict() for m in kernel.modules()]},
-                                 problems, "modules")
+    report["modules"] = _section(
+        lambda: {"list": [m.as_dict() for m in kernel.modules()]}, problems, "modules"
+    )
     report["dump"]["derived"] = dict(getattr(kernel, "sources", {}))
     report["problems"] = problems
     return report
 
 
-def _dump_section(dump: "Dump") -> dict[str, Any]:
+def _dump_section(dump: Dump) -> dict[str, Any]:
     mem = dump.mem
     info = dump.vmcoreinfo
     out: dict[str, Any] = {
-        "path": os.path.abspath(dump.path), "size": os.path.getsize(dump.path),
-        "format": mem.format_name, "format_description": mem.describe(),
-        "arch": dump.arch.name, "os": dump.os,
+        "path": os.path.abspath(dump.path),
+        "size": os.path.getsize(dump.path),
+        "format": mem.format_name,
+        "format_description": mem.describe(),
+        "arch": dump.arch.name,
+        "os": dump.os,
         "kaslr_offset": f"{dump.kernel_offset:#x}" if info else None,
-        "vmlinux": dump.vmlinux, "dump_level": mem.metadata.get("dump_level"),
+        "vmlinux": dump.vmlinux,
+        "dump_level": mem.metadata.get("dump_level"),
         "excluded_pages": _excluded_pages(mem.metadata),
         "vmcoreinfo": info is not None,
     }
@@ -89,7 +108,8 @@ def _dump_section(dump: "Dump") -> dict[str, Any]:
         out["symbols"] = f"unavailable: {exc.message}"
     try:
         out["types"] = dump.types.source_of(
-            "struct thread" if dump.os == "freebsd" else "struct task_struct")
+            "struct thread" if dump.os == "freebsd" else "struct task_struct"
+        )
     except KvmcoreError as exc:
         out["types"] = f"unavailable: {exc.message}"
     return out
@@ -101,36 +121,44 @@ def _excluded_pages(meta: dict[str, Any]) -> int | None:
     return ram - dumped if isinstance(ram, int) and isinstance(dumped, int) else None
 
 
-def _headline(dump: "Dump") -> dict[str, Any]:
+def _headline(dump: Dump) -> dict[str, Any]:
     kernel = dump.kernel
     panic = kernel.panic
     task = panic.task
     return {
         "panic_message": panic.message,
         "task": {"pid": task.pid, "comm": task.comm, "address": f"{task.address:#x}"}
-        if task else None,
-        "cpu": panic.cpu, "release": kernel.release, "arch": dump.arch.name,
-        "uptime_seconds": round(panic.uptime_ns / 1e9, 6) if panic.uptime_ns is not None
+        if task
         else None,
-        "taint": panic.taint_string, "taint_reasons": panic.taint_reasons,
-        "crash_time": panic.crash_time, "sources": panic.sources,
+        "cpu": panic.cpu,
+        "release": kernel.release,
+        "arch": dump.arch.name,
+        "uptime_seconds": round(panic.uptime_ns / 1e9, 6) if panic.uptime_ns is not None else None,
+        "taint": panic.taint_string,
+        "taint_reasons": panic.taint_reasons,
+        "crash_time": panic.crash_time,
+        "sources": panic.sources,
     }
 
 
-def _panic_backtrace(dump: "Dump") -> dict[str, Any]:
+def _panic_backtrace(dump: Dump) -> dict[str, Any]:
     task = dump.kernel.panic.task
     if task is None:
         return {"available": False, "reason": "the panicking task is not known"}
     return frames_of(dump, task)
 
 
-def _system(dump: "Dump") -> dict[str, Any]:
+def _system(dump: Dump) -> dict[str, Any]:
     kernel = dump.kernel
     uts = kernel.utsname
     ranges = dump.phys_ranges()
     return {
-        "nodename": uts["nodename"], "release": uts["release"], "version": uts["version"],
-        "machine": uts["machine"], "cpus": kernel.nr_cpus, "online_cpus": kernel.online_cpus,
+        "nodename": uts["nodename"],
+        "release": uts["release"],
+        "version": uts["version"],
+        "machine": uts["machine"],
+        "cpus": kernel.nr_cpus,
+        "online_cpus": kernel.online_cpus,
         "dumped_cpus": len(dump.cpu_states),
         "memory_bytes": sum(r.size for r in ranges),
     }
@@ -143,16 +171,27 @@ def _log_section(kernel: Any, lines: int) -> dict[str, Any]:
         out.extend(rec.format().split("\n"))
     start = max(0, len(out) - lines) if lines > 0 else len(out)
     # Reach back to the panic's first line when the tail would cut it off.
-    panic_at = next((i for i in range(len(out) - 1, -1, -1)
-                     if ("Kernel panic - not syncing" in out[i] and "---[ end" not in out[i])
-                     or (log.layout == "msgbuf" and out[i].startswith("panic: "))), None)
+    panic_at = next(
+        (
+            i
+            for i in range(len(out) - 1, -1, -1)
+            if ("Kernel panic - not syncing" in out[i] and "---[ end" not in out[i])
+            or (log.layout == "msgbuf" and out[i].startswith("panic: "))
+        ),
+        None,
+    )
     if lines > 0 and panic_at is not None and len(out) - panic_at <= 4 * lines:
         start = min(start, panic_at)
-    return {"total_records": len(log.records), "layout": log.layout, "partial": log.partial,
-            "problem": log.problem, "lines": out[start:]}
+    return {
+        "total_records": len(log.records),
+        "layout": log.layout,
+        "partial": log.partial,
+        "problem": log.problem,
+        "lines": out[start:],
+    }
 
 
-def _tasks_section(dump: "Dump") -> dict[str, Any]:
+def _tasks_section(dump: Dump) -> dict[str, Any]:
     kernel = dump.kernel
     result = kernel.task_list
     tasks = result.tasks
@@ -166,6 +205,12 @@ def _tasks_section(dump: "Dump") -> dict[str, Any]:
             except KvmcoreError as exc:
                 entry["backtrace"] = {"available": False, "reason": exc.message}
             (on_cpu if task.on_cpu else blocked).append(entry)
-    return {"count": len(tasks), "partial": result.partial, "problem": result.problem,
-            "by_state": dict(sorted(states.items())), "on_cpu": on_cpu,
-            "uninterruptible": blocked, "list": [t.as_dict() for t in tasks]}
+    return {
+        "count": len(tasks),
+        "partial": result.partial,
+        "problem": result.problem,
+        "by_state": dict(sorted(states.items())),
+        "on_cpu": on_cpu,
+        "uninterruptible": blocked,
+        "list": [t.as_dict() for t in tasks],
+    }

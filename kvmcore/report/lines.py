@@ -1,5 +1,6 @@
 """Plain-text pieces shared by the report's renderers and the command table's
 text views (no rich here: the per-command views must not import it)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -9,13 +10,15 @@ def frame_lines(bt: dict[str, Any]) -> list[str]:
     """A backtrace of the report (or of `bt --json`) as crash-style lines."""
     if not bt.get("available", True):
         return [f"  (backtrace unavailable: {bt['reason']})"]
-    out = [f"  ({note})" for note in bt.get("notes", ())]
+    out = [f"  (warning: {bt['warning']})"] if bt.get("warning") else []
     for f in bt["frames"]:
         func = f["function"] or "?"
         mod = f" [{f['module']}]" if f["module"] else ""
         guess = " (guess)" if f["guessed"] else ""
         kind = f"  <{f['kind']}>" if f["kind"] not in (None, "normal") else ""
-        out.append(f" #{f['index']:<2d} [{f['sp'] or '?':>18}] {func}{mod} at {f['pc']}{guess}{kind}")
+        out.append(
+            f" #{f['index']:<2d} [{f['sp'] or '?':>18}] {func}{mod} at {f['pc']}{guess}{kind}"
+        )
     if bt.get("stopped"):
         out.append(f"  (stopped: {bt['stopped']})")
     return out

@@ -5,6 +5,7 @@ module and symbol names), so each renderer first passes the whole report
 through textsafe.printable (control characters shown as \\xNN); the rich
 renderer never lets such a string be read as console markup, and the markdown
 renderer escapes table cells and fences code blocks past any backticks."""
+
 from __future__ import annotations
 
 import re
@@ -42,11 +43,13 @@ def _headline_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     if not h.get("available", True):
         return [("panic", f"unavailable: {h['reason']}")]
     task = h.get("task")
-    return [("task", f"{task['pid']} ({task['comm']})" if task else "unknown"),
-            ("cpu", str(h.get("cpu"))),
-            ("kernel", f"{h.get('release')} ({h.get('arch')})"),
-            ("uptime", f"{h['uptime_seconds']} s" if h.get("uptime_seconds") is not None else "-"),
-            ("taint", h.get("taint") or "-")]
+    return [
+        ("task", f"{task['pid']} ({task['comm']})" if task else "unknown"),
+        ("cpu", str(h.get("cpu"))),
+        ("kernel", f"{h.get('release')} ({h.get('arch')})"),
+        ("uptime", f"{h['uptime_seconds']} s" if h.get("uptime_seconds") is not None else "-"),
+        ("taint", h.get("taint") or "-"),
+    ]
 
 
 def _system_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -54,17 +57,28 @@ def _system_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     if s.get("available", True) and "machine" in s:
         online = s.get("online_cpus")
-        rows += [("machine", f"{s['machine']}  {s['version']}"),
-                 ("cpus", f"{s['cpus']}" + (f" (online at the crash: {online})"
-                                            if online is not None else "")),
-                 ("memory", f"{s['memory_bytes'] / 2**20:.0f} MiB in the dump")]
+        rows += [
+            ("machine", f"{s['machine']}  {s['version']}"),
+            (
+                "cpus",
+                f"{s['cpus']}"
+                + (f" (online at the crash: {online})" if online is not None else ""),
+            ),
+            ("memory", f"{s['memory_bytes'] / 2**20:.0f} MiB in the dump"),
+        ]
     else:
         rows.append(("system", f"unavailable: {s.get('reason')}"))
     excluded = d.get("excluded_pages")
-    rows += [("dump", f"{d['format_description']}, {d['size'] / 2**20:.1f} MiB"
-              + (f"; {excluded} RAM pages excluded" if excluded else "")),
-             ("KASLR offset", d.get("kaslr_offset") or "-"),
-             ("symbols", str(d.get("symbols"))), ("types", str(d.get("types")))]
+    rows += [
+        (
+            "dump",
+            f"{d['format_description']}, {d['size'] / 2**20:.1f} MiB"
+            + (f"; {excluded} RAM pages excluded" if excluded else ""),
+        ),
+        ("KASLR offset", d.get("kaslr_offset") or "-"),
+        ("symbols", str(d.get("symbols"))),
+        ("types", str(d.get("types"))),
+    ]
     return rows
 
 
@@ -86,14 +100,19 @@ def render_text(report: dict[str, Any]) -> str:
     out += ["", "System:"] + [f"{k:>13}: {v}" for k, v in _system_rows(report)]
     log = report.get("log", {})
     out += ["", "Kernel log (last lines):"]
-    out += ["  " + line for line in log.get("lines", [])] if log.get("available") else \
-        [f"  unavailable: {log.get('reason')}"]
+    out += (
+        ["  " + line for line in log.get("lines", [])]
+        if log.get("available")
+        else [f"  unavailable: {log.get('reason')}"]
+    )
     tasks = report.get("tasks", {})
     out.append("")
     if tasks.get("available"):
         states = ", ".join(f"{k}: {v}" for k, v in tasks["by_state"].items())
-        out.append(f"Tasks: {tasks['count']} ({states})"
-                   + (f"  [partial: {tasks['problem']}]" if tasks.get("partial") else ""))
+        out.append(
+            f"Tasks: {tasks['count']} ({states})"
+            + (f"  [partial: {tasks['problem']}]" if tasks.get("partial") else "")
+        )
         for title, key in (("On a CPU", "on_cpu"), ("Uninterruptible (D)", "uninterruptible")):
             out.append(f"{title}:" if tasks[key] else f"{title}: none")
             for t in tasks[key]:
@@ -122,15 +141,24 @@ def render_rich(report: dict[str, Any], console: Console) -> None:
     for k, v in _headline_rows(report):
         head.add_row(Text(k, style="bold"), Text(v))
     bt = Text("\n".join(_bt_lines(report.get("backtrace", {}))))
-    console.print(Panel(Group(head, Text(""), bt), title=Text(_headline_title(report)),
-                        border_style="red", title_align="left"))
+    console.print(
+        Panel(
+            Group(head, Text(""), bt),
+            title=Text(_headline_title(report)),
+            border_style="red",
+            title_align="left",
+        )
+    )
     sysgrid = Table.grid(padding=(0, 2))
     for k, v in _system_rows(report):
         sysgrid.add_row(Text(k, style="bold"), Text(v))
     console.print(Panel(sysgrid, title="System", title_align="left"))
     log = report.get("log", {})
-    body = Text("\n".join(log.get("lines", []))) if log.get("available") else \
-        Text(f"unavailable: {log.get('reason')}", style="yellow")
+    body = (
+        Text("\n".join(log.get("lines", [])))
+        if log.get("available")
+        else Text(f"unavailable: {log.get('reason')}", style="yellow")
+    )
     console.print(Panel(body, title="Kernel log (last lines)", title_align="left"))
     tasks = report.get("tasks", {})
     if tasks.get("available"):
@@ -139,9 +167,13 @@ def render_rich(report: dict[str, Any], console: Console) -> None:
         for col in ("PID", "COMM", "CPU", "ST", "backtrace"):
             table.add_column(col)
         for t in tasks["on_cpu"] + tasks["uninterruptible"]:
-            table.add_row(Text(str(t["pid"])), Text(str(t["comm"])), Text(str(t["cpu"])),
-                          Text(str(t["state"])),
-                          Text("\n".join(_bt_lines(t["backtrace"])[:12])))
+            table.add_row(
+                Text(str(t["pid"])),
+                Text(str(t["comm"])),
+                Text(str(t["cpu"])),
+                Text(str(t["state"])),
+                Text("\n".join(_bt_lines(t["backtrace"])[:12])),
+            )
         console.print(table)
     else:
         console.print(f"[yellow]Tasks unavailable: {escape(str(tasks.get('reason')))}[/]")
@@ -151,8 +183,12 @@ def render_rich(report: dict[str, Any], console: Console) -> None:
         for col in ("name", "base", "size", "taints"):
             table.add_column(col)
         for m in mods["list"]:
-            table.add_row(Text(str(m["name"])), Text(str(m["base"])), Text(str(m["size"])),
-                          Text(str(m["taints"])))
+            table.add_row(
+                Text(str(m["name"])),
+                Text(str(m["base"])),
+                Text(str(m["size"])),
+                Text(str(m["taints"])),
+            )
         console.print(table)
     else:
         console.print(f"[yellow]Modules unavailable: {escape(str(mods.get('reason')))}[/]")
@@ -186,13 +222,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += [f"| {md(k)} | {md(v)} |" for k, v in _system_rows(report)]
     log = report.get("log", {})
     out += ["", "## Kernel log", ""]
-    out += md_code(log.get("lines", []) if log.get("available")
-                   else [f"unavailable: {log.get('reason')}"])
+    out += md_code(
+        log.get("lines", []) if log.get("available") else [f"unavailable: {log.get('reason')}"]
+    )
     tasks = report.get("tasks", {})
     out += ["", "## Tasks", ""]
     if tasks.get("available"):
-        out.append(md(f"{tasks['count']} tasks: "
-                      + ", ".join(f"{k} {v}" for k, v in tasks["by_state"].items())))
+        out.append(
+            md(
+                f"{tasks['count']} tasks: "
+                + ", ".join(f"{k} {v}" for k, v in tasks["by_state"].items())
+            )
+        )
         for t in tasks["on_cpu"] + tasks["uninterruptible"]:
             out += ["", f"### {md(_task_label(t))}", ""] + md_code(_bt_lines(t["backtrace"]))
     else:
@@ -201,8 +242,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["", "## Modules", ""]
     if mods.get("available"):
         out += ["| name | base | size | taints |", "|---|---|---|---|"]
-        out += [f"| {md(m['name'])} | {md(m['base'])} | {m['size']} | {md(m['taints'])} |"
-                for m in mods["list"]]
+        out += [
+            f"| {md(m['name'])} | {md(m['base'])} | {m['size']} | {md(m['taints'])} |"
+            for m in mods["list"]
+        ]
     else:
         out.append(md(f"unavailable: {mods.get('reason')}"))
     if report.get("problems"):

@@ -4,6 +4,7 @@ Order of preference: (1) the vmlinux's .symtab (build id checked against
 VMCOREINFO, relocated by the KASLR slide), (2) a System.map (given, or found
 next to the vmlinux), (3) kallsyms decoded from the dump's own memory.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -17,12 +18,19 @@ from .vmlinux import VmlinuxFile
 if TYPE_CHECKING:
     from ..dump import Dump
 
-__all__ = ["Symbol", "SymbolTable", "load_symbols", "symbols_from_vmlinux",
-           "symbols_from_system_map", "symbols_from_kallsyms", "check_build_id",
-           "FUNCTION_TYPES"]
+__all__ = [
+    "Symbol",
+    "SymbolTable",
+    "load_symbols",
+    "symbols_from_vmlinux",
+    "symbols_from_system_map",
+    "symbols_from_kallsyms",
+    "check_build_id",
+    "FUNCTION_TYPES",
+]
 
 
-def check_build_id(dump: "Dump", image: VmlinuxFile) -> None:
+def check_build_id(dump: Dump, image: VmlinuxFile) -> None:
     """Raise SymbolError when VMCOREINFO's BUILD-ID is not among the vmlinux's."""
     info = dump.vmcoreinfo
     want = info.build_id.lower() if info and info.build_id else None
@@ -30,11 +38,14 @@ def check_build_id(dump: "Dump", image: VmlinuxFile) -> None:
         return
     have = image.build_ids()
     if have and want not in have:
-        raise SymbolError(f"vmlinux build id {', '.join(have)} does not match the dump's "
-                          f"VMCOREINFO BUILD-ID {want}", image.path)
+        raise SymbolError(
+            f"vmlinux build id {', '.join(have)} does not match the dump's "
+            f"VMCOREINFO BUILD-ID {want}",
+            image.path,
+        )
 
 
-def _slide(dump: "Dump", link_stext: int | None, what: str) -> int:
+def _slide(dump: Dump, link_stext: int | None, what: str) -> int:
     """KASLR slide: KERNELOFFSET where the kernel exports it (x86_64, arm64),
     else runtime SYMBOL(_stext) minus the link-time _stext (i386)."""
     info = dump.vmcoreinfo
@@ -51,8 +62,9 @@ def _slide(dump: "Dump", link_stext: int | None, what: str) -> int:
 def _relocate(cols: SymbolColumns, slide: int, word_size: int) -> SymbolColumns:
     if not slide:
         return cols
-    return SymbolColumns(cols.names, relocated(cols.addresses, cols.types, slide, word_size),
-                         cols.types, cols.sizes)
+    return SymbolColumns(
+        cols.names, relocated(cols.addresses, cols.types, slide, word_size), cols.types, cols.sizes
+    )
 
 
 def _link_stext(cols: SymbolColumns) -> int | None:
@@ -62,7 +74,7 @@ def _link_stext(cols: SymbolColumns) -> int | None:
         return None
 
 
-def symbols_from_vmlinux(dump: "Dump", path: str) -> SymbolTable:
+def symbols_from_vmlinux(dump: Dump, path: str) -> SymbolTable:
     image = VmlinuxFile(path)
     try:
         check_build_id(dump, image)
@@ -70,25 +82,33 @@ def symbols_from_vmlinux(dump: "Dump", path: str) -> SymbolTable:
     finally:
         image.close()
     slide = _slide(dump, _link_stext(cols), path)
-    return SymbolTable(_relocate(cols, slide, dump.word_size), "vmlinux", slide,
-                       dump.word_size, path)
+    return SymbolTable(
+        _relocate(cols, slide, dump.word_size), "vmlinux", slide, dump.word_size, path
+    )
 
 
-def symbols_from_system_map(dump: "Dump", path: str) -> SymbolTable:
+def symbols_from_system_map(dump: Dump, path: str) -> SymbolTable:
     cols = SymbolColumns.from_symbols(read_system_map(path))
     slide = _slide(dump, _link_stext(cols), path)
-    return SymbolTable(_relocate(cols, slide, dump.word_size), "System.map", slide,
-                       dump.word_size, path)
+    return SymbolTable(
+        _relocate(cols, slide, dump.word_size), "System.map", slide, dump.word_size, path
+    )
 
 
-def symbols_from_kallsyms(dump: "Dump") -> SymbolTable:
+def symbols_from_kallsyms(dump: Dump) -> SymbolTable:
     info = dump.vmcoreinfo
-    return SymbolTable(read_kallsyms_columns(dump), "kallsyms",
-                       info.kernel_offset if info else 0, dump.word_size, dump.path)
+    return SymbolTable(
+        read_kallsyms_columns(dump),
+        "kallsyms",
+        info.kernel_offset if info else 0,
+        dump.word_size,
+        dump.path,
+    )
 
 
-def load_symbols(dump: "Dump", system_map: str | None = None,
-                 prefer: str | None = None) -> SymbolTable:
+def load_symbols(
+    dump: Dump, system_map: str | None = None, prefer: str | None = None
+) -> SymbolTable:
     """The best symbol table for `dump`. `system_map` (or dump.system_map,
     from `kvmcore.open(..., system_map=)` and the CLI's --system-map) names
     a System.map, else one is looked for next to the vmlinux; `prefer` forces

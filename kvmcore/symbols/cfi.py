@@ -14,11 +14,12 @@ symbol file allocates no bytes), and gdb reads it from any objfile, shifting
 every FDE by the objfile's .text offset - the same qOffsets shift that moves
 the kernel symbols from link to runtime addresses.
 """
+
 from __future__ import annotations
 
 import struct
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import Hashable, Iterable
 
 from ..errors import SymbolError
 
@@ -142,8 +143,14 @@ def if_zero_else(test: bytes, when_zero: bytes, otherwise: bytes) -> bytes:
     `otherwise` (each branch pushes one value; the stack below is kept)."""
     # test; bra L_other; when_zero; skip L_end; L_other: otherwise; L_end:
     skip = bytes([DW_OP_skip]) + struct.pack("<h", len(otherwise))
-    return (test + bytes([DW_OP_bra]) + struct.pack("<h", len(when_zero) + len(skip))
-            + when_zero + skip + otherwise)
+    return (
+        test
+        + bytes([DW_OP_bra])
+        + struct.pack("<h", len(when_zero) + len(skip))
+        + when_zero
+        + skip
+        + otherwise
+    )
 
 
 # -- the table -----------------------------------------------------------------
@@ -193,9 +200,16 @@ class DebugFrameWriter:
             return at
         lay = self.layout
         aug = b"zS\0" if signal else b"\0"
-        body = (struct.pack(self.e + "I", 0xFFFFFFFF) + bytes([1]) + aug + uleb(lay.code_align)
-                + sleb(lay.data_align) + bytes([lay.return_column])
-                + (b"\0" if signal else b"") + lay.initial)
+        body = (
+            struct.pack(self.e + "I", 0xFFFFFFFF)
+            + bytes([1])
+            + aug
+            + uleb(lay.code_align)
+            + sleb(lay.data_align)
+            + bytes([lay.return_column])
+            + (b"\0" if signal else b"")
+            + lay.initial
+        )
         at = len(self.out)
         self._entry(body)
         self.cies[signal] = at
@@ -225,12 +239,15 @@ class DebugFrameWriter:
                 loc = addr
             code += instructions
         mask = (1 << (8 * self.layout.address_size)) - 1
-        self._entry(struct.pack(self.e + "I" + self.addr + self.addr, cie, start & mask,
-                                (end - start) & mask) + code)
+        self._entry(
+            struct.pack(
+                self.e + "I" + self.addr + self.addr, cie, start & mask, (end - start) & mask
+            )
+            + code
+        )
 
 
-def encode_debug_frame(ranges: Iterable[CfiRange], layout: CfiLayout,
-                       shift: int = 0) -> bytes:
+def encode_debug_frame(ranges: Iterable[CfiRange], layout: CfiLayout, shift: int = 0) -> bytes:
     """The .debug_frame bytes for `ranges`, every address moved by -`shift`
     (the symbol file's link-address view). Consecutive equal rules merge into
     one row; an FDE ends where the kind changes or after MAX_ROWS_PER_FDE rows."""
@@ -249,16 +266,24 @@ def encode_debug_frame(ranges: Iterable[CfiRange], layout: CfiLayout,
 
         def flush(end: int) -> None:
             if fde_start is not None and end > fde_start:
-                writer.fde(fde_start - shift, end - shift,
-                           [(a - shift, i) for a, i in fde_rows], current.signal)
+                writer.fde(
+                    fde_start - shift,
+                    end - shift,
+                    [(a - shift, i) for a, i in fde_rows],
+                    current.signal,
+                )
 
         for start, rule, stop in zip(rng.starts, rng.rules, bounds):
             if stop <= start:
                 continue  # an empty row (a duplicate address: the last one wins)
             if rule is current and fde_start is not None:
                 continue
-            if (current is None or rule.kind != current.kind or rule.signal != current.signal
-                    or len(fde_rows) >= MAX_ROWS_PER_FDE):
+            if (
+                current is None
+                or rule.kind != current.kind
+                or rule.signal != current.signal
+                or len(fde_rows) >= MAX_ROWS_PER_FDE
+            ):
                 flush(start)
                 fde_start, fde_rows = start, []
             elif rule == current:

@@ -14,6 +14,7 @@ link addresses too (module rows included). The file is written with struct
 rather than lief: lief edits existing ELFs well but has no simple way to
 build one from nothing.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,13 @@ class _Strings:
         return off
 
 
-def write_symbol_file(symtab: SymbolTable, path: str, arch: str, kernel_offset: int = 0,
-                      debug_frame: bytes | None = None) -> None:
+def write_symbol_file(
+    symtab: SymbolTable,
+    path: str,
+    arch: str,
+    kernel_offset: int = 0,
+    debug_frame: bytes | None = None,
+) -> None:
     """Write `symtab`'s kernel-half symbols to an ELF file at `path`; vmlinux
     symbols moved back by `kernel_offset` to their link addresses. `debug_frame`
     (kvmcore.symbols.cfi) becomes a .debug_frame section, for gdb to unwind with."""
@@ -71,25 +77,30 @@ def write_symbol_file(symtab: SymbolTable, path: str, arch: str, kernel_offset: 
         lo = min(s.address for s in syms)
         hi = max(s.address + max(s.size, 1) for s in syms)
         name = ".text" if module is None else f".text.{module}"
-        sections.append((shstr.add(name), SHT_NOBITS, SHF_ALLOC | SHF_EXECINSTR | SHF_WRITE,
-                         lo, hi - lo))
+        sections.append(
+            (shstr.add(name), SHT_NOBITS, SHF_ALLOC | SHF_EXECINSTR | SHF_WRITE, lo, hi - lo)
+        )
         shndx = len(sections)
         for s in syms:
             stype = STT_FUNC if s.type in "tTwW" else STT_OBJECT
             bind = STB_GLOBAL if s.type.isupper() else STB_LOCAL
             entries.append((strtab.add(s.name), s.address, s.size, (bind << 4) | stype, shndx))
     entries.sort(key=lambda e: e[3] >> 4)  # ELF wants locals first
-    first_global = next((i + 1 for i, e in enumerate(entries) if e[3] >> 4 != STB_LOCAL),
-                        len(entries) + 1)
+    first_global = next(
+        (i + 1 for i, e in enumerate(entries) if e[3] >> 4 != STB_LOCAL), len(entries) + 1
+    )
     e = "<" if symtab_byteorder(arch) == "little" else ">"
     if is64:
         sym_fmt, sym_size = e + "IBBHQQ", 24
         packed = b"\0" * sym_size + b"".join(
-            struct.pack(sym_fmt, n, info, 0, sh, v, sz) for n, v, sz, info, sh in entries)
+            struct.pack(sym_fmt, n, info, 0, sh, v, sz) for n, v, sz, info, sh in entries
+        )
     else:
         sym_fmt, sym_size = e + "IIIBBH", 16
         packed = b"\0" * sym_size + b"".join(
-            struct.pack(sym_fmt, n, v & 0xFFFFFFFF, sz, info, 0, sh) for n, v, sz, info, sh in entries)
+            struct.pack(sym_fmt, n, v & 0xFFFFFFFF, sz, info, 0, sh)
+            for n, v, sz, info, sh in entries
+        )
     symtab_name, strtab_name = shstr.add(".symtab"), shstr.add(".strtab")
     shstrtab_name = shstr.add(".shstrtab")
     frame = debug_frame or b""
@@ -106,19 +117,44 @@ def write_symbol_file(symtab: SymbolTable, path: str, arch: str, kernel_offset: 
     i_strtab, i_shstr = n_alloc + 2, n_alloc + 3
     shnum = n_alloc + 4 + (1 if frame else 0)
 
-    def shdr(name: int, typ: int, flags: int, addr: int, off: int, size: int, link: int = 0,
-             info: int = 0, align: int = 1, entsize: int = 0) -> bytes:
+    def shdr(
+        name: int,
+        typ: int,
+        flags: int,
+        addr: int,
+        off: int,
+        size: int,
+        link: int = 0,
+        info: int = 0,
+        align: int = 1,
+        entsize: int = 0,
+    ) -> bytes:
         if is64:
-            return struct.pack(e + "IIQQQQIIQQ", name, typ, flags, addr, off, size, link, info,
-                               align, entsize)
-        return struct.pack(e + "IIIIIIIIII", name, typ, flags, addr & 0xFFFFFFFF, off, size,
-                           link, info, align, entsize)
+            return struct.pack(
+                e + "IIQQQQIIQQ", name, typ, flags, addr, off, size, link, info, align, entsize
+            )
+        return struct.pack(
+            e + "IIIIIIIIII",
+            name,
+            typ,
+            flags,
+            addr & 0xFFFFFFFF,
+            off,
+            size,
+            link,
+            info,
+            align,
+            entsize,
+        )
 
     headers = [shdr(0, 0, 0, 0, 0, 0)]
     for sh_name, typ, flags, addr, size in sections:
         headers.append(shdr(sh_name, typ, flags, addr, 0, size, align=16))
-    headers.append(shdr(symtab_name, SHT_SYMTAB, 0, 0, off_sym, len(packed), i_strtab,
-                        first_global, 8, sym_size))
+    headers.append(
+        shdr(
+            symtab_name, SHT_SYMTAB, 0, 0, off_sym, len(packed), i_strtab, first_global, 8, sym_size
+        )
+    )
     headers.append(shdr(strtab_name, SHT_STRTAB, 0, 0, off_str, len(strtab.data)))
     headers.append(shdr(shstrtab_name, SHT_STRTAB, 0, 0, off_shstr, len(shstr.data)))
     if frame:
@@ -126,11 +162,39 @@ def write_symbol_file(symtab: SymbolTable, path: str, arch: str, kernel_offset: 
 
     ident = b"\x7fELF" + bytes([2 if is64 else 1, 1 if e == "<" else 2, 1, 0]) + b"\0" * 8
     if is64:
-        ehdr = ident + struct.pack(e + "HHIQQQIHHHHHH", 2, machine, 1, 0, 0, off_sh, 0,
-                                   ehdr_size, 0, 0, shent, shnum, i_shstr)
+        ehdr = ident + struct.pack(
+            e + "HHIQQQIHHHHHH",
+            2,
+            machine,
+            1,
+            0,
+            0,
+            off_sh,
+            0,
+            ehdr_size,
+            0,
+            0,
+            shent,
+            shnum,
+            i_shstr,
+        )
     else:
-        ehdr = ident + struct.pack(e + "HHIIIIIHHHHHH", 2, machine, 1, 0, 0, off_sh, 0,
-                                   ehdr_size, 0, 0, shent, shnum, i_shstr)
+        ehdr = ident + struct.pack(
+            e + "HHIIIIIHHHHHH",
+            2,
+            machine,
+            1,
+            0,
+            0,
+            off_sh,
+            0,
+            ehdr_size,
+            0,
+            0,
+            shent,
+            shnum,
+            i_shstr,
+        )
     body = ehdr + packed + bytes(strtab.data) + bytes(shstr.data)
     body += b"\0" * (off_frame - len(body)) + frame
     body += b"\0" * (off_sh - len(body))

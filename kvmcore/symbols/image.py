@@ -1,8 +1,10 @@
 """Searching the kernel image in dump memory, for what no symbol names (the
 last-resort scans of kvmcore.linux.scan, the BTF blob of kvmcore.types)."""
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from ..errors import AddressError, KvmcoreError
 
@@ -13,7 +15,7 @@ IMAGE_SCAN_LIMIT = 160 << 20  # no kernel image is larger
 CHUNK = 4 << 20
 
 
-def image_start(dump: "Dump") -> int | None:
+def image_start(dump: Dump) -> int | None:
     info = dump.vmcoreinfo
     start = info.symbol("_stext") if info else None
     if start is None:
@@ -24,8 +26,7 @@ def image_start(dump: "Dump") -> int | None:
     return start
 
 
-def scan_kernel_image(dump: "Dump", pattern: bytes, limit: int = IMAGE_SCAN_LIMIT
-                      ) -> Iterator[int]:
+def scan_kernel_image(dump: Dump, pattern: bytes, limit: int = IMAGE_SCAN_LIMIT) -> Iterator[int]:
     """Kernel virtual addresses of `pattern` in the kernel image, which is
     physically contiguous from _stext on the architectures kvmcore reads."""
     start = image_start(dump)
@@ -52,7 +53,7 @@ def scan_kernel_image(dump: "Dump", pattern: bytes, limit: int = IMAGE_SCAN_LIMI
         off += CHUNK
 
 
-def read_pages(dump: "Dump", pa: int, length: int) -> bytes | None:
+def read_pages(dump: Dump, pa: int, length: int) -> bytes | None:
     """Read page by page, zero-filling pages the dump lacks; None when the
     first page is already missing (the end of memory)."""
     out = bytearray()
@@ -64,5 +65,3 @@ def read_pages(dump: "Dump", pa: int, length: int) -> bytes | None:
                 return None
             out += bytes(4096)
     return bytes(out)
-
-

@@ -16,6 +16,7 @@ symbol table. Layout (as built by scripts/kallsyms.c):
   absolute value and a negative one means base - 1 - offset. Older kernels
   store ``kallsyms_addresses`` (unsigned long each) instead.
 """
+
 from __future__ import annotations
 
 import struct
@@ -37,12 +38,15 @@ MAX_NAMES_BYTES = 64 << 20
 CACHE_NAME = "kallsyms-names.v1"
 
 
-def _need(dump: "Dump", name: str) -> int:
+def _need(dump: Dump, name: str) -> int:
     info = dump.vmcoreinfo
     addr = info.symbol(name) if info else None
     if addr is None:
-        raise SymbolError(f"VMCOREINFO has no SYMBOL({name}): cannot decode kallsyms "
-                          "(needs Linux 6.0+ or a vmlinux/System.map)", dump.path)
+        raise SymbolError(
+            f"VMCOREINFO has no SYMBOL({name}): cannot decode kallsyms "
+            "(needs Linux 6.0+ or a vmlinux/System.map)",
+            dump.path,
+        )
     return addr
 
 
@@ -54,14 +58,14 @@ def _info(dump: Dump) -> VmcoreInfo:
     return info
 
 
-def _read(dump: "Dump", addr: int, length: int, what: str) -> bytes:
+def _read(dump: Dump, addr: int, length: int, what: str) -> bytes:
     try:
         return dump.read(addr, length)
     except KvmcoreError as exc:
         raise SymbolError(f"cannot read {what} at {addr:#x}: {exc.message}", dump.path) from None
 
 
-def read_tokens(dump: "Dump") -> list[bytes]:
+def read_tokens(dump: Dump) -> list[bytes]:
     index_addr = _need(dump, "kallsyms_token_index")
     table_addr = _need(dump, "kallsyms_token_table")
     index = struct.unpack(dump._e + "256H", _read(dump, index_addr, 512, "kallsyms_token_index"))
@@ -75,7 +79,7 @@ def read_tokens(dump: "Dump") -> list[bytes]:
     return tokens
 
 
-def _read_num_syms(dump: "Dump") -> int:
+def _read_num_syms(dump: Dump) -> int:
     addr = _need(dump, "kallsyms_num_syms")
     n = dump.read_u32(addr)
     if n == 0 and dump.byteorder == "big" and dump.word_size == 8:
@@ -85,7 +89,7 @@ def _read_num_syms(dump: "Dump") -> int:
     return n
 
 
-def _names_bytes(dump: "Dump", num: int) -> bytes:
+def _names_bytes(dump: Dump, num: int) -> bytes:
     names_addr = _need(dump, "kallsyms_names")
     # The names end before kallsyms_markers, which the linker places before
     # the token table; read up to there when it lies after the names.
@@ -116,7 +120,7 @@ def _entry_starts(data: bytes, num: int, path: str) -> list[int]:
     return starts
 
 
-def _expanded_text(dump: "Dump", num: int, tokens: list[bytes]) -> str:
+def _expanded_text(dump: Dump, num: int, tokens: list[bytes]) -> str:
     """Every symbol's expanded text (type letter, then name), each preceded
     by a newline; from the build-id cache when it holds the expansion of
     exactly these bytes."""
@@ -144,7 +148,7 @@ def _expand(data: bytes, num: int, tokens: list[bytes], path: str) -> str:
     # length prefix expanding to a newline instead: one join, one split
     # (per-symbol joins cost 5x more; str.join beats bytes.join several times).
     text_tokens = [t.decode("latin-1") for t in tokens]
-    parts = list(map(text_tokens.__getitem__, data[:starts[num]]))
+    parts = list(map(text_tokens.__getitem__, data[: starts[num]]))
     for pos in starts[:num]:
         parts[pos] = "\n"
         if data[pos] & 0x80:
@@ -152,7 +156,7 @@ def _expand(data: bytes, num: int, tokens: list[bytes], path: str) -> str:
     return "".join(parts)
 
 
-def decode_addresses(dump: "Dump", num: int, absolute_percpu: bool) -> list[int]:
+def decode_addresses(dump: Dump, num: int, absolute_percpu: bool) -> list[int]:
     info = _info(dump)
     mask = (1 << (dump.word_size * 8)) - 1
     if info.symbol("kallsyms_offsets") is None and info.symbol("kallsyms_addresses") is not None:
@@ -167,7 +171,7 @@ def decode_addresses(dump: "Dump", num: int, absolute_percpu: bool) -> list[int]
     return [off if off >= 0 else (base - 1 - off) & mask for off in offsets]
 
 
-def read_kallsyms_columns(dump: "Dump") -> SymbolColumns:
+def read_kallsyms_columns(dump: Dump) -> SymbolColumns:
     """Decode every kallsyms entry from dumped memory (runtime addresses)."""
     num = _read_num_syms(dump)
     tokens = read_tokens(dump)
@@ -186,10 +190,15 @@ def read_kallsyms_columns(dump: "Dump") -> SymbolColumns:
             if other[i] == stext:
                 addrs = other
             else:
-                raise SymbolError(f"kallsyms decodes _stext to {addrs[i]:#x}, VMCOREINFO says "
-                                  f"{stext:#x}", dump.path)
+                raise SymbolError(
+                    f"kallsyms decodes _stext to {addrs[i]:#x}, VMCOREINFO says {stext:#x}",
+                    dump.path,
+                )
     if "" in entries:  # empty entries name nothing
         keep = list(map(bool, entries))
         entries, addrs = list(compress(entries, keep)), list(compress(addrs, keep))
-    return SymbolColumns(names=list(map(itemgetter(slice(1, None)), entries)),
-                         addresses=addrs, types=list(map(itemgetter(0), entries)))
+    return SymbolColumns(
+        names=list(map(itemgetter(slice(1, None)), entries)),
+        addresses=addrs,
+        types=list(map(itemgetter(0), entries)),
+    )

@@ -1,4 +1,5 @@
 """System.map: `address type name` lines, link-time addresses."""
+
 from __future__ import annotations
 
 import os
@@ -41,7 +42,7 @@ def find_system_map(vmlinux: str, release: str | None) -> str | None:
     if release:
         candidates.append(f"System.map-{release}")
     if base.startswith("vmlinux-"):
-        candidates.append("System.map-" + base[len("vmlinux-"):])
+        candidates.append("System.map-" + base[len("vmlinux-") :])
     candidates.append("System.map")
     for name in candidates:
         path = os.path.join(folder, name)

@@ -6,12 +6,13 @@ makes a Symbol object only for what a query returns. The name index is two
 dicts built in bulk; the address index is sorted once, on the first address
 query after symbols were added.
 """
+
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
-from typing import Iterable, Iterator, Sequence
 
 from ..errors import SymbolError
 
@@ -58,19 +59,22 @@ class SymbolColumns:
         return len(self.names)
 
     @classmethod
-    def from_symbols(cls, symbols: Iterable[Symbol]) -> "SymbolColumns":
+    def from_symbols(cls, symbols: Iterable[Symbol]) -> SymbolColumns:
         syms = list(symbols)
         modules = [s.module for s in syms]
-        return cls([s.name for s in syms], [s.address for s in syms],
-                   [s.type for s in syms], [s.size for s in syms],
-                   modules if any(modules) else None)
+        return cls(
+            [s.name for s in syms],
+            [s.address for s in syms],
+            [s.type for s in syms],
+            [s.size for s in syms],
+            modules if any(modules) else None,
+        )
 
 
 # Among symbols sharing one address, which to show: code first, globals
 # before locals, then names without a leading underscore.
 def _display_rank(name: str, typ: str) -> tuple[int, int, int]:
-    return (0 if typ in "Tt" else 1, 0 if typ.isupper() else 1,
-            1 if name.startswith("_") else 0)
+    return (0 if typ in "Tt" else 1, 0 if typ.isupper() else 1, 1 if name.startswith("_") else 0)
 
 
 class SymbolTable:
@@ -84,8 +88,14 @@ class SymbolTable:
     symbolize ordinary addresses.
     """
 
-    def __init__(self, symbols: "Iterable[Symbol] | SymbolColumns", source: str,
-                 kaslr_offset: int = 0, word_size: int = 8, origin: str | None = None) -> None:
+    def __init__(
+        self,
+        symbols: Iterable[Symbol] | SymbolColumns,
+        source: str,
+        kaslr_offset: int = 0,
+        word_size: int = 8,
+        origin: str | None = None,
+    ) -> None:
         self.source = source
         self.kaslr_offset = kaslr_offset
         self.word_size = word_size
@@ -105,7 +115,9 @@ class SymbolTable:
         self._addrs: list[int] = []
         self._sorted_upto = 0
         self.modules: dict[str, list[Symbol]] = {}
-        cols = symbols if isinstance(symbols, SymbolColumns) else SymbolColumns.from_symbols(symbols)
+        cols = (
+            symbols if isinstance(symbols, SymbolColumns) else SymbolColumns.from_symbols(symbols)
+        )
         self._append(cols, None)
 
     # -- building ----------------------------------------------------------
@@ -113,9 +125,11 @@ class SymbolTable:
         base, n = len(self._names), len(cols)
         if not n:
             return
-        if not (len(cols.addresses) == len(cols.types) == n
-                and (cols.sizes is None or len(cols.sizes) == n)
-                and (cols.modules is None or len(cols.modules) == n)):
+        if not (
+            len(cols.addresses) == len(cols.types) == n
+            and (cols.sizes is None or len(cols.sizes) == n)
+            and (cols.modules is None or len(cols.modules) == n)
+        ):
             raise SymbolError("symbol columns of unequal length", self.origin)
         self._names.extend(cols.names)
         self._addresses.extend(cols.addresses)
@@ -136,9 +150,10 @@ class SymbolTable:
         total = len(self._addresses)
         if self._sorted_upto < total:
             addresses = self._addresses
-            new = compress(range(self._sorted_upto, total),
-                           map(self._kernel_floor.__le__,
-                               addresses[self._sorted_upto:total]))
+            new = compress(
+                range(self._sorted_upto, total),
+                map(self._kernel_floor.__le__, addresses[self._sorted_upto : total]),
+            )
             order = self._order + list(new)
             # stable, and near-linear: kallsyms is address-sorted, and the old
             # index is one sorted run
@@ -148,15 +163,19 @@ class SymbolTable:
             self._sorted_upto = total
         return self._addrs, self._order
 
-    def add_module_symbols(self, module_name: str,
-                           symbols: Iterable[Symbol | ModuleSymbol]) -> None:
+    def add_module_symbols(
+        self, module_name: str, symbols: Iterable[Symbol | ModuleSymbol]
+    ) -> None:
         """Add a loaded module's symbols: Symbol objects or (name, address[,
         size[, type]]) tuples, runtime addresses."""
         syms: list[Symbol] = []
         for item in symbols:
             if isinstance(item, Symbol):
-                sym = item if item.module == module_name else Symbol(
-                    item.name, item.address, item.size, item.type, module_name)
+                sym = (
+                    item
+                    if item.module == module_name
+                    else Symbol(item.name, item.address, item.size, item.type, module_name)
+                )
             else:
                 name, address, *_ = item
                 # by length, not from the unpacked rest: mypy types each tuple shape
@@ -174,8 +193,9 @@ class SymbolTable:
 
     # -- single symbols ------------------------------------------------------
     def _symbol(self, i: int) -> Symbol:
-        return Symbol(self._names[i], self._addresses[i], self._sizes[i], self._types[i],
-                      self._modules_of[i])
+        return Symbol(
+            self._names[i], self._addresses[i], self._sizes[i], self._types[i], self._modules_of[i]
+        )
 
     def _indexes_of(self, name: str) -> list[int]:
         first = self._first.get(name)
@@ -213,13 +233,17 @@ class SymbolTable:
         if first is None or first == self._last[name]:
             return first
         # Prefer the vmlinux's own symbol, then a global one.
-        return min(self._indexes_of(name), key=lambda i: (self._modules_of[i] is not None,
-                                                           not self._types[i].isupper()))
+        return min(
+            self._indexes_of(name),
+            key=lambda i: (self._modules_of[i] is not None, not self._types[i].isupper()),
+        )
 
     def symbol(self, name: str) -> Symbol:
         i = self._preferred(name)
         if i is None:
-            raise SymbolError(f"symbol {name!r} not found in the {self.source} symbols", self.origin)
+            raise SymbolError(
+                f"symbol {name!r} not found in the {self.source} symbols", self.origin
+            )
         return self._symbol(i)
 
     def lookup(self, name: str) -> int:
@@ -269,13 +293,15 @@ class SymbolTable:
         return f"<SymbolTable {self.source} {len(self)} symbols kaslr={self.kaslr_offset:#x}>"
 
 
-def relocated(addresses: Sequence[int], types: Sequence[str], slide: int,
-              word_size: int) -> list[int]:
+def relocated(
+    addresses: Sequence[int], types: Sequence[str], slide: int, word_size: int
+) -> list[int]:
     """`addresses` moved by a KASLR `slide`: only kernel-half addresses move;
     per-cpu offsets and absolute values (types a/A) stay."""
     if not slide:
         return list(addresses)
     floor = 1 << (word_size * 8 - 1)
     mask = (1 << (word_size * 8)) - 1
-    return [(a + slide) & mask if a >= floor and t not in "aA" else a
-            for a, t in zip(addresses, types)]
+    return [
+        (a + slide) & mask if a >= floor and t not in "aA" else a for a, t in zip(addresses, types)
+    ]

@@ -3,6 +3,7 @@ layers need: section headers, .symtab/.strtab, GNU build ids, raw section
 bytes (.BTF). Parsing the symbol table with struct.iter_unpack over an mmap
 takes a fraction of a second for a 633 MB debug vmlinux, where pyelftools'
 per-symbol objects would be much slower; DWARF is never touched here."""
+
 from __future__ import annotations
 
 import os
@@ -21,13 +22,28 @@ STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE = 0, 1, 2, 3, 4
 STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
 NT_GNU_BUILD_ID = 3
 PT_INTERP = 3
-_NOT_A_KERNEL_TYPE = {0: "ELF type ET_NONE", 1: "a relocatable object (a kernel module?)",
-                      4: "an ELF core file (is it the dump? the dump comes first)"}
+_NOT_A_KERNEL_TYPE = {
+    0: "ELF type ET_NONE",
+    1: "a relocatable object (a kernel module?)",
+    4: "an ELF core file (is it the dump? the dump comes first)",
+}
 #: sections every Linux vmlinux (any arch) or FreeBSD kernel has, one is enough
-KERNEL_SECTIONS = frozenset({
-    ".init.text", ".head.text", "__ksymtab", "__ksymtab_gpl", "__ksymtab_strings",
-    "__ex_table", "__param", ".data..percpu", ".BTF",
-    "set_sysinit_set", "set_modmetadata_set", "set_pcpu"})
+KERNEL_SECTIONS = frozenset(
+    {
+        ".init.text",
+        ".head.text",
+        "__ksymtab",
+        "__ksymtab_gpl",
+        "__ksymtab_strings",
+        "__ex_table",
+        "__param",
+        ".data..percpu",
+        ".BTF",
+        "set_sysinit_set",
+        "set_modmetadata_set",
+        "set_pcpu",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -62,26 +78,26 @@ class VmlinuxFile:
             raise SymbolError("not a vmlinux: not an ELF file", self.path)
         self.elf_class = head[4]
         if self.elf_class not in (1, 2) or head[5] not in (1, 2):
-            raise SymbolError(f"not a vmlinux: bad ELF class {head[4]} / data encoding "
-                              f"{head[5]}", self.path)
+            raise SymbolError(
+                f"not a vmlinux: bad ELF class {head[4]} / data encoding {head[5]}", self.path
+            )
         self.is64 = self.elf_class == 2
         self.byteorder = "little" if head[5] == 1 else "big"
         self._e = "<" if head[5] == 1 else ">"
         e = self._e
         if len(head) < (64 if self.is64 else 52):
-            raise SymbolError(f"truncated ELF: {size} bytes, shorter than its ELF header",
-                              self.path)
+            raise SymbolError(
+                f"truncated ELF: {size} bytes, shorter than its ELF header", self.path
+            )
         if self.is64:
             self.e_type, self.machine = struct.unpack_from(e + "HH", head, 16)
             phoff, shoff = struct.unpack_from(e + "QQ", head, 32)
-            phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from(e + "HHHHH",
-                                                                              head, 54)
+            phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from(e + "HHHHH", head, 54)
             shfmt, phfmt = e + "IIQQQQIIQQ", e + "I"
         else:
             self.e_type, self.machine = struct.unpack_from(e + "HH", head, 16)
             phoff, shoff = struct.unpack_from(e + "II", head, 28)
-            phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from(e + "HHHHH",
-                                                                              head, 42)
+            phentsize, phnum, shentsize, shnum, shstrndx = struct.unpack_from(e + "HHHHH", head, 42)
             shfmt, phfmt = e + "IIIIIIIIII", e + "I"
         kind = _NOT_A_KERNEL_TYPE.get(self.e_type)
         if kind:
@@ -90,13 +106,15 @@ class VmlinuxFile:
         if shoff == 0 or shnum == 0:
             raise SymbolError("not a vmlinux: the ELF has no section headers", self.path)
         if shentsize < shsize:
-            raise SymbolError(f"corrupt ELF: section header size {shentsize}, expected "
-                              f"{shsize}", self.path)
+            raise SymbolError(
+                f"corrupt ELF: section header size {shentsize}, expected {shsize}", self.path
+            )
         if shoff + shnum * shentsize > size:
             raise SymbolError(
                 f"truncated or corrupt ELF: its section header table ({shnum} x {shentsize} "
                 f"bytes at {shoff:#x}) runs past the end of the file ({size:#x} bytes)",
-                self.path)
+                self.path,
+            )
         table = self._read(shoff, shnum * shentsize)
         raw = [struct.unpack_from(shfmt, table, i * shentsize) for i in range(shnum)]
         if shstrndx >= shnum:
@@ -106,25 +124,31 @@ class VmlinuxFile:
         self.sections: list[Section] = []
         for i, (nm, typ, flags, addr, off, sz, link, _info, _align, ent) in enumerate(raw):
             end = names.find(b"\0", nm)
-            name = names[nm:end if end >= 0 else len(names)].decode("latin-1")
+            name = names[nm : end if end >= 0 else len(names)].decode("latin-1")
             sec = Section(i, name, typ, flags, addr, off, sz, link, ent)
             if typ != SHT_NOBITS and sz and off + sz > size:
                 raise SymbolError(
                     f"truncated or corrupt ELF: section {name or i} ({sz:#x} bytes at "
-                    f"{off:#x}) runs past the end of the file ({size:#x} bytes)", self.path)
+                    f"{off:#x}) runs past the end of the file ({size:#x} bytes)",
+                    self.path,
+                )
             self.sections.append(sec)
         interp = any(s.name == ".interp" for s in self.sections)
         if not interp and phoff and phentsize >= 4 and phoff + phnum * phentsize <= size:
             ph = self._read(phoff, phnum * phentsize)
-            interp = any(struct.unpack_from(phfmt, ph, i * phentsize)[0] == PT_INTERP
-                         for i in range(phnum))
+            interp = any(
+                struct.unpack_from(phfmt, ph, i * phentsize)[0] == PT_INTERP for i in range(phnum)
+            )
         if interp:
-            raise SymbolError("not a vmlinux: a user-space program (it names an ELF "
-                              "interpreter)", self.path)
+            raise SymbolError(
+                "not a vmlinux: a user-space program (it names an ELF interpreter)", self.path
+            )
         if not self._looks_like_a_kernel():
             raise SymbolError(
                 "not a vmlinux: no kernel sections (.init.text, __ksymtab, set_sysinit_set, "
-                "...) and no section at a kernel address", self.path)
+                "...) and no section at a kernel address",
+                self.path,
+            )
 
     def _looks_like_a_kernel(self) -> bool:
         if any(s.name in KERNEL_SECTIONS for s in self.sections):
@@ -136,8 +160,11 @@ class VmlinuxFile:
 
     def _read(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > self.size:
-            raise SymbolError(f"truncated or corrupt ELF: read of {length:#x} bytes at "
-                              f"{offset:#x} runs past the end of the file", self.path)
+            raise SymbolError(
+                f"truncated or corrupt ELF: read of {length:#x} bytes at "
+                f"{offset:#x} runs past the end of the file",
+                self.path,
+            )
         try:
             return self._file.pread(offset, length)
         except KvmcoreError as exc:
@@ -175,8 +202,12 @@ class VmlinuxFile:
     def symbols(self) -> list[Symbol]:
         """The .symtab as Symbols with nm-style type letters, link-time addresses."""
         cols = self.symbol_columns()
-        return [Symbol(n, a, z, t) for n, a, z, t in
-                zip(cols.names, cols.addresses, cols.sizes or [0] * len(cols), cols.types)]
+        return [
+            Symbol(n, a, z, t)
+            for n, a, z, t in zip(
+                cols.names, cols.addresses, cols.sizes or [0] * len(cols), cols.types
+            )
+        ]
 
     def symbol_columns(self) -> SymbolColumns:
         """The .symtab as columns (name, link-time address, size, nm-style
@@ -195,8 +226,10 @@ class VmlinuxFile:
         if self.is64:  # st_name, st_info, (st_other), st_shndx, st_value, st_size
             rows = struct.iter_unpack(self._e + "IBxHQQ", data[:usable])
         else:  # st_name, st_value, st_size, st_info, (st_other), st_shndx
-            rows = ((n, i, x, v, z) for n, v, z, i, x in
-                    struct.iter_unpack(self._e + "IIIBxH", data[:usable]))
+            rows = (
+                (n, i, x, v, z)
+                for n, v, z, i, x in struct.iter_unpack(self._e + "IIIBxH", data[:usable])
+            )
         letter_of = _LetterTable(self.sections)
         names: list[str] = []
         addresses: list[int] = []

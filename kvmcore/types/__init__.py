@@ -5,6 +5,7 @@ DWARF from the vmlinux (only when there is no BTF, or on request with
 prefer="dwarf"; indexed once per build id and cached on disk), and the
 VMCOREINFO helper variables as the last word.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["TypeInfo", "Type", "Member", "BtfTypes", "load_types", "load_btf", "type_size"]
 
 
-def load_btf(dump: "Dump", notes: list[str] | None = None) -> BtfTypes | None:
+def load_btf(dump: Dump, notes: list[str] | None = None) -> BtfTypes | None:
     """BTF from the vmlinux when given, else from the dump's memory."""
     notes = notes if notes is not None else []
     vmlinux = getattr(dump, "vmlinux", None)
@@ -37,14 +38,13 @@ def load_btf(dump: "Dump", notes: list[str] | None = None) -> BtfTypes | None:
         except KvmcoreError as exc:
             notes.append(f"vmlinux BTF: {exc}")
     try:
-        return BtfTypes(btf_from_memory(dump), dump.word_size, f"{dump.path} (memory)",
-                        build_id)
+        return BtfTypes(btf_from_memory(dump), dump.word_size, f"{dump.path} (memory)", build_id)
     except KvmcoreError as exc:
         notes.append(f"no BTF: {exc.message}")
         return None
 
 
-def load_types(dump: "Dump", prefer: str | None = None) -> TypeInfo:
+def load_types(dump: Dump, prefer: str | None = None) -> TypeInfo:
     """Type info for `dump`; prefer="dwarf" puts DWARF first (and loads it
     even when BTF exists), prefer="btf" skips DWARF."""
     notes: list[str] = []

@@ -10,29 +10,67 @@ the section as u32 words); names are found by searching the string section
 for the name and then the types that point at that string, so no name is
 decoded until asked for, and types are decoded only when asked for.
 """
+
 from __future__ import annotations
 
 import bisect
 import struct
 import sys
 from array import array
-from typing import Hashable
+from collections.abc import Hashable
 
 from .. import indexcache
 from ..errors import TypeInfoError
 from .model import VOID, Member, Type
 
 BTF_MAGIC = 0xEB9F
-KINDS = {1: "int", 2: "ptr", 3: "array", 4: "struct", 5: "union", 6: "enum", 7: "fwd",
-         8: "typedef", 9: "volatile", 10: "const", 11: "restrict", 12: "func",
-         13: "func_proto", 14: "var", 15: "datasec", 16: "float", 17: "decl_tag",
-         18: "type_tag", 19: "enum64"}
+KINDS = {
+    1: "int",
+    2: "ptr",
+    3: "array",
+    4: "struct",
+    5: "union",
+    6: "enum",
+    7: "fwd",
+    8: "typedef",
+    9: "volatile",
+    10: "const",
+    11: "restrict",
+    12: "func",
+    13: "func_proto",
+    14: "var",
+    15: "datasec",
+    16: "float",
+    17: "decl_tag",
+    18: "type_tag",
+    19: "enum64",
+}
 # bytes of kind-specific data after the 12-byte common record: (fixed, per vlen)
-_EXTRA = {1: (4, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 13: (0, 8),
-          14: (4, 0), 15: (0, 12), 17: (4, 0), 19: (0, 12)}
+_EXTRA = {
+    1: (4, 0),
+    3: (12, 0),
+    4: (0, 12),
+    5: (0, 12),
+    6: (0, 8),
+    13: (0, 8),
+    14: (4, 0),
+    15: (0, 12),
+    17: (4, 0),
+    19: (0, 12),
+}
 # kinds whose names go into the lookup index, under the name space C uses
-_INDEXED = {1: "base", 16: "base", 4: "struct", 5: "union", 6: "enum", 19: "enum",
-            7: "fwd", 8: "typedef", 12: "func", 14: "var"}
+_INDEXED = {
+    1: "base",
+    16: "base",
+    4: "struct",
+    5: "union",
+    6: "enum",
+    19: "enum",
+    7: "fwd",
+    8: "typedef",
+    12: "func",
+    14: "var",
+}
 MAX_TYPES = 5_000_000
 
 
@@ -57,8 +95,13 @@ class BtfTypes:
 
     name = "btf"
 
-    def __init__(self, blob: bytes, word_size: int = 8, origin: str | None = None,
-                 build_id: str | None = None) -> None:
+    def __init__(
+        self,
+        blob: bytes,
+        word_size: int = 8,
+        origin: str | None = None,
+        build_id: str | None = None,
+    ) -> None:
         """`build_id` (the kernel's) lets the type scan be kept in the
         on-disk index cache (kvmcore.indexcache)."""
         self.blob = blob
@@ -78,7 +121,7 @@ class BtfTypes:
         t0, s0 = hdr_len + type_off, hdr_len + str_off
         if t0 + type_len > len(blob) or s0 + str_len > len(blob):
             raise TypeInfoError("BTF sections extend past the end of the blob", origin)
-        self._strings = blob[s0:s0 + str_len]
+        self._strings = blob[s0 : s0 + str_len]
         self._t0 = t0
         self._cache: dict[int, Type] = {0: VOID}
         self._enum_ids: list[int] | None = None
@@ -92,7 +135,7 @@ class BtfTypes:
         and sort the types by name offset, or take both from the cache."""
         if type_len % 4:
             raise TypeInfoError("BTF type section does not end on a record boundary", self.origin)
-        section = self.blob[t0:t0 + type_len]
+        section = self.blob[t0 : t0 + type_len]
         words = array("I", section)
         if (self._e == "<") != (sys.byteorder == "little"):
             words.byteswap()
@@ -104,8 +147,12 @@ class BtfTypes:
         if scan is None:
             scan = self._index(self._walk(words, t0), words)
             if build_id:
-                indexcache.store(build_id, CACHE_NAME, source, b"".join(
-                    _little_endian(array("I", part)).tobytes() for part in scan))
+                indexcache.store(
+                    build_id,
+                    CACHE_NAME,
+                    source,
+                    b"".join(_little_endian(array("I", part)).tobytes() for part in scan),
+                )
         self._words = words
         # id -> start word (id 0 is void); type name offsets sorted, and the
         # type ids in that order (ascending among equal names)
@@ -115,8 +162,11 @@ class BtfTypes:
     def _index(starts: list[int], words: array[int]) -> tuple[array[int], array[int], array[int]]:
         name_offs = list(map(words.__getitem__, starts))
         order = sorted(range(len(starts)), key=name_offs.__getitem__)
-        return (array("I", [0] + starts), array("I", map(name_offs.__getitem__, order)),
-                array("I", map((1).__add__, order)))
+        return (
+            array("I", [0] + starts),
+            array("I", map(name_offs.__getitem__, order)),
+            array("I", map((1).__add__, order)),
+        )
 
     def _walk(self, words: array[int], t0: int) -> list[int]:
         n = len(words)
@@ -135,8 +185,9 @@ class BtfTypes:
         if starts and i > n:
             last_kind = words[starts[-1] + 1] >> 24 & 0x1F if starts[-1] + 1 < n else None
             if last_kind is not None and last_kind not in KINDS:
-                raise TypeInfoError(f"unknown BTF kind {last_kind} at offset "
-                                    f"{t0 + 4 * starts[-1]:#x}", self.origin)
+                raise TypeInfoError(
+                    f"unknown BTF kind {last_kind} at offset {t0 + 4 * starts[-1]:#x}", self.origin
+                )
         if i != n:
             raise TypeInfoError("BTF type section does not end on a record boundary", self.origin)
         if len(starts) > MAX_TYPES:
@@ -144,8 +195,9 @@ class BtfTypes:
         return starts
 
     @staticmethod
-    def _cached_scan(payload: bytes | None, words: array[int]
-                     ) -> tuple[array[int], array[int], array[int]] | None:
+    def _cached_scan(
+        payload: bytes | None, words: array[int]
+    ) -> tuple[array[int], array[int], array[int]] | None:
         """The scan from the cache, if the payload is plausible for `words`
         (the source hash already matched; this guards against our own bugs).
         Payload: starts with void (n + 1 u32), name offsets (n), ids (n)."""
@@ -156,21 +208,27 @@ class BtfTypes:
         if total != 3 * n + 1 or not 0 < n <= MAX_TYPES:
             return None
         flat = _little_endian(array("I", payload))
-        starts, names, ids = flat[:n + 1], flat[n + 1:2 * n + 1], flat[2 * n + 1:]
+        starts, names, ids = flat[: n + 1], flat[n + 1 : 2 * n + 1], flat[2 * n + 1 :]
         last = starts[-1]
-        if starts[0] != 0 or starts[1] != 0 or last + 1 >= len(words) or min(ids) < 1 \
-                or max(ids) > n:
+        if (
+            starts[0] != 0
+            or starts[1] != 0
+            or last + 1 >= len(words)
+            or min(ids) < 1
+            or max(ids) > n
+        ):
             return None
         info = words[last + 1]
         kind = info >> 24 & 0x1F
-        if kind not in KINDS or \
-                last + 3 + _FIXED_WORDS[kind] + _PER_WORDS[kind] * (info & 0xFFFF) != len(words):
+        if kind not in KINDS or last + 3 + _FIXED_WORDS[kind] + _PER_WORDS[kind] * (
+            info & 0xFFFF
+        ) != len(words):
             return None
         return starts, names, ids
 
     def _str(self, off: int) -> str:
         stop = self._strings.find(b"\0", off)
-        return self._strings[off:stop if stop >= 0 else len(self._strings)].decode("latin-1")
+        return self._strings[off : stop if stop >= 0 else len(self._strings)].decode("latin-1")
 
     def __len__(self) -> int:
         return len(self._starts) - 1
@@ -222,8 +280,15 @@ class BtfTypes:
         r = self.type_by_id
         if kind == "int":
             (enc,) = struct.unpack_from(e + "I", blob, body)
-            return Type("int", name, sz, key=tid, signed=bool((enc >> 24) & 1),
-                        bit_size=enc & 0xFF, resolve=r)
+            return Type(
+                "int",
+                name,
+                sz,
+                key=tid,
+                signed=bool((enc >> 24) & 1),
+                bit_size=enc & 0xFF,
+                resolve=r,
+            )
         if kind == "float":
             return Type("float", name, sz, key=tid, resolve=r)
         if kind == "ptr":
@@ -243,7 +308,9 @@ class BtfTypes:
             signed = bool(kflag)
             for i in range(vlen):
                 if kind == "enum":
-                    n_off, val = struct.unpack_from(e + ("Ii" if signed else "II"), blob, body + 8 * i)
+                    n_off, val = struct.unpack_from(
+                        e + ("Ii" if signed else "II"), blob, body + 8 * i
+                    )
                 else:
                     n_off, lo, hi = struct.unpack_from(e + "III", blob, body + 12 * i)
                     val = (hi << 32) | lo
@@ -252,10 +319,19 @@ class BtfTypes:
                 values[self._str(n_off)] = val
             return Type("enum", name, sz, key=tid, enumerators=values, signed=signed, resolve=r)
         if kind == "fwd":
-            return Type("fwd", name, None, key=tid, resolve=r,
-                        enumerators={"union": 1} if kflag else {})
-        if kind in ("typedef", "volatile", "const", "restrict", "type_tag", "func", "var",
-                    "decl_tag"):
+            return Type(
+                "fwd", name, None, key=tid, resolve=r, enumerators={"union": 1} if kflag else {}
+            )
+        if kind in (
+            "typedef",
+            "volatile",
+            "const",
+            "restrict",
+            "type_tag",
+            "func",
+            "var",
+            "decl_tag",
+        ):
             model_kind = "func" if kind == "func" else kind
             return Type(model_kind, name, None, key=tid, target_key=sz, resolve=r)
         if kind == "func_proto":
@@ -263,8 +339,7 @@ class BtfTypes:
             for i in range(vlen):
                 p_name, p_type = struct.unpack_from(e + "II", blob, body + 8 * i)
                 params.append(Member(self._str(p_name) if p_name else None, p_type, 0, 0, r))
-            return Type("func_proto", None, None, key=tid, target_key=sz, members=params,
-                        resolve=r)
+            return Type("func_proto", None, None, key=tid, target_key=sz, members=params, resolve=r)
         if kind == "datasec":
             vars_ = []
             for i in range(vlen):
@@ -294,8 +369,9 @@ class BtfTypes:
     def find_enumerator(self, name: str) -> tuple[Type, int] | None:
         if self._enumerator_index is None:
             if self._enum_ids is None:
-                self._enum_ids = [tid for tid in range(1, len(self._starts))
-                                  if self._kind(tid) in (6, 19)]
+                self._enum_ids = [
+                    tid for tid in range(1, len(self._starts)) if self._kind(tid) in (6, 19)
+                ]
             idx: dict[str, tuple[int, int]] = {}
             for tid in self._enum_ids:
                 t = self._type(tid)

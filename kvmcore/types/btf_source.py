@@ -1,5 +1,6 @@
 """Where the kernel's BTF blob comes from: the vmlinux's .BTF section, or the
 dump's memory between __start_BTF and __stop_BTF."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -25,7 +26,7 @@ def btf_from_vmlinux(path: str) -> bytes | None:
         image.close()
 
 
-def _btf_bounds(dump: "Dump") -> tuple[int, int]:
+def _btf_bounds(dump: Dump) -> tuple[int, int]:
     """Runtime addresses of __start_BTF/__stop_BTF. kallsyms has them only
     with CONFIG_KALLSYMS_ALL (Debian amd64 yes, arm64/i386 no): then a
     vmlinux or System.map given with the dump supplies them."""
@@ -49,16 +50,20 @@ def _btf_bounds(dump: "Dump") -> tuple[int, int]:
     found = find_btf(dump)
     if found is not None:
         return found[0], found[0] + found[1]
-    raise TypeInfoError("BTF from dump memory needs the __start_BTF/__stop_BTF symbols "
-                        "(kallsyms lacks them without CONFIG_KALLSYMS_ALL) and no BTF header "
-                        "was found in the kernel image; give the vmlinux or its System.map",
-                        dump.path)
+    raise TypeInfoError(
+        "BTF from dump memory needs the __start_BTF/__stop_BTF symbols "
+        "(kallsyms lacks them without CONFIG_KALLSYMS_ALL) and no BTF header "
+        "was found in the kernel image; give the vmlinux or its System.map",
+        dump.path,
+    )
 
 
-BTF_HEADER = b"\x9f\xeb\x01\x00\x18\x00\x00\x00\x00\x00\x00\x00"  # magic, v1, hdr_len 24, type_off 0
+BTF_HEADER = (
+    b"\x9f\xeb\x01\x00\x18\x00\x00\x00\x00\x00\x00\x00"  # magic, v1, hdr_len 24, type_off 0
+)
 
 
-def find_btf(dump: "Dump") -> tuple[int, int] | None:
+def find_btf(dump: Dump) -> tuple[int, int] | None:
     """(address, size) of the kernel's .BTF blob, found by its header in the image.
     Little-endian kernels only; the header is validated (string section after types)."""
     if dump.byteorder != "little":
@@ -68,7 +73,9 @@ def find_btf(dump: "Dump") -> tuple[int, int] | None:
             hdr = dump.read(hit, 24)
         except AddressError:
             continue
-        type_len, str_off, str_len = (int.from_bytes(hdr[i:i + 4], "little") for i in (12, 16, 20))
+        type_len, str_off, str_len = (
+            int.from_bytes(hdr[i : i + 4], "little") for i in (12, 16, 20)
+        )
         if str_off != type_len or not 0 < str_len < 1 << 28 or type_len >= 1 << 28:
             continue
         try:
@@ -80,7 +87,7 @@ def find_btf(dump: "Dump") -> tuple[int, int] | None:
     return None
 
 
-def btf_from_memory(dump: "Dump") -> bytes:
+def btf_from_memory(dump: Dump) -> bytes:
     start, stop = _btf_bounds(dump)
     if not 0 < stop - start <= MAX_BTF_BYTES:
         raise TypeInfoError(f"BTF bounds {start:#x}..{stop:#x} are implausible", dump.path)

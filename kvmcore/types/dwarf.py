@@ -9,13 +9,15 @@ name asked for; the index and how far it got are cached per build id under
 ${KVMCORE_CACHE:-~/.cache/kvmcore}/index/<build-id>/types.json, so a second
 open neither re-parses nor re-scans. `build_full_index()` finishes the scan.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, Hashable
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
 
 from ..cachedir import index_dir
 from ..errors import TypeInfoError
@@ -27,11 +29,19 @@ if TYPE_CHECKING:
 INDEX_VERSION = 1
 # keyed by DIE.tag as pyelftools types it (an int for a tag it does not know)
 _SPACES: dict[str | int | None, str] = {
-    "DW_TAG_structure_type": "struct", "DW_TAG_union_type": "union",
-    "DW_TAG_enumeration_type": "enum", "DW_TAG_typedef": "typedef", "DW_TAG_base_type": "base"}
-_QUALIFIERS = {"DW_TAG_const_type": "const", "DW_TAG_volatile_type": "volatile",
-               "DW_TAG_restrict_type": "restrict", "DW_TAG_typedef": "typedef",
-               "DW_TAG_atomic_type": "volatile"}
+    "DW_TAG_structure_type": "struct",
+    "DW_TAG_union_type": "union",
+    "DW_TAG_enumeration_type": "enum",
+    "DW_TAG_typedef": "typedef",
+    "DW_TAG_base_type": "base",
+}
+_QUALIFIERS = {
+    "DW_TAG_const_type": "const",
+    "DW_TAG_volatile_type": "volatile",
+    "DW_TAG_restrict_type": "restrict",
+    "DW_TAG_typedef": "typedef",
+    "DW_TAG_atomic_type": "volatile",
+}
 MAX_ARRAY_DIMS = 16
 
 
@@ -74,7 +84,7 @@ class DwarfTypes:
         self.scan_seconds = 0.0
 
     @classmethod
-    def open(cls, path: str, word_size: int = 8) -> "DwarfTypes":
+    def open(cls, path: str, word_size: int = 8) -> DwarfTypes:
         from ..symbols.vmlinux import VmlinuxFile
 
         image = VmlinuxFile(path)
@@ -92,7 +102,10 @@ class DwarfTypes:
                 data = json.load(f)
         except (OSError, ValueError):
             return
-        if data.get("version") != INDEX_VERSION or data.get("debug_info_size") != self._debug_info_size:
+        if (
+            data.get("version") != INDEX_VERSION
+            or data.get("debug_info_size") != self._debug_info_size
+        ):
             return
         self._names = {k: list(v) for k, v in data["names"].items()}
         self._next_cu = int(data["next_cu"])
@@ -104,9 +117,17 @@ class DwarfTypes:
             os.makedirs(folder, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".types-")
             with os.fdopen(fd, "w") as f:
-                json.dump({"version": INDEX_VERSION, "vmlinux": self.path,
-                           "debug_info_size": self._debug_info_size, "next_cu": self._next_cu,
-                           "complete": self._complete, "names": self._names}, f)
+                json.dump(
+                    {
+                        "version": INDEX_VERSION,
+                        "vmlinux": self.path,
+                        "debug_info_size": self._debug_info_size,
+                        "next_cu": self._next_cu,
+                        "complete": self._complete,
+                        "names": self._names,
+                    },
+                    f,
+                )
             os.replace(tmp, self.index_path)
         except OSError:
             pass  # a read-only cache only costs speed
@@ -198,8 +219,13 @@ class DwarfTypes:
         a = die.attributes.get(attr)
         if a is None:
             return None
-        if a.form in ("DW_FORM_ref1", "DW_FORM_ref2", "DW_FORM_ref4", "DW_FORM_ref8",
-                      "DW_FORM_ref_udata"):
+        if a.form in (
+            "DW_FORM_ref1",
+            "DW_FORM_ref2",
+            "DW_FORM_ref4",
+            "DW_FORM_ref8",
+            "DW_FORM_ref_udata",
+        ):
             return die.cu.cu_offset, die.cu.cu_offset + a.value
         target = die.get_DIE_from_attribute(attr)
         return target.cu.cu_offset, target.offset
@@ -215,10 +241,9 @@ class DwarfTypes:
         if tag == "DW_TAG_base_type":
             enc = at["DW_AT_encoding"].value if "DW_AT_encoding" in at else 0
             kind = "float" if enc == 4 else "int"
-            return Type(kind, name, size, key=key, signed=enc in (5, 6, 0xd), resolve=r)
+            return Type(kind, name, size, key=key, signed=enc in (5, 6, 0xD), resolve=r)
         if tag in ("DW_TAG_pointer_type", "DW_TAG_reference_type"):
-            return Type("ptr", None, size or self.word_size, key=key,
-                        target_key=tgt, resolve=r)
+            return Type("ptr", None, size or self.word_size, key=key, target_key=tgt, resolve=r)
         if tag in _QUALIFIERS:
             return Type(_QUALIFIERS[tag], name, None, key=key, target_key=tgt, resolve=r)
         if tag in ("DW_TAG_structure_type", "DW_TAG_union_type"):
@@ -228,15 +253,19 @@ class DwarfTypes:
                 if full:
                     return self.type_by_key((full[0], full[1]))
                 return Type("fwd", name, None, key=key, resolve=r)
-            members = [self._member(child, size) for child in die.iter_children()
-                       if child.tag == "DW_TAG_member"]
+            members = [
+                self._member(child, size)
+                for child in die.iter_children()
+                if child.tag == "DW_TAG_member"
+            ]
             return Type(kind, name, size, key=key, members=members, resolve=r)
         if tag == "DW_TAG_enumeration_type":
             values = {}
             for child in die.iter_children():
                 if child.tag == "DW_TAG_enumerator":
-                    values[child.attributes["DW_AT_name"].value.decode("latin-1")] = \
+                    values[child.attributes["DW_AT_name"].value.decode("latin-1")] = (
                         child.attributes["DW_AT_const_value"].value
+                    )
             signed = any(v < 0 for v in values.values())
             return Type("enum", name, size, key=key, enumerators=values, signed=signed, resolve=r)
         if tag == "DW_TAG_array_type":
@@ -255,16 +284,22 @@ class DwarfTypes:
             inner_key: Hashable = tgt
             for i, n in enumerate(reversed(dims[1:])):
                 sub_key = (key, "dim", len(dims) - 1 - i)
-                self._cache[sub_key] = Type("array", None, None, key=sub_key,
-                                            target_key=inner_key, length=n, resolve=r)
+                self._cache[sub_key] = Type(
+                    "array", None, None, key=sub_key, target_key=inner_key, length=n, resolve=r
+                )
                 inner_key = sub_key
-            return Type("array", None, None, key=key, target_key=inner_key, length=dims[0],
-                        resolve=r)
+            return Type(
+                "array", None, None, key=key, target_key=inner_key, length=dims[0], resolve=r
+            )
         if tag == "DW_TAG_subroutine_type":
-            params = [Member(None, self._ref(c), 0, 0, r) for c in die.iter_children()
-                      if c.tag == "DW_TAG_formal_parameter"]
-            return Type("func_proto", None, None, key=key, target_key=tgt, members=params,
-                        resolve=r)
+            params = [
+                Member(None, self._ref(c), 0, 0, r)
+                for c in die.iter_children()
+                if c.tag == "DW_TAG_formal_parameter"
+            ]
+            return Type(
+                "func_proto", None, None, key=key, target_key=tgt, members=params, resolve=r
+            )
         if tag == "DW_TAG_subprogram":
             return Type("func", name, None, key=key, target_key=tgt, resolve=r)
         if tag == "DW_TAG_unspecified_type":

@@ -7,6 +7,7 @@ typedef and base names ("pid_t", "unsigned long"), with trailing "*" for
 pointers. Member paths walk nested and anonymous structs/unions: "thread.sp",
 "tasks.next", "pids[1].node".
 """
+
 from __future__ import annotations
 
 import re
@@ -18,10 +19,16 @@ from .model import VOID, Member, Resolver, Type
 
 # C spellings -> the names compilers give base types in BTF and DWARF
 BASE_ALIASES = {
-    "unsigned": "unsigned int", "signed": "int", "signed int": "int",
-    "long": "long int", "signed long": "long int", "unsigned long": "long unsigned int",
-    "short": "short int", "unsigned short": "short unsigned int",
-    "long long": "long long int", "unsigned long long": "long long unsigned int",
+    "unsigned": "unsigned int",
+    "signed": "int",
+    "signed int": "int",
+    "long": "long int",
+    "signed long": "long int",
+    "unsigned long": "long unsigned int",
+    "short": "short int",
+    "unsigned short": "short unsigned int",
+    "long long": "long long int",
+    "unsigned long long": "long long unsigned int",
     "bool": "_Bool",
 }
 _COMPONENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)$")
@@ -91,9 +98,14 @@ def _always(t: Type) -> Resolver:
 class TypeInfo:
     """Sizes, offsets and layouts of the dumped kernel's types."""
 
-    def __init__(self, sources: list[TypeSource], helpers: VmcoreInfoTypes | None = None,
-                 word_size: int = 8, origin: str | None = None,
-                 notes: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        sources: list[TypeSource],
+        helpers: VmcoreInfoTypes | None = None,
+        word_size: int = 8,
+        origin: str | None = None,
+        notes: list[str] | None = None,
+    ) -> None:
         self.sources = sources
         self.helpers = helpers
         self.word_size = word_size
@@ -119,7 +131,7 @@ class TypeInfo:
     def _named(src: TypeSource, name: str) -> Type | None:
         for space in ("struct", "union", "enum"):
             if name.startswith(space + " "):
-                return src.lookup(space, name[len(space) + 1:].strip())
+                return src.lookup(space, name[len(space) + 1 :].strip())
         name = name.replace("const ", "").replace("volatile ", "").strip()
         if name == "void":
             return VOID
@@ -149,11 +161,14 @@ class TypeInfo:
     def _unknown(self, type_name: str) -> TypeInfoError:
         srcs = ", ".join(s.name for s in self.sources) or "no type source"
         extra = f" ({'; '.join(self.notes)})" if self.notes else ""
-        return TypeInfoError(f"type {type_name!r} is unknown to {srcs}"
-                             f"{' and VMCOREINFO' if self.helpers else ''}{extra}", self.origin)
+        return TypeInfoError(
+            f"type {type_name!r} is unknown to {srcs}"
+            f"{' and VMCOREINFO' if self.helpers else ''}{extra}",
+            self.origin,
+        )
 
     def source_of(self, type_name: str) -> str:
-        """"btf", "dwarf" or "vmcoreinfo": which source answers for the type."""
+        """ "btf", "dwarf" or "vmcoreinfo": which source answers for the type."""
         hit = self.find(type_name)
         if hit:
             return hit[1]
@@ -189,8 +204,11 @@ class TypeInfo:
                 raise TypeInfoError(f"bad member path {member_path!r}", self.origin)
             hit = _find_member(cur, match.group(1))
             if hit is None:
-                raise TypeInfoError(f"{type_name} has no member {member_path!r} "
-                                    f"({cur.c_name} lacks {match.group(1)!r})", self.origin)
+                raise TypeInfoError(
+                    f"{type_name} has no member {member_path!r} "
+                    f"({cur.c_name} lacks {match.group(1)!r})",
+                    self.origin,
+                )
             off, m = hit
             bit_offset += off
             bit_size = m.bit_size
@@ -198,11 +216,14 @@ class TypeInfo:
             for idx in re.findall(r"\[(\d+)\]", match.group(2)):
                 arr = cur.strip()
                 if arr.kind not in ("array", "ptr") or arr.target is None:
-                    raise TypeInfoError(f"{type_name}.{member_path}: {arr.c_name} "
-                                        "is not an array", self.origin)
+                    raise TypeInfoError(
+                        f"{type_name}.{member_path}: {arr.c_name} is not an array", self.origin
+                    )
                 if arr.kind == "ptr":
-                    raise TypeInfoError(f"{type_name}.{member_path}: indexing a pointer "
-                                        "needs a memory read", self.origin)
+                    raise TypeInfoError(
+                        f"{type_name}.{member_path}: indexing a pointer needs a memory read",
+                        self.origin,
+                    )
                 cur = arr.target
                 bit_offset += int(idx) * type_size(cur, self.word_size) * 8
                 bit_size = 0
@@ -221,8 +242,11 @@ class TypeInfo:
             value = self.helpers.offsetof(type_name, member_path)
             if value is not None:
                 return value
-        raise self._unknown(type_name) if not hit else TypeInfoError(
-            f"{type_name} has no member {member_path!r}", self.origin)
+        raise (
+            self._unknown(type_name)
+            if not hit
+            else TypeInfoError(f"{type_name} has no member {member_path!r}", self.origin)
+        )
 
     def has_member(self, type_name: str, member_path: str) -> bool:
         try:
@@ -250,8 +274,9 @@ class TypeInfo:
                 t = self._walk(hit[0], type_name, member)[2].strip()
                 if t.kind == "array":
                     return t.length or 0
-                raise TypeInfoError(f"{type_name}.{member} is {t.c_name}, not an array",
-                                    self.origin)
+                raise TypeInfoError(
+                    f"{type_name}.{member} is {t.c_name}, not an array", self.origin
+                )
             except TypeInfoError:
                 if not self.helpers or self.helpers.array_length(type_name, member) is None:
                     raise

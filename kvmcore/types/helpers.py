@@ -2,16 +2,17 @@
 LENGTH(x.m). They cover only what the kernel chose to export (page,
 printk ring buffer, zone...), so they answer last, when BTF and DWARF are
 absent or silent."""
+
 from __future__ import annotations
 
 from ..notes import VmcoreInfo
 
 
 def _bare(type_name: str) -> str:
-    """"struct page" -> "page"; typedef names stay as they are."""
+    """ "struct page" -> "page"; typedef names stay as they are."""
     for prefix in ("struct ", "union ", "enum "):
         if type_name.startswith(prefix):
-            return type_name[len(prefix):].strip()
+            return type_name[len(prefix) :].strip()
     return type_name.strip()
 
 
@@ -34,9 +35,10 @@ class VmcoreInfoTypes:
 
     def knows(self, type_name: str) -> bool:
         bare = _bare(type_name)
-        return (f"SIZE({bare})" in self.info
-                or any(k.startswith(f"OFFSET({bare}.") for k in self.info))
+        return f"SIZE({bare})" in self.info or any(
+            k.startswith(f"OFFSET({bare}.") for k in self.info
+        )
 
     def members(self, type_name: str) -> list[str]:
         head = f"OFFSET({_bare(type_name)}."
-        return [k[len(head):-1] for k in self.info if k.startswith(head)]
+        return [k[len(head) : -1] for k in self.info if k.startswith(head)]

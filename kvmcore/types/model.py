@@ -4,9 +4,10 @@ Types refer to each other lazily (a struct holding a pointer to itself is
 the rule in a kernel), so `target` and member types are resolved on access
 through the source that made them.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 
 Resolver = Callable[[Hashable], "Type | None"]
 
@@ -21,8 +22,14 @@ class Member:
 
     __slots__ = ("name", "bit_offset", "bit_size", "_key", "_resolve")
 
-    def __init__(self, name: str | None, type_key: Hashable, bit_offset: int,
-                 bit_size: int, resolve: Resolver) -> None:
+    def __init__(
+        self,
+        name: str | None,
+        type_key: Hashable,
+        bit_offset: int,
+        bit_size: int,
+        resolve: Resolver,
+    ) -> None:
         self.name = name or None
         self.bit_offset = bit_offset
         self.bit_size = bit_size
@@ -30,7 +37,7 @@ class Member:
         self._resolve = resolve
 
     @property
-    def type(self) -> "Type":
+    def type(self) -> Type:
         return self._resolve(self._key) or VOID
 
     @property
@@ -52,15 +59,36 @@ class Type:
     prototype's parameters), `enumerators` an enum's names -> values,
     `signed` applies to int and enum."""
 
-    __slots__ = ("kind", "name", "size", "length", "members", "enumerators",
-                 "signed", "bit_size", "_key", "_target_key", "_resolve", "__weakref__")
+    __slots__ = (
+        "kind",
+        "name",
+        "size",
+        "length",
+        "members",
+        "enumerators",
+        "signed",
+        "bit_size",
+        "_key",
+        "_target_key",
+        "_resolve",
+        "__weakref__",
+    )
 
-    def __init__(self, kind: str, name: str | None = None, size: int | None = None, *,
-                 key: Hashable = None, target_key: Hashable = None,
-                 resolve: Resolver | None = None, length: int | None = None,
-                 members: list[Member] | None = None,
-                 enumerators: dict[str, int] | None = None, signed: bool = False,
-                 bit_size: int | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        name: str | None = None,
+        size: int | None = None,
+        *,
+        key: Hashable = None,
+        target_key: Hashable = None,
+        resolve: Resolver | None = None,
+        length: int | None = None,
+        members: list[Member] | None = None,
+        enumerators: dict[str, int] | None = None,
+        signed: bool = False,
+        bit_size: int | None = None,
+    ) -> None:
         self.kind = kind
         self.name = name or None
         self.size = size
@@ -74,13 +102,13 @@ class Type:
         self._resolve = resolve
 
     @property
-    def target(self) -> "Type | None":
+    def target(self) -> Type | None:
         """What a ptr/array/typedef/qualifier points at; a func's return type."""
         if self._target_key is None or self._resolve is None:
             return None
         return self._resolve(self._target_key) or VOID
 
-    def strip(self, limit: int = 64) -> "Type":
+    def strip(self, limit: int = 64) -> Type:
         """This type with typedefs and qualifiers peeled off."""
         t: Type = self
         for _ in range(limit):

@@ -13,12 +13,14 @@ Frame.method says which one found each frame. An unwinder is built once per
 dump. The same modules register the unwind rows `kvmcore symfile` writes for
 gdb (`symfile_cfi`).
 """
+
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
 from functools import cache
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import UnsupportedError
 from .model import Backtrace, Frame
@@ -26,15 +28,26 @@ from .model import Backtrace, Frame
 if TYPE_CHECKING:
     from ..dump import Dump
 
-__all__ = ["Backtrace", "Frame", "Unwinder", "backtrace", "make_unwinder", "register_symfile_cfi",
-           "register_unwinder", "symfile_cfi", "unwind", "unwinder_for"]
+__all__ = [
+    "Backtrace",
+    "Frame",
+    "Unwinder",
+    "backtrace",
+    "make_unwinder",
+    "register_symfile_cfi",
+    "register_unwinder",
+    "symfile_cfi",
+    "unwind",
+    "unwinder_for",
+]
 
 
 class Unwinder(Protocol):
     """What an architecture's unwinder does."""
 
-    def unwind(self, regs: dict[str, int], max_frames: int = 64,
-               task_stack: tuple[int, int] | None = None) -> Backtrace: ...
+    def unwind(
+        self, regs: dict[str, int], max_frames: int = 64, task_stack: tuple[int, int] | None = None
+    ) -> Backtrace: ...
 
 
 UnwinderFactory = Callable[["Dump"], Unwinder]
@@ -62,18 +75,19 @@ def _load_all() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-def make_unwinder(dump: "Dump") -> Unwinder:
+def make_unwinder(dump: Dump) -> Unwinder:
     """A new unwinder for the dump's architecture and OS."""
     _load_all()
     arch = dump.arch.name
     factory = _UNWINDERS.get((arch, dump.os)) or _UNWINDERS.get((arch, None))
     if factory is None:
-        raise UnsupportedError(f"{arch}: no kernel stack unwinder for "
-                               f"{dump.os or 'this OS'}", dump.path)
+        raise UnsupportedError(
+            f"{arch}: no kernel stack unwinder for {dump.os or 'this OS'}", dump.path
+        )
     return factory(dump)
 
 
-def unwinder_for(dump: "Dump") -> Unwinder:
+def unwinder_for(dump: Dump) -> Unwinder:
     """The dump's unwinder (built on first use, then kept by the dump)."""
     cached = dump.layer_cache.get("unwinder")
     if cached is None:
@@ -81,8 +95,12 @@ def unwinder_for(dump: "Dump") -> Unwinder:
     return cached
 
 
-def unwind(dump: "Dump", regs: dict[str, int], max_frames: int = 64,
-           task_stack: tuple[int, int] | None = None) -> Backtrace:
+def unwind(
+    dump: Dump,
+    regs: dict[str, int],
+    max_frames: int = 64,
+    task_stack: tuple[int, int] | None = None,
+) -> Backtrace:
     """Backtrace of the kernel stack `regs` describe, innermost frame first.
 
     `task_stack` (start, end), when known, bounds the walk on the task's stack.
@@ -91,14 +109,14 @@ def unwind(dump: "Dump", regs: dict[str, int], max_frames: int = 64,
     return unwinder_for(dump).unwind(regs, max_frames, task_stack)
 
 
-def backtrace(dump: "Dump", task: Any, max_frames: int = 64) -> Backtrace:
+def backtrace(dump: Dump, task: Any, max_frames: int = 64) -> Backtrace:
     """The backtrace of a task of the kernel model (Linux task, FreeBSD
     thread), from its registers: its CPU's when it was running, else those
     its last context switch saved."""
     return unwind(dump, task.registers(), max_frames=max_frames)
 
 
-def symfile_cfi(dump: "Dump") -> Any:
+def symfile_cfi(dump: Dump) -> Any:
     """(CfiLayout, [CfiRange]) of unwind rows for gdb, or None when the arch
     registers none."""
     _load_all()
@@ -106,7 +124,7 @@ def symfile_cfi(dump: "Dump") -> Any:
     return rows(dump) if rows is not None else None
 
 
-def recovered_registers(dump: "Dump", frames: list[Frame]) -> dict[str, int]:
+def recovered_registers(dump: Dump, frames: list[Frame]) -> dict[str, int]:
     """Callee-saved registers known for the first of `frames` (a backtrace's
     tail) beyond its pc and sp, for a debugger handed that frame; the
     unwinder's answer when it has one (x86_64's ORC places rbp), else none."""

@@ -1,6 +1,7 @@
 """aarch64 kernel backtraces: the frame-record chain with PAC stripping and
 el1 exception frames crossed (Linux and FreeBSD), and the frame-record CFI
 rows `kvmcore symfile` gives gdb."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from ..dump import Dump
 
 
-def pac_mask(dump: "Dump") -> int:
+def pac_mask(dump: Dump) -> int:
     """The bits a pointer-authentication code may occupy in a kernel address:
     VMCOREINFO's KERNELPACMASK (Linux), the top 16 bits on FreeBSD."""
     if dump.os == "freebsd":
@@ -30,7 +31,7 @@ def pac_mask(dump: "Dump") -> int:
 # aarch64 backtraces: the x29 frame-record chain (Linux builds arm64 with
 # frame pointers), return addresses stripped of pointer-authentication codes,
 # and el1 exception frames crossed through their struct pt_regs.
-# 
+#
 # Exception entry (arch/arm64/kernel/entry.S, kernel_entry) stores the
 # interrupted {x29, elr} as a frame record inside pt_regs (`stackframe`) and
 # points x29 at it, so a return address into entry code (el1h_64_sync, ...,
@@ -49,11 +50,13 @@ FREEBSD_KERNEL_VA_TOP = 0xFFFF000000000000
 class Aarch64Unwinder(FramePointerUnwinder):
     lr_reg = "x30"
 
-    def __init__(self, dump: "Dump") -> None:
+    def __init__(self, dump: Dump) -> None:
         super().__init__(dump)
         self._stackframe_offset: int | None = None
-        self.entry_text = (self.syms.address("__entry_text_start"),
-                           self.syms.address("__entry_text_end"))
+        self.entry_text = (
+            self.syms.address("__entry_text_start"),
+            self.syms.address("__entry_text_end"),
+        )
         self.pac_mask = pac_mask(dump)
 
     def clean(self, address: int) -> int:
@@ -81,8 +84,9 @@ class Aarch64Unwinder(FramePointerUnwinder):
             return name
         return None
 
-    def exception_regs(self, return_address: int, next_fp: int
-                       ) -> tuple[FrameKind, dict[str, int]] | None:
+    def exception_regs(
+        self, return_address: int, next_fp: int
+    ) -> tuple[FrameKind, dict[str, int]] | None:
         name = self._entry_name(return_address)
         if name is None:
             return None
@@ -112,15 +116,16 @@ DWARF_FP, DWARF_LR = 29, 30
 CFI_DATA_ALIGN = -8
 
 
-def aarch64_fp_cfi(dump: "Dump") -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
+def aarch64_fp_cfi(dump: Dump) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
     """(CfiLayout, [CfiRange]) with the frame-record rule over the kernel's
     text and each loaded module's, at runtime addresses."""
     syms = CodeSymbols(dump)
     lo = syms.address("_stext") or syms.address("_text")
     hi = syms.address("_etext")
     if not lo or not hi or hi <= lo:
-        raise UnsupportedError("kallsyms has no _stext/_etext: no kernel text range for CFI",
-                               dump.path)
+        raise UnsupportedError(
+            "kallsyms has no _stext/_etext: no kernel text range for CFI", dump.path
+        )
     rule = cfi.CfiRule(b"", "frame-record")
     ranges = [cfi.CfiRange([lo], [rule], hi)]
     try:
@@ -129,10 +134,14 @@ def aarch64_fp_cfi(dump: "Dump") -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
         modules = []  # module list unreadable (no data symbols): core text only
     for mod in modules:
         ranges.append(cfi.CfiRange([mod.base], [rule], mod.base + mod.size))
-    layout = cfi.CfiLayout(address_size=8, return_column=DWARF_LR, data_align=CFI_DATA_ALIGN,
-                           initial=cfi.def_cfa(DWARF_FP, 16)
-                           + cfi.saved_at_cfa(DWARF_FP, -16, CFI_DATA_ALIGN)
-                           + cfi.saved_at_cfa(DWARF_LR, -8, CFI_DATA_ALIGN))
+    layout = cfi.CfiLayout(
+        address_size=8,
+        return_column=DWARF_LR,
+        data_align=CFI_DATA_ALIGN,
+        initial=cfi.def_cfa(DWARF_FP, 16)
+        + cfi.saved_at_cfa(DWARF_FP, -16, CFI_DATA_ALIGN)
+        + cfi.saved_at_cfa(DWARF_LR, -8, CFI_DATA_ALIGN),
+    )
     return layout, ranges
 
 

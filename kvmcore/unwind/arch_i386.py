@@ -1,14 +1,15 @@
 """i386 kernel backtraces: the ebp chain (32-bit kernels keep frame pointers)."""
+
 from __future__ import annotations
 
 from . import register_unwinder
 from .framepointer import FramePointerUnwinder
 
-
 # -- kernel backtraces --------------------------------------------------
 # i386 backtraces: the ebp chain of {saved ebp, return address} records
 # (32-bit kernels are built with frame pointers). Register names as in an
 # i386 user_regs_struct: eip, esp, ebp.
+
 
 class I386Unwinder(FramePointerUnwinder):
     thread_size = 8192  # THREAD_SIZE_ORDER 1

@@ -6,6 +6,7 @@ covers (modules without ORC, BPF), pt_regs crossed at exception and interrupt
 entries. FreeBSD: the rbp chain (its amd64 kernel keeps frame pointers).
 Also the unwind rows `kvmcore symfile` gives gdb (kvmcore.unwind.orc_cfi).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 # -- kernel backtraces --------------------------------------------------
 # x86_64 backtraces: ORC from the dump, with a stack scan for code ORC does
 # not cover (modules, BPF) or when the tables are missing.
-# 
+#
 # One step of the walk follows the kernel's own unwinder (arch/x86/kernel/
 # unwind_orc.c): the entry for the current ip gives the caller's stack pointer
 # (CFA) as a register plus offset, then by type: CALL - the return address sits
@@ -40,8 +41,13 @@ if TYPE_CHECKING:
 THREAD_SIZE = 16384  # PAGE_SIZE << 2 (kernels without KASAN); also the IRQ stack size
 # ORC sp_reg values read from a full pt_regs of the current frame
 ORC_REG_NAMES = {orc.REG_DX: "rdx", orc.REG_DI: "rdi", orc.REG_R10: "r10", orc.REG_R13: "r13"}
-INTERRUPT_ENTRY_PREFIXES = ("asm_sysvec_", "asm_common_interrupt", "asm_spurious_interrupt",
-                            "irq_entries_start", "spurious_entries_start")
+INTERRUPT_ENTRY_PREFIXES = (
+    "asm_sysvec_",
+    "asm_common_interrupt",
+    "asm_spurious_interrupt",
+    "irq_entries_start",
+    "spurious_entries_start",
+)
 MAX_SCAN_WORDS = THREAD_SIZE // 8
 KERNEL_TEXT_START = 0xFFFFFFFF80000000
 
@@ -69,7 +75,7 @@ class _Step:
     method: str = "orc"  # how this step found the caller (Frame.method)
 
 
-def call_before(dump: "Dump", addr: int) -> int | None:
+def call_before(dump: Dump, addr: int) -> int | None:
     """What the instruction ending at `addr` calls: its target for `e8 rel32`,
     INDIRECT for `ff /2` (register, disp8 and disp32 forms), None if it is no
     call (so `addr` is no return address)."""
@@ -103,7 +109,7 @@ def _base_name(name: str | None) -> str | None:
 class X86_64Unwinder:
     """Unwinds kernel stacks of one x86_64 dump."""
 
-    def __init__(self, dump: "Dump") -> None:
+    def __init__(self, dump: Dump) -> None:
         self.dump = dump
         self.syms = CodeSymbols(dump)
         self._orc: orc.OrcTable | None = None
@@ -116,8 +122,9 @@ class X86_64Unwinder:
             self.orc_error = str(exc)
 
     # -- the walk ------------------------------------------------------------
-    def unwind(self, regs: dict[str, int], max_frames: int = 64,
-               task_stack: tuple[int, int] | None = None) -> Backtrace:
+    def unwind(
+        self, regs: dict[str, int], max_frames: int = 64, task_stack: tuple[int, int] | None = None
+    ) -> Backtrace:
         bt = Backtrace()
         if "rip" not in regs or "rsp" not in regs:
             bt.error = "registers lack rip/rsp"
@@ -158,8 +165,17 @@ class X86_64Unwinder:
         # at the very end of a function must not be credited to the next one
         describe = self.syms.describe if state.signal else self.syms.describe_return
         function, module = describe(state.ip)
-        return Frame(index, state.ip, state.sp, function, module, step.guessed, step.kind,
-                     step.frame_regs, step.method)
+        return Frame(
+            index,
+            state.ip,
+            state.sp,
+            function,
+            module,
+            step.guessed,
+            step.kind,
+            step.frame_regs,
+            step.method,
+        )
 
     def _next(self, state: _State, guard: StackGuard) -> _Step:
         if self.cfi is not None:
@@ -210,8 +226,12 @@ class X86_64Unwinder:
         if found.return_address == 0:
             return _Step(end=True)
         regs = found.regs
-        return _Step(state=_State(found.return_address, found.cfa, regs.get("rbp", state.bp),
-                                  None, False, regs), method="cfi")
+        return _Step(
+            state=_State(
+                found.return_address, found.cfa, regs.get("rbp", state.bp), None, False, regs
+            ),
+            method="cfi",
+        )
 
     def _guess_bp(self, state: _State, guard: StackGuard, entry: orc.OrcEntry) -> int | None:
         if entry.sp_reg != orc.REG_BP:
@@ -232,8 +252,10 @@ class X86_64Unwinder:
             cfa = read(state.bp + entry.sp_offset)
         elif reg in ORC_REG_NAMES:
             if not state.regs or ORC_REG_NAMES[reg] not in state.regs:
-                return _Step(error=f"ORC needs {ORC_REG_NAMES[reg]} at {state.ip:#x}, "
-                                   "which no saved register block holds")
+                return _Step(
+                    error=f"ORC needs {ORC_REG_NAMES[reg]} at {state.ip:#x}, "
+                    "which no saved register block holds"
+                )
             cfa = state.regs[ORC_REG_NAMES[reg]] + entry.sp_offset
         else:
             return _Step(error=f"unknown ORC sp_reg {reg} at {state.ip:#x}")
@@ -288,11 +310,13 @@ class X86_64Unwinder:
             name = self.syms.describe(state.ip)[0] or f"{state.ip:#x}"
             return _Step(error=f"no unwind data for {name} and no return address on its stack")
         value, slot = found
-        return _Step(state=_State(value, slot + 8, state.bp, None, False), guessed=True,
-                     method="scan")
+        return _Step(
+            state=_State(value, slot + 8, state.bp, None, False), guessed=True, method="scan"
+        )
 
-    def _find_return(self, sp: int, guard: StackGuard, callee: int | None = None
-                     ) -> tuple[int, int] | None:
+    def _find_return(
+        self, sp: int, guard: StackGuard, callee: int | None = None
+    ) -> tuple[int, int] | None:
         """(return address, its slot) above sp for a frame of the function at
         `callee`: the first word that follows a call to that function, or an
         indirect call; failing both, the first that follows any call (words
@@ -318,7 +342,9 @@ class X86_64Unwinder:
             if callee is None or target == INDIRECT or target == want_start:
                 return hit
             tname = self.syms.function_name(target)
-            if tname and (tname.startswith(INDIRECT_TARGET_PREFIXES) or _base_name(tname) == want_name):
+            if tname and (
+                tname.startswith(INDIRECT_TARGET_PREFIXES) or _base_name(tname) == want_name
+            ):
                 return hit
             if fallback is None:
                 fallback = hit
@@ -373,7 +399,7 @@ register_unwinder("x86_64", "linux", X86_64Unwinder)
 register_unwinder("x86_64", "freebsd", FreeBSDAmd64Unwinder)
 
 
-def _symfile_cfi(dump: "Dump") -> tuple[Any, list[Any]] | None:
+def _symfile_cfi(dump: Dump) -> tuple[Any, list[Any]] | None:
     return orc_cfi_ranges(dump) if dump.os == "linux" else None
 
 

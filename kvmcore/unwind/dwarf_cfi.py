@@ -19,12 +19,14 @@ Arch knowledge stays in arches/: each arch gives the DWARF register number
 to register name mapping and its stack pointer's column (`Arch.dwarf`, a
 kvmcore.cpu.DwarfRegisters).
 """
+
 from __future__ import annotations
 
 import struct
 from bisect import bisect_right
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from ..cpu import DwarfRegisters
 from ..errors import KvmcoreError, SymbolError, UnsupportedError
@@ -43,7 +45,14 @@ MAX_ROW_CACHE = 65536
 
 # register rules (DWARF 4, 6.4.1)
 UNDEFINED, SAME, OFFSET, VAL_OFFSET, REGISTER, EXPRESSION, VAL_EXPRESSION = (
-    "undefined", "same", "offset", "val_offset", "register", "expression", "val_expression")
+    "undefined",
+    "same",
+    "offset",
+    "val_offset",
+    "register",
+    "expression",
+    "val_expression",
+)
 #: a register rule: (UNDEFINED,) or (SAME,); (OFFSET | VAL_OFFSET, n) or (REGISTER, number);
 #: (EXPRESSION | VAL_EXPRESSION, expression bytes)
 Rule = tuple[str] | tuple[str, int] | tuple[str, bytes]
@@ -68,9 +77,15 @@ class Row:
     rules: dict[int, Rule] = field(default_factory=dict)
     ra_signed: bool = False  # aarch64: the return address carries a PAC
 
-    def copy(self) -> "Row":
-        return Row(self.ra_column, self.cfa_reg, self.cfa_offset, self.cfa_expr,
-                   dict(self.rules), self.ra_signed)
+    def copy(self) -> Row:
+        return Row(
+            self.ra_column,
+            self.cfa_reg,
+            self.cfa_offset,
+            self.cfa_expr,
+            dict(self.rules),
+            self.ra_signed,
+        )
 
 
 @dataclass
@@ -110,8 +125,14 @@ def _sleb(data: bytes, off: int) -> tuple[int, int]:
 class DebugFrame:
     """A parsed `.debug_frame`: FDE index plus lazy row evaluation, at link addresses."""
 
-    def __init__(self, data: bytes, address_size: int, byteorder: ByteOrder,
-                 path: str | None = None, text_ranges: list[tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        address_size: int,
+        byteorder: ByteOrder,
+        path: str | None = None,
+        text_ranges: list[tuple[int, int]] | None = None,
+    ) -> None:
         self.data = data
         self.address_size = address_size
         self.e = "<" if byteorder == "little" else ">"
@@ -139,8 +160,11 @@ class DebugFrame:
                 body, id_fmt, id_size, cie_mark = off + 4, e + "I", 4, 0xFFFFFFFF
             end = body + length
             if end > n:
-                raise SymbolError(f".debug_frame entry at {off:#x} runs past the section "
-                                  f"({length} bytes, section {n})", self.path)
+                raise SymbolError(
+                    f".debug_frame entry at {off:#x} runs past the section "
+                    f"({length} bytes, section {n})",
+                    self.path,
+                )
             if length >= id_size:
                 (cie_ptr,) = struct.unpack_from(id_fmt, data, body)
                 if cie_ptr != cie_mark:
@@ -181,7 +205,7 @@ class DebugFrame:
                 off, end = at + 8, at + 4 + length
             version = data[off]
             nul = data.index(b"\0", off + 1)
-            augmentation = data[off + 1:nul]
+            augmentation = data[off + 1 : nul]
             off = nul + 1
             if version >= 4:
                 off += 2  # address_size, segment_selector_size
@@ -195,13 +219,16 @@ class DebugFrame:
                 aug_len, off = _uleb(data, off)
                 off += aug_len
             elif augmentation:
-                raise SymbolError(f".debug_frame CIE at {at:#x} has unknown augmentation "
-                                  f"{augmentation!r}", self.path)
+                raise SymbolError(
+                    f".debug_frame CIE at {at:#x} has unknown augmentation {augmentation!r}",
+                    self.path,
+                )
         except (IndexError, ValueError, struct.error):
             raise SymbolError(f".debug_frame CIE at {at:#x} is truncated", self.path) from None
         if version not in (1, 3, 4) or end > len(data):
-            raise SymbolError(f".debug_frame CIE at {at:#x}: version {version} or length "
-                              "is wrong", self.path)
+            raise SymbolError(
+                f".debug_frame CIE at {at:#x}: version {version} or length is wrong", self.path
+            )
         cie = Cie(code_align, data_align, ra, data[off:end])
         self._cies[at] = cie
         return cie
@@ -224,8 +251,17 @@ class DebugFrame:
         self._rows[pc] = row
         return row
 
-    def _run(self, code: bytes, off: int, end: int, cie: Cie, loc: int, target: int | None,
-             row: Row, initial: Row | None) -> None:
+    def _run(
+        self,
+        code: bytes,
+        off: int,
+        end: int,
+        cie: Cie,
+        loc: int,
+        target: int | None,
+        row: Row,
+        initial: Row | None,
+    ) -> None:
         """Execute CFA instructions into `row` until the location passes `target`."""
         saved: list[Row] = []
         da, ca = cie.data_align, cie.code_align
@@ -250,10 +286,15 @@ class DebugFrame:
                     (loc,) = struct.unpack_from(fmt, code, off)
                     off += self.address_size
                 elif op in (C.DW_CFA_advance_loc1, C.DW_CFA_advance_loc2, C.DW_CFA_advance_loc4):
-                    size = {C.DW_CFA_advance_loc1: 1, C.DW_CFA_advance_loc2: 2,
-                            C.DW_CFA_advance_loc4: 4}[op]
-                    loc += int.from_bytes(code[off:off + size],
-                                          "little" if self.e == "<" else "big") * ca
+                    size = {
+                        C.DW_CFA_advance_loc1: 1,
+                        C.DW_CFA_advance_loc2: 2,
+                        C.DW_CFA_advance_loc4: 4,
+                    }[op]
+                    loc += (
+                        int.from_bytes(code[off : off + size], "little" if self.e == "<" else "big")
+                        * ca
+                    )
                     off += size
                 else:
                     off = self._other(op, code, off, row, initial, saved, da)
@@ -261,8 +302,9 @@ class DebugFrame:
                 if target is not None and loc > target:
                     return
         except (IndexError, struct.error):
-            raise SymbolError(f".debug_frame instructions at {off:#x} are truncated",
-                              self.path) from None
+            raise SymbolError(
+                f".debug_frame instructions at {off:#x} are truncated", self.path
+            ) from None
 
     @staticmethod
     def _restore(row: Row, initial: Row | None, reg: int) -> None:
@@ -272,8 +314,16 @@ class DebugFrame:
         else:
             row.rules[reg] = rule
 
-    def _other(self, op: int, code: bytes, off: int, row: Row, initial: Row | None,
-               saved: list[Row], da: int) -> int:
+    def _other(
+        self,
+        op: int,
+        code: bytes,
+        off: int,
+        row: Row,
+        initial: Row | None,
+        saved: list[Row],
+        da: int,
+    ) -> int:
         if op in (C.DW_CFA_offset_extended, C.DW_CFA_val_offset):
             reg, off = _uleb(code, off)
             n, off = _uleb(code, off)
@@ -301,13 +351,16 @@ class DebugFrame:
             row.rules[reg] = (REGISTER, other)
         elif op == C.DW_CFA_remember_state:
             if len(saved) >= MAX_STATE_STACK:
-                raise SymbolError(f".debug_frame: more than {MAX_STATE_STACK} nested "
-                                  "DW_CFA_remember_state", self.path)
+                raise SymbolError(
+                    f".debug_frame: more than {MAX_STATE_STACK} nested DW_CFA_remember_state",
+                    self.path,
+                )
             saved.append(row.copy())
         elif op == C.DW_CFA_restore_state:
             if not saved:
-                raise SymbolError(".debug_frame: DW_CFA_restore_state without a remembered "
-                                  "state", self.path)
+                raise SymbolError(
+                    ".debug_frame: DW_CFA_restore_state without a remembered state", self.path
+                )
             # the CFA rule is part of the remembered state too (DWARF 4, 6.4.2.4)
             old = saved.pop()
             row.cfa_reg, row.cfa_offset, row.cfa_expr = old.cfa_reg, old.cfa_offset, old.cfa_expr
@@ -330,21 +383,22 @@ class DebugFrame:
             row.cfa_offset = n * da
         elif op == C.DW_CFA_def_cfa_expression:
             size, off = _uleb(code, off)
-            row.cfa_reg, row.cfa_expr = None, bytes(code[off:off + size])
+            row.cfa_reg, row.cfa_expr = None, bytes(code[off : off + size])
             off += size
         elif op in (C.DW_CFA_expression, C.DW_CFA_val_expression):
             reg, off = _uleb(code, off)
             size, off = _uleb(code, off)
             kind = EXPRESSION if op == C.DW_CFA_expression else VAL_EXPRESSION
-            row.rules[reg] = (kind, bytes(code[off:off + size]))
+            row.rules[reg] = (kind, bytes(code[off : off + size]))
             off += size
         elif op == C.DW_CFA_GNU_args_size:
             _, off = _uleb(code, off)
         elif op == C.DW_CFA_GNU_window_save:
             row.ra_signed = not row.ra_signed  # SPARC's meaning never occurs in these kernels
         else:
-            raise SymbolError(f".debug_frame: unknown CFA instruction {op:#x} at {off - 1:#x}",
-                              self.path)
+            raise SymbolError(
+                f".debug_frame: unknown CFA instruction {op:#x} at {off - 1:#x}", self.path
+            )
         return off
 
 
@@ -352,8 +406,9 @@ class _Expression:
     """A DWARF expression evaluator for the operations CFI uses (register
     bases, constants, arithmetic, dereference, branches); bounded."""
 
-    def __init__(self, word_size: int, byteorder: ByteOrder,
-                 read_word: Callable[[int], int]) -> None:
+    def __init__(
+        self, word_size: int, byteorder: ByteOrder, read_word: Callable[[int], int]
+    ) -> None:
         self.mask = (1 << (8 * word_size)) - 1
         self.word_size = word_size
         self.order = byteorder
@@ -377,8 +432,9 @@ class _Expression:
                     reg = op - C.DW_OP_breg0
                 n, off = _sleb(expr, off)
                 if reg not in regs:
-                    raise UnsupportedError(f"DWARF expression needs register {reg}, "
-                                           "which this frame does not know")
+                    raise UnsupportedError(
+                        f"DWARF expression needs register {reg}, which this frame does not know"
+                    )
                 stack.append((regs[reg] + n) & mask)
             elif op == C.DW_OP_deref:
                 stack.append(self.read_word(stack.pop()))
@@ -394,11 +450,12 @@ class _Expression:
             elif C.DW_OP_const1u <= op <= C.DW_OP_const8s:
                 size = 1 << ((op - C.DW_OP_const1u) // 2)
                 signed = (op - C.DW_OP_const1u) % 2 == 1
-                stack.append(int.from_bytes(expr[off:off + size], self.order,
-                                            signed=signed) & mask)
+                stack.append(
+                    int.from_bytes(expr[off : off + size], self.order, signed=signed) & mask
+                )
                 off += size
             elif op == C.DW_OP_addr:
-                stack.append(int.from_bytes(expr[off:off + self.word_size], self.order))
+                stack.append(int.from_bytes(expr[off : off + self.word_size], self.order))
                 off += self.word_size
             elif op == C.DW_OP_dup:
                 stack.append(stack[-1])
@@ -432,7 +489,7 @@ class DwarfCfi:
     """CFI steps for one dump, in the arch's register names; the vmlinux's
     .debug_frame is loaded on first use. `error` says why it is unavailable."""
 
-    def __init__(self, dump: "Dump", registers: DwarfRegisters) -> None:
+    def __init__(self, dump: Dump, registers: DwarfRegisters) -> None:
         self.dump = dump
         self.registers = registers
         self.numbers = {name: num for num, name in registers.names.items()}
@@ -467,8 +524,9 @@ class DwarfCfi:
         if table is None:
             return None
         link = (pc - self.offset - (0 if exact else 1)) & self._expr.mask
-        if table.text_ranges is not None and not any(lo <= link < hi
-                                                     for lo, hi in table.text_ranges):
+        if table.text_ranges is not None and not any(
+            lo <= link < hi for lo, hi in table.text_ranges
+        ):
             return None
         return table.row(link)
 
@@ -489,8 +547,9 @@ class DwarfCfi:
                 cfa = (known[row.cfa_reg] + row.cfa_offset) & mask
             else:
                 return None  # CFA based on a register lost in an earlier frame
-            caller: dict[int, int] = {num: v for num, v in known.items()
-                                      if row.rules.get(num, (SAME,))[0] == SAME}
+            caller: dict[int, int] = {
+                num: v for num, v in known.items() if row.rules.get(num, (SAME,))[0] == SAME
+            }
             for num, rule in row.rules.items():
                 value = self._apply(rule, cfa, known)
                 if value is not None:
@@ -534,7 +593,7 @@ class DwarfCfi:
 _CACHE_ATTR = "_kvmcore_debug_frame"
 
 
-def debug_frame_of(dump: "Dump") -> DebugFrame:
+def debug_frame_of(dump: Dump) -> DebugFrame:
     """The dump's vmlinux .debug_frame, parsed once per dump; raises
     UnsupportedError/SymbolError saying why there is none."""
     cached = getattr(dump, _CACHE_ATTR, None)
@@ -551,7 +610,7 @@ def debug_frame_of(dump: "Dump") -> DebugFrame:
     return frame
 
 
-def _load(dump: "Dump") -> DebugFrame:
+def _load(dump: Dump) -> DebugFrame:
     from ..symbols import check_build_id
     from ..symbols.vmlinux import VmlinuxFile
 
@@ -559,8 +618,9 @@ def _load(dump: "Dump") -> DebugFrame:
     if not path:
         raise UnsupportedError("no vmlinux given: no .debug_frame", dump.path)
     if dump.os != "linux":  # how far other kernels' text moved is not checked here
-        raise UnsupportedError(f"CFI unwinding is for Linux kernels (this dump: {dump.os})",
-                               dump.path)
+        raise UnsupportedError(
+            f"CFI unwinding is for Linux kernels (this dump: {dump.os})", dump.path
+        )
     image = VmlinuxFile(path)
     try:
         with open(path, "rb") as f:
@@ -569,15 +629,17 @@ def _load(dump: "Dump") -> DebugFrame:
         byteorder: ByteOrder = "little" if header[5] == 1 else "big"
         e_type = int.from_bytes(header[16:18], byteorder)
         if e_type == ET_REL:
-            raise UnsupportedError("a relocatable object: its .debug_frame needs relocating",
-                                   path)
+            raise UnsupportedError("a relocatable object: its .debug_frame needs relocating", path)
         check_build_id(dump, image)
         sec = image.section(".debug_frame")
         if sec is None or not sec.size:
             raise UnsupportedError("the vmlinux has no .debug_frame", path)
         data = bytes(image.section_bytes(sec))
-        text = [(s.addr, s.addr + s.size) for s in image.sections
-                if s.flags & SHF_ALLOC and s.flags & SHF_EXECINSTR and s.size]
+        text = [
+            (s.addr, s.addr + s.size)
+            for s in image.sections
+            if s.flags & SHF_ALLOC and s.flags & SHF_EXECINSTR and s.size
+        ]
         address_size = 8 if image.is64 else 4
     finally:
         image.close()

@@ -2,6 +2,7 @@
 records, the frame pointer register pointing at the newest one (aarch64's
 x29 chain, i386's and FreeBSD amd64's ebp/rbp chain). Arch subclasses say how
 to clean return addresses and cross exception frames."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -24,22 +25,22 @@ class FramePointerUnwinder:
     lr_reg: str | None = None  # link register, for a leaf function's caller
     thread_size = 16384
 
-    def __init__(self, dump: "Dump") -> None:
+    def __init__(self, dump: Dump) -> None:
         self.dump = dump
         self.syms = CodeSymbols(dump)
         self.word = dump.word_size
         arch = dump.arch
         self.pc_reg, self.sp_reg, self.fp_reg = arch.pc_reg, arch.sp_reg, arch.fp_reg
-        self.cfi = (DwarfCfi(dump, arch.dwarf)
-                    if arch.dwarf is not None and dump.vmlinux else None)
+        self.cfi = DwarfCfi(dump, arch.dwarf) if arch.dwarf is not None and dump.vmlinux else None
 
     # -- arch hooks -----------------------------------------------------------
     def clean(self, address: int) -> int:
         """A return address as saved, made a plain code address."""
         return address
 
-    def exception_regs(self, return_address: int, next_fp: int
-                       ) -> tuple[FrameKind, dict[str, int]] | None:
+    def exception_regs(
+        self, return_address: int, next_fp: int
+    ) -> tuple[FrameKind, dict[str, int]] | None:
         """(kind, registers) when `return_address` returns into exception entry
         code whose saved registers the record at `next_fp` belongs to."""
         return None
@@ -48,8 +49,9 @@ class FramePointerUnwinder:
         return False
 
     # -- the walk -------------------------------------------------------------
-    def unwind(self, regs: dict[str, int], max_frames: int = 64,
-               task_stack: tuple[int, int] | None = None) -> Backtrace:
+    def unwind(
+        self, regs: dict[str, int], max_frames: int = 64, task_stack: tuple[int, int] | None = None
+    ) -> Backtrace:
         bt = Backtrace()
         if self.pc_reg not in regs or self.sp_reg not in regs or self.fp_reg not in regs:
             bt.error = f"registers lack {self.pc_reg}/{self.sp_reg}/{self.fp_reg}"
@@ -94,16 +96,27 @@ class FramePointerUnwinder:
             if len(bt.frames) >= max_frames:
                 bt.error = f"stopped after {max_frames} frames"
                 return bt
-            self._add(bt, Frame(len(bt.frames), saved[self.pc_reg], saved[self.sp_reg],
-                                kind=kind, regs=saved, method="pt_regs"), exact=True)
+            self._add(
+                bt,
+                Frame(
+                    len(bt.frames),
+                    saved[self.pc_reg],
+                    saved[self.sp_reg],
+                    kind=kind,
+                    regs=saved,
+                    method="pt_regs",
+                ),
+                exact=True,
+            )
             self._leaf_caller(bt, saved, saved[self.fp_reg])
             # the record inside the saved registers repeats {fp, pc}: skip it
             fp = saved[self.fp_reg]
             prev = next_fp
         return bt
 
-    def _frame_record(self, bt: Backtrace, guard: StackGuard, sp: int, fp: int
-                      ) -> tuple[int, int] | None:
+    def _frame_record(
+        self, bt: Backtrace, guard: StackGuard, sp: int, fp: int
+    ) -> tuple[int, int] | None:
         """The {next fp, return address} record at fp, once the stack guard allows
         the step from sp; None (with bt.error set) when it does not or the record
         is unreadable. A return address of 0 ends a task's stack."""
@@ -144,12 +157,18 @@ class FramePointerUnwinder:
             recorded = None
         if recorded == lr:
             return
-        self._add(bt, Frame(len(bt.frames), lr, regs[self.sp_reg], guessed=True, method="lr"),
-                  exact=False)
+        self._add(
+            bt, Frame(len(bt.frames), lr, regs[self.sp_reg], guessed=True, method="lr"), exact=False
+        )
 
     # -- the walk with DWARF CFI ---------------------------------------------
-    def _unwind_cfi(self, cfi: DwarfCfi, regs: dict[str, int], max_frames: int,
-                    task_stack: tuple[int, int] | None) -> Backtrace:
+    def _unwind_cfi(
+        self,
+        cfi: DwarfCfi,
+        regs: dict[str, int],
+        max_frames: int,
+        task_stack: tuple[int, int] | None,
+    ) -> Backtrace:
         """Each frame's caller from the vmlinux's CFI when an FDE covers its
         pc; else (entry and other asm code) from the frame-pointer record, with
         exception frames crossed as the plain walk does."""
@@ -183,15 +202,23 @@ class FramePointerUnwinder:
                         return bt
                     known, pc, sp = dict(saved), saved[self.pc_reg], saved[self.sp_reg]
                     exact, via_record = True, False
-                    self._add(bt, Frame(len(bt.frames), pc, sp, kind=kind, regs=saved,
-                                        method="pt_regs"), exact=True)
+                    self._add(
+                        bt,
+                        Frame(len(bt.frames), pc, sp, kind=kind, regs=saved, method="pt_regs"),
+                        exact=True,
+                    )
                     continue
             try:
                 found = cfi.caller(known, pc, exact)
             except KvmcoreError:
                 found = None  # rules that read unmapped memory: let the frame record decide
-            if found is not None and not found.return_address and via_record \
-                    and fp and is_kernel(fp):
+            if (
+                found is not None
+                and not found.return_address
+                and via_record
+                and fp
+                and is_kernel(fp)
+            ):
                 # this frame was reached through a frame record, so sp is only
                 # fp + 2 words, exact for a 16-byte frame, not for a callee with
                 # locals: a rule based on sp reads the wrong slots. An "outermost

@@ -1,4 +1,5 @@
 """What an unwind produces: frames and the backtrace that holds them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

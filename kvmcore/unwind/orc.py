@@ -14,6 +14,7 @@ arch.num_orcs / orc_unwind_ip / orc_unwind, sorted at load); they are read
 when the kernel model and types can list the modules, else module code simply
 has no entry (the unwinder then scans the stack).
 """
+
 from __future__ import annotations
 
 import re
@@ -49,7 +50,7 @@ class OrcEntry:
     signal: bool
 
 
-def _kernel_version(dump: "Dump") -> tuple[int, int]:
+def _kernel_version(dump: Dump) -> tuple[int, int]:
     info = dump.vmcoreinfo
     m = re.match(r"(\d+)\.(\d+)", (info.osrelease if info else None) or "")
     return (int(m[1]), int(m[2])) if m else (6, 1)
@@ -74,17 +75,21 @@ def decode_entry(raw: bytes, new_layout: bool) -> OrcEntry:
 class OrcTable:
     """Look-up of the ORC entry covering a core-kernel text address."""
 
-    def __init__(self, dump: "Dump", syms: CodeSymbols) -> None:
+    def __init__(self, dump: Dump, syms: CodeSymbols) -> None:
         start_ip = syms.address("__start_orc_unwind_ip")
         stop_ip = syms.address("__stop_orc_unwind_ip")
         start_orc = syms.address("__start_orc_unwind")
         if start_ip is None or stop_ip is None or start_orc is None:
-            why = syms.error or "kallsyms has no __start_orc_unwind_ip/__stop_orc_unwind_ip/__start_orc_unwind"
+            why = (
+                syms.error
+                or "kallsyms has no __start_orc_unwind_ip/__stop_orc_unwind_ip/__start_orc_unwind"
+            )
             raise UnsupportedError(f"no ORC tables: {why}", dump.path)
         count = (stop_ip - start_ip) // 4
         if not 0 < count <= MAX_ORC_ENTRIES:
-            raise UnsupportedError(f"ORC ip table of {count} entries at {start_ip:#x} is implausible",
-                                   dump.path)
+            raise UnsupportedError(
+                f"ORC ip table of {count} entries at {start_ip:#x} is implausible", dump.path
+            )
         self.dump = dump
         self.ips = self._read_ips(start_ip, count)  # AddressError propagates: caller reports it
         self.entries_at = start_orc
@@ -126,8 +131,9 @@ class OrcTable:
                     orc_at = self.dump.read_ptr(mod.address + off_orc)
                     if not 0 < num <= MAX_ORC_ENTRIES // 16 or not ip_at or not orc_at:
                         continue
-                    self._modules.append((mod.base, mod.base + mod.size,
-                                          self._read_ips(ip_at, num), orc_at))
+                    self._modules.append(
+                        (mod.base, mod.base + mod.size, self._read_ips(ip_at, num), orc_at)
+                    )
                 except KvmcoreError:
                     continue  # that module's tables are not in the dump
         return self._modules

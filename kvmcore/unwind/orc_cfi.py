@@ -19,6 +19,7 @@ does for that address:
 Syscall entries and ret_from_fork hold user (or zeroed kthread) pt_regs
 only: they end the walk like END, as the kernel's unwinder does.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -32,14 +33,29 @@ from .symbolic import CodeSymbols
 if TYPE_CHECKING:
     from ..dump import Dump
 
-ORC_DWARF_REG = {orc.REG_SP: 7, orc.REG_BP: 6, orc.REG_DX: 1, orc.REG_DI: 5, orc.REG_R10: 10,
-                 orc.REG_R13: 13}
+ORC_DWARF_REG = {
+    orc.REG_SP: 7,
+    orc.REG_BP: 6,
+    orc.REG_DX: 1,
+    orc.REG_DI: 5,
+    orc.REG_R10: 10,
+    orc.REG_R13: 13,
+}
 CFI_DATA_ALIGN = -8
-USER_ENTRY_SYMBOLS = frozenset((
-    "entry_SYSCALL_64", "entry_SYSCALL_64_safe_stack", "entry_SYSCALL_64_after_hwframe",
-    "entry_SYSCALL_compat", "entry_SYSCALL_compat_safe_stack",
-    "entry_SYSCALL_compat_after_hwframe", "entry_SYSENTER_compat",
-    "entry_SYSENTER_compat_after_hwframe", "entry_INT80_compat", "ret_from_fork"))
+USER_ENTRY_SYMBOLS = frozenset(
+    (
+        "entry_SYSCALL_64",
+        "entry_SYSCALL_64_safe_stack",
+        "entry_SYSCALL_64_after_hwframe",
+        "entry_SYSCALL_compat",
+        "entry_SYSCALL_compat_safe_stack",
+        "entry_SYSCALL_compat_after_hwframe",
+        "entry_SYSENTER_compat",
+        "entry_SYSENTER_compat_after_hwframe",
+        "entry_INT80_compat",
+        "ret_from_fork",
+    )
+)
 
 
 def _orc_base(entry: orc.OrcEntry) -> bytes | None:
@@ -57,8 +73,12 @@ def _orc_base(entry: orc.OrcEntry) -> bytes | None:
 def _if_kernel_mode(cs_at: int, kernel: bytes, user: bytes) -> bytes:
     """Expression (CFA pushed): `kernel` when the cs saved at CFA+cs_at is
     kernel mode, else `user` (each replaces the CFA with one value)."""
-    test = bytes([cfi.DW_OP_dup]) + cfi.plus(cs_at) + cfi.deref() + bytes([cfi.DW_OP_lit0 + 3,
-                                                                             cfi.DW_OP_and])
+    test = (
+        bytes([cfi.DW_OP_dup])
+        + cfi.plus(cs_at)
+        + cfi.deref()
+        + bytes([cfi.DW_OP_lit0 + 3, cfi.DW_OP_and])
+    )
     return cfi.if_zero_else(test, kernel, user)
 
 
@@ -70,10 +90,14 @@ def _interrupted(saved: tuple[str, ...]) -> bytes:
     for pc 0 reads a word there when it checks why the walk stopped, and a
     user sp would be "inner" to the kernel stack, which gdb reports."""
     cs_at = 8 * saved.index("cs")
-    rip = _if_kernel_mode(cs_at, cfi.plus(8 * saved.index("rip")) + cfi.deref(),
-                          bytes([cfi.DW_OP_drop, cfi.DW_OP_lit0]))
-    rsp = _if_kernel_mode(cs_at, cfi.plus(8 * saved.index("rsp")) + cfi.deref(),
-                          cfi.plus(8 * len(saved) - 8))
+    rip = _if_kernel_mode(
+        cs_at,
+        cfi.plus(8 * saved.index("rip")) + cfi.deref(),
+        bytes([cfi.DW_OP_drop, cfi.DW_OP_lit0]),
+    )
+    rsp = _if_kernel_mode(
+        cs_at, cfi.plus(8 * saved.index("rsp")) + cfi.deref(), cfi.plus(8 * len(saved) - 8)
+    )
     return cfi.value_is(DWARF_RA, rip) + cfi.value_is(DWARF_REGS["rsp"], rsp)
 
 
@@ -81,13 +105,16 @@ def orc_cfi_rule(entry: orc.OrcEntry, user_entry: bool = False) -> cfi.CfiRule:
     """The CfiRule of one ORC entry (see the comment above)."""
     base = _orc_base(entry)
     kind = entry.type
-    if base is None or kind in (orc.END, orc.UNDEFINED) or (user_entry and kind in
-                                                            (orc.REGS, orc.REGS_PARTIAL)):
-        return cfi.CfiRule(cfi.def_cfa(7, 8) + cfi.undefined(DWARF_RA)
-                           + cfi.same_value(6), "call")
+    if (
+        base is None
+        or kind in (orc.END, orc.UNDEFINED)
+        or (user_entry and kind in (orc.REGS, orc.REGS_PARTIAL))
+    ):
+        return cfi.CfiRule(cfi.def_cfa(7, 8) + cfi.undefined(DWARF_RA) + cfi.same_value(6), "call")
     if kind == orc.CALL:
-        return cfi.CfiRule(base + cfi.saved_at_cfa(DWARF_RA, -8, CFI_DATA_ALIGN)
-                           + _bp_rule(entry), "call")
+        return cfi.CfiRule(
+            base + cfi.saved_at_cfa(DWARF_RA, -8, CFI_DATA_ALIGN) + _bp_rule(entry), "call"
+        )
     if kind == orc.REGS:
         code = bytearray(base)
         for i, name in enumerate(PT_REGS):
@@ -113,7 +140,7 @@ def _bp_rule(entry: orc.OrcEntry) -> bytes:
     return cfi.same_value(6)
 
 
-def orc_cfi_ranges(dump: "Dump") -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
+def orc_cfi_ranges(dump: Dump) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
     """(CfiLayout, [CfiRange]) for the core kernel's and each loaded module's
     ORC table, at runtime addresses."""
     syms = CodeSymbols(dump)
@@ -128,7 +155,7 @@ def orc_cfi_ranges(dump: "Dump") -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
         raw = dump.read(entries_at, 6 * len(ips))
         out = []
         for i in range(len(ips)):
-            word = raw[6 * i:6 * i + 6]
+            word = raw[6 * i : 6 * i + 6]
             rule = plain.get(word)
             if rule is None:
                 entry = entries.get(word)
@@ -143,7 +170,10 @@ def orc_cfi_ranges(dump: "Dump") -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
                     rule = plain[word] = orc_cfi_rule(entry)
             out.append(rule)
         ranges.append(cfi.CfiRange(list(ips), out, end))
-    layout = cfi.CfiLayout(address_size=8, return_column=DWARF_RA, data_align=CFI_DATA_ALIGN,
-                           initial=cfi.def_cfa(7, 8) + cfi.saved_at_cfa(DWARF_RA, -8,
-                                                                        CFI_DATA_ALIGN))
+    layout = cfi.CfiLayout(
+        address_size=8,
+        return_column=DWARF_RA,
+        data_align=CFI_DATA_ALIGN,
+        initial=cfi.def_cfa(7, 8) + cfi.saved_at_cfa(DWARF_RA, -8, CFI_DATA_ALIGN),
+    )
     return layout, ranges

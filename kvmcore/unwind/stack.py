@@ -8,6 +8,7 @@ others, the THREAD_SIZE-aligned block the stack pointer lies in: task and IRQ
 stacks are THREAD_SIZE-sized and aligned (vmap'd stacks), which is all the
 walk needs to tell "same stack" from "another stack".
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -18,8 +19,13 @@ MAX_STACK_SWITCHES = 6
 class StackGuard:
     """Checks each new stack pointer of a walk; `advance` returns an error or None."""
 
-    def __init__(self, sp: int, stack_size: int, task_stack: tuple[int, int] | None = None,
-                 is_kernel: Callable[[int], bool] | None = None) -> None:
+    def __init__(
+        self,
+        sp: int,
+        stack_size: int,
+        task_stack: tuple[int, int] | None = None,
+        is_kernel: Callable[[int], bool] | None = None,
+    ) -> None:
         self.stack_size = stack_size
         self.task_stack = task_stack
         self.is_kernel: Callable[[int], bool] = is_kernel or (lambda a: True)
@@ -44,8 +50,10 @@ class StackGuard:
         lo, hi = self.current
         if lo <= new_sp <= hi:  # hi itself: an empty stack after the last frame
             if new_sp < old_sp or (new_sp == old_sp and not allow_same):
-                return (f"stack pointer went from {old_sp:#x} to {new_sp:#x}: "
-                        "wrong direction (corrupt stack or bad unwind data)")
+                return (
+                    f"stack pointer went from {old_sp:#x} to {new_sp:#x}: "
+                    "wrong direction (corrupt stack or bad unwind data)"
+                )
             return None
         nxt = self.region(new_sp)
         if nxt in self.left:

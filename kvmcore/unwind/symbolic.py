@@ -5,6 +5,7 @@ kvmcore.symbols owns the symbol tables; this adapter only normalises what it
 returns and turns a missing symbol layer into "no names" instead of a crash,
 so a backtrace still comes out (with bare addresses) when symbols fail.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ def _as_address(value: Any) -> int | None:
 class CodeSymbols:
     """Symbol look-ups for one dump, cached; never raises."""
 
-    def __init__(self, dump: "Dump") -> None:
+    def __init__(self, dump: Dump) -> None:
         self.dump = dump
         self._table: Any = None
         self._loaded = False
@@ -77,8 +78,9 @@ class CodeSymbols:
         if self._modules is None:
             self._modules = []
             try:
-                self._modules = [(m.base, m.base + m.size, m.name)
-                                 for m in self.dump.kernel.modules()]
+                self._modules = [
+                    (m.base, m.base + m.size, m.name) for m in self.dump.kernel.modules()
+                ]
             except KvmcoreError:
                 pass
         return next((name for lo, hi, name in self._modules if lo <= pc < hi), None)
