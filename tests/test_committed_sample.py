@@ -29,7 +29,9 @@ import pytest
 
 import kvmcore
 from conftest import ROOT
+from kdump_writer import write_kdump
 from kvmcore.errors import KvmcoreError, PageExcludedError
+from kvmcore.formats import open_physical
 from kvmcore.gdbserver import serve
 from kvmcore.gdbserver.packets import PacketReader, frame
 from kvmcore.linux.panic import CPU_LINE_RE
@@ -173,6 +175,26 @@ def test_filtered_pages_are_reported_as_excluded(dump, raw, pob):
             dump.read_phys(pfn * bs, 8)
         # through the direct map, a caller that asks for zeros gets them (crash's -z)
         assert dump.read(pob + pfn * bs, 8, zero_excluded=True) == bytes(8)
+
+
+@pytest.mark.parametrize("codec, flattened", [("lzo", False), ("snappy", False),
+                                               ("zstd", False), ("zlib", True)])
+def test_repacked_in_each_codec_reads_the_same_pages(raw, tmp_path, codec, flattened):
+    """The committed file's pages re-packed by tests/kdump_writer.py in another codec (or
+    in makedumpfile's flattened stream) read back as the file holds them."""
+    out = write_kdump(open_physical(str(DUMP)), tmp_path / f"vmcore.{codec}", codec,
+                      uts=MANIFEST["uts"], flattened=flattened)
+    mem = open_physical(str(out))
+    assert mem.metadata["compression"] == [codec]
+    assert (mem.metadata.get("container") == "flattened") == flattened
+    bs = raw.block_size
+    for pfn, page in raw.pages.items():
+        assert mem.read_phys(pfn * bs, bs) == page, f"pfn {pfn:#x}"
+    excluded = next(p for p in range(raw.max_mapnr) if p not in raw.pages)
+    with pytest.raises(PageExcludedError):
+        mem.read_phys(excluded * bs, 8)
+    with kvmcore.open(str(out)) as again:
+        assert again.kernel.panic.message == MANIFEST["panic"]["message"]
 
 
 # ------------------------------------------------------------------ translation
