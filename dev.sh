@@ -1,32 +1,66 @@
 #!/usr/bin/env bash
-# kvmcore's two set-up commands on a fresh Debian 12 machine (run as root, or
+# kvmcore's set-up commands on a fresh Debian 12 machine (run as root, or
 # with sudo when apt packages are missing):
 #   ./dev.sh analyze [ARGS]  install kvmcore into .venv and analyze the committed sample dump
 #   ./dev.sh test            install everything the tests need, build (or reuse) the real
 #                            sample dumps in ~/.cache/kvmcore, run the linters and the whole
 #                            test suite
+#   ./dev.sh fast            the fast tier (pytest -m fast): .venv with the test extra, then
+#                            the tests that need only the committed sample and generated
+#                            fixtures; no QEMU, no sample build, under a minute
 #   ./dev.sh lint            ruff, mypy and the import-layer contracts (lint-imports)
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "${BASH_SOURCE[0]}")"
 VENV=${KVMCORE_VENV:-.venv}
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 
-apt_install() {  # apt_install PKG...: install what is missing, after one apt-get update
-    local missing=()
-    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+installed() {  # installed PKG: is the package installed (not just known to dpkg)?
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
+}
+
+apt_install() {  # apt_install PKG...: install what is missing
+    local missing=() failed=() unknown=() p sudo=""
+    for p in "$@"; do installed "$p" || missing+=("$p"); done
     [ ${#missing[@]} -eq 0 ] && return 0
-    local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update -q
-    $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+    # A mirror index caught mid-sync makes `apt-get update` exit 100 although every
+    # package may still be installable: retry once, then go on with the lists we have.
+    if ! $sudo apt-get update -q; then
+        echo "dev.sh: apt-get update failed; retrying in ${KVMCORE_APT_RETRY_SECONDS:-15} s" >&2
+        sleep "${KVMCORE_APT_RETRY_SECONDS:-15}"
+        $sudo apt-get update -q || echo "dev.sh: warning: apt-get update failed twice;" \
+            "installing from the package lists this machine already has" >&2
+    fi
+    if ! $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"; then
+        for p in "${missing[@]}"; do
+            installed "$p" && continue
+            failed+=("$p")
+            apt-cache show "$p" >/dev/null 2>&1 || unknown+=("$p")
+        done
+        echo "dev.sh: apt-get install failed; not installed: ${failed[*]:-${missing[*]}}" >&2
+        [ ${#unknown[@]} -eq 0 ] ||
+            echo "dev.sh: not in this machine's package lists: ${unknown[*]}" >&2
+        exit 1
+    fi
 }
 
 venv() {  # venv EXTRAS: a virtual environment with kvmcore installed (editable)
     python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv python3-pip
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    # pip only when this venv lacks these extras of this pyproject.toml ("[test]" covers "")
+    local hash stamp="$VENV/.kvmcore-installed$1"
+    hash=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ -x "$VENV/bin/kvmcore" ] && { [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ] ||
+            [ "$(cat "$VENV/.kvmcore-installed[test]" 2>/dev/null)" = "$hash" ]; }; then
+        return 0
+    fi
     "$VENV/bin/pip" install -q --upgrade pip >/dev/null
     "$VENV/bin/pip" install -q -e ".$1"
+    echo "$hash" >"$stamp"
 }
+
+# sourced (tests/test_devsh.py): define the functions only
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
 case "${1:-}" in
 analyze)
@@ -57,8 +91,14 @@ test)
     "$VENV/bin/python" -m sample_dumps build --with-dbg
     exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
     ;;
+fast)
+    shift
+    venv "[test]"
+    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider -m fast tests "$@"
+    ;;
 *)
-    echo "usage: ./dev.sh analyze [DUMP [VMLINUX]] | ./dev.sh test [PYTEST-ARGS] | ./dev.sh lint" >&2
+    echo "usage: ./dev.sh analyze [DUMP [VMLINUX]] | ./dev.sh test [PYTEST-ARGS]" \
+         "| ./dev.sh fast [PYTEST-ARGS] | ./dev.sh lint" >&2
     exit 2
     ;;
 esac

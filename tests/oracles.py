@@ -3,7 +3,9 @@ the Debian -dbg vmlinux. Facts come from here or from the manifests, never
 from kvmcore itself."""
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
 from functools import lru_cache
 
 import pytest
@@ -55,3 +57,14 @@ def gdb_binary(arch: str) -> str:
     if path is None:
         pytest.fail(f"{name} not found: apt-get install gdb gdb-multiarch", pytrace=False)
     return path
+
+
+@lru_cache(maxsize=16)
+def gdb_static_value(arch: str, vmlinux, expr: str) -> int:
+    """An integer expression evaluated by gdb on the vmlinux file alone (no target:
+    a variable's initial value from .data), e.g. jiffies' INITIAL_JIFFIES."""
+    p = subprocess.run([gdb_binary(arch), "-nx", "-batch", "-ex", f"p/d {expr}", str(vmlinux)],
+                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    m = re.search(r"^\$1 = (-?\d+)$", p.stdout, re.M)
+    assert m, f"gdb could not evaluate {expr} in {vmlinux}: {p.stdout[-2000:]}{p.stderr[-2000:]}"
+    return int(m[1])

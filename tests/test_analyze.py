@@ -106,6 +106,7 @@ def test_markdown_headline_is_a_heading(samples):
     assert "## Backtrace" in out and "sysrq_handle_crash+" in out
 
 
+@pytest.mark.fast
 def test_no_argument_analyzes_the_committed_sample():
     manifest = json.loads((ROOT / "sample_dumps/committed/x86_64-small/manifest.json").read_text())
     p = run("analyze")

@@ -25,6 +25,7 @@ def test_panic_cpu_gets_its_own_note(samples, sid, fmt):
     assert task.registers() == note.regs
 
 
+@pytest.mark.fast
 def test_cpu_line_old_and_new_formats():
     """The "CPU: n PID: p Comm: c" line dump_stack() prints; 6.10 added "UID: u"."""
     for line, cpu, pid in (("CPU: 1 PID: 115 Comm: crasher Not tainted 6.1.0-56-amd64 #1", 1, 115),

@@ -17,6 +17,8 @@ import kvmcore
 from kvmcore.errors import KvmcoreError, TruncatedDumpError, WalkError
 from kvmcore.freebsd import FreeBSDKernel
 
+pytestmark = pytest.mark.fast  # generated fixtures only: the fast tier
+
 MINIDUMPS = [("amd64", 1), ("amd64", 2), ("amd64", 3), ("arm64", 1), ("arm64", 2)]
 FULL = {"plain": {}, "kdh": {"header": True}, "gz": {"compression": "gzip"},
         "zst": {"compression": "zstd"}, "kdh-zst": {"header": True, "compression": "zstd"}}

@@ -23,6 +23,8 @@ import pytest
 
 import freebsd_fixtures as F
 
+pytestmark = pytest.mark.fast  # generated fixtures only: the fast tier
+
 KVMCORE = os.path.join(os.path.dirname(sys.executable), "kvmcore")
 SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "kvmcore", "schema", "report.schema.json")

@@ -13,14 +13,25 @@ import threading
 
 import pytest
 
-from oracles import gdb_binary
+from oracles import gdb_binary, gdb_static_value
 
 import kvmcore
 from kvmcore.gdbserver import gdb_command_line, serve
 from kvmcore.gdbserver.packets import PacketReader, checksum, frame
 
 PY = sys.executable
-INITIAL_JIFFIES = 4294892296  # the vmlinux's static value: (unsigned long)(unsigned int)(-300*HZ), HZ=250
+
+
+def initial_jiffies(arch: str, vmlinux) -> int:
+    """jiffies as the vmlinux initialises it (INITIAL_JIFFIES, -300*HZ as an unsigned
+    int: depends on the build's HZ), read from the file by gdb, no dump involved."""
+    return gdb_static_value(arch, vmlinux, "jiffies")
+
+
+def current_thread(s) -> bytes:
+    """qC's reply: gdb's thread ids are pids (kvmcore/gdbserver/threads.py), and the
+    current thread is the panicking task the manifest names."""
+    return b"QC%x" % s.manifest["panic"]["pid"]
 
 
 def run_gdb(arch: str, vmlinux, dump_path, commands: list[str], serve_vmlinux=None,
@@ -90,12 +101,12 @@ def test_gdb_bt_of_panic_task(x86):
 
 
 def test_gdb_kaslr_symbols_line_up(x86):
-    s, _, _, out = x86
+    s, vmlinux, _, out = x86
     assert s.manifest["kaslr"]
     assert f'"{s.manifest["kernel_release"]}"' in out
     jiffies = re.search(r"^\$2 = (\d+)$", out, re.M)
     assert jiffies, out[-3000:]
-    assert int(jiffies[1]) != INITIAL_JIFFIES
+    assert int(jiffies[1]) != initial_jiffies("x86_64", vmlinux)
 
 
 def test_gdb_memory_matches_dump(x86):
@@ -149,7 +160,7 @@ def test_gdb_arm64_kaslr(samples):
         serve_vmlinux=vmlinux)
     assert f'"{s.manifest["kernel_release"]}"' in out, out[-3000:]
     jiffies = re.search(r"^\$2 = (\d+)$", out, re.M)
-    assert jiffies and int(jiffies[1]) != INITIAL_JIFFIES, out[-3000:]
+    assert jiffies and int(jiffies[1]) != initial_jiffies("aarch64", vmlinux), out[-3000:]
     panic = s.manifest["panic"]
     assert re.search(rf'^\* +\d+ +Thread \d+ "{panic["pid"]} {panic["comm"]}"', out, re.M), \
         out[-3000:]
@@ -214,12 +225,12 @@ def test_bad_checksum_gets_nak(tcp_server):
     sock = connect(tcp_server[0])
     sock.sendall(b"$qC#00")
     assert sock.recv(1) == b"-"
-    assert exchange(sock, b"qC") == b"QC73"  # pid 115 crasher
+    assert exchange(sock, b"qC") == current_thread(tcp_server[3])
     sock.close()
 
 
 def test_garbage_truncated_and_oversized(tcp_server):
-    server = tcp_server[0]
+    server, current = tcp_server[0], current_thread(tcp_server[3])
     sock = connect(server)
     sock.sendall(b"hello\x00\xffgarbage$m1234")  # truncated packet, then a real one
     assert exchange(sock, b"qAttached") == b"1"
@@ -228,13 +239,13 @@ def test_garbage_truncated_and_oversized(tcp_server):
     big = b"$" + b"q" * (1 << 20)
     sock.sendall(big + b"#00")
     assert exchange(sock, None) == b"E.kvmcore: packet too large"
-    assert exchange(sock, b"qC") == b"QC73"
+    assert exchange(sock, b"qC") == current
     sock.close()
     sock = connect(server)
     sock.sendall(b"$qSupported:multipr")  # disconnect mid-packet
     sock.close()
     sock = connect(server)
-    assert exchange(sock, b"qC") == b"QC73"
+    assert exchange(sock, b"qC") == current
     sock.close()
 
 
@@ -305,6 +316,7 @@ def test_target_xml_for_x86_64(tcp_server):
     sock.close()
 
 
+@pytest.mark.fast
 def test_checksum_and_frame():
     assert frame(b"OK") == b"$OK#9a"  # the example in gdb's protocol documentation
     assert checksum(b"") == 0

@@ -68,6 +68,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("kind", ["fifo", "devnull"])
 def test_special_files_are_one_line_errors(tmp_path, kind):
     if kind == "fifo":

@@ -79,6 +79,7 @@ def test_sha256(samples, sid, fmt):
     assert sha256(path) == entry["sha256"]
 
 
+@pytest.mark.fast
 def test_committed_copy():
     d = ROOT / "sample_dumps" / "committed" / "x86_64-small"
     m = json.loads((d / "manifest.json").read_text())
