@@ -367,7 +367,7 @@ def test_panic_task_and_backtrace(dump):
     assert panic.cpu == m["cpu"]
     assert (panic.task.pid, panic.task.comm) == (m["pid"], m["comm"])
     assert panic.task.on_cpu and panic.task.cpu == m["cpu"]
-    names = [f.function or "" for f in dump.kernel.backtrace(panic.task).frames]
+    names = [f.function or "" for f in dump.backtrace(panic.task).frames]
     crash_at = next(i for i, n in enumerate(names) if n.startswith("sysrq_handle_crash+"))
     assert any(n.startswith("panic+") for n in names[:crash_at]), names
     assert any(n.startswith("__handle_sysrq") for n in names[crash_at + 1:]), names
@@ -376,7 +376,7 @@ def test_panic_task_and_backtrace(dump):
 def test_sleeping_threads_unwind_through_schedule(dump):
     for th in MANIFEST["threads"]:
         task = dump.kernel.find_task(th["tid"])
-        names = [f.function or "" for f in dump.kernel.backtrace(task).frames]
+        names = [f.function or "" for f in dump.backtrace(task).frames]
         assert any(n.startswith("schedule+") for n in names), (th, names)
 
 
