@@ -136,7 +136,11 @@ class Dump:
 
     @property
     def os(self) -> str | None:
-        return self.mem.facts.os
+        """ "linux", "freebsd", or None: the format's word, else "linux" when
+        the dump has a VMCOREINFO (a note, or the kernel's own in memory)."""
+        if self.mem.facts.os is not None:
+            return self.mem.facts.os
+        return "linux" if self.vmcoreinfo is not None else None
 
     @property
     def format_name(self) -> str:

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from functools import lru_cache
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,15 @@ def gdb_static_value(arch: str, vmlinux, expr: str) -> int:
     m = re.search(r"^\$1 = (-?\d+)$", p.stdout, re.M)
     assert m, f"gdb could not evaluate {expr} in {vmlinux}: {p.stdout[-2000:]}{p.stderr[-2000:]}"
     return int(m[1])
+
+
+def readelf_vmcoreinfo(path: Path) -> dict[str, str]:
+    """VMCOREINFO decoded by readelf (independent of kvmcore's note parser)."""
+    if not shutil.which("readelf"):
+        pytest.fail("readelf is missing: apt-get install binutils")
+    out = subprocess.run(["readelf", "-n", "-W", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    m = re.search(r"^\s*VMCOREINFO\s[^\n]*?description data:((?: [0-9a-f]{2})+)", out, re.M | re.S)
+    assert m, f"readelf finds no VMCOREINFO note in {path}"
+    text = bytes.fromhex(m[1].replace(" ", "")).decode()
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)

@@ -21,6 +21,7 @@ import pytest
 
 import kvmcore
 from kvmcore.registry import get_arch
+from oracles import readelf_vmcoreinfo
 from sample_dumps.catalog import load_samples
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,18 +54,6 @@ def i386_vmlinux(sid: str = I386) -> Path:
     if v is None:
         pytest.fail(f"the -dbg vmlinux of {sid} is missing: run `{BUILD} --with-dbg`")
     return v
-
-
-def readelf_vmcoreinfo(path: Path) -> dict[str, str]:
-    """VMCOREINFO decoded by readelf (independent of kvmcore's note parser)."""
-    if not shutil.which("readelf"):
-        pytest.fail("readelf is missing: apt-get install binutils")
-    out = subprocess.run(["readelf", "-n", "-W", str(path)], capture_output=True, text=True,
-                         check=True).stdout
-    m = re.search(r"^\s*VMCOREINFO\s[^\n]*?description data:((?: [0-9a-f]{2})+)", out, re.M | re.S)
-    assert m, f"readelf finds no VMCOREINFO note in {path}"
-    text = bytes.fromhex(m[1].replace(" ", "")).decode()
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def qemu_cr4(dump) -> list[int]:

@@ -26,7 +26,7 @@ def register_format(priority: int = 50):
 
 
 def _load_all() -> None:
-    import_all(__name__, frozenset({"base"}))
+    import_all(__name__, frozenset({"base", "vmcoreinfo_scan"}))
 
 
 def formats() -> list[type[PhysicalMemory]]:

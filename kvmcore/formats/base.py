@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from ..errors import NotInDumpError, PageExcludedError
 from ..fileio import ByteSource
 from ..notes import NT_PRSTATUS, Note, VmcoreInfo
+from .vmcoreinfo_scan import find_vmcoreinfo
 
 
 @dataclass(frozen=True)
@@ -87,11 +88,23 @@ class PhysicalMemory(ABC):
     # -- notes -----------------------------------------------------------
     @property
     def vmcoreinfo(self) -> VmcoreInfo | None:
+        """The dump's VMCOREINFO: its note (or header copy), else the kernel's
+        own note found in memory (scanned once; metadata records where)."""
         for note in self.notes:
             if note.name == "VMCOREINFO":
                 return VmcoreInfo.from_bytes(note.desc)
         raw = self.metadata.get("vmcoreinfo_raw")
-        return VmcoreInfo.from_bytes(raw) if raw else None
+        if raw:
+            return VmcoreInfo.from_bytes(raw)
+        if self.facts.os == "freebsd":
+            return None  # FreeBSD has none: no scan of its memory
+        if "vmcoreinfo_scan" not in self.metadata:
+            found = find_vmcoreinfo(self)
+            self.metadata["vmcoreinfo_scan"] = found
+            if found is not None:
+                self.metadata["vmcoreinfo_source"] = f"kernel's note in memory at {found[1]:#x}"
+        found = self.metadata["vmcoreinfo_scan"]
+        return found[0] if found is not None else None
 
     def prstatus_notes(self) -> list[Note]:
         return [n for n in self.notes if n.type == NT_PRSTATUS and n.name in ("CORE", "")]

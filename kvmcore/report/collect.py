@@ -101,6 +101,7 @@ def _dump_section(dump: Dump) -> dict[str, Any]:
         "dump_level": mem.metadata.get("dump_level"),
         "excluded_pages": _excluded_pages(mem.metadata),
         "vmcoreinfo": info is not None,
+        "vmcoreinfo_source": mem.metadata.get("vmcoreinfo_source"),
     }
     try:
         out["symbols"] = dump.symbols.source
