@@ -211,9 +211,20 @@ def bt(
     json_out: bool = JsonOpt,
     pid: int | None = _arg(commands.BT, "pid"),
     all_tasks: bool = _arg(commands.BT, "all_tasks"),
+    cpu: int | None = _arg(commands.BT, "cpu"),
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(commands.BT, dump, vmlinux, arch, system_map, json_out, pid=pid, all_tasks=all_tasks)
+    _command(
+        commands.BT,
+        dump,
+        vmlinux,
+        arch,
+        system_map,
+        json_out,
+        pid=pid,
+        all_tasks=all_tasks,
+        cpu=cpu,
+    )
 
 
 @app.command("info", help=commands.INFO.help)

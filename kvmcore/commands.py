@@ -30,7 +30,7 @@ not in the table.
 | dmesg   | dmesg_data    | dmesg_text    |                                    |
 | mods    | mods_data     | mods_text     |                                    |
 | sys     | sys_data      | sys_text      |                                    |
-| bt      | bt_data       | bt_text       | [--pid] PID, --all/-a              |
+| bt      | bt_data       | bt_text       | [--pid] PID, --all/-a, --cpu/-c N  |
 | info    | info_data     | info_text     |                                    |
 | sym     | sym_data      | sym_text      | WHAT (a symbol name or an address) |
 | read    | read_data     | read_text     | ADDRESS [LENGTH] --phys            |
@@ -46,7 +46,7 @@ from . import explore
 from .errors import KvmcoreError
 from .kernel import has_timestamps
 from .report import build_report
-from .report.collect import _dump_section, _headline, _system, frames_of
+from .report.collect import _dump_section, _headline, _system, cpu_frames, frames_of, log_task
 from .report.lines import frame_lines
 from .textsafe import printable_tree
 
@@ -108,8 +108,12 @@ def sys_data(dump: Dump) -> dict[str, Any]:
     return out
 
 
-def bt_data(dump: Dump, pid: int | None = None, all_tasks: bool = False) -> dict[str, Any]:
+def bt_data(
+    dump: Dump, pid: int | None = None, all_tasks: bool = False, cpu: int | None = None
+) -> dict[str, Any]:
     kernel = dump.kernel
+    if cpu is not None:
+        return {"tasks": [_cpu_entry(dump, cpu)]}
     if all_tasks:
         chosen = kernel.tasks()
     elif pid is not None:
@@ -120,6 +124,8 @@ def bt_data(dump: Dump, pid: int | None = None, all_tasks: bool = False) -> dict
     else:
         task = kernel.panic_task()
         if task is None:
+            if kernel.panic.cpu is not None:  # its task_struct unreadable: its CPU's trace
+                return {"tasks": [_cpu_entry(dump, kernel.panic.cpu)]}
             raise KvmcoreError("the panicking task is not known; name one with --pid", dump.path)
         chosen = [task]
     out = []
@@ -131,6 +137,37 @@ def bt_data(dump: Dump, pid: int | None = None, all_tasks: bool = False) -> dict
             entry["backtrace"] = {"available": False, "reason": exc.message}
         out.append(entry)
     return {"tasks": out}
+
+
+def _cpu_entry(dump: Dump, cpu: int) -> dict[str, Any]:
+    """`bt --cpu N`: the trace from CPU N's saved registers, with the task
+    that ran there when it can be read, else what the panic's log says of it
+    (`source: "log"`), else only its address (rq->curr) or nothing."""
+    kernel = dump.kernel
+    backtrace = cpu_frames(dump, cpu, 64)  # raises when the dump has no registers for it
+    try:
+        task = kernel.running_task(cpu)
+    except KvmcoreError:
+        task = None
+    if task is not None:
+        entry = task.as_dict()
+    else:
+        entry = {"pid": None, "comm": None, "cpu": cpu, "address": None}
+        try:
+            if kernel.panic.cpu == cpu:
+                entry.update(log_task(dump) or {})
+            if entry["address"] is None and hasattr(kernel, "cpu_task_address"):
+                addr = kernel.cpu_task_address(cpu)
+                entry["address"] = f"{addr:#x}" if addr else None
+        except KvmcoreError:
+            pass
+        backtrace["warning"] = (
+            f"the task that ran on CPU {cpu} cannot be read; the trace is from "
+            "the registers the dump saved for the CPU"
+        )
+    entry["cpu"] = cpu
+    entry["backtrace"] = backtrace
+    return entry
 
 
 def info_data(dump: Dump) -> dict[str, Any]:
@@ -297,8 +334,12 @@ def bt_text(data: dict[str, Any]) -> str:
     out = []
     for t in data["tasks"]:
         tid = f"  TID: {t['tid']}" if "tid" in t else ""  # FreeBSD's td_tid
+        pid = "?" if t["pid"] is None else t["pid"]
+        comm = "?" if t["comm"] is None else t["comm"]
+        source = "  (from the kernel log)" if t.get("source") == "log" else ""
         out.append(
-            f'PID: {t["pid"]}{tid}  TASK: {t["address"]}  CPU: {t["cpu"]}  COMMAND: "{t["comm"]}"'
+            f'PID: {pid}{tid}  TASK: {t["address"] or "?"}  CPU: {t["cpu"]}  COMMAND: "{comm}"'
+            + source
         )
         out.extend(frame_lines(t["backtrace"]))
         out.append("")
@@ -440,12 +481,20 @@ MODS = Command("mods", "Loaded modules, with taints.", mods_data, mods_text)
 SYS = Command("sys", "System and panic summary (as crash's `sys`).", sys_data, sys_text)
 BT = Command(
     "bt",
-    "Backtrace of the panicking task (or --pid PID, or --all).",
+    "Backtrace of the panicking task (or --pid PID, --cpu CPU, or --all).",
     bt_data,
     bt_text,
     (
         Param("pid", int, "backtrace of this task", None, ("--pid",), bare=True, metavar="PID"),
         Param("all_tasks", bool, "every task", False, ("--all", "-a")),
+        Param(
+            "cpu",
+            int,
+            "backtrace from this CPU's saved registers (as crash's bt -c)",
+            None,
+            ("--cpu", "-c"),
+            metavar="CPU",
+        ),
     ),
 )
 INFO = Command(
