@@ -308,6 +308,28 @@ def symfile(
     )
 
 
+@app.command("core")
+def core(
+    dump: Path = DumpArg,
+    vmlinux: Path | None = VmlinuxArg,
+    output: Path = typer.Option(..., "-o", "--output", help="the ELF core to write"),
+    arch: str | None = ArchOpt,
+    system_map: Path | None = SystemMapOpt,
+) -> None:
+    """Write an ELF core gdb opens natively: kernel virtual memory, tasks as threads."""
+    from kvmcore.gdbserver.corefile import write_core
+
+    d = _open(dump, vmlinux, arch, system_map)
+    done = write_core(d, str(output))
+    symbols = str(vmlinux) if vmlinux else "SYMFILE (kvmcore symfile DUMP -o SYMFILE)"
+    print(
+        f"wrote {output}: {done['segments']} segments, {done['threads']} threads, "
+        f"{done['bytes_written'] >> 20} MiB of memory ({done['missing_pages']} pages the "
+        f"dump lacks read as zeros); use: gdb -ex 'symbol-file -o "
+        f"{done['kernel_offset']:#x} {symbols}' -c {output}"
+    )
+
+
 @app.command("shell")
 def shell(
     dump: Path = DumpArg,
