@@ -193,3 +193,14 @@ def test_run_length_bytes_are_checked_as_sent():
     body = b"0* "
     assert frame(body) == b"$0* #%02x" % ((0x30 + 0x2a + 0x20) & 0xFF)
     assert events(frame(body)) == [packet(body)]
+
+
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 511, 512, 513, 4096, 65536, 100_001])
+def test_checksum_of_large_replies_is_the_byte_sum(n):
+    """The chunked (zlib.adler32) checksum equals the byte sum modulo 256, the
+    definition in gdb's manual, for random data and the worst case of 0xff bytes."""
+    import random
+
+    rng = random.Random(n)
+    for data in (bytes(rng.randrange(256) for _ in range(n)), b"\xff" * n):
+        assert checksum(data) == sum(data) % 256

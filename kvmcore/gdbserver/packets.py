@@ -7,6 +7,7 @@ or an error reply, never the connection or the server.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 #: largest packet we accept and advertise (qSupported PacketSize); gdb sizes its
@@ -16,7 +17,17 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
 def checksum(data: bytes) -> int:
-    return sum(data) & 0xFF
+    """The packet checksum: the sum of the bytes, modulo 256. Summed in C
+    through zlib.adler32, whose first half is 1 + the byte sum modulo 65521:
+    exact for 256-byte chunks (255 * 256 < 65521), and about 4x faster than
+    sum() on the 64 KB replies of a memory dump."""
+    if len(data) < 512:
+        return sum(data) & 0xFF
+    view = memoryview(data)
+    total = 0
+    for i in range(0, len(data), 256):
+        total += (zlib.adler32(view[i : i + 256]) & 0xFFFF) - 1
+    return total & 0xFF
 
 
 def frame(data: bytes) -> bytes:
