@@ -42,6 +42,11 @@ class Sample:
 
 
 def load_samples(cache: Path | str | None = None) -> dict[str, Sample]:
+    """The built samples of this checkout's table (sample_dumps/table.py). A
+    cache shared with other checkouts may hold samples this one does not
+    know (an architecture added on a branch): those are left out."""
+    from .table import BY_ID
+
     cache = Path(cache) if cache else cache_root()
     out = {}
     for mf in sorted((cache / "samples").glob("*/manifest.json")):
@@ -49,5 +54,6 @@ def load_samples(cache: Path | str | None = None) -> dict[str, Sample]:
             m = json.loads(mf.read_text())
         except ValueError:
             continue
-        out[m["id"]] = Sample(m["id"], mf.parent, m, cache)
+        if m.get("id") in BY_ID:
+            out[m["id"]] = Sample(m["id"], mf.parent, m, cache)
     return out
