@@ -38,6 +38,7 @@ not in the table.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -146,10 +147,9 @@ def info_data(dump: Dump) -> dict[str, Any]:
         "memory_bytes": sum(r.size for r in dump.phys_ranges()),
     }
     if data["release"] is None and dump.os in ("linux", "freebsd"):
-        try:  # from the kernel's memory; FreeBSD's osrelease needs the kernel's symbols
+        # from the kernel's memory; FreeBSD's osrelease needs the kernel's symbols
+        with contextlib.suppress(KvmcoreError):
             data["release"] = dump.kernel.release or None
-        except KvmcoreError:
-            pass
     return data
 
 
