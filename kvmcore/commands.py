@@ -304,7 +304,7 @@ def bt_text(data: dict[str, Any]) -> str:
     return "\n".join(out).rstrip("\n")
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
