@@ -59,6 +59,26 @@ venv() {  # venv EXTRAS: a virtual environment with kvmcore installed (editable)
     echo "$hash" >"$stamp"
 }
 
+lint() {  # lint: ruff (lint + format check), mypy (strict on the public API), and
+    # import-linter's layer contracts (pyproject.toml). mypy and lint-imports read an
+    # installed copy: the editable install maps arches/ and cli/ into kvmcore with an
+    # import hook, which neither mypy nor the import graph builder follows (mypy
+    # reports paths in that copy: kvmcore/arches/..., kvmcore/cli/...).
+    local tmp bin config
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    tmp=$(mktemp -d)
+    trap "rm -rf '$tmp'" EXIT
+    rm -rf build  # pip builds in-tree: a stale build/lib would keep files since deleted
+    "$VENV/bin/pip" install -q --no-deps --target "$tmp/site" . >/dev/null
+    bin=$(cd "$VENV/bin" && pwd)
+    config=$PWD/pyproject.toml
+    (cd "$tmp/site" && "$bin/mypy" --config-file "$config" --cache-dir "$tmp/mypy_cache")
+    (cd "$tmp" && PYTHONPATH="$tmp/site" "$bin/lint-imports" "$config")
+    rm -rf "$tmp"
+    trap - EXIT
+}
+
 # sourced (tests/test_devsh.py): define the functions only
 [ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
@@ -69,20 +89,8 @@ analyze)
     exec "$VENV/bin/kvmcore" analyze "$@"
     ;;
 lint)
-    # ruff (lint + format check), mypy (strict on the public API), and
-    # import-linter's layer contracts (pyproject.toml). lint-imports reads an
-    # installed copy: the editable install maps arches/ and cli/ into kvmcore
-    # with an import hook, which the import graph builder does not follow.
     venv "[test]"
-    "$VENV/bin/ruff" check .
-    "$VENV/bin/ruff" format --check .
-    "$VENV/bin/mypy"
-    tmp=$(mktemp -d)
-    trap 'rm -rf "$tmp"' EXIT
-    "$VENV/bin/pip" install -q --no-deps --target "$tmp/site" . >/dev/null
-    linter=$(cd "$VENV/bin" && pwd)/lint-imports
-    config=$PWD/pyproject.toml
-    (cd "$tmp" && PYTHONPATH="$tmp/site" "$linter" "$config")
+    lint
     ;;
 test)
     shift

@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         "--crash-runs",
         type=int,
         default=1,
-        help="runs per crash measurement (crash spends ~30 s loading the DWARF each time; default 1)",
+        help="runs per crash measurement (crash spends ~30 s loading the DWARF each time; "
+        "default 1)",
     )
     ap.add_argument("--sample", default="x86_64-kaslr", help="sample ID (default x86_64-kaslr)")
     ap.add_argument("--quick", action="store_true", help="1 run, ELF only, no crash, no RESULTS.md")
@@ -106,26 +107,28 @@ def render(info: dict, sample, cfg: Config, rows: list, points: list) -> str:
                 "commands",
                 "Commands (whole process: open + work + exit)",
                 "crash runs `crash -s -i CMDFILE VMLINUX DUMP` with `sys` / `ps` / `log` / `bt` / "
-                "`sys; ps; log; bt`; drgn runs bench/drgn_worker.py (same work through drgn's helpers).",
+                "`sys; ps; log; bt`; drgn runs bench/drgn_worker.py (same work through drgn's "
+                "helpers).",
             ),
             (
                 "reads",
                 "Read throughput (read loop only, timed inside the process)",
-                "64 MiB of the direct map from physical 16 MiB: `seq` = 64 KiB reads front to back, "
-                "`rand` = 4096 random 4 KiB reads; pages filtered out by makedumpfile fault in both tools "
-                "and are counted. drgn cannot open a format where it shows n/a. In the ELF written by "
-                "`makedumpfile -E` the filtered (and zero) pages are left out of the PT_LOADs' file "
-                "contents (p_filesz < p_memsz): drgn reads them as zeros, as for any ELF core, while "
-                "kvmcore reports them as filtered, so the two do different work on that format; the "
-                "kdump files store zero pages once and do not count them as filtered.",
+                "64 MiB of the direct map from physical 16 MiB: `seq` = 64 KiB reads front to "
+                "back, `rand` = 4096 random 4 KiB reads; pages filtered out by makedumpfile fault "
+                "in both tools and are counted. drgn cannot open a format where it shows n/a. In "
+                "the ELF written by `makedumpfile -E` the filtered (and zero) pages are left out "
+                "of the PT_LOADs' file contents (p_filesz < p_memsz): drgn reads them as zeros, "
+                "as for any ELF core, while kvmcore reports them as filtered, so the two do "
+                "different work on that format; the kdump files store zero pages once and do not "
+                "count them as filtered.",
             ),
             (
                 "gdb",
                 "gdb: `dump binary memory` of 64 MB (timed inside gdb)",
-                "gdb cannot translate kernel virtual addresses in a QEMU paging=false dump, so gdb's own "
-                "core-file reader is given the same bytes by physical address (the ELF's PT_LOAD has "
-                "p_vaddr == p_paddr); through `kvmcore serve --stdio` gdb reads the kernel-virtual "
-                "direct-map addresses.",
+                "gdb cannot translate kernel virtual addresses in a QEMU paging=false dump, so "
+                "gdb's own core-file reader is given the same bytes by physical address (the "
+                "ELF's PT_LOAD has p_vaddr == p_paddr); through `kvmcore serve --stdio` gdb reads "
+                "the kernel-virtual direct-map addresses.",
             ),
         ):
             sel = [r for r in rows if r.group == group]

@@ -46,7 +46,10 @@ def ensure_built(memory_mb: int, extra_tasks: int) -> ScalePoint:
     if not (sdir / "vmcore.elf").exists():
         free = shutil.disk_usage(cache).free
         if free < (memory_mb << 20) * 1.5:
-            point.error = f"not built: {free >> 20} MB free under {cache}, a {memory_mb} MB guest needs ~{memory_mb * 3 // 2} MB"
+            point.error = (
+                f"not built: {free >> 20} MB free under {cache}, "
+                f"a {memory_mb} MB guest needs ~{memory_mb * 3 // 2} MB"
+            )
             return point
     try:
         _say(f"  {spec.id}: build (cached after the first time)")

@@ -38,6 +38,7 @@ not in the table.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -184,10 +185,9 @@ def info_data(dump: Dump) -> dict[str, Any]:
         "memory_bytes": sum(r.size for r in dump.phys_ranges()),
     }
     if data["release"] is None and dump.os in ("linux", "freebsd"):
-        try:  # from the kernel's memory; FreeBSD's osrelease needs the kernel's symbols
+        # from the kernel's memory; FreeBSD's osrelease needs the kernel's symbols
+        with contextlib.suppress(KvmcoreError):
             data["release"] = dump.kernel.release or None
-        except KvmcoreError:
-            pass
     return data
 
 
@@ -346,7 +346,7 @@ def bt_text(data: dict[str, Any]) -> str:
     return "\n".join(out).rstrip("\n")
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

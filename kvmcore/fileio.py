@@ -9,6 +9,7 @@ protocol, which a flattened or compressed container can also implement.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import stat
@@ -105,7 +106,6 @@ class DumpFile:
             os.close(self._fd)
             self._fd = None
         if self._map is not None:
-            try:
+            # BufferError: a memoryview is still alive; the map goes when it does
+            with contextlib.suppress(BufferError):
                 self._map.close()
-            except BufferError:
-                pass  # a memoryview is still alive; the map goes when it does

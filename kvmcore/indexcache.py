@@ -13,6 +13,7 @@ KVMCORE_INDEX_CACHE=0 turns the cache off.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -95,7 +96,5 @@ def store(build_id: str | None, name: str, source: tuple[int, bytes], payload: b
         pass  # read-only or full: the next run decodes again
     finally:
         if tmp is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass

@@ -4,7 +4,8 @@ kvmcore.freebsd.FreeBSDKernel both satisfy `KernelModel`.
 
 The report layer reads only these attributes; anything OS-specific stays in
 the personality. Backtraces are not the model's: the unwinders sit above it
-(kvmcore.unwind.backtrace(dump, task), or dump.backtrace(task)). Field meanings that differ between kernels:
+(kvmcore.unwind.backtrace(dump, task), or dump.backtrace(task)). Field
+meanings that differ between kernels:
 
 - `Task.pid` is the id `ps` shows (Linux: the thread's pid; FreeBSD: the
   process's p_pid). `Task.tid` is unique per thread (Linux: pid; FreeBSD:

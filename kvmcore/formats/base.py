@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from ..errors import NotInDumpError, PageExcludedError
 from ..fileio import ByteSource
-from ..notes import NT_PRSTATUS, Note, VmcoreInfo
+from ..notes import NT_PRSTATUS, ByteOrder, Note, VmcoreInfo
 from .vmcoreinfo_scan import find_vmcoreinfo
 
 
@@ -43,7 +43,7 @@ class DumpFacts:
     machine: str | None = None
     os: str | None = None
     word_size: int | None = None
-    byteorder: str = "little"
+    byteorder: ByteOrder = "little"
     kind: str = "full"
     page_size: int = 4096
     extra: dict[str, Any] = field(default_factory=dict)

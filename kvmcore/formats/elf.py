@@ -14,7 +14,7 @@ import struct
 
 from ..errors import DumpFormatError
 from ..fileio import ByteSource
-from ..notes import parse_notes
+from ..notes import ByteOrder, parse_notes
 from . import register_format
 from .base import PhysicalMemory, PhysRange, RangeMap, excluded
 
@@ -52,7 +52,7 @@ class ElfHeader:
             raise DumpFormatError(f"bad ELF class {self.elfclass}", source.path)
         if ident[5] not in (1, 2):
             raise DumpFormatError(f"bad ELF data encoding {ident[5]}", source.path)
-        self.byteorder = "little" if ident[5] == 1 else "big"
+        self.byteorder: ByteOrder = "little" if ident[5] == 1 else "big"
         self.osabi = ident[7]
         e = "<" if ident[5] == 1 else ">"
         self.endian = e

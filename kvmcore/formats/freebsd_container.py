@@ -13,6 +13,7 @@ zstd), never next to the dump; output is capped by `max_decompressed()`.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -75,10 +76,8 @@ class BufferSource:
         return self._buf[offset : offset + length]
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(BufferError):
             self._buf.close()
-        except BufferError:
-            pass
 
 
 def _gunzip(src: ByteSource, path: str, limit: int) -> BufferSource:

@@ -37,7 +37,7 @@ from ..errors import (
     UnsupportedError,
 )
 from ..fileio import ByteSource, DumpFile
-from ..notes import Note, parse_notes
+from ..notes import ByteOrder, Note, parse_notes
 from . import register_format
 from .base import PhysicalMemory, PhysRange, excluded
 
@@ -142,7 +142,7 @@ MAX_BLOCK_SIZE = 1 << 20
 
 
 #: utsname.machine -> (normalized arch, word size, byte order)
-def _machine(name: str) -> tuple[str | None, int | None, str | None]:
+def _machine(name: str) -> tuple[str | None, int | None, ByteOrder | None]:
     n = name.strip().lower()
     if n in ("x86_64", "amd64"):
         return "x86_64", 8, "little"
@@ -223,12 +223,11 @@ class _Header:
         machine, word, order = _machine(self.utsname["machine"])
         self.machine = machine
         # candidate (word size, byte order) layouts, the utsname's guess first
-        orders = [order] if order else ["little", "big"]
+        both: list[ByteOrder] = ["little", "big"]
+        orders = [order] if order else both
         words = [word] if word else [8, 4]
         candidates = [(w, o) for w in words for o in orders]
-        candidates += [
-            (w, o) for w in (8, 4) for o in ("little", "big") if (w, o) not in candidates
-        ]
+        candidates += [(w, o) for w in (8, 4) for o in both if (w, o) not in candidates]
         for w, o in candidates:
             fields = self._try(raw, w, o)
             if fields is not None:

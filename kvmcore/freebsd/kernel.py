@@ -546,7 +546,7 @@ class FreeBSDKernel:
                 raise WalkError(f"linker_files list loops at {lf:#x}", dump.path)
             seen.add(lf)
 
-            def string(member: str) -> str:
+            def string(member: str, lf: int = lf) -> str:
                 p = dump.read_ptr(lf + offs[member])
                 return dump.read_cstring(p, 1024) if p else ""
 

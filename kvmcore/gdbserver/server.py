@@ -5,6 +5,7 @@ client, and no failure to serve one, ends the server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
@@ -183,10 +184,8 @@ class TcpServer:
 
     def close(self) -> None:
         self._stopping = True
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.sock.close()
 
 
@@ -264,7 +263,6 @@ def gdb_command_line(
         # qOffsets relocates only .text/.data/.bss of an ET_EXEC vmlinux (gdb
         # maps Text=/Data= to those sections when the file has more than two
         # segments); .rodata, .data..read_mostly etc. need the whole-file offset
-        info = dump.vmcoreinfo
         offset = dump.kernel_offset
         if offset:
             parts += ["-ex", _quote(f"symbol-file -o {offset:#x} {_quote(dump.vmlinux)}")]

@@ -9,6 +9,7 @@ no tasks) each CPU of the dump's PRSTATUS notes is one thread.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,10 +88,8 @@ class ThreadList:
         if not tasks:
             raise KvmcoreError("the kernel model found no tasks", dump.path)
         cpu_regs = {}
-        try:
+        with contextlib.suppress(KvmcoreError):
             cpu_regs = {c.cpu: c.regs for c in dump.cpu_states}
-        except KvmcoreError:
-            pass
         threads: list[GdbThread] = []
         used: set[int] = set()
         for task in tasks:

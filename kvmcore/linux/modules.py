@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -79,14 +80,12 @@ def read_modules(kernel: LinuxKernel) -> list[Module]:
             dump.read_u32(addr + off_size),
             dump.read_ptr(addr + off_taints),
         )
-        try:
+        with contextlib.suppress(KvmcoreError):
+            # sections are a convenience; the module itself is known
             module.sections = _sections(dump, types, addr)
-        except KvmcoreError:
-            pass  # sections are a convenience; the module itself is known
-        try:
+        with contextlib.suppress(KvmcoreError):
+            # without them, frames in the module show as [module] only
             module.symbols = _kallsyms(dump, types, addr)
-        except KvmcoreError:
-            pass  # without them, frames in the module show as [module] only
         modules.append(module)
         node = dump.read_ptr(node)
     return modules

@@ -222,17 +222,16 @@ def _block_text(blob: bytes, begin: int, nxt: int, size: int, word: int, text_le
     if begin & 1 or begin == nxt:  # data-less block (FAILED_LPOS / EMPTY_LINE_LPOS)
         return b""
     start = begin % size
-    if begin // size == nxt // size:
-        block = blob[start : start + (nxt - begin)]
-    else:  # wrapped: the block was placed at the start of the ring
-        block = blob[: nxt % size]
+    # wrapped (else): the block was placed at the start of the ring
+    block = (
+        blob[start : start + (nxt - begin)] if begin // size == nxt // size else blob[: nxt % size]
+    )
     return block[word : word + text_len]  # skip the descriptor id the block starts with
 
 
 def _read_log_buf(dump: Dump) -> KernelLog:
     """Pre-5.10 `struct printk_log` records in `log_buf`."""
     h = _Helpers(dump)
-    info = dump.vmcoreinfo
     buf = dump.read_ptr(h.symbol("log_buf"))
     buf_len = dump.read_u32(h.symbol("log_buf_len"))
     first = dump.read_u32(h.symbol("log_first_idx"))

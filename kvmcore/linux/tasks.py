@@ -133,7 +133,7 @@ class TaskReader:
         else:
             self.off_cpu = t.offsetof(ts, "cpu")
         if t.has_member(ts, "thread_node") and t.has_member("struct signal_struct", "thread_head"):
-            self.off_signal = t.offsetof(ts, "signal")
+            self.off_signal: int | None = t.offsetof(ts, "signal")
             self.off_thread_head = t.offsetof("struct signal_struct", "thread_head")
             self.off_thread_link = t.offsetof(ts, "thread_node")
         else:
@@ -208,7 +208,8 @@ class TaskReader:
         d = self.dump
         seen = set() if seen is None else seen
         if self.off_signal is not None:
-            budget and budget.take(leader)
+            if budget:
+                budget.take(leader)
             signal = d.read_ptr(leader + self.off_signal)
             head = signal + self.off_thread_head
             yield from self.list_entries(head, self.off_thread_link, seen, budget)

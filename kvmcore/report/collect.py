@@ -241,7 +241,8 @@ def _tasks_section(dump: Dump) -> dict[str, Any]:
     result = kernel.task_list
     tasks = result.tasks
     states = Counter(t.state for t in tasks)
-    on_cpu, blocked = [], []
+    on_cpu: list[dict[str, object]] = []
+    blocked: list[dict[str, object]] = []
     for task in tasks:
         if task.on_cpu or task.state == "D":
             entry = task.as_dict()

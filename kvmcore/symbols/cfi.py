@@ -264,8 +264,14 @@ def encode_debug_frame(ranges: Iterable[CfiRange], layout: CfiLayout, shift: int
         fde_rows: list[tuple[int, bytes]] = []
         current: CfiRule | None = None
 
-        def flush(end: int) -> None:
-            if fde_start is not None and end > fde_start:
+        def flush(
+            end: int,
+            fde_start: int | None,
+            fde_rows: list[tuple[int, bytes]],
+            current: CfiRule | None,
+        ) -> None:
+            # (the loop's variables, passed in: current is set whenever fde_start is)
+            if fde_start is not None and current is not None and end > fde_start:
                 writer.fde(
                     fde_start - shift,
                     end - shift,
@@ -284,7 +290,7 @@ def encode_debug_frame(ranges: Iterable[CfiRange], layout: CfiLayout, shift: int
                 or rule.signal != current.signal
                 or len(fde_rows) >= MAX_ROWS_PER_FDE
             ):
-                flush(start)
+                flush(start, fde_start, fde_rows, current)
                 fde_start, fde_rows = start, []
             elif rule == current:
                 current = rule
@@ -292,5 +298,5 @@ def encode_debug_frame(ranges: Iterable[CfiRange], layout: CfiLayout, shift: int
             fde_rows.append((start, rule.instructions))
             current = rule
         if fde_rows:
-            flush(rng.end)
+            flush(rng.end, fde_start, fde_rows, current)
     return bytes(writer.out)

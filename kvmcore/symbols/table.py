@@ -270,9 +270,8 @@ class SymbolTable:
         i = min(order[j:k], key=lambda i: _display_rank(self._names[i], self._types[i]))
         sym = self._symbol(i)
         offset = addr - sym_addr
-        if k >= len(addrs):
-            if offset >= max(sym.size, _LAST_SYMBOL_SLACK if sym.size == 0 else 0):
-                return None
+        if k >= len(addrs) and offset >= max(sym.size, _LAST_SYMBOL_SLACK if sym.size == 0 else 0):
+            return None
         return sym, offset
 
     def size_of(self, sym: Symbol) -> int:

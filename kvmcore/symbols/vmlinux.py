@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import KvmcoreError, SymbolError
 from ..fileio import DumpFile
-from ..notes import parse_notes
+from ..notes import ByteOrder, parse_notes
 from .table import Symbol, SymbolColumns
 
 SHT_SYMTAB, SHT_NOTE, SHT_NOBITS = 2, 7, 8
@@ -82,7 +82,7 @@ class VmlinuxFile:
                 f"not a vmlinux: bad ELF class {head[4]} / data encoding {head[5]}", self.path
             )
         self.is64 = self.elf_class == 2
-        self.byteorder = "little" if head[5] == 1 else "big"
+        self.byteorder: ByteOrder = "little" if head[5] == 1 else "big"
         self._e = "<" if head[5] == 1 else ">"
         e = self._e
         if len(head) < (64 if self.is64 else 52):

@@ -3,6 +3,7 @@ dump's memory between __start_BTF and __stop_BTF."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from ..errors import AddressError, KvmcoreError, SymbolError, TypeInfoError
@@ -31,10 +32,8 @@ def _btf_bounds(dump: Dump) -> tuple[int, int]:
     with CONFIG_KALLSYMS_ALL (Debian amd64 yes, arm64/i386 no): then a
     vmlinux or System.map given with the dump supplies them."""
     tables = []
-    try:
+    with contextlib.suppress(SymbolError):
         tables.append(dump.symbols)
-    except SymbolError:
-        pass
     for prefer in ("vmlinux", "System.map"):
         if tables and tables[-1].get("__start_BTF") is not None:
             break

@@ -56,7 +56,8 @@ class DwarfTypes:
         self.path = path
         self.word_size = word_size
         self.build_id = build_id
-        self._file = open(path, "rb")
+        # open for the object's lifetime: pyelftools reads the DWARF lazily from it
+        self._file = open(path, "rb")  # noqa: SIM115
         try:
             elf = ELFFile(self._file)
             if not elf.has_dwarf_info():

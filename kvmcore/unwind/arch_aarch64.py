@@ -4,6 +4,7 @@ rows `kvmcore symfile` gives gdb."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from ..arches.aarch64.cpu import PSTATE_MODE_MASK, PT_REGS
@@ -67,10 +68,8 @@ class Aarch64Unwinder(FramePointerUnwinder):
     def stackframe_offset(self) -> int:
         if self._stackframe_offset is None:
             offset = DEFAULT_STACKFRAME_OFFSET
-            try:
+            with contextlib.suppress(KvmcoreError):
                 offset = self.dump.types.offsetof("struct pt_regs", "stackframe")
-            except KvmcoreError:
-                pass
             self._stackframe_offset = offset
         return self._stackframe_offset
 

@@ -372,7 +372,7 @@ class X86_64Unwinder:
             if target is None:
                 continue
             hit = (value, sp + 8 * i)
-            if callee is None or target == INDIRECT or target == want_start:
+            if callee is None or target in (INDIRECT, want_start):
                 return hit
             tname = self.syms.function_name(target)
             if tname and (

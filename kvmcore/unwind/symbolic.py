@@ -8,6 +8,7 @@ so a backtrace still comes out (with bare addresses) when symbols fail.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from ..errors import KvmcoreError
@@ -50,10 +51,8 @@ class CodeSymbols:
             except KvmcoreError as exc:
                 self.error = f"no kernel symbols: {exc}"
                 return None
-            try:
+            with contextlib.suppress(KvmcoreError):  # no module list: core symbols only
                 self._table = self.dump.kernel.symbol_table()
-            except KvmcoreError:
-                pass  # no module list: core symbols only
         return self._table
 
     def address(self, name: str) -> int | None:
@@ -77,12 +76,10 @@ class CodeSymbols:
         """The loaded module whose core memory holds `pc` (kernel model), if any."""
         if self._modules is None:
             self._modules = []
-            try:
+            with contextlib.suppress(KvmcoreError):
                 self._modules = [
                     (m.base, m.base + m.size, m.name) for m in self.dump.kernel.modules()
                 ]
-            except KvmcoreError:
-                pass
         return next((name for lo, hi, name in self._modules if lo <= pc < hi), None)
 
     def _describe(self, pc: int) -> tuple[str | None, str | None]:
@@ -134,10 +131,8 @@ class CodeSymbols:
         if text and "+" in text:
             name, _, rest = text.partition("+")
             off, slash, size = rest.partition("/")
-            try:
+            with contextlib.suppress(ValueError):
                 text = f"{name}+{int(off, 16) + 1:#x}{slash}{size}"
-            except ValueError:
-                pass
         return text, module
 
     def function_start(self, pc: int) -> int | None:
