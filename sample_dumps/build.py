@@ -57,8 +57,8 @@ class Kernel:
             raise RuntimeError("no kernel package downloads:\n" + "\n".join(errors))
         self.root = debian.extract(deb, cache / "kernels" / deb.name[:-4])
         self.release = debian.kernel_release(self.root)
-        self.vmlinuz = self.root / "boot" / f"vmlinuz-{self.release}"
-        self.moddir = self.root / "lib" / "modules" / self.release
+        self.vmlinuz = debian.kernel_image(self.root, self.release)
+        self.moddir = debian.modules_root(self.root) / self.release
 
     def vmlinux(self) -> Path | None:
         p = self.dbg_dir / "usr/lib/debug/boot" / f"vmlinux-{self.release}"
@@ -79,7 +79,10 @@ def busybox(arch: Arch, cache: Path, apt: debian.Apt = debian.HOST_APT) -> Path:
     pkg = debian.candidate("busybox-static", arch.debian_arch, apt)
     deb = debian.download(pkg, cache / "debs", apt)
     root = debian.extract(deb, cache / "busybox" / deb.name[:-4])
-    return root / "bin" / "busybox"
+    for rel in ("bin/busybox", "usr/bin/busybox"):  # usr/bin in merged-/usr trixie
+        if (root / rel).exists():
+            return root / rel
+    raise RuntimeError(f"no busybox binary in {root}")
 
 
 def threaded_task(arch: Arch, cache: Path) -> Path:

@@ -281,8 +281,25 @@ def extract_dbg(deb: Path, dest: Path) -> Path:
     return dest
 
 
+def modules_root(pkg_root: Path) -> Path:
+    """lib/modules, or usr/lib/modules in merged-/usr packages (trixie)."""
+    for rel in ("lib/modules", "usr/lib/modules"):
+        if (pkg_root / rel).is_dir():
+            return pkg_root / rel
+    raise RuntimeError(f"no lib/modules or usr/lib/modules in {pkg_root}")
+
+
 def kernel_release(pkg_root: Path) -> str:
-    rels = [p.name for p in (pkg_root / "lib" / "modules").iterdir() if p.is_dir()]
+    rels = [p.name for p in modules_root(pkg_root).iterdir() if p.is_dir()]
     if len(rels) != 1:
         raise RuntimeError(f"expected one kernel release in {pkg_root}, got {rels}")
     return rels[0]
+
+
+def kernel_image(pkg_root: Path, release: str) -> Path:
+    """boot/vmlinuz-<release>, or boot/vmlinux-<release> where the package ships an
+    uncompressed image (riscv64's EFI-stub Image)."""
+    for name in (f"vmlinuz-{release}", f"vmlinux-{release}"):
+        if (pkg_root / "boot" / name).exists():
+            return pkg_root / "boot" / name
+    raise RuntimeError(f"no boot/vmlinuz-{release} or boot/vmlinux-{release} in {pkg_root}")
