@@ -44,11 +44,11 @@ class Apt:
         return [tool, *self.options, *args]
 
     @staticmethod
-    def host() -> "Apt":
+    def host() -> Apt:
         return Apt()
 
     @staticmethod
-    def private(suite: str, debian_arch: str, cache: Path) -> "Apt":
+    def private(suite: str, debian_arch: str, cache: Path) -> Apt:
         """A private apt configuration for `suite` (main) at the host's mirror, under
         <cache>/apt/<suite>/: sources list, lists, caches and an empty dpkg status.
         The architecture is given to apt (APT::Architectures), so dpkg's foreign

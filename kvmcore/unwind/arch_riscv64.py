@@ -36,11 +36,14 @@ if TYPE_CHECKING:
 
 CAUSE_INTERRUPT = 1 << 63
 ENTRY_NAMES = ("handle_exception", "ret_from_exception", "handle_kernel_stack_overflow")
+#: where kernel threads start (6.12: ret_from_fork; later ret_from_fork_kernel_asm)
+FORK_NAMES = ("ret_from_fork",)
 
 
 class Riscv64Unwinder(FramePointerUnwinder):
     lr_reg = "ra"
     record_offset = -16
+    crossing_needs_fp = False
     thread_size = 16384  # THREAD_SIZE with 4K pages and KASAN off (16 KiB on rv64)
 
     def __init__(self, dump: Dump) -> None:
@@ -70,6 +73,31 @@ class Riscv64Unwinder(FramePointerUnwinder):
     def is_user(self, regs: dict[str, int]) -> bool:
         return not regs.get("status", SSTATUS_SPP) & SSTATUS_SPP
 
+    def _stop(self, bt: Backtrace, sp: int, fp: int) -> str | None:
+        """Why the walk must not read the record below `fp` ("" for a clean end), or None.
+
+        ret_from_fork is the outermost frame of a kernel thread (its s0 holds the
+        thread function, not a frame pointer). Otherwise fp must lie on the
+        current stack above sp (stacktrace.c fp_is_valid), except that
+        call_on_irq_stack's record on the IRQ stack leads back to the task stack."""
+        last = (bt.frames[-1].function or "") if bt.frames else ""
+        if last.startswith(FORK_NAMES):
+            return ""
+        if fp & 7:
+            return f"frame pointer {fp:#x} is not 8-byte aligned"
+        if self._valid_fp(fp, sp) or last.startswith("call_on_irq_stack"):
+            return None
+        return f"frame pointer {fp:#x} is not on the stack of sp {sp:#x}"
+
+    def _frame_record(
+        self, bt: Backtrace, guard: StackGuard, sp: int, fp: int
+    ) -> tuple[int, int] | None:
+        why = self._stop(bt, sp, fp)
+        if why is not None:
+            bt.error = why or None
+            return None
+        return super()._frame_record(bt, guard, sp, fp)
+
     def _valid_fp(self, value: int, sp: int) -> bool:
         """stacktrace.c fp_is_valid: sp + 16 <= value <= ALIGN(sp, THREAD_SIZE), 8-aligned."""
         top = (sp + self.thread_size - 1) & ~(self.thread_size - 1)
@@ -98,6 +126,10 @@ class Riscv64Unwinder(FramePointerUnwinder):
                 return bt
             if not fp or not is_kernel(fp):
                 return bt  # end of the chain
+            why = self._stop(bt, sp, fp) if exact_regs is None else None
+            if why is not None:
+                bt.error = why or None
+                return bt
             error = guard.advance(sp, fp)  # the record lies below fp, the caller's sp
             if error:
                 bt.error = error

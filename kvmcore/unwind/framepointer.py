@@ -28,6 +28,10 @@ class FramePointerUnwinder:
     #: at it (aarch64, i386, amd64); riscv64's fp is the frame's CFA, with the
     #: record {fp, ra} in the two words below it (-16)
     record_offset = 0
+    #: exception frames are found through the frame pointer (aarch64's pt_regs
+    #: stackframe); False: through the stack pointer alone (riscv64), so a user
+    #: frame pointer restored by the CFI does not hide them
+    crossing_needs_fp = True
 
     def __init__(self, dump: Dump) -> None:
         self.dump = dump
@@ -198,7 +202,7 @@ class FramePointerUnwinder:
                 bt.error = f"stopped after {max_frames} frames"
                 return bt
             fp = known.get(self.fp_reg, 0)
-            if not exact and fp and is_kernel(fp):
+            if not exact and ((fp and is_kernel(fp)) or not self.crossing_needs_fp):
                 try:
                     crossed = self.exception_regs_at(pc, fp, sp)
                 except KvmcoreError as exc:
