@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -210,9 +211,20 @@ def bt(
     json_out: bool = JsonOpt,
     pid: int | None = _arg(commands.BT, "pid"),
     all_tasks: bool = _arg(commands.BT, "all_tasks"),
+    cpu: int | None = _arg(commands.BT, "cpu"),
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(commands.BT, dump, vmlinux, arch, system_map, json_out, pid=pid, all_tasks=all_tasks)
+    _command(
+        commands.BT,
+        dump,
+        vmlinux,
+        arch,
+        system_map,
+        json_out,
+        pid=pid,
+        all_tasks=all_tasks,
+        cpu=cpu,
+    )
 
 
 @app.command("info", help=commands.INFO.help)
@@ -294,6 +306,61 @@ def symfile(
         f"wrote {output}: {note}; use: gdb {output} -ex "
         f"'target remote | kvmcore serve --stdio {dump}'"
     )
+
+
+@app.command("shell")
+def shell(
+    dump: Path = DumpArg,
+    vmlinux: Path | None = VmlinuxArg,
+    arch: str | None = ArchOpt,
+    system_map: Path | None = SystemMapOpt,
+) -> None:
+    """A crash-like prompt: every command, `set PID`, `py`, pipes; from a pipe, runs its lines."""
+    from kvmcore.shell import run_shell  # prompt_toolkit: only for the shell
+
+    run_shell(_open(dump, vmlinux, arch, system_map))
+
+
+# -- the exploration commands, built from the command table ---------------------
+VmlinuxOpt = typer.Option(None, "--vmlinux", help="the kernel's vmlinux (optional)")
+
+
+def _table_command(cmd: commands.Command) -> None:
+    """A subcommand `kvmcore NAME DUMP ARGS... [--vmlinux FILE]` whose arguments
+    are the table's parameters (VMLINUX is an option here: the commands take
+    optional positionals of their own)."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter("dump", kind, default=DumpArg, annotation=Path)]
+    for p in cmd.params:
+        annotation: Any = p.type if p.type is bool or p.required else (p.type | None)
+        params.append(
+            inspect.Parameter(p.name, kind, default=_arg(cmd, p.name), annotation=annotation)
+        )
+    params += [
+        inspect.Parameter("vmlinux", kind, default=VmlinuxOpt, annotation=Path | None),
+        inspect.Parameter("arch", kind, default=ArchOpt, annotation=str | None),
+        inspect.Parameter("json_out", kind, default=JsonOpt, annotation=bool),
+        inspect.Parameter("system_map", kind, default=SystemMapOpt, annotation=Path | None),
+    ]
+
+    def run(**kwargs: Any) -> None:
+        _command(
+            cmd,
+            kwargs.pop("dump"),
+            kwargs.pop("vmlinux"),
+            kwargs.pop("arch"),
+            kwargs.pop("system_map"),
+            kwargs.pop("json_out"),
+            **kwargs,
+        )
+
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__name__ = cmd.name
+    app.command(cmd.name, help=cmd.help)(run)
+
+
+for _cmd in commands.EXPLORE:
+    _table_command(_cmd)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ not in the table.
 | dmesg   | dmesg_data    | dmesg_text    |                                    |
 | mods    | mods_data     | mods_text     |                                    |
 | sys     | sys_data      | sys_text      |                                    |
-| bt      | bt_data       | bt_text       | [--pid] PID, --all/-a              |
+| bt      | bt_data       | bt_text       | [--pid] PID, --all/-a, --cpu/-c N  |
 | info    | info_data     | info_text     |                                    |
 | sym     | sym_data      | sym_text      | WHAT (a symbol name or an address) |
 | read    | read_data     | read_text     | ADDRESS [LENGTH] --phys            |
@@ -39,13 +39,14 @@ not in the table.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from . import explore
 from .errors import KvmcoreError
 from .kernel import has_timestamps
 from .report import build_report
-from .report.collect import _dump_section, _headline, _system, frames_of
+from .report.collect import _dump_section, _headline, _system, cpu_frames, frames_of, log_task
 from .report.lines import frame_lines
 from .textsafe import printable_tree
 
@@ -107,8 +108,12 @@ def sys_data(dump: Dump) -> dict[str, Any]:
     return out
 
 
-def bt_data(dump: Dump, pid: int | None = None, all_tasks: bool = False) -> dict[str, Any]:
+def bt_data(
+    dump: Dump, pid: int | None = None, all_tasks: bool = False, cpu: int | None = None
+) -> dict[str, Any]:
     kernel = dump.kernel
+    if cpu is not None:
+        return {"tasks": [_cpu_entry(dump, cpu)]}
     if all_tasks:
         chosen = kernel.tasks()
     elif pid is not None:
@@ -119,6 +124,8 @@ def bt_data(dump: Dump, pid: int | None = None, all_tasks: bool = False) -> dict
     else:
         task = kernel.panic_task()
         if task is None:
+            if kernel.panic.cpu is not None:  # its task_struct unreadable: its CPU's trace
+                return {"tasks": [_cpu_entry(dump, kernel.panic.cpu)]}
             raise KvmcoreError("the panicking task is not known; name one with --pid", dump.path)
         chosen = [task]
     out = []
@@ -130,6 +137,37 @@ def bt_data(dump: Dump, pid: int | None = None, all_tasks: bool = False) -> dict
             entry["backtrace"] = {"available": False, "reason": exc.message}
         out.append(entry)
     return {"tasks": out}
+
+
+def _cpu_entry(dump: Dump, cpu: int) -> dict[str, Any]:
+    """`bt --cpu N`: the trace from CPU N's saved registers, with the task
+    that ran there when it can be read, else what the panic's log says of it
+    (`source: "log"`), else only its address (rq->curr) or nothing."""
+    kernel = dump.kernel
+    backtrace = cpu_frames(dump, cpu, 64)  # raises when the dump has no registers for it
+    try:
+        task = kernel.running_task(cpu)
+    except KvmcoreError:
+        task = None
+    if task is not None:
+        entry = task.as_dict()
+    else:
+        entry = {"pid": None, "comm": None, "cpu": cpu, "address": None}
+        try:
+            if kernel.panic.cpu == cpu:
+                entry.update(log_task(dump) or {})
+            if entry["address"] is None and hasattr(kernel, "cpu_task_address"):
+                addr = kernel.cpu_task_address(cpu)
+                entry["address"] = f"{addr:#x}" if addr else None
+        except KvmcoreError:
+            pass
+        backtrace["warning"] = (
+            f"the task that ran on CPU {cpu} cannot be read; the trace is from "
+            "the registers the dump saved for the CPU"
+        )
+    entry["cpu"] = cpu
+    entry["backtrace"] = backtrace
+    return entry
 
 
 def info_data(dump: Dump) -> dict[str, Any]:
@@ -296,8 +334,12 @@ def bt_text(data: dict[str, Any]) -> str:
     out = []
     for t in data["tasks"]:
         tid = f"  TID: {t['tid']}" if "tid" in t else ""  # FreeBSD's td_tid
+        pid = "?" if t["pid"] is None else t["pid"]
+        comm = "?" if t["comm"] is None else t["comm"]
+        source = "  (from the kernel log)" if t.get("source") == "log" else ""
         out.append(
-            f'PID: {t["pid"]}{tid}  TASK: {t["address"]}  CPU: {t["cpu"]}  COMMAND: "{t["comm"]}"'
+            f'PID: {pid}{tid}  TASK: {t["address"] or "?"}  CPU: {t["cpu"]}  COMMAND: "{comm}"'
+            + source
         )
         out.extend(frame_lines(t["backtrace"]))
         out.append("")
@@ -325,6 +367,7 @@ class Param:
     required: bool = False
     bare: bool = False  # an option a command line also takes as a bare word
     metavar: str = ""
+    rest: bool = False  # a positional that takes the rest of a command line (an expression)
 
     @property
     def positional(self) -> bool:
@@ -360,6 +403,9 @@ class Command:
     data: Callable[..., dict[str, Any]]
     text: Callable[[dict[str, Any]], str]
     params: tuple[Param, ...] = ()
+    #: its text keeps newlines from the data: a log (dmesg), or views whose
+    #: text functions escape the dump's strings themselves (the exploration commands)
+    multiline: bool = False
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
@@ -371,7 +417,7 @@ class Command:
         """`text(data)` with every string from the dump made printable (a
         comm, a log line or OSRELEASE can hold terminal escapes); log records
         keep their newlines."""
-        return self.text(printable_tree(data, newlines=self.name == "dmesg"))
+        return self.text(printable_tree(data, newlines=self.multiline))
 
     def run(self, dump: Dump, **args: Any) -> str:
         """The command's text, as the CLI prints it."""
@@ -408,6 +454,9 @@ class Command:
                 free = [p for p in bare if p.name not in args]
                 if not free:
                     raise KvmcoreError(f"too many arguments; usage: {self.usage()}")
+                if free[0].rest:  # the expression: every word left, options included
+                    args[free[0].name] = " ".join(words[i - 1 :])
+                    break
                 args[free[0].name] = free[0].convert(word)
         missing = [p.name for p in self.params if p.required and p.name not in args]
         if missing:
@@ -427,17 +476,25 @@ ANALYZE = Command(
 PS = Command(
     "ps", "Every process and thread ('>' marks tasks that were on a CPU).", ps_data, ps_text
 )
-DMESG = Command("dmesg", "The kernel log.", dmesg_data, dmesg_text)
+DMESG = Command("dmesg", "The kernel log.", dmesg_data, dmesg_text, multiline=True)
 MODS = Command("mods", "Loaded modules, with taints.", mods_data, mods_text)
 SYS = Command("sys", "System and panic summary (as crash's `sys`).", sys_data, sys_text)
 BT = Command(
     "bt",
-    "Backtrace of the panicking task (or --pid PID, or --all).",
+    "Backtrace of the panicking task (or --pid PID, --cpu CPU, or --all).",
     bt_data,
     bt_text,
     (
         Param("pid", int, "backtrace of this task", None, ("--pid",), bare=True, metavar="PID"),
         Param("all_tasks", bool, "every task", False, ("--all", "-a")),
+        Param(
+            "cpu",
+            int,
+            "backtrace from this CPU's saved registers (as crash's bt -c)",
+            None,
+            ("--cpu", "-c"),
+            metavar="CPU",
+        ),
     ),
 )
 INFO = Command(
@@ -465,7 +522,134 @@ READ = Command(
     ),
 )
 
+# -- exploration (kvmcore.explore): crash's vocabulary over typed objects --------
+_TEXT = explore.text_of
+P = Command(
+    "p",
+    "Print the value of a C expression (symbols, members, casts, &, *, [], +, -).",
+    explore.p_data,
+    explore.p_text,
+    (Param("expression", str, "a C expression", required=True, metavar="EXPR", rest=True),),
+)
+STRUCT = Command(
+    "struct",
+    "A struct's layout (-o: with offsets), or its members' values at ADDRESS.",
+    explore.struct_data,
+    _TEXT,
+    (
+        Param(
+            "type_name",
+            str,
+            "the struct's name (task_struct or struct task_struct)",
+            required=True,
+            metavar="TYPE",
+        ),
+        Param("address", str, "an address or expression of the struct", None, metavar="ADDRESS"),
+        Param("offsets", bool, "show member offsets", False, ("-o", "--offsets")),
+    ),
+)
+UNION = Command(
+    "union",
+    "A union's layout (-o: with offsets), or its members' values at ADDRESS.",
+    explore.union_data,
+    _TEXT,
+    STRUCT.params,
+)
+WHATIS = Command(
+    "whatis",
+    "The type of a symbol, or the definition of a type.",
+    explore.whatis_data,
+    _TEXT,
+    (Param("name", str, "a symbol or a type", required=True, metavar="NAME", rest=True),),
+)
+RD = Command(
+    "rd",
+    "Read memory as words (-8/-16/-32/-64 bits), symbols (-s) or a string (-a).",
+    explore.rd_data,
+    explore.rd_text,
+    (
+        Param("address", str, "an address or expression", required=True, metavar="ADDRESS"),
+        Param("count", int, "how many words", 1, metavar="COUNT"),
+        Param("bits8", bool, "8-bit words", False, ("-8",)),
+        Param("bits16", bool, "16-bit words", False, ("-16",)),
+        Param("bits32", bool, "32-bit words", False, ("-32",)),
+        Param("bits64", bool, "64-bit words", False, ("-64",)),
+        Param("symbols", bool, "name words that are kernel symbols", False, ("-s",)),
+        Param("ascii_only", bool, "the memory as a C string", False, ("-a",)),
+        Param("physical", bool, "ADDRESS is physical", False, ("-p", "--phys")),
+    ),
+)
+LIST = Command(
+    "list",
+    "Walk a list_head list from START (-H: START is the head, not an entry).",
+    explore.list_data,
+    explore.list_text,
+    (
+        Param(
+            "start", str, "an address or expression of a list_head", required=True, metavar="START"
+        ),
+        Param(
+            "member",
+            str,
+            "STRUCT.MEMBER: the entries' type and list_head member",
+            None,
+            ("-m", "--member"),
+            metavar="STRUCT.MEMBER",
+        ),
+        Param(
+            "fields",
+            str,
+            "members of each entry to show, comma-separated",
+            None,
+            ("-s", "--show"),
+            metavar="FIELDS",
+        ),
+        Param("head", bool, "START is the list's head", False, ("-H", "--head")),
+    ),
+)
+TASK = Command(
+    "task",
+    "A task's struct task_struct (the panicking task by default; -R: some fields).",
+    explore.task_data,
+    _TEXT,
+    (
+        Param("pid", int, "the task", None, ("--pid",), bare=True, metavar="PID"),
+        Param(
+            "fields",
+            str,
+            "members to show, comma-separated",
+            None,
+            ("-R", "--fields"),
+            metavar="FIELDS",
+        ),
+    ),
+)
+RUNQ = Command(
+    "runq", "Each CPU's current task and CFS run queue.", explore.runq_data, explore.runq_text
+)
+VTOP = Command(
+    "vtop",
+    "Translate a kernel virtual address (physical address, page size).",
+    explore.vtop_data,
+    _TEXT,
+    (Param("address", str, "an address or expression", required=True, metavar="ADDRESS"),),
+)
+PTOV = Command(
+    "ptov",
+    "The direct-map virtual address of a physical address.",
+    explore.ptov_data,
+    _TEXT,
+    (Param("address", str, "a physical address", required=True, metavar="ADDRESS"),),
+)
+
+#: the exploration commands (the CLI builds their subcommands from the table); their
+#: text functions escape the dump's strings themselves, so newlines are theirs
+EXPLORE: tuple[Command, ...] = tuple(
+    replace(c, multiline=True) for c in (P, STRUCT, UNION, WHATIS, RD, LIST, TASK, RUNQ, VTOP, PTOV)
+)
+P, STRUCT, UNION, WHATIS, RD, LIST, TASK, RUNQ, VTOP, PTOV = EXPLORE
+
 #: every command, by name, in the order `monitor help` lists them
 COMMANDS: dict[str, Command] = {
-    c.name: c for c in (ANALYZE, PS, DMESG, MODS, SYS, BT, INFO, SYM, READ)
+    c.name: c for c in (ANALYZE, PS, DMESG, MODS, SYS, BT, INFO, SYM, READ, *EXPLORE)
 }

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from functools import cached_property
 from typing import Any
 
-from . import unwind
+from . import objects, unwind
 from .addrspace import KernelAddressSpace
 from .cpu import CpuState
 from .errors import KvmcoreError, SymbolError, TruncatedDumpError, UnsupportedError
@@ -27,6 +27,7 @@ from .freebsd import FreeBSDKernel
 from .kernel import KernelModel
 from .linux import LinuxKernel
 from .notes import VmcoreInfo
+from .objects import Object
 from .registry import Arch, TranslatorFlavour, select_arch, select_translator
 from .symbols import SymbolTable, load_symbols
 from .translate import MappedRange, Translation, TranslationContext, Translator
@@ -223,6 +224,15 @@ class Dump:
         else:
             raise UnsupportedError("cannot tell which kernel this dump is from", self.path)
         return model
+
+    def object(self, name: str) -> Object:
+        """The global variable `name` as a typed Object (kvmcore.objects)."""
+        return objects.object_of(self, name)
+
+    def cast(self, type_name: str, value: int) -> Object:
+        """`(type_name)value` as an Object: a pointer or integer value, or the
+        struct at address `value` (kvmcore.objects)."""
+        return objects.cast(self, type_name, value)
 
     def backtrace(self, task: Any, max_frames: int = 64) -> Backtrace:
         """The kernel backtrace of a task of `kernel` (kvmcore.unwind)."""

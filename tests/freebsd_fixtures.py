@@ -802,3 +802,209 @@ def write_kernel_symbols(m: Machine, path: str) -> None:
              if name not in m.functions]
     write_symbol_file(SymbolTable(syms, "fixture", 0, 8, path), path,
                       "x86_64" if m.arch == "amd64" else "aarch64")
+
+
+# -- i386, arm, riscv and powerpc64 minidumps ---------------------------------------------
+# Generated from the documented layouts (no real FreeBSD dump can be made here):
+# sys/<arch>/include/minidump.h for the headers, sys/<arch>/<arch>/minidump_machdep*.c
+# for the sections, libkvm's kvm_<arch>.h / kvm_minidump_<arch>*.c for the entry formats.
+#
+# flavour -> (magic, machine hint, RAM, kernbase, direct map (base, end, phys) or None)
+MINI_FLAVOURS = {
+    "i386": (b"minidump FreeBSD/i386", "i386", [(0x0, 0x9F000), (0x100000, 0x1000000)],
+             0xC0000000, None),
+    "i386-pae": (b"minidump FreeBSD/i386", "i386", [(0x0, 0x9F000), (0x100000, 0x1000000)],
+                 0xC0000000, None),
+    "arm": (b"minidump FreeBSD/arm", "arm", [(0x40000000, 0x41000000)], 0xC0000000, None),
+    "riscv": (b"minidump FreeBSD/riscv", "riscv64", [(0x80000000, 0x81000000)],
+              0xFFFFFFC000000000, (0xFFFFFFD000000000, 0xFFFFFFD001000000, 0x80000000)),
+    "powerpc64": (b"minidump FreeBSD/powerpc64", "powerpc64", [(0x0, 0x1000000)],
+                  0xE000000000000000, (0xC000000000000000, 0xC000000001000000, 0)),
+    "powerpc64le": (b"minidump FreeBSD/powerpc64", "ppc64le", [(0x0, 0x1000000)],
+                    0xE000000000000000, (0xC000000000000000, 0xC000000001000000, 0)),
+}
+KVA_SPAN = 0x800000            # the dumped kernel map: kernbase .. kernbase + 8 MB
+I386_PG = 0x1 | 0x2 | 0x20 | 0x40            # PG_V | PG_RW | PG_A | PG_M
+ARM_L2_S, ARM_L2_S_XN, ARM_L2_L = 0x2, 0x3, 0x1   # small page, small page + XN, 64K page
+ARM_AP = 0x30                                # AP[1:0] bits 5:4
+RISCV_PTE = 0x1 | 0x2 | 0x4 | 0x40 | 0x80    # V | R | W | A | D
+RISCV_PBMT_NC = 1 << 61                      # Svpbmt "non-cacheable": not address bits
+PPC_KERNBASE = 0x100100                      # the kernel's link address (vmparam.h)
+PPC_HPT_GROUPS = 2048                        # the smallest HPT: 256 KB
+PPC_SEG = 1 << 28
+
+
+@dataclass
+class MiniModel:
+    """A modelled machine for one minidump flavour: RAM with pattern pages and
+    the kernel map the writer records, kva -> pa per 4K page."""
+
+    flavour: str
+    mem: PhysMem
+    kernbase: int
+    kva_pages: dict[int, int] = field(default_factory=dict)   # kva -> pa, pattern pages
+    invalid_kva: list[int] = field(default_factory=list)       # inside the map, entry invalid
+    dmap_pages: list[int] = field(default_factory=list)        # pa read through the direct map
+    image_pages: dict[int, int] = field(default_factory=dict)  # powerpc64 link address -> pa
+    dmap: tuple[int, int, int] | None = None
+    machine: str = ""
+    large_pages: set[int] = field(default_factory=set)         # kva of arm 64K-page runs
+    extra_dumped: set[int] = field(default_factory=set)        # dumped pages, no pattern
+    expect: dict = field(default_factory=dict)
+
+
+def mini_machine(flavour: str) -> MiniModel:
+    """kernbase + 1 MB: a 32 KB run on contiguous frames (a superpage as the writer
+    expands it); + 4 MB: four 4K pages on scattered frames; entries at + 2 MB and
+    + 4 MB + 16K are invalid; arm adds a 64 KB large page at + 6 MB; riscv and
+    powerpc64 have pages read through the direct map, powerpc64 an image page
+    read by its link address."""
+    magic, machine, avail, kernbase, dmap = MINI_FLAVOURS[flavour]
+    ram = avail[-1][0]
+    m = MiniModel(flavour, PhysMem(avail), kernbase, dmap=dmap, machine=machine)
+    for i in range(8):
+        m.kva_pages[kernbase + 0x100000 + i * PAGE] = ram + 0x100000 + i * PAGE
+    for i, off in enumerate((0x900000, 0x903000, 0x907000, 0x90C000)):
+        m.kva_pages[kernbase + 0x400000 + i * PAGE] = ram + off
+    m.invalid_kva = [kernbase + 0x200000, kernbase + 0x404000]
+    if flavour == "arm":
+        for i in range(16):
+            m.kva_pages[kernbase + 0x600000 + i * PAGE] = ram + 0xA00000 + i * PAGE
+        m.large_pages.add(kernbase + 0x600000)
+    if dmap:
+        m.dmap_pages = [ram + 0xB00000, ram + 0xB05000]
+    if flavour.startswith("powerpc64"):
+        # a second segment of the VM area, and an image page at its link address
+        m.kva_pages[kernbase + PPC_SEG + 0x3000] = ram + 0xC00000
+        m.image_pages[PPC_KERNBASE - 0x100 + 0x2000] = 0x102000
+    for pa in (*m.kva_pages.values(), *m.dmap_pages, *m.image_pages.values()):
+        m.mem.write(pa, pattern(pa))
+    m.extra_dumped = {ram + 0xD00000}
+    m.mem.write(ram + 0xD00000, b"\xA5" * PAGE)
+    return m
+
+
+def _mini_pmap(m: MiniModel) -> bytes:
+    """The kernel-map section as each writer lays it out."""
+    f = m.flavour
+    out = bytearray()
+    if f.startswith("powerpc64"):
+        return _ppc_hpt(m)
+    for va in range(m.kernbase, m.kernbase + KVA_SPAN, PAGE):
+        pa = m.kva_pages.get(va)
+        if f == "i386":
+            out += struct.pack("<I", 0 if pa is None else pa | I386_PG)
+        elif f == "i386-pae":
+            out += struct.pack("<Q", 0 if pa is None else pa | I386_PG | (1 << 63))  # NX
+        elif f == "arm":
+            base = max((b for b in m.large_pages if b <= va < b + 0x10000), default=None)
+            if base is not None:   # a large page: its entry is replicated 16 times
+                entry = (m.kva_pages[base] & 0xFFFF0000) | ARM_AP | ARM_L2_L
+            elif pa is None:
+                entry = 0
+            else:
+                entry = pa | ARM_AP | (ARM_L2_S_XN if (va >> 12) & 1 else ARM_L2_S)
+            out += struct.pack("<I", entry)
+        else:  # riscv: an L3 PTE per page; one carries Svpbmt bits above the PPN
+            entry = 0 if pa is None else (pa >> 12) << 10 | RISCV_PTE
+            if pa is not None and va == m.kernbase + 0x400000 + PAGE:
+                entry |= RISCV_PBMT_NC
+            out += struct.pack("<Q", entry)
+    return bytes(out)
+
+
+def ppc_kernel_vsid(esid: int) -> int:
+    """sys/powerpc/aim/slb.c KERNEL_VSID."""
+    return ((((esid << 8) | (esid >> 28)) * 0x13BB) & ((1 << 36) - 1)) | (1 << 36)
+
+
+def _ppc_hpt(m: MiniModel) -> bytes:
+    """The hashed page table as the MMU defines it (Power ISA v2.07B 5.7.7): one
+    PTE per kernel VM page, in its primary group unless that is full; decoys fill
+    one page's primary group (so it goes to the secondary), and a user-VSID
+    entry and a 16 MB direct-map entry sit among them (neither is a VM page)."""
+    groups = PPC_HPT_GROUPS
+    table = [[0, 0] for _ in range(groups * 8)]
+    hmask = groups - 1
+
+    def hash_of(vsid: int, index: int, secondary: bool) -> int:
+        h = (vsid & ((1 << 39) - 1)) ^ index
+        return (~h & ((1 << 39) - 1) if secondary else h) & hmask
+
+    def insert(va: int, pa: int, force_secondary: bool = False) -> None:
+        vsid = ppc_kernel_vsid(va >> 28)
+        index = (va & (PPC_SEG - 1)) >> 12
+        for secondary in (False, True):
+            if secondary is False and force_secondary:
+                group = hash_of(vsid, index, False)
+                for ptex in range(group * 8, group * 8 + 8):   # decoys: user VSIDs
+                    if not table[ptex][0] & 1:
+                        table[ptex] = [(0x123456 + ptex) << 12 | 1, 0x5000 | 0x2]
+                continue
+            group = hash_of(vsid, index, secondary)
+            for ptex in range(group * 8, group * 8 + 8):
+                if not table[ptex][0] & 1:
+                    hi = vsid << 12 | (index >> 11) << 7 | (2 if secondary else 0) | 1
+                    table[ptex] = [hi, pa | 0x10 | 0x2]     # M (coherent), BW (RW)
+                    return
+        raise AssertionError("HPT groups full")
+
+    scattered = m.kernbase + 0x400000 + 2 * PAGE
+    for va, pa in sorted(m.kva_pages.items()):
+        insert(va, pa, force_secondary=va == scattered)
+    # a 16 MB direct-map page (a DMAP segment with hw_direct_map): not a VM page
+    dvsid = ppc_kernel_vsid(m.dmap[0] >> 28)
+    group = ((dvsid & ((1 << 39) - 1)) ^ 0) & hmask
+    slot = next(x for x in range(group * 8, group * 8 + 8) if not table[x][0] & 1)
+    table[slot] = [dvsid << 12 | 0x4 | 1, 0x0 | 0x10 | 0x2]
+    m.expect["secondary_kva"] = scattered
+    return b"".join(struct.pack(">QQ", hi, lo) for hi, lo in table)
+
+
+def write_mini_minidump(m: MiniModel, path: str, version: int,
+                        truncate_pages: int = 0) -> dict:
+    """Write `m` as a minidump of its flavour and `version` (1, or 2 with dump_avail)."""
+    magic, machine, avail, kernbase, dmap = MINI_FLAVOURS[m.flavour]
+    f = m.flavour
+    big = f == "powerpc64"
+    e = ">" if big else "<"
+    with_avail = version >= 2
+    msgbuf = b"fixture msgbuf for " + f.encode() + b"\n"
+    pages = set(m.kva_pages.values()) | set(m.dmap_pages) | set(m.image_pages.values())
+    pages |= m.extra_dumped
+    bitmap, order = _bitmap(m, pages, with_avail)
+    if big:  # the bitmap is an array of big-endian longs
+        bitmap = b"".join(bitmap[i:i + 8][::-1] for i in range(0, len(bitmap), 8))
+    pmap = _mini_pmap(m)
+    availsize = PAGE if with_avail else 0
+    if f.startswith("powerpc64"):
+        dmapbase, dmapend, _ = dmap
+        hdr = magic.ljust(32, b"\0") + b"mmu_phyp".ljust(32, b"\0")
+        hdr += struct.pack(e + "4I4Qi4x2Q", version, len(msgbuf), len(bitmap), len(pmap),
+                           kernbase, kernbase + 4 * PPC_SEG - 1, dmapbase, dmapend, 1,
+                           dmapbase + PPC_KERNBASE, dmapbase + 0x800000)
+        if with_avail:
+            hdr += struct.pack(e + "I", availsize)
+    else:
+        hdr = magic.ljust(24, b"\0") + struct.pack(e + "4I", version, len(msgbuf),
+                                                   len(bitmap), len(pmap))
+        if f.startswith("i386"):
+            hdr += struct.pack("<2I", kernbase, int(f == "i386-pae"))
+        elif f == "arm":
+            hdr += struct.pack("<3I", kernbase, 7, 2)    # __ARM_ARCH 7, MMU format v6
+        else:
+            dmapbase, dmapend, dmapphys = dmap
+            hdr += struct.pack("<4Q", kernbase, dmapphys, dmapbase, dmapend)
+        if with_avail:
+            hdr += struct.pack("<I", availsize)
+    parts = [hdr.ljust(PAGE, b"\0"), msgbuf.ljust(_round(len(msgbuf)), b"\0")]
+    if with_avail:
+        parts.append(b"".join(struct.pack(e + "QQ", s, t) for s, t in avail).ljust(PAGE, b"\0"))
+    parts += [bitmap, pmap.ljust(_round(len(pmap)), b"\0")]
+    parts += [m.mem.frame(pa) for pa in order]
+    if truncate_pages:
+        parts = parts[:-truncate_pages]
+    with open(path, "wb") as fh:
+        for part in parts:
+            fh.write(part)
+    return {"pages": order, "msgbuf": msgbuf, "kernbase": kernbase}

@@ -1,9 +1,11 @@
 """Fault injection on a real dump, in the reader only: the file is never
 touched. Used to put into real kernel data the values a sample did not happen
-to contain (a looping list, an impossible index, another task state)."""
+to contain (a looping list, an impossible index, another task state), or
+take pages out of it as a filtered dump does."""
 from __future__ import annotations
 
 import kvmcore
+from kvmcore.errors import PageExcludedError
 
 
 def patched_dump(samples, patches: dict[int, bytes], sid: str = "x86_64-kaslr",
@@ -28,3 +30,25 @@ def patched_dump(samples, patches: dict[int, bytes], sid: str = "x86_64-kaslr",
 def word(value: int) -> bytes:
     """A 64-bit little-endian word (the x86_64 and arm64 samples' pointers)."""
     return (value & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+
+
+def excluded_dump(samples, ranges: list[tuple[int, int]], sid: str = "x86_64-kaslr",
+                  fmt: str = "elf") -> kvmcore.Dump:
+    """The sample's dump with the physical pages holding these (kernel virtual
+    address, length) ranges missing, as a filtered dump's excluded pages are:
+    reading them raises PageExcludedError."""
+    dump = kvmcore.open(str(samples.get_built(sid).file(fmt)))
+    pages = set()
+    for va, length in ranges:
+        for at in range(va & ~0xFFF, va + length, 0x1000):
+            pages.add(dump.translate(at).pa & ~0xFFF)
+    original = dump.mem.read_phys
+
+    def read_phys(pa: int, length: int) -> bytes:
+        for page in range(pa & ~0xFFF, pa + length, 0x1000):
+            if page in pages:
+                raise PageExcludedError(f"physical address {page:#x} excluded (test)", page)
+        return original(pa, length)
+
+    dump.mem.read_phys = read_phys
+    return dump

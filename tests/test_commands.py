@@ -25,7 +25,10 @@ DUMP = SMALL / "vmcore.mdf-d31-c"
 MANIFEST = json.loads((SMALL / "manifest.json").read_text())
 KVMCORE = [sys.executable, "-c", "from kvmcore.cli.main import main; main()"]
 # what each command needs on a command line; the rest of its arguments are optional
-LINE_ARGS = {"sym": ["linux_banner"], "read": ["0x1000", "16", "--phys"], "analyze": []}
+LINE_ARGS = {"sym": ["linux_banner"], "read": ["0x1000", "16", "--phys"], "analyze": [],
+             "p": ["init_task.comm"], "struct": ["list_head"], "union": ["__sifields"],
+             "whatis": ["init_task"], "rd": ["jiffies"], "list": ["init_task.tasks"],
+             "vtop": ["init_task"], "ptov": ["0x1000"]}
 
 
 def kvmcore_cli(*args: str) -> subprocess.CompletedProcess:

@@ -4,11 +4,12 @@ and 2 MB pages) paging, the kernel direct map at PAGE_OFFSET.
 - cpu.py: registers (NT_PRSTATUS, DWARF numbering, gdb's i386 target)
 - mmu.py: the two 32-bit page-table formats
 - linux.py: Linux full dumps (PAGE_OFFSET found from the tables)
+- freebsd_mini.py: FreeBSD minidumps (PAE and not)
 """
 
 from kvmcore.registry import register_arch
 
-from . import linux  # noqa: F401  (registers its translator)
+from . import freebsd_mini, linux  # noqa: F401  (each registers its translator)
 from .cpu import ARCH
 
 register_arch(ARCH)

@@ -3,11 +3,12 @@
 - cpu.py: registers (NT_PRSTATUS, DWARF numbering, gdb's riscv target)
 - mmu.py: the Sv39/Sv48/Sv57 page-table format
 - linux.py: Linux full dumps (the kernel image and linear map from VMCOREINFO)
+- freebsd_mini.py: FreeBSD minidumps
 """
 
 from kvmcore.registry import register_arch
 
-from . import linux  # noqa: F401  (registers its translator)
+from . import freebsd_mini, linux  # noqa: F401  (each registers its translator)
 from .cpu import ARCH
 
 register_arch(ARCH)

@@ -28,6 +28,7 @@ ARCH = Arch(
     fp_reg="s0",
     aliases=("riscv",),
     elf_machine=243,  # EM_RISCV
+    freebsd_machine="riscv",
     # arch/riscv/kernel/vmcore_info.c: exported by riscv kernels only
     vmcoreinfo_keys=("NUMBER(va_kernel_pa_offset)", "NUMBER(phys_ram_base)"),
     # the generic 64-bit struct elf_prstatus: pr_pid at 32, pr_reg at 112 (after

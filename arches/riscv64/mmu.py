@@ -1,5 +1,6 @@
 """The RISC-V Sv39/Sv48/Sv57 page-table format (privileged spec, "Virtual-Memory
-System"): 4 KiB pages, 8-byte entries, 9 index bits per level, 3/4/5 levels.
+System"; FreeBSD's sys/riscv/include/pte.h, libkvm's kvm_riscv.h): 4 KiB pages,
+8-byte entries, 9 index bits per level, 3/4/5 levels.
 
 An entry is valid when V (bit 0) is set; it is a leaf when any of R, W, X
 (bits 1-3) is set, at any level (1 GiB gigapages, 2 MiB megapages, 512 GiB /
@@ -11,11 +12,23 @@ from kvmcore.errors import UnsupportedError
 from kvmcore.pagetable import INVALID, LEAF, TABLE, Level, RadixTable
 
 PTE_V = 1 << 0
-PTE_RWX = 0b1110
-PPN_MASK = ((1 << 44) - 1) << 10  # bits 53:10
+PTE_R, PTE_W, PTE_X = 1 << 1, 1 << 2, 1 << 3
+PTE_RWX = PTE_R | PTE_W | PTE_X
+PTE_PPN0_S = 10
+#: the PPN field, bits 53:10; bits 63:54 are Svpbmt/Svnapot/reserved, not address
+PTE_PPN_MASK = ((1 << 44) - 1) << PTE_PPN0_S
+PAGE = 4096
 MODES = {39: 3, 48: 4, 57: 5}  # VA bits -> levels (Sv39, Sv48, Sv57)
 #: satp.MODE values
 SATP_MODES = {8: 39, 9: 48, 10: 57}
+
+
+def leaf_page(entry: int) -> int | None:
+    """The physical page a leaf PTE maps, or None when it is invalid or not a
+    leaf (a leaf is valid with one of R, W, X set)."""
+    if not entry & PTE_V or not entry & PTE_RWX:
+        return None
+    return ((entry & PTE_PPN_MASK) >> PTE_PPN0_S) << 12
 
 
 class RiscvTables(RadixTable):
@@ -36,10 +49,9 @@ class RiscvTables(RadixTable):
     def decode(self, entry: int, depth: int) -> tuple[int, int]:
         if not entry & PTE_V:
             return INVALID, 0
-        pa = ((entry & PPN_MASK) >> 10) << 12
+        pa = ((entry & PTE_PPN_MASK) >> PTE_PPN0_S) << 12
         if entry & PTE_RWX:
-            shift = self.levels[depth].shift
-            if pa & ((1 << shift) - 1):
+            if pa & ((1 << self.levels[depth].shift) - 1):
                 return INVALID, 0  # a misaligned superpage raises a page fault
             return LEAF, pa
         if depth == len(self.levels) - 1:

@@ -1,18 +1,31 @@
-"""FreeBSD minidumps (debug.minidump=1, the default): amd64 v1-v3, arm64 v1-v3.
+"""FreeBSD minidumps (debug.minidump=1, the default): amd64 v1-v3, arm64 v1-v3,
+i386 v1-v2 (PAE or not), arm v1-v2, riscv v1-v2, powerpc64 v1-v2 (HPT).
 
 Layout (sys/<arch>/<arch>/minidump_machdep.c, lib/libkvm/kvm_minidump_*.c):
 
     page 0            header (struct minidumphdr), rest of the page zero
     page 1..          message buffer, round_page(msgbufsize)
-    then              dump_avail[] pairs, round_page(dumpavailsize)  (amd64 v3, arm64 v2+)
+    then              dump_avail[] pairs, round_page(dumpavailsize)  (amd64 v3,
+                      arm64 v2+, i386/arm/riscv/powerpc64 v2)
     then              page bitmap, round_page(bitmapsize)
-    then              kernel map: amd64 v1 4K PTEs, amd64 v2+ PDEs (one page per GB),
-                      arm64 L3 entries (one page per 2 MB); round_page(pmapsize)
+    then              kernel map, round_page(pmapsize) ("ptesize" on i386/arm):
+                      amd64 v1 4K PTEs, amd64 v2+ PDEs (one page per GB);
+                      arm64 and riscv L3 entries (one page per 2 MB);
+                      i386 one PTE per 4K page from kernbase (4 bytes, 8 with PAE);
+                      arm one 4-byte L2 entry per 4K page from kernbase;
+                      powerpc64 the hashed page table itself (16-byte PTEs)
     then              the dumped pages, in increasing bit order
 
 A page's file offset is the rank of its bit in the bitmap (libkvm's
 _kvm_pt_find); the rank index is built once, so lookups are O(1). The kernel
 map itself is read by the translators in arches/ (see `pmap_entry`).
+
+Byte order: the header, dump_avail and the bitmap's words are in the dumped
+kernel's byte order. amd64, arm64, i386 and riscv are little-endian; arm and
+powerpc64 headers are read in the order whose version field is valid (a
+powerpc64 minidump is big-endian from a BE kernel, little-endian from
+powerpc64le). The powerpc64 hashed page table is big-endian in both, as the
+hardware defines it.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from dataclasses import dataclass
 
 from ..errors import DumpFormatError, NotInDumpError, TruncatedDumpError, UnsupportedError
 from ..fileio import ByteSource
+from ..notes import ByteOrder
 from . import register_format
 from .base import PhysicalMemory, PhysRange, excluded
 
@@ -31,7 +45,17 @@ MAGIC_PREFIX = b"minidump"
 MACHINES = {
     b"minidump FreeBSD/amd64": ("x86_64", 3),
     b"minidump FreeBSD/arm64": ("aarch64", 3),
+    b"minidump FreeBSD/i386": ("i386", 2),
+    b"minidump FreeBSD/arm": ("arm", 2),
+    b"minidump FreeBSD/riscv": ("riscv64", 2),
+    b"minidump FreeBSD/powerpc64": ("powerpc64", 2),
 }
+#: machine hint of a little-endian powerpc64 minidump (same magic, LE header)
+PPC64LE = "ppc64le"
+#: arm's mmuformat (sys/arm/include/minidump.h MINIDUMP_MMU_FORMAT_*)
+ARM_MMU_V4, ARM_MMU_V6, ARM_MMU_V6_LPAE = 1, 2, 3
+#: powerpc64 MMUs whose pmap section is a hashed page table (libkvm's kvm_powerpc64.h)
+PPC64_HPT_MMUS = ("mmu_g5", "mmu_phyp")
 #: bound on the bitmap: 64 MiB of bitmap describes 2 PiB of 4K pages
 MAX_BITMAP = 64 << 20
 #: rank bins: one cumulative count per this many 64-bit words (libkvm: 1024 bits)
@@ -51,52 +75,131 @@ class MinidumpHeader:
     version: int
     msgbufsize: int
     bitmapsize: int
-    pmapsize: int
+    pmapsize: int  # "ptesize" on i386 and arm
     kernbase: int
-    dmapbase: int
-    dmapend: int
-    dmapphys: int = 0  # arm64 only: physical address at dmapbase
-    dumpavailsize: int = 0  # amd64 v3, arm64 v2+
+    dmapbase: int = 0  # no direct map on i386 and arm: 0, 0
+    dmapend: int = 0
+    dmapphys: int = 0  # arm64 and riscv: physical address at dmapbase
+    dumpavailsize: int = 0  # amd64 v3, arm64 v2+, the others v2
     flags: int = 0  # arm64 v3+: page size
     page_size: int = 4096
+    #: byte order of the header, dump_avail and the bitmap's words
+    byteorder: ByteOrder = "little"
+    #: the kernel's word size (the bitmap is an array of longs)
+    word_size: int = 8
+    #: size and byte order of one entry of the kernel-map section
+    pmap_entry_size: int = 8
+    pmap_byteorder: ByteOrder = "little"
+    paemode: bool = False  # i386
+    arch_level: int = 0  # arm: __ARM_ARCH
+    mmuformat: int = 0  # arm: MINIDUMP_MMU_FORMAT_*
+    mmu_name: str = ""  # powerpc64: the pmap's MMU ("mmu_g5", "mmu_phyp", "mmu_radix")
+    kernend: int = 0  # powerpc64: end of the kernel VM area
+    hw_direct_map: bool = False  # powerpc64: DMAP segments use 16 MB pages
+    startkernel: int = 0  # powerpc64: where the kernel image was loaded
+    endkernel: int = 0
 
     @property
     def pmap_kind(self) -> str:
-        """What the kernel-map section holds: 'pte' (amd64 v1), 'pde' (amd64 v2+), 'l3'."""
-        if self.machine == "aarch64":
+        """What the kernel-map section holds: 'pte' (amd64 v1, i386, arm), 'pde'
+        (amd64 v2+), 'l3' (arm64, riscv), 'hpt' (powerpc64)."""
+        if self.machine in ("aarch64", "riscv64"):
             return "l3"
-        return "pte" if self.version == 1 else "pde"
+        if self.machine in ("powerpc64", PPC64LE):
+            return "hpt"
+        if self.machine == "x86_64":
+            return "pte" if self.version == 1 else "pde"
+        return "pte"
+
+
+def _version_order(
+    raw: bytes, offset: int, newest: int, orders: tuple[ByteOrder, ...]
+) -> tuple[int, ByteOrder]:
+    """The version field and the byte order that makes it valid (the first of
+    `orders` when none does, so that the error shows that reading)."""
+    for order in orders:
+        version = int.from_bytes(raw[offset : offset + 4], order)
+        if 1 <= version <= newest:
+            return version, order
+    return int.from_bytes(raw[offset : offset + 4], orders[0]), orders[0]
 
 
 def parse_header(raw: bytes, path: str) -> MinidumpHeader:
-    magic = raw[:24].split(b"\0", 1)[0]
+    magic = raw[:32].split(b"\0", 1)[0]
+    if magic != b"minidump FreeBSD/powerpc64":
+        magic = raw[:24].split(b"\0", 1)[0]
     if magic not in MACHINES:
         shown = magic.decode("ascii", "replace")
         raise UnsupportedError(
             f"FreeBSD minidump for an unsupported architecture ({shown!r})", path
         )
     machine, newest = MACHINES[magic]
-    version, msgbufsize, bitmapsize, pmapsize = struct.unpack_from("<4I", raw, 24)
+    ppc = machine == "powerpc64"
+    orders: tuple[ByteOrder, ...] = ("little",)
+    if machine == "arm":
+        orders = ("little", "big")
+    elif ppc:
+        orders = ("big", "little")
+    version, order = _version_order(raw, 64 if ppc else 24, newest, orders)
     if not 1 <= version <= newest:
         raise UnsupportedError(
             f"{magic.decode()} version {version} (this reader knows 1..{newest})", path
+        )
+    e = "<" if order == "little" else ">"
+    if ppc:
+        return _parse_powerpc64(raw, magic.decode(), version, order, path)
+    version, msgbufsize, bitmapsize, pmapsize = struct.unpack_from(e + "4I", raw, 24)
+    common = (magic.decode(), machine, version, msgbufsize, bitmapsize, pmapsize)
+    if machine == "i386":
+        # magic[24], version, msgbufsize, bitmapsize, ptesize, kernbase, paemode,
+        # then v2 dumpavailsize: every field a uint32
+        kernbase, paemode = struct.unpack_from("<2I", raw, 40)
+        availsize = struct.unpack_from("<I", raw, 48)[0] if version >= 2 else 0
+        return MinidumpHeader(
+            *common,
+            kernbase,
+            dumpavailsize=availsize,
+            word_size=4,
+            pmap_entry_size=8 if paemode else 4,
+            paemode=bool(paemode),
+        )
+    if machine == "arm":
+        # magic[24], version, msgbufsize, bitmapsize, ptesize, kernbase, arch,
+        # mmuformat, then v2 dumpavailsize
+        kernbase, arch_level, mmuformat = struct.unpack_from(e + "3I", raw, 40)
+        availsize = struct.unpack_from(e + "I", raw, 52)[0] if version >= 2 else 0
+        if mmuformat == 0:
+            mmuformat = ARM_MMU_V6  # libkvm: a safe default, 1K pages are not used
+        if mmuformat not in (ARM_MMU_V4, ARM_MMU_V6):
+            raise UnsupportedError(
+                f"arm minidump MMU format {mmuformat} (this reader knows v4 and v6 "
+                "short descriptors, not LPAE)",
+                path,
+            )
+        return MinidumpHeader(
+            *common,
+            kernbase,
+            dumpavailsize=availsize,
+            byteorder=order,
+            word_size=4,
+            pmap_entry_size=4,
+            pmap_byteorder=order,
+            arch_level=arch_level,
+            mmuformat=mmuformat,
+        )
+    if machine == "riscv64":
+        # magic[24], four uint32, kernbase, dmapphys, dmapbase, dmapend, then v2
+        # dumpavailsize
+        kernbase, dmapphys, dmapbase, dmapend = struct.unpack_from("<4Q", raw, 40)
+        availsize = struct.unpack_from("<I", raw, 72)[0] if version >= 2 else 0
+        return MinidumpHeader(
+            *common, kernbase, dmapbase, dmapend, dmapphys, dumpavailsize=availsize
         )
     if machine == "x86_64":
         kernbase, dmapbase, dmapend = struct.unpack_from("<3Q", raw, 40)
         # v1 and v2 headers are identical; v3 appends dumpavailsize
         availsize = struct.unpack_from("<I", raw, 64)[0] if version >= 3 else 0
-        return MinidumpHeader(
-            magic.decode(),
-            machine,
-            version,
-            msgbufsize,
-            bitmapsize,
-            pmapsize,
-            kernbase,
-            dmapbase,
-            dmapend,
-            dumpavailsize=availsize,
-        )
+        return MinidumpHeader(*common, kernbase, dmapbase, dmapend, dumpavailsize=availsize)
     kernbase, dmapphys, dmapbase, dmapend = struct.unpack_from("<4Q", raw, 40)
     availsize = struct.unpack_from("<I", raw, 72)[0] if version >= 2 else 0
     flags = struct.unpack_from("<I", raw, 76)[0] if version >= 3 else 0
@@ -104,8 +207,32 @@ def parse_header(raw: bytes, path: str) -> MinidumpHeader:
     if page_size is None:
         raise UnsupportedError(f"arm64 minidump page-size flag {flags & 3} is not 4K or 16K", path)
     return MinidumpHeader(
-        magic.decode(),
-        machine,
+        *common, kernbase, dmapbase, dmapend, dmapphys, availsize, flags, page_size
+    )
+
+
+def _parse_powerpc64(
+    raw: bytes, magic: str, version: int, order: ByteOrder, path: str
+) -> MinidumpHeader:
+    """sys/powerpc/include/minidump.h: magic[32], mmu_name[32], four uint32,
+    kernbase, kernend, dmapbase, dmapend, int hw_direct_map (padded to 8),
+    startkernel, endkernel, then v2 dumpavailsize."""
+    e = "<" if order == "little" else ">"
+    mmu_name = raw[32:64].split(b"\0", 1)[0].decode("ascii", "replace")
+    _, msgbufsize, bitmapsize, pmapsize = struct.unpack_from(e + "4I", raw, 64)
+    kernbase, kernend, dmapbase, dmapend = struct.unpack_from(e + "4Q", raw, 80)
+    hw_direct_map = struct.unpack_from(e + "i", raw, 112)[0]
+    startkernel, endkernel = struct.unpack_from(e + "2Q", raw, 120)
+    availsize = struct.unpack_from(e + "I", raw, 136)[0] if version >= 2 else 0
+    if mmu_name not in PPC64_HPT_MMUS:
+        raise UnsupportedError(
+            f"powerpc64 minidump of MMU {mmu_name!r} (this reader knows the hashed page "
+            f"table of {', '.join(PPC64_HPT_MMUS)}; not radix)",
+            path,
+        )
+    return MinidumpHeader(
+        magic,
+        "powerpc64" if order == "big" else PPC64LE,
         version,
         msgbufsize,
         bitmapsize,
@@ -113,18 +240,32 @@ def parse_header(raw: bytes, path: str) -> MinidumpHeader:
         kernbase,
         dmapbase,
         dmapend,
-        dmapphys,
-        availsize,
-        flags,
-        page_size,
+        dumpavailsize=availsize,
+        byteorder=order,
+        pmap_byteorder="big",
+        mmu_name=mmu_name,
+        kernend=kernend,
+        hw_direct_map=bool(hw_direct_map),
+        startkernel=startkernel,
+        endkernel=endkernel,
     )
 
 
 class PageBitmap:
-    """The dump bitmap with a rank index: bit id -> index among the dumped pages."""
+    """The dump bitmap with a rank index: bit id -> index among the dumped pages.
 
-    def __init__(self, raw: bytes) -> None:
+    The kernel's bitmap is an array of longs (bit n is bit n % bits-per-long of
+    long n / bits-per-long); a big-endian kernel's longs are first put in
+    little-endian order, where bit n is bit n % 8 of byte n / 8 whatever the
+    word size."""
+
+    def __init__(self, raw: bytes, byteorder: ByteOrder = "little", word_size: int = 8) -> None:
         raw = raw + b"\0" * (-len(raw) % 8)
+        if byteorder == "big":
+            words = array("Q" if word_size == 8 else "I")
+            words.frombytes(raw)
+            words.byteswap()  # reverse each long's bytes: big-endian -> little-endian
+            raw = words.tobytes()
         self.words = array("Q")
         self.words.frombytes(raw)
         if self.words.itemsize != 8:  # pragma: no cover - every CPython has 8-byte Q
@@ -178,7 +319,7 @@ class FreeBSDMinidump(PhysicalMemory):
                 "the dump is truncated",
                 source.path,
             )
-        hdr = parse_header(source.pread(0, 128), source.path)
+        hdr = parse_header(source.pread(0, 256), source.path)
         self.header = hdr
         page = hdr.page_size
         if hdr.bitmapsize > MAX_BITMAP:
@@ -197,17 +338,22 @@ class FreeBSDMinidump(PhysicalMemory):
                 source.path,
             )
         self.dump_avail = self._read_dump_avail()
-        self.bitmap = PageBitmap(source.pread(self.bitmap_offset, hdr.bitmapsize))
+        self.bitmap = PageBitmap(
+            source.pread(self.bitmap_offset, hdr.bitmapsize), hdr.byteorder, hdr.word_size
+        )
         self.pages_in_file = (source.size - self.sparse_offset) // page
-        self.pmap_count = hdr.pmapsize // 8
-        self._pmap = source.pread(self.pmap_offset, self.pmap_count * 8)
+        self.pmap_count = hdr.pmapsize // hdr.pmap_entry_size
+        self._pmap = source.pread(self.pmap_offset, self.pmap_count * hdr.pmap_entry_size)
+        self._pmap_fmt = ("<" if hdr.pmap_byteorder == "little" else ">") + (
+            "Q" if hdr.pmap_entry_size == 8 else "I"
+        )
 
         f = self.facts
         f.machine = hdr.machine
         f.os = "freebsd"
         f.kind = "mini"
-        f.word_size = 8
-        f.byteorder = "little"
+        f.word_size = hdr.word_size
+        f.byteorder = hdr.byteorder
         f.page_size = page
         self.metadata.update(
             minidump_version=hdr.version,
@@ -216,6 +362,7 @@ class FreeBSDMinidump(PhysicalMemory):
             dmapend=hdr.dmapend,
             dmapphys=hdr.dmapphys,
             pmap_kind=hdr.pmap_kind,
+            byteorder=hdr.byteorder,
             pmapsize=hdr.pmapsize,
             bitmapsize=hdr.bitmapsize,
             msgbufsize=hdr.msgbufsize,
@@ -232,7 +379,8 @@ class FreeBSDMinidump(PhysicalMemory):
             # older cores: the bitmap covers [0, bits * page) (libkvm's implied dump_avail)
             return [(0, hdr.bitmapsize * 8 * hdr.page_size)]
         raw = self.source.pread(self.dump_avail_offset, hdr.dumpavailsize)
-        words = struct.unpack(f"<{len(raw) // 8}Q", raw[: len(raw) // 8 * 8])
+        e = "<" if hdr.byteorder == "little" else ">"
+        words = struct.unpack(f"{e}{len(raw) // 8}Q", raw[: len(raw) // 8 * 8])
         pairs = []
         for i in range(0, len(words) - 1, 2):
             if words[i + 1] == 0:
@@ -245,10 +393,13 @@ class FreeBSDMinidump(PhysicalMemory):
         return self.source.pread(self.msgbuf_offset, self.header.msgbufsize)
 
     def pmap_entry(self, index: int) -> int | None:
-        """Entry `index` of the kernel-map section, or None past its end."""
+        """Entry `index` of the kernel-map section (entries of
+        header.pmap_entry_size bytes in header.pmap_byteorder), or None past its end."""
         if not 0 <= index < self.pmap_count:
             return None
-        return struct.unpack_from("<Q", self._pmap, index * 8)[0]
+        return struct.unpack_from(self._pmap_fmt, self._pmap, index * self.header.pmap_entry_size)[
+            0
+        ]
 
     # -- page lookup -----------------------------------------------------------
     def bit_id(self, pa: int) -> int | None:

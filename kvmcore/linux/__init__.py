@@ -209,18 +209,29 @@ class LinuxKernel:
         states = self.dump.cpu_states
         if all(s.pid == i + 1 for i, s in enumerate(states)):
             return dict(enumerate(states))
-        running = {t.pid: t for t in self.tasks() if t.on_cpu and not t.is_idle}
+        running = {t.pid: t.cpu for t in self.tasks() if t.on_cpu and not t.is_idle}
+        panic = self.panic
+        if panic.log_pid and panic.cpu is not None:
+            # the panicking task may be unreadable (its task_struct filtered
+            # out): its pid and CPU are in the panic's log lines
+            running.setdefault(panic.log_pid, panic.cpu)
         out: dict[int, Any] = {}
         leftovers = []
         for state in states:
-            task = running.get(state.pid) if state.pid else None
-            if task is not None and task.cpu not in out:
-                out[task.cpu] = state
+            cpu = running.get(state.pid) if state.pid else None
+            if cpu is not None and cpu not in out:
+                out[cpu] = state
             else:
                 leftovers.append(state)
         free = [c for c in (self.online_cpus or range(self.nr_cpus)) if c not in out]
         out.update(zip(free, leftovers))
         return out
+
+    def cpu_task_address(self, cpu: int) -> int | None:
+        """The task_struct address that was running on `cpu` (its rq->curr),
+        even when that task_struct cannot be read."""
+        entry = self.runqueue_tasks.get(cpu)
+        return entry[0] if entry else None
 
     def task_registers(self, task: Task) -> dict[str, int]:
         if task.on_cpu:

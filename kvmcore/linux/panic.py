@@ -59,9 +59,12 @@ TAINT_NAMES = [
 # "---[ end Kernel panic - not syncing: ... ]---" closes the panic: skip it
 PANIC_RE = re.compile(r"^(?!---\[ end )Kernel panic - not syncing: (.*)")
 OOPS_RE = re.compile(r"^(BUG: .*|Oops: .*|kernel BUG at .*|Unable to handle kernel .*)")
-# "CPU: 1 PID: 115 Comm: crasher Not tainted ..."; 6.10+ adds "UID: 0 " before PID
+# "CPU: 1 PID: 115 Comm: crasher Not tainted ..."; 6.10+ adds "UID: 0 " before PID,
+# and a kernel with a crash kernel loaded "Kdump: loaded " before the taint
+# (dump_stack_print_info). A comm may hold spaces: it ends at the taint.
 CPU_LINE_RE = re.compile(
-    r"CPU: (\d+) (?:UID: \d+ )?PID: (\d+) Comm: (\S+) (Not tainted|Tainted: ([A-Z ]+))"
+    r"CPU: (\d+) (?:UID: \d+ )?PID: (\d+) Comm: (.{0,16}?) (?:Kdump: loaded )?"
+    r"(Not tainted|Tainted: ([A-Z ]+))"
 )
 
 
@@ -74,6 +77,10 @@ class PanicInfo:
     uptime_ns: int | None = None
     crash_time: int | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    #: the panicking pid and comm as the panic's log lines name them (the
+    #: "CPU: n PID: p Comm: c" line), for when `task` cannot be read
+    log_pid: int | None = None
+    log_comm: str | None = None
 
     @property
     def taint_string(self) -> str:
@@ -138,10 +145,12 @@ def find_panic(kernel: LinuxKernel) -> PanicInfo:
                 info.cpu = int(m.group(1))
                 info.sources["cpu"] = "kernel log"
             pid = int(m.group(2))
+            if int(m.group(1)) == info.cpu:  # the line of the panicking CPU
+                info.log_pid, info.log_comm = pid, m.group(3)
             log_taint = 0 if m.group(4) == "Not tainted" else None
             break
     if panic_rec is not None and not panic_rec.caller_id & 0x80000000 and pid is None:
-        pid = panic_rec.caller_id
+        pid = info.log_pid = panic_rec.caller_id
     # The task: the one running on the panic CPU (its idle task, swapper/N, when
     # the panic came from an interrupt on an idle CPU), else the pid that logged
     # the panic; pid 0 names the panic CPU's idle task, not CPU 0's.
@@ -162,6 +171,8 @@ def find_panic(kernel: LinuxKernel) -> PanicInfo:
                 info.sources["task"] = "pid in the panic's log lines"
     except KvmcoreError as exc:
         info.sources["task"] = f"unavailable: {exc.message}"
+    if info.task is None and info.log_pid is not None and "task" not in info.sources:
+        info.sources["task"] = "pid and comm from the kernel log (the task_struct is unreadable)"
     addr = kernel.symbol("tainted_mask")
     if addr is not None:
         try:

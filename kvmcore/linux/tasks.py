@@ -146,6 +146,12 @@ class TaskReader:
         d = self.dump
         # makedumpfile -d 1 drops zero-filled pages, which may hold the tail of a task_struct
         blob = d.read(address, self.size, zero_excluded=True)
+        # ... but pid and comm are never all zero in a live task (the idle
+        # tasks' comm is swapper/N): their pages missing means the task_struct
+        # was filtered out (makedumpfile -d 31 can drop its slab pages), and a
+        # zero-filled stand-in would be a bogus pid-0 task
+        d.read(address + self.off_pid, 4)
+        d.read(address + self.off_comm, 16)
         bo = d.byteorder
 
         def num(off: int, size: int, signed: bool = False) -> int:

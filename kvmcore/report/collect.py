@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..errors import KvmcoreError
+from ..errors import KvmcoreError, UnsupportedError
+from ..unwind import Backtrace, unwind
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -35,6 +36,24 @@ def _section(fn: Callable[[], dict[str, Any]], problems: list[str], name: str) -
 
 def frames_of(dump: Dump, task: Any, max_frames: int = 48) -> dict[str, Any]:
     bt = dump.backtrace(task, max_frames=max_frames)
+    return _frames_data(bt, dump.kernel.registers_note(task))
+
+
+def cpu_frames(dump: Dump, cpu: int, max_frames: int = 48) -> dict[str, Any]:
+    """The backtrace from the registers the dump saved for `cpu` (its
+    NT_PRSTATUS), as crash's `bt -c CPU`: it needs no task_struct, so it
+    works when the task that ran there cannot be read."""
+    states = getattr(dump.kernel, "cpu_registers", None)
+    if states is None:
+        raise UnsupportedError(f"{dump.os}: backtraces by CPU are not supported", dump.path)
+    state = states.get(cpu)
+    if state is None:
+        why = dump.mem.notes_problem or "no NT_PRSTATUS note matches it"
+        raise KvmcoreError(f"the dump holds no registers of CPU {cpu} ({why})", dump.path)
+    return _frames_data(unwind(dump, dict(state.regs), max_frames=max_frames), None)
+
+
+def _frames_data(bt: Backtrace, warning: str | None) -> dict[str, Any]:
     frames = [
         {
             "index": f.index,
@@ -52,8 +71,24 @@ def frames_of(dump: Dump, task: Any, max_frames: int = 48) -> dict[str, Any]:
         "frames": frames,
         "stopped": bt.error,
         "notes": list(bt.notes),
-        "warning": dump.kernel.registers_note(task),
+        "warning": warning,
     }
+
+
+def log_task(dump: Dump) -> dict[str, Any] | None:
+    """The panicking task as the panic's log lines name it, when its
+    task_struct cannot be read: pid, comm, its address when the panic CPU's
+    runqueue says, and `source: "log"`."""
+    panic = dump.kernel.panic
+    pid = getattr(panic, "log_pid", None)
+    if panic.task is not None or pid is None:
+        return None
+    out: dict[str, Any] = {"pid": pid, "comm": panic.log_comm or "?", "source": "log"}
+    where = getattr(dump.kernel, "cpu_task_address", None)
+    addr = where(panic.cpu) if where is not None and panic.cpu is not None else None
+    if addr:
+        out["address"] = f"{addr:#x}"
+    return out
 
 
 def build_report(
@@ -130,7 +165,7 @@ def _headline(dump: Dump) -> dict[str, Any]:
         "panic_message": panic.message,
         "task": {"pid": task.pid, "comm": task.comm, "address": f"{task.address:#x}"}
         if task
-        else None,
+        else log_task(dump),
         "cpu": panic.cpu,
         "release": kernel.release,
         "arch": dump.arch.name,
@@ -143,10 +178,19 @@ def _headline(dump: Dump) -> dict[str, Any]:
 
 
 def _panic_backtrace(dump: Dump) -> dict[str, Any]:
-    task = dump.kernel.panic.task
-    if task is None:
-        return {"available": False, "reason": "the panicking task is not known"}
-    return frames_of(dump, task)
+    panic = dump.kernel.panic
+    if panic.task is not None:
+        return frames_of(dump, panic.task)
+    if panic.cpu is None:
+        return {"available": False, "reason": "the panicking task and CPU are not known"}
+    # the task_struct is unreadable, but the CPU's saved registers and the
+    # stack pages are not: crash's `bt -c CPU`
+    out = cpu_frames(dump, panic.cpu)
+    out["warning"] = (
+        f"the panicking task cannot be read; this is CPU {panic.cpu}'s trace "
+        "from the registers the dump saved for it"
+    )
+    return out
 
 
 def _system(dump: Dump) -> dict[str, Any]:

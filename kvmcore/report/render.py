@@ -44,12 +44,20 @@ def _headline_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         return [("panic", f"unavailable: {h['reason']}")]
     task = h.get("task")
     return [
-        ("task", f"{task['pid']} ({task['comm']})" if task else "unknown"),
+        ("task", _headline_task(task)),
         ("cpu", str(h.get("cpu"))),
         ("kernel", f"{h.get('release')} ({h.get('arch')})"),
         ("uptime", f"{h['uptime_seconds']} s" if h.get("uptime_seconds") is not None else "-"),
         ("taint", h.get("taint") or "-"),
     ]
+
+
+def _headline_task(task: dict[str, Any] | None) -> str:
+    if not task:
+        return "unknown"
+    if task.get("source") == "log":  # its task_struct could not be read
+        return f"{task['pid']} ({task['comm']}), from the kernel log: its task_struct is unreadable"
+    return f"{task['pid']} ({task['comm']})"
 
 
 def _system_rows(report: dict[str, Any]) -> list[tuple[str, str]]:

@@ -209,6 +209,10 @@ class SymbolTable:
         return out
 
     # -- queries -----------------------------------------------------------
+    def names(self) -> list[str]:
+        """Every symbol name, sorted (for completion)."""
+        return sorted(self._first)
+
     def __len__(self) -> int:
         return len(self._names)
 

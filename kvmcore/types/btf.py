@@ -236,6 +236,19 @@ class BtfTypes:
     def _kind(self, tid: int) -> int:
         return self._words[self._starts[tid] + 1] >> 24 & 0x1F
 
+    def names(self, space: str) -> list[str]:
+        """Sorted names of the named types of one C name space ("struct",
+        "union", "enum", "typedef"), for completion; from the type headers
+        only (each type's first word is its name's offset)."""
+        kinds = {k for k, v in _INDEXED.items() if v == space}
+        words, starts = self._words, self._starts
+        out = {
+            self._str(words[starts[tid]])
+            for tid in range(1, len(starts))
+            if (words[starts[tid] + 1] >> 24 & 0x1F) in kinds and words[starts[tid]]
+        }
+        return sorted(out)
+
     def _ids_named(self, name_off: int) -> list[int]:
         """Type ids whose name is the string at `name_off`, ascending."""
         names = self._sorted_name_offs

@@ -21,6 +21,7 @@ from .model import Backtrace, Frame, FrameKind
 from .orc_cfi import orc_cfi_ranges
 from .stack import StackGuard
 from .symbolic import CodeSymbols
+from .x86_stack import function_entries
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -113,6 +114,8 @@ class X86_64Unwinder:
         self.dump = dump
         self.syms = CodeSymbols(dump)
         self._orc: orc.OrcTable | None = None
+        #: per function start: the entries function_entries() made, or None
+        self._synthesized: dict[int, dict[int, orc.OrcEntry] | None] = {}
         self.orc_error: str | None = None
         # with a vmlinux, its .debug_frame first (loaded on the first unwind)
         self.cfi = DwarfCfi(dump, dump.arch.dwarf) if dump.vmlinux and dump.arch.dwarf else None
@@ -183,15 +186,23 @@ class X86_64Unwinder:
             if step is not None:
                 return step
         entry = None
+        method = "orc"
         if self._orc is not None:
             entry = self._orc.find(state.ip if state.signal else state.ip - 1)
+            if entry is None or entry.type == orc.UNDEFINED:
+                # a function objtool skipped (kdump's panic CPU saves its pc in
+                # __crash_kexec, which has no ORC): the entry objtool would
+                # have written, from its code
+                found = self.uncovered_entry(state.ip)
+                if found is not None:
+                    entry, method = found, "code"
         if entry is None:
             return self._scan(state, guard)
         if entry.type == orc.END:
             return _Step(end=True)
         if entry.type == orc.UNDEFINED:
-            # e.g. crash_setup_regs' _THIS_IP_ label past a function's last
-            # instruction (kdump's panic CPU): the kernel would give up; scan
+            # ORC says the caller cannot be known from here: the kernel would
+            # give up; scan
             return self._scan(state, guard)
         guessed = False
         if entry.sp_reg in (orc.REG_BP, orc.REG_BP_INDIRECT) and not guard.contains(state.bp, 8):
@@ -207,7 +218,29 @@ class X86_64Unwinder:
         except KvmcoreError as exc:
             return _Step(error=f"stack memory unreadable: {exc}")
         step.guessed = step.guessed or guessed
+        if method != "orc":
+            step.method = method
         return step
+
+    def uncovered_entry(self, ip: int) -> orc.OrcEntry | None:
+        """The ORC entry objtool would have written for `ip` (an instruction
+        start: an exact pc or a return address), when the function holding it
+        has no entry at all in tables that cover its text; else None."""
+        table = self._orc
+        bounds = self.syms.function_bounds(ip)
+        if table is None or bounds is None or not table.covers(ip):
+            return None
+        start, end = bounds
+        entries = self._synthesized.get(start, False)
+        if entries is False:
+            entries = None
+            if not table.has_entry_in(start, end):
+                try:
+                    entries = function_entries(self.dump.read(start, end - start), start)
+                except KvmcoreError:
+                    entries = None
+            self._synthesized[start] = entries
+        return entries.get(ip) if entries else None
 
     def _cfi_step(self, cfi: DwarfCfi, state: _State) -> _Step | None:
         """The caller by the vmlinux's CFI, or None when it has no rule for

@@ -23,7 +23,8 @@ class Frame:
     regs: dict[str, int] | None = None
     #: how the walk found this frame: "registers" (the given register set),
     #: "cfi" (the vmlinux's DWARF CFI), "orc", "fp" (frame-pointer record),
-    #: "pt_regs" (a saved register block), "lr" (link register), "scan"
+    #: "pt_regs" (a saved register block), "lr" (link register), "scan",
+    #: "code" (ORC entries made from the code of a function objtool skipped)
     method: str = ""
 
     def __str__(self) -> str:

@@ -149,6 +149,16 @@ class OrcTable:
     def covers(self, ip: int) -> bool:
         return self._table_for(ip) is not None
 
+    def has_entry_in(self, lo: int, hi: int) -> bool:
+        """Whether any entry starts in [lo, hi): objtool skipped a function
+        (STACK_FRAME_NON_STANDARD) when none does."""
+        table = self._table_for(lo)
+        if table is None:
+            return False
+        ips = table[0]
+        idx = bisect_right(ips, lo - 1)
+        return idx < len(ips) and ips[idx] < hi
+
     def find(self, ip: int) -> OrcEntry | None:
         """The entry for `ip`, or None when the address is outside the tables."""
         table = self._table_for(ip)

@@ -16,6 +16,9 @@ does for that address:
     the zero pc with its prologue heuristics into garbage frames.
   REGS_PARTIAL: the same with the 5-word iret frame only.
   END / UNDEFINED: the return address is undefined, so gdb stops there.
+A function objtool skipped (no entry at all) that holds a CPU's saved pc
+gets the rows objtool would have written, made from its code
+(kvmcore.unwind.x86_stack): kdump's panic CPU stops in __crash_kexec.
 Syscall entries and ret_from_fork hold user (or zeroed kthread) pt_regs
 only: they end the walk like END, as the kernel's unwinder does.
 """
@@ -26,9 +29,11 @@ from typing import TYPE_CHECKING
 
 from ..arches.x86_64.cpu import DWARF_NUMBERS as DWARF_REGS
 from ..arches.x86_64.cpu import DWARF_RA, IRET_FRAME, PT_REGS
+from ..errors import KvmcoreError
 from ..symbols import cfi
 from . import orc
 from .symbolic import CodeSymbols
+from .x86_stack import function_entries
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -140,6 +145,50 @@ def _bp_rule(entry: orc.OrcEntry) -> bytes:
     return cfi.same_value(6)
 
 
+def _uncovered_rows(dump: Dump, syms: CodeSymbols, table: orc.OrcTable) -> dict[int, cfi.CfiRule]:
+    """Rows for the core-kernel functions that hold a CPU's saved pc but have
+    no ORC entry at all (objtool skipped them: kdump's panic CPU stops in
+    __crash_kexec), made from their code as objtool would have
+    (kvmcore.unwind.x86_stack), so that gdb gets past that frame #0."""
+    try:
+        pcs = {state.regs.get("rip", 0) for state in dump.cpu_states}
+    except KvmcoreError:
+        return {}
+    rows: dict[int, cfi.CfiRule] = {}
+    for pc in sorted(pcs):
+        bounds = syms.function_bounds(pc)
+        if bounds is None or not any(lo <= pc < hi for lo, hi in table.ranges):
+            continue
+        start, end = bounds
+        if table.has_entry_in(start, end):
+            continue
+        try:
+            entries = function_entries(dump.read(start, end - start), start)
+        except KvmcoreError:
+            entries = None
+        if entries:
+            rows.update((at, orc_cfi_rule(entry)) for at, entry in entries.items())
+            rows.setdefault(end, _rule_at(table, end))
+    return rows
+
+
+def _rule_at(table: orc.OrcTable, ip: int) -> cfi.CfiRule:
+    """The rule the ORC tables give `ip` (after a function rows were added for)."""
+    entry = table.find(ip)
+    return orc_cfi_rule(entry) if entry is not None else orc_cfi_rule(_UNDEFINED)
+
+
+_UNDEFINED = orc.OrcEntry(0, 0, orc.REG_UNDEFINED, orc.REG_UNDEFINED, orc.UNDEFINED, False)
+
+
+def _with_rows(rng: cfi.CfiRange, extra: dict[int, cfi.CfiRule]) -> cfi.CfiRange:
+    """`rng` with the rows in `extra` replacing those it had at their addresses."""
+    merged = dict(zip(rng.starts, rng.rules))
+    merged.update((at, rule) for at, rule in extra.items() if rng.starts[0] <= at < rng.end)
+    starts = sorted(merged)
+    return cfi.CfiRange(starts, [merged[at] for at in starts], rng.end)
+
+
 def orc_cfi_ranges(dump: Dump) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
     """(CfiLayout, [CfiRange]) for the core kernel's and each loaded module's
     ORC table, at runtime addresses."""
@@ -170,6 +219,9 @@ def orc_cfi_ranges(dump: Dump) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
                     rule = plain[word] = orc_cfi_rule(entry)
             out.append(rule)
         ranges.append(cfi.CfiRange(list(ips), out, end))
+    extra = _uncovered_rows(dump, syms, table)
+    if extra:
+        ranges[0] = _with_rows(ranges[0], extra)
     layout = cfi.CfiLayout(
         address_size=8,
         return_column=DWARF_RA,

@@ -150,6 +150,17 @@ class CodeSymbols:
         except ValueError:
             return None
 
+    def function_bounds(self, pc: int) -> tuple[int, int] | None:
+        """[start, end) of the function holding `pc`, when its symbol has a size."""
+        text, _ = self.describe(pc)
+        if not text or "+" not in text or "/" not in text:
+            return None
+        try:
+            off, size = (int(x, 16) for x in text.split("+", 1)[1].split("/", 1))
+        except ValueError:
+            return None
+        return (pc - off, pc - off + size) if size > off else None
+
     def function_name(self, pc: int) -> str | None:
         """The bare function name at `pc` (no offset), or None."""
         text, _ = self.describe(pc)
