@@ -14,19 +14,51 @@ from .util import log
 QMP_FORMATS = ("elf", "kdump-zlib", "elf-paging")
 
 
-class Kernel:
-    """A Debian kernel package, downloaded and extracted into the cache."""
-
-    def __init__(self, arch: Arch, cache: Path):
+def apt_for(arch: Arch, cache: Path) -> debian.Apt:
+    """The host's apt, or a private configuration of the arch's suite (riscv64: trixie)."""
+    if arch.suite is None:
         debian.ensure_arch(arch.debian_arch)
+        return debian.HOST_APT
+    apt = debian.Apt.private(arch.suite, arch.debian_arch, cache)
+    apt.update()
+    return apt
+
+
+class Kernel:
+    """A Debian kernel package, downloaded and extracted into the cache.
+
+    The kernel is the one the linux-image-<flavour> metapackage depends on; when that
+    one (or, with `with_dbg`, its -dbg package) does not download (a mirror missing
+    an image), the next older versioned kernel package that does is taken."""
+
+    def __init__(self, arch: Arch, cache: Path, *, with_dbg: bool = False,
+                 pkg: debian.Package | None = None):
         self.arch = arch
-        self.pkg = debian.newest_kernel(arch.flavour, arch.debian_arch)
-        deb = debian.download(self.pkg, cache / "debs")
+        self.apt = apt_for(arch, cache)
+        if pkg is not None:
+            tries = [pkg]
+        else:
+            first = debian.newest_kernel(arch.flavour, arch.debian_arch, self.apt)
+            tries = [first] + [k for k in debian.kernel_candidates(arch.flavour, arch.debian_arch, self.apt)
+                               if k != first]
+        errors = []
+        for cand in tries:
+            try:
+                deb = debian.download(cand, cache / "debs", self.apt)
+                self.pkg = cand
+                self.dbg_dir = dbg_dir(cache, cand.name, cand.version, arch.debian_arch)
+                if with_dbg:
+                    fetch_dbg(self, cache)
+                break
+            except debian.DownloadError as e:
+                log(f"{cand.spec}: {e}; trying an older kernel")
+                errors.append(str(e))
+        else:
+            raise RuntimeError("no kernel package downloads:\n" + "\n".join(errors))
         self.root = debian.extract(deb, cache / "kernels" / deb.name[:-4])
         self.release = debian.kernel_release(self.root)
-        self.vmlinuz = self.root / "boot" / f"vmlinuz-{self.release}"
-        self.moddir = self.root / "lib" / "modules" / self.release
-        self.dbg_dir = dbg_dir(cache, self.pkg.name, self.pkg.version, arch.debian_arch)
+        self.vmlinuz = debian.kernel_image(self.root, self.release)
+        self.moddir = debian.modules_root(self.root) / self.release
 
     def vmlinux(self) -> Path | None:
         p = self.dbg_dir / "usr/lib/debug/boot" / f"vmlinux-{self.release}"
@@ -39,15 +71,18 @@ def dbg_dir(cache: Path, package: str, version: str, debian_arch: str) -> Path:
 
 def fetch_dbg(kernel: Kernel, cache: Path) -> Path:
     pkg = debian.Package(kernel.pkg.name + "-dbg", kernel.pkg.version, kernel.pkg.arch)
-    deb = debian.download(pkg, cache / "debs")
+    deb = debian.download(pkg, cache / "debs", kernel.apt)
     return debian.extract_dbg(deb, kernel.dbg_dir)
 
 
-def busybox(arch: Arch, cache: Path) -> Path:
-    pkg = debian.candidate("busybox-static", arch.debian_arch)
-    deb = debian.download(pkg, cache / "debs")
+def busybox(arch: Arch, cache: Path, apt: debian.Apt = debian.HOST_APT) -> Path:
+    pkg = debian.candidate("busybox-static", arch.debian_arch, apt)
+    deb = debian.download(pkg, cache / "debs", apt)
     root = debian.extract(deb, cache / "busybox" / deb.name[:-4])
-    return root / "bin" / "busybox"
+    for rel in ("bin/busybox", "usr/bin/busybox"):  # usr/bin in merged-/usr trixie
+        if (root / rel).exists():
+            return root / rel
+    raise RuntimeError(f"no busybox binary in {root}")
 
 
 def threaded_task(arch: Arch, cache: Path) -> Path:
@@ -76,7 +111,9 @@ def qemu_cmd(spec: SampleSpec, kernel: Kernel, initrd: Path, append: str) -> lis
     cmd += ["-cpu", cpu_of(spec), "-m", f"{spec.memory_mb}M", "-smp", str(spec.smp), "-nic", "none"]
     if a.debian_arch in ("amd64", "i386"):
         cmd += ["-vga", "none"]
-    cmd += ["-device", "vmcoreinfo", "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
+    if a.vmcoreinfo_device:
+        cmd += ["-device", "vmcoreinfo"]
+    cmd += ["-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
             "-append", append]
     if a.panic_wait == "pvpanic":
         cmd += ["-device", "pvpanic", "-action", "panic=pause"]
@@ -126,7 +163,7 @@ def build_qemu_sample(spec: SampleSpec, cache: Path, sdir: Path, kernel: Kernel)
     a = spec.arch
     marker = "kvmcore-marker-" + secrets.token_hex(8)
     initrd = sdir / "initrd.cpio.gz"
-    initramfs.build(initrd, busybox=busybox(a, cache), moddir=kernel.moddir, modules=list(a.modules),
+    initramfs.build(initrd, busybox=busybox(a, cache, kernel.apt), moddir=kernel.moddir, modules=list(a.modules),
                     threaded_task=threaded_task(a, cache), marker=marker,
                     extra_tasks=spec.extra_tasks)
     append = cmdline(spec)
@@ -174,16 +211,15 @@ def build_sample(spec: SampleSpec, cache: Path, *, force: bool = False, with_dbg
             arch = spec.arch
             d = dbg_dir(cache, m["kernel_package"], m["kernel_version"], arch.debian_arch)
             if not (d / ".done").exists():
-                fetch_dbg(Kernel(arch, cache), cache)
+                pkg = debian.Package(m["kernel_package"], m["kernel_version"], arch.debian_arch)
+                Kernel(arch, cache, with_dbg=True, pkg=pkg)
         return "cached"
     t0 = time.monotonic()
     log(f"{spec.id}: building")
     if sdir.exists():
         shutil.rmtree(sdir)
     sdir.mkdir(parents=True)
-    kernel = Kernel(spec.arch, cache)
-    if with_dbg:
-        fetch_dbg(kernel, cache)
+    kernel = Kernel(spec.arch, cache, with_dbg=with_dbg)
     if spec.kind == "kdump":
         from .kdump import build_kdump_sample
         m = build_kdump_sample(spec, cache, sdir, kernel)

@@ -1,8 +1,16 @@
-"""Debian packages: resolve the newest kernel via apt, download debs, extract them."""
+"""Debian packages: resolve the newest kernel via apt, download debs, extract them.
+
+Packages come from the host's apt configuration, or, for an architecture the host's
+suite lacks (riscv64 exists only from trixie on), from a private apt configuration
+under the cache (`Apt.private`): its own sources list naming the other suite at the
+mirror the host uses, its own lists and caches, the host's sources, preferences and
+dpkg state left alone."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +30,134 @@ class Package:
     @property
     def deb_name(self) -> str:
         return f"{self.name}_{self.version.replace(':', '%3a')}_{self.arch}.deb"
+
+
+@dataclass(frozen=True)
+class Apt:
+    """How apt is run: `options` are passed before the apt-get/apt-cache command
+    (empty: the host's configuration)."""
+
+    options: tuple[str, ...] = ()
+    suite: str | None = None
+
+    def cmd(self, tool: str, *args: str) -> list[str]:
+        return [tool, *self.options, *args]
+
+    @staticmethod
+    def host() -> Apt:
+        return Apt()
+
+    @staticmethod
+    def private(suite: str, debian_arch: str, cache: Path) -> Apt:
+        """A private apt configuration for `suite` (main) at the host's mirror, under
+        <cache>/apt/<suite>/: sources list, lists, caches and an empty dpkg status.
+        The architecture is given to apt (APT::Architectures), so dpkg's foreign
+        architectures are not needed either."""
+        root = cache / "apt" / suite
+        for d in ("lists/partial", "cache/archives/partial", "preferences.d", "etc"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        uri, signed_by = host_mirror()
+        line = f"deb [arch={debian_arch}{f' signed-by={signed_by}' if signed_by else ''}] {uri} {suite} main\n"
+        sources = root / "etc" / f"{suite}.list"
+        if not sources.exists() or sources.read_text() != line:
+            sources.write_text(line)
+        status = root / "status"
+        if not status.exists():
+            status.touch()
+        opts = (
+            f"-o Dir::Etc::SourceList={sources}",
+            "-o Dir::Etc::SourceParts=-",
+            f"-o Dir::Etc::PreferencesParts={root / 'preferences.d'}",
+            f"-o Dir::Etc::Preferences={root / 'etc' / 'preferences'}",
+            f"-o Dir::State::Lists={root / 'lists'}",
+            f"-o Dir::State::status={status}",
+            f"-o Dir::Cache={root / 'cache'}",
+            f"-o APT::Architecture={debian_arch}",
+            f"-o APT::Architectures::={debian_arch}",
+            "-o APT::Sandbox::User=root",
+        )
+        return Apt(tuple(o for opt in opts for o in opt.split(" ", 1)), suite)
+
+    def update(self, max_age: float = 12 * 3600) -> None:
+        """apt-get update of a private configuration (skipped while its lists are fresh)."""
+        if not self.options:
+            return apt_update()
+        lists = Path(self._opt("Dir::State::Lists"))
+        stamp = lists / ".kvmcore-updated"
+        if stamp.exists() and time.time() - stamp.stat().st_mtime < max_age:
+            return
+        log(f"apt-get update ({self.suite}, private configuration under {lists.parent})")
+        p = subprocess.run(self.cmd("apt-get", "update"), capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"apt-get update of {self.suite} failed:\n{p.stderr.strip()[-1500:]}")
+        stamp.touch()
+
+    def _opt(self, key: str) -> str:
+        for o in self.options:
+            if o.startswith(key + "="):
+                return o.split("=", 1)[1]
+        raise KeyError(key)
+
+
+def _deb822(text: str) -> list[dict[str, str]]:
+    stanzas, cur, last = [], {}, None
+    for raw in text.splitlines():
+        if raw.startswith("#"):
+            continue
+        if not raw.strip():
+            if cur:
+                stanzas.append(cur)
+            cur, last = {}, None
+            continue
+        if raw[0] in " \t" and last:
+            cur[last] += "\n" + raw.strip()
+            continue
+        key, _, value = raw.partition(":")
+        last = key.strip().lower()
+        cur[last] = value.strip()
+    if cur:
+        stanzas.append(cur)
+    return stanzas
+
+
+def host_mirror() -> tuple[str, str | None]:
+    """(URI, Signed-By) of the host's main Debian archive: the deb822 stanza of
+    /etc/apt/sources.list.d/*.sources (else a sources.list line) whose suites hold
+    no -security/-updates suite first; never a hard-coded host name."""
+    found: list[tuple[int, str, str | None]] = []
+    for f in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for st in _deb822(f.read_text(errors="replace")):
+            if "deb" not in st.get("types", "").split() or st.get("enabled", "yes") == "no":
+                continue
+            suites = st.get("suites", "").split()
+            if not suites or not st.get("uris"):
+                continue
+            rank = 0 if any("-" not in s for s in suites) else 1
+            if "security" in st["uris"]:
+                rank = 2
+            found.append((rank, st["uris"].split()[0], st.get("signed-by")))
+    lists = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]
+    for f in lists:
+        if not f.exists():
+            continue
+        for line in f.read_text(errors="replace").splitlines():
+            m = re.match(r"\s*deb\s+(\[[^]]*\]\s+)?(\S+)\s+(\S+)", line)
+            if m:
+                signed = re.search(r"signed-by=(\S+?)[\s\]]", m[1] or "")
+                rank = 0 if "-" not in m[3] else 1
+                if "security" in m[2]:
+                    rank = 2
+                found.append((rank, m[2], signed[1] if signed else None))
+    if not found:
+        raise RuntimeError("no Debian mirror found in /etc/apt/sources.list{,.d}")
+    found.sort(key=lambda t: t[0])
+    _, uri, signed_by = found[0]
+    if signed_by and not signed_by.startswith("/"):
+        signed_by = None  # an inline key block: rely on apt's trusted keys
+    return uri.rstrip("/"), signed_by
+
+
+HOST_APT = Apt()
 
 
 def host_arch() -> str:
@@ -48,36 +184,67 @@ def apt_update() -> None:
         log("apt-get update reported errors (continuing):\n" + p.stderr.strip()[-800:])
 
 
-def candidate(name: str, arch: str) -> Package:
-    out = run(["apt-cache", "show", "--no-all-versions", f"{name}:{arch}"])
+def candidate(name: str, arch: str, apt: Apt = HOST_APT) -> Package:
+    out = run(apt.cmd("apt-cache", "show", "--no-all-versions", f"{name}:{arch}"))
     for line in out.splitlines():
         if line.startswith("Version:"):
             return Package(name, line.split(":", 1)[1].strip(), arch)
     raise RuntimeError(f"apt has no candidate for {name}:{arch}")
 
 
-def newest_kernel(flavour: str, arch: str) -> Package:
+def newest_kernel(flavour: str, arch: str, apt: Apt = HOST_APT) -> Package:
     """The kernel the linux-image-<flavour> metapackage points to (newest ABI)."""
-    out = run(["apt-cache", "depends", f"linux-image-{flavour}:{arch}"])
+    out = run(apt.cmd("apt-cache", "depends", f"linux-image-{flavour}:{arch}"))
     for line in out.splitlines():
         line = line.strip()
         if line.startswith("Depends: linux-image-"):
             name = line.split()[1].split(":")[0]
-            return candidate(name, arch)
+            return candidate(name, arch, apt)
     raise RuntimeError(f"cannot resolve linux-image-{flavour}:{arch} (run apt-get update?)\n{out}")
 
 
-def download(pkg: Package, debs: Path) -> Path:
+def kernel_candidates(flavour: str, arch: str, apt: Apt = HOST_APT) -> list[Package]:
+    """Every versioned linux-image-*-<flavour> package apt knows (not -dbg, not the
+    metapackage, not -unsigned), newest version first: the fallbacks when the
+    metapackage's kernel cannot be downloaded."""
+    out = run(apt.cmd("apt-cache", "search", "--names-only", f"^linux-image-[0-9].*-{flavour}$"))
+    names = sorted({line.split(" - ")[0].strip() for line in out.splitlines() if line.strip()})
+    pkgs = []
+    for name in names:
+        pkgs.append(candidate(name, arch, apt))
+    cmp = _version_sorter(apt)
+    return sorted(pkgs, key=cmp, reverse=True)
+
+
+def _version_sorter(apt: Apt):
+    import functools
+
+    def compare(a: Package, b: Package) -> int:
+        if a.version == b.version:
+            return 0
+        ok = subprocess.run(["dpkg", "--compare-versions", a.version, "lt", b.version]).returncode == 0
+        return -1 if ok else 1
+
+    return functools.cmp_to_key(compare)
+
+
+def download(pkg: Package, debs: Path, apt: Apt = HOST_APT) -> Path:
     debs.mkdir(parents=True, exist_ok=True)
     path = debs / pkg.deb_name
     if path.exists():
         return path
-    log(f"apt-get download {pkg.spec}")
-    subprocess.run(["apt-get", "-o", "APT::Sandbox::User=root", "download", pkg.spec], cwd=debs, check=True,
-                   stdout=subprocess.DEVNULL)
-    if not path.exists():
-        raise RuntimeError(f"apt-get download did not produce {path}")
+    log(f"apt-get download {pkg.spec}" + (f" ({apt.suite})" if apt.suite else ""))
+    p = subprocess.run(apt.cmd("apt-get", "-o", "APT::Sandbox::User=root", "download", pkg.spec), cwd=debs,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if p.returncode != 0 or not path.exists():
+        for partial in debs.glob(f"{pkg.name}_*.deb.*"):
+            partial.unlink(missing_ok=True)
+        raise DownloadError(f"apt-get download {pkg.spec} failed ({p.returncode}): {p.stderr.strip()[-600:]}")
     return path
+
+
+class DownloadError(RuntimeError):
+    pass
 
 
 def extract(deb: Path, dest: Path) -> Path:
@@ -114,8 +281,25 @@ def extract_dbg(deb: Path, dest: Path) -> Path:
     return dest
 
 
+def modules_root(pkg_root: Path) -> Path:
+    """lib/modules, or usr/lib/modules in merged-/usr packages (trixie)."""
+    for rel in ("lib/modules", "usr/lib/modules"):
+        if (pkg_root / rel).is_dir():
+            return pkg_root / rel
+    raise RuntimeError(f"no lib/modules or usr/lib/modules in {pkg_root}")
+
+
 def kernel_release(pkg_root: Path) -> str:
-    rels = [p.name for p in (pkg_root / "lib" / "modules").iterdir() if p.is_dir()]
+    rels = [p.name for p in modules_root(pkg_root).iterdir() if p.is_dir()]
     if len(rels) != 1:
         raise RuntimeError(f"expected one kernel release in {pkg_root}, got {rels}")
     return rels[0]
+
+
+def kernel_image(pkg_root: Path, release: str) -> Path:
+    """boot/vmlinuz-<release>, or boot/vmlinux-<release> where the package ships an
+    uncompressed image (riscv64's EFI-stub Image)."""
+    for name in (f"vmlinuz-{release}", f"vmlinux-{release}"):
+        if (pkg_root / "boot" / name).exists():
+            return pkg_root / "boot" / name
+    raise RuntimeError(f"no boot/vmlinuz-{release} or boot/vmlinux-{release} in {pkg_root}")

@@ -70,8 +70,14 @@ def build_id(vmlinux: Path | None, vmlinuz: Path) -> tuple[str | None, str | Non
         bid = _readelf_build_id(vmlinux)
         if bid:
             return bid, "readelf -n dbg vmlinux"
-    payload = _decompress_kernel(vmlinuz.read_bytes())
+    raw = vmlinuz.read_bytes()
+    payload = _decompress_kernel(raw)
     if payload is None:
+        # an uncompressed image (riscv64's Image): its build-id note is in the clear
+        i = raw.find(_GNU_BUILD_ID_NOTE)
+        if i != -1:
+            desc = raw[i + len(_GNU_BUILD_ID_NOTE): i + len(_GNU_BUILD_ID_NOTE) + 20]
+            return desc.hex(), "GNU build-id note in the uncompressed kernel Image"
         return None, None
     if payload[:4] == b"\x7fELF":
         with tempfile.NamedTemporaryFile(suffix=".vmlinux") as tmp:

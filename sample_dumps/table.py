@@ -37,6 +37,10 @@ class Arch:
     cc: str              # C compiler for the guest threaded_task
     cc_flags: tuple[str, ...] = ()   # replaces the default "-O2 -static -pthread" when set
     threaded_task_src: str = "threaded_task.c"   # under sample_dumps/guest/
+    # Debian suite the kernel, busybox-static and -dbg come from, through a private apt
+    # configuration at the host's mirror (None: the host's own apt sources)
+    suite: str | None = None
+    vmcoreinfo_device: bool = True   # QEMU's -device vmcoreinfo (riscv virt refuses it)
 
 
 ARCHES = {
@@ -50,6 +54,11 @@ ARCHES = {
                  ("-m32", "-march=i686", "-O2", "-static", "-nostdlib", "-ffreestanding",
                   "-fno-pic", "-no-pie", "-fno-stack-protector", "-fcf-protection=none"),
                  "threaded_task_i386.c"),
+    # riscv64 exists in Debian only from trixie (6.12); QEMU's riscv virt machine has no
+    # vmcoreinfo device (fw_cfg without DMA), so the dump carries no VMCOREINFO note:
+    # kvmcore finds the kernel's own note in memory
+    "riscv64": Arch("riscv64", "riscv64", "riscv64", "qemu-system-riscv64", "virt", "ttyS0",
+                    (), "serial", "riscv64-linux-gnu-gcc", suite="trixie", vmcoreinfo_device=False),
 }
 
 
@@ -74,7 +83,7 @@ class SampleSpec:
 
 # the non-PAE 686 flavour (2-level paging, 4 MB pages) of the same i386 build
 ARCHES["i386-686"] = replace(ARCHES["i386"], flavour="686")
-A64, ARM, I386 = ARCHES["amd64"], ARCHES["arm64"], ARCHES["i386"]
+A64, ARM, I386, RV64 = ARCHES["amd64"], ARCHES["arm64"], ARCHES["i386"], ARCHES["riscv64"]
 ALL_MDF = ("mdf-d31-c", "mdf-d31-l", "mdf-d31-E", "mdf-d31-F")
 
 SAMPLES: list[SampleSpec] = [
@@ -91,6 +100,9 @@ SAMPLES: list[SampleSpec] = [
     SampleSpec("i386-nopae", ARCHES["i386-686"], ("elf",), cpu="max"),
     # the amd64 kernel with LA57 offered: it enables 5-level paging (pgtable_l5_enabled=1)
     SampleSpec("x86_64-la57", A64, ("elf",), cpu="qemu64,+la57"),
+    # trixie's 6.12 riscv64 kernel on QEMU's virt machine (Sv57 offered by QEMU 7.2's rv64
+    # cpu); Debian's riscv64 config has no RANDOMIZE_BASE, so no KASLR
+    SampleSpec("riscv64", RV64, ("elf", "kdump-zlib"), cpu="rv64", kaslr=False),
 ]
 
 BY_ID = {s.id: s for s in SAMPLES}

@@ -24,6 +24,8 @@ PANIC_PATH = {  # the panicking CPU's call chain, innermost first (each a name p
                 "vfs_write", "ksys_write", "el0_svc", "el0t_64_sync"],
     "i686": ["panic", "sysrq_handle_crash", "__handle_sysrq", "write_sysrq_trigger",
              "vfs_write", "ksys_write"],
+    "riscv64": ["panic", "sysrq_handle_crash", "__handle_sysrq", "write_sysrq_trigger",
+                "vfs_write", "ksys_write", "do_trap_ecall_u", "handle_exception"],
 }
 APT_HINT = "apt-get install $(grep -v '^#' sample_dumps/apt-packages.txt)"
 

@@ -1,13 +1,14 @@
-"""riscv64: for now only what FreeBSD minidumps need.
+"""riscv64: RV64GC with Sv39/Sv48/Sv57 paging.
 
-- cpu.py: the Arch (word size 8, little-endian, register names)
-- mmu.py: the Sv39/Sv48 page-table entry format
+- cpu.py: registers (NT_PRSTATUS, DWARF numbering, gdb's riscv target)
+- mmu.py: the Sv39/Sv48/Sv57 page-table format
+- linux.py: Linux full dumps (the kernel image and linear map from VMCOREINFO)
 - freebsd_mini.py: FreeBSD minidumps
 """
 
 from kvmcore.registry import register_arch
 
-from . import freebsd_mini  # noqa: F401  (registers its translator)
+from . import freebsd_mini, linux  # noqa: F401  (each registers its translator)
 from .cpu import ARCH
 
 register_arch(ARCH)

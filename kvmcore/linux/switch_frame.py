@@ -93,3 +93,18 @@ def _aarch64(dump: Dump, task: int) -> dict[str, int]:
     pac = ((info.number("KERNELPACMASK") if info else None) or 0) & 0xFFFFFFFFFFFFFFFF
     regs["pc"] = pc | pac if pac else pc
     return regs
+
+
+@switch_frame_reader("riscv64")
+def _riscv64(dump: Dump, task: int) -> dict[str, int]:
+    """thread holds ra, sp and s0-s11 as __switch_to (arch/riscv/kernel/entry.S)
+    left them; ra, the return into __schedule, is the resume pc."""
+    types = dump.types
+    base = task + types.offsetof("struct task_struct", "thread")
+    ra = dump.read_ptr(base + types.offsetof("struct thread_struct", "ra"))
+    regs = {"pc": ra, "ra": ra}
+    regs["sp"] = dump.read_ptr(base + types.offsetof("struct thread_struct", "sp"))
+    s_base = base + types.offsetof("struct thread_struct", "s")
+    for i, value in enumerate(dump.read_ptrs(s_base, 12)):
+        regs[f"s{i}"] = value
+    return regs

@@ -24,6 +24,14 @@ class FramePointerUnwinder:
 
     lr_reg: str | None = None  # link register, for a leaf function's caller
     thread_size = 16384
+    #: where a frame record sits relative to the frame pointer: 0 when fp points
+    #: at it (aarch64, i386, amd64); riscv64's fp is the frame's CFA, with the
+    #: record {fp, ra} in the two words below it (-16)
+    record_offset = 0
+    #: exception frames are found through the frame pointer (aarch64's pt_regs
+    #: stackframe); False: through the stack pointer alone (riscv64), so a user
+    #: frame pointer restored by the CFI does not hide them
+    crossing_needs_fp = True
 
     def __init__(self, dump: Dump) -> None:
         self.dump = dump
@@ -44,6 +52,13 @@ class FramePointerUnwinder:
         """(kind, registers) when `return_address` returns into exception entry
         code whose saved registers the record at `next_fp` belongs to."""
         return None
+
+    def exception_regs_at(
+        self, return_address: int, next_fp: int, sp: int
+    ) -> tuple[FrameKind, dict[str, int]] | None:
+        """exception_regs, also told the stack pointer of the frame that
+        `return_address` returns to (riscv64 finds struct pt_regs there)."""
+        return self.exception_regs(return_address, next_fp)
 
     def is_user(self, regs: dict[str, int]) -> bool:
         return False
@@ -77,13 +92,13 @@ class FramePointerUnwinder:
             next_fp, ret = record
             if ret == 0:
                 break  # the final record of a task's stack
-            frame_sp = fp + 2 * self.word
+            frame_sp = fp + self.record_offset + 2 * self.word
             self._add(bt, Frame(len(bt.frames), ret, frame_sp, method="fp"), exact=False)
             prev, fp = fp, next_fp
             if not next_fp or not self.dump.is_kernel_address(next_fp):
                 break  # end of the chain (a user-mode frame pointer after entry code)
             try:
-                crossed = self.exception_regs(ret, next_fp)
+                crossed = self.exception_regs_at(ret, next_fp, frame_sp)
             except KvmcoreError as exc:
                 bt.error = f"exception frame unreadable: {exc}"
                 return bt
@@ -125,7 +140,7 @@ class FramePointerUnwinder:
             bt.error = error
             return None
         try:
-            next_fp, ret = self.dump.read_ptrs(fp, 2)
+            next_fp, ret = self.dump.read_ptrs(fp + self.record_offset, 2)
         except KvmcoreError as exc:
             bt.error = f"frame record unreadable: {exc}"
             return None
@@ -152,7 +167,9 @@ class FramePointerUnwinder:
         if not name or name == self.syms.function_name(pc):
             return
         try:
-            recorded = self.clean(self.dump.read_ptrs(fp, 2)[1]) if fp else None
+            recorded = (
+                self.clean(self.dump.read_ptrs(fp + self.record_offset, 2)[1]) if fp else None
+            )
         except KvmcoreError:
             recorded = None
         if recorded == lr:
@@ -185,9 +202,9 @@ class FramePointerUnwinder:
                 bt.error = f"stopped after {max_frames} frames"
                 return bt
             fp = known.get(self.fp_reg, 0)
-            if not exact and fp and is_kernel(fp):
+            if not exact and ((fp and is_kernel(fp)) or not self.crossing_needs_fp):
                 try:
-                    crossed = self.exception_regs(pc, fp)
+                    crossed = self.exception_regs_at(pc, fp, sp)
                 except KvmcoreError as exc:
                     bt.error = f"exception frame unreadable: {exc}"
                     return bt
@@ -253,6 +270,6 @@ class FramePointerUnwinder:
             next_fp, ret = record
             if ret == 0:
                 return bt  # the final record of a task's stack
-            pc, sp, exact, via_record = ret, fp + 2 * self.word, False, True
+            pc, sp, exact, via_record = ret, fp + self.record_offset + 2 * self.word, False, True
             known = {self.pc_reg: pc, self.sp_reg: sp, self.fp_reg: next_fp}
             self._add(bt, Frame(len(bt.frames), pc, sp, method="fp"), exact=False)
