@@ -28,6 +28,11 @@ DumpArg = typer.Argument(..., help="the crash dump (vmcore)")
 VmlinuxArg = typer.Argument(None, help="the kernel's vmlinux (optional)")
 ArchOpt = typer.Option(None, "--arch", help="force the architecture backend (x86_64, aarch64, ...)")
 JsonOpt = typer.Option(False, "--json", help="print JSON")
+ForceOpt = typer.Option(
+    False,
+    "--force-vmlinux",
+    help="use a vmlinux of another build than the dump's kernel (with a warning)",
+)
 SystemMapOpt = typer.Option(
     None,
     "--system-map",
@@ -48,15 +53,23 @@ PARTIAL = {"value": False}  # --partial, a global option
 
 
 def _open(
-    dump: Path, vmlinux: Path | None, arch: str | None, system_map: Path | None = None
+    dump: Path,
+    vmlinux: Path | None,
+    arch: str | None,
+    system_map: Path | None = None,
+    force_vmlinux: bool = False,
 ) -> kvmcore.Dump:
-    return kvmcore.open(
+    d = kvmcore.open(
         str(dump),
         str(vmlinux) if vmlinux else None,
         arch,
         allow_truncated=PARTIAL["value"],
         system_map=str(system_map) if system_map else None,
+        force_vmlinux=force_vmlinux,
     )
+    for warning in d.warnings:
+        print(f"kvmcore: warning: {printable(warning)}", file=sys.stderr)
+    return d
 
 
 @app.callback()
@@ -87,6 +100,7 @@ def _arg(cmd: commands.Command, name: str) -> Any:
 def analyze(
     dump: Path | None = typer.Argument(None, help="the crash dump; default: the committed sample"),
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
     fmt: str = typer.Option(
@@ -113,7 +127,7 @@ def analyze(
             f"kvmcore: no dump given: analyzing the committed sample {dump}",
             file=sys.stderr if fmt in ("json", "markdown") else sys.stdout,
         )
-    d = _open(dump, vmlinux, arch, system_map)
+    d = _open(dump, vmlinux, arch, system_map, force_vmlinux)
     with err.status("opening the dump") if err.is_terminal else _null() as status:
 
         def progress(stage: str) -> None:
@@ -148,10 +162,11 @@ def _command(
     arch: str | None,
     system_map: Path | None,
     json_out: bool,
+    force_vmlinux: bool = False,
     **kwargs: Any,
 ) -> None:
     """Open the dump, call `cmd.data`, print its JSON or `cmd.text`."""
-    data = cmd.data(_open(dump, vmlinux, arch, system_map), **kwargs)
+    data = cmd.data(_open(dump, vmlinux, arch, system_map, force_vmlinux), **kwargs)
     if json_out:
         _print_json(data)
     else:
@@ -162,68 +177,84 @@ def _command(
 def ps(
     dump: Path = DumpArg,
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(commands.PS, dump, vmlinux, arch, system_map, json_out)
+    _command(commands.PS, dump, vmlinux, arch, system_map, json_out, force_vmlinux)
 
 
 @app.command("dmesg", help=commands.DMESG.help)
 def dmesg(
     dump: Path = DumpArg,
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(commands.DMESG, dump, vmlinux, arch, system_map, json_out)
+    _command(commands.DMESG, dump, vmlinux, arch, system_map, json_out, force_vmlinux)
 
 
 @app.command("mods", help=commands.MODS.help)
 def mods(
     dump: Path = DumpArg,
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(commands.MODS, dump, vmlinux, arch, system_map, json_out)
+    _command(commands.MODS, dump, vmlinux, arch, system_map, json_out, force_vmlinux)
 
 
 @app.command("sys", help=commands.SYS.help)
 def sys_cmd(
     dump: Path = DumpArg,
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(commands.SYS, dump, vmlinux, arch, system_map, json_out)
+    _command(commands.SYS, dump, vmlinux, arch, system_map, json_out, force_vmlinux)
 
 
 @app.command("bt", help=commands.BT.help)
 def bt(
     dump: Path = DumpArg,
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
     pid: int | None = _arg(commands.BT, "pid"),
     all_tasks: bool = _arg(commands.BT, "all_tasks"),
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(commands.BT, dump, vmlinux, arch, system_map, json_out, pid=pid, all_tasks=all_tasks)
+    _command(
+        commands.BT,
+        dump,
+        vmlinux,
+        arch,
+        system_map,
+        json_out,
+        force_vmlinux,
+        pid=pid,
+        all_tasks=all_tasks,
+    )
 
 
 @app.command("info", help=commands.INFO.help)
 def info(
     dump: Path = DumpArg,
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(commands.INFO, dump, vmlinux, arch, system_map, json_out)
+    _command(commands.INFO, dump, vmlinux, arch, system_map, json_out, force_vmlinux)
 
 
 @app.command("sym", help=commands.SYM.help)
@@ -231,11 +262,12 @@ def sym(
     dump: Path = DumpArg,
     what: str = _arg(commands.SYM, "what"),
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(commands.SYM, dump, vmlinux, arch, system_map, json_out, what=what)
+    _command(commands.SYM, dump, vmlinux, arch, system_map, json_out, force_vmlinux, what=what)
 
 
 @app.command("read", help=commands.READ.help)
@@ -265,6 +297,7 @@ def read(
 def serve(
     dump: Path = DumpArg,
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     system_map: Path | None = SystemMapOpt,
     listen: str = typer.Option("127.0.0.1:1234", "--listen", help="HOST:PORT"),
@@ -275,7 +308,7 @@ def serve(
     """Serve the dump to gdb over the remote serial protocol, read-only."""
     from kvmcore import gdbserver
 
-    d = _open(dump, vmlinux, arch, system_map)
+    d = _open(dump, vmlinux, arch, system_map, force_vmlinux)
     gdbserver.serve(d, listen=listen, stdio=stdio)
 
 

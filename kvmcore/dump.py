@@ -20,7 +20,14 @@ from typing import Any
 from . import unwind
 from .addrspace import KernelAddressSpace
 from .cpu import CpuState
-from .errors import KvmcoreError, SymbolError, TruncatedDumpError, UnsupportedError
+from .errors import (
+    HostError,
+    KvmcoreError,
+    NotFoundError,
+    SymbolError,
+    TruncatedDumpError,
+    UnsupportedError,
+)
 from .formats import open_physical
 from .formats.base import PhysicalMemory, PhysRange
 from .freebsd import FreeBSDKernel
@@ -28,10 +35,21 @@ from .kernel import KernelModel
 from .linux import LinuxKernel
 from .notes import VmcoreInfo
 from .registry import Arch, TranslatorFlavour, select_arch, select_translator
-from .symbols import SymbolTable, load_symbols
+from .symbols import SymbolTable, check_vmlinux, load_symbols
 from .translate import MappedRange, Translation, TranslationContext, Translator
 from .types import TypeInfo, load_types
 from .unwind.model import Backtrace
+
+
+def _regular_file(path: str, what: str) -> None:
+    """A NotFoundError for a missing file, a SymbolError for a directory, FIFO
+    or device (reading /dev/zero or a FIFO as a vmlinux would never end)."""
+    if not os.path.exists(path):
+        raise NotFoundError(f"no such {what} file", path)
+    if not os.path.isfile(path):
+        raise SymbolError(f"not a {what}: not a regular file", path)
+    if not os.access(path, os.R_OK):
+        raise HostError(f"cannot read the {what}: permission denied", path)
 
 
 class Dump:
@@ -45,6 +63,7 @@ class Dump:
         allow_truncated: bool = False,
         system_map: str | None = None,
         symbol_map: Mapping[str, int] | None = None,
+        force_vmlinux: bool = False,
     ) -> None:
         # a list of paths: the parts of a split kdump dump (makedumpfile --split)
         self.paths = (
@@ -52,11 +71,13 @@ class Dump:
         )
         self.path = self.paths[0]
         self.vmlinux = os.fspath(vmlinux) if vmlinux else None
-        if self.vmlinux and not os.path.isfile(self.vmlinux):
-            raise KvmcoreError("no such vmlinux file", self.vmlinux)
+        if self.vmlinux:
+            _regular_file(self.vmlinux, "vmlinux")
         self.system_map = os.fspath(system_map) if system_map else None  # kvmcore.symbols
-        if self.system_map and not os.path.isfile(self.system_map):
-            raise KvmcoreError("no such System.map file", self.system_map)
+        if self.system_map:
+            _regular_file(self.system_map, "System.map")
+        #: what the caller should be told but that did not stop the open (--force-vmlinux)
+        self.warnings: list[str] = []
         self.mem: PhysicalMemory = open_physical(
             self.paths if len(self.paths) > 1 else self.path, raw=arch is not None
         )
@@ -81,6 +102,10 @@ class Dump:
         self.flavour: TranslatorFlavour = select_translator(self.arch, self.mem)
         self._page_table_root: int | None = None
         self.aspace = self._address_space()
+        if self.vmlinux:  # a wrong vmlinux misreads everything: refuse it here
+            warning = check_vmlinux(self, self.vmlinux, force_vmlinux)
+            if warning:
+                self.warnings.append(warning)
 
     def _address_space(self) -> KernelAddressSpace:
         ctx = TranslationContext(
@@ -241,6 +266,7 @@ def open(
     allow_truncated: bool = False,
     system_map: str | None = None,
     symbol_map: Mapping[str, int] | None = None,
+    force_vmlinux: bool = False,
 ) -> Dump:
     """Open a crash dump read-only; `arch` forces a backend (needed for raw images).
 
@@ -248,5 +274,7 @@ def open(
     holds reads as usual and the rest raises TruncatedDumpError on access.
     `system_map` names a System.map, the symbols' source when no vmlinux is given.
     `symbol_map` ({name: address}) is consulted before the dump's own symbol
-    sources (a FreeBSD kernel's symbols from elsewhere)."""
-    return Dump(path, vmlinux, arch, allow_truncated, system_map, symbol_map)
+    sources (a FreeBSD kernel's symbols from elsewhere). A `vmlinux` that is
+    not a kernel image or not the dump's kernel build raises SymbolError;
+    `force_vmlinux` uses another build anyway, noted in `Dump.warnings`."""
+    return Dump(path, vmlinux, arch, allow_truncated, system_map, symbol_map, force_vmlinux)
