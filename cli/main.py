@@ -14,7 +14,7 @@ import typer
 
 import kvmcore
 from kvmcore import commands
-from kvmcore.errors import KvmcoreError
+from kvmcore.errors import KvmcoreError, NotFoundError, UsageError
 from kvmcore.textsafe import printable
 
 app = typer.Typer(
@@ -24,8 +24,10 @@ app = typer.Typer(
 )
 
 EXIT_INTERNAL = 70
-DumpArg = typer.Argument(..., help="the crash dump (vmcore)")
-VmlinuxArg = typer.Argument(None, help="the kernel's vmlinux (optional)")
+# readable=False: kvmcore.open says why a file cannot be read, in one line with
+# its exit status (7 permission denied, 6 missing), where typer would not
+DumpArg = typer.Argument(..., help="the crash dump (vmcore)", readable=False)
+VmlinuxArg = typer.Argument(None, help="the kernel's vmlinux (optional)", readable=False)
 ArchOpt = typer.Option(None, "--arch", help="force the architecture backend (x86_64, aarch64, ...)")
 JsonOpt = typer.Option(False, "--json", help="print JSON")
 ForceOpt = typer.Option(
@@ -37,6 +39,7 @@ SystemMapOpt = typer.Option(
     None,
     "--system-map",
     help="the kernel's System.map: its symbols when no vmlinux (or a stripped one) is given",
+    readable=False,
 )
 
 
@@ -98,7 +101,9 @@ def _arg(cmd: commands.Command, name: str) -> Any:
 
 @app.command("analyze", help=commands.ANALYZE.help)
 def analyze(
-    dump: Path | None = typer.Argument(None, help="the crash dump; default: the committed sample"),
+    dump: Path | None = typer.Argument(
+        None, help="the crash dump; default: the committed sample", readable=False
+    ),
     vmlinux: Path | None = VmlinuxArg,
     force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
@@ -121,7 +126,7 @@ def analyze(
     if dump is None:
         dump = committed_sample()
         if not dump.exists():
-            raise KvmcoreError("no dump given and the committed sample is missing", str(dump))
+            raise NotFoundError("no dump given and the committed sample is missing", str(dump))
         # first line of the report; on stderr where stdout must stay machine-readable
         print(
             f"kvmcore: no dump given: analyzing the committed sample {dump}",
@@ -144,7 +149,7 @@ def analyze(
     elif fmt in ("rich", "auto"):
         render_rich(report, Console())
     else:
-        raise KvmcoreError(f"unknown --format {fmt!r}")
+        raise UsageError(f"unknown --format {fmt!r}")
 
 
 class _null:
@@ -343,12 +348,17 @@ def main() -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
-    except Exception as exc:  # usage errors (typer's click exceptions) and genuine bugs
-        if callable(getattr(exc, "show", None)) and isinstance(
-            getattr(exc, "exit_code", None), int
-        ):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `kvmcore`: the help is the answer
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(2)
+        # usage errors (a bad number, an unknown option): one line like every
+        # other error, not typer's usage block; exit 2, "bad input or usage"
+        fmt = getattr(exc, "format_message", None)
+        message = " ".join((fmt() if callable(fmt) else str(exc)).split())
+        print(f"kvmcore: error: {printable(message)}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:  # genuine bugs
         if os.environ.get("KVMCORE_DEBUG"):
             raise
         print(

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import KvmcoreError
+from .errors import KvmcoreError, NotFoundError, UsageError
 from .kernel import has_timestamps
 from .report import build_report
 from .report.collect import _dump_section, _headline, _system, frames_of
@@ -114,12 +114,12 @@ def bt_data(dump: Dump, pid: int | None = None, all_tasks: bool = False) -> dict
     elif pid is not None:
         task = kernel.find_task(pid)
         if task is None:
-            raise KvmcoreError(f"no task with pid {pid}", dump.path)
+            raise NotFoundError(f"no task with pid {pid}", dump.path)
         chosen = [task]
     else:
         task = kernel.panic_task()
         if task is None:
-            raise KvmcoreError("the panicking task is not known; name one with --pid", dump.path)
+            raise NotFoundError("the panicking task is not known; name one with --pid", dump.path)
         chosen = [task]
     out = []
     for task in chosen:
@@ -187,7 +187,7 @@ def parse_address(text: str) -> int:
     try:
         return int(text, 0)
     except ValueError:
-        raise KvmcoreError(f"not an address: {text!r}") from None
+        raise UsageError(f"not an address: {text!r}") from None
 
 
 # -- text -----------------------------------------------------------------
@@ -347,7 +347,7 @@ class Param:
                 try:
                     return int(word, 10)  # leading zeros
                 except ValueError:
-                    raise KvmcoreError(f"{self.name}: not a number: {word!r}") from None
+                    raise UsageError(f"{self.name}: not a number: {word!r}") from None
         return word
 
 
@@ -393,25 +393,25 @@ class Command:
                 p = options[flag]
                 if p.type is bool:
                     if eq:
-                        raise KvmcoreError(f"{flag} takes no value; usage: {self.usage()}")
+                        raise UsageError(f"{flag} takes no value; usage: {self.usage()}")
                     args[p.name] = True
                     continue
                 if not eq:
                     if i >= len(words):
-                        raise KvmcoreError(f"{flag} needs a value; usage: {self.usage()}")
+                        raise UsageError(f"{flag} needs a value; usage: {self.usage()}")
                     value = words[i]
                     i += 1
                 args[p.name] = p.convert(value)
             elif word.startswith("-") and not word[1:2].isdigit():
-                raise KvmcoreError(f"unknown option {word!r}; usage: {self.usage()}")
+                raise UsageError(f"unknown option {word!r}; usage: {self.usage()}")
             else:
                 free = [p for p in bare if p.name not in args]
                 if not free:
-                    raise KvmcoreError(f"too many arguments; usage: {self.usage()}")
+                    raise UsageError(f"too many arguments; usage: {self.usage()}")
                 args[free[0].name] = free[0].convert(word)
         missing = [p.name for p in self.params if p.required and p.name not in args]
         if missing:
-            raise KvmcoreError(f"missing {', '.join(missing)}; usage: {self.usage()}")
+            raise UsageError(f"missing {', '.join(missing)}; usage: {self.usage()}")
         return args
 
 
