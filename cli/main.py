@@ -94,9 +94,17 @@ def _print_json(data: Any) -> None:
 def _arg(cmd: commands.Command, name: str) -> Any:
     """The typer argument or option for parameter `name` of `cmd`, from the table."""
     p = cmd.param(name)
+    # numbers are taken as text and converted by the table (_int), so the CLI
+    # reads 0x10 and 010 as gdb's `monitor` does
+    default = str(p.default) if p.type is int and p.default is not None else p.default
     if p.positional:
-        return typer.Argument(... if p.required else p.default, help=p.help)
-    return typer.Option(p.default, *p.flags, help=p.help)
+        return typer.Argument(... if p.required else default, help=p.help)
+    return typer.Option(default, *p.flags, help=p.help)
+
+
+def _int(cmd: commands.Command, name: str, value: str | None) -> int | None:
+    """A number argument of `cmd` converted as the command table converts it."""
+    return None if value is None else int(cmd.param(name).convert(value))
 
 
 @app.command("analyze", help=commands.ANALYZE.help)
@@ -113,7 +121,7 @@ def analyze(
         "--format",
         help="auto (rich on a terminal, text when piped), rich, text, markdown, json",
     ),
-    log_lines: int = _arg(commands.ANALYZE, "log_lines"),
+    log_lines: str = _arg(commands.ANALYZE, "log_lines"),
     system_map: Path | None = SystemMapOpt,
 ) -> None:
     from rich.console import Console
@@ -139,7 +147,8 @@ def analyze(
             if status is not None:
                 status.update(stage)
 
-        report = commands.ANALYZE.data(d, log_lines=log_lines, progress=progress)
+        lines = _int(commands.ANALYZE, "log_lines", log_lines)
+        report = commands.ANALYZE.data(d, log_lines=lines, progress=progress)
     if fmt == "json":
         _print_json(report)
     elif fmt == "markdown":
@@ -233,7 +242,7 @@ def bt(
     force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
-    pid: int | None = _arg(commands.BT, "pid"),
+    pid: str | None = _arg(commands.BT, "pid"),
     all_tasks: bool = _arg(commands.BT, "all_tasks"),
     system_map: Path | None = SystemMapOpt,
 ) -> None:
@@ -245,7 +254,7 @@ def bt(
         system_map,
         json_out,
         force_vmlinux,
-        pid=pid,
+        pid=_int(commands.BT, "pid", pid),
         all_tasks=all_tasks,
     )
 
@@ -275,27 +284,36 @@ def sym(
     _command(commands.SYM, dump, vmlinux, arch, system_map, json_out, force_vmlinux, what=what)
 
 
-@app.command("read", help=commands.READ.help)
+# a negative LENGTH reaches read_data (which refuses it in one line), not
+# typer's "no such option"
+@app.command("read", help=commands.READ.help, context_settings={"ignore_unknown_options": True})
 def read(
     dump: Path = DumpArg,
     address: str = _arg(commands.READ, "address"),
-    length: int = _arg(commands.READ, "length"),
+    length: str = _arg(commands.READ, "length"),
     arch: str | None = ArchOpt,
     physical: bool = _arg(commands.READ, "physical"),
     json_out: bool = JsonOpt,
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(
-        commands.READ,
-        dump,
-        None,
-        arch,
-        system_map,
-        json_out,
-        address=address,
-        length=length,
-        physical=physical,
-    )
+    if json_out:  # capped at commands.READ_JSON_MAX bytes
+        _command(
+            commands.READ,
+            dump,
+            None,
+            arch,
+            system_map,
+            json_out,
+            address=address,
+            length=_int(commands.READ, "length", length),
+            physical=physical,
+        )
+        return
+    # the text streams: a read of any length never holds the whole hex dump
+    d = _open(dump, None, arch, system_map)
+    n = _int(commands.READ, "length", length) or 0
+    for piece in commands.read_stream(d, address, n, physical):
+        sys.stdout.write(piece)
 
 
 @app.command()

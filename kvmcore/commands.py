@@ -38,11 +38,11 @@ not in the table.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import KvmcoreError, NotFoundError, UsageError
+from .errors import AddressError, KvmcoreError, NotFoundError, NotInDumpError, UsageError
 from .kernel import has_timestamps
 from .report import build_report
 from .report.collect import _dump_section, _headline, _system, frames_of
@@ -166,9 +166,56 @@ def sym_data(dump: Dump, what: str) -> dict[str, Any]:
     return {"name": what, "address": f"{table.lookup(what):#x}", "source": table.source}
 
 
+#: the most bytes `read --json` (and gdb's `monitor read`) holds in memory; the
+#: CLI's text output streams any length
+READ_JSON_MAX = 16 << 20
+#: bytes read and printed at a time by read_stream
+READ_CHUNK = 64 << 10
+
+
+def check_read(dump: Dump, address: str, length: int, physical: bool) -> int:
+    """The address of a `read`, once the whole range is known to be readable:
+    an address wider than the dump's word is refused (not masked), and the
+    range is checked against the dump's physical ranges (or translated page
+    by page) before a byte is read, so a length past the end of memory fails
+    at once instead of after reading all that comes before."""
+    addr = parse_address(address)
+    if length < 0:
+        raise UsageError(f"read: LENGTH must not be negative: {length}")
+    mask = dump.arch.address_mask
+    if addr > mask:
+        raise AddressError(f"address {addr:#x} is wider than {dump.arch.name}'s word", addr)
+    if addr + max(length, 1) - 1 > mask:
+        raise AddressError(
+            f"{length:#x} bytes at {addr:#x} run past the top of the address space", addr
+        )
+    if physical:
+        end, at = addr + length, addr
+        for r in dump.phys_ranges():
+            if r.start <= at < r.end:
+                at = r.end
+            if at >= end:
+                break
+        if at < end:
+            raise NotInDumpError(
+                f"physical {at:#x} (of {length:#x} bytes at {addr:#x}) is not in the dump", at
+            )
+    else:
+        va, end = addr, addr + length
+        while va < end:
+            t = dump.translate(va)  # NotMappedError names the first hole
+            va += t.page_size - (va & (t.page_size - 1))
+    return addr
+
+
 def read_data(dump: Dump, address: str, length: int = 64, physical: bool = False) -> dict[str, Any]:
     """Bytes at a kernel virtual (or physical) address, with the translation."""
-    addr = parse_address(address)
+    addr = check_read(dump, address, length, physical)
+    if length > READ_JSON_MAX:
+        raise UsageError(
+            f"read: {length:#x} bytes is more than JSON output holds ({READ_JSON_MAX:#x}); "
+            "the text output (no --json) streams any length"
+        )
     data = dump.read_phys(addr, length) if physical else dump.read(addr, length)
     out: dict[str, Any] = {
         "address": f"{addr:#x}",
@@ -183,11 +230,26 @@ def read_data(dump: Dump, address: str, length: int = 64, physical: bool = False
     return out
 
 
+def read_stream(
+    dump: Dump, address: str, length: int = 64, physical: bool = False
+) -> Iterator[str]:
+    """`read`'s text, READ_CHUNK bytes at a time, each piece ending in a newline:
+    for the CLI, so a long read never holds the whole hex dump in memory."""
+    addr = check_read(dump, address, length, physical)
+    for off in range(0, length, READ_CHUNK):
+        n = min(READ_CHUNK, length - off)
+        raw = dump.read_phys(addr + off, n) if physical else dump.read(addr + off, n)
+        yield _hex_lines(raw, addr + off, dump.word_size, dump.byteorder) + "\n"
+
+
 def parse_address(text: str) -> int:
     try:
-        return int(text, 0)
+        value = int(text, 0)
     except ValueError:
         raise UsageError(f"not an address: {text!r}") from None
+    if value < 0:
+        raise UsageError(f"not an address: {text!r} is negative")
+    return value
 
 
 # -- text -----------------------------------------------------------------
@@ -207,12 +269,16 @@ def sym_text(data: dict[str, Any]) -> str:
 
 def read_text(data: dict[str, Any]) -> str:
     """Words of the dump's width and byte order, 16 bytes a line."""
-    raw, width, addr = bytes.fromhex(data["hex"]), data["word_size"], int(data["address"], 16)
+    raw = bytes.fromhex(data["hex"])
+    return _hex_lines(raw, int(data["address"], 16), data["word_size"], data["byteorder"])
+
+
+def _hex_lines(raw: bytes, addr: int, width: int, byteorder: Any) -> str:
     lines = []
     for off in range(0, len(raw), 16):
         chunk = raw[off : off + 16]
         words = " ".join(
-            f"{int.from_bytes(chunk[i : i + width], data['byteorder']):0{width * 2}x}"
+            f"{int.from_bytes(chunk[i : i + width], byteorder):0{width * 2}x}"
             for i in range(0, len(chunk) - width + 1, width)
         )
         lines.append(f"{addr + off:016x}:  {words}")
