@@ -99,6 +99,8 @@ def mods_data(dump: Dump) -> dict[str, Any]:
 
 def sys_data(dump: Dump) -> dict[str, Any]:
     out = {"dump": _dump_section(dump)}
+    out["dump"]["kaslr_offset_source"] = _kaslr_source(dump)
+    out["dump"]["vmcoreinfo_conflicts"] = _vmcoreinfo_conflicts(dump)
     for key, fn in (("system", _system), ("panic", _headline)):
         try:
             out[key] = fn(dump)
@@ -142,8 +144,10 @@ def info_data(dump: Dump) -> dict[str, Any]:
         "os": dump.os,
         "release": vi.osrelease if vi else None,
         "kaslr_offset": f"{dump.kernel_offset:#x}" if dump.os == "linux" else None,
+        "kaslr_offset_source": _kaslr_source(dump),
         "cpus_dumped": len(dump.mem.prstatus_notes()),
         "memory_bytes": sum(r.size for r in dump.phys_ranges()),
+        "vmcoreinfo_conflicts": _vmcoreinfo_conflicts(dump),
     }
     if data["release"] is None and dump.os in ("linux", "freebsd"):
         try:  # from the kernel's memory; FreeBSD's osrelease needs the kernel's symbols
@@ -151,6 +155,18 @@ def info_data(dump: Dump) -> dict[str, Any]:
         except KvmcoreError:
             pass
     return data
+
+
+def _kaslr_source(dump: Dump) -> str | None:
+    """Where the KASLR offset came from, with what was wrong with VMCOREINFO's."""
+    if dump.os != "linux" or dump.vmcoreinfo is None:
+        return None
+    k = dump.kaslr
+    return f"{k.source}: {k.note}" if k.note else k.source
+
+
+def _vmcoreinfo_conflicts(dump: Dump) -> dict[str, list[str]] | None:
+    return dict(dump.vmcoreinfo.conflicts) if dump.vmcoreinfo is not None else None
 
 
 def sym_data(dump: Dump, what: str) -> dict[str, Any]:
@@ -260,7 +276,20 @@ def analyze_text(data: dict[str, Any]) -> str:
 
 
 def info_text(data: dict[str, Any]) -> str:
-    return "\n".join(f"{k:>13}: {v}" for k, v in data.items())
+    rows = dict(data)
+    source = rows.pop("kaslr_offset_source", None)
+    if source and rows.get("kaslr_offset"):
+        rows["kaslr_offset"] = f"{rows['kaslr_offset']} ({source})"
+    conflicts = rows.pop("vmcoreinfo_conflicts", None)
+    if conflicts:
+        rows["VMCOREINFO"] = _conflict_text(conflicts)
+    return "\n".join(f"{k:>13}: {v}" for k, v in rows.items())
+
+
+def _conflict_text(conflicts: dict[str, list[str]]) -> str:
+    return "conflicting duplicates: " + "; ".join(
+        f"{k}={' / '.join(v)}" for k, v in conflicts.items()
+    )
 
 
 def sym_text(data: dict[str, Any]) -> str:
@@ -329,7 +358,7 @@ def sys_text(data: dict[str, Any]) -> str:
     rows = [
         ("DUMPFILE", f"{d['path']}  [{d['format_description']}]"),
         ("ARCH", d["arch"]),
-        ("KASLR OFFSET", d["kaslr_offset"] or "-"),
+        ("KASLR OFFSET", _with_source(d["kaslr_offset"], d.get("kaslr_offset_source"))),
         ("SYMBOLS", str(d["symbols"])),
         ("TYPES", str(d["types"])),
     ]
@@ -355,7 +384,15 @@ def sys_text(data: dict[str, Any]) -> str:
             ),
             ("TAINT", p["taint"]),
         ]
+    if d.get("vmcoreinfo_conflicts"):
+        rows.append(("VMCOREINFO", _conflict_text(d["vmcoreinfo_conflicts"])))
     return "\n".join(f"{k:>13}: {v}" for k, v in rows)
+
+
+def _with_source(offset: str | None, source: str | None) -> str:
+    if not offset:
+        return "-"
+    return f"{offset} ({source})" if source else offset
 
 
 def bt_text(data: dict[str, Any]) -> str:

@@ -36,6 +36,7 @@ from .linux import LinuxKernel
 from .notes import VmcoreInfo
 from .registry import Arch, TranslatorFlavour, select_arch, select_translator
 from .symbols import SymbolTable, check_vmlinux, load_symbols
+from .symbols.kaslr import KernelOffset, measure_kernel_offset
 from .translate import MappedRange, Translation, TranslationContext, Translator
 from .types import TypeInfo, load_types
 from .unwind.model import Backtrace
@@ -147,13 +148,18 @@ class Dump:
         return self.translator.linear_map_address(pa)
 
     @cached_property
+    def kaslr(self) -> KernelOffset:
+        """The kernel's offset with its source: VMCOREINFO's KERNELOFFSET when
+        kallsyms' _stext agrees, else the measured one (kvmcore.symbols.kaslr)."""
+        return measure_kernel_offset(self)
+
+    @cached_property
     def kernel_offset(self) -> int:
         """How far the kernel image was moved from its link address (KASLR, or
-        i386's relocation): VMCOREINFO's KERNELOFFSET, else what the symbol
-        table measured (i386 has no KERNELOFFSET line), else 0."""
-        info = self.vmcoreinfo
-        if info is not None and info.hex("KERNELOFFSET") is not None:
-            return info.kernel_offset
+        i386's relocation): `kaslr` on Linux, else what the symbol table
+        measured, else 0."""
+        if self.vmcoreinfo is not None:
+            return self.kaslr.value
         try:
             return self.symbols.kaslr_offset or 0
         except KvmcoreError:

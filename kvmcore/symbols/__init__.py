@@ -105,7 +105,7 @@ def _slide(dump: Dump, link_stext: int | None, what: str) -> int:
     if info is None:
         return 0
     if "KERNELOFFSET" in info:
-        return info.kernel_offset
+        return dump.kernel_offset  # checked against kallsyms' _stext
     stext = info.symbol("_stext")
     if stext is not None and link_stext is not None:
         return stext - link_stext
@@ -153,7 +153,7 @@ def symbols_from_kallsyms(dump: Dump) -> SymbolTable:
     return SymbolTable(
         read_kallsyms_columns(dump),
         "kallsyms",
-        info.kernel_offset if info else 0,
+        dump.kernel_offset if info else 0,
         dump.word_size,
         dump.path,
     )
