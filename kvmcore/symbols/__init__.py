@@ -62,9 +62,13 @@ def _vmcoreinfo_symbols_disagree(dump: Dump, image: VmlinuxFile) -> str | None:
         if not key.startswith("SYMBOL(") or key == "SYMBOL(_stext)":
             continue
         name, value = key[7:-1], info.symbol(key[7:-1])
-        if name in link and value is not None and value >= runtime_stext:
-            if value - runtime_stext != link[name] - link["_stext"]:
-                return f"its {name} is not where VMCOREINFO's SYMBOL({name}) puts it"
+        if (
+            name in link
+            and value is not None
+            and value >= runtime_stext
+            and value - runtime_stext != link[name] - link["_stext"]
+        ):
+            return f"its {name} is not where VMCOREINFO's SYMBOL({name}) puts it"
     return None
 
 
