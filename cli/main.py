@@ -15,7 +15,7 @@ import typer
 
 import kvmcore
 from kvmcore import commands
-from kvmcore.errors import KvmcoreError
+from kvmcore.errors import KvmcoreError, NotFoundError, UsageError
 from kvmcore.textsafe import printable
 
 app = typer.Typer(
@@ -25,14 +25,22 @@ app = typer.Typer(
 )
 
 EXIT_INTERNAL = 70
-DumpArg = typer.Argument(..., help="the crash dump (vmcore)")
-VmlinuxArg = typer.Argument(None, help="the kernel's vmlinux (optional)")
+# readable=False: kvmcore.open says why a file cannot be read, in one line with
+# its exit status (7 permission denied, 6 missing), where typer would not
+DumpArg = typer.Argument(..., help="the crash dump (vmcore)", readable=False)
+VmlinuxArg = typer.Argument(None, help="the kernel's vmlinux (optional)", readable=False)
 ArchOpt = typer.Option(None, "--arch", help="force the architecture backend (x86_64, aarch64, ...)")
 JsonOpt = typer.Option(False, "--json", help="print JSON")
+ForceOpt = typer.Option(
+    False,
+    "--force-vmlinux",
+    help="use a vmlinux of another build than the dump's kernel (with a warning)",
+)
 SystemMapOpt = typer.Option(
     None,
     "--system-map",
     help="the kernel's System.map: its symbols when no vmlinux (or a stripped one) is given",
+    readable=False,
 )
 
 
@@ -49,15 +57,23 @@ PARTIAL = {"value": False}  # --partial, a global option
 
 
 def _open(
-    dump: Path, vmlinux: Path | None, arch: str | None, system_map: Path | None = None
+    dump: Path,
+    vmlinux: Path | None,
+    arch: str | None,
+    system_map: Path | None = None,
+    force_vmlinux: bool = False,
 ) -> kvmcore.Dump:
-    return kvmcore.open(
+    d = kvmcore.open(
         str(dump),
         str(vmlinux) if vmlinux else None,
         arch,
         allow_truncated=PARTIAL["value"],
         system_map=str(system_map) if system_map else None,
+        force_vmlinux=force_vmlinux,
     )
+    for warning in d.warnings:
+        print(f"kvmcore: warning: {printable(warning)}", file=sys.stderr)
+    return d
 
 
 @app.callback()
@@ -79,15 +95,26 @@ def _print_json(data: Any) -> None:
 def _arg(cmd: commands.Command, name: str) -> Any:
     """The typer argument or option for parameter `name` of `cmd`, from the table."""
     p = cmd.param(name)
+    # numbers are taken as text and converted by the table (_int), so the CLI
+    # reads 0x10 and 010 as gdb's `monitor` does
+    default = str(p.default) if p.type is int and p.default is not None else p.default
     if p.positional:
-        return typer.Argument(... if p.required else p.default, help=p.help)
-    return typer.Option(p.default, *p.flags, help=p.help)
+        return typer.Argument(... if p.required else default, help=p.help)
+    return typer.Option(default, *p.flags, help=p.help)
+
+
+def _int(cmd: commands.Command, name: str, value: str | None) -> int | None:
+    """A number argument of `cmd` converted as the command table converts it."""
+    return None if value is None else int(cmd.param(name).convert(value))
 
 
 @app.command("analyze", help=commands.ANALYZE.help)
 def analyze(
-    dump: Path | None = typer.Argument(None, help="the crash dump; default: the committed sample"),
+    dump: Path | None = typer.Argument(
+        None, help="the crash dump; default: the committed sample", readable=False
+    ),
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
     fmt: str = typer.Option(
@@ -95,7 +122,7 @@ def analyze(
         "--format",
         help="auto (rich on a terminal, text when piped), rich, text, markdown, json",
     ),
-    log_lines: int = _arg(commands.ANALYZE, "log_lines"),
+    log_lines: str = _arg(commands.ANALYZE, "log_lines"),
     system_map: Path | None = SystemMapOpt,
 ) -> None:
     from rich.console import Console
@@ -108,20 +135,21 @@ def analyze(
     if dump is None:
         dump = committed_sample()
         if not dump.exists():
-            raise KvmcoreError("no dump given and the committed sample is missing", str(dump))
+            raise NotFoundError("no dump given and the committed sample is missing", str(dump))
         # first line of the report; on stderr where stdout must stay machine-readable
         print(
             f"kvmcore: no dump given: analyzing the committed sample {dump}",
             file=sys.stderr if fmt in ("json", "markdown") else sys.stdout,
         )
-    d = _open(dump, vmlinux, arch, system_map)
+    d = _open(dump, vmlinux, arch, system_map, force_vmlinux)
     with err.status("opening the dump") if err.is_terminal else _null() as status:
 
         def progress(stage: str) -> None:
             if status is not None:
                 status.update(stage)
 
-        report = commands.ANALYZE.data(d, log_lines=log_lines, progress=progress)
+        lines = _int(commands.ANALYZE, "log_lines", log_lines)
+        report = commands.ANALYZE.data(d, log_lines=lines, progress=progress)
     if fmt == "json":
         _print_json(report)
     elif fmt == "markdown":
@@ -131,7 +159,7 @@ def analyze(
     elif fmt in ("rich", "auto"):
         render_rich(report, Console())
     else:
-        raise KvmcoreError(f"unknown --format {fmt!r}")
+        raise UsageError(f"unknown --format {fmt!r}")
 
 
 class _null:
@@ -149,10 +177,11 @@ def _command(
     arch: str | None,
     system_map: Path | None,
     json_out: bool,
+    force_vmlinux: bool = False,
     **kwargs: Any,
 ) -> None:
     """Open the dump, call `cmd.data`, print its JSON or `cmd.text`."""
-    data = cmd.data(_open(dump, vmlinux, arch, system_map), **kwargs)
+    data = cmd.data(_open(dump, vmlinux, arch, system_map, force_vmlinux), **kwargs)
     if json_out:
         _print_json(data)
     else:
@@ -163,55 +192,60 @@ def _command(
 def ps(
     dump: Path = DumpArg,
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(commands.PS, dump, vmlinux, arch, system_map, json_out)
+    _command(commands.PS, dump, vmlinux, arch, system_map, json_out, force_vmlinux)
 
 
 @app.command("dmesg", help=commands.DMESG.help)
 def dmesg(
     dump: Path = DumpArg,
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(commands.DMESG, dump, vmlinux, arch, system_map, json_out)
+    _command(commands.DMESG, dump, vmlinux, arch, system_map, json_out, force_vmlinux)
 
 
 @app.command("mods", help=commands.MODS.help)
 def mods(
     dump: Path = DumpArg,
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(commands.MODS, dump, vmlinux, arch, system_map, json_out)
+    _command(commands.MODS, dump, vmlinux, arch, system_map, json_out, force_vmlinux)
 
 
 @app.command("sys", help=commands.SYS.help)
 def sys_cmd(
     dump: Path = DumpArg,
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(commands.SYS, dump, vmlinux, arch, system_map, json_out)
+    _command(commands.SYS, dump, vmlinux, arch, system_map, json_out, force_vmlinux)
 
 
 @app.command("bt", help=commands.BT.help)
 def bt(
     dump: Path = DumpArg,
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
-    pid: int | None = _arg(commands.BT, "pid"),
+    pid: str | None = _arg(commands.BT, "pid"),
     all_tasks: bool = _arg(commands.BT, "all_tasks"),
-    cpu: int | None = _arg(commands.BT, "cpu"),
+    cpu: str | None = _arg(commands.BT, "cpu"),
     system_map: Path | None = SystemMapOpt,
 ) -> None:
     _command(
@@ -221,9 +255,10 @@ def bt(
         arch,
         system_map,
         json_out,
-        pid=pid,
+        force_vmlinux,
+        pid=_int(commands.BT, "pid", pid),
         all_tasks=all_tasks,
-        cpu=cpu,
+        cpu=_int(commands.BT, "cpu", cpu),
     )
 
 
@@ -231,11 +266,12 @@ def bt(
 def info(
     dump: Path = DumpArg,
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(commands.INFO, dump, vmlinux, arch, system_map, json_out)
+    _command(commands.INFO, dump, vmlinux, arch, system_map, json_out, force_vmlinux)
 
 
 @app.command("sym", help=commands.SYM.help)
@@ -243,40 +279,51 @@ def sym(
     dump: Path = DumpArg,
     what: str = _arg(commands.SYM, "what"),
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     json_out: bool = JsonOpt,
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(commands.SYM, dump, vmlinux, arch, system_map, json_out, what=what)
+    _command(commands.SYM, dump, vmlinux, arch, system_map, json_out, force_vmlinux, what=what)
 
 
-@app.command("read", help=commands.READ.help)
+# a negative LENGTH reaches read_data (which refuses it in one line), not
+# typer's "no such option"
+@app.command("read", help=commands.READ.help, context_settings={"ignore_unknown_options": True})
 def read(
     dump: Path = DumpArg,
     address: str = _arg(commands.READ, "address"),
-    length: int = _arg(commands.READ, "length"),
+    length: str = _arg(commands.READ, "length"),
     arch: str | None = ArchOpt,
     physical: bool = _arg(commands.READ, "physical"),
     json_out: bool = JsonOpt,
     system_map: Path | None = SystemMapOpt,
 ) -> None:
-    _command(
-        commands.READ,
-        dump,
-        None,
-        arch,
-        system_map,
-        json_out,
-        address=address,
-        length=length,
-        physical=physical,
-    )
+    if json_out:  # capped at commands.READ_JSON_MAX bytes
+        _command(
+            commands.READ,
+            dump,
+            None,
+            arch,
+            system_map,
+            json_out,
+            address=address,
+            length=_int(commands.READ, "length", length),
+            physical=physical,
+        )
+        return
+    # the text streams: a read of any length never holds the whole hex dump
+    d = _open(dump, None, arch, system_map)
+    n = _int(commands.READ, "length", length) or 0
+    for piece in commands.read_stream(d, address, n, physical):
+        sys.stdout.write(piece)
 
 
 @app.command()
 def serve(
     dump: Path = DumpArg,
     vmlinux: Path | None = VmlinuxArg,
+    force_vmlinux: bool = ForceOpt,
     arch: str | None = ArchOpt,
     system_map: Path | None = SystemMapOpt,
     listen: str = typer.Option("127.0.0.1:1234", "--listen", help="HOST:PORT"),
@@ -287,7 +334,7 @@ def serve(
     """Serve the dump to gdb over the remote serial protocol, read-only."""
     from kvmcore import gdbserver
 
-    d = _open(dump, vmlinux, arch, system_map)
+    d = _open(dump, vmlinux, arch, system_map, force_vmlinux)
     gdbserver.serve(d, listen=listen, stdio=stdio)
 
 
@@ -354,7 +401,8 @@ def _table_command(cmd: commands.Command) -> None:
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     params = [inspect.Parameter("dump", kind, default=DumpArg, annotation=Path)]
     for p in cmd.params:
-        annotation: Any = p.type if p.type is bool or p.required else (p.type | None)
+        kind_of = str if p.type is int else p.type  # numbers as text: the table converts
+        annotation: Any = kind_of if p.type is bool or p.required else (kind_of | None)
         params.append(
             inspect.Parameter(p.name, kind, default=_arg(cmd, p.name), annotation=annotation)
         )
@@ -366,15 +414,12 @@ def _table_command(cmd: commands.Command) -> None:
     ]
 
     def run(**kwargs: Any) -> None:
-        _command(
-            cmd,
-            kwargs.pop("dump"),
-            kwargs.pop("vmlinux"),
-            kwargs.pop("arch"),
-            kwargs.pop("system_map"),
-            kwargs.pop("json_out"),
-            **kwargs,
-        )
+        dump, vmlinux, arch = kwargs.pop("dump"), kwargs.pop("vmlinux"), kwargs.pop("arch")
+        system_map, json_out = kwargs.pop("system_map"), kwargs.pop("json_out")
+        for p in cmd.params:
+            if p.type is int and kwargs.get(p.name) is not None:
+                kwargs[p.name] = _int(cmd, p.name, kwargs[p.name])
+        _command(cmd, dump, vmlinux, arch, system_map, json_out, **kwargs)
 
     run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     run.__name__ = cmd.name
@@ -399,11 +444,17 @@ def main() -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
-    except Exception as exc:  # usage errors (typer's click exceptions) and genuine bugs
-        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if callable(show) and isinstance(exit_code, int):
-            show()
-            sys.exit(exit_code)
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `kvmcore`: the help is the answer
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(2)
+        # usage errors (a bad number, an unknown option): one line like every
+        # other error, not typer's usage block; exit 2, "bad input or usage"
+        fmt = getattr(exc, "format_message", None)
+        message = " ".join((fmt() if callable(fmt) else str(exc)).split())
+        print(f"kvmcore: error: {printable(message)}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:  # genuine bugs
         if os.environ.get("KVMCORE_DEBUG"):
             raise
         print(

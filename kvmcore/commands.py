@@ -39,12 +39,12 @@ not in the table.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from . import explore
-from .errors import KvmcoreError
+from .errors import AddressError, KvmcoreError, NotFoundError, NotInDumpError, UsageError
 from .kernel import has_timestamps
 from .report import build_report
 from .report.collect import _dump_section, _headline, _system, cpu_frames, frames_of, log_task
@@ -101,6 +101,8 @@ def mods_data(dump: Dump) -> dict[str, Any]:
 
 def sys_data(dump: Dump) -> dict[str, Any]:
     out = {"dump": _dump_section(dump)}
+    out["dump"]["kaslr_offset_source"] = _kaslr_source(dump)
+    out["dump"]["vmcoreinfo_conflicts"] = _vmcoreinfo_conflicts(dump)
     for key, fn in (("system", _system), ("panic", _headline)):
         try:
             out[key] = fn(dump)
@@ -120,14 +122,14 @@ def bt_data(
     elif pid is not None:
         task = kernel.find_task(pid)
         if task is None:
-            raise KvmcoreError(f"no task with pid {pid}", dump.path)
+            raise NotFoundError(f"no task with pid {pid}", dump.path)
         chosen = [task]
     else:
         task = kernel.panic_task()
         if task is None:
             if kernel.panic.cpu is not None:  # its task_struct unreadable: its CPU's trace
                 return {"tasks": [_cpu_entry(dump, kernel.panic.cpu)]}
-            raise KvmcoreError("the panicking task is not known; name one with --pid", dump.path)
+            raise NotFoundError("the panicking task is not known; name one with --pid", dump.path)
         chosen = [task]
     out = []
     for task in chosen:
@@ -181,14 +183,28 @@ def info_data(dump: Dump) -> dict[str, Any]:
         "os": dump.os,
         "release": vi.osrelease if vi else None,
         "kaslr_offset": f"{dump.kernel_offset:#x}" if dump.os == "linux" else None,
+        "kaslr_offset_source": _kaslr_source(dump),
         "cpus_dumped": len(dump.mem.prstatus_notes()),
         "memory_bytes": sum(r.size for r in dump.phys_ranges()),
+        "vmcoreinfo_conflicts": _vmcoreinfo_conflicts(dump),
     }
     if data["release"] is None and dump.os in ("linux", "freebsd"):
         # from the kernel's memory; FreeBSD's osrelease needs the kernel's symbols
         with contextlib.suppress(KvmcoreError):
             data["release"] = dump.kernel.release or None
     return data
+
+
+def _kaslr_source(dump: Dump) -> str | None:
+    """Where the KASLR offset came from, with what was wrong with VMCOREINFO's."""
+    if dump.os != "linux" or dump.vmcoreinfo is None:
+        return None
+    k = dump.kaslr
+    return f"{k.source}: {k.note}" if k.note else k.source
+
+
+def _vmcoreinfo_conflicts(dump: Dump) -> dict[str, list[str]] | None:
+    return dict(dump.vmcoreinfo.conflicts) if dump.vmcoreinfo is not None else None
 
 
 def sym_data(dump: Dump, what: str) -> dict[str, Any]:
@@ -204,9 +220,56 @@ def sym_data(dump: Dump, what: str) -> dict[str, Any]:
     return {"name": what, "address": f"{table.lookup(what):#x}", "source": table.source}
 
 
+#: the most bytes `read --json` (and gdb's `monitor read`) holds in memory; the
+#: CLI's text output streams any length
+READ_JSON_MAX = 16 << 20
+#: bytes read and printed at a time by read_stream
+READ_CHUNK = 64 << 10
+
+
+def check_read(dump: Dump, address: str, length: int, physical: bool) -> int:
+    """The address of a `read`, once the whole range is known to be readable:
+    an address wider than the dump's word is refused (not masked), and the
+    range is checked against the dump's physical ranges (or translated page
+    by page) before a byte is read, so a length past the end of memory fails
+    at once instead of after reading all that comes before."""
+    addr = parse_address(address)
+    if length < 0:
+        raise UsageError(f"read: LENGTH must not be negative: {length}")
+    mask = dump.arch.address_mask
+    if addr > mask:
+        raise AddressError(f"address {addr:#x} is wider than {dump.arch.name}'s word", addr)
+    if addr + max(length, 1) - 1 > mask:
+        raise AddressError(
+            f"{length:#x} bytes at {addr:#x} run past the top of the address space", addr
+        )
+    if physical:
+        end, at = addr + length, addr
+        for r in dump.phys_ranges():
+            if r.start <= at < r.end:
+                at = r.end
+            if at >= end:
+                break
+        if at < end:
+            raise NotInDumpError(
+                f"physical {at:#x} (of {length:#x} bytes at {addr:#x}) is not in the dump", at
+            )
+    else:
+        va, end = addr, addr + length
+        while va < end:
+            t = dump.translate(va)  # NotMappedError names the first hole
+            va += t.page_size - (va & (t.page_size - 1))
+    return addr
+
+
 def read_data(dump: Dump, address: str, length: int = 64, physical: bool = False) -> dict[str, Any]:
     """Bytes at a kernel virtual (or physical) address, with the translation."""
-    addr = parse_address(address)
+    addr = check_read(dump, address, length, physical)
+    if length > READ_JSON_MAX:
+        raise UsageError(
+            f"read: {length:#x} bytes is more than JSON output holds ({READ_JSON_MAX:#x}); "
+            "the text output (no --json) streams any length"
+        )
     data = dump.read_phys(addr, length) if physical else dump.read(addr, length)
     out: dict[str, Any] = {
         "address": f"{addr:#x}",
@@ -221,11 +284,26 @@ def read_data(dump: Dump, address: str, length: int = 64, physical: bool = False
     return out
 
 
+def read_stream(
+    dump: Dump, address: str, length: int = 64, physical: bool = False
+) -> Iterator[str]:
+    """`read`'s text, READ_CHUNK bytes at a time, each piece ending in a newline:
+    for the CLI, so a long read never holds the whole hex dump in memory."""
+    addr = check_read(dump, address, length, physical)
+    for off in range(0, length, READ_CHUNK):
+        n = min(READ_CHUNK, length - off)
+        raw = dump.read_phys(addr + off, n) if physical else dump.read(addr + off, n)
+        yield _hex_lines(raw, addr + off, dump.word_size, dump.byteorder) + "\n"
+
+
 def parse_address(text: str) -> int:
     try:
-        return int(text, 0)
+        value = int(text, 0)
     except ValueError:
-        raise KvmcoreError(f"not an address: {text!r}") from None
+        raise UsageError(f"not an address: {text!r}") from None
+    if value < 0:
+        raise UsageError(f"not an address: {text!r} is negative")
+    return value
 
 
 # -- text -----------------------------------------------------------------
@@ -236,7 +314,20 @@ def analyze_text(data: dict[str, Any]) -> str:
 
 
 def info_text(data: dict[str, Any]) -> str:
-    return "\n".join(f"{k:>13}: {v}" for k, v in data.items())
+    rows = dict(data)
+    source = rows.pop("kaslr_offset_source", None)
+    if source and rows.get("kaslr_offset"):
+        rows["kaslr_offset"] = f"{rows['kaslr_offset']} ({source})"
+    conflicts = rows.pop("vmcoreinfo_conflicts", None)
+    if conflicts:
+        rows["VMCOREINFO"] = _conflict_text(conflicts)
+    return "\n".join(f"{k:>13}: {v}" for k, v in rows.items())
+
+
+def _conflict_text(conflicts: dict[str, list[str]]) -> str:
+    return "conflicting duplicates: " + "; ".join(
+        f"{k}={' / '.join(v)}" for k, v in conflicts.items()
+    )
 
 
 def sym_text(data: dict[str, Any]) -> str:
@@ -245,12 +336,16 @@ def sym_text(data: dict[str, Any]) -> str:
 
 def read_text(data: dict[str, Any]) -> str:
     """Words of the dump's width and byte order, 16 bytes a line."""
-    raw, width, addr = bytes.fromhex(data["hex"]), data["word_size"], int(data["address"], 16)
+    raw = bytes.fromhex(data["hex"])
+    return _hex_lines(raw, int(data["address"], 16), data["word_size"], data["byteorder"])
+
+
+def _hex_lines(raw: bytes, addr: int, width: int, byteorder: Any) -> str:
     lines = []
     for off in range(0, len(raw), 16):
         chunk = raw[off : off + 16]
         words = " ".join(
-            f"{int.from_bytes(chunk[i : i + width], data['byteorder']):0{width * 2}x}"
+            f"{int.from_bytes(chunk[i : i + width], byteorder):0{width * 2}x}"
             for i in range(0, len(chunk) - width + 1, width)
         )
         lines.append(f"{addr + off:016x}:  {words}")
@@ -301,7 +396,7 @@ def sys_text(data: dict[str, Any]) -> str:
     rows = [
         ("DUMPFILE", f"{d['path']}  [{d['format_description']}]"),
         ("ARCH", d["arch"]),
-        ("KASLR OFFSET", d["kaslr_offset"] or "-"),
+        ("KASLR OFFSET", _with_source(d["kaslr_offset"], d.get("kaslr_offset_source"))),
         ("SYMBOLS", str(d["symbols"])),
         ("TYPES", str(d["types"])),
     ]
@@ -327,7 +422,15 @@ def sys_text(data: dict[str, Any]) -> str:
             ),
             ("TAINT", p["taint"]),
         ]
+    if d.get("vmcoreinfo_conflicts"):
+        rows.append(("VMCOREINFO", _conflict_text(d["vmcoreinfo_conflicts"])))
     return "\n".join(f"{k:>13}: {v}" for k, v in rows)
+
+
+def _with_source(offset: str | None, source: str | None) -> str:
+    if not offset:
+        return "-"
+    return f"{offset} ({source})" if source else offset
 
 
 def bt_text(data: dict[str, Any]) -> str:
@@ -390,7 +493,7 @@ class Param:
                 try:
                     return int(word, 10)  # leading zeros
                 except ValueError:
-                    raise KvmcoreError(f"{self.name}: not a number: {word!r}") from None
+                    raise UsageError(f"{self.name}: not a number: {word!r}") from None
         return word
 
 
@@ -439,28 +542,28 @@ class Command:
                 p = options[flag]
                 if p.type is bool:
                     if eq:
-                        raise KvmcoreError(f"{flag} takes no value; usage: {self.usage()}")
+                        raise UsageError(f"{flag} takes no value; usage: {self.usage()}")
                     args[p.name] = True
                     continue
                 if not eq:
                     if i >= len(words):
-                        raise KvmcoreError(f"{flag} needs a value; usage: {self.usage()}")
+                        raise UsageError(f"{flag} needs a value; usage: {self.usage()}")
                     value = words[i]
                     i += 1
                 args[p.name] = p.convert(value)
             elif word.startswith("-") and not word[1:2].isdigit():
-                raise KvmcoreError(f"unknown option {word!r}; usage: {self.usage()}")
+                raise UsageError(f"unknown option {word!r}; usage: {self.usage()}")
             else:
                 free = [p for p in bare if p.name not in args]
                 if not free:
-                    raise KvmcoreError(f"too many arguments; usage: {self.usage()}")
+                    raise UsageError(f"too many arguments; usage: {self.usage()}")
                 if free[0].rest:  # the expression: every word left, options included
                     args[free[0].name] = " ".join(words[i - 1 :])
                     break
                 args[free[0].name] = free[0].convert(word)
         missing = [p.name for p in self.params if p.required and p.name not in args]
         if missing:
-            raise KvmcoreError(f"missing {', '.join(missing)}; usage: {self.usage()}")
+            raise UsageError(f"missing {', '.join(missing)}; usage: {self.usage()}")
         return args
 
 

@@ -20,7 +20,14 @@ from typing import Any
 from . import objects, unwind
 from .addrspace import KernelAddressSpace
 from .cpu import CpuState
-from .errors import KvmcoreError, SymbolError, TruncatedDumpError, UnsupportedError
+from .errors import (
+    HostError,
+    KvmcoreError,
+    NotFoundError,
+    SymbolError,
+    TruncatedDumpError,
+    UnsupportedError,
+)
 from .formats import open_physical
 from .formats.base import PhysicalMemory, PhysRange
 from .freebsd import FreeBSDKernel
@@ -29,10 +36,22 @@ from .linux import LinuxKernel
 from .notes import VmcoreInfo
 from .objects import Object
 from .registry import Arch, TranslatorFlavour, select_arch, select_translator
-from .symbols import SymbolTable, load_symbols
+from .symbols import SymbolTable, check_vmlinux, load_symbols
+from .symbols.kaslr import KernelOffset, measure_kernel_offset
 from .translate import MappedRange, Translation, TranslationContext, Translator
 from .types import TypeInfo, load_types
 from .unwind.model import Backtrace
+
+
+def _regular_file(path: str, what: str) -> None:
+    """A NotFoundError for a missing file, a SymbolError for a directory, FIFO
+    or device (reading /dev/zero or a FIFO as a vmlinux would never end)."""
+    if not os.path.exists(path):
+        raise NotFoundError(f"no such {what} file", path)
+    if not os.path.isfile(path):
+        raise SymbolError(f"not a {what}: not a regular file", path)
+    if not os.access(path, os.R_OK):
+        raise HostError(f"cannot read the {what}: permission denied", path)
 
 
 class Dump:
@@ -46,6 +65,7 @@ class Dump:
         allow_truncated: bool = False,
         system_map: str | None = None,
         symbol_map: Mapping[str, int] | None = None,
+        force_vmlinux: bool = False,
     ) -> None:
         # a list of paths: the parts of a split kdump dump (makedumpfile --split)
         self.paths = (
@@ -53,11 +73,13 @@ class Dump:
         )
         self.path = self.paths[0]
         self.vmlinux = os.fspath(vmlinux) if vmlinux else None
-        if self.vmlinux and not os.path.isfile(self.vmlinux):
-            raise KvmcoreError("no such vmlinux file", self.vmlinux)
+        if self.vmlinux:
+            _regular_file(self.vmlinux, "vmlinux")
         self.system_map = os.fspath(system_map) if system_map else None  # kvmcore.symbols
-        if self.system_map and not os.path.isfile(self.system_map):
-            raise KvmcoreError("no such System.map file", self.system_map)
+        if self.system_map:
+            _regular_file(self.system_map, "System.map")
+        #: what the caller should be told but that did not stop the open (--force-vmlinux)
+        self.warnings: list[str] = []
         self.mem: PhysicalMemory = open_physical(
             self.paths if len(self.paths) > 1 else self.path, raw=arch is not None
         )
@@ -82,6 +104,10 @@ class Dump:
         self.flavour: TranslatorFlavour = select_translator(self.arch, self.mem)
         self._page_table_root: int | None = None
         self.aspace = self._address_space()
+        if self.vmlinux:  # a wrong vmlinux misreads everything: refuse it here
+            warning = check_vmlinux(self, self.vmlinux, force_vmlinux)
+            if warning:
+                self.warnings.append(warning)
 
     def _address_space(self) -> KernelAddressSpace:
         ctx = TranslationContext(
@@ -123,13 +149,18 @@ class Dump:
         return self.translator.linear_map_address(pa)
 
     @cached_property
+    def kaslr(self) -> KernelOffset:
+        """The kernel's offset with its source: VMCOREINFO's KERNELOFFSET when
+        kallsyms' _stext agrees, else the measured one (kvmcore.symbols.kaslr)."""
+        return measure_kernel_offset(self)
+
+    @cached_property
     def kernel_offset(self) -> int:
         """How far the kernel image was moved from its link address (KASLR, or
-        i386's relocation): VMCOREINFO's KERNELOFFSET, else what the symbol
-        table measured (i386 has no KERNELOFFSET line), else 0."""
-        info = self.vmcoreinfo
-        if info is not None and info.hex("KERNELOFFSET") is not None:
-            return info.kernel_offset
+        i386's relocation): `kaslr` on Linux, else what the symbol table
+        measured, else 0."""
+        if self.vmcoreinfo is not None:
+            return self.kaslr.value
         try:
             return self.symbols.kaslr_offset or 0
         except KvmcoreError:
@@ -255,6 +286,7 @@ def open(
     allow_truncated: bool = False,
     system_map: str | None = None,
     symbol_map: Mapping[str, int] | None = None,
+    force_vmlinux: bool = False,
 ) -> Dump:
     """Open a crash dump read-only; `arch` forces a backend (needed for raw images).
 
@@ -262,5 +294,7 @@ def open(
     holds reads as usual and the rest raises TruncatedDumpError on access.
     `system_map` names a System.map, the symbols' source when no vmlinux is given.
     `symbol_map` ({name: address}) is consulted before the dump's own symbol
-    sources (a FreeBSD kernel's symbols from elsewhere)."""
-    return Dump(path, vmlinux, arch, allow_truncated, system_map, symbol_map)
+    sources (a FreeBSD kernel's symbols from elsewhere). A `vmlinux` that is
+    not a kernel image or not the dump's kernel build raises SymbolError;
+    `force_vmlinux` uses another build anyway, noted in `Dump.warnings`."""
+    return Dump(path, vmlinux, arch, allow_truncated, system_map, symbol_map, force_vmlinux)

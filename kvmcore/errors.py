@@ -1,7 +1,12 @@
 """The kvmcore exception hierarchy.
 
 Every error the library raises on bad input is a KvmcoreError; the CLI turns
-each into one line on stderr and an exit status chosen by its class.
+each into one line on stderr and an exit status chosen by its class (the
+README's "Exit status" lists them; keep the two in step):
+
+    2 bad input or usage   3 unsupported   4 symbols or types
+    5 unreadable address   6 not found     7 host (OS) error
+    8 corrupt kernel data  1 any other KvmcoreError (none is raised as such)
 """
 
 from __future__ import annotations
@@ -23,6 +28,24 @@ class KvmcoreError(Exception):
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class UsageError(KvmcoreError):
+    """A bad argument: not an address, not a number, an unknown option."""
+
+    exit_code = 2
+
+
+class NotFoundError(KvmcoreError):
+    """What was asked for does not exist: no task with that pid, no such file."""
+
+    exit_code = 6
+
+
+class HostError(KvmcoreError):
+    """The host refused: a file that cannot be read, an address that cannot be bound."""
+
+    exit_code = 7
 
 
 class DumpFormatError(KvmcoreError):
@@ -85,3 +108,5 @@ class TypeInfoError(KvmcoreError):
 
 class WalkError(KvmcoreError):
     """A bounded walk of kernel data (list, table, log) hit its bound or a cycle."""
+
+    exit_code = 8

@@ -10,12 +10,13 @@ protocol, which a flattened or compressed container can also implement.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import stat
 from typing import Protocol
 
-from .errors import DumpFormatError, TruncatedDumpError
+from .errors import DumpFormatError, HostError, KvmcoreError, NotFoundError, TruncatedDumpError
 
 
 class ByteSource(Protocol):
@@ -27,6 +28,14 @@ class ByteSource(Protocol):
     def pread(self, offset: int, length: int) -> bytes: ...
 
 
+def _open_error(exc: OSError, path: str) -> KvmcoreError:
+    """A missing file is "not found" (exit 6); anything else the host refused
+    (permission denied, an I/O error) is a HostError (exit 7), not bad input."""
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return NotFoundError(f"cannot open: {exc.strerror}", path)
+    return HostError(f"cannot open: {exc.strerror}", path)
+
+
 class DumpFile:
     """A dump file mapped read-only into memory, or read with os.pread when
     it cannot be mapped (`mapped` tells which)."""
@@ -36,7 +45,7 @@ class DumpFile:
         try:
             st = os.stat(self.path)
         except OSError as exc:
-            raise DumpFormatError(f"cannot open: {exc.strerror}", self.path) from None
+            raise _open_error(exc, self.path) from None
         if stat.S_ISDIR(st.st_mode):
             raise DumpFormatError("is a directory, not a dump file", self.path)
         if not stat.S_ISREG(st.st_mode):
@@ -46,7 +55,7 @@ class DumpFile:
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError as exc:
-            raise DumpFormatError(f"cannot open: {exc.strerror}", self.path) from None
+            raise _open_error(exc, self.path) from None
         self.size = st.st_size
         self._map: mmap.mmap | None = None
         self._fd: int | None = None

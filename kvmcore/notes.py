@@ -63,10 +63,19 @@ class VmcoreInfo:
     def __init__(self, text: str) -> None:
         self.text = text
         self.entries: dict[str, str] = {}
+        #: keys written more than once with different values, each with every
+        #: value in order; the kernel writes each key once, so a second value is
+        #: damage or a planted line: `entries` keeps the first, callers that
+        #: depend on such a key (KERNELOFFSET) refuse it, `info`/`sys` show it
+        self.conflicts: dict[str, list[str]] = {}
         for line in text.splitlines():
             key, sep, value = line.partition("=")
-            if sep:
-                self.entries[key.strip()] = value.strip()
+            if not sep:
+                continue
+            key, value = key.strip(), value.strip()
+            first = self.entries.setdefault(key, value)
+            if value != first:
+                self.conflicts.setdefault(key, [first]).append(value)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> VmcoreInfo:

@@ -105,7 +105,7 @@ def test_missing_system_map_is_one_line(arm64, tmp_path):
     s, dump, _ = arm64
     missing = tmp_path / "System.map-none"
     p = kvmcore_cli("ps", dump, "--system-map", missing)
-    assert p.returncode == 1
+    assert p.returncode == 6  # not found (README, exit status)
     assert p.stderr.strip() == f"kvmcore: error: {missing}: no such System.map file"
 
 

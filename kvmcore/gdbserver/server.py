@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from ..errors import KvmcoreError
+from ..errors import HostError, UsageError
 from .packets import frame
 from .session import Session
 from .target import DumpTarget
@@ -40,9 +40,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
     try:
         number = int(port)
     except ValueError:
-        raise KvmcoreError(f"bad --listen {listen!r}: expected HOST:PORT") from None
+        raise UsageError(f"bad --listen {listen!r}: expected HOST:PORT") from None
     if not 0 <= number <= 65535:
-        raise KvmcoreError(f"bad --listen {listen!r}: port out of range")
+        raise UsageError(f"bad --listen {listen!r}: port out of range")
     return host, number
 
 
@@ -110,7 +110,7 @@ class TcpServer:
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         if max_clients < 1 or not idle_timeout > 0:
-            raise KvmcoreError(
+            raise UsageError(
                 f"bad gdb server limits: {max_clients} clients, {idle_timeout}s idle timeout"
             )
         self.target = target
@@ -121,14 +121,18 @@ class TcpServer:
         self._lock = threading.Lock()
         self.refused = 0
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self.sock.bind((host, port))
+        try:  # each refusal (no IPv6, no such host, in use, privileged) is one line, exit 7
+            self.sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:
+            raise HostError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((host, port))
+            self.sock.listen(64)
+        except (OSError, OverflowError, UnicodeError) as exc:
             self.sock.close()
-            raise KvmcoreError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        self.sock.listen(64)
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise HostError(f"cannot listen on {host}:{port}: {reason}") from None
         self.address = self.sock.getsockname()[:2]
         self._stopping = False
 

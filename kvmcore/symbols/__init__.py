@@ -26,6 +26,7 @@ __all__ = [
     "symbols_from_system_map",
     "symbols_from_kallsyms",
     "check_build_id",
+    "check_vmlinux",
     "FUNCTION_TYPES",
 ]
 
@@ -45,6 +46,62 @@ def check_build_id(dump: Dump, image: VmlinuxFile) -> None:
         )
 
 
+def _vmcoreinfo_symbols_disagree(dump: Dump, image: VmlinuxFile) -> str | None:
+    """Without a BUILD-ID to compare: VMCOREINFO's SYMBOL() lines are runtime
+    addresses of this kernel, so their distances from SYMBOL(_stext) must be
+    the vmlinux's own (a KASLR slide moves them all alike). A fault, or None."""
+    info = dump.vmcoreinfo
+    runtime_stext = info.symbol("_stext") if info else None
+    if info is None or runtime_stext is None:
+        return None
+    cols = image.symbol_columns()
+    link = dict(zip(cols.names, cols.addresses))
+    if "_stext" not in link:
+        return "the vmlinux has no _stext symbol"
+    for key in info:
+        if not key.startswith("SYMBOL(") or key == "SYMBOL(_stext)":
+            continue
+        name, value = key[7:-1], info.symbol(key[7:-1])
+        if (
+            name in link
+            and value is not None
+            and value >= runtime_stext
+            and value - runtime_stext != link[name] - link["_stext"]
+        ):
+            return f"its {name} is not where VMCOREINFO's SYMBOL({name}) puts it"
+    return None
+
+
+_MACHINES = {3: "i386", 62: "x86_64", 183: "aarch64", 8: "mips", 20: "ppc", 21: "ppc64"}
+
+
+def check_vmlinux(dump: Dump, path: str, force: bool = False) -> str | None:
+    """Refuse, with a SymbolError naming the file, a `path` that is not a
+    kernel image (VmlinuxFile), is for another architecture, or is another
+    build than the dump's kernel (VMCOREINFO BUILD-ID, else its SYMBOL()
+    lines). A wrong vmlinux is worse than none: its types and symbols misread
+    every task. With `force` a build mismatch is returned as a warning
+    instead; the architecture is never forced."""
+    image = VmlinuxFile(path)
+    try:
+        want = dump.arch.elf_machine
+        if want and dump.os != "freebsd" and image.machine != want:
+            theirs = _MACHINES.get(image.machine, f"ELF machine {image.machine}")
+            raise SymbolError(f"the vmlinux is for {theirs}, the dump for {dump.arch.name}", path)
+        try:
+            check_build_id(dump, image)
+            fault = None if image.build_ids() else _vmcoreinfo_symbols_disagree(dump, image)
+            if fault:
+                raise SymbolError(f"the vmlinux is not the dump's kernel: {fault}", path)
+        except SymbolError as exc:
+            if not force:
+                raise SymbolError(f"{exc.message} (--force-vmlinux uses it anyway)", path) from None
+            return f"{exc}; using it anyway (--force-vmlinux)"
+    finally:
+        image.close()
+    return None
+
+
 def _slide(dump: Dump, link_stext: int | None, what: str) -> int:
     """KASLR slide: KERNELOFFSET where the kernel exports it (x86_64, arm64),
     else runtime SYMBOL(_stext) minus the link-time _stext (i386)."""
@@ -52,7 +109,7 @@ def _slide(dump: Dump, link_stext: int | None, what: str) -> int:
     if info is None:
         return 0
     if "KERNELOFFSET" in info:
-        return info.kernel_offset
+        return dump.kernel_offset  # checked against kallsyms' _stext
     stext = info.symbol("_stext")
     if stext is not None and link_stext is not None:
         return stext - link_stext
@@ -100,7 +157,7 @@ def symbols_from_kallsyms(dump: Dump) -> SymbolTable:
     return SymbolTable(
         read_kallsyms_columns(dump),
         "kallsyms",
-        info.kernel_offset if info else 0,
+        dump.kernel_offset if info else 0,
         dump.word_size,
         dump.path,
     )

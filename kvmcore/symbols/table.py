@@ -289,7 +289,12 @@ class SymbolTable:
         if hit is None:
             return f"{addr:#x}"
         sym, offset = hit
-        text = f"{sym.name}+{offset:#x}/{self.size_of(sym):#x}"
+        size = self.size_of(sym)
+        if sym.size and offset >= size:
+            # past the end of a sized symbol (a gap, a module's data after its
+            # last function): `func+0x570/0x190` would name the wrong code
+            return f"{addr:#x}"
+        text = f"{sym.name}+{offset:#x}/{size:#x}"
         return f"{text} [{sym.module}]" if sym.module else text
 
     def __repr__(self) -> str:

@@ -29,6 +29,16 @@ def _as_address(value: Any) -> int | None:
     return None
 
 
+def _past_end(text: str) -> bool:
+    """Whether `name+0xoff/0xsize` puts the offset past the symbol's size."""
+    _, plus, rest = text.rpartition("+")
+    off, slash, size = rest.partition("/")
+    try:
+        return bool(plus and slash) and int(size, 16) > 0 and int(off, 16) >= int(size, 16)
+    except ValueError:
+        return False
+
+
 class CodeSymbols:
     """Symbol look-ups for one dump, cached; never raises."""
 
@@ -104,6 +114,8 @@ class CodeSymbols:
                 text, _, module = text[:-1].rpartition(" [")
             if text.startswith("0x"):  # the table's "no symbol holds it"
                 return None, module
+            if _past_end(text):
+                return None, module
             return text or None, module
         if isinstance(sym, tuple):
             sym = dict(zip(("name", "offset", "size", "module"), sym))
@@ -115,6 +127,8 @@ class CodeSymbols:
         if offset is None:
             start = _as_address(get("address"))
             offset = pc - start if start is not None else None
+        if offset is not None and size and offset >= size:
+            return None, None  # past the symbol's end: no symbol holds pc
         text = name
         if offset is not None:
             text += f"+{offset:#x}"
