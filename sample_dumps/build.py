@@ -24,7 +24,7 @@ class Kernel:
         deb = debian.download(self.pkg, cache / "debs")
         self.root = debian.extract(deb, cache / "kernels" / deb.name[:-4])
         self.release = debian.kernel_release(self.root)
-        self.vmlinuz = self.root / "boot" / f"vmlinuz-{self.release}"
+        self.vmlinuz = self.root / "boot" / f"{arch.kernel_image}-{self.release}"
         self.moddir = self.root / "lib" / "modules" / self.release
         self.dbg_dir = dbg_dir(cache, self.pkg.name, self.pkg.version, arch.debian_arch)
 
@@ -76,8 +76,10 @@ def qemu_cmd(spec: SampleSpec, kernel: Kernel, initrd: Path, append: str) -> lis
     cmd += ["-cpu", cpu_of(spec), "-m", f"{spec.memory_mb}M", "-smp", str(spec.smp), "-nic", "none"]
     if a.debian_arch in ("amd64", "i386"):
         cmd += ["-vga", "none"]
-    cmd += ["-device", "vmcoreinfo", "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
-            "-append", append]
+    cmd += list(a.qemu_extra)
+    if a.vmcoreinfo_device:
+        cmd += ["-device", "vmcoreinfo"]
+    cmd += ["-kernel", str(kernel.vmlinuz), "-initrd", str(initrd), "-append", append]
     if a.panic_wait == "pvpanic":
         cmd += ["-device", "pvpanic", "-action", "panic=pause"]
     return cmd

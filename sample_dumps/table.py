@@ -37,6 +37,11 @@ class Arch:
     cc: str              # C compiler for the guest threaded_task
     cc_flags: tuple[str, ...] = ()   # replaces the default "-O2 -static -pthread" when set
     threaded_task_src: str = "threaded_task.c"   # under sample_dumps/guest/
+    # s390x and ppc64: QEMU has no vmcoreinfo device there (the kernel's own note is
+    # found in memory), "-action panic=pause" alone emits GUEST_PANICKED
+    vmcoreinfo_device: bool = True
+    qemu_extra: tuple[str, ...] = ()     # more QEMU options for this arch
+    kernel_image: str = "vmlinuz"        # /boot/<kernel_image>-<release> (ppc64el: vmlinux)
 
 
 ARCHES = {
@@ -91,6 +96,21 @@ SAMPLES: list[SampleSpec] = [
     SampleSpec("i386-nopae", ARCHES["i386-686"], ("elf",), cpu="max"),
     # the amd64 kernel with LA57 offered: it enables 5-level paging (pgtable_l5_enabled=1)
     SampleSpec("x86_64-la57", A64, ("elf",), cpu="qemu64,+la57"),
+]
+
+# s390x and ppc64le (big-endian s390x, little-endian ppc64 with the radix MMU of POWER9);
+# both panic through firmware (SCLP / RTAS ibm,os-term) which QEMU reports as GUEST_PANICKED
+ARCHES["s390x"] = Arch("s390x", "s390x", "s390x", "qemu-system-s390x", "s390-ccw-virtio",
+                       "ttysclp0", (), "guest-panicked", "s390x-linux-gnu-gcc",
+                       vmcoreinfo_device=False, qemu_extra=("-action", "panic=pause"))
+ARCHES["ppc64el"] = Arch("ppc64le", "ppc64el", "powerpc64le", "qemu-system-ppc64", "pseries",
+                         "hvc0", (), "guest-panicked", "powerpc64le-linux-gnu-gcc",
+                         vmcoreinfo_device=False,
+                         qemu_extra=("-vga", "none", "-action", "panic=pause"),
+                         kernel_image="vmlinux")
+SAMPLES += [
+    SampleSpec("s390x", ARCHES["s390x"], ("elf", "kdump-zlib"), cpu="max"),
+    SampleSpec("ppc64le", ARCHES["ppc64el"], ("elf", "kdump-zlib"), cpu="power9"),
 ]
 
 BY_ID = {s.id: s for s in SAMPLES}
