@@ -126,7 +126,7 @@ def _ppc64(dump: Dump, task: int) -> dict[str, int]:
     ksp = dump.read_ptr(task + types.offsetof("struct task_struct", "thread.ksp"))
     regs_at = ksp + 112  # STACK_FRAME_OVERHEAD (6.1); 48 (STACK_INT_FRAME_REGS) since 6.2
     try:
-        if dump.read_ptr(ksp + 32) == 0x7265677368657265:  # the 6.2+ "regshere" slot
+        if dump.read_ptr(ksp + 32) == 0x7265677368657265:  # 6.2+: "regshere" at 32
             regs_at = ksp + 48
     except KvmcoreError:
         pass

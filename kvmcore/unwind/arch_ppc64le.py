@@ -7,7 +7,8 @@ frame at 16 (STACK_FRAME_LR_SAVE). So from a frame at sp, the caller's frame
 is *sp and the caller's pc is the word at *sp + 16.
 
 Exception entry builds a frame whose word at STACK_FRAME_MARKER holds
-STACK_FRAME_REGS_MARKER ("regshere") with struct pt_regs after it: at 96 and
+STACK_FRAME_REGS_MARKER ("REGS" in 6.1, "regshere" since 6.2) with struct
+pt_regs after it: at 96 and
 112 up to Linux 6.1 (STACK_FRAME_OVERHEAD 112), at 32 and 48 since 6.2
 (STACK_INT_FRAME_MARKER / STACK_INT_FRAME_REGS). A msr with MSR_PR set there
 is user mode: the walk ends.
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
     from ..dump import Dump
 
 LR_SAVE = 16
-REGS_MARKER = 0x7265677368657265  # "regshere"
+#: STACK_FRAME_REGS_MARKER as read in a word: "regshere" since 6.2; up to 6.1
+#: the bytes "REGS" (0x52454753 stored from the kernel's exception_marker)
+REGS_MARKERS = (0x7265677368657265, 0x53474552, 0x52454753)
 #: (marker offset, pt_regs offset) in an exception frame: 6.1 and older, 6.2+
 MARKER_LAYOUTS = ((96, 112), (32, 48))
 THREAD_SIZE = 16384
@@ -63,7 +66,7 @@ class Ppc64Unwinder:
         """The pt_regs of the exception frame at `sp`, when it is one."""
         for marker_at, regs_at in MARKER_LAYOUTS:
             try:
-                if self.dump.read_ptr(sp + marker_at) != REGS_MARKER:
+                if self.dump.read_ptr(sp + marker_at) not in REGS_MARKERS:
                     continue
                 values = self.dump.read_ptrs(sp + regs_at, len(PT_REGS))
             except KvmcoreError:
