@@ -112,7 +112,7 @@ class Arch:
             return []
         if self.prstatus is None:
             raise UnsupportedError(f"{self.name}: no NT_PRSTATUS layout", mem.path)
-        order = mem.facts.byteorder if mem.facts.byteorder in ("little", "big") else self.byteorder
+        order: ByteOrder = "big" if mem.facts.byteorder == "big" else "little"
         return [self.prstatus.parse(n, i, order, mem.path) for i, n in enumerate(notes)]
 
 

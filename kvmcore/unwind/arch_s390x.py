@@ -98,10 +98,9 @@ class S390xUnwinder:
                         and self._is_text(r14)
                         and (self.syms.function_name(r14 - 2) != self.syms.function_name(pc))
                     ):
-                        saved = read(sp + self.sf_gprs + 8 * 8)
                         chain = read(sp + self.sf_backchain)
                         caller_ret = read(chain + self.sf_gprs + 8 * 8) if chain else None
-                        if r14 not in (saved, caller_ret):
+                        if r14 != caller_ret:
                             self._add(bt, Frame(0, r14, sp, guessed=True, method="lr"), False)
                 chain = read(sp + self.sf_backchain)
             except KvmcoreError as exc:
