@@ -58,6 +58,9 @@ class Arch:
     #: the kernel config enables KALLSYMS_ABSOLUTE_PERCPU (per-cpu symbols are
     #: absolute values in kallsyms_offsets)
     kallsyms_absolute_percpu: bool = False
+    #: other machine hints of the formats this arch claims, its probe_hook
+    #: deciding (ppc64le: QEMU's ELF header says EM_PPC64 in either byte order)
+    machine_hints: tuple[str, ...] = ()
     #: VMCOREINFO keys only this architecture's kernels export (a probe hint)
     vmcoreinfo_keys: tuple[str, ...] = ()
     #: where elf_prstatus keeps the pid and registers; None: the dumps of this
@@ -87,7 +90,7 @@ class Arch:
         targets says "Unknown"), the VMCOREINFO keys only this arch exports,
         else the size of its NT_PRSTATUS notes."""
         if mem.facts.machine is not None:
-            claimed = mem.facts.machine == self.name
+            claimed = mem.facts.machine == self.name or mem.facts.machine in self.machine_hints
         elif mem.vmcoreinfo is not None and self.vmcoreinfo_keys:
             claimed = any(key in mem.vmcoreinfo for key in self.vmcoreinfo_keys)
         else:
@@ -101,13 +104,16 @@ class Arch:
 
     def cpu_states(self, mem: PhysicalMemory) -> list[CpuState]:
         """Per-CPU registers from the dump's NT_PRSTATUS notes, in note order
-        (QEMU writes one per vCPU and kdump one per online CPU, in CPU order)."""
+        (QEMU writes one per vCPU and kdump one per online CPU, in CPU order),
+        in the byte order of the dump's notes: QEMU writes a little-endian ppc64
+        guest's notes big-endian when its CPU was in big-endian firmware."""
         notes = mem.prstatus_notes()
         if not notes:
             return []
         if self.prstatus is None:
             raise UnsupportedError(f"{self.name}: no NT_PRSTATUS layout", mem.path)
-        return [self.prstatus.parse(n, i, self.byteorder, mem.path) for i, n in enumerate(notes)]
+        order: ByteOrder = "big" if mem.facts.byteorder == "big" else "little"
+        return [self.prstatus.parse(n, i, order, mem.path) for i, n in enumerate(notes)]
 
 
 @dataclass(frozen=True)

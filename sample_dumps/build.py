@@ -59,6 +59,7 @@ class Kernel:
         self.release = debian.kernel_release(self.root)
         self.vmlinuz = debian.kernel_image(self.root, self.release)
         self.moddir = debian.modules_root(self.root) / self.release
+        self.dbg_dir = dbg_dir(cache, self.pkg.name, self.pkg.version, arch.debian_arch)
 
     def vmlinux(self) -> Path | None:
         p = self.dbg_dir / "usr/lib/debug/boot" / f"vmlinux-{self.release}"
@@ -111,10 +112,11 @@ def qemu_cmd(spec: SampleSpec, kernel: Kernel, initrd: Path, append: str) -> lis
     cmd += ["-cpu", cpu_of(spec), "-m", f"{spec.memory_mb}M", "-smp", str(spec.smp), "-nic", "none"]
     if a.debian_arch in ("amd64", "i386"):
         cmd += ["-vga", "none"]
+    cmd += list(a.qemu_extra)
+    cmd += list(a.qemu_extra)
     if a.vmcoreinfo_device:
         cmd += ["-device", "vmcoreinfo"]
-    cmd += ["-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
-            "-append", append]
+    cmd += ["-kernel", str(kernel.vmlinuz), "-initrd", str(initrd), "-append", append]
     if a.panic_wait == "pvpanic":
         cmd += ["-device", "pvpanic", "-action", "panic=pause"]
     return cmd

@@ -117,7 +117,7 @@ def run_and_dump(cmd: list[str], *, workdir: Path, serial: Path, panic_wait: str
             if time.monotonic() > deadline:
                 raise RuntimeError(f"guest did not panic within {timeout}s\n"
                                    f"--- serial tail ({serial}) ---\n{serial_tail(serial)}")
-            if panic_wait == "pvpanic":
+            if panic_wait in ("pvpanic", "guest-panicked"):  # QMP GUEST_PANICKED
                 ev = qmp.poll_event(0.5)
                 if ev and ev.get("event") == "GUEST_PANICKED":
                     panicked = "GUEST_PANICKED"

@@ -40,7 +40,10 @@ class Arch:
     # Debian suite the kernel, busybox-static and -dbg come from, through a private apt
     # configuration at the host's mirror (None: the host's own apt sources)
     suite: str | None = None
-    vmcoreinfo_device: bool = True   # QEMU's -device vmcoreinfo (riscv virt refuses it)
+    # s390x and ppc64: QEMU has no vmcoreinfo device there (the kernel's own note is
+    # found in memory), "-action panic=pause" alone emits GUEST_PANICKED
+    vmcoreinfo_device: bool = True
+    qemu_extra: tuple[str, ...] = ()     # more QEMU options for this arch
 
 
 ARCHES = {
@@ -103,6 +106,20 @@ SAMPLES: list[SampleSpec] = [
     # trixie's 6.12 riscv64 kernel on QEMU's virt machine (Sv57 offered by QEMU 7.2's rv64
     # cpu); Debian's riscv64 config has no RANDOMIZE_BASE, so no KASLR
     SampleSpec("riscv64", RV64, ("elf", "kdump-zlib"), cpu="rv64", kaslr=False),
+]
+
+# s390x and ppc64le (big-endian s390x, little-endian ppc64 with the radix MMU of POWER9);
+# both panic through firmware (SCLP / RTAS ibm,os-term) which QEMU reports as GUEST_PANICKED
+ARCHES["s390x"] = Arch("s390x", "s390x", "s390x", "qemu-system-s390x", "s390-ccw-virtio",
+                       "ttysclp0", (), "guest-panicked", "s390x-linux-gnu-gcc",
+                       vmcoreinfo_device=False, qemu_extra=("-action", "panic=pause"))
+ARCHES["ppc64el"] = Arch("ppc64le", "ppc64el", "powerpc64le", "qemu-system-ppc64", "pseries",
+                         "hvc0", (), "guest-panicked", "powerpc64le-linux-gnu-gcc",
+                         vmcoreinfo_device=False,
+                         qemu_extra=("-vga", "none", "-action", "panic=pause"))
+SAMPLES += [
+    SampleSpec("s390x", ARCHES["s390x"], ("elf", "kdump-zlib"), cpu="max"),
+    SampleSpec("ppc64le", ARCHES["ppc64el"], ("elf", "kdump-zlib"), cpu="power9"),
 ]
 
 BY_ID = {s.id: s for s in SAMPLES}

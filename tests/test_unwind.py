@@ -26,6 +26,13 @@ PANIC_PATH = {  # the panicking CPU's call chain, innermost first (each a name p
              "vfs_write", "ksys_write"],
     "riscv64": ["panic", "sysrq_handle_crash", "__handle_sysrq", "write_sysrq_trigger",
                 "vfs_write", "ksys_write", "do_trap_ecall_u", "handle_exception"],
+    # s390x: panic's notifier stops the CPU in disabled wait (QEMU: GUEST_PANICKED)
+    "s390x": ["stop_run", "on_panic_notify", "panic", "sysrq_handle_crash", "__handle_sysrq",
+              "write_sysrq_trigger", "vfs_write", "ksys_write", "__do_syscall", "system_call"],
+    # pseries: the CPU sits in RTAS firmware (ibm,os-term), so frame #0 has no name
+    "ppc64le": ["rtas_call", "rtas_os_term", "pseries_panic", "panic", "sysrq_handle_crash",
+                "__handle_sysrq", "write_sysrq_trigger", "vfs_write", "ksys_write",
+                "system_call_exception", "system_call_vectored_common"],
 }
 APT_HINT = "apt-get install $(grep -v '^#' sample_dumps/apt-packages.txt)"
 
@@ -67,7 +74,9 @@ def test_panic_cpu_backtrace(samples, sid, fmt):
     assert in_order(names, ["sysrq_handle_crash", "__handle_sysrq"]), str(bt)
     assert in_order(names, PANIC_PATH[m["arch"]]), str(bt)
     assert bt.error is None, str(bt)
-    if m["arch"] != "i686":  # i386: the ebp chain just ends at the entry code
+    if m["arch"] == "s390x":  # user and kernel addresses overlap: the PSW says user mode
+        assert bt.user_regs is not None and bt.user_regs["pswm"] & (1 << 48), str(bt)
+    elif m["arch"] != "i686":  # i386: the ebp chain just ends at the entry code
         assert bt.user_regs is not None and not dump.is_kernel_address(
             bt.user_regs[dump.arch.pc_reg]), "walk should end at the syscall entry"
     # the frames from the syscall entry down to the crash are exact, not guessed

@@ -42,9 +42,10 @@ def _chunk(mem: PhysicalMemory, pa: int, length: int) -> bytes:
         return bytes(out)
 
 
-def _note_at(mem: PhysicalMemory, name_pa: int) -> bytes | None:
-    """The text of a VMCOREINFO note whose name lies at `name_pa`, or None
-    when the bytes there are not such a note."""
+def _note_at(mem: PhysicalMemory, name_pa: int) -> tuple[bytes, str] | None:
+    """(text, byte order of its header) of a VMCOREINFO note whose name lies
+    at `name_pa`, or None when the bytes there are not such a note. The
+    header's byte order is the kernel's (ppc64 probes tell LE from BE by it)."""
     if name_pa < 12:
         return None
     try:
@@ -59,14 +60,16 @@ def _note_at(mem: PhysicalMemory, name_pa: int) -> bytes | None:
             text = mem.read_phys(name_pa + NAME_PADDED, descsz)
         except AddressError:
             return None
-        return text if text.startswith(b"OSRELEASE=") else None
+        return (text, order) if text.startswith(b"OSRELEASE=") else None
     return None
 
 
 def find_vmcoreinfo(mem: PhysicalMemory) -> tuple[VmcoreInfo, int] | None:
-    """(VMCOREINFO, physical address of its note) found in `mem`, or None.
+    """(VMCOREINFO, physical address of its note) found in `mem`, or None;
+    the note header's byte order goes to mem.metadata["vmcoreinfo_byteorder"].
     Raises DumpFormatError when several copies disagree."""
     found: dict[bytes, int] = {}
+    orders: dict[bytes, str] = {}
     overlap = len(NAME) - 1
     for rng in mem.ranges():
         pa = rng.start
@@ -75,9 +78,11 @@ def find_vmcoreinfo(mem: PhysicalMemory) -> tuple[VmcoreInfo, int] | None:
             data = _chunk(mem, pa, n)
             pos = data.find(NAME)
             while pos >= 0:
-                text = _note_at(mem, pa + pos)
-                if text is not None:
-                    found.setdefault(text.split(b"\0", 1)[0], pa + pos - 12)
+                hit = _note_at(mem, pa + pos)
+                if hit is not None:
+                    text = hit[0].split(b"\0", 1)[0]
+                    found.setdefault(text, pa + pos - 12)
+                    orders.setdefault(text, hit[1])
                 pos = data.find(NAME, pos + 1)
             pa += CHUNK
     if not found:
@@ -90,4 +95,5 @@ def find_vmcoreinfo(mem: PhysicalMemory) -> tuple[VmcoreInfo, int] | None:
             mem.path,
         )
     text, at = next(iter(found.items()))
+    mem.metadata["vmcoreinfo_byteorder"] = orders[text]
     return VmcoreInfo.from_bytes(text), at

@@ -107,11 +107,19 @@ class LinuxKernel:
         addr = self.symbol(name)
         if addr is None:
             return None
+        # an array of unsigned longs: CPU n is bit n % bits of word n // bits,
+        # whatever the byte order (a big-endian word's low bits are its last bytes)
+        word = self.dump.word_size
+        nwords = -(-self.nr_cpus // (8 * word))
         try:
-            raw = self.dump.read(addr, (self.nr_cpus + 7) // 8)
+            raw = self.dump.read(addr, nwords * word)
         except AddressError:
             return None
-        bits = int.from_bytes(raw, self.dump.byteorder)
+        bits = 0
+        for i in range(nwords):
+            bits |= int.from_bytes(raw[i * word : (i + 1) * word], self.dump.byteorder) << (
+                i * 8 * word
+            )
         return [c for c in range(self.nr_cpus) if bits >> c & 1]
 
     @cached_property
@@ -207,7 +215,14 @@ class LinuxKernel:
         leaves a gap in the order: those notes are matched by pid, and only the
         pid-0 (idle) ones by order onto the CPUs still without a note."""
         states = self.dump.cpu_states
-        if all(s.pid == i + 1 for i, s in enumerate(states)):
+        # QEMU's pr_pid is cpu + 1, written in the wrong byte order by its
+        # s390x target, and not at all (0) by its ppc64 one: with a note for
+        # every possible CPU and no pid to match, the order is the CPU number
+        if (
+            all(s.pid == i + 1 for i, s in enumerate(states))
+            or all(s.pid == (i + 1) << 24 for i, s in enumerate(states))
+            or (len(states) == self.nr_cpus and all(s.pid == 0 for s in states))
+        ):
             return dict(enumerate(states))
         running = {t.pid: t.cpu for t in self.tasks() if t.on_cpu and not t.is_idle}
         panic = self.panic

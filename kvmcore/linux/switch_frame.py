@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..errors import UnsupportedError
+from ..errors import KvmcoreError, UnsupportedError
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -107,4 +107,46 @@ def _riscv64(dump: Dump, task: int) -> dict[str, int]:
     s_base = base + types.offsetof("struct thread_struct", "s")
     for i, value in enumerate(dump.read_ptrs(s_base, 12)):
         regs[f"s{i}"] = value
+    return regs
+
+
+@switch_frame_reader("s390x")
+def _s390x(dump: Dump, task: int) -> dict[str, int]:
+    """thread.ksp is the stack pointer __switch_to saved; it stored r6-r15 in
+    that frame's register save area (struct stack_frame's gprs, at 72), so the
+    resume point is the saved r14 (gprs[8])."""
+    types = dump.types
+    ksp = dump.read_ptr(task + types.offsetof("struct task_struct", "thread.ksp"))
+    try:
+        gprs = types.offsetof("struct stack_frame", "gprs")
+    except KvmcoreError:
+        gprs = 72
+    regs = {"r15": ksp}
+    saved = dump.read_ptrs(ksp + gprs, 10)
+    for i, value in enumerate(saved):
+        regs[f"r{6 + i}"] = value
+    regs["r15"] = ksp
+    regs["pswa"] = regs["r14"]
+    regs["pswm"] = 0
+    return regs
+
+
+@switch_frame_reader("ppc64le")
+def _ppc64(dump: Dump, task: int) -> dict[str, int]:
+    """thread.ksp is r1 after _switch made its frame (SWITCH_FRAME_SIZE: a
+    stack frame header, then struct pt_regs) and stored the non-volatile
+    r14-r31 and, as nip, its return address into __switch_to there. That
+    frame's back chain is __switch_to's frame, where the walk resumes."""
+    types = dump.types
+    ksp = dump.read_ptr(task + types.offsetof("struct task_struct", "thread.ksp"))
+    regs_at = ksp + 112  # STACK_FRAME_OVERHEAD (6.1); 48 (STACK_INT_FRAME_REGS) since 6.2
+    try:
+        if dump.read_ptr(ksp + 32) == 0x7265677368657265:  # 6.2+: "regshere" at 32
+            regs_at = ksp + 48
+    except KvmcoreError:
+        pass
+    regs = {f"r{i}": dump.read_ptr(regs_at + 8 * i) for i in range(14, 32)}
+    regs["nip"] = dump.read_ptr(regs_at + 8 * 32)
+    regs["lr"] = regs["nip"]
+    regs["r1"] = dump.read_ptr(ksp)  # back chain: __switch_to's frame
     return regs

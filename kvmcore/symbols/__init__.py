@@ -116,12 +116,11 @@ def _slide(dump: Dump, link_stext: int | None, what: str) -> int:
     return 0
 
 
-def _relocate(cols: SymbolColumns, slide: int, word_size: int) -> SymbolColumns:
+def _relocate(cols: SymbolColumns, slide: int, dump: Dump) -> SymbolColumns:
     if not slide:
         return cols
-    return SymbolColumns(
-        cols.names, relocated(cols.addresses, cols.types, slide, word_size), cols.types, cols.sizes
-    )
+    moved = relocated(cols.addresses, cols.types, slide, dump.word_size, dump.arch.kernel_start)
+    return SymbolColumns(cols.names, moved, cols.types, cols.sizes)
 
 
 def _link_stext(cols: SymbolColumns) -> int | None:
@@ -140,7 +139,12 @@ def symbols_from_vmlinux(dump: Dump, path: str) -> SymbolTable:
         image.close()
     slide = _slide(dump, _link_stext(cols), path)
     return SymbolTable(
-        _relocate(cols, slide, dump.word_size), "vmlinux", slide, dump.word_size, path
+        _relocate(cols, slide, dump),
+        "vmlinux",
+        slide,
+        dump.word_size,
+        path,
+        kernel_floor=dump.arch.kernel_start,
     )
 
 
@@ -148,7 +152,12 @@ def symbols_from_system_map(dump: Dump, path: str) -> SymbolTable:
     cols = SymbolColumns.from_symbols(read_system_map(path))
     slide = _slide(dump, _link_stext(cols), path)
     return SymbolTable(
-        _relocate(cols, slide, dump.word_size), "System.map", slide, dump.word_size, path
+        _relocate(cols, slide, dump),
+        "System.map",
+        slide,
+        dump.word_size,
+        path,
+        kernel_floor=dump.arch.kernel_start,
     )
 
 
@@ -160,6 +169,7 @@ def symbols_from_kallsyms(dump: Dump) -> SymbolTable:
         dump.kernel_offset if info else 0,
         dump.word_size,
         dump.path,
+        kernel_floor=dump.arch.kernel_start,
     )
 
 

@@ -58,10 +58,11 @@ def write_symbol_file(
     if not machine:
         raise SymbolError(f"no ELF machine number for architecture {arch!r}", path)
     is64 = symtab.word_size == 8
-    floor = 1 << (symtab.word_size * 8 - 1)
+    floor = symtab.kernel_floor
+    low = floor < 1 << (symtab.word_size * 8 - 1)  # s390x: absolute values look like addresses
     groups: dict[str | None, list[Symbol]] = {}
     for sym in symtab:
-        if sym.address >= floor:
+        if sym.address >= floor and not (low and sym.type in "aA"):
             if sym.module is None and kernel_offset:
                 sym = Symbol(sym.name, sym.address - kernel_offset, sym.size, sym.type, None)
             groups.setdefault(sym.module, []).append(sym)
@@ -208,4 +209,5 @@ def write_symbol_file(
 
 
 def symtab_byteorder(arch: str) -> str:
-    return "little"  # every architecture kvmcore reads today is little-endian
+    """The byte order of the architecture's kernels (s390x: big-endian)."""
+    return get_arch(arch).byteorder

@@ -95,13 +95,16 @@ class SymbolTable:
         kaslr_offset: int = 0,
         word_size: int = 8,
         origin: str | None = None,
+        kernel_floor: int | None = None,
     ) -> None:
         self.source = source
         self.kaslr_offset = kaslr_offset
         self.word_size = word_size
         #: the file or dump the symbols were read from
         self.origin = origin
-        self._kernel_floor = 1 << (word_size * 8 - 1)
+        #: the lowest kernel address (the upper half, unless the arch's kernel
+        #: lives low: s390x's kernel has an address space of its own from 0)
+        self._kernel_floor = 1 << (word_size * 8 - 1) if kernel_floor is None else kernel_floor
         self._names: list[str] = []
         self._addresses: list[int] = []
         self._sizes: list[int] = []
@@ -150,10 +153,12 @@ class SymbolTable:
         total = len(self._addresses)
         if self._sorted_upto < total:
             addresses = self._addresses
-            new = compress(
-                range(self._sorted_upto, total),
-                map(self._kernel_floor.__le__, addresses[self._sorted_upto : total]),
-            )
+            keep = list(map(self._kernel_floor.__le__, addresses[self._sorted_upto : total]))
+            if self._kernel_floor < 1 << (self.word_size * 8 - 1):
+                # a low kernel: absolute values (type a/A) would look like addresses
+                types = self._types[self._sorted_upto : total]
+                keep = [k and t not in "aA" for k, t in zip(keep, types)]
+            new = compress(range(self._sorted_upto, total), keep)
             order = self._order + list(new)
             # stable, and near-linear: kallsyms is address-sorted, and the old
             # index is one sorted run
@@ -207,6 +212,11 @@ class SymbolTable:
         while out[-1] != last:
             out.append(names.index(name, out[-1] + 1, last + 1))
         return out
+
+    @property
+    def kernel_floor(self) -> int:
+        """The lowest address the address index holds."""
+        return self._kernel_floor
 
     # -- queries -----------------------------------------------------------
     def names(self) -> list[str]:
@@ -302,13 +312,18 @@ class SymbolTable:
 
 
 def relocated(
-    addresses: Sequence[int], types: Sequence[str], slide: int, word_size: int
+    addresses: Sequence[int],
+    types: Sequence[str],
+    slide: int,
+    word_size: int,
+    kernel_floor: int | None = None,
 ) -> list[int]:
-    """`addresses` moved by a KASLR `slide`: only kernel-half addresses move;
-    per-cpu offsets and absolute values (types a/A) stay."""
+    """`addresses` moved by a KASLR `slide`: only kernel-half addresses (from
+    `kernel_floor` when the arch's kernel lives low) move; per-cpu offsets and
+    absolute values (types a/A) stay."""
     if not slide:
         return list(addresses)
-    floor = 1 << (word_size * 8 - 1)
+    floor = 1 << (word_size * 8 - 1) if kernel_floor is None else kernel_floor
     mask = (1 << (word_size * 8)) - 1
     return [
         (a + slide) & mask if a >= floor and t not in "aA" else a for a, t in zip(addresses, types)

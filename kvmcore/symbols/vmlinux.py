@@ -133,7 +133,10 @@ class VmlinuxFile:
                     self.path,
                 )
             self.sections.append(sec)
-        interp = any(s.name == ".interp" for s in self.sections)
+        # a relocatable ppc64 kernel links an .interp section into its image
+        # (no PT_INTERP): a kernel's own sections say it is one
+        kernel = any(s.name in ("__ksymtab", "__ksymtab_strings") for s in self.sections)
+        interp = not kernel and any(s.name == ".interp" for s in self.sections)
         if not interp and phoff and phentsize >= 4 and phoff + phnum * phentsize <= size:
             ph = self._read(phoff, phnum * phentsize)
             interp = any(

@@ -1,0 +1,168 @@
+"""ppc64le kernel backtraces: the ELFv2 back chain with exception frames
+(pt_regs marked "regshere") crossed, as the kernel's show_stack walks it.
+
+r1 points at the current frame, whose first word is the back chain (the
+caller's r1); a function saves its return address (LR) in its caller's
+frame at 16 (STACK_FRAME_LR_SAVE). So from a frame at sp, the caller's frame
+is *sp and the caller's pc is the word at *sp + 16.
+
+Exception entry builds a frame whose word at STACK_FRAME_MARKER holds
+STACK_FRAME_REGS_MARKER ("REGS" in 6.1, "regshere" since 6.2) with struct
+pt_regs after it: at 96 and
+112 up to Linux 6.1 (STACK_FRAME_OVERHEAD 112), at 32 and 48 since 6.2
+(STACK_INT_FRAME_MARKER / STACK_INT_FRAME_REGS). A msr with MSR_PR set there
+is user mode: the walk ends.
+
+On pseries a panicking CPU ends in the firmware's `ibm,os-term` (RTAS, in
+real mode): its pc is firmware code (QEMU's RTAS blob at 0x2ffff000), not the
+kernel's. enter_rtas left a frame at r1 (and saved r1 in paca->saved_r1), so
+the walk starts there: the frame at pc is shown as firmware, the callers come
+from the back chain.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..arches.ppc64le.cpu import MSR_PR, PT_REGS
+from ..errors import KvmcoreError
+from . import register_unwinder
+from .model import Backtrace, Frame
+from .stack import StackGuard
+from .symbolic import CodeSymbols
+
+if TYPE_CHECKING:
+    from ..dump import Dump
+
+LR_SAVE = 16
+#: STACK_FRAME_REGS_MARKER as read in a word: "regshere" since 6.2; up to 6.1
+#: the bytes "REGS" (0x52454753 stored from the kernel's exception_marker)
+REGS_MARKERS = (0x7265677368657265, 0x53474552, 0x52454753)
+#: (marker offset, pt_regs offset) in an exception frame: 6.1 and older, 6.2+
+MARKER_LAYOUTS = ((96, 112), (32, 48))
+THREAD_SIZE = 16384
+
+
+class Ppc64Unwinder:
+    def __init__(self, dump: Dump) -> None:
+        self.dump = dump
+        self.syms = CodeSymbols(dump)
+        self._saved_r1: int | None | bool = False
+
+    def _add(self, bt: Backtrace, frame: Frame, exact: bool) -> None:
+        desc = self.syms.describe(frame.pc) if exact else self.syms.describe_return(frame.pc)
+        frame.function, frame.module = desc
+        frame.index = len(bt.frames)
+        bt.frames.append(frame)
+
+    def _is_text(self, address: int) -> bool:
+        return (
+            bool(address)
+            and self.dump.is_kernel_address(address)
+            and self.syms.function_name(address) is not None
+        )
+
+    def exception_regs(self, sp: int) -> dict[str, int] | None:
+        """The pt_regs of the exception frame at `sp`, when it is one."""
+        for marker_at, regs_at in MARKER_LAYOUTS:
+            try:
+                if self.dump.read_ptr(sp + marker_at) not in REGS_MARKERS:
+                    continue
+                values = self.dump.read_ptrs(sp + regs_at, len(PT_REGS))
+            except KvmcoreError:
+                return None
+            return dict(zip(PT_REGS, values))
+        return None
+
+    def _paca_saved_r1(self, regs: dict[str, int]) -> int | None:
+        """paca->saved_r1 of the CPU whose paca r13 points at."""
+        paca = regs.get("r13", 0)
+        if not self.dump.is_kernel_address(paca):
+            return None
+        try:
+            off = self.dump.types.offsetof("struct paca_struct", "saved_r1")
+            value = self.dump.read_ptr(paca + off)
+        except KvmcoreError:
+            return None
+        return value if self.dump.is_kernel_address(value) else None
+
+    def unwind(
+        self, regs: dict[str, int], max_frames: int = 64, task_stack: tuple[int, int] | None = None
+    ) -> Backtrace:
+        bt = Backtrace()
+        if "nip" not in regs or "r1" not in regs:
+            bt.error = "registers lack nip/r1"
+            return bt
+        is_kernel = self.dump.is_kernel_address
+        read = self.dump.read_ptr
+        pc, sp = regs["nip"], regs["r1"]
+        lr = regs.get("lr")
+        if not self._is_text(pc):
+            # firmware (pseries RTAS ibm,os-term) or real mode: start from the
+            # frame the kernel left at r1 (else the one enter_rtas saved in the paca)
+            if not is_kernel(sp):
+                saved = self._paca_saved_r1(regs)
+                if saved is None:
+                    bt.error = f"pc {pc:#x} is not kernel code and r1 {sp:#x} no kernel stack"
+                    self._add(bt, Frame(0, pc, sp, method="registers"), exact=True)
+                    return bt
+                sp = saved
+                bt.notes.append("r1 from paca->saved_r1 (the CPU was in firmware)")
+            else:
+                bt.notes.append(f"pc {pc:#x} is firmware code: callers from the kernel's r1")
+            lr = None  # firmware's lr says nothing of the kernel's frames
+        guard = StackGuard(sp, THREAD_SIZE, task_stack, is_kernel)
+        self._add(bt, Frame(0, pc, sp, method="registers"), exact=True)
+        first = True
+        while len(bt.frames) < max_frames:
+            crossed = None if first else self.exception_regs(sp)
+            first = False
+            if crossed is not None:
+                if crossed["msr"] & MSR_PR:
+                    bt.user_regs = crossed
+                    return bt
+                error = guard.advance(sp, crossed["r1"])
+                if error:
+                    bt.error = error
+                    return bt
+                pc, sp, lr = crossed["nip"], crossed["r1"], crossed["lr"]
+                self._add(
+                    bt,
+                    Frame(0, pc, sp, kind="exception", regs=crossed, method="pt_regs"),
+                    exact=True,
+                )
+                if len(bt.frames) >= max_frames:
+                    break
+            try:
+                chain = read(sp)
+                ret = read(chain + LR_SAVE) if chain and is_kernel(chain) else 0
+            except KvmcoreError as exc:
+                bt.error = f"stack frame unreadable: {exc}"
+                return bt
+            if lr is not None:
+                # a function interrupted before it saved LR (a leaf, or its
+                # prologue) has its caller only in lr: add that, marked guessed
+                if (
+                    self._is_text(lr)
+                    and lr != ret
+                    and (self.syms.function_name(lr - 4) != self.syms.function_name(pc))
+                ):
+                    self._add(bt, Frame(0, lr, sp, guessed=True, method="lr"), exact=False)
+                lr = None
+            if not chain or not is_kernel(chain):
+                return bt  # the end of the chain
+            error = guard.advance(sp, chain)
+            if error:
+                bt.error = error
+                return bt
+            if not self._is_text(ret):
+                if ret:
+                    bt.notes.append(f"back chain ends at {chain:#x}: {ret:#x} is not code")
+                return bt
+            sp = chain
+            self._add(bt, Frame(0, ret, sp, method="backchain"), exact=False)
+        bt.error = f"stopped after {max_frames} frames"
+        return bt
+
+
+register_unwinder("ppc64le", None, Ppc64Unwinder)
