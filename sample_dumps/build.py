@@ -116,6 +116,7 @@ def base_manifest(spec: SampleSpec, kernel: Kernel, append: str, serial_text: st
                            "init": "S (wait for crasher)", "crasher": "R (panicking, cpu 1)"},
         "threads": g["threads"],
         "marker": g["marker"],
+        "explore": g["explore"],
         "serial_log": "serial.log",
         "files": {},
         "build": {},
