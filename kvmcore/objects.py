@@ -508,7 +508,9 @@ def mt_for_each(mt: Object) -> Iterator[tuple[int, int, int]]:
             layout[kind] = (
                 base + types.offsetof(struct, "pivot"),
                 base + types.offsetof(struct, "slot"),
-                base + types.offsetof(struct, "meta") + types.offsetof("struct maple_metadata", "end"),
+                base
+                + types.offsetof(struct, "meta")
+                + types.offsetof("struct maple_metadata", "end"),
                 slots,
             )
     seen: set[int] = set()
@@ -520,7 +522,9 @@ def mt_for_each(mt: Object) -> Iterator[tuple[int, int, int]]:
     def walk(entry: int, lo: int, hi: int, depth: int) -> Iterator[tuple[int, int, int]]:
         nonlocal count
         if depth > MAPLE_HEIGHT_MAX:
-            raise WalkError(f"maple tree at {where:#x} is deeper than {MAPLE_HEIGHT_MAX}", dump.path)
+            raise WalkError(
+                f"maple tree at {where:#x} is deeper than {MAPLE_HEIGHT_MAX}", dump.path
+            )
         node = entry & ~MAPLE_NODE_MASK
         kind = (entry >> 3) & 0xF
         if node in seen:
