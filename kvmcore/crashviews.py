@@ -357,6 +357,10 @@ def sig_text(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _mnt_offset(dump: Dump) -> int:
+    return dump.types.offsetof("struct mount", "mnt")
+
+
 # -- mount --------------------------------------------------------------------------------------
 def mount_data(dump: Dump) -> dict[str, Any]:
     """The mounts of the initial mount namespace (crash's `mount`): device,
@@ -372,7 +376,7 @@ def mount_data(dump: Dump) -> dict[str, Any]:
         mount = m.deref()
         sb = mount.mnt.mnt_sb
         try:
-            where = d_path(dump, mount.mnt.address, int(mount.mnt.mnt_root))
+            where = d_path(dump, mount.address + _mnt_offset(dump), int(mount.mnt.mnt_root))
         except KvmcoreError as exc:
             where = f"<unreadable: {exc.message}>"
         out.append(
@@ -622,7 +626,7 @@ def timer_data(dump: Dump) -> dict[str, Any]:
     for cpu in range(dump.kernel.nr_cpus):
         mine = per_cpu_ptr(bases, cpu)
         nbases = mine.type.strip().length or 1 if mine.type.strip().kind == "array" else 1
-        timers = []
+        timers: list[dict[str, Any]] = []
         for b in range(nbases):
             base = mine[b] if mine.type.strip().kind == "array" else mine
             heads = dump.read_ptrs(base.address + off_vectors, wheel)  # type: ignore[operator]
