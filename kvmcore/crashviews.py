@@ -376,7 +376,9 @@ def mount_data(dump: Dump) -> dict[str, Any]:
         mount = m.deref()
         sb = mount.mnt.mnt_sb
         try:
-            where = d_path(dump, mount.address + _mnt_offset(dump), int(mount.mnt.mnt_root))
+            where = d_path(
+                dump, int(mount.address or 0) + _mnt_offset(dump), int(mount.mnt.mnt_root)
+            )
         except KvmcoreError as exc:
             where = f"<unreadable: {exc.message}>"
         out.append(
