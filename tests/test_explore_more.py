@@ -275,8 +275,9 @@ def test_search_finds_the_words_drgn_reads(pair):
     for h in hits:
         assert int.from_bytes(prog.read(h, 8), "little") == target
     # the first and last tasks on the list point at the head
-    tasks = list(list_for_each_entry("struct task_struct", prog["init_task"].tasks.address_of_(),
-                                     "tasks"))
+    tasks = list(
+        list_for_each_entry("struct task_struct", prog["init_task"].tasks.address_of_(), "tasks")
+    )
     assert tasks[0].tasks.prev.address_of_().value_() in hits
     assert tasks[-1].tasks.next.address_of_().value_() in hits
     assert len(run(dump, "search &init_task.tasks -l 1")["hits"]) == 1
@@ -294,7 +295,7 @@ def test_log_wall_clock_matches_drgn_and_the_guest_clock(pair, truth):
     assert abs(data["boot_ns"] / 1e9 - truth["clock"]["boot_time"]) < 2.0
     records = data["records"]
     assert all(r["wall_ns"] == data["boot_ns"] + r["timestamp_ns"] for r in records)
-    year = datetime.datetime.fromtimestamp(truth["clock"]["boot_time"], datetime.timezone.utc).year
+    year = datetime.datetime.fromtimestamp(truth["clock"]["boot_time"], datetime.UTC).year
     assert records[0]["wall"].endswith(str(year))
     assert "[" + records[0]["wall"] + "] Linux version" in COMMANDS["log"].render(data)
 
@@ -334,8 +335,9 @@ def test_a_looping_mount_list_is_one_error(samples, pair):
     from drgn.helpers.linux.fs import for_each_mount
 
     first, second = list(for_each_mount(prog))[:2]
-    patch = {second.mnt_list.next.address_of_().value_():
-             word(first.mnt_list.address_of_().value_())}
+    patch = {
+        second.mnt_list.next.address_of_().value_(): word(first.mnt_list.address_of_().value_())
+    }
     dump = patched_dump(samples, patch, SID)
     with pytest.raises(WalkError) as exc:
         run(dump, "mount")
@@ -350,10 +352,15 @@ def test_a_looping_maple_tree_is_one_error(samples, pair, truth):
     root = mm.mm_mt.ma_root.value_()
     node = root & ~0xFF
     looped = node | (2 << 3) | 2  # maple_range_64, an internal node
-    slot = prog.type("struct maple_node").member("mr64").offset + \
-        prog.type("struct maple_range_64").member("slot").offset
-    dump = patched_dump(samples, {mm.mm_mt.ma_root.address_of_().value_(): word(looped),
-                                  node + slot: word(looped)}, SID)
+    slot = (
+        prog.type("struct maple_node").member("mr64").offset
+        + prog.type("struct maple_range_64").member("slot").offset
+    )
+    dump = patched_dump(
+        samples,
+        {mm.mm_mt.ma_root.address_of_().value_(): word(looped), node + slot: word(looped)},
+        SID,
+    )
     with pytest.raises(WalkError) as exc:
         run(dump, f"vm {truth['fds']['pid']}")
     assert "loops" in exc.value.message and "\n" not in exc.value.message
@@ -365,16 +372,36 @@ def test_shell_runs_the_new_commands_on_the_committed_dump():
     bad input is one error line, the shell goes on."""
     manifest = json.loads((COMMITTED / "manifest.json").read_text())
     if "explore" not in manifest:
-        pytest.fail("the committed x86_64-small predates manifest schema 2: rebuild and "
-                    "commit it (python -m sample_dumps build --only x86_64-small --with-dbg "
-                    "--commit-copy)", pytrace=False)
+        pytest.fail(
+            "the committed x86_64-small predates manifest schema 2: rebuild and "
+            "commit it (python -m sample_dumps build --only x86_64-small --with-dbg "
+            "--commit-copy)",
+            pytrace=False,
+        )
     pid = manifest["explore"]["fds"]["pid"]
-    script = "\n".join([
-        "kmem -i", f"files {pid}", f"vm {pid}", "mount", "net", "files 99999",
-        "foreach 1 sig", "log -T", "q",
-    ]) + "\n"
-    out = subprocess.run([*KVMCORE, "shell", str(COMMITTED / "vmcore.mdf-d31-c")], input=script,
-                         capture_output=True, text=True, timeout=300)
+    script = (
+        "\n".join(
+            [
+                "kmem -i",
+                f"files {pid}",
+                f"vm {pid}",
+                "mount",
+                "net",
+                "files 99999",
+                "foreach 1 sig",
+                "log -T",
+                "q",
+            ]
+        )
+        + "\n"
+    )
+    out = subprocess.run(
+        [*KVMCORE, "shell", str(COMMITTED / "vmcore.mdf-d31-c")],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "MemTotal" in text and "/tmp/kvmcore.in" in text and "/bin/busybox" in text
