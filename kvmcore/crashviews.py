@@ -788,9 +788,9 @@ def _slab_caches(dump: Dump) -> list[dict[str, Any]]:
 def kmem_data(dump: Dump, info: bool = False, slabs: bool = False) -> dict[str, Any]:
     """Memory (crash's `kmem`): -i the summary /proc/meminfo computes, -s the
     SLUB caches as /proc/slabinfo counts them (active = total less the free
-    objects of the nodes' partial slabs)."""
-    if not info and not slabs:
-        raise KvmcoreError("kmem: give -i (memory summary) or -s (slab caches)")
+    objects of the nodes' partial slabs). With neither, -i."""
+    if not info and not slabs:  # crash asks for an option; the summary is the likelier wish
+        info = True
     out: dict[str, Any] = {}
     if info:
         out["info"] = _meminfo(dump)

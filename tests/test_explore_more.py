@@ -324,7 +324,8 @@ def test_unknown_pid_is_one_error(pair, line):
 
 def test_bad_arguments_are_errors(pair):
     dump, _prog = pair
-    for line in ("kmem", "foreach all ps", "foreach nosuchcomm vm", "search 1 --limit 0"):
+    assert run(dump, "kmem")["info"] == run(dump, "kmem -i")["info"]
+    for line in ("foreach all ps", "foreach nosuchcomm vm", "search 1 --limit 0"):
         with pytest.raises(KvmcoreError):
             run(dump, line)
 
