@@ -29,6 +29,7 @@ from .textsafe import printable
 if TYPE_CHECKING:
     from .dump import Dump
 
+_NO_DATA_SYMBOLS = "(kallsyms may lack data symbols: give the vmlinux or --system-map)"
 MAX_FDS = 1 << 16
 MAX_PATH_DEPTH = 256
 MAX_SEARCH_HITS = 1 << 12
@@ -493,7 +494,10 @@ def dev_data(dump: Dump) -> dict[str, Any]:
     out: dict[str, Any] = {"character": [], "block": []}
     chrdevs = dump.resolve_symbol("chrdevs")
     if chrdevs is None:
-        raise KvmcoreError("dev: no chrdevs symbol", dump.path)
+        raise KvmcoreError(
+            f"dev: no chrdevs symbol {_NO_DATA_SYMBOLS}",
+            dump.path,
+        )
     for head in dump.read_ptrs(chrdevs, MAJOR_HASH_SIZE):
         for cd in _chain(dump, "struct char_device_struct", head):
             out["character"].append(
@@ -536,7 +540,10 @@ def _irq_descs(dump: Dump) -> list[tuple[int, int]]:
     tree_address = dump.resolve_symbol("irq_desc_tree")
     if tree_address is not None:  # a radix tree, which is an xarray since 4.20
         return list(xa_for_each(_ptr(dump, "struct xarray", tree_address)))
-    raise KvmcoreError("irq: neither sparse_irqs nor irq_desc_tree (a kernel without SPARSE_IRQ)")
+    raise KvmcoreError(
+        "irq: no sparse_irqs or irq_desc_tree symbol (a kernel without SPARSE_IRQ, or "
+        "kallsyms without data symbols: give the vmlinux or --system-map)"
+    )
 
 
 def irq_data(dump: Dump, irq: int | None = None) -> dict[str, Any]:
@@ -707,7 +714,10 @@ def _meminfo(dump: Dump) -> dict[str, Any]:
     if total is None:
         total = _long_symbol(dump, "totalram_pages")
     if total is None:
-        raise KvmcoreError("kmem -i: no _totalram_pages symbol", dump.path)
+        raise KvmcoreError(
+            f"kmem -i: no _totalram_pages symbol {_NO_DATA_SYMBOLS}",
+            dump.path,
+        )
     zone = "enum zone_stat_item"
     node = "enum node_stat_item"
     free = _stat(dump, "vm_zone_stat", zone, "NR_FREE_PAGES")
@@ -905,7 +915,10 @@ def boot_time(dump: Dump) -> dict[str, Any]:
     less CLOCK_MONOTONIC), and the wall time it last kept (xtime_sec)."""
     tk_core = dump.resolve_symbol("tk_core")
     if tk_core is None:
-        raise KvmcoreError("log -T: no tk_core symbol", dump.path)
+        raise KvmcoreError(
+            f"log -T: no tk_core symbol {_NO_DATA_SYMBOLS}",
+            dump.path,
+        )
     # tk_core is `static struct { seqcount_raw_spinlock_t seq; struct timekeeper timekeeper; }`,
     # a type with no name: the timekeeper follows the seqcount, 8-aligned
     seq = dump.types.sizeof("seqcount_raw_spinlock_t")
