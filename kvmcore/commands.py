@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from . import explore
+from . import crashviews, explore
 from .errors import AddressError, KvmcoreError, NotFoundError, NotInDumpError, UsageError
 from .kernel import has_timestamps
 from .report import build_report
@@ -745,12 +745,227 @@ PTOV = Command(
     (Param("address", str, "a physical address", required=True, metavar="ADDRESS"),),
 )
 
+KMEM = Command(
+    "kmem",
+    "Memory: -i the summary /proc/meminfo gives, -s the slab caches (SLUB).",
+    crashviews.kmem_data,
+    crashviews.kmem_text,
+    (
+        Param("info", bool, "memory summary (total, free, buffers, cached...)", False, ("-i",)),
+        Param("slabs", bool, "slab caches: object size, active and total objects", False, ("-s",)),
+    ),
+)
+_PID = Param(
+    "pid",
+    int,
+    "the task (the panicking task by default)",
+    None,
+    ("--pid",),
+    bare=True,
+    metavar="PID",
+)
+FILES = Command(
+    "files",
+    "A task's open files: fd, file, dentry, inode, type, path.",
+    crashviews.files_data,
+    crashviews.files_text,
+    (_PID,),
+)
+VM = Command(
+    "vm",
+    "A task's memory map: each VMA's start, end, flags and file.",
+    crashviews.vm_data,
+    crashviews.vm_text,
+    (_PID,),
+)
+SIG = Command(
+    "sig",
+    "A task's pending and blocked signals and its signal handlers.",
+    crashviews.sig_data,
+    crashviews.sig_text,
+    (_PID,),
+)
+MOUNT = Command(
+    "mount",
+    "The mounts of the initial mount namespace: device, type, mount point.",
+    crashviews.mount_data,
+    crashviews.mount_text,
+)
+NET = Command(
+    "net",
+    "Network devices of the initial namespace: name, flags, MTU, addresses.",
+    crashviews.net_data,
+    crashviews.net_text,
+)
+DEV = Command(
+    "dev",
+    "Character and block device majors (chrdevs, major_names).",
+    crashviews.dev_data,
+    crashviews.dev_text,
+)
+IRQ = Command(
+    "irq",
+    "Interrupts: each irq_desc's chip, actions (name: handler) and count.",
+    crashviews.irq_data,
+    crashviews.irq_text,
+    (Param("irq", int, "only this irq", None, metavar="IRQ"),),
+)
+TIMER = Command(
+    "timer",
+    "Each CPU's timer wheel: pending timers, expiry (jiffies), function.",
+    crashviews.timer_data,
+    crashviews.timer_text,
+)
+SEARCH = Command(
+    "search",
+    "Find a word (number, symbol or expression) in the dump's RAM, via the direct map.",
+    crashviews.search_data,
+    crashviews.search_text,
+    (
+        Param("value", str, "the word to look for", required=True, metavar="VALUE"),
+        Param("limit", int, "stop after this many hits", 64, ("-l", "--limit"), metavar="N"),
+        Param("start", str, "lowest physical address", None, ("-s", "--start"), metavar="PA"),
+        Param("end", str, "highest physical address", None, ("-e", "--end"), metavar="PA"),
+    ),
+)
+LOG = Command(
+    "log",
+    "The kernel log (-T: with wall-clock times from the timekeeper, UTC).",
+    crashviews.log_data,
+    crashviews.log_text,
+    (Param("wall_time", bool, "wall-clock timestamps", False, ("-T",)),),
+)
+
+#: what foreach runs for each task: commands taking a pid
+FOREACH_COMMANDS = ("bt", "task", "files", "vm", "sig")
+
+
+def _foreach_tasks(dump: Dump, tasks: str) -> list[Any]:
+    everyone = [t for t in dump.kernel.tasks() if not t.is_idle]
+    if tasks in ("all", "*"):
+        return everyone
+    chosen = []
+    for word in tasks.split(","):
+        word = word.strip()
+        if word.isdigit():
+            task = dump.kernel.find_task(int(word))
+            if task is None:
+                raise KvmcoreError(f"foreach: no task with pid {word}", dump.path)
+            chosen.append(task)
+        else:
+            named = [t for t in everyone if t.comm == word]
+            if not named:
+                raise KvmcoreError(f"foreach: no task named {word!r}", dump.path)
+            chosen += named
+    return chosen
+
+
+def foreach_data(dump: Dump, tasks: str, command: str) -> dict[str, Any]:
+    """Run bt, task, files, vm or sig (with its own arguments) for each task of
+    TASKS: `all`, or pids and command names separated by commas (crash's
+    `foreach`). A task whose command fails gets its error, the others go on."""
+    words = command.split()
+    if not words or words[0] not in FOREACH_COMMANDS:
+        raise KvmcoreError(f"foreach: COMMAND is one of {', '.join(FOREACH_COMMANDS)}")
+    cmd = COMMANDS[words[0]]
+    args = cmd.parse(words[1:])
+    args.pop("pid", None)
+    out = []
+    for task in _foreach_tasks(dump, tasks):
+        entry: dict[str, Any] = {"pid": task.pid, "comm": task.comm}
+        try:
+            entry["data"] = cmd.data(dump, pid=task.pid, **args)
+            entry["text"] = cmd.render(entry["data"])
+        except KvmcoreError as exc:
+            entry["error"] = exc.message
+        out.append(entry)
+    return {"command": words[0], "tasks": out}
+
+
+def foreach_text(data: dict[str, Any]) -> str:
+    out = []
+    for t in data["tasks"]:
+        if "error" in t:
+            out.append(f"PID: {t['pid']}: {data['command']}: error: {t['error']}")
+        else:
+            out.append(t["text"])
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+FOREACH = Command(
+    "foreach",
+    "Run bt/task/files/vm/sig for every task (all) or some (pids or names, comma-separated).",
+    foreach_data,
+    foreach_text,
+    (
+        Param(
+            "tasks", str, "all, or pids and names, comma-separated", required=True, metavar="TASKS"
+        ),
+        Param(
+            "command",
+            str,
+            "the command and its options",
+            required=True,
+            metavar="COMMAND",
+            rest=True,
+        ),
+    ),
+)
+
 #: the exploration commands (the CLI builds their subcommands from the table); their
 #: text functions escape the dump's strings themselves, so newlines are theirs
 EXPLORE: tuple[Command, ...] = tuple(
-    replace(c, multiline=True) for c in (P, STRUCT, UNION, WHATIS, RD, LIST, TASK, RUNQ, VTOP, PTOV)
+    replace(c, multiline=True)
+    for c in (
+        P,
+        STRUCT,
+        UNION,
+        WHATIS,
+        RD,
+        LIST,
+        TASK,
+        RUNQ,
+        VTOP,
+        PTOV,
+        KMEM,
+        FILES,
+        VM,
+        SIG,
+        MOUNT,
+        NET,
+        DEV,
+        IRQ,
+        TIMER,
+        FOREACH,
+        SEARCH,
+        LOG,
+    )
 )
-P, STRUCT, UNION, WHATIS, RD, LIST, TASK, RUNQ, VTOP, PTOV = EXPLORE
+(
+    P,
+    STRUCT,
+    UNION,
+    WHATIS,
+    RD,
+    LIST,
+    TASK,
+    RUNQ,
+    VTOP,
+    PTOV,
+    KMEM,
+    FILES,
+    VM,
+    SIG,
+    MOUNT,
+    NET,
+    DEV,
+    IRQ,
+    TIMER,
+    FOREACH,
+    SEARCH,
+    LOG,
+) = EXPLORE
 
 #: every command, by name, in the order `monitor help` lists them
 COMMANDS: dict[str, Command] = {

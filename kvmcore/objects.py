@@ -474,3 +474,92 @@ def per_cpu_ptr(obj: Object, cpu: int) -> Object:
         return Object(dump, target, address=(obj.value() + offset) & mask)
     assert obj.address is not None
     return Object(dump, obj.type, address=(obj.address + offset) & mask)
+
+
+# maple tree (lib/maple_tree.c, 6.1+): an entry with low bits 10 above 4096 is a node;
+# its type sits in bits 3-6, the node at the entry with its low byte cleared
+MAPLE_NODE_MASK = 0xFF
+MAPLE_DENSE, MAPLE_LEAF_64, MAPLE_RANGE_64, MAPLE_ARANGE_64 = range(4)
+MAPLE_HEIGHT_MAX = 31
+
+
+def mt_for_each(mt: Object) -> Iterator[tuple[int, int, int]]:
+    """(first, last, entry) of every present entry of the `struct maple_tree` at
+    `mt` (a VMA tree `mm->mm_mt`, `sparse_irqs`), in index order, as drgn's
+    mt_for_each reads them: a node's data ends at its metadata's `end`, or at
+    the last pivot; bounded in depth and size and cycle-checked."""
+    dump = mt._dump
+    types = dump.types
+    where = _address(mt)
+    root = dump.read_ptr(where + types.offsetof("struct maple_tree", "ma_root"))
+    top = (1 << (dump.word_size * 8)) - 1
+    layout = {}
+    for kinds, name, struct in (
+        ((MAPLE_LEAF_64, MAPLE_RANGE_64), "mr64", "struct maple_range_64"),
+        ((MAPLE_ARANGE_64,), "ma64", "struct maple_arange_64"),
+    ):
+        t = types.type(struct).strip()
+        hit = _find_member(t, "slot")
+        slots = (hit[1].type.strip().length or 0) if hit else 0
+        if slots < 2:
+            raise TypeInfoError(f"{struct} has no slot array", dump.path)
+        base = types.offsetof("struct maple_node", name)
+        for kind in kinds:
+            layout[kind] = (
+                base + types.offsetof(struct, "pivot"),
+                base + types.offsetof(struct, "slot"),
+                base
+                + types.offsetof(struct, "meta")
+                + types.offsetof("struct maple_metadata", "end"),
+                slots,
+            )
+    seen: set[int] = set()
+    count = 0
+
+    def is_node(entry: int) -> bool:
+        return entry & 3 == 2 and entry > 4096
+
+    def walk(entry: int, lo: int, hi: int, depth: int) -> Iterator[tuple[int, int, int]]:
+        nonlocal count
+        if depth > MAPLE_HEIGHT_MAX:
+            raise WalkError(
+                f"maple tree at {where:#x} is deeper than {MAPLE_HEIGHT_MAX}", dump.path
+            )
+        node = entry & ~MAPLE_NODE_MASK
+        kind = (entry >> 3) & 0xF
+        if node in seen:
+            raise WalkError(f"maple tree at {where:#x} loops (node {node:#x})", dump.path)
+        seen.add(node)
+        if kind not in layout:
+            raise WalkError(f"maple tree at {where:#x}: node {node:#x} of type {kind}", dump.path)
+        off_pivot, off_slot, off_end, nslots = layout[kind]
+        pivots = dump.read_ptrs(node + off_pivot, nslots - 1)
+        slots = dump.read_ptrs(node + off_slot, nslots)
+        if kind == MAPLE_ARANGE_64 or not pivots[-1]:
+            end = dump.read_u8(node + off_end)
+        elif pivots[-1] == hi:
+            end = nslots - 2
+        else:
+            end = nslots - 1
+        if end >= nslots:
+            raise WalkError(f"maple tree at {where:#x}: node {node:#x} ends at {end}", dump.path)
+        first = lo
+        for i in range(end + 1):
+            last = pivots[i] if i < end else hi
+            slot = slots[i]
+            if kind == MAPLE_LEAF_64:
+                if slot and not (slot & 3 == 2 and slot < 4096):  # skip NULL and zero entries
+                    count += 1
+                    if count > MAX_ENTRIES:
+                        raise WalkError(f"maple tree at {where:#x} is too large", dump.path)
+                    yield first, last, slot
+            elif slot:
+                if not is_node(slot):
+                    raise WalkError(f"maple tree at {where:#x}: bad child {slot:#x}", dump.path)
+                yield from walk(slot, first, last, depth + 1)
+            first = last + 1
+
+    if is_node(root):
+        yield from walk(root, 0, top, 0)
+    elif root:
+        yield 0, 0, root

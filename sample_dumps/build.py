@@ -155,6 +155,7 @@ def base_manifest(spec: SampleSpec, kernel: Kernel, append: str, serial_text: st
                            "init": "S (wait for crasher)", "crasher": "R (panicking, cpu 1)"},
         "threads": g["threads"],
         "marker": g["marker"],
+        "explore": g["explore"],
         "serial_log": "serial.log",
         "files": {},
         "build": {},
@@ -206,7 +207,7 @@ def build_qemu_sample(spec: SampleSpec, cache: Path, sdir: Path, kernel: Kernel)
 
 def build_sample(spec: SampleSpec, cache: Path, *, force: bool = False, with_dbg: bool = False) -> str:
     sdir = cache / spec.cache_subdir / spec.id
-    if not force and manifest.is_complete(sdir, spec.formats):
+    if not force and manifest.is_complete(sdir, spec.formats, spec.min_schema):
         log(f"{spec.id}: cached, up to date")
         if with_dbg:
             m = manifest.load(sdir)

@@ -13,19 +13,50 @@ from .table import FORMAT_INFO
 from .util import sha256
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
+#: 2: the exploration commands' ground truth (fds, mounts, net devices, meminfo, clock)
+SCHEMA_VERSION = 2
 
 _PROC = re.compile(r"KVMCORE pid=(\d+) ppid=(\d+) comm=(\S+)")
 _THREAD = re.compile(r"KVMCORE tid=(\d+) tgid=(\d+) comm=(\S+)")
 _PANIC = re.compile(r"KVMCORE panicker pid=(\d+) ppid=(\d+) cpu=(\d+) comm=(\S+)")
 _UTS = re.compile(r"KVMCORE uts\.(sysname|release|version|machine)=(.*?)\r?$")
 _MARKER = re.compile(r"KVMCORE marker=(\S+)")
+_FD = re.compile(r"KVMCORE fd pid=(\d+) fd=(\d+) target=(.*?)\r?$")
+_MOUNT = re.compile(r"KVMCORE mount dev=(\S+) dir=(\S+) type=(\S+)")
+_NETDEV = re.compile(r"KVMCORE netdev name=(\S+) flags=(\S+) mtu=(\d+) mac=(\S*)")
+_NETADDR = re.compile(r"KVMCORE netaddr name=(\S+) family=(\S+) addr=(\S+)")
+_MEMINFO = re.compile(r"KVMCORE meminfo\.(\w+)=(\d+)")
+_CLOCK = re.compile(r"KVMCORE clock date=(\d+) uptime=([\d.]+)")
 
 
 def parse_serial(text: str) -> dict:
-    """Extract processes, threads, panicker, uts and marker from the guest's KVMCORE lines."""
+    """Extract processes, threads, panicker, uts and marker from the guest's KVMCORE
+    lines, and (schema 2) the exploration commands' ground truth: `explore`."""
     procs, threads, uts, panic, marker = [], [], {}, None, None
+    explore: dict = {}
     for line in text.splitlines():
+        if m := _FD.search(line):
+            fds = explore.setdefault("fds", {"pid": int(m[1]), "fds": {}})
+            fds["fds"][m[2]] = m[3].strip()
+            continue
+        if m := _MOUNT.search(line):
+            explore.setdefault("mounts", []).append({"device": m[1], "dir": m[2], "type": m[3]})
+            continue
+        if m := _NETDEV.search(line):
+            explore.setdefault("netdevs", {})[m[1]] = {"flags": int(m[2], 0), "mtu": int(m[3]),
+                                                       "mac": m[4], "addrs": []}
+            continue
+        if m := _NETADDR.search(line):
+            explore.setdefault("netdevs", {}).setdefault(m[1], {"addrs": []})["addrs"].append(
+                {"family": m[2], "addr": m[3]})
+            continue
+        if m := _MEMINFO.search(line):
+            explore.setdefault("meminfo_kb", {})[m[1]] = int(m[2])
+            continue
+        if m := _CLOCK.search(line):
+            explore["clock"] = {"date": int(m[1]), "uptime": float(m[2]),
+                                "boot_time": int(m[1]) - float(m[2])}
+            continue
         if m := _PROC.search(line):
             procs.append({"pid": int(m[1]), "ppid": int(m[2]), "comm": m[3]})
         elif m := _THREAD.search(line):
@@ -36,7 +67,8 @@ def parse_serial(text: str) -> dict:
             uts[m[1]] = m[2].strip()
         elif m := _MARKER.search(line):
             marker = m[1]
-    return {"processes": procs, "threads": threads, "uts": uts, "panic": panic, "marker": marker}
+    return {"processes": procs, "threads": threads, "uts": uts, "panic": panic, "marker": marker,
+            "explore": explore}
 
 
 _GNU_BUILD_ID_NOTE = b"\x04\x00\x00\x00\x14\x00\x00\x00\x03\x00\x00\x00GNU\x00"
@@ -115,10 +147,12 @@ def load(sample_dir: Path) -> dict | None:
         return None
 
 
-def is_complete(sample_dir: Path, formats: tuple[str, ...]) -> bool:
-    """Manifest present, lists every expected format, and every file's sha256 matches."""
+def is_complete(sample_dir: Path, formats: tuple[str, ...], min_schema: int = 1) -> bool:
+    """Manifest present, of at least the schema the sample's tests need (an older one
+    lacks ground truth they read: rebuild), lists every expected format, and every
+    file's sha256 matches."""
     m = load(sample_dir)
-    if not m or set(m.get("files", {})) != set(formats):
+    if not m or m.get("schema", 1) < min_schema or set(m.get("files", {})) != set(formats):
         return False
     for entry in m["files"].values():
         p = sample_dir / entry["path"]

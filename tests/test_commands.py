@@ -28,7 +28,8 @@ KVMCORE = [sys.executable, "-c", "from kvmcore.cli.main import main; main()"]
 LINE_ARGS = {"sym": ["linux_banner"], "read": ["0x1000", "16", "--phys"], "analyze": [],
              "p": ["init_task.comm"], "struct": ["list_head"], "union": ["__sifields"],
              "whatis": ["init_task"], "rd": ["jiffies"], "list": ["init_task.tasks"],
-             "vtop": ["init_task"], "ptov": ["0x1000"]}
+             "vtop": ["init_task"], "ptov": ["0x1000"], "foreach": ["1", "files"],
+             "search": ["init_task", "-l", "2"]}
 
 
 def kvmcore_cli(*args: str) -> subprocess.CompletedProcess:

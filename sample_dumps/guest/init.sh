@@ -57,6 +57,37 @@ for f in sleeper_a sleeper_b sleeper_c threaded_task; do
 	while [ ! -e /tmp/ready.$f ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i + 1)); done
 done
 @EXTRA_TASKS@
+
+# ground truth for the exploration commands (files, mount, net, kmem -i, log -T)
+ip link set lo up
+# a helper holding known fds: a pipe (0), files (3, 4), a FIFO (5), a TCP socket (listening)
+mkfifo /tmp/kvmcore.fifo
+echo kvmcore > /tmp/kvmcore.in
+sleep 100000 | nc -l -p 7777 3</tmp/kvmcore.in 4>/tmp/kvmcore.out 5<>/tmp/kvmcore.fifo &
+fdpid=$!
+echo "KVMCORE pid=$fdpid ppid=$$ comm=nc"
+wait_comm $fdpid nc
+i=0
+while ! ls -l /proc/$fdpid/fd | grep -q socket: && [ $i -lt 3000 ]; do sleep 0.01; i=$((i + 1)); done
+for f in /proc/$fdpid/fd/*; do
+	echo "KVMCORE fd pid=$fdpid fd=${f##*/} target=$(readlink $f)"
+done
+while read -r dev dir type rest; do
+	echo "KVMCORE mount dev=$dev dir=$dir type=$type"
+done < /proc/mounts
+for n in /sys/class/net/*; do
+	n=${n##*/}
+	echo "KVMCORE netdev name=$n flags=$(cat /sys/class/net/$n/flags) mtu=$(cat /sys/class/net/$n/mtu) mac=$(cat /sys/class/net/$n/address)"
+	ip -o -4 addr show dev $n | while read -r idx name fam addr rest; do
+		echo "KVMCORE netaddr name=$n family=$fam addr=$addr"
+	done
+done
+for k in MemTotal MemFree Buffers Cached; do
+	echo "KVMCORE meminfo.$k=$(grep "^$k:" /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
+done
+read up rest < /proc/uptime
+echo "KVMCORE clock date=$(date +%s) uptime=$up"
+
 echo "KVMCORE marker=@MARKER@"
 echo "@MARKER@" > /dev/kmsg
 echo "KVMCORE ready"
