@@ -70,7 +70,7 @@ def run(
     targets: list[str],
     seed: int = 0,
     engine: str | None = None,
-    runs: int = 0,
+    runs: int | dict[str, int] = 0,
     progress=lambda line: None,
 ) -> Result:
     from .targets import TARGETS
@@ -86,8 +86,9 @@ def run(
             out = os.path.join(tmp, f"{name}.json")
             cmd = [sys.executable, "-m", "fuzz.worker", "--target", name, "--seconds", str(per),
                    "--seed", str(seed), "--engine", engine, "--out", out]
-            if runs:
-                cmd += ["--runs", str(runs)]
+            n = runs.get(name, 0) if isinstance(runs, dict) else runs
+            if n:
+                cmd += ["--runs", str(n)]
             progress(f"{name}: {per:.0f} s ...")
             try:
                 proc = subprocess.run(cmd, cwd=ROOT, timeout=per + 120, capture_output=True)
