@@ -4,6 +4,12 @@ to contain (a looping list, an impossible index, another task state), or
 take pages out of it as a filtered dump does."""
 from __future__ import annotations
 
+import mmap
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
 import kvmcore
 from kvmcore.errors import PageExcludedError
 
@@ -52,3 +58,25 @@ def excluded_dump(samples, ranges: list[tuple[int, int]], sid: str = "x86_64-kas
 
     dump.mem.read_phys = read_phys
     return dump
+
+
+def _readelf_build_id(path: Path) -> str:
+    out = subprocess.run(["readelf", "-n", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    match = re.search(r"Build ID: ([0-9a-f]+)", out)
+    assert match, f"readelf finds no build id in {path}"
+    return match.group(1)
+
+
+def other_build(vmlinux: Path, tmp_path: Path) -> Path:
+    """The same-arch vmlinux with another build id: the samples' -dbg vmlinux
+    copied with one byte of its .note.gnu.build-id changed (the committed dump
+    and the cached samples may well be of one Debian build)."""
+    ours = bytes.fromhex(_readelf_build_id(vmlinux))
+    copy = tmp_path / vmlinux.name
+    shutil.copyfile(vmlinux, copy)
+    with open(copy, "r+b") as f, mmap.mmap(f.fileno(), 0) as view:
+        at = view.find(b"GNU\0" + ours)  # the note's name, then its descriptor
+        assert at > 0, f"no GNU build-id note in {vmlinux}"
+        view[at + 4] ^= 0xFF
+    return copy

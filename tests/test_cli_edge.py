@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import kvmcore
+from patching import other_build
 from kvmcore.errors import SymbolError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,8 +62,8 @@ def test_other_arch_vmlinux_refused(samples):
         kvmcore.open(str(COMMITTED), str(arm), force_vmlinux=True)  # never forced
 
 
-def test_other_build_vmlinux_refused_unless_forced(samples):
-    other = samples.vmlinux("x86_64-kaslr")  # the same arch, another Debian build
+def test_other_build_vmlinux_refused_unless_forced(samples, tmp_path):
+    other = other_build(samples.vmlinux("x86_64-kaslr"), tmp_path)
     theirs = readelf_build_id(other)
     assert theirs != MANIFEST["build_id"]
     line = one_line_error(cli("info", COMMITTED, other), 4)
@@ -184,10 +186,13 @@ def test_kaslr_offset_from_vmcoreinfo_says_so():
     assert f"kaslr_offset: {KASLR:#x} (VMCOREINFO)" in p.stdout
 
 
-@pytest.mark.parametrize("line", [b"KERNELOFFSET=00000000", b"KERNELOFFSET=zzzzzzzz",
-                                  b"KERNELOFFSXT=2a200000", b"KERNELOFFSET=-2a20000",
-                                  b"KERNELOFFSET=ffffffff"])
-def test_bad_kerneloffset_measured_from_stext(tmp_path, line):
+@pytest.mark.parametrize("kind", ["zero", "not-hex", "key-missing", "negative", "huge"])
+def test_bad_kerneloffset_measured_from_stext(tmp_path, kind):
+    digits = b"%x" % KASLR  # replacements keep the line's length, whatever this build's offset
+    n = len(digits)
+    line = {"zero": b"KERNELOFFSET=" + b"0" * n, "not-hex": b"KERNELOFFSET=" + b"z" * n,
+            "key-missing": b"KERNELOFFSXT=" + digits, "negative": b"KERNELOFFSET=-" + digits[1:],
+            "huge": b"KERNELOFFSET=" + b"f" * n}[kind]
     dump = patched(tmp_path, b"KERNELOFFSET=%x" % KASLR, line)
     p = cli("info", "--json", dump)
     assert p.returncode == 0, p.stderr

@@ -296,18 +296,23 @@ def load(samples, tmp_path_factory):
         uts = dump.vmcoreinfo.symbol("init_uts_ns")
     assert s.manifest["qemu"]["memory_mb"] << 20 >= DUMP_BYTES
 
-    # `kvmcore read`'s bytes
-    p = subprocess.run(
-        [PY, "-m", "kvmcore.cli.main", "read", str(path), f"{start:#x}", str(DUMP_BYTES), "--json"],
-        capture_output=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
-    assert p.returncode == 0, p.stderr.decode(errors="replace")
-    data = bytes.fromhex(json.loads(p.stdout)["hex"])
-    assert len(data) == DUMP_BYTES
-    read_sha = hashlib.sha256(data).hexdigest()
-    del data, p
+    # `kvmcore read`'s bytes (16 MiB JSON pieces: the CLI caps one JSON reply)
+    digest = hashlib.sha256()
+    piece = 16 << 20
+    for off in range(0, DUMP_BYTES, piece):
+        p = subprocess.run(
+            [PY, "-m", "kvmcore.cli.main", "read", str(path), f"{start + off:#x}",
+             str(min(piece, DUMP_BYTES - off)), "--json"],
+            capture_output=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
+        assert p.returncode == 0, p.stderr.decode(errors="replace")
+        data = bytes.fromhex(json.loads(p.stdout)["hex"])
+        assert len(data) == min(piece, DUMP_BYTES - off)
+        digest.update(data)
+        del data, p
+    read_sha = digest.hexdigest()
 
     r: dict = {"read_sha": read_sha, "start": start, "panic_tid": panic_tid}
     server = Server(path, tmp / "serve.log")
