@@ -464,10 +464,14 @@ class ArmUnwinder:
             return bt
         frames = best[1].frames
         for k, frame in enumerate(frames):
-            if frame.kind != "normal" and frame.pc == pc:
+            if frame.kind != "normal" and frame.pc == pc and frame.regs:
                 # an earlier interrupt of the same instruction left its pt_regs on the
-                # stack: the frames above it are those of the code now interrupted
+                # stack: the frames above it are those of the code now interrupted, and
+                # its sp and lr are frame #0's (r0-r12 are the dump's own)
                 frames = frames[k + 1 :]
+                first = bt.frames[0]
+                first.regs = {**frame.regs, **{r: regs[r] for r in CORE_REGS[:13]}, "pc": pc}
+                first.sp, first.guessed = frame.regs["sp"], True
                 break
         for frame in frames:
             frame.index = len(bt.frames)
