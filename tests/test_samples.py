@@ -105,9 +105,10 @@ def vmcoreinfo(path: Path) -> tuple[str, str]:
 def test_elf_notes(samples, sid, fmt):
     s = samples.get_built(sid)
     m = s.manifest
-    if m["arch"] == "riscv64":
-        # QEMU's riscv virt machine has no vmcoreinfo device: no VMCOREINFO note (kvmcore
-        # finds the kernel's own in memory, tests/test_arch_riscv64.py)
+    if m["arch"] in ("riscv64", "armv7l"):
+        # QEMU's riscv virt machine has no vmcoreinfo device, and the armmp kernel no
+        # FW_CFG_SYSFS: no VMCOREINFO note (kvmcore finds the kernel's own in memory,
+        # tests/test_arch_riscv64.py, tests/test_arch_arm.py)
         out = subprocess.run([tool("readelf"), "-n", "-W", str(s.file(fmt))], capture_output=True,
                              text=True, check=True).stdout
         assert "VMCOREINFO" not in out
@@ -130,17 +131,18 @@ def test_elf_notes(samples, sid, fmt):
 def expected_file_output(m: dict, entry: dict) -> list[str]:
     # QEMU's i386 dump is an ELF64 container with e_machine EM_386
     machine = {"x86_64": "x86-64", "aarch64": "ARM aarch64", "i686": "Intel 80386",
-               "riscv64": "UCB RISC-V"}[m["arch"]]
+               "riscv64": "UCB RISC-V", "armv7l": "ARM"}[m["arch"]]
     release = f"release {m['kernel_release']}"
     if entry["format"] in ("elf", "elf-filtered"):
-        return [f"ELF 64-bit LSB core file, {machine}"]
+        bits = 32 if m["arch"] == "armv7l" else 64  # QEMU's arm dump is an ELF32
+        return [f"ELF {bits}-bit LSB core file, {machine}"]
     if entry["format"] == "elf-paging":  # QEMU paging=true: a PT_LOAD per mapping, PN_XNUM
         return [f"ELF 64-bit LSB core file, {machine}", "too many program headers (65535)"]
     if entry["format"] == "kdump-flattened" and entry["filtered"] is None:
         # QEMU's kdump-zlib: file(1) prints only the header's utsname.machine, which QEMU 7.2
         # fills with its target's ELF_MACHINE_UNAME: "x86_64", but "Unknown" on aarch64.
         machine = {"x86_64": "x86_64", "aarch64": "Unknown", "i686": "i686",
-                   "riscv64": "Unknown"}[m["arch"]]
+                   "riscv64": "Unknown", "armv7l": "Unknown"}[m["arch"]]
         return ["Flattened kdump compressed dump v6", f"machine {machine}"]
     if entry["format"] == "kdump-flattened":
         return ["Flattened kdump compressed dump v6", "system Linux", release]

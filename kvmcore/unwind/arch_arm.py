@@ -398,8 +398,15 @@ class ArmUnwinder:
                 if step is None:
                     method = "exidx"
                     step = self.step(known, pc, exact, guard.current)
-            except StopIteration:
-                return bt  # EXIDX_CANTUNWIND: the end of the stack
+            except StopIteration:  # EXIDX_CANTUNWIND: the end of the stack
+                if self._in_entry(pc):
+                    with contextlib.suppress(KvmcoreError):
+                        # vector_swi pushed the syscall's 5th/6th arguments (S_OFF,
+                        # 8 bytes) below the user pt_regs
+                        saved = dict(zip(PT_REGS, self.dump.read_ptrs(sp + 8, len(PT_REGS))))
+                        if saved["cpsr"] & CPSR_MODE_MASK == USR_MODE:
+                            bt.user_regs = saved
+                return bt
             except UnwindRefused as exc:
                 bt.error = str(exc)
                 return bt
