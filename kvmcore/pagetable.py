@@ -41,6 +41,13 @@ class RadixTable(ABC):
         """Sign-extend a walked address to the architecture's canonical form."""
         return va
 
+    def leaf_size(self, entry: int, depth: int) -> int | None:
+        """The size of the page a LEAF `entry` maps when it is larger than the
+        span of one entry at its level (ARM's 64 KB large pages and 16 MB
+        supersections are one descriptor repeated 16 times; the page's offset
+        then includes index bits): None for the level's own span."""
+        return None
+
 
 _Table = TypeVar("_Table", bound=RadixTable)
 
@@ -96,7 +103,7 @@ class RadixTranslator(Translator, Generic[_Table]):
             if kind == INVALID:
                 raise NotMappedError(f"virtual address {va:#x} is not mapped", va, self.path)
             if kind == LEAF:
-                size = 1 << level.shift
+                size = self.table.leaf_size(entry, depth) or 1 << level.shift
                 pa = base + (va & (size - 1))
                 if len(self._cache) > 1 << 16:
                     self._cache.clear()
@@ -135,6 +142,8 @@ class RadixTranslator(Translator, Generic[_Table]):
             va = va_base | (index << level.shift)
             if kind == LEAF:
                 span = 1 << level.shift
-                yield MappedRange(self.table.canonical(va), base, span, span)
+                page = self.table.leaf_size(entry, depth) or span
+                pa = base + (va & (page - 1) & ~(span - 1))
+                yield MappedRange(self.table.canonical(va), pa, span, page)
             elif kind == TABLE and depth + 1 < len(self.table.levels):
                 yield from self._walk_table(base, depth + 1, va, ancestors + (table_pa,), budget)

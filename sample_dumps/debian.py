@@ -50,10 +50,11 @@ class Apt:
     @staticmethod
     def private(suite: str, debian_arch: str, cache: Path) -> Apt:
         """A private apt configuration for `suite` (main) at the host's mirror, under
-        <cache>/apt/<suite>/: sources list, lists, caches and an empty dpkg status.
+        <cache>/apt/<suite>-<arch>/: sources list, lists, caches and an empty dpkg status.
         The architecture is given to apt (APT::Architectures), so dpkg's foreign
-        architectures are not needed either."""
-        root = cache / "apt" / suite
+        architectures are not needed either. One configuration per (suite, arch): the
+        sources line names the arch, and lists fetched for one arch are no use to another."""
+        root = cache / "apt" / f"{suite}-{debian_arch}"
         for d in ("lists/partial", "cache/archives/partial", "preferences.d", "etc"):
             (root / d).mkdir(parents=True, exist_ok=True)
         uri, signed_by = host_mirror()

@@ -62,6 +62,11 @@ ARCHES = {
     # kvmcore finds the kernel's own note in memory
     "riscv64": Arch("riscv64", "riscv64", "riscv64", "qemu-system-riscv64", "virt", "ttyS0",
                     (), "serial", "riscv64-linux-gnu-gcc", suite="trixie", vmcoreinfo_device=False),
+    # 32-bit Arm: trixie's 6.12 armmp kernel (no BTF, no KALLSYMS_ALL: symbols and types
+    # from the -dbg vmlinux or a System.map); its config lacks FW_CFG_SYSFS, so the dump
+    # has no VMCOREINFO note even with QEMU's device: kvmcore finds the kernel's own in memory
+    "armhf": Arch("armv7l", "armhf", "armmp", "qemu-system-arm", "virt", "ttyAMA0",
+                  (), "serial", "arm-linux-gnueabihf-gcc", suite="trixie", vmcoreinfo_device=False),
 }
 
 
@@ -111,6 +116,9 @@ SAMPLES: list[SampleSpec] = [
     # trixie's 6.12 riscv64 kernel on QEMU's virt machine (Sv57 offered by QEMU 7.2's rv64
     # cpu); Debian's riscv64 config has no RANDOMIZE_BASE, so no KASLR
     SampleSpec("riscv64", RV64, ("elf", "kdump-zlib"), cpu="rv64", kaslr=False),
+    # trixie's 6.12 armmp kernel (short descriptors, 3G/1G split) on QEMU's virt machine;
+    # 32-bit Arm has no KASLR
+    SampleSpec("armhf", ARCHES["armhf"], ("elf", "kdump-zlib"), cpu="cortex-a15", kaslr=False),
 ]
 
 # s390x and ppc64le (big-endian s390x, little-endian ppc64 with the radix MMU of POWER9);

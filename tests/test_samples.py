@@ -18,7 +18,7 @@ DRGN_FORMATS = {"elf", "mdf-d31-c", "mdf-d31-l", "mdf-d31-E", "proc-elf"}  # drg
 # drgn 0.3.0 opens QEMU's i386 dump (an ELF64 container, EM_386) but takes it for a 64-bit
 # program and cannot translate addresses: i386 is proven by readelf/file/sha256 only.
 DRGN_ARCHES = ("x86_64", "aarch64")  # s390x, ppc64le: tests/test_arch_<arch>.py
-NO_VMCOREINFO_DEVICE = ("riscv64", "s390x", "ppc64le")
+NO_VMCOREINFO_DEVICE = ("riscv64", "s390x", "ppc64le", "armv7l")
 APT_HINT = "apt-get install $(grep -v '^#' sample_dumps/apt-packages.txt)"
 
 
@@ -132,7 +132,7 @@ def expected_file_output(m: dict, entry: dict) -> list[str]:
     # QEMU's i386 dump is an ELF64 container with e_machine EM_386
     machine = {"x86_64": "x86-64", "aarch64": "ARM aarch64", "i686": "Intel 80386",
                "riscv64": "UCB RISC-V", "s390x": "IBM S/390",
-               "ppc64le": "64-bit PowerPC"}[m["arch"]]
+               "ppc64le": "64-bit PowerPC", "armv7l": "ARM"}[m["arch"]]
     release = f"release {m['kernel_release']}"
     # QEMU 7.2 writes a little-endian ppc64 guest's ELF header big-endian (the
     # CPU was in big-endian firmware), and s390x's kdump header little-endian
@@ -144,14 +144,15 @@ def expected_file_output(m: dict, entry: dict) -> list[str]:
         return ["Flattened kdump compressed dump",
                 "machine " + {"s390x": "S390X", "ppc64le": "Unknown"}[m["arch"]]]
     if entry["format"] in ("elf", "elf-filtered"):
-        return [f"ELF 64-bit LSB core file, {machine}"]
+        bits = 32 if m["arch"] == "armv7l" else 64  # QEMU's arm dump is an ELF32
+        return [f"ELF {bits}-bit LSB core file, {machine}"]
     if entry["format"] == "elf-paging":  # QEMU paging=true: a PT_LOAD per mapping, PN_XNUM
         return [f"ELF 64-bit LSB core file, {machine}", "too many program headers (65535)"]
     if entry["format"] == "kdump-flattened" and entry["filtered"] is None:
         # QEMU's kdump-zlib: file(1) prints only the header's utsname.machine, which QEMU 7.2
         # fills with its target's ELF_MACHINE_UNAME: "x86_64", but "Unknown" on aarch64.
         machine = {"x86_64": "x86_64", "aarch64": "Unknown", "i686": "i686",
-                   "riscv64": "Unknown"}[m["arch"]]
+                   "riscv64": "Unknown", "armv7l": "Unknown"}[m["arch"]]
         return ["Flattened kdump compressed dump v6", f"machine {machine}"]
     if entry["format"] == "kdump-flattened":
         return ["Flattened kdump compressed dump v6", "system Linux", release]

@@ -34,6 +34,10 @@ PANIC_PATH = {  # the panicking CPU's call chain, innermost first (each a name p
                 "__handle_sysrq", "write_sysrq_trigger", "vfs_write", "ksys_write",
                 "system_call_exception", "system_call_vectored_common"],
 }
+# armhf's kernel has no BTF (tasks need the -dbg vmlinux, which these generic tests do
+# not give) and QEMU caught its panic CPU on the banked IRQ vector (frame #0 is lr_irq - 4,
+# not the saved pc): its CPU backtraces are tested in tests/test_arch_arm.py
+NO_VMLINUX_CPU_UNWIND = ("armhf",)
 APT_HINT = "apt-get install $(grep -v '^#' sample_dumps/apt-packages.txt)"
 
 
@@ -64,7 +68,8 @@ def panic_backtrace(dump, manifest):
 # ------------------------------------------------------------ panicking CPU
 
 
-@pytest.mark.parametrize("sid,fmt", sample_files())
+@pytest.mark.parametrize("sid,fmt", [p for p in sample_files()
+                                     if p[0] not in NO_VMLINUX_CPU_UNWIND])
 def test_panic_cpu_backtrace(samples, sid, fmt):
     s = samples.get_built(sid)
     m = s.manifest
@@ -84,7 +89,7 @@ def test_panic_cpu_backtrace(samples, sid, fmt):
     assert not any(f.guessed for f in bt.frames[start + 1:]), str(bt)
 
 
-@pytest.mark.parametrize("sid", sample_ids())
+@pytest.mark.parametrize("sid", [i for i in sample_ids() if i not in NO_VMLINUX_CPU_UNWIND])
 def test_every_cpu_unwinds_without_raising(samples, sid):
     s = samples.get_built(sid)
     with kvmcore.open(str(s.file(main_file(s)))) as dump:
@@ -97,7 +102,8 @@ def test_every_cpu_unwinds_without_raising(samples, sid):
             assert len(bt.frames) <= 64
 
 
-@pytest.mark.parametrize("sid", sample_ids(kind="qemu"))
+@pytest.mark.parametrize("sid", [i for i in sample_ids(kind="qemu")
+                                 if i not in NO_VMLINUX_CPU_UNWIND])
 def test_bounds_and_missing_memory(samples, sid):
     s = samples.get_built(sid)
     with kvmcore.open(str(s.file(main_file(s)))) as dump:

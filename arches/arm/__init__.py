@@ -1,13 +1,14 @@
-"""arm (32-bit, armv6/armv7): for now only what FreeBSD minidumps need.
+"""arm (32-bit, ARMv7): Linux full dumps and FreeBSD minidumps.
 
-- cpu.py: the Arch (word size 4, little-endian, register names)
-- mmu.py: the short-descriptor L2 (second-level) entry format
+- cpu.py: the Arch (NT_PRSTATUS layout, DWARF numbering, gdb's arm core target)
+- mmu.py: the short-descriptor and LPAE page-table formats
+- linux.py: Linux full dumps (the walk from swapper_pg_dir)
 - freebsd_mini.py: FreeBSD minidumps
 """
 
 from kvmcore.registry import register_arch
 
-from . import freebsd_mini  # noqa: F401  (registers its translator)
+from . import freebsd_mini, linux  # noqa: F401  (each registers its translator)
 from .cpu import ARCH
 
 register_arch(ARCH)

@@ -179,7 +179,7 @@ def _past_module_frames(dump: Any, thread: GdbThread, regs: dict[str, int]) -> d
     skipped: list[str] = []
     for index, frame in enumerate(bt.frames):
         if text[0] <= frame.pc < text[1]:
-            if not skipped:
+            if not skipped and not (frame.regs and frame.pc != pc):
                 return regs
             thread.skipped = skipped
             if frame.regs:  # entered through a saved pt_regs: all of them are known

@@ -150,3 +150,25 @@ def _ppc64(dump: Dump, task: int) -> dict[str, int]:
     regs["lr"] = regs["nip"]
     regs["r1"] = dump.read_ptr(ksp)  # back chain: __switch_to's frame
     return regs
+
+
+@switch_frame_reader("arm")
+def _arm(dump: Dump, task: int) -> dict[str, int]:
+    """thread_info->cpu_context (struct cpu_context_save: r4-r9, sl, fp, sp, pc)
+    as __switch_to (arch/arm/kernel/entry-armv.S) stored it; pc, the saved lr,
+    is the return into __schedule. thread_info is the first member of
+    task_struct with THREAD_INFO_IN_TASK (5.18 and later), else at the stack's base."""
+    types = dump.types
+    ts = "struct task_struct"
+    if types.has_member(ts, "thread_info"):
+        info = task + types.offsetof(ts, "thread_info")
+    else:
+        info = dump.read_ptr(task + types.offsetof(ts, "stack"))
+    base = info + types.offsetof("struct thread_info", "cpu_context")
+    ctx = "struct cpu_context_save"
+    names = {"sl": "r10", "fp": "r11", "sp": "sp", "pc": "pc"}
+    regs: dict[str, int] = {}
+    for member in ("r4", "r5", "r6", "r7", "r8", "r9", "sl", "fp", "sp", "pc"):
+        regs[names.get(member, member)] = dump.read_ptr(base + types.offsetof(ctx, member))
+    regs["lr"] = regs["pc"]
+    return regs

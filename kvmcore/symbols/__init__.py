@@ -72,7 +72,7 @@ def _vmcoreinfo_symbols_disagree(dump: Dump, image: VmlinuxFile) -> str | None:
     return None
 
 
-_MACHINES = {3: "i386", 62: "x86_64", 183: "aarch64", 8: "mips", 20: "ppc", 21: "ppc64"}
+_MACHINES = {3: "i386", 40: "arm", 62: "x86_64", 183: "aarch64", 8: "mips", 20: "ppc", 21: "ppc64"}
 
 
 def check_vmlinux(dump: Dump, path: str, force: bool = False) -> str | None:

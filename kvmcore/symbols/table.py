@@ -255,8 +255,15 @@ class SymbolTable:
     def symbol(self, name: str) -> Symbol:
         i = self._preferred(name)
         if i is None:
+            hint = ""
+            data = sum(1 for t in self._types if t in "dDbB")
+            if self.source == "kallsyms" and data * 20 < len(self._types):
+                hint = (
+                    " (this kernel's kallsyms holds functions only, no CONFIG_KALLSYMS_ALL: "
+                    "give its vmlinux or --system-map System.map)"
+                )
             raise SymbolError(
-                f"symbol {name!r} not found in the {self.source} symbols", self.origin
+                f"symbol {name!r} not found in the {self.source} symbols{hint}", self.origin
             )
         return self._symbol(i)
 

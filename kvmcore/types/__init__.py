@@ -62,6 +62,16 @@ def load_types(dump: Dump, prefer: str | None = None) -> TypeInfo:
             if prefer == "dwarf":
                 raise
             notes.append(f"no DWARF: {exc}")
+    if btf is None and dwarf is None and not vmlinux:
+        # a kernel built without BTF (Debian's armmp, 686-pae): only a vmlinux helps,
+        # a System.map gives symbols but no types
+        info = dump.vmcoreinfo
+        release = (info.osrelease if info is not None else None) or "<release>"
+        notes = [
+            "this kernel has no BTF and no vmlinux was given: its types need the vmlinux "
+            f"with debug info (vmlinux-{release}, in Debian's linux-image-{release}-dbg "
+            "under /usr/lib/debug/boot); a System.map gives symbols, not types"
+        ]
     order = [dwarf, btf] if prefer == "dwarf" else [btf, dwarf]
     sources: list[TypeSource] = [s for s in order if s is not None]
     helpers = VmcoreInfoTypes(dump.vmcoreinfo) if dump.vmcoreinfo else None

@@ -159,6 +159,10 @@ class TypeInfo:
         return hit[0]
 
     def _unknown(self, type_name: str) -> TypeInfoError:
+        if not self.sources and self.notes:  # no BTF and no DWARF: say what would help
+            return TypeInfoError(
+                f"type {type_name!r} is unknown: {'; '.join(self.notes)}", self.origin
+            )
         srcs = ", ".join(s.name for s in self.sources) or "no type source"
         extra = f" ({'; '.join(self.notes)})" if self.notes else ""
         return TypeInfoError(
