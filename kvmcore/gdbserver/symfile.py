@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING
 
 from .. import unwind
 from ..errors import KvmcoreError
+from ..linux.scan import find_jiffies
 from ..objects import WELL_KNOWN_GLOBALS
 from ..symbols.cfi import encode_debug_frame
 from ..symbols.dwarfgen import DieWriter
 from ..symbols.elfsym import write_symbol_file
+from ..symbols.table import Symbol
 from ..types.btf import BtfTypes
 from ..types.btfdwarf import DwarfSections, Variable, btf_to_dwarf
 
@@ -73,16 +75,21 @@ def _global_address(dump: Dump, name: str) -> int | None:
     if addr is None and name == "init_task":
         with contextlib.suppress(KvmcoreError, AttributeError):
             addr = kernel.init_task  # found by a validated scan of the image
+    if addr is None and name in ("jiffies", "jiffies_64"):
+        with contextlib.suppress(KvmcoreError):
+            addr = find_jiffies(dump)  # arm64: from jiffies_read's code
     return addr
 
 
-def symfile_variables(dump: Dump, btf: BtfTypes) -> list[Variable]:
+def symfile_variables(dump: Dump, btf: BtfTypes) -> tuple[list[Variable], list[Symbol]]:
     """The globals whose types and addresses are known: BTF's VARs (per-CPU
     variables: the address is the symbol's, a per-CPU offset), then the
     well-known globals. A kernel-image address is written at its link
     address (DW_OP_addr, moved by gdb with the file's offset, as the ELF
     symbols are); a per-CPU offset below the kernel half (x86_64) as a
-    constant gdb does not relocate."""
+    constant gdb does not relocate. Also ELF symbols for those of them
+    (kernel-half addresses) the symbol table lacks, for gdb's `info symbol`
+    and `<init_task+...>` in printed pointers."""
     w = DieWriter(dump.word_size)
     floor = 1 << (dump.word_size * 8 - 1)
     offset = dump.kernel_offset
@@ -93,6 +100,15 @@ def symfile_variables(dump: Dump, btf: BtfTypes) -> list[Variable]:
         return w.const_expr(addr)
 
     out: list[Variable] = []
+    missing: list[Symbol] = []
+
+    def add(name: str, type_id: int, addr: int) -> None:
+        out.append(Variable(name, type_id, location(addr)))
+        if addr >= floor and dump.resolve_symbol(name) is None:
+            t = btf.type_by_id(type_id)
+            size = (t.strip().size or 0) if t is not None and t.strip().kind != "array" else 0
+            missing.append(Symbol(name, addr, size, "D", None))
+
     percpu_start: int | None = None
     for tid in range(1, len(btf) + 1):
         if btf.kind_of(tid) != "datasec":
@@ -111,27 +127,28 @@ def symfile_variables(dump: Dump, btf: BtfTypes) -> list[Variable]:
                 if percpu_start >= 0:
                     addr = percpu_start + m.offset
             if addr is not None:
-                out.append(Variable(var.name, var.target_key, location(addr)))
+                add(var.name, var.target_key, addr)
     for name, cname in WELL_KNOWN_GLOBALS.items():
         type_id = _c_type_id(btf, cname)
         addr = _global_address(dump, name)
         if type_id is not None and addr is not None:
-            out.append(Variable(name, type_id, location(addr)))
-    return out
+            add(name, type_id, addr)
+    return out, missing
 
 
-def symfile_dwarf(dump: Dump) -> tuple[DwarfSections | None, str]:
-    """The BTF's types and the known globals as DWARF sections, and a note."""
+def symfile_dwarf(dump: Dump) -> tuple[DwarfSections | None, list[Symbol], str]:
+    """The BTF's types and the known globals as DWARF sections, the ELF
+    symbols the globals need, and a note."""
     btf = _btf(dump)
     if btf is None:
-        return None, "; no BTF: no types"
+        return None, [], "; no BTF: no types"
     try:
-        variables = symfile_variables(dump, btf)
+        variables, missing = symfile_variables(dump, btf)
         dwarf = btf_to_dwarf(btf, variables, dump.word_size,
                              "<" if dump.byteorder == "little" else ">")
     except KvmcoreError as exc:
-        return None, f"; no types ({exc})"
-    return dwarf, (f", DWARF of {dwarf.types} BTF types and {dwarf.variables} variables "
+        return None, [], f"; no types ({exc})"
+    return dwarf, missing, (f", DWARF of {dwarf.types} BTF types and {dwarf.variables} variables "
                    f"({len(dwarf.info) + len(dwarf.abbrev) + len(dwarf.str)} bytes)")
 
 
@@ -143,9 +160,9 @@ def write_dump_symbol_file(dump: Dump, path: str) -> str:
     except KvmcoreError:
         table = dump.symbols
     frame, cfi_note = symfile_debug_frame(dump)
-    dwarf, dwarf_note = symfile_dwarf(dump)
+    dwarf, missing, dwarf_note = symfile_dwarf(dump)
     write_symbol_file(table, path, dump.arch.name, dump.kernel_offset, frame,
-                      dwarf.sections() if dwarf else None)
+                      dwarf.sections() if dwarf else None, missing)
     return (
         f"kernel symbols at link addresses (the server's qOffsets applies the KASLR "
         f"offset {dump.kernel_offset:#x}){cfi_note}{dwarf_note}"

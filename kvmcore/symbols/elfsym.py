@@ -53,18 +53,20 @@ def write_symbol_file(
     kernel_offset: int = 0,
     debug_frame: bytes | None = None,
     debug: dict[str, bytes] | None = None,
+    extra: list[Symbol] | None = None,
 ) -> None:
     """Write `symtab`'s kernel-half symbols to an ELF file at `path`; vmlinux
     symbols moved back by `kernel_offset` to their link addresses. `debug_frame`
     (kvmcore.symbols.cfi) becomes a .debug_frame section, for gdb to unwind with;
-    `debug` adds more non-allocated sections by name (.debug_info, ...)."""
+    `debug` adds more non-allocated sections by name (.debug_info, ...);
+    `extra` are kernel symbols `symtab` lacks (at runtime addresses, as the table's)."""
     machine = get_arch(arch).elf_machine
     if not machine:
         raise SymbolError(f"no ELF machine number for architecture {arch!r}", path)
     is64 = symtab.word_size == 8
     floor = 1 << (symtab.word_size * 8 - 1)
     groups: dict[str | None, list[Symbol]] = {}
-    for sym in symtab:
+    for sym in [*symtab, *(extra or ())]:
         if sym.address >= floor:
             if sym.module is None and kernel_offset:
                 sym = Symbol(sym.name, sym.address - kernel_offset, sym.size, sym.type, None)
