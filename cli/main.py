@@ -354,7 +354,8 @@ def symfile(
     # same for this file, whose one allocated section is .text; stated here so
     # that the line also serves a `kvmcore core` file)
     load = f"-ex 'symbol-file -o {d.kernel_offset:#x} {output}'" if d.kernel_offset else str(output)
-    print(f"wrote {output}: {note}; use: gdb {load} -ex 'target remote | kvmcore serve --stdio {dump}'")
+    serve = f"-ex 'target remote | kvmcore serve --stdio {dump}'"
+    print(f"wrote {output}: {note}; use: gdb {load} {serve}")
 
 
 @app.command("core")

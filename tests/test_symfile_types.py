@@ -8,6 +8,7 @@ the DWARF itself is checked with pyelftools."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
-
 from oracles import drgn_program, gdb_binary
 
 PY = sys.executable
@@ -23,8 +23,13 @@ COMMITTED = Path(__file__).resolve().parent.parent / "sample_dumps/committed/x86
 
 
 def write_symfile(dump_path, out) -> str:
-    p = subprocess.run([PY, "-m", "kvmcore.cli.main", "symfile", str(dump_path), "-o", str(out)],
-                       capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [PY, "-m", "kvmcore.cli.main", "symfile", str(dump_path), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "DWARF of" in p.stdout, p.stdout
     return p.stdout
@@ -36,6 +41,7 @@ def kernel_offset(line: str) -> int:
 
 
 # ------------------------------------------------------------------ the DWARF itself
+
 
 def dies_by_name(path) -> tuple[dict, dict, object]:
     """(name -> DIE) of the named types and variables, (offset -> DIE), the DWARF."""
@@ -78,8 +84,11 @@ def test_dwarf_parses_and_every_reference_lands_on_a_die(committed_symfile):
     seen = set()
     for die in offsets.values():
         if die.tag == "DW_TAG_structure_type" and "DW_AT_byte_size" in die.attributes:
-            key = (die.attributes.get("DW_AT_name") and die.attributes["DW_AT_name"].value,
-                   die.attributes["DW_AT_byte_size"].value, die.offset)
+            key = (
+                die.attributes.get("DW_AT_name") and die.attributes["DW_AT_name"].value,
+                die.attributes["DW_AT_byte_size"].value,
+                die.offset,
+            )
             assert key not in seen
             seen.add(key)
 
@@ -89,14 +98,19 @@ def test_dwarf_list_head_bitfields_and_variables(committed_symfile):
     path, line = committed_symfile
     names, offsets, cu = dies_by_name(path)
     lh = names[("DW_TAG_structure_type", "list_head")]
-    members = [(m.attributes["DW_AT_name"].value, m.attributes["DW_AT_data_member_location"].value)
-               for m in lh.iter_children()]
+    members = [
+        (m.attributes["DW_AT_name"].value, m.attributes["DW_AT_data_member_location"].value)
+        for m in lh.iter_children()
+    ]
     assert members == [(b"next", 0), (b"prev", 8)]
     assert lh.attributes["DW_AT_byte_size"].value == 16
     # a bitfield: sk_buff's cloned:1 (DW_AT_data_bit_offset + DW_AT_bit_size)
     skb = names[("DW_TAG_structure_type", "sk_buff")]
-    cloned = next(m for m in skb.iter_children() if m.attributes.get("DW_AT_name")
-                  and m.attributes["DW_AT_name"].value == b"cloned")
+    cloned = next(
+        m
+        for m in skb.iter_children()
+        if m.attributes.get("DW_AT_name") and m.attributes["DW_AT_name"].value == b"cloned"
+    )
     assert cloned.attributes["DW_AT_bit_size"].value == 1
     assert "DW_AT_data_bit_offset" in cloned.attributes
     # variables: the well-known globals at link addresses (DW_OP_addr), the
@@ -126,16 +140,24 @@ def test_uleb_sleb_and_forward_references():
     w = d.DieWriter(8)
     w.die(d.DW_TAG_compile_unit, [(d.DW_AT_name, d.DW_FORM_strp, "x")], children=True)
     w.die(d.DW_TAG_pointer_type, [(d.DW_AT_type, d.DW_FORM_ref4, "s")], key="p")
-    w.die(d.DW_TAG_structure_type, [(d.DW_AT_name, d.DW_FORM_strp, "s"),
-                                    (d.DW_AT_byte_size, d.DW_FORM_udata, 8)],
-          children=True, key="s")
-    w.die(d.DW_TAG_member, [(d.DW_AT_name, d.DW_FORM_strp, "self"),
-                            (d.DW_AT_type, d.DW_FORM_ref4, "p"),
-                            (d.DW_AT_data_member_location, d.DW_FORM_udata, 0)])
+    w.die(
+        d.DW_TAG_structure_type,
+        [(d.DW_AT_name, d.DW_FORM_strp, "s"), (d.DW_AT_byte_size, d.DW_FORM_udata, 8)],
+        children=True,
+        key="s",
+    )
+    w.die(
+        d.DW_TAG_member,
+        [
+            (d.DW_AT_name, d.DW_FORM_strp, "self"),
+            (d.DW_AT_type, d.DW_FORM_ref4, "p"),
+            (d.DW_AT_data_member_location, d.DW_FORM_udata, 0),
+        ],
+    )
     info, abbrev, strs = w.finish()
     assert int.from_bytes(info[:4], "little") == len(info) - 4
     p_off, s_off = w.offset_of("p"), w.offset_of("s")
-    assert int.from_bytes(info[p_off + 1:p_off + 5], "little") == s_off
+    assert int.from_bytes(info[p_off + 1 : p_off + 5], "little") == s_off
     with pytest.raises(ValueError):
         w2 = d.DieWriter(8)
         w2.die(d.DW_TAG_pointer_type, [(d.DW_AT_type, d.DW_FORM_ref4, "nowhere")])
@@ -144,13 +166,22 @@ def test_uleb_sleb_and_forward_references():
 
 # ------------------------------------------------------------------ gdb on the real samples
 
-def gdb(arch: str, commands: list[str], symfile, offset: int | None,
-        dump=None, core=None) -> str:
+
+def gdb(arch: str, commands: list[str], symfile, offset: int | None, dump=None, core=None) -> str:
     """gdb with only `symfile`: `symbol-file -o offset` when offset is given
     (else gdb FILE, and the server's qOffsets moves it), on `kvmcore serve`
     (dump) or on a `kvmcore core` file (core)."""
-    args = [gdb_binary(arch), "-nx", "-batch", "-ex", "set width 0", "-ex", "set height 0",
-            "-ex", "set remotetimeout 60"]
+    args = [
+        gdb_binary(arch),
+        "-nx",
+        "-batch",
+        "-ex",
+        "set width 0",
+        "-ex",
+        "set height 0",
+        "-ex",
+        "set remotetimeout 60",
+    ]
     if offset is not None:
         args += ["-ex", f"symbol-file -o {offset:#x} {symfile}"]
     if dump is not None:
@@ -193,13 +224,16 @@ def drgn_facts(dump, vmlinux, pid: int) -> dict:
             anonymous += 1
         else:
             members[m.name] = m.bit_offset // 8
-    facts = {"size": ts.size, "members": members, "anonymous": anonymous,
-             "task": task.value_(), "init_task": prog["init_task"].address_,
-             "jiffies": prog["jiffies"].value_()}
-    try:
+    facts = {
+        "size": ts.size,
+        "members": members,
+        "anonymous": anonymous,
+        "task": task.value_(),
+        "init_task": prog["init_task"].address_,
+        "jiffies": prog["jiffies"].value_(),
+    }
+    with contextlib.suppress(KeyError):
         facts["runqueues"] = prog["runqueues"].address_
-    except KeyError:
-        pass
     return facts
 
 
@@ -260,9 +294,18 @@ def run(request, samples, tmp_path_factory):
         f"p ((struct task_struct *){task:#x})->pid",
     ]
     out = gdb(arch, commands, sym, offset, dump=dump)
-    return {"sid": sid, "sample": s, "arch": arch, "dump": dump, "sym": sym, "offset": offset,
-            "facts": facts, "commands": commands, "out": out,
-            "answers": answers(out, len(commands))}
+    return {
+        "sid": sid,
+        "sample": s,
+        "arch": arch,
+        "dump": dump,
+        "sym": sym,
+        "offset": offset,
+        "facts": facts,
+        "commands": commands,
+        "out": out,
+        "answers": answers(out, len(commands)),
+    }
 
 
 def test_ptype_task_struct_lists_drgns_members(run):
@@ -324,13 +367,22 @@ def test_without_symbol_file_offset_qoffsets_places_variables(run):
 def test_with_a_kvmcore_core_file(run, tmp_path):
     """`kvmcore core DUMP -o FILE`, then gdb -ex 'symbol-file -o OFF SYMFILE' -c FILE."""
     core = tmp_path / "vmcore.core"
-    p = subprocess.run([PY, "-m", "kvmcore.cli.main", "core", str(run["dump"]), "-o", str(core)],
-                       capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [PY, "-m", "kvmcore.cli.main", "core", str(run["dump"]), "-o", str(core)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
     assert p.returncode == 0, p.stderr
     assert kernel_offset(p.stdout) == run["offset"]
     task = run["facts"]["task"]
-    cmds = ["p init_task.comm", f"p ((struct task_struct *){task:#x})->comm", "p/d jiffies",
-            "p sizeof(struct task_struct)"]
+    cmds = [
+        "p init_task.comm",
+        f"p ((struct task_struct *){task:#x})->comm",
+        "p/d jiffies",
+        "p sizeof(struct task_struct)",
+    ]
     out = gdb(run["arch"], cmds, run["sym"], run["offset"], core=core)
     core.unlink()
     a = answers(out, len(cmds))
@@ -342,8 +394,12 @@ def test_with_a_kvmcore_core_file(run, tmp_path):
 
 def test_symfile_line_uses_symbol_file_offset(run):
     """The printed gdb command line loads the whole file with symbol-file -o."""
-    p = subprocess.run([PY, "-m", "kvmcore.cli.main", "symfile", str(run["dump"]), "-o",
-                        str(run["sym"]) + ".2"], capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [PY, "-m", "kvmcore.cli.main", "symfile", str(run["dump"]), "-o", str(run["sym"]) + ".2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert f"symbol-file -o {run['offset']:#x} " in p.stdout, p.stdout
     m = re.search(r"DWARF of (\d+) BTF types and (\d+) variables \((\d+) bytes\)", p.stdout)
     assert m and int(m[1]) > 20_000 and int(m[2]) >= 4, p.stdout

@@ -144,12 +144,19 @@ def symfile_dwarf(dump: Dump) -> tuple[DwarfSections | None, list[Symbol], str]:
         return None, [], "; no BTF: no types"
     try:
         variables, missing = symfile_variables(dump, btf)
-        dwarf = btf_to_dwarf(btf, variables, dump.word_size,
-                             "<" if dump.byteorder == "little" else ">")
+        dwarf = btf_to_dwarf(
+            btf, variables, dump.word_size, "<" if dump.byteorder == "little" else ">"
+        )
     except KvmcoreError as exc:
         return None, [], f"; no types ({exc})"
-    return dwarf, missing, (f", DWARF of {dwarf.types} BTF types and {dwarf.variables} variables "
-                   f"({len(dwarf.info) + len(dwarf.abbrev) + len(dwarf.str)} bytes)")
+    return (
+        dwarf,
+        missing,
+        (
+            f", DWARF of {dwarf.types} BTF types and {dwarf.variables} variables "
+            f"({len(dwarf.info) + len(dwarf.abbrev) + len(dwarf.strings)} bytes)"
+        ),
+    )
 
 
 def write_dump_symbol_file(dump: Dump, path: str) -> str:
@@ -161,8 +168,15 @@ def write_dump_symbol_file(dump: Dump, path: str) -> str:
         table = dump.symbols
     frame, cfi_note = symfile_debug_frame(dump)
     dwarf, missing, dwarf_note = symfile_dwarf(dump)
-    write_symbol_file(table, path, dump.arch.name, dump.kernel_offset, frame,
-                      dwarf.sections() if dwarf else None, missing)
+    write_symbol_file(
+        table,
+        path,
+        dump.arch.name,
+        dump.kernel_offset,
+        frame,
+        dwarf.sections() if dwarf else None,
+        missing,
+    )
     return (
         f"kernel symbols at link addresses (the server's qOffsets applies the KASLR "
         f"offset {dump.kernel_offset:#x}){cfi_note}{dwarf_note}"

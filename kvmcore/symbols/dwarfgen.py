@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Hashable, Sequence
+from typing import Any
 
 # tags (DWARF 4, section 7.5.3)
 DW_TAG_array_type = 0x01
@@ -120,7 +121,8 @@ def sleb(value: int) -> bytes:
         out.append(byte | 0x80)
 
 
-Attr = tuple[int, int, object]
+#: (DW_AT_x, DW_FORM_y, value): the value's type depends on the form
+Attr = tuple[int, int, Any]
 
 #: header bytes of a 32-bit DWARF 4 compilation unit: unit_length (4),
 #: version (2), debug_abbrev_offset (4), address_size (1)
@@ -198,29 +200,29 @@ class DieWriter:
         body += uleb(self._code(tag, children, shape))
         for _at, form, value in attrs:
             if form == DW_FORM_ref4:
-                self._patches.append((len(body), value))  # type: ignore[arg-type]
+                self._patches.append((len(body), value))
                 body += b"\0\0\0\0"
             elif form == DW_FORM_strp:
-                body += self._u32.pack(self.string(value))  # type: ignore[arg-type]
+                body += self._u32.pack(self.string(value))
             elif form == DW_FORM_udata:
-                body += uleb(value)  # type: ignore[arg-type]
+                body += uleb(value)
             elif form == DW_FORM_sdata:
-                body += sleb(value)  # type: ignore[arg-type]
+                body += sleb(value)
             elif form == DW_FORM_flag_present:
                 pass
             elif form == DW_FORM_data1:
-                body.append(value)  # type: ignore[arg-type]
+                body.append(value)
             elif form == DW_FORM_data2:
-                body += self._u16.pack(value)  # type: ignore[arg-type]
+                body += self._u16.pack(value)
             elif form == DW_FORM_data4:
-                body += self._u32.pack(value)  # type: ignore[arg-type]
+                body += self._u32.pack(value)
             elif form == DW_FORM_data8:
-                body += self._u64.pack(value)  # type: ignore[arg-type]
+                body += self._u64.pack(value)
             elif form == DW_FORM_exprloc:
-                expr = bytes(value)  # type: ignore[call-overload]
+                expr = bytes(value)
                 body += uleb(len(expr)) + expr
             elif form == DW_FORM_addr:
-                body += self.address(value)  # type: ignore[arg-type]
+                body += self.address(value)
             elif form == DW_FORM_string:
                 body += str(value).encode("utf-8", "replace") + b"\0"
             else:

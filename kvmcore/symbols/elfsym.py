@@ -109,8 +109,8 @@ def write_symbol_file(
         )
     symtab_name, strtab_name = shstr.add(".symtab"), shstr.add(".strtab")
     shstrtab_name = shstr.add(".shstrtab")
-    extra = {".debug_frame": debug_frame or b"", **(debug or {})}
-    extra_names = [(shstr.add(name), data) for name, data in extra.items() if data]
+    nonalloc = {".debug_frame": debug_frame or b"", **(debug or {})}
+    extra_names = [(shstr.add(name), data) for name, data in nonalloc.items() if data]
 
     ehdr_size = 64 if is64 else 52
     shent = 64 if is64 else 40

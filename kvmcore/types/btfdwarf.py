@@ -38,8 +38,21 @@ _QUALIFIER_TAGS = {
 }
 #: kinds written whether or not anything refers to them
 _ROOT_KINDS = frozenset(
-    {"int", "float", "ptr", "array", "struct", "union", "enum", "enum64", "fwd", "typedef",
-     "const", "volatile", "restrict"}
+    {
+        "int",
+        "float",
+        "ptr",
+        "array",
+        "struct",
+        "union",
+        "enum",
+        "enum64",
+        "fwd",
+        "typedef",
+        "const",
+        "volatile",
+        "restrict",
+    }
 )
 _BTF_INT_SIGNED, _BTF_INT_CHAR, _BTF_INT_BOOL = 1, 2, 4
 
@@ -55,12 +68,12 @@ class Variable:
 class DwarfSections:
     info: bytes
     abbrev: bytes
-    str: bytes
+    strings: bytes
     types: int  # DIEs for BTF types
     variables: int
 
     def sections(self) -> dict[str, bytes]:
-        return {".debug_info": self.info, ".debug_abbrev": self.abbrev, ".debug_str": self.str}
+        return {".debug_info": self.info, ".debug_abbrev": self.abbrev, ".debug_str": self.strings}
 
 
 class _Translator:
@@ -120,7 +133,7 @@ class _Translator:
         if t is None:
             return
         w, kind = self.w, self.btf.kind_of(tid)
-        name = [(d.DW_AT_name, d.DW_FORM_strp, t.name)] if t.name else []
+        name: list[d.Attr] = [(d.DW_AT_name, d.DW_FORM_strp, t.name)] if t.name else []
         if kind == "int":
             enc = self.btf.int_encoding(tid)
             size = t.size or 0
@@ -130,24 +143,43 @@ class _Translator:
                 ate = d.DW_ATE_signed_char if enc & _BTF_INT_SIGNED else d.DW_ATE_unsigned_char
             else:
                 ate = d.DW_ATE_signed if enc & _BTF_INT_SIGNED else d.DW_ATE_unsigned
-            w.die(d.DW_TAG_base_type, name + [(d.DW_AT_byte_size, d.DW_FORM_udata, size),
-                                              (d.DW_AT_encoding, d.DW_FORM_data1, ate)], key=tid)
+            w.die(
+                d.DW_TAG_base_type,
+                name
+                + [
+                    (d.DW_AT_byte_size, d.DW_FORM_udata, size),
+                    (d.DW_AT_encoding, d.DW_FORM_data1, ate),
+                ],
+                key=tid,
+            )
         elif kind == "float":
-            w.die(d.DW_TAG_base_type, name + [(d.DW_AT_byte_size, d.DW_FORM_udata, t.size or 0),
-                                              (d.DW_AT_encoding, d.DW_FORM_data1, d.DW_ATE_float)],
-                  key=tid)
+            w.die(
+                d.DW_TAG_base_type,
+                name
+                + [
+                    (d.DW_AT_byte_size, d.DW_FORM_udata, t.size or 0),
+                    (d.DW_AT_encoding, d.DW_FORM_data1, d.DW_ATE_float),
+                ],
+                key=tid,
+            )
         elif kind == "ptr":
-            w.die(d.DW_TAG_pointer_type,
-                  [(d.DW_AT_byte_size, d.DW_FORM_data1, w.address_size)]
-                  + self.type_attr(t.target_key), key=tid)
+            w.die(
+                d.DW_TAG_pointer_type,
+                [(d.DW_AT_byte_size, d.DW_FORM_data1, w.address_size)]
+                + self.type_attr(t.target_key),
+                key=tid,
+            )
         elif kind in _QUALIFIER_TAGS:
             w.die(_QUALIFIER_TAGS[kind], self.type_attr(t.target_key), key=tid)
         elif kind == "typedef":
             w.die(d.DW_TAG_typedef, name + self.type_attr(t.target_key), key=tid)
         elif kind == "array":
             w.die(d.DW_TAG_array_type, self.type_attr(t.target_key), children=True, key=tid)
-            w.die(d.DW_TAG_subrange_type, self.type_attr(self.btf.array_index_type(tid))
-                  + [(d.DW_AT_count, d.DW_FORM_udata, t.length or 0)])
+            w.die(
+                d.DW_TAG_subrange_type,
+                self.type_attr(self.btf.array_index_type(tid))
+                + [(d.DW_AT_count, d.DW_FORM_udata, t.length or 0)],
+            )
             w.end()
         elif kind in ("struct", "union"):
             tag = d.DW_TAG_structure_type if kind == "struct" else d.DW_TAG_union_type
@@ -160,23 +192,31 @@ class _Translator:
         elif kind in ("enum", "enum64"):
             attrs = name + [(d.DW_AT_byte_size, d.DW_FORM_udata, t.size or 0)]
             if not t.enumerators:
-                w.die(d.DW_TAG_enumeration_type,
-                      attrs + [(d.DW_AT_declaration, d.DW_FORM_flag_present, True)], key=tid)
+                w.die(
+                    d.DW_TAG_enumeration_type,
+                    attrs + [(d.DW_AT_declaration, d.DW_FORM_flag_present, True)],
+                    key=tid,
+                )
                 return
             w.die(d.DW_TAG_enumeration_type, attrs, children=True, key=tid)
             for ename, value in t.enumerators.items():
                 form = d.DW_FORM_sdata if value < 0 else d.DW_FORM_udata
-                w.die(d.DW_TAG_enumerator, [(d.DW_AT_name, d.DW_FORM_strp, ename),
-                                            (d.DW_AT_const_value, form, value)])
+                w.die(
+                    d.DW_TAG_enumerator,
+                    [(d.DW_AT_name, d.DW_FORM_strp, ename), (d.DW_AT_const_value, form, value)],
+                )
             w.end()
         elif kind == "fwd":
             tag = d.DW_TAG_union_type if t.enumerators.get("union") else d.DW_TAG_structure_type
             w.die(tag, name + [(d.DW_AT_declaration, d.DW_FORM_flag_present, True)], key=tid)
         elif kind == "func_proto":
             params = t.members
-            w.die(d.DW_TAG_subroutine_type,
-                  [(d.DW_AT_prototyped, d.DW_FORM_flag_present, True)]
-                  + self.type_attr(t.target_key), children=bool(params), key=tid)
+            w.die(
+                d.DW_TAG_subroutine_type,
+                [(d.DW_AT_prototyped, d.DW_FORM_flag_present, True)] + self.type_attr(t.target_key),
+                children=bool(params),
+                key=tid,
+            )
             for p in params:
                 if p.type_key == 0 and p is params[-1]:  # `...`
                     w.die(d.DW_TAG_unspecified_parameters)
@@ -186,7 +226,7 @@ class _Translator:
                 w.end()
 
     def member(self, name: str | None, type_key: object, bit_offset: int, bit_size: int) -> None:
-        attrs = [(d.DW_AT_name, d.DW_FORM_strp, name)] if name else []
+        attrs: list[d.Attr] = [(d.DW_AT_name, d.DW_FORM_strp, name)] if name else []
         attrs += self.type_attr(type_key)
         if not bit_size and isinstance(type_key, int) and self.btf.kind_of(type_key) == "int":
             # a bitfield of a struct without kind_flag: the bits are the int's own
@@ -194,8 +234,10 @@ class _Translator:
             if t is not None and t.bit_size and t.size and t.bit_size < 8 * t.size:
                 bit_size = t.bit_size
         if bit_size:
-            attrs += [(d.DW_AT_data_bit_offset, d.DW_FORM_udata, bit_offset),
-                      (d.DW_AT_bit_size, d.DW_FORM_udata, bit_size)]
+            attrs += [
+                (d.DW_AT_data_bit_offset, d.DW_FORM_udata, bit_offset),
+                (d.DW_AT_bit_size, d.DW_FORM_udata, bit_size),
+            ]
         elif bit_offset % 8:
             attrs.append((d.DW_AT_data_bit_offset, d.DW_FORM_udata, bit_offset))
         else:
@@ -216,25 +258,36 @@ def btf_to_dwarf(
     for v in variables:
         if v.name not in unique and tr.ref(v.type_id):
             unique.setdefault(v.name, v)
-    w.die(d.DW_TAG_compile_unit, [(d.DW_AT_producer, d.DW_FORM_strp, PRODUCER),
-                                  (d.DW_AT_language, d.DW_FORM_data1, d.DW_LANG_C89),
-                                  (d.DW_AT_name, d.DW_FORM_strp, "<kernel BTF>"),
-                                  # no code, but a range of one byte at 1 (0 is
-                                  # "no range" to gdb): a unit with a range is
-                                  # not given its variables' addresses in gdb's
-                                  # address map, which would take the unit for
-                                  # the owner of those addresses and warn "pc
-                                  # ... in address map, but not in symtab"
-                                  (d.DW_AT_low_pc, d.DW_FORM_addr, 1),
-                                  (d.DW_AT_high_pc, d.DW_FORM_data1, 1)], children=True)
+    w.die(
+        d.DW_TAG_compile_unit,
+        [
+            (d.DW_AT_producer, d.DW_FORM_strp, PRODUCER),
+            (d.DW_AT_language, d.DW_FORM_data1, d.DW_LANG_C89),
+            (d.DW_AT_name, d.DW_FORM_strp, "<kernel BTF>"),
+            # no code, but a range of one byte at 1 (0 is
+            # "no range" to gdb): a unit with a range is
+            # not given its variables' addresses in gdb's
+            # address map, which would take the unit for
+            # the owner of those addresses and warn "pc
+            # ... in address map, but not in symtab"
+            (d.DW_AT_low_pc, d.DW_FORM_addr, 1),
+            (d.DW_AT_high_pc, d.DW_FORM_data1, 1),
+        ],
+        children=True,
+    )
     ids = tr.reachable(v.type_id for v in unique.values())
     for tid in ids:
         tr.emit(tid)
     for v in unique.values():
-        w.die(d.DW_TAG_variable, [(d.DW_AT_name, d.DW_FORM_strp, v.name),
-                                  (d.DW_AT_type, d.DW_FORM_ref4, tr.ref(v.type_id)),
-                                  (d.DW_AT_external, d.DW_FORM_flag_present, True),
-                                  (d.DW_AT_location, d.DW_FORM_exprloc, v.location)])
+        w.die(
+            d.DW_TAG_variable,
+            [
+                (d.DW_AT_name, d.DW_FORM_strp, v.name),
+                (d.DW_AT_type, d.DW_FORM_ref4, tr.ref(v.type_id)),
+                (d.DW_AT_external, d.DW_FORM_flag_present, True),
+                (d.DW_AT_location, d.DW_FORM_exprloc, v.location),
+            ],
+        )
     w.end()
     info, abbrev, strs = w.finish()
     return DwarfSections(info, abbrev, strs, len(ids), len(unique))
