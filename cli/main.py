@@ -348,11 +348,14 @@ def symfile(
     """Write an ELF symbol file for gdb from the dump's own kallsyms."""
     from kvmcore.gdbserver.symfile import write_dump_symbol_file
 
-    note = write_dump_symbol_file(_open(dump, None, arch, system_map), str(output))
-    print(
-        f"wrote {output}: {note}; use: gdb {output} -ex "
-        f"'target remote | kvmcore serve --stdio {dump}'"
-    )
+    d = _open(dump, None, arch, system_map)
+    note = write_dump_symbol_file(d, str(output))
+    # the whole file moved by the KASLR offset (the server's qOffsets does the
+    # same for this file, whose one allocated section is .text; stated here so
+    # that the line also serves a `kvmcore core` file)
+    load = f"-ex 'symbol-file -o {d.kernel_offset:#x} {output}'" if d.kernel_offset else str(output)
+    serve = f"-ex 'target remote | kvmcore serve --stdio {dump}'"
+    print(f"wrote {output}: {note}; use: gdb {load} {serve}")
 
 
 @app.command("core")

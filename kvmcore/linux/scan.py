@@ -82,3 +82,48 @@ def find_idle_tasks(dump: Dump, nr_cpus: int) -> dict[int, int]:
                     continue
             pa += n
     return found
+
+
+#: jiffies at boot: INITIAL_JIFFIES is -300 s worth of ticks in 32 bits; the
+#: kernel's HZ is 100 to 1000
+_JIFFIES_LOW, _JIFFIES_SPAN = (1 << 32) - 300 * 1000, 1 << 40
+_A64_RET = 0xD65F03C0
+
+
+def find_jiffies(dump: Dump) -> int | None:
+    """jiffies (= jiffies_64 on 64-bit kernels) on arm64 without data symbols:
+    the function `jiffies_read` (kernel/time/jiffies.c, `return jiffies;`, a
+    kallsyms function) loads with ADRP xN + LDR x0, [xN, #imm] before its RET.
+    Validated: the value there is a jiffies count (INITIAL_JIFFIES, minus at
+    most 300 s at HZ=1000, plus less than 2^40 ticks)."""
+    if dump.arch.name != "aarch64" or dump.word_size != 8:
+        return None
+    func = dump.resolve_symbol("jiffies_read")
+    if func is None:
+        return None
+    try:
+        code = dump.read(func, 40)
+    except AddressError:
+        return None
+    insns = [int.from_bytes(code[i : i + 4], "little") for i in range(0, len(code), 4)]
+    pages: dict[int, int] = {}  # register -> page address from an ADRP
+    for i, insn in enumerate(insns):
+        pc = func + 4 * i
+        if insn & 0x9F000000 == 0x90000000:  # ADRP
+            imm = ((insn >> 5 & 0x7FFFF) << 2) | (insn >> 29 & 3)
+            if imm & 1 << 20:
+                imm -= 1 << 21
+            pages[insn & 0x1F] = ((pc & ~0xFFF) + (imm << 12)) & (1 << 64) - 1
+        elif insn & 0xFFC00000 == 0xF9400000:  # LDR Xt, [Xn, #imm12 * 8]
+            rn, rt = insn >> 5 & 0x1F, insn & 0x1F
+            if rn not in pages or rt != 0 or _A64_RET not in insns[i + 1 :]:
+                return None
+            addr = pages[rn] + (insn >> 10 & 0xFFF) * 8
+            try:
+                value = dump.read_ptr(addr)
+            except AddressError:
+                return None
+            return addr if 0 <= value - _JIFFIES_LOW < _JIFFIES_SPAN else None
+        elif insn == _A64_RET:
+            return None
+    return None

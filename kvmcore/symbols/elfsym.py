@@ -10,7 +10,9 @@ group gets one SHT_NOBITS allocated section spanning its addresses: gdb maps
 minimal symbols to sections and ignores those outside any. An optional
 .debug_frame (kvmcore.symbols.cfi, rows from the arch backend) lets gdb
 unwind: gdb moves all of a file's FDEs by its .text offset, so they are at
-link addresses too (module rows included). The file is written with struct
+link addresses too (module rows included). Further non-allocated sections
+(the .debug_info/.debug_abbrev/.debug_str of kvmcore.types.btfdwarf) are
+copied in as given. The file is written with struct
 rather than lief: lief edits existing ELFs well but has no simple way to
 build one from nothing.
 """
@@ -50,10 +52,14 @@ def write_symbol_file(
     arch: str,
     kernel_offset: int = 0,
     debug_frame: bytes | None = None,
+    debug: dict[str, bytes] | None = None,
+    extra: list[Symbol] | None = None,
 ) -> None:
     """Write `symtab`'s kernel-half symbols to an ELF file at `path`; vmlinux
     symbols moved back by `kernel_offset` to their link addresses. `debug_frame`
-    (kvmcore.symbols.cfi) becomes a .debug_frame section, for gdb to unwind with."""
+    (kvmcore.symbols.cfi) becomes a .debug_frame section, for gdb to unwind with;
+    `debug` adds more non-allocated sections by name (.debug_info, ...);
+    `extra` are kernel symbols `symtab` lacks (at runtime addresses, as the table's)."""
     machine = get_arch(arch).elf_machine
     if not machine:
         raise SymbolError(f"no ELF machine number for architecture {arch!r}", path)
@@ -61,7 +67,7 @@ def write_symbol_file(
     floor = symtab.kernel_floor
     low = floor < 1 << (symtab.word_size * 8 - 1)  # s390x: absolute values look like addresses
     groups: dict[str | None, list[Symbol]] = {}
-    for sym in symtab:
+    for sym in [*symtab, *(extra or ())]:
         if sym.address >= floor and not (low and sym.type in "aA"):
             if sym.module is None and kernel_offset:
                 sym = Symbol(sym.name, sym.address - kernel_offset, sym.size, sym.type, None)
@@ -104,19 +110,24 @@ def write_symbol_file(
         )
     symtab_name, strtab_name = shstr.add(".symtab"), shstr.add(".strtab")
     shstrtab_name = shstr.add(".shstrtab")
-    frame = debug_frame or b""
-    frame_name = shstr.add(".debug_frame") if frame else 0
+    nonalloc = {".debug_frame": debug_frame or b"", **(debug or {})}
+    extra_names = [(shstr.add(name), data) for name, data in nonalloc.items() if data]
 
     ehdr_size = 64 if is64 else 52
     shent = 64 if is64 else 40
     off_sym = ehdr_size
     off_str = off_sym + len(packed)
     off_shstr = off_str + len(strtab.data)
-    off_frame = (off_shstr + len(shstr.data) + 7) & ~7
-    off_sh = (off_frame + len(frame) + 7) & ~7
+    off_extra = []
+    pos = off_shstr + len(shstr.data)
+    for _name, data in extra_names:
+        pos = (pos + 7) & ~7
+        off_extra.append(pos)
+        pos += len(data)
+    off_sh = (pos + 7) & ~7
     n_alloc = len(sections)
     i_strtab, i_shstr = n_alloc + 2, n_alloc + 3
-    shnum = n_alloc + 4 + (1 if frame else 0)
+    shnum = n_alloc + 4 + len(extra_names)
 
     def shdr(
         name: int,
@@ -158,8 +169,8 @@ def write_symbol_file(
     )
     headers.append(shdr(strtab_name, SHT_STRTAB, 0, 0, off_str, len(strtab.data)))
     headers.append(shdr(shstrtab_name, SHT_STRTAB, 0, 0, off_shstr, len(shstr.data)))
-    if frame:
-        headers.append(shdr(frame_name, SHT_PROGBITS, 0, 0, off_frame, len(frame), align=8))
+    for (sh_name, data), off in zip(extra_names, off_extra):
+        headers.append(shdr(sh_name, SHT_PROGBITS, 0, 0, off, len(data), align=8))
 
     ident = b"\x7fELF" + bytes([2 if is64 else 1, 1 if e == "<" else 2, 1, 0]) + b"\0" * 8
     if is64:
@@ -196,13 +207,16 @@ def write_symbol_file(
             shnum,
             i_shstr,
         )
-    body = ehdr + packed + bytes(strtab.data) + bytes(shstr.data)
-    body += b"\0" * (off_frame - len(body)) + frame
-    body += b"\0" * (off_sh - len(body))
+    parts = [ehdr, packed, bytes(strtab.data), bytes(shstr.data)]
+    size = sum(map(len, parts))
+    for (_name, data), off in zip(extra_names, off_extra):
+        parts += [b"\0" * (off - size), data]
+        size = off + len(data)
+    parts += [b"\0" * (off_sh - size)] + headers
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            f.write(body + b"".join(headers))
+            f.writelines(parts)
         os.replace(tmp, path)
     except OSError as exc:
         raise SymbolError(f"cannot write symbol file: {exc}", path) from None

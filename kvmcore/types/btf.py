@@ -236,6 +236,27 @@ class BtfTypes:
     def _kind(self, tid: int) -> int:
         return self._words[self._starts[tid] + 1] >> 24 & 0x1F
 
+    def kind_of(self, tid: int) -> str | None:
+        """The BTF kind name of type `tid` ("struct", "func", ...), from its
+        header only; None for void (0) or an id out of range."""
+        if not 0 < tid < len(self._starts):
+            return None
+        return KINDS.get(self._kind(tid))
+
+    def int_encoding(self, tid: int) -> int:
+        """An int type's BTF_INT_ENCODING bits (1 signed, 2 char, 4 bool);
+        0 for any other kind."""
+        if self.kind_of(tid) != "int":
+            return 0
+        return self._words[self._starts[tid] + 3] >> 24 & 0x0F
+
+    def array_index_type(self, tid: int) -> int:
+        """An array type's index type id (BTF keeps it; the model does not);
+        0 for any other kind."""
+        if self.kind_of(tid) != "array":
+            return 0
+        return self._words[self._starts[tid] + 4]
+
     def names(self, space: str) -> list[str]:
         """Sorted names of the named types of one C name space ("struct",
         "union", "enum", "typedef"), for completion; from the type headers

@@ -41,6 +41,11 @@ class Member:
         return self._resolve(self._key) or VOID
 
     @property
+    def type_key(self) -> Hashable:
+        """The member's type as its source names it (a BTF type id, ...)."""
+        return self._key
+
+    @property
     def offset(self) -> int:
         """Byte offset (of the containing unit for a bitfield)."""
         return self.bit_offset // 8
@@ -107,6 +112,17 @@ class Type:
         if self._target_key is None or self._resolve is None:
             return None
         return self._resolve(self._target_key) or VOID
+
+    @property
+    def key(self) -> Hashable:
+        """How the source that made this type names it (a BTF type id, ...)."""
+        return self._key
+
+    @property
+    def target_key(self) -> Hashable:
+        """The source's name for `target` (None when there is none; 0 is
+        BTF's void)."""
+        return self._target_key
 
     def strip(self, limit: int = 64) -> Type:
         """This type with typedefs and qualifiers peeled off."""
