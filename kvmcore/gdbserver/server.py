@@ -269,6 +269,8 @@ def gdb_command_line(
         # segments); .rodata, .data..read_mostly etc. need the whole-file offset
         offset = dump.kernel_offset
         if offset:
+            # the exec file makes gdb read the server's library list on connect
+            parts += ["-ex", _quote(f"exec-file {_quote(dump.vmlinux)}")]
             parts += ["-ex", _quote(f"symbol-file -o {offset:#x} {_quote(dump.vmlinux)}")]
         else:
             parts.append(_quote(dump.vmlinux))

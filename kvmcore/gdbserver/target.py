@@ -74,11 +74,27 @@ class DumpTarget:
             except (KvmcoreError, NotImplementedError):
                 return []
 
+    @cached_property
+    def unwind_library(self) -> tuple[str, int] | None:
+        """(file, .text address) of the unwind rows gdb lacks, or None."""
+        from .unwindlib import unwind_library
+
+        with self.lock:
+            try:
+                return unwind_library(self.dump)
+            except (KvmcoreError, OSError):
+                return None
+
     def libraries_xml(self) -> bytes:
         """Modules as gdb's target library list: one <section> per allocated
         section in the kernel's order (the .ko's order of non-empty SHF_ALLOC
         sections), falling back to the module base as its .text."""
         out = ['<?xml version="1.0"?>', "<library-list>"]
+        extra = self.unwind_library
+        if extra is not None:  # the entry code's unwind rows (gdbserver.unwindlib)
+            out.append(f"<library name={quoteattr(extra[0])}>")
+            out.append(f'  <segment address="{extra[1]:#x}"/>')
+            out.append("</library>")
         for mod in self.modules:
             sections = dict(getattr(mod, "sections", None) or {})
             if not sections:

@@ -147,6 +147,10 @@ def target_xml(arch: Arch) -> str:
     out = ['<?xml version="1.0"?>', '<!DOCTYPE target SYSTEM "gdb-target.dtd">', "<target>"]
     if target.arch:
         out.append(f"<architecture>{target.arch}</architecture>")
+    # a kernel, not a process of its OS: gdb's OS-less ABI takes the server's
+    # library list (qXfer:libraries: modules, gdbserver.unwindlib's rows),
+    # where GNU/Linux's would look for the dynamic linker's
+    out.append("<osabi>none</osabi>")
     regnum = 0
     for name, regs in features.items():
         out.append(f"<feature name={quoteattr(name)}>")

@@ -173,7 +173,7 @@ def _past_module_frames(dump: Any, thread: GdbThread, regs: dict[str, int]) -> d
     if text is None or pc is None or text[0] <= pc < text[1]:
         return regs
     try:
-        bt = unwind(dump, regs, max_frames=16)
+        bt = unwind(dump, regs, max_frames=16, lines=False)
     except (KvmcoreError, NotImplementedError):
         return regs
     skipped: list[str] = []

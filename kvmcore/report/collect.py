@@ -53,6 +53,18 @@ def cpu_frames(dump: Dump, cpu: int, max_frames: int = 48) -> dict[str, Any]:
     return _frames_data(unwind(dump, dict(state.regs), max_frames=max_frames), None)
 
 
+def _source_of(f: Any) -> dict[str, Any]:
+    """A frame's file, line and inlined functions, when DWARF gave them."""
+    out: dict[str, Any] = {}
+    if f.file:
+        out["file"], out["line"] = f.file, f.line
+    if f.inlined:
+        out["inlined"] = [
+            {"function": i.function, "file": i.file, "line": i.line} for i in f.inlined
+        ]
+    return out
+
+
 def _frames_data(bt: Backtrace, warning: str | None) -> dict[str, Any]:
     frames = [
         {
@@ -63,6 +75,7 @@ def _frames_data(bt: Backtrace, warning: str | None) -> dict[str, Any]:
             "module": f.module,
             "guessed": f.guessed,
             "kind": f.kind,
+            **_source_of(f),
         }
         for f in bt.frames
     ]

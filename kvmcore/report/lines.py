@@ -16,9 +16,21 @@ def frame_lines(bt: dict[str, Any]) -> list[str]:
         mod = f" [{f['module']}]" if f["module"] else ""
         guess = " (guess)" if f["guessed"] else ""
         kind = f"  <{f['kind']}>" if f["kind"] not in (None, "normal") else ""
+        # functions inlined at the pc come first, innermost first, unnumbered
+        # (drgn and gdb show them as frames of their own)
+        for inl in f.get("inlined") or ():
+            out.append(f"     {'(inlined)':>20} {inl['function']}{mod}{_source(inl)}")
         out.append(
-            f" #{f['index']:<2d} [{f['sp'] or '?':>18}] {func}{mod} at {f['pc']}{guess}{kind}"
+            f" #{f['index']:<2d} [{f['sp'] or '?':>18}] {func}{mod} at {f['pc']}"
+            f"{_source(f)}{guess}{kind}"
         )
     if bt.get("stopped"):
         out.append(f"  (stopped: {bt['stopped']})")
     return out
+
+
+def _source(f: dict[str, Any]) -> str:
+    """` at file:line` when the frame (or inlined function) has one."""
+    if not f.get("file"):
+        return ""
+    return f" at {f['file']}:{f['line']}" if f.get("line") else f" at {f['file']}"

@@ -23,7 +23,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import UnsupportedError
-from .model import Backtrace, Frame
+from .model import Backtrace, Frame, InlinedFrame
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Backtrace",
     "Frame",
+    "InlinedFrame",
     "Unwinder",
     "backtrace",
     "make_unwinder",
@@ -100,20 +101,28 @@ def unwind(
     regs: dict[str, int],
     max_frames: int = 64,
     task_stack: tuple[int, int] | None = None,
+    lines: bool = True,
 ) -> Backtrace:
     """Backtrace of the kernel stack `regs` describe, innermost frame first.
 
     `task_stack` (start, end), when known, bounds the walk on the task's stack.
     Missing memory or bad unwind data stop the walk with Backtrace.error set.
+    With `lines` and DWARF at hand (a vmlinux, module debug files), frames get
+    their file:line and the functions inlined at their pcs (srclines).
     """
-    return unwinder_for(dump).unwind(regs, max_frames, task_stack)
+    bt = unwinder_for(dump).unwind(regs, max_frames, task_stack)
+    if lines:
+        from .srclines import annotate
+
+        annotate(dump, bt)
+    return bt
 
 
-def backtrace(dump: Dump, task: Any, max_frames: int = 64) -> Backtrace:
+def backtrace(dump: Dump, task: Any, max_frames: int = 64, lines: bool = True) -> Backtrace:
     """The backtrace of a task of the kernel model (Linux task, FreeBSD
     thread), from its registers: its CPU's when it was running, else those
     its last context switch saved."""
-    return unwind(dump, task.registers(), max_frames=max_frames)
+    return unwind(dump, task.registers(), max_frames=max_frames, lines=lines)
 
 
 def symfile_cfi(dump: Dump) -> Any:

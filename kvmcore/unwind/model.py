@@ -9,6 +9,16 @@ FrameKind = Literal["normal", "exception", "interrupt"]
 
 
 @dataclass
+class InlinedFrame:
+    """A function inlined at a frame's pc: where in it the pc is (for the
+    innermost), else the line of the inlined call it made."""
+
+    function: str
+    file: str | None = None
+    line: int | None = None
+
+
+@dataclass
 class Frame:
     """One stack frame. `regs` is set for frames entered through a saved
     register block (pt_regs): the registers of the interrupted code."""
@@ -26,6 +36,14 @@ class Frame:
     #: "pt_regs" (a saved register block), "lr" (link register), "scan",
     #: "code" (ORC entries made from the code of a function objtool skipped)
     method: str = ""
+    #: source file and line of the pc in this frame's function (for a return
+    #: address: of the call), from DWARF; with inlined functions at the pc, the
+    #: line of the outermost inlined call
+    file: str | None = None
+    line: int | None = None
+    #: the functions inlined at the pc, innermost first (drgn's and gdb's
+    #: inline frames, which come before this frame)
+    inlined: list[InlinedFrame] = field(default_factory=list)
 
     def __str__(self) -> str:
         where = self.function or "?"
@@ -33,7 +51,8 @@ class Frame:
             where += f" [{self.module}]"
         mark = "?" if self.guessed else " "
         extra = f" <{self.kind}>" if self.kind != "normal" else ""
-        return f"#{self.index:<2} {mark}{self.pc:#018x} sp={self.sp:#018x} {where}{extra}"
+        src = f" at {self.file}:{self.line}" if self.file else ""
+        return f"#{self.index:<2} {mark}{self.pc:#018x} sp={self.sp:#018x} {where}{extra}{src}"
 
 
 @dataclass

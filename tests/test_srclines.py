@@ -1,0 +1,109 @@
+"""Source lines and inlined frames (kvmcore.unwind.srclines) on the real kdump
+sample with the -dbg vmlinux. Oracle: drgn's stack_trace() (its inline frames
+and frame.source()), never kvmcore's own output."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import kvmcore
+from oracles import drgn_program
+
+SID = "x86_64-kdump"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _base(name: str | None) -> str | None:
+    # kallsyms names the .cold part, a DWARF scope the function: compare bare names
+    return name.split("+", 1)[0].split(".", 1)[0] if name else name
+
+
+@pytest.fixture(scope="module")
+def drgn_source_frames(samples):
+    """(name, file, line, is_inline) of drgn's kernel frames, innermost first."""
+    from drgn.helpers.linux.pid import find_task
+
+    s = samples.get_built(SID)
+    prog = drgn_program(str(s.file("proc-elf")), str(samples.vmlinux(SID)))
+    out = []
+    for frame in prog.stack_trace(find_task(prog, s.manifest["panic"]["pid"])):
+        if frame.pc < 0xFFFF800000000000:
+            continue  # the user-space frame drgn reads from pt_regs
+        file, line, _column = frame.source()
+        out.append((frame.name, file, line, frame.is_inline))
+    return out
+
+
+def _ours(bt):
+    """The same tuples from a kvmcore backtrace: inlined functions first."""
+    out = []
+    for f in bt.frames:
+        out.extend((i.function, i.file, i.line, True) for i in f.inlined)
+        out.append((_base(f.function), f.file, f.line, False))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["proc-elf", "mdf-d31-l"])
+def test_source_lines_and_inlined_frames_match_drgn(samples, drgn_source_frames, fmt,
+                                                   monkeypatch, tmp_path):
+    s = samples.get_built(SID)
+    names = [n for n, _, _, _ in drgn_source_frames]
+    # the inlined frames the issue names
+    for inlined, caller in [("crash_setup_regs", "__crash_kexec"),
+                            ("pde_write", "proc_reg_write"),
+                            ("do_syscall_x64", "do_syscall_64")]:
+        assert names[names.index(inlined) + 1] == caller, drgn_source_frames
+    with kvmcore.open(str(s.file(fmt)), vmlinux=str(samples.vmlinux(SID))) as dump:
+        bt = dump.backtrace(dump.kernel.panic_task())
+    ours = _ours(bt)
+    _same(ours, drgn_source_frames)
+
+
+def _same(ours, theirs):
+    """Equal file:line and inline flags, equal names (kallsyms may name a
+    label inside a function: entry_SYSCALL_64_after_hwframe)."""
+    assert [(f, ln, i) for _, f, ln, i in ours] == [(f, ln, i) for _, f, ln, i in theirs], ours
+    assert all(o.startswith(t) for (o, *_), (t, *_) in zip(ours, theirs)), (ours, theirs)
+
+
+def test_source_lines_from_a_cold_cache_equal_the_cached(samples, drgn_source_frames,
+                                                         monkeypatch, tmp_path):
+    """A private, empty cache: the CUs are decoded from DWARF, stored, then read back."""
+    from kvmcore.unwind.srclines import vmlinux_index
+
+    monkeypatch.setenv("KVMCORE_CACHE", str(tmp_path))
+    s = samples.get_built(SID)
+    for run in range(2):
+        with kvmcore.open(str(s.file("proc-elf")), vmlinux=str(samples.vmlinux(SID))) as dump:
+            bt = dump.backtrace(dump.kernel.panic_task())
+            index = vmlinux_index(dump)
+            assert index is not None and index.error is None
+            assert (index.decoded > 0) == (run == 0), run
+        _same(_ours(bt), drgn_source_frames)
+    assert list(tmp_path.glob("index/*/srclines-*"))
+
+
+def test_bt_cli_prints_file_line_and_inlined(samples):
+    s = samples.get_built(SID)
+    cmd = [str(Path(sys.executable).parent / "kvmcore"), "bt", str(s.file("proc-elf")),
+           str(samples.vmlinux(SID))]
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    lines = text.splitlines()
+    first = next(i for i, ln in enumerate(lines) if "crash_setup_regs" in ln)
+    assert "(inlined) crash_setup_regs at arch/x86/include/asm/kexec.h:" in lines[first], text
+    assert lines[first + 1].lstrip().startswith("#0 "), text
+    assert "__crash_kexec+" in lines[first + 1] and " at kernel/kexec_core.c:" in lines[first + 1]
+    data = json.loads(subprocess.run(cmd + ["--json"], capture_output=True, text=True,
+                                     check=True, cwd=ROOT).stdout)
+    frames = data["tasks"][0]["backtrace"]["frames"]
+    assert frames[0]["file"] == "kernel/kexec_core.c" and frames[0]["line"] > 0
+    assert frames[0]["inlined"][0]["function"] == "crash_setup_regs"
+    from jsonschema import validate
+
+    schema = json.loads((ROOT / "kvmcore/schema/report.schema.json").read_text())
+    validate({"frames": frames, "available": True},
+             {"$defs": schema["$defs"], **schema["$defs"]["backtrace"]})
