@@ -96,6 +96,7 @@ test)
     shift
     apt_install $(grep -v '^#' sample_dumps/apt-packages.txt)
     venv "[test]"
+    lint
     "$VENV/bin/python" -m sample_dumps build --with-dbg
     exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
     ;;

@@ -84,8 +84,21 @@ def run(
     with tempfile.TemporaryDirectory(prefix="kvmcore-fuzz-") as tmp:
         for name in targets:
             out = os.path.join(tmp, f"{name}.json")
-            cmd = [sys.executable, "-m", "fuzz.worker", "--target", name, "--seconds", str(per),
-                   "--seed", str(seed), "--engine", engine, "--out", out]
+            cmd = [
+                sys.executable,
+                "-m",
+                "fuzz.worker",
+                "--target",
+                name,
+                "--seconds",
+                str(per),
+                "--seed",
+                str(seed),
+                "--engine",
+                engine,
+                "--out",
+                out,
+            ]
             n = runs.get(name, 0) if isinstance(runs, dict) else runs
             if n:
                 cmd += ["--runs", str(n)]

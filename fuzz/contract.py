@@ -29,7 +29,6 @@ MEMORY_LIMIT = 4 << 30  # RLIMIT_AS of a worker process
 OK, ERROR, TRACEBACK, HANG, MEMORY = "ok", "kvmcore-error", "traceback", "hang", "memory"
 
 
-
 class Hang(BaseException):
     """Raised by the SIGALRM handler: a BaseException, so that no
     `except Exception` in kvmcore can swallow it."""

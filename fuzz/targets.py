@@ -9,6 +9,7 @@ rest is the new head; the file itself is only ever read.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -68,19 +69,15 @@ def exercise_memory(mem, pages: int = 16) -> None:
     ranges = mem.ranges()[:8]
     for r in ranges:
         for pa in (r.start, max(r.start, r.end - 64)):
-            try:
+            with contextlib.suppress(KvmcoreError):
                 mem.read_phys(pa, 64)
-            except KvmcoreError:
-                pass
             mem.is_excluded(pa)
             mem.file_offset(pa)
     if ranges:
         start = ranges[0].start
         for i in range(pages):
-            try:
+            with contextlib.suppress(KvmcoreError):
                 mem.read_phys(start + i * 4096, 4096)
-            except KvmcoreError:
-                pass
     info = mem.vmcoreinfo
     if info is not None:
         exercise_vmcoreinfo(info)
@@ -148,20 +145,25 @@ def synthetic_elf_base() -> Base:
         for n in mem.notes
     )
     raw = mem.metadata.get("vmcoreinfo_raw") or b""
-    notes += struct.pack("<III", 11, len(raw), 0) + b"VMCOREINFO\0\0" + raw.ljust(
-        (len(raw) + 3) & ~3, b"\0"
+    notes += (
+        struct.pack("<III", 11, len(raw), 0)
+        + b"VMCOREINFO\0\0"
+        + raw.ljust((len(raw) + 3) & ~3, b"\0")
     )
     start = mem.ranges()[0].start
     data = mem.read_phys(start, 8 * 4096)
     phoff, nph = 64, 2
     note_off = phoff + 56 * nph
     load_off = (note_off + len(notes) + 4095) & ~4095
-    ehdr = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack(
-        "<HHIQQQIHHHHHH", 4, 62, 1, 0, phoff, 0, 0, 64, 56, nph, 0, 0, 0
+    ehdr = (
+        b"\x7fELF\x02\x01\x01"
+        + bytes(9)
+        + struct.pack("<HHIQQQIHHHHHH", 4, 62, 1, 0, phoff, 0, 0, 64, 56, nph, 0, 0, 0)
     )
     ph = struct.pack("<IIQQQQQQ", 4, 0, note_off, 0, 0, len(notes), 0, 4)
-    ph += struct.pack("<IIQQQQQQ", 1, 7, load_off, 0xFFFF888000000000 + start, start,
-                      len(data), len(data), 4096)
+    ph += struct.pack(
+        "<IIQQQQQQ", 1, 7, load_off, 0xFFFF888000000000 + start, start, len(data), len(data), 4096
+    )
     blob = (ehdr + ph + notes).ljust(load_off, b"\0") + data
     src = BytesSource(blob, "<synthetic elf>")
     return Base("synthetic-elf", lambda: src, load_off, blob[:load_off])
@@ -227,10 +229,8 @@ def run_kdump(data: bytes) -> None:
     mem = KdumpDump(overlay(kdump_bases(), data))
     exercise_memory(mem, pages=32)
     for pfn in list(range(0, 64)) + [mem.header.max_mapnr - 1]:
-        try:
+        with contextlib.suppress(KvmcoreError):
             mem.read_page(pfn)
-        except KvmcoreError:
-            pass
 
 
 @target("flattened", overlay_seeds(flattened_bases), _real_files(flattened_bases))
@@ -269,12 +269,15 @@ def note_seeds() -> list[bytes]:
             m = ElfDump(base.open())
         except KvmcoreError:
             continue
-        out.append(b"\x01" + b"".join(
-            struct.pack("<III", len(n.name) + 1, len(n.desc), n.type)
-            + (n.name.encode() + b"\0").ljust((len(n.name) + 4) & ~3, b"\0")
-            + n.desc.ljust((len(n.desc) + 3) & ~3, b"\0")
-            for n in m.notes[:8]
-        ))
+        out.append(
+            b"\x01"
+            + b"".join(
+                struct.pack("<III", len(n.name) + 1, len(n.desc), n.type)
+                + (n.name.encode() + b"\0").ljust((len(n.name) + 4) & ~3, b"\0")
+                + n.desc.ljust((len(n.desc) + 3) & ~3, b"\0")
+                for n in m.notes[:8]
+            )
+        )
     return out
 
 
@@ -436,8 +439,13 @@ def run_btf(data: bytes) -> None:
         for m in list(t.iter_members())[:64]:
             _ = m.type.c_name
             _ = m.offset
-    for space, name in (("struct", "task_struct"), ("typedef", "u64"), ("base", "int"),
-                        ("union", "x"), ("enum", "pid_type")):
+    for space, name in (
+        ("struct", "task_struct"),
+        ("typedef", "u64"),
+        ("base", "int"),
+        ("union", "x"),
+        ("enum", "pid_type"),
+    ):
         btf.lookup(space, name)
     btf.find_enumerator("PIDTYPE_PID")
 
@@ -465,8 +473,9 @@ def orc_seeds() -> list[bytes]:
     ip_at, orc_at, _ = orc_layout()
     out = []
     for count in (64, 2048):
-        out.append(frame_sections([dump.read(ip_at, 4 * count), dump.read(orc_at, 6 * count),
-                                   b"\x06\x04"]))
+        out.append(
+            frame_sections([dump.read(ip_at, 4 * count), dump.read(orc_at, 6 * count), b"\x06\x04"])
+        )
     return out
 
 
@@ -479,11 +488,13 @@ def run_orc(data: bytes) -> None:
     ip_at, orc_at, stext = orc_layout()
     release = f"{version[0] if version else 6}.{version[1] if len(version) > 1 else 1}.0"
     dump = FakeDump(Memory({ip_at: ips, orc_at: entries}), f"OSRELEASE={release}\n")
-    syms = FakeSyms({
-        "__start_orc_unwind_ip": ip_at,
-        "__stop_orc_unwind_ip": ip_at + len(ips),
-        "__start_orc_unwind": orc_at,
-    })
+    syms = FakeSyms(
+        {
+            "__start_orc_unwind_ip": ip_at,
+            "__stop_orc_unwind_ip": ip_at + len(ips),
+            "__start_orc_unwind": orc_at,
+        }
+    )
     table = OrcTable(dump, syms)
     for ip in table.ips[:4096:7] + [table.ips[0] - 1, table.ips[-1] + 1]:
         table.find(ip)
@@ -502,7 +513,9 @@ def cfi_seeds() -> list[bytes]:
     short = []
     for r in ranges[:1]:
         n = min(len(r.starts), 300)
-        short.append(CfiRange(r.starts[:n], r.rules[:n], r.starts[n] if n < len(r.starts) else r.end))
+        short.append(
+            CfiRange(r.starts[:n], r.rules[:n], r.starts[n] if n < len(r.starts) else r.end)
+        )
     out = [encode_debug_frame(short, layout)]
     for sample in S.cached_samples().values():
         vmlinux = sample.vmlinux() if sample.manifest.get("debian_arch") == "amd64" else None
@@ -550,9 +563,21 @@ def run_dwarf_cfi(data: bytes) -> None:
 def rsp_seeds() -> list[bytes]:
     from kvmcore.gdbserver.packets import frame
 
-    pkts = [b"qSupported:multiprocess+;swbreak+", b"?", b"g", b"p10", b"Hg0", b"qfThreadInfo",
-            b"m0,8", b"xffffffff81000000,40", b"qXfer:features:read:target.xml:0,fff",
-            b"qRcmd,6c7370", b"vCont?", b"T1", b"QStartNoAckMode"]
+    pkts = [
+        b"qSupported:multiprocess+;swbreak+",
+        b"?",
+        b"g",
+        b"p10",
+        b"Hg0",
+        b"qfThreadInfo",
+        b"m0,8",
+        b"xffffffff81000000,40",
+        b"qXfer:features:read:target.xml:0,fff",
+        b"qRcmd,6c7370",
+        b"vCont?",
+        b"T1",
+        b"QStartNoAckMode",
+    ]
     return [b"\x07" + b"+".join(frame(p) for p in pkts), b"\x01$m0,4#fd$g#67-+\x03"]
 
 
@@ -587,6 +612,7 @@ def run_rsp(data: bytes) -> None:
     session = Session(_session_target())
     caught: list[BaseException] = []
     for key, handler in list(session._handlers.items()):
+
         def wrapped(pkt, handler=handler):
             try:
                 return handler(pkt)
@@ -595,6 +621,7 @@ def run_rsp(data: bytes) -> None:
             except Exception as exc:
                 caught.append(exc)
                 raise
+
         session._handlers[key] = wrapped
     for i in range(0, len(body), step * 64):
         session.feed(body[i : i + step * 64])
@@ -609,9 +636,8 @@ ANALYZE_HEAD = 96 << 10  # file patches land in the head: headers, notes, bitmap
 @functools.cache
 def hot_pages() -> list[int]:
     """Physical pages a clean analyze of the committed dump reads, in order."""
-    from kvmcore.report import build_report
-
     import kvmcore
+    from kvmcore.report import build_report
 
     dump = kvmcore.open(str(S.COMMITTED))
     seen: dict[int, None] = {}

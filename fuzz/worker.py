@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--engine", choices=("atheris", "random"), default="atheris")
-    ap.add_argument("--runs", type=int, default=0, help="stop after this many inputs (0: time only)")
+    ap.add_argument(
+        "--runs", type=int, default=0, help="stop after this many inputs (0: time only)"
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if args.engine == "atheris":

@@ -14,7 +14,7 @@ is) evaluates to its value.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from .errors import KvmcoreError, TypeInfoError
 from .objects import Object, cast
@@ -22,7 +22,7 @@ from .objects import Object, cast
 if TYPE_CHECKING:
     from .dump import Dump
 
-Value = Union[Object, int]
+Value = Object | int
 
 _TOKEN = re.compile(
     r"\s*(?:(0[xX][0-9a-fA-F]+|\d+)|([A-Za-z_][A-Za-z0-9_]*)|(->|[().\[\]*&+\-/~]))"

@@ -11,6 +11,7 @@ callable for the roots only a symbol names.
 
 from __future__ import annotations
 
+import builtins
 import os
 import struct
 from collections.abc import Iterator, Mapping
@@ -275,7 +276,7 @@ class Dump:
     def __enter__(self) -> Dump:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: builtins.object) -> None:
         self.close()
 
 

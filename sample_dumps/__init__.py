@@ -3,6 +3,7 @@
 Python 3.11 stdlib only; independent of the kvmcore package (it shares one
 stdlib-only file, kvmcore/cachedir.py, for the cache root).  See README.md.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,8 +17,9 @@ COMMITTED_DIR = PACKAGE_DIR / "committed"
 def _kvmcore_cachedir():
     """kvmcore/cachedir.py, loaded by its path: it is stdlib only, and importing
     the kvmcore package would need kvmcore's dependencies."""
-    spec = importlib.util.spec_from_file_location("_kvmcore_cachedir",
-                                                  REPO_ROOT / "kvmcore" / "cachedir.py")
+    spec = importlib.util.spec_from_file_location(
+        "_kvmcore_cachedir", REPO_ROOT / "kvmcore" / "cachedir.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,6 +1,7 @@
 """python -m sample_dumps build [--only ID,...] [--with-dbg] [--force] [--commit-copy]
 python -m sample_dumps build --memory-mb MB [--extra-tasks N]   (scale sample, under $CACHE/scale/)
 python -m sample_dumps list"""
+
 from __future__ import annotations
 
 import argparse
@@ -12,26 +13,44 @@ from .util import log
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sample_dumps", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m sample_dumps",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build (or verify cached) samples")
     b.add_argument("--only", help="comma-separated sample IDs (default: all default rows)")
-    b.add_argument("--with-dbg", action="store_true",
-                   help="also fetch the kernels' -dbg packages (vmlinux + System.map)")
+    b.add_argument(
+        "--with-dbg",
+        action="store_true",
+        help="also fetch the kernels' -dbg packages (vmlinux + System.map)",
+    )
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
-    b.add_argument("--commit-copy", action="store_true",
-                   help="copy samples marked commit_copy (x86_64-small) into sample_dumps/committed/")
-    b.add_argument("--memory-mb", type=int,
-                   help="build one scale sample x86_64-m<MB>-t<N> (under $CACHE/scale/) with this guest memory")
-    b.add_argument("--extra-tasks", type=int, default=0,
-                   help="with --memory-mb: init starts this many extra sleep processes")
+    b.add_argument(
+        "--commit-copy",
+        action="store_true",
+        help="copy samples marked commit_copy (x86_64-small) into sample_dumps/committed/",
+    )
+    b.add_argument(
+        "--memory-mb",
+        type=int,
+        help="build one scale sample x86_64-m<MB>-t<N> (under $CACHE/scale/) with this "
+        "guest memory",
+    )
+    b.add_argument(
+        "--extra-tasks",
+        type=int,
+        default=0,
+        help="with --memory-mb: init starts this many extra sleep processes",
+    )
     sub.add_parser("list", help="list cached samples and their files")
     args = ap.parse_args(argv)
     cache = cache_root()
 
     if args.cmd == "list":
         from .catalog import load_samples
+
         samples = load_samples(cache)
         print(f"cache: {cache}")
         for sid in [s.id for s in SAMPLES]:
@@ -40,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{sid}: not built")
                 continue
             m = s.manifest
-            print(f"{sid}: {m['kernel_release']} ({m['kernel_package']} {m['kernel_version']}) "
-                  f"kaslr={m['kaslr']} {m['qemu']['memory_mb']}MB smp={m['qemu']['smp']} "
-                  f"built {m['build']['date']} in {m['build']['seconds']}s")
+            print(
+                f"{sid}: {m['kernel_release']} ({m['kernel_package']} {m['kernel_version']}) "
+                f"kaslr={m['kaslr']} {m['qemu']['memory_mb']}MB smp={m['qemu']['smp']} "
+                f"built {m['build']['date']} in {m['build']['seconds']}s"
+            )
             for fmt, e in m["files"].items():
                 print(f"    {fmt:12} {e['size']:>12}  {s.dir / e['path']}")
             print(f"    vmlinux      {s.vmlinux() or '-'}")
@@ -50,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from .build import build_sample, commit_copy
+
     if args.memory_mb:
         from .table import scale_spec
+
         spec = scale_spec(args.memory_mb, args.extra_tasks)
         return 0 if build_sample(spec, cache, force=args.force) else 1
     ids = args.only.split(",") if args.only else default_ids()

@@ -1,4 +1,5 @@
 """Build the samples of the table into $CACHE/samples/<ID>/."""
+
 from __future__ import annotations
 
 import datetime
@@ -8,7 +9,7 @@ import time
 from pathlib import Path
 
 from . import COMMITTED_DIR, debian, initramfs, makedumpfile, manifest, qemu
-from .table import MDF_FORMATS, SampleSpec, Arch
+from .table import MDF_FORMATS, Arch, SampleSpec
 from .util import log
 
 QMP_FORMATS = ("elf", "kdump-zlib", "elf-paging")
@@ -31,16 +32,20 @@ class Kernel:
     one (or, with `with_dbg`, its -dbg package) does not download (a mirror missing
     an image), the next older versioned kernel package that does is taken."""
 
-    def __init__(self, arch: Arch, cache: Path, *, with_dbg: bool = False,
-                 pkg: debian.Package | None = None):
+    def __init__(
+        self, arch: Arch, cache: Path, *, with_dbg: bool = False, pkg: debian.Package | None = None
+    ):
         self.arch = arch
         self.apt = apt_for(arch, cache)
         if pkg is not None:
             tries = [pkg]
         else:
             first = debian.newest_kernel(arch.flavour, arch.debian_arch, self.apt)
-            tries = [first] + [k for k in debian.kernel_candidates(arch.flavour, arch.debian_arch, self.apt)
-                               if k != first]
+            tries = [first] + [
+                k
+                for k in debian.kernel_candidates(arch.flavour, arch.debian_arch, self.apt)
+                if k != first
+            ]
         errors = []
         for cand in tries:
             try:
@@ -87,8 +92,12 @@ def busybox(arch: Arch, cache: Path, apt: debian.Apt = debian.HOST_APT) -> Path:
 
 
 def threaded_task(arch: Arch, cache: Path) -> Path:
-    return initramfs.compile_threaded_task(arch.cc, cache / "guest" / arch.debian_arch / "threaded_task",
-                                           arch.cc_flags, arch.threaded_task_src)
+    return initramfs.compile_threaded_task(
+        arch.cc,
+        cache / "guest" / arch.debian_arch / "threaded_task",
+        arch.cc_flags,
+        arch.threaded_task_src,
+    )
 
 
 def cmdline(spec: SampleSpec) -> str:
@@ -141,18 +150,34 @@ def base_manifest(spec: SampleSpec, kernel: Kernel, append: str, serial_text: st
         "build_id": bid,
         "build_id_source": bid_src,
         "uts": g["uts"],
-        "qemu": {"binary": spec.arch.qemu_binary, "machine": spec.arch.machine or "pc",
-                 "cpu": cpu_of(spec), "memory_mb": spec.memory_mb, "smp": spec.smp, "version": None},
+        "qemu": {
+            "binary": spec.arch.qemu_binary,
+            "machine": spec.arch.machine or "pc",
+            "cpu": cpu_of(spec),
+            "memory_mb": spec.memory_mb,
+            "smp": spec.smp,
+            "version": None,
+        },
         "kaslr": spec.kaslr,
         "cmdline": append,
         "kind": spec.kind,
-        "panic": {"cpu": g["panic"]["cpu"], "pid": g["panic"]["pid"], "comm": g["panic"]["comm"],
-                  "trigger": "sysrq-c", "message": "sysrq triggered crash"},
+        "panic": {
+            "cpu": g["panic"]["cpu"],
+            "pid": g["panic"]["pid"],
+            "comm": g["panic"]["comm"],
+            "trigger": "sysrq-c",
+            "message": "sysrq triggered crash",
+        },
         "processes": procs,
-        "process_states": {"sleeper_*": "S (wait)", "sleep": "S (nanosleep)",
-                           "busyloop_task": "R (spin loop `while :; do :; done`, pinned to cpu 0)",
-                           "threaded_task": "S (pause)", "worker-*": "S (pause)",
-                           "init": "S (wait for crasher)", "crasher": "R (panicking, cpu 1)"},
+        "process_states": {
+            "sleeper_*": "S (wait)",
+            "sleep": "S (nanosleep)",
+            "busyloop_task": "R (spin loop `while :; do :; done`, pinned to cpu 0)",
+            "threaded_task": "S (pause)",
+            "worker-*": "S (pause)",
+            "init": "S (wait for crasher)",
+            "crasher": "R (panicking, cpu 1)",
+        },
         "threads": g["threads"],
         "marker": g["marker"],
         "explore": g["explore"],
@@ -166,9 +191,15 @@ def build_qemu_sample(spec: SampleSpec, cache: Path, sdir: Path, kernel: Kernel)
     a = spec.arch
     marker = "kvmcore-marker-" + secrets.token_hex(8)
     initrd = sdir / "initrd.cpio.gz"
-    initramfs.build(initrd, busybox=busybox(a, cache, kernel.apt), moddir=kernel.moddir, modules=list(a.modules),
-                    threaded_task=threaded_task(a, cache), marker=marker,
-                    extra_tasks=spec.extra_tasks)
+    initramfs.build(
+        initrd,
+        busybox=busybox(a, cache, kernel.apt),
+        moddir=kernel.moddir,
+        modules=list(a.modules),
+        threaded_task=threaded_task(a, cache),
+        marker=marker,
+        extra_tasks=spec.extra_tasks,
+    )
     append = cmdline(spec)
     need_elf = any(f == "elf" or f in MDF_FORMATS for f in spec.formats)
     dumps = {}
@@ -178,9 +209,14 @@ def build_qemu_sample(spec: SampleSpec, cache: Path, sdir: Path, kernel: Kernel)
         if fmt in spec.formats:
             dumps[fmt] = sdir / f"vmcore.{fmt}"
     serial = sdir / "serial.log"
-    info = qemu.run_and_dump(qemu_cmd(spec, kernel, initrd, append), workdir=sdir, serial=serial,
-                             panic_wait=a.panic_wait, dumps=dumps,
-                             timeout=120.0 + spec.extra_tasks * 0.1 + spec.memory_mb * 0.02)
+    info = qemu.run_and_dump(
+        qemu_cmd(spec, kernel, initrd, append),
+        workdir=sdir,
+        serial=serial,
+        panic_wait=a.panic_wait,
+        dumps=dumps,
+        timeout=120.0 + spec.extra_tasks * 0.1 + spec.memory_mb * 0.02,
+    )
     mdf = [f for f in spec.formats if f in MDF_FORMATS]
     if mdf:
         fixed = sdir / "tmp-fixed.elf"
@@ -205,7 +241,9 @@ def build_qemu_sample(spec: SampleSpec, cache: Path, sdir: Path, kernel: Kernel)
     return m
 
 
-def build_sample(spec: SampleSpec, cache: Path, *, force: bool = False, with_dbg: bool = False) -> str:
+def build_sample(
+    spec: SampleSpec, cache: Path, *, force: bool = False, with_dbg: bool = False
+) -> str:
     sdir = cache / spec.cache_subdir / spec.id
     if not force and manifest.is_complete(sdir, spec.formats, spec.min_schema):
         log(f"{spec.id}: cached, up to date")
@@ -225,15 +263,21 @@ def build_sample(spec: SampleSpec, cache: Path, *, force: bool = False, with_dbg
     kernel = Kernel(spec.arch, cache, with_dbg=with_dbg)
     if spec.kind == "kdump":
         from .kdump import build_kdump_sample
+
         m = build_kdump_sample(spec, cache, sdir, kernel)
     else:
         m = build_qemu_sample(spec, cache, sdir, kernel)
     m["files"] = {f: manifest.file_entry(sdir, f) for f in spec.formats}
-    m["build"] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "seconds": round(time.monotonic() - t0, 1), **m["build"]}
+    m["build"] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "seconds": round(time.monotonic() - t0, 1),
+        **m["build"],
+    }
     manifest.write(sdir, m)
-    log(f"{spec.id}: done in {m['build']['seconds']}s: " +
-        ", ".join(f"{k}={v['size']}" for k, v in m["files"].items()))
+    log(
+        f"{spec.id}: done in {m['build']['seconds']}s: "
+        + ", ".join(f"{k}={v['size']}" for k, v in m["files"].items())
+    )
     return "built"
 
 

@@ -1,4 +1,5 @@
 """Catalog of built samples: load_samples(cache=None) -> {id: Sample}."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,9 @@ class Sample:
         try:
             return self.dir / self.manifest["files"][fmt]["path"]
         except KeyError:
-            raise KeyError(f"sample {self.id} has no file {fmt!r}; it has {sorted(self.manifest['files'])}") from None
+            raise KeyError(
+                f"sample {self.id} has no file {fmt!r}; it has {sorted(self.manifest['files'])}"
+            ) from None
 
     @property
     def formats(self) -> list[str]:
@@ -28,7 +31,8 @@ class Sample:
 
     def _dbg_boot(self) -> Path:
         m = self.manifest
-        name = f"{m['kernel_package']}-dbg_{m['kernel_version'].replace(':', '%3a')}_{m['debian_arch']}"
+        version = m["kernel_version"].replace(":", "%3a")
+        name = f"{m['kernel_package']}-dbg_{version}_{m['debian_arch']}"
         return self.cache / "dbg" / name / "usr/lib/debug/boot"
 
     def vmlinux(self) -> Path | None:

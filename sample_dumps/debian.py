@@ -5,6 +5,7 @@ suite lacks (riscv64 exists only from trixie on), from a private apt configurati
 under the cache (`Apt.private`): its own sources list naming the other suite at the
 mirror the host uses, its own lists and caches, the host's sources, preferences and
 dpkg state left alone."""
+
 from __future__ import annotations
 
 import re
@@ -58,7 +59,8 @@ class Apt:
         for d in ("lists/partial", "cache/archives/partial", "preferences.d", "etc"):
             (root / d).mkdir(parents=True, exist_ok=True)
         uri, signed_by = host_mirror()
-        line = f"deb [arch={debian_arch}{f' signed-by={signed_by}' if signed_by else ''}] {uri} {suite} main\n"
+        options = f"arch={debian_arch}" + (f" signed-by={signed_by}" if signed_by else "")
+        line = f"deb [{options}] {uri} {suite} main\n"
         sources = root / "etc" / f"{suite}.list"
         if not sources.exists() or sources.read_text() != line:
             sources.write_text(line)
@@ -90,7 +92,9 @@ class Apt:
         log(f"apt-get update ({self.suite}, private configuration under {lists.parent})")
         p = subprocess.run(self.cmd("apt-get", "update"), capture_output=True, text=True)
         if p.returncode != 0:
-            raise RuntimeError(f"apt-get update of {self.suite} failed:\n{p.stderr.strip()[-1500:]}")
+            raise RuntimeError(
+                f"apt-get update of {self.suite} failed:\n{p.stderr.strip()[-1500:]}"
+            )
         stamp.touch()
 
     def _opt(self, key: str) -> str:
@@ -223,7 +227,10 @@ def _version_sorter(apt: Apt):
     def compare(a: Package, b: Package) -> int:
         if a.version == b.version:
             return 0
-        ok = subprocess.run(["dpkg", "--compare-versions", a.version, "lt", b.version]).returncode == 0
+        ok = (
+            subprocess.run(["dpkg", "--compare-versions", a.version, "lt", b.version]).returncode
+            == 0
+        )
         return -1 if ok else 1
 
     return functools.cmp_to_key(compare)
@@ -235,12 +242,19 @@ def download(pkg: Package, debs: Path, apt: Apt = HOST_APT) -> Path:
     if path.exists():
         return path
     log(f"apt-get download {pkg.spec}" + (f" ({apt.suite})" if apt.suite else ""))
-    p = subprocess.run(apt.cmd("apt-get", "-o", "APT::Sandbox::User=root", "download", pkg.spec), cwd=debs,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.run(
+        apt.cmd("apt-get", "-o", "APT::Sandbox::User=root", "download", pkg.spec),
+        cwd=debs,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if p.returncode != 0 or not path.exists():
         for partial in debs.glob(f"{pkg.name}_*.deb.*"):
             partial.unlink(missing_ok=True)
-        raise DownloadError(f"apt-get download {pkg.spec} failed ({p.returncode}): {p.stderr.strip()[-600:]}")
+        raise DownloadError(
+            f"apt-get download {pkg.spec} failed ({p.returncode}): {p.stderr.strip()[-600:]}"
+        )
     return path
 
 
@@ -272,9 +286,19 @@ def extract_dbg(deb: Path, dest: Path) -> Path:
     dest.mkdir(parents=True)
     log(f"extracting vmlinux + System.map from {deb.name}")
     fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
-    subprocess.run(["tar", "-C", str(dest), "-x", "--wildcards",
-                    "*usr/lib/debug/boot/vmlinux-*", "*usr/lib/debug/boot/System.map-*"],
-                   stdin=fsys.stdout, check=True)
+    subprocess.run(
+        [
+            "tar",
+            "-C",
+            str(dest),
+            "-x",
+            "--wildcards",
+            "*usr/lib/debug/boot/vmlinux-*",
+            "*usr/lib/debug/boot/System.map-*",
+        ],
+        stdin=fsys.stdout,
+        check=True,
+    )
     fsys.stdout.close()
     if fsys.wait() != 0:
         raise RuntimeError(f"dpkg-deb --fsys-tarfile {deb} failed")

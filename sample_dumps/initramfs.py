@@ -1,5 +1,6 @@
 """Guest initramfs (cpio newc, gzip): busybox-static of the guest arch, the init
 script, the named test processes, the threaded_task binary and a few modules."""
+
 from __future__ import annotations
 
 import re
@@ -48,14 +49,18 @@ def resolve_modules(moddir: Path, names: list[str]) -> list[Path]:
     return order
 
 
-def compile_threaded_task(cc: str, out: Path, flags: tuple[str, ...] = (),
-                          src_name: str = "threaded_task.c") -> Path:
+def compile_threaded_task(
+    cc: str, out: Path, flags: tuple[str, ...] = (), src_name: str = "threaded_task.c"
+) -> Path:
     src = GUEST / src_name
     if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     if not shutil.which(cc):
-        raise RuntimeError(f"C compiler {cc} not found (apt-get install the packages in sample_dumps/apt-packages.txt)")
+        raise RuntimeError(
+            f"C compiler {cc} not found "
+            "(apt-get install the packages in sample_dumps/apt-packages.txt)"
+        )
     flags = flags or ("-O2", "-static", "-pthread")
     log(f"{cc} {' '.join(flags)} {src_name}")
     subprocess.run([cc, *flags, "-o", str(out), str(src)], check=True)
@@ -68,9 +73,11 @@ def extra_tasks_script(n: int) -> str:
     sized from RAM (~8k tasks per GB)."""
     if n <= 0:
         return ""
-    return (f"echo {n + 1000} > /proc/sys/kernel/threads-max\n"
-            f"i=0\nwhile [ $i -lt {n} ]; do sleep 100000 & i=$((i + 1)); done\n"
-            f'echo "KVMCORE extra-tasks={n} last-pid=$!"\n')
+    return (
+        f"echo {n + 1000} > /proc/sys/kernel/threads-max\n"
+        f"i=0\nwhile [ $i -lt {n} ]; do sleep 100000 & i=$((i + 1)); done\n"
+        f'echo "KVMCORE extra-tasks={n} last-pid=$!"\n'
+    )
 
 
 def _script(dest: Path, text: str) -> None:
@@ -78,9 +85,18 @@ def _script(dest: Path, text: str) -> None:
     dest.chmod(0o755)
 
 
-def build(out: Path, *, busybox: Path, moddir: Path, modules: list[str], threaded_task: Path,
-          marker: str, kexec: str = "", extra_files: dict[str, Path] | None = None,
-          extra_tasks: int = 0) -> list[str]:
+def build(
+    out: Path,
+    *,
+    busybox: Path,
+    moddir: Path,
+    modules: list[str],
+    threaded_task: Path,
+    marker: str,
+    kexec: str = "",
+    extra_files: dict[str, Path] | None = None,
+    extra_tasks: int = 0,
+) -> list[str]:
     """Write the initramfs to `out`; return the module load order (file names).
     extra_tasks > 0 makes init start that many more `sleep` processes (scale samples)."""
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
@@ -108,6 +124,12 @@ def build(out: Path, *, busybox: Path, moddir: Path, modules: list[str], threade
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst, follow_symlinks=True)
         with open(out, "wb") as f:
-            subprocess.run("find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --quiet | gzip -1",
-                           shell=True, cwd=root, stdout=f, check=True)
+            subprocess.run(
+                "find . -print0 | LC_ALL=C sort -z"
+                " | cpio --null -o -H newc -R 0:0 --quiet | gzip -1",
+                shell=True,
+                cwd=root,
+                stdout=f,
+                check=True,
+            )
     return [m.name for m in mods]

@@ -4,6 +4,7 @@ QEMU 7.2 writes section headers at offset 64 and the program headers after them,
 which makedumpfile rejects ("Can't get the number of PT_LOAD").  fix_qemu_elf()
 copies the dump and rewrites only its header area so the phdrs follow the ELF header
 (segment data offsets are unchanged)."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,22 @@ def fix_qemu_elf(src: Path, dst: Path) -> None:
     os.chmod(dst, 0o644)
     with open(dst, "r+b") as f:
         hdr = bytearray(f.read(EHDR64.size))
-        (ident, etype, machine, version, entry, phoff, shoff, flags, ehsize, phentsize,
-         phnum, shentsize, shnum, shstrndx) = EHDR64.unpack(hdr)
+        (
+            ident,
+            etype,
+            machine,
+            version,
+            entry,
+            phoff,
+            shoff,
+            flags,
+            ehsize,
+            phentsize,
+            phnum,
+            shentsize,
+            shnum,
+            shstrndx,
+        ) = EHDR64.unpack(hdr)
         if ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1:
             raise RuntimeError(f"{src}: not a little-endian ELF64 file")
         if phnum == 0xFFFF:
@@ -34,11 +49,27 @@ def fix_qemu_elf(src: Path, dst: Path) -> None:
         f.seek(phoff)
         phdrs = f.read(phnum * phentsize)
         end = max(phoff + len(phdrs), shoff + shnum * shentsize if shoff else 0)
-        first_data = min(struct.unpack_from("<Q", phdrs, i * phentsize + 8)[0] for i in range(phnum))
+        first_data = min(
+            struct.unpack_from("<Q", phdrs, i * phentsize + 8)[0] for i in range(phnum)
+        )
         if end > first_data:
             raise RuntimeError(f"{src}: unexpected header layout")
-        new = EHDR64.pack(ident, etype, machine, version, entry, EHDR64.size, 0, flags,
-                          EHDR64.size, phentsize, phnum, 0, 0, 0)
+        new = EHDR64.pack(
+            ident,
+            etype,
+            machine,
+            version,
+            entry,
+            EHDR64.size,
+            0,
+            flags,
+            EHDR64.size,
+            phentsize,
+            phnum,
+            0,
+            0,
+            0,
+        )
         f.seek(0)
         f.write(new + phdrs + b"\0" * (end - EHDR64.size - len(phdrs)))
 
@@ -56,4 +87,6 @@ def run(fmt: str, fixed_elf: Path, out: Path, tmpdir: Path) -> None:
     else:
         p = subprocess.run(cmd + [str(out)], capture_output=True, env=env)
     if p.returncode != 0:
-        raise RuntimeError(f"makedumpfile failed ({p.returncode}):\n{p.stderr.decode(errors='replace')[-2000:]}")
+        raise RuntimeError(
+            f"makedumpfile failed ({p.returncode}):\n{p.stderr.decode(errors='replace')[-2000:]}"
+        )

@@ -1,4 +1,5 @@
 """Ground truth: what the guest reported on its serial console plus the build inputs."""
+
 from __future__ import annotations
 
 import json
@@ -43,19 +44,27 @@ def parse_serial(text: str) -> dict:
             explore.setdefault("mounts", []).append({"device": m[1], "dir": m[2], "type": m[3]})
             continue
         if m := _NETDEV.search(line):
-            explore.setdefault("netdevs", {})[m[1]] = {"flags": int(m[2], 0), "mtu": int(m[3]),
-                                                       "mac": m[4], "addrs": []}
+            explore.setdefault("netdevs", {})[m[1]] = {
+                "flags": int(m[2], 0),
+                "mtu": int(m[3]),
+                "mac": m[4],
+                "addrs": [],
+            }
             continue
         if m := _NETADDR.search(line):
             explore.setdefault("netdevs", {}).setdefault(m[1], {"addrs": []})["addrs"].append(
-                {"family": m[2], "addr": m[3]})
+                {"family": m[2], "addr": m[3]}
+            )
             continue
         if m := _MEMINFO.search(line):
             explore.setdefault("meminfo_kb", {})[m[1]] = int(m[2])
             continue
         if m := _CLOCK.search(line):
-            explore["clock"] = {"date": int(m[1]), "uptime": float(m[2]),
-                                "boot_time": int(m[1]) - float(m[2])}
+            explore["clock"] = {
+                "date": int(m[1]),
+                "uptime": float(m[2]),
+                "boot_time": int(m[1]) - float(m[2]),
+            }
             continue
         if m := _PROC.search(line):
             procs.append({"pid": int(m[1]), "ppid": int(m[2]), "comm": m[3]})
@@ -67,8 +76,14 @@ def parse_serial(text: str) -> dict:
             uts[m[1]] = m[2].strip()
         elif m := _MARKER.search(line):
             marker = m[1]
-    return {"processes": procs, "threads": threads, "uts": uts, "panic": panic, "marker": marker,
-            "explore": explore}
+    return {
+        "processes": procs,
+        "threads": threads,
+        "uts": uts,
+        "panic": panic,
+        "marker": marker,
+        "explore": explore,
+    }
 
 
 _GNU_BUILD_ID_NOTE = b"\x04\x00\x00\x00\x14\x00\x00\x00\x03\x00\x00\x00GNU\x00"
@@ -82,8 +97,10 @@ def _readelf_build_id(path: Path) -> str | None:
 
 def _decompress_kernel(data: bytes) -> bytes | None:
     """The kernel payload of a vmlinuz: arm64 Image.gz, or the xz/gzip payload of a bzImage."""
-    for magic, make in ((b"\xfd7zXZ\x00", lambda: lzma.LZMADecompressor()),
-                        (b"\x1f\x8b\x08", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS))):
+    for magic, make in (
+        (b"\xfd7zXZ\x00", lambda: lzma.LZMADecompressor()),
+        (b"\x1f\x8b\x08", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)),
+    ):
         start = data.find(magic)
         while start != -1:
             try:
@@ -108,7 +125,7 @@ def build_id(vmlinux: Path | None, vmlinuz: Path) -> tuple[str | None, str | Non
         # an uncompressed image (riscv64's Image): its build-id note is in the clear
         i = raw.find(_GNU_BUILD_ID_NOTE)
         if i != -1:
-            desc = raw[i + len(_GNU_BUILD_ID_NOTE): i + len(_GNU_BUILD_ID_NOTE) + 20]
+            desc = raw[i + len(_GNU_BUILD_ID_NOTE) : i + len(_GNU_BUILD_ID_NOTE) + 20]
             return desc.hex(), "GNU build-id note in the uncompressed kernel Image"
         return None, None
     if payload[:4] == b"\x7fELF":
@@ -120,7 +137,7 @@ def build_id(vmlinux: Path | None, vmlinuz: Path) -> tuple[str | None, str | Non
             return bid, "readelf -n decompressed vmlinuz"
     i = payload.find(_GNU_BUILD_ID_NOTE)
     if i != -1:
-        desc = payload[i + len(_GNU_BUILD_ID_NOTE): i + len(_GNU_BUILD_ID_NOTE) + 20]
+        desc = payload[i + len(_GNU_BUILD_ID_NOTE) : i + len(_GNU_BUILD_ID_NOTE) + 20]
         return desc.hex(), "GNU build-id note in decompressed vmlinuz Image"
     return None, None
 
@@ -128,8 +145,14 @@ def build_id(vmlinux: Path | None, vmlinuz: Path) -> tuple[str | None, str | Non
 def file_entry(sample_dir: Path, fmt: str) -> dict:
     path = sample_dir / f"vmcore.{fmt}"
     kind, filtered, compression = FORMAT_INFO[fmt]
-    return {"path": path.name, "size": path.stat().st_size, "sha256": sha256(path),
-            "format": kind, "filtered": filtered, "compression": compression}
+    return {
+        "path": path.name,
+        "size": path.stat().st_size,
+        "sha256": sha256(path),
+        "format": kind,
+        "filtered": filtered,
+        "compression": compression,
+    }
 
 
 def write(sample_dir: Path, manifest: dict) -> Path:

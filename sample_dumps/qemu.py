@@ -1,8 +1,9 @@
 """Run a QEMU guest until it panics, then dump its memory over QMP (plain socket)."""
+
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import socket
 import subprocess
 import time
@@ -25,10 +26,10 @@ class QMP:
                 self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 self.sock.connect(str(path))
                 break
-            except OSError:
+            except OSError as exc:
                 self.sock.close()
                 if time.monotonic() > deadline:
-                    raise QMPError(f"cannot connect to QMP socket {path}")
+                    raise QMPError(f"cannot connect to QMP socket {path}: {exc}") from None
                 time.sleep(0.05)
         self.buf = b""
         self.events: list[dict] = []
@@ -45,7 +46,7 @@ class QMP:
             self.sock.settimeout(left)
             try:
                 chunk = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 return None
             if not chunk:
                 raise QMPError("QMP connection closed")
@@ -89,20 +90,37 @@ def serial_tail(path: Path, n: int = 40) -> str:
         return "(no serial log)"
 
 
-def run_and_dump(cmd: list[str], *, workdir: Path, serial: Path, panic_wait: str,
-                 dumps: dict[str, Path], timeout: float = 120.0,
-                 serial_pattern: str = "end Kernel panic") -> dict:
+def run_and_dump(
+    cmd: list[str],
+    *,
+    workdir: Path,
+    serial: Path,
+    panic_wait: str,
+    dumps: dict[str, Path],
+    timeout: float = 120.0,
+    serial_pattern: str = "end Kernel panic",
+) -> dict:
     """Start QEMU (cmd without -serial/-qmp), wait for the guest panic, `stop`, run
     dump-guest-memory for each {format: path}, `quit`.  Returns timing + version info."""
     sock = workdir / "qmp.sock"
     for p in [sock, serial, *dumps.values()]:
         p.unlink(missing_ok=True)
-    full = cmd + ["-serial", f"file:{serial}", "-qmp", f"unix:{sock},server=on,wait=off",
-                  "-display", "none", "-monitor", "none", "-no-reboot"]
+    full = cmd + [
+        "-serial",
+        f"file:{serial}",
+        "-qmp",
+        f"unix:{sock},server=on,wait=off",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ]
     log(" ".join(full))
     t0 = time.monotonic()
-    proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     qmp = None
     try:
         qmp = QMP(sock)
@@ -112,11 +130,15 @@ def run_and_dump(cmd: list[str], *, workdir: Path, serial: Path, panic_wait: str
         while panicked is None:
             if proc.poll() is not None:
                 out = proc.stdout.read().decode(errors="replace")
-                raise RuntimeError(f"QEMU exited ({proc.returncode}) before the guest panicked\n{out}\n"
-                                   f"--- serial tail ({serial}) ---\n{serial_tail(serial)}")
+                raise RuntimeError(
+                    f"QEMU exited ({proc.returncode}) before the guest panicked\n{out}\n"
+                    f"--- serial tail ({serial}) ---\n{serial_tail(serial)}"
+                )
             if time.monotonic() > deadline:
-                raise RuntimeError(f"guest did not panic within {timeout}s\n"
-                                   f"--- serial tail ({serial}) ---\n{serial_tail(serial)}")
+                raise RuntimeError(
+                    f"guest did not panic within {timeout}s\n"
+                    f"--- serial tail ({serial}) ---\n{serial_tail(serial)}"
+                )
             if panic_wait in ("pvpanic", "guest-panicked"):  # QMP GUEST_PANICKED
                 ev = qmp.poll_event(0.5)
                 if ev and ev.get("event") == "GUEST_PANICKED":
@@ -124,7 +146,7 @@ def run_and_dump(cmd: list[str], *, workdir: Path, serial: Path, panic_wait: str
             else:
                 time.sleep(0.3)
                 if serial.exists() and serial_pattern in serial.read_text(errors="replace"):
-                    time.sleep(0.5)   # let the panic cpu settle in its final loop
+                    time.sleep(0.5)  # let the panic cpu settle in its final loop
                     panicked = f"serial:{serial_pattern}"
         t_panic = time.monotonic() - t0
         log(f"guest panicked after {t_panic:.1f}s ({panicked}); stopping")
@@ -135,19 +157,27 @@ def run_and_dump(cmd: list[str], *, workdir: Path, serial: Path, panic_wait: str
             # "elf-paging": QEMU walks the guest page tables and writes one PT_LOAD per
             # virtual mapping (p_vaddr virtual, p_paddr physical), often PN_XNUM of them
             paging = fmt == "elf-paging"
-            qmp.command("dump-guest-memory", paging=paging, protocol=f"file:{path}",
-                        format="elf" if paging else fmt)
+            qmp.command(
+                "dump-guest-memory",
+                paging=paging,
+                protocol=f"file:{path}",
+                format="elf" if paging else fmt,
+            )
             dump_secs[fmt] = round(time.monotonic() - t1, 2)
-            log(f"dump-guest-memory {fmt} -> {path.name} ({path.stat().st_size} bytes, {dump_secs[fmt]}s)")
-        try:
+            log(
+                f"dump-guest-memory {fmt} -> {path.name} "
+                f"({path.stat().st_size} bytes, {dump_secs[fmt]}s)"
+            )
+        with contextlib.suppress(QMPError):
             qmp.command("quit", timeout=10)
-        except QMPError:
-            pass
         proc.wait(timeout=30)
-        return {"qemu_version": "{major}.{minor}.{micro}".format(**version["qemu"]),
-                "qemu_package": version.get("package", "").strip(),
-                "panic_seconds": round(t_panic, 1), "panic_event": panicked,
-                "dump_seconds": dump_secs}
+        return {
+            "qemu_version": "{major}.{minor}.{micro}".format(**version["qemu"]),
+            "qemu_package": version.get("package", "").strip(),
+            "panic_seconds": round(t_panic, 1),
+            "panic_event": panicked,
+            "dump_seconds": dump_secs,
+        }
     finally:
         if qmp:
             qmp.close()
@@ -157,8 +187,9 @@ def run_and_dump(cmd: list[str], *, workdir: Path, serial: Path, panic_wait: str
         sock.unlink(missing_ok=True)
 
 
-def run_until_exit(cmd: list[str], *, serial: Path, timeout: float = 180.0,
-                   fail_patterns: tuple[str, ...] = ()) -> float:
+def run_until_exit(
+    cmd: list[str], *, serial: Path, timeout: float = 180.0, fail_patterns: tuple[str, ...] = ()
+) -> float:
     """Run QEMU until it exits by itself (guest poweroff); for the real-kdump cycle.
     Any of fail_patterns in the serial log aborts the run early."""
     full = cmd + ["-serial", f"file:{serial}", "-display", "none", "-monitor", "none", "-no-reboot"]
@@ -169,13 +200,17 @@ def run_until_exit(cmd: list[str], *, serial: Path, timeout: float = 180.0,
     try:
         while proc.poll() is None:
             if time.monotonic() - t0 > timeout:
-                raise RuntimeError(f"QEMU did not power off within {timeout}s\n"
-                                   f"--- serial tail ({serial}) ---\n{serial_tail(serial)}")
+                raise RuntimeError(
+                    f"QEMU did not power off within {timeout}s\n"
+                    f"--- serial tail ({serial}) ---\n{serial_tail(serial)}"
+                )
             text = serial.read_text(errors="replace") if serial.exists() else ""
             hit = [p for p in fail_patterns if p in text]
             if hit:
-                raise RuntimeError(f"serial log shows {hit[0]!r}\n"
-                                   f"--- serial tail ({serial}) ---\n{serial_tail(serial)}")
+                raise RuntimeError(
+                    f"serial log shows {hit[0]!r}\n"
+                    f"--- serial tail ({serial}) ---\n{serial_tail(serial)}"
+                )
             time.sleep(0.5)
     finally:
         if proc.poll() is None:

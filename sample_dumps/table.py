@@ -1,4 +1,5 @@
 """The sample table: one row per sample.  Adding an architecture is one row."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -26,47 +27,106 @@ FORMAT_INFO = {
 
 @dataclass(frozen=True)
 class Arch:
-    name: str            # ELF/uname machine: x86_64, aarch64, i686
-    debian_arch: str     # amd64, arm64, i386
-    flavour: str         # kernel flavour: amd64, arm64, 686-pae
+    name: str  # ELF/uname machine: x86_64, aarch64, i686
+    debian_arch: str  # amd64, arm64, i386
+    flavour: str  # kernel flavour: amd64, arm64, 686-pae
     qemu_binary: str
     machine: str | None  # -M
-    console: str         # console= device
-    modules: tuple[str, ...]   # modules insmod'ed by the guest init (deps resolved)
-    panic_wait: str      # "pvpanic" (QMP GUEST_PANICKED) or "serial"
-    cc: str              # C compiler for the guest threaded_task
-    cc_flags: tuple[str, ...] = ()   # replaces the default "-O2 -static -pthread" when set
-    threaded_task_src: str = "threaded_task.c"   # under sample_dumps/guest/
+    console: str  # console= device
+    modules: tuple[str, ...]  # modules insmod'ed by the guest init (deps resolved)
+    panic_wait: str  # "pvpanic" (QMP GUEST_PANICKED) or "serial"
+    cc: str  # C compiler for the guest threaded_task
+    cc_flags: tuple[str, ...] = ()  # replaces the default "-O2 -static -pthread" when set
+    threaded_task_src: str = "threaded_task.c"  # under sample_dumps/guest/
     # Debian suite the kernel, busybox-static and -dbg come from, through a private apt
     # configuration at the host's mirror (None: the host's own apt sources)
     suite: str | None = None
     # s390x and ppc64: QEMU has no vmcoreinfo device there (the kernel's own note is
     # found in memory), "-action panic=pause" alone emits GUEST_PANICKED
     vmcoreinfo_device: bool = True
-    qemu_extra: tuple[str, ...] = ()     # more QEMU options for this arch
+    qemu_extra: tuple[str, ...] = ()  # more QEMU options for this arch
 
 
 ARCHES = {
-    "amd64": Arch("x86_64", "amd64", "amd64", "qemu-system-x86_64", None, "ttyS0",
-                  ("qemu_fw_cfg", "pvpanic_mmio"), "pvpanic", "gcc"),
-    "arm64": Arch("aarch64", "arm64", "arm64", "qemu-system-aarch64", "virt", "ttyAMA0",
-                  ("qemu_fw_cfg",), "serial", "aarch64-linux-gnu-gcc"),
+    "amd64": Arch(
+        "x86_64",
+        "amd64",
+        "amd64",
+        "qemu-system-x86_64",
+        None,
+        "ttyS0",
+        ("qemu_fw_cfg", "pvpanic_mmio"),
+        "pvpanic",
+        "gcc",
+    ),
+    "arm64": Arch(
+        "aarch64",
+        "arm64",
+        "arm64",
+        "qemu-system-aarch64",
+        "virt",
+        "ttyAMA0",
+        ("qemu_fw_cfg",),
+        "serial",
+        "aarch64-linux-gnu-gcc",
+    ),
     # no 32-bit libc on the host: a libc-free threaded_task built with the host gcc -m32
-    "i386": Arch("i686", "i386", "686-pae", "qemu-system-i386", None, "ttyS0",
-                 ("qemu_fw_cfg", "pvpanic_mmio"), "pvpanic", "gcc",
-                 ("-m32", "-march=i686", "-O2", "-static", "-nostdlib", "-ffreestanding",
-                  "-fno-pic", "-no-pie", "-fno-stack-protector", "-fcf-protection=none"),
-                 "threaded_task_i386.c"),
+    "i386": Arch(
+        "i686",
+        "i386",
+        "686-pae",
+        "qemu-system-i386",
+        None,
+        "ttyS0",
+        ("qemu_fw_cfg", "pvpanic_mmio"),
+        "pvpanic",
+        "gcc",
+        (
+            "-m32",
+            "-march=i686",
+            "-O2",
+            "-static",
+            "-nostdlib",
+            "-ffreestanding",
+            "-fno-pic",
+            "-no-pie",
+            "-fno-stack-protector",
+            "-fcf-protection=none",
+        ),
+        "threaded_task_i386.c",
+    ),
     # riscv64 exists in Debian only from trixie (6.12); QEMU's riscv virt machine has no
     # vmcoreinfo device (fw_cfg without DMA), so the dump carries no VMCOREINFO note:
     # kvmcore finds the kernel's own note in memory
-    "riscv64": Arch("riscv64", "riscv64", "riscv64", "qemu-system-riscv64", "virt", "ttyS0",
-                    (), "serial", "riscv64-linux-gnu-gcc", suite="trixie", vmcoreinfo_device=False),
+    "riscv64": Arch(
+        "riscv64",
+        "riscv64",
+        "riscv64",
+        "qemu-system-riscv64",
+        "virt",
+        "ttyS0",
+        (),
+        "serial",
+        "riscv64-linux-gnu-gcc",
+        suite="trixie",
+        vmcoreinfo_device=False,
+    ),
     # 32-bit Arm: trixie's 6.12 armmp kernel (no BTF, no KALLSYMS_ALL: symbols and types
     # from the -dbg vmlinux or a System.map); its config lacks FW_CFG_SYSFS, so the dump
     # has no VMCOREINFO note even with QEMU's device: kvmcore finds the kernel's own in memory
-    "armhf": Arch("armv7l", "armhf", "armmp", "qemu-system-arm", "virt", "ttyAMA0",
-                  (), "serial", "arm-linux-gnueabihf-gcc", suite="trixie", vmcoreinfo_device=False),
+    "armhf": Arch(
+        "armv7l",
+        "armhf",
+        "armmp",
+        "qemu-system-arm",
+        "virt",
+        "ttyAMA0",
+        (),
+        "serial",
+        "arm-linux-gnueabihf-gcc",
+        suite="trixie",
+        vmcoreinfo_device=False,
+    ),
 }
 
 
@@ -74,19 +134,19 @@ ARCHES = {
 class SampleSpec:
     id: str
     arch: Arch
-    formats: tuple[str, ...]          # files produced, named vmcore.<format>
+    formats: tuple[str, ...]  # files produced, named vmcore.<format>
     memory_mb: int = 256
     smp: int = 2
-    cpu: str | None = None            # -cpu
+    cpu: str | None = None  # -cpu
     kaslr: bool = True
-    kind: str = "qemu"                # "qemu" (dump-guest-memory) or "kdump" (real kexec -p capture)
+    kind: str = "qemu"  # "qemu" (dump-guest-memory) or "kdump" (real kexec -p capture)
     extra_append: str = ""
-    default: bool = True              # part of `build` without --only
-    commit_copy: bool = False         # may be copied into sample_dumps/committed/
+    default: bool = True  # part of `build` without --only
+    commit_copy: bool = False  # may be copied into sample_dumps/committed/
     notes: str = ""
     extra: dict = field(default_factory=dict)
-    extra_tasks: int = 0              # more `sleep` processes started by init (scale samples)
-    cache_subdir: str = "samples"     # scale samples live apart from the test samples
+    extra_tasks: int = 0  # more `sleep` processes started by init (scale samples)
+    cache_subdir: str = "samples"  # scale samples live apart from the test samples
     # the manifest schema the sample's tests need (2: the guest's /proc/meminfo, mounts,
     # net devices, fds and boot time, read by tests/test_explore_more.py); a cached
     # sample of an older schema is rebuilt, others are kept
@@ -100,14 +160,20 @@ ALL_MDF = ("mdf-d31-c", "mdf-d31-l", "mdf-d31-E", "mdf-d31-F")
 
 SAMPLES: list[SampleSpec] = [
     SampleSpec("x86_64-kaslr", A64, ("elf", "kdump-zlib") + ALL_MDF, min_schema=2),
-    SampleSpec("x86_64-nokaslr", A64, ("elf", "kdump-zlib", "mdf-d31-c", "elf-paging"),
-               kaslr=False),
+    SampleSpec(
+        "x86_64-nokaslr", A64, ("elf", "kdump-zlib", "mdf-d31-c", "elf-paging"), kaslr=False
+    ),
     SampleSpec("arm64-kaslr", ARM, ("elf", "kdump-zlib"), cpu="cortex-a57"),
     SampleSpec("arm64-nokaslr", ARM, ("elf", "kdump-zlib"), cpu="cortex-a57", kaslr=False),
-    SampleSpec("x86_64-small", A64, ("mdf-d31-c",), memory_mb=128, commit_copy=True,
-               min_schema=2),
-    SampleSpec("x86_64-kdump", A64, ("proc-elf", "mdf-d31-l"), memory_mb=512, kind="kdump",
-               extra_append="crashkernel=160M"),
+    SampleSpec("x86_64-small", A64, ("mdf-d31-c",), memory_mb=128, commit_copy=True, min_schema=2),
+    SampleSpec(
+        "x86_64-kdump",
+        A64,
+        ("proc-elf", "mdf-d31-l"),
+        memory_mb=512,
+        kind="kdump",
+        extra_append="crashkernel=160M",
+    ),
     # Debian's 686-pae kernel (PAE paging, no BTF: types need the -dbg vmlinux)
     SampleSpec("i386-pae", I386, ("elf", "kdump-zlib"), cpu="max"),
     SampleSpec("i386-nopae", ARCHES["i386-686"], ("elf",), cpu="max"),
@@ -123,13 +189,32 @@ SAMPLES: list[SampleSpec] = [
 
 # s390x and ppc64le (big-endian s390x, little-endian ppc64 with the radix MMU of POWER9);
 # both panic through firmware (SCLP / RTAS ibm,os-term) which QEMU reports as GUEST_PANICKED
-ARCHES["s390x"] = Arch("s390x", "s390x", "s390x", "qemu-system-s390x", "s390-ccw-virtio",
-                       "ttysclp0", (), "guest-panicked", "s390x-linux-gnu-gcc",
-                       vmcoreinfo_device=False, qemu_extra=("-action", "panic=pause"))
-ARCHES["ppc64el"] = Arch("ppc64le", "ppc64el", "powerpc64le", "qemu-system-ppc64", "pseries",
-                         "hvc0", (), "guest-panicked", "powerpc64le-linux-gnu-gcc",
-                         vmcoreinfo_device=False,
-                         qemu_extra=("-vga", "none", "-action", "panic=pause"))
+ARCHES["s390x"] = Arch(
+    "s390x",
+    "s390x",
+    "s390x",
+    "qemu-system-s390x",
+    "s390-ccw-virtio",
+    "ttysclp0",
+    (),
+    "guest-panicked",
+    "s390x-linux-gnu-gcc",
+    vmcoreinfo_device=False,
+    qemu_extra=("-action", "panic=pause"),
+)
+ARCHES["ppc64el"] = Arch(
+    "ppc64le",
+    "ppc64el",
+    "powerpc64le",
+    "qemu-system-ppc64",
+    "pseries",
+    "hvc0",
+    (),
+    "guest-panicked",
+    "powerpc64le-linux-gnu-gcc",
+    vmcoreinfo_device=False,
+    qemu_extra=("-vga", "none", "-action", "panic=pause"),
+)
 SAMPLES += [
     SampleSpec("s390x", ARCHES["s390x"], ("elf", "kdump-zlib"), cpu="max"),
     SampleSpec("ppc64le", ARCHES["ppc64el"], ("elf", "kdump-zlib"), cpu="power9"),
@@ -141,9 +226,16 @@ BY_ID = {s.id: s for s in SAMPLES}
 def scale_spec(memory_mb: int, extra_tasks: int) -> SampleSpec:
     """An x86_64 ELF-only sample with the given guest memory and extra task count,
     for the benchmark's scale series (bench --scale); cached under scale/<ID>/."""
-    return SampleSpec(f"x86_64-m{memory_mb}-t{extra_tasks}", A64, ("elf",), memory_mb=memory_mb,
-                      default=False, extra_tasks=extra_tasks, cache_subdir="scale",
-                      notes="benchmark scale series")
+    return SampleSpec(
+        f"x86_64-m{memory_mb}-t{extra_tasks}",
+        A64,
+        ("elf",),
+        memory_mb=memory_mb,
+        default=False,
+        extra_tasks=extra_tasks,
+        cache_subdir="scale",
+        notes="benchmark scale series",
+    )
 
 
 def default_ids() -> list[str]:

@@ -1,4 +1,5 @@
 """Small shared helpers."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +19,9 @@ def run(cmd: list[str], **kw) -> str:
     """Run a command, return stdout; raise with stderr on failure."""
     p = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stderr[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stderr[-2000:]}"
+        )
     return p.stdout
 
 

@@ -1,6 +1,7 @@
 """Shared pytest setup: repo root on sys.path, and the built sample dumps.
 
 Other test files add their own fixtures; keep this file generic."""
+
 from __future__ import annotations
 
 import sys
@@ -19,20 +20,32 @@ from sample_dumps.table import SAMPLES  # noqa: E402
 BUILD_HINT = "run `python -m sample_dumps build --with-dbg` from the repo root"
 
 
-def sample_ids(*, arch: str | None = None, kind: str | None = None,
-               has_format: str | None = None) -> list[str]:
+def sample_ids(
+    *, arch: str | None = None, kind: str | None = None, has_format: str | None = None
+) -> list[str]:
     """IDs of the default sample rows, optionally filtered: for @pytest.mark.parametrize.
     arch is the manifest arch ("x86_64", "aarch64")."""
-    return [s.id for s in SAMPLES if s.default
-            and (arch is None or s.arch.name == arch)
-            and (kind is None or s.kind == kind)
-            and (has_format is None or has_format in s.formats)]
+    return [
+        s.id
+        for s in SAMPLES
+        if s.default
+        and (arch is None or s.arch.name == arch)
+        and (kind is None or s.kind == kind)
+        and (has_format is None or has_format in s.formats)
+    ]
 
 
-def sample_files(formats: set[str] | None = None, *, arch: str | None = None) -> list[tuple[str, str]]:
+def sample_files(
+    formats: set[str] | None = None, *, arch: str | None = None
+) -> list[tuple[str, str]]:
     """(sample ID, file format) pairs of the default rows, for parametrize."""
-    return [(s.id, f) for s in SAMPLES if s.default for f in s.formats
-            if (formats is None or f in formats) and (arch is None or s.arch.name == arch)]
+    return [
+        (s.id, f)
+        for s in SAMPLES
+        if s.default
+        for f in s.formats
+        if (formats is None or f in formats) and (arch is None or s.arch.name == arch)
+    ]
 
 
 class SampleSet(dict):
@@ -40,16 +53,20 @@ class SampleSet(dict):
 
     def get_built(self, sid: str) -> Sample:
         if sid not in self:
-            pytest.fail(f"sample {sid!r} is not built (looked in {cache_root() / 'samples'}); "
-                        f"{BUILD_HINT}", pytrace=False)
+            pytest.fail(
+                f"sample {sid!r} is not built (looked in {cache_root() / 'samples'}); {BUILD_HINT}",
+                pytrace=False,
+            )
         return self[sid]
 
     def vmlinux(self, sid: str) -> Path:
         s = self.get_built(sid)
         v = s.vmlinux()
         if v is None:
-            pytest.fail(f"no -dbg vmlinux for {sid} ({s.manifest['kernel_package']}-dbg); {BUILD_HINT}",
-                        pytrace=False)
+            pytest.fail(
+                f"no -dbg vmlinux for {sid} ({s.manifest['kernel_package']}-dbg); {BUILD_HINT}",
+                pytrace=False,
+            )
         return v
 
 

@@ -22,6 +22,7 @@ real x86-64 / AArch64 page tables mapping them at chosen kernel addresses with
 msgbuf, linker_files) laid out at offsets given by kgdb's helper variables.
 Every fact a test asserts comes from this model, not from the code under test.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -36,9 +37,9 @@ NBPDP = 1 << 30
 AMD64_KERNBASE = 0xFFFFFFFF80000000
 AMD64 = {
     # version: (header kernbase = VM_MIN_KERNEL_ADDRESS, DMAP_MIN, DMAP_MAX)
-    1: (0xFFFFFFFF80000000, 0xFFFFFF0000000000, 0xFFFFFF8000000000),   # FreeBSD 7
-    2: (0xFFFFFF0000000000, 0xFFFFFE0000000000, 0xFFFFFF0000000000),   # FreeBSD 9
-    3: (0xFFFFFE0000000000, 0xFFFFF80000000000, 0xFFFFFC0000000000),   # FreeBSD 13+
+    1: (0xFFFFFFFF80000000, 0xFFFFFF0000000000, 0xFFFFFF8000000000),  # FreeBSD 7
+    2: (0xFFFFFF0000000000, 0xFFFFFE0000000000, 0xFFFFFF0000000000),  # FreeBSD 9
+    3: (0xFFFFFE0000000000, 0xFFFFF80000000000, 0xFFFFFC0000000000),  # FreeBSD 13+
 }
 PG_V, PG_RW, PG_PS = 0x1, 0x2, 0x80
 
@@ -77,7 +78,7 @@ class PhysMem:
         while data:
             n = min(len(data), PAGE - (pa & (PAGE - 1)))
             pg = self.page(pa)
-            pg[pa & (PAGE - 1):(pa & (PAGE - 1)) + n] = data[:n]
+            pg[pa & (PAGE - 1) : (pa & (PAGE - 1)) + n] = data[:n]
             pa += n
             data = data[n:]
 
@@ -86,7 +87,7 @@ class PhysMem:
         while n:
             k = min(n, PAGE - (pa & (PAGE - 1)))
             pg = self.pages.get(pa & ~(PAGE - 1), bytes(PAGE))
-            out += bytes(pg[pa & (PAGE - 1):(pa & (PAGE - 1)) + k])
+            out += bytes(pg[pa & (PAGE - 1) : (pa & (PAGE - 1)) + k])
             pa += k
             n -= k
         return out
@@ -107,10 +108,10 @@ class Machine:
 
     arch: str
     mem: PhysMem
-    root: int                                   # PML4 / TTBR1 L0 physical address
-    kva_end: int                                 # end of the kernel map to dump
-    dmap_phys: int = 0                           # arm64: pa at DMAP_MIN
-    dump_added: set[int] = field(default_factory=set)   # dump_add_page() pages
+    root: int  # PML4 / TTBR1 L0 physical address
+    kva_end: int  # end of the kernel map to dump
+    dmap_phys: int = 0  # arm64: pa at DMAP_MIN
+    dump_added: set[int] = field(default_factory=set)  # dump_add_page() pages
     #: kva -> pa of every page whose pattern a test reads back, with its page size
     kva_pages: dict[int, tuple[int, int]] = field(default_factory=dict)
     dmap_pages: list[int] = field(default_factory=list)  # pa read through the DMAP only
@@ -227,21 +228,23 @@ def amd64_machine() -> Machine:
     m = Machine("amd64", PhysMem(AMD64_AVAIL), root=0, kva_end=AMD64_KERNBASE + 4 * NBPDR)
     m._next_table = 0x20000
     m.root = m.alloc_table()
-    for i in range(2):                       # kernel text/data: two 2 MB pages
+    for i in range(2):  # kernel text/data: two 2 MB pages
         va = AMD64_KERNBASE + NBPDR * (1 + i)
         m.map_2m(va, va - AMD64_KERNBASE)
-    for va, pa in ((AMD64_KERNBASE + 0x200000, 0x200000),
-                   (AMD64_KERNBASE + 0x3FF000 + 0x123, 0x3FF000),   # inside the first large page
-                   (AMD64_KERNBASE + 0x5FE000, 0x5FE000)):
+    for va, pa in (
+        (AMD64_KERNBASE + 0x200000, 0x200000),
+        (AMD64_KERNBASE + 0x3FF000 + 0x123, 0x3FF000),  # inside the first large page
+        (AMD64_KERNBASE + 0x5FE000, 0x5FE000),
+    ):
         m.kva_pages[va & ~(PAGE - 1)] = (pa, NBPDR)
     kmem = AMD64_KERNBASE + 0x600000
-    frames = [0x900000 + i * 0x3000 for i in range(12)]              # not contiguous
+    frames = [0x900000 + i * 0x3000 for i in range(12)]  # not contiguous
     for i, pa in enumerate(frames):
         m.map_4k(kmem + i * PAGE, pa)
-    for i in (0, 1, 2):                      # three pattern pages, the rest is kernel data
+    for i in (0, 1, 2):  # three pattern pages, the rest is kernel data
         m.kva_pages[kmem + i * PAGE] = (frames[i], PAGE)
     m._heap = kmem + 3 * PAGE
-    m.dmap_pages = [0xA00000, 0xA05000, 0x50000]                     # dump_add_page() only
+    m.dmap_pages = [0xA00000, 0xA05000, 0x50000]  # dump_add_page() only
     m.dump_added.update(m.dmap_pages)
     _fill_patterns(m)
     return m
@@ -250,8 +253,13 @@ def amd64_machine() -> Machine:
 def arm64_machine() -> Machine:
     """A 16 MB arm64 at pa 0x40000000: kernel at VM_MIN_KERNEL_ADDRESS on 2 MB
     L2 blocks, kmem on 4K L3 pages after it, the DMAP from dmap_phys_base."""
-    m = Machine("arm64", PhysMem(ARM64_AVAIL), root=0, kva_end=ARM64_KERNBASE + 4 * NBPDR,
-                dmap_phys=ARM64_RAM)
+    m = Machine(
+        "arm64",
+        PhysMem(ARM64_AVAIL),
+        root=0,
+        kva_end=ARM64_KERNBASE + 4 * NBPDR,
+        dmap_phys=ARM64_RAM,
+    )
     m._next_table = ARM64_RAM + 0x20000
     m.root = m.alloc_table()
     for i in range(2):
@@ -281,19 +289,49 @@ def _fill_patterns(m: Machine) -> None:
 # -- kernel data: procs, threads, PCBs, msgbuf, linker files ---------------------------
 #: struct layouts of the model kernel (any offsets work: they reach the reader
 #: through kgdb's helper variables or through the types hook, never hard-coded)
-PROC = {"p_list": 0x0, "p_threads": 0x10, "p_hash": 0x20, "p_pptr": 0x30, "p_pid": 0xBC,
-        "p_comm": 0x3C4, "size": 0x420}
-THREAD = {"td_plist": 0x10, "td_tid": 0x98, "td_state": 0xA0, "td_oncpu": 0x134,
-          "td_name": 0x2A0, "td_pcb": 0x3F0, "size": 0x480}
-MSGBUF = {"msg_ptr": 0, "msg_magic": 8, "msg_size": 12, "msg_wseq": 16, "msg_rseq": 20,
-          "msg_cksum": 24, "msg_seqmod": 28, "size": 0x40}
+PROC = {
+    "p_list": 0x0,
+    "p_threads": 0x10,
+    "p_hash": 0x20,
+    "p_pptr": 0x30,
+    "p_pid": 0xBC,
+    "p_comm": 0x3C4,
+    "size": 0x420,
+}
+THREAD = {
+    "td_plist": 0x10,
+    "td_tid": 0x98,
+    "td_state": 0xA0,
+    "td_oncpu": 0x134,
+    "td_name": 0x2A0,
+    "td_pcb": 0x3F0,
+    "size": 0x480,
+}
+MSGBUF = {
+    "msg_ptr": 0,
+    "msg_magic": 8,
+    "msg_size": 12,
+    "msg_wseq": 16,
+    "msg_rseq": 20,
+    "msg_cksum": 24,
+    "msg_seqmod": 28,
+    "size": 0x40,
+}
 # struct linker_file as sys/sys/linker.h lays it out on LP64 (KOBJ_FIELDS = one
 # ops pointer; int refs, userrefs, flags; TAILQ_ENTRY link; filename, pathname,
 # int id, address, size): the layout kvmcore assumes when no types are given
-LINKER_FILE = {"refs": 0x8, "link": 0x18, "filename": 0x28, "pathname": 0x30, "id": 0x38,
-               "address": 0x40, "size": 0x48, "struct_size": 0x80}
-AMD64_PCB = ("r15", "r14", "r13", "r12", "rbp", "rsp", "rbx", "rip")   # pcb.h, offsets 0..56
-ARM64_PCB_X = tuple(f"x{i}" for i in range(19, 31))                   # pcb_x[12]: x19..x30
+LINKER_FILE = {
+    "refs": 0x8,
+    "link": 0x18,
+    "filename": 0x28,
+    "pathname": 0x30,
+    "id": 0x38,
+    "address": 0x40,
+    "size": 0x48,
+    "struct_size": 0x80,
+}
+AMD64_PCB = ("r15", "r14", "r13", "r12", "rbp", "rsp", "rbx", "rip")  # pcb.h, offsets 0..56
+ARM64_PCB_X = tuple(f"x{i}" for i in range(19, 31))  # pcb_x[12]: x19..x30
 MAXCPU = 4
 PCB_SIZE = 0x100
 
@@ -304,24 +342,34 @@ PROCS = [  # pid, comm, parent pid (None: no parent), [(tid, name, oncpu, state)
     (42, "panicker", 1, [(100042, "panicker", 0, 4)]),
 ]
 DUMPTID = 100042
-MODULES = [(1, "kernel", "/boot/kernel/kernel", 0x200000, 3),
-           (2, "zfs.ko", "/boot/kernel/zfs.ko", 0x5A000, 1),
-           (3, "if_vtnet.ko", "/boot/kernel/if_vtnet.ko", 0x9000, 1)]
+MODULES = [
+    (1, "kernel", "/boot/kernel/kernel", 0x200000, 3),
+    (2, "zfs.ko", "/boot/kernel/zfs.ko", 0x5A000, 1),
+    (3, "if_vtnet.ko", "/boot/kernel/if_vtnet.ko", 0x9000, 1),
+]
 
 # what the kernel says about itself (kern_mib.c / vers.c strings, kern_shutdown.c)
 PANIC_MESSAGE = "page fault while in kernel mode: synthetic kvmcore fixture"
 OSRELEASE = "14.0-RELEASE"
-VERSION = (f"FreeBSD {OSRELEASE} #0 releng/14.0-n265380-f9716eee8ab4: Fri Nov 10 05:57:23 "
-           "UTC 2023\n    root@releng1.nyi.freebsd.org:/usr/obj/usr/src/amd64.amd64/sys/GENERIC\n")
+VERSION = (
+    f"FreeBSD {OSRELEASE} #0 releng/14.0-n265380-f9716eee8ab4: Fri Nov 10 05:57:23 "
+    "UTC 2023\n    root@releng1.nyi.freebsd.org:/usr/obj/usr/src/amd64.amd64/sys/GENERIC\n"
+)
 HOSTNAME = "fixture.example.org"
 MP_NCPUS = 2
 TIME_UPTIME = 4321
 PANIC_TIME = 1700000123
 #: the dumping thread's call chain, innermost first: (function, offset of the
 #: return address / pc inside it); functions are 0x100 apart from TEXT_OFFSET
-CALL_CHAIN = [("doadump", 0x20), ("kern_reboot", 0x31), ("vpanic", 0x42), ("panic", 0x53),
-              ("sys_crash_test", 0x64), ("syscallenter", 0x75)]
-TEXT_OFFSET = 0x300000     # from KERNBASE, inside the kernel's 2 MB pages
+CALL_CHAIN = [
+    ("doadump", 0x20),
+    ("kern_reboot", 0x31),
+    ("vpanic", 0x42),
+    ("panic", 0x53),
+    ("sys_crash_test", 0x64),
+    ("syscallenter", 0x75),
+]
+TEXT_OFFSET = 0x300000  # from KERNBASE, inside the kernel's 2 MB pages
 FUNC_SIZE = 0x100
 
 
@@ -329,8 +377,7 @@ def regs_for(arch: str, tid: int, where: str) -> dict[str, int]:
     """The distinct register values planted for thread `tid` (where: pcb/dumppcb/stoppcb)."""
     names = AMD64_PCB if arch == "amd64" else ARM64_PCB_X + ("sp",)
     tag = {"pcb": 0x1, "dumppcb": 0xD, "stoppcb": 0x5}[where]
-    return {name: 0xFFFF_F000_0000_0000 | tag << 36 | tid << 8 | i
-            for i, name in enumerate(names)}
+    return {name: 0xFFFF_F000_0000_0000 | tag << 36 | tid << 8 | i for i, name in enumerate(names)}
 
 
 def pcb_bytes(arch: str, regs: dict[str, int]) -> bytes:
@@ -381,14 +428,14 @@ def build_kernel(m: Machine, helpers: bool = True, panicstr: bool = True) -> Non
     m.functions = {name: (addr, FUNC_SIZE) for name, addr in functions.items()}
     sp = stack + 0xD00
     records = [stack + 0xD40 + 0x40 * i for i in range(len(CALL_CHAIN) - 1)]
-    for i, rec in enumerate(records):   # {saved frame pointer, return address}
+    for i, rec in enumerate(records):  # {saved frame pointer, return address}
         nxt = records[i + 1] if i + 1 < len(records) else 0
         fname, off = CALL_CHAIN[i + 1]
         m.kwrite(rec, struct.pack("<QQ", nxt, functions[fname] + off))
     pc = functions[CALL_CHAIN[0][0]] + CALL_CHAIN[0][1]
     if arch == "amd64":
         stack_regs = {"rip": pc, "rsp": sp, "rbp": records[0]}
-    else:   # pcb_x[x30] is the pc kgdb uses; x29 the frame pointer
+    else:  # pcb_x[x30] is the pc kgdb uses; x29 the frame pointer
         stack_regs = {"x30": pc, "sp": sp, "x29": records[0]}
     m.planted = {(DUMPTID, "dumppcb"): {**regs_for(arch, DUMPTID, "dumppcb"), **stack_regs}}
     m.expect["backtrace"] = [name for name, _ in CALL_CHAIN]
@@ -429,12 +476,16 @@ def build_kernel(m: Machine, helpers: bool = True, panicstr: bool = True) -> Non
     for cpu in range(MAXCPU):
         tid = next((t[1] for t in threads if t[4] == cpu), 0)
         m.kwrite(stoppcbs + cpu * PCB_SIZE, pcb_bytes(arch, regs_for(arch, tid, "stoppcb")))
-    m.kwrite(glob("stopped_cpus", 8), q(0b1110))          # every CPU but the panicking one
+    m.kwrite(glob("stopped_cpus", 8), q(0b1110))  # every CPU but the panicking one
     m.kwrite(glob("mp_maxid", 4), i32(MAXCPU - 1))
     m.kwrite(glob("mp_ncpus", 4), i32(MP_NCPUS))
     m.kwrite(glob("time_uptime", 8), q(TIME_UPTIME))
-    for name, value in (("version", VERSION), ("osrelease", OSRELEASE), ("ostype", "FreeBSD"),
-                        ("hostname", HOSTNAME)):
+    for name, value in (
+        ("version", VERSION),
+        ("osrelease", OSRELEASE),
+        ("ostype", "FreeBSD"),
+        ("hostname", HOSTNAME),
+    ):
         raw = value.encode() + b"\0"
         m.kwrite(glob(name, len(raw)), raw)
     # vpanic(): vsnprintf into a static buffer, panicstr = that buffer
@@ -442,21 +493,33 @@ def build_kernel(m: Machine, helpers: bool = True, panicstr: bool = True) -> Non
     m.kwrite(panicbuf, PANIC_MESSAGE.encode() + b"\0")
     if panicstr:
         m.kwrite(glob("panicstr", 8), q(panicbuf))
-    m.expect["panic"] = {"message": PANIC_MESSAGE, "tid": DUMPTID, "pid": 42,
-                         "comm": "panicker", "cpu": 0, "time": PANIC_TIME,
-                         "source": "panicstr" if panicstr else "msgbuf"}
-    m.expect["uts"] = {"release": OSRELEASE, "nodename": HOSTNAME, "sysname": "FreeBSD",
-                       "version": VERSION.split("\n")[0],
-                       "machine": "amd64" if arch == "amd64" else "arm64"}
+    m.expect["panic"] = {
+        "message": PANIC_MESSAGE,
+        "tid": DUMPTID,
+        "pid": 42,
+        "comm": "panicker",
+        "cpu": 0,
+        "time": PANIC_TIME,
+        "source": "panicstr" if panicstr else "msgbuf",
+    }
+    m.expect["uts"] = {
+        "release": OSRELEASE,
+        "nodename": HOSTNAME,
+        "sysname": "FreeBSD",
+        "version": VERSION.split("\n")[0],
+        "machine": "amd64" if arch == "amd64" else "arm64",
+    }
     m.expect["ncpus"] = MP_NCPUS
 
     # message buffer: a wrapped ring (wseq past the end, rseq = wseq - size),
     # ending with what vpanic() prints before doadump()
     text = b"".join(b"<6>line %03d of the synthetic FreeBSD kernel log\n" % i for i in range(90))
-    text += (b"\n\nFatal trap 12: page fault while in kernel mode\ncpuid = 0; apic id = 00\n"
-             b"panic: " + PANIC_MESSAGE.encode() + b"\ncpuid = 0\ntime = %d\n"
-             b"KDB: stack backtrace:\nUptime: %ds\nDumping 16 out of 16 MB:..100%%\n"
-             % (PANIC_TIME, TIME_UPTIME))
+    text += (
+        b"\n\nFatal trap 12: page fault while in kernel mode\ncpuid = 0; apic id = 00\n"
+        b"panic: " + PANIC_MESSAGE.encode() + b"\ncpuid = 0\ntime = %d\n"
+        b"KDB: stack backtrace:\nUptime: %ds\nDumping 16 out of 16 MB:..100%%\n"
+        % (PANIC_TIME, TIME_UPTIME)
+    )
     size = 2048
     wseq = len(text)
     ring = bytearray(size)
@@ -465,8 +528,7 @@ def build_kernel(m: Machine, helpers: bool = True, panicstr: bool = True) -> Non
     msgptr = glob("msgbuf_area", size)
     m.kwrite(msgptr, bytes(ring))
     mbuf = obj(MSGBUF["size"])
-    m.kwrite(mbuf, q(msgptr) + struct.pack("<6I", 0x063062, size, wseq, wseq - size, 0,
-                                            size * 16))
+    m.kwrite(mbuf, q(msgptr) + struct.pack("<6I", 0x063062, size, wseq, wseq - size, 0, size * 16))
     m.kwrite(glob("msgbufp", 8), q(mbuf))
     m.msgbuf_text = text[-size:]
     m.expect["msgbuf_ring"] = bytes(ring)
@@ -492,13 +554,19 @@ def build_kernel(m: Machine, helpers: bool = True, panicstr: bool = True) -> Non
         m.kwrite(a + LINKER_FILE["link"], q(b))
 
     if helpers:
-        values = {"proc_off_p_pid": PROC["p_pid"], "proc_off_p_comm": PROC["p_comm"],
-                  "proc_off_p_list": PROC["p_list"], "proc_off_p_threads": PROC["p_threads"],
-                  "proc_off_p_hash": PROC["p_hash"], "thread_off_td_tid": THREAD["td_tid"],
-                  "thread_off_td_name": THREAD["td_name"],
-                  "thread_off_td_oncpu": THREAD["td_oncpu"],
-                  "thread_off_td_pcb": THREAD["td_pcb"],
-                  "thread_off_td_plist": THREAD["td_plist"], "pcb_size": PCB_SIZE}
+        values = {
+            "proc_off_p_pid": PROC["p_pid"],
+            "proc_off_p_comm": PROC["p_comm"],
+            "proc_off_p_list": PROC["p_list"],
+            "proc_off_p_threads": PROC["p_threads"],
+            "proc_off_p_hash": PROC["p_hash"],
+            "thread_off_td_tid": THREAD["td_tid"],
+            "thread_off_td_name": THREAD["td_name"],
+            "thread_off_td_oncpu": THREAD["td_oncpu"],
+            "thread_off_td_pcb": THREAD["td_pcb"],
+            "thread_off_td_plist": THREAD["td_plist"],
+            "pcb_size": PCB_SIZE,
+        }
         for name, value in values.items():
             m.kwrite(glob(name, 4), i32(value))
             m.helper_symbols.add(name)
@@ -507,15 +575,25 @@ def build_kernel(m: Machine, helpers: bool = True, panicstr: bool = True) -> Non
         m.kwrite(glob("KPML4phys", 8), q(m.root))
         m.symbols["kernbase"] = AMD64_KERNBASE
     m.expect["threads"] = [
-        {"pid": pid, "tid": tid, "name": name, "comm": comm, "cpu": oncpu, "state": state,
-         "address": td,
-         "regs": m.planted[(tid, "dumppcb")] if tid == DUMPTID else
-        regs_for(arch, tid, "stoppcb" if oncpu >= 0 else "pcb"),
-        "ppid": next(0 if par is None else par for p_, _c, par, _t in PROCS if p_ == pid)}
-        for pid, tid, name, comm, oncpu, state, td in threads]
-    m.expect["modules"] = [{"id": lid, "name": fname, "path": pname, "size": size_,
-                            "refs": refs, "address": addr}
-                           for (lid, fname, pname, size_, refs), (_, addr) in zip(MODULES, lfs)]
+        {
+            "pid": pid,
+            "tid": tid,
+            "name": name,
+            "comm": comm,
+            "cpu": oncpu,
+            "state": state,
+            "address": td,
+            "regs": m.planted[(tid, "dumppcb")]
+            if tid == DUMPTID
+            else regs_for(arch, tid, "stoppcb" if oncpu >= 0 else "pcb"),
+            "ppid": next(0 if par is None else par for p_, _c, par, _t in PROCS if p_ == pid),
+        }
+        for pid, tid, name, comm, oncpu, state, td in threads
+    ]
+    m.expect["modules"] = [
+        {"id": lid, "name": fname, "path": pname, "size": size_, "refs": refs, "address": addr}
+        for (lid, fname, pname, size_, refs), (_, addr) in zip(MODULES, lfs)
+    ]
 
 
 class ModelTypes:
@@ -531,7 +609,8 @@ class ModelTypes:
         else:
             pcb = {"pcb_x": 0, "pcb_sp": 96}
         self.structs = {
-            "struct proc": members(PROC), "struct thread": members(THREAD),
+            "struct proc": members(PROC),
+            "struct thread": members(THREAD),
             "struct msgbuf": members(MSGBUF),
             "struct linker_file": members(LINKER_FILE, "struct_size"),
             "struct pcb": (pcb, PCB_SIZE),
@@ -576,6 +655,7 @@ def _bit_ids(m: Machine, with_avail: bool) -> tuple[int, callable]:
             else:
                 return pa // PAGE - s // PAGE + adj
         raise ValueError(hex(pa))
+
     return sum(-(-e // PAGE) - s // PAGE for s, e in m.mem.avail), bit
 
 
@@ -597,8 +677,9 @@ def _amd64_dumped_pages(m: Machine, version: int) -> set[int]:
     va = kernbase
     while va < m.kva_end:
         pml4e = m.mem.u64(m.root + ((va >> 39) & 511) * 8)
-        pdpe = m.mem.u64((pml4e & 0x000FFFFFFFFFF000) + ((va >> 30) & 511) * 8) \
-            if pml4e & PG_V else 0
+        pdpe = (
+            m.mem.u64((pml4e & 0x000FFFFFFFFFF000) + ((va >> 30) & 511) * 8) if pml4e & PG_V else 0
+        )
         if not pdpe & PG_V:
             va = (va & ~(NBPDP - 1)) + NBPDP
             continue
@@ -623,16 +704,17 @@ def _amd64_dumped_pages(m: Machine, version: int) -> set[int]:
 def _amd64_pmap(m: Machine, version: int) -> bytes:
     kernbase = AMD64[version][0]
     out = bytearray()
-    if version == 1:   # one 4K PTE per page from kernbase (2 MB pages expanded)
+    if version == 1:  # one 4K PTE per page from kernbase (2 MB pages expanded)
         for va in range(kernbase, m.kva_end, PAGE):
             pa = m.translate(va)
             out += struct.pack("<Q", 0 if pa is None else pa | PG_V | PG_RW)
         return bytes(out)
     va = kernbase
-    while va < m.kva_end:      # one page per GB: the PD page, or a zero / fake page
+    while va < m.kva_end:  # one page per GB: the PD page, or a zero / fake page
         pml4e = m.mem.u64(m.root + ((va >> 39) & 511) * 8)
-        pdpe = m.mem.u64((pml4e & 0x000FFFFFFFFFF000) + ((va >> 30) & 511) * 8) \
-            if pml4e & PG_V else 0
+        pdpe = (
+            m.mem.u64((pml4e & 0x000FFFFFFFFFF000) + ((va >> 30) & 511) * 8) if pml4e & PG_V else 0
+        )
         if not pdpe & PG_V:
             out += bytes(PAGE)
         elif pdpe & PG_PS:
@@ -652,8 +734,9 @@ def _arm64_pmap_and_pages(m: Machine) -> tuple[bytes, set[int]]:
         l2e = m.mem.u64(l2 + ((va >> 21) & 511) * 8)
         if l2e & 3 == L2_BLOCK:
             base = l2e & 0x0000FFFFFFE00000
-            out += b"".join(struct.pack("<Q", (base + i * PAGE) | ATTR_DEFAULT | L3_PAGE)
-                            for i in range(512))
+            out += b"".join(
+                struct.pack("<Q", (base + i * PAGE) | ATTR_DEFAULT | L3_PAGE) for i in range(512)
+            )
             pages.update(p for p in range(base, base + NBPDR, PAGE) if _dumpable(m, p))
         elif l2e & 3 == L2_TABLE:
             table = l2e & 0x0000FFFFFFFFF000
@@ -668,8 +751,9 @@ def _arm64_pmap_and_pages(m: Machine) -> tuple[bytes, set[int]]:
     return bytes(out), pages
 
 
-def write_minidump(m: Machine, path: str, version: int, truncate_pages: int = 0,
-                   extra_claimed: int = 0) -> dict:
+def write_minidump(
+    m: Machine, path: str, version: int, truncate_pages: int = 0, extra_claimed: int = 0
+) -> dict:
     """Write `m` as a minidump of `version`; return the facts a test checks.
 
     `truncate_pages` drops that many trailing pages from the file;
@@ -697,8 +781,7 @@ def write_minidump(m: Machine, path: str, version: int, truncate_pages: int = 0,
         bitmap = bytes(raw)
     availsize = PAGE if with_avail else 0
     magic = b"minidump FreeBSD/" + (b"amd64" if m.arch == "amd64" else b"arm64")
-    hdr = magic.ljust(24, b"\0") + struct.pack("<4I", version, len(msgbuf), len(bitmap),
-                                               len(pmap))
+    hdr = magic.ljust(24, b"\0") + struct.pack("<4I", version, len(msgbuf), len(bitmap), len(pmap))
     if m.arch == "amd64":
         hdr += struct.pack("<3Q", kernbase, dmapbase, dmapend)
         if version >= 3:
@@ -728,8 +811,7 @@ def elf_full_dump(m: Machine) -> bytes:
     machine = 62 if m.arch == "amd64" else 183
     phnum = len(m.mem.avail)
     ident = b"\x7fELF" + bytes([2, 1, 1, 255]) + bytes(8)
-    ehdr = ident + struct.pack("<HHIQQQIHHHHHH", 4, machine, 1, 0, 64, 0, 0, 64, 56, phnum,
-                               0, 0, 0)
+    ehdr = ident + struct.pack("<HHIQQQIHHHHHH", 4, machine, 1, 0, 64, 0, 0, 64, 56, phnum, 0, 0, 0)
     offset = _round(64 + 56 * phnum)
     phdrs = b""
     for s, e in m.mem.avail:
@@ -742,8 +824,9 @@ def elf_full_dump(m: Machine) -> bytes:
     return bytes(out)
 
 
-def kerneldumpheader(arch: str, dumplength: int, compression: int = 0,
-                     magic: bytes = b"FreeBSD Kernel Dump") -> bytes:
+def kerneldumpheader(
+    arch: str, dumplength: int, compression: int = 0, magic: bytes = b"FreeBSD Kernel Dump"
+) -> bytes:
     """struct kerneldumpheader v4: big-endian, parity makes the 128 words XOR to 0."""
     archver = {"amd64": 2, "aarch64": 1}[arch]
     raw = bytearray(512)
@@ -762,8 +845,9 @@ def kerneldumpheader(arch: str, dumplength: int, compression: int = 0,
     return bytes(raw)
 
 
-def write_full_dump(m: Machine, path: str, header: bool = False,
-                    compression: str | None = None) -> None:
+def write_full_dump(
+    m: Machine, path: str, header: bool = False, compression: str | None = None
+) -> None:
     """Write the ELF full dump: plain, behind a kerneldumpheader (leading and
     trailing, as on the dump device), and/or gzip / zstd compressed."""
     payload = elf_full_dump(m)
@@ -774,8 +858,11 @@ def write_full_dump(m: Machine, path: str, header: bool = False,
 
         payload = bytes(cramjam.zstd.compress(payload))
     if header:
-        kdh = kerneldumpheader("amd64" if m.arch == "amd64" else "aarch64", len(payload),
-                               {None: 0, "gzip": 1, "zstd": 2}[compression])
+        kdh = kerneldumpheader(
+            "amd64" if m.arch == "amd64" else "aarch64",
+            len(payload),
+            {None: 0, "gzip": 1, "zstd": 2}[compression],
+        )
         payload = kdh + payload + kdh
     with open(path, "wb") as f:
         f.write(payload)
@@ -798,10 +885,12 @@ def write_kernel_symbols(m: Machine, path: str) -> None:
     from kvmcore.symbols.table import Symbol, SymbolTable
 
     syms = [Symbol(name, addr, size, "T") for name, (addr, size) in m.functions.items()]
-    syms += [Symbol(name, addr, 0, "D") for name, addr in m.symbols.items()
-             if name not in m.functions]
-    write_symbol_file(SymbolTable(syms, "fixture", 0, 8, path), path,
-                      "x86_64" if m.arch == "amd64" else "aarch64")
+    syms += [
+        Symbol(name, addr, 0, "D") for name, addr in m.symbols.items() if name not in m.functions
+    ]
+    write_symbol_file(
+        SymbolTable(syms, "fixture", 0, 8, path), path, "x86_64" if m.arch == "amd64" else "aarch64"
+    )
 
 
 # -- i386, arm, riscv and powerpc64 minidumps ---------------------------------------------
@@ -811,26 +900,51 @@ def write_kernel_symbols(m: Machine, path: str) -> None:
 #
 # flavour -> (magic, machine hint, RAM, kernbase, direct map (base, end, phys) or None)
 MINI_FLAVOURS = {
-    "i386": (b"minidump FreeBSD/i386", "i386", [(0x0, 0x9F000), (0x100000, 0x1000000)],
-             0xC0000000, None),
-    "i386-pae": (b"minidump FreeBSD/i386", "i386", [(0x0, 0x9F000), (0x100000, 0x1000000)],
-                 0xC0000000, None),
+    "i386": (
+        b"minidump FreeBSD/i386",
+        "i386",
+        [(0x0, 0x9F000), (0x100000, 0x1000000)],
+        0xC0000000,
+        None,
+    ),
+    "i386-pae": (
+        b"minidump FreeBSD/i386",
+        "i386",
+        [(0x0, 0x9F000), (0x100000, 0x1000000)],
+        0xC0000000,
+        None,
+    ),
     "arm": (b"minidump FreeBSD/arm", "arm", [(0x40000000, 0x41000000)], 0xC0000000, None),
-    "riscv": (b"minidump FreeBSD/riscv", "riscv64", [(0x80000000, 0x81000000)],
-              0xFFFFFFC000000000, (0xFFFFFFD000000000, 0xFFFFFFD001000000, 0x80000000)),
-    "powerpc64": (b"minidump FreeBSD/powerpc64", "powerpc64", [(0x0, 0x1000000)],
-                  0xE000000000000000, (0xC000000000000000, 0xC000000001000000, 0)),
-    "powerpc64le": (b"minidump FreeBSD/powerpc64", "ppc64le", [(0x0, 0x1000000)],
-                    0xE000000000000000, (0xC000000000000000, 0xC000000001000000, 0)),
+    "riscv": (
+        b"minidump FreeBSD/riscv",
+        "riscv64",
+        [(0x80000000, 0x81000000)],
+        0xFFFFFFC000000000,
+        (0xFFFFFFD000000000, 0xFFFFFFD001000000, 0x80000000),
+    ),
+    "powerpc64": (
+        b"minidump FreeBSD/powerpc64",
+        "powerpc64",
+        [(0x0, 0x1000000)],
+        0xE000000000000000,
+        (0xC000000000000000, 0xC000000001000000, 0),
+    ),
+    "powerpc64le": (
+        b"minidump FreeBSD/powerpc64",
+        "ppc64le",
+        [(0x0, 0x1000000)],
+        0xE000000000000000,
+        (0xC000000000000000, 0xC000000001000000, 0),
+    ),
 }
-KVA_SPAN = 0x800000            # the dumped kernel map: kernbase .. kernbase + 8 MB
-I386_PG = 0x1 | 0x2 | 0x20 | 0x40            # PG_V | PG_RW | PG_A | PG_M
-ARM_L2_S, ARM_L2_S_XN, ARM_L2_L = 0x2, 0x3, 0x1   # small page, small page + XN, 64K page
-ARM_AP = 0x30                                # AP[1:0] bits 5:4
-RISCV_PTE = 0x1 | 0x2 | 0x4 | 0x40 | 0x80    # V | R | W | A | D
-RISCV_PBMT_NC = 1 << 61                      # Svpbmt "non-cacheable": not address bits
-PPC_KERNBASE = 0x100100                      # the kernel's link address (vmparam.h)
-PPC_HPT_GROUPS = 2048                        # the smallest HPT: 256 KB
+KVA_SPAN = 0x800000  # the dumped kernel map: kernbase .. kernbase + 8 MB
+I386_PG = 0x1 | 0x2 | 0x20 | 0x40  # PG_V | PG_RW | PG_A | PG_M
+ARM_L2_S, ARM_L2_S_XN, ARM_L2_L = 0x2, 0x3, 0x1  # small page, small page + XN, 64K page
+ARM_AP = 0x30  # AP[1:0] bits 5:4
+RISCV_PTE = 0x1 | 0x2 | 0x4 | 0x40 | 0x80  # V | R | W | A | D
+RISCV_PBMT_NC = 1 << 61  # Svpbmt "non-cacheable": not address bits
+PPC_KERNBASE = 0x100100  # the kernel's link address (vmparam.h)
+PPC_HPT_GROUPS = 2048  # the smallest HPT: 256 KB
 PPC_SEG = 1 << 28
 
 
@@ -842,14 +956,14 @@ class MiniModel:
     flavour: str
     mem: PhysMem
     kernbase: int
-    kva_pages: dict[int, int] = field(default_factory=dict)   # kva -> pa, pattern pages
-    invalid_kva: list[int] = field(default_factory=list)       # inside the map, entry invalid
-    dmap_pages: list[int] = field(default_factory=list)        # pa read through the direct map
+    kva_pages: dict[int, int] = field(default_factory=dict)  # kva -> pa, pattern pages
+    invalid_kva: list[int] = field(default_factory=list)  # inside the map, entry invalid
+    dmap_pages: list[int] = field(default_factory=list)  # pa read through the direct map
     image_pages: dict[int, int] = field(default_factory=dict)  # powerpc64 link address -> pa
     dmap: tuple[int, int, int] | None = None
     machine: str = ""
-    large_pages: set[int] = field(default_factory=set)         # kva of arm 64K-page runs
-    extra_dumped: set[int] = field(default_factory=set)        # dumped pages, no pattern
+    large_pages: set[int] = field(default_factory=set)  # kva of arm 64K-page runs
+    extra_dumped: set[int] = field(default_factory=set)  # dumped pages, no pattern
     expect: dict = field(default_factory=dict)
 
 
@@ -880,7 +994,7 @@ def mini_machine(flavour: str) -> MiniModel:
     for pa in (*m.kva_pages.values(), *m.dmap_pages, *m.image_pages.values()):
         m.mem.write(pa, pattern(pa))
     m.extra_dumped = {ram + 0xD00000}
-    m.mem.write(ram + 0xD00000, b"\xA5" * PAGE)
+    m.mem.write(ram + 0xD00000, b"\xa5" * PAGE)
     return m
 
 
@@ -898,7 +1012,7 @@ def _mini_pmap(m: MiniModel) -> bytes:
             out += struct.pack("<Q", 0 if pa is None else pa | I386_PG | (1 << 63))  # NX
         elif f == "arm":
             base = max((b for b in m.large_pages if b <= va < b + 0x10000), default=None)
-            if base is not None:   # a large page: its entry is replicated 16 times
+            if base is not None:  # a large page: its entry is replicated 16 times
                 entry = (m.kva_pages[base] & 0xFFFF0000) | ARM_AP | ARM_L2_L
             elif pa is None:
                 entry = 0
@@ -937,7 +1051,7 @@ def _ppc_hpt(m: MiniModel) -> bytes:
         for secondary in (False, True):
             if secondary is False and force_secondary:
                 group = hash_of(vsid, index, False)
-                for ptex in range(group * 8, group * 8 + 8):   # decoys: user VSIDs
+                for ptex in range(group * 8, group * 8 + 8):  # decoys: user VSIDs
                     if not table[ptex][0] & 1:
                         table[ptex] = [(0x123456 + ptex) << 12 | 1, 0x5000 | 0x2]
                 continue
@@ -945,7 +1059,7 @@ def _ppc_hpt(m: MiniModel) -> bytes:
             for ptex in range(group * 8, group * 8 + 8):
                 if not table[ptex][0] & 1:
                     hi = vsid << 12 | (index >> 11) << 7 | (2 if secondary else 0) | 1
-                    table[ptex] = [hi, pa | 0x10 | 0x2]     # M (coherent), BW (RW)
+                    table[ptex] = [hi, pa | 0x10 | 0x2]  # M (coherent), BW (RW)
                     return
         raise AssertionError("HPT groups full")
 
@@ -961,8 +1075,7 @@ def _ppc_hpt(m: MiniModel) -> bytes:
     return b"".join(struct.pack(">QQ", hi, lo) for hi, lo in table)
 
 
-def write_mini_minidump(m: MiniModel, path: str, version: int,
-                        truncate_pages: int = 0) -> dict:
+def write_mini_minidump(m: MiniModel, path: str, version: int, truncate_pages: int = 0) -> dict:
     """Write `m` as a minidump of its flavour and `version` (1, or 2 with dump_avail)."""
     magic, machine, avail, kernbase, dmap = MINI_FLAVOURS[m.flavour]
     f = m.flavour
@@ -974,24 +1087,36 @@ def write_mini_minidump(m: MiniModel, path: str, version: int,
     pages |= m.extra_dumped
     bitmap, order = _bitmap(m, pages, with_avail)
     if big:  # the bitmap is an array of big-endian longs
-        bitmap = b"".join(bitmap[i:i + 8][::-1] for i in range(0, len(bitmap), 8))
+        bitmap = b"".join(bitmap[i : i + 8][::-1] for i in range(0, len(bitmap), 8))
     pmap = _mini_pmap(m)
     availsize = PAGE if with_avail else 0
     if f.startswith("powerpc64"):
         dmapbase, dmapend, _ = dmap
         hdr = magic.ljust(32, b"\0") + b"mmu_phyp".ljust(32, b"\0")
-        hdr += struct.pack(e + "4I4Qi4x2Q", version, len(msgbuf), len(bitmap), len(pmap),
-                           kernbase, kernbase + 4 * PPC_SEG - 1, dmapbase, dmapend, 1,
-                           dmapbase + PPC_KERNBASE, dmapbase + 0x800000)
+        hdr += struct.pack(
+            e + "4I4Qi4x2Q",
+            version,
+            len(msgbuf),
+            len(bitmap),
+            len(pmap),
+            kernbase,
+            kernbase + 4 * PPC_SEG - 1,
+            dmapbase,
+            dmapend,
+            1,
+            dmapbase + PPC_KERNBASE,
+            dmapbase + 0x800000,
+        )
         if with_avail:
             hdr += struct.pack(e + "I", availsize)
     else:
-        hdr = magic.ljust(24, b"\0") + struct.pack(e + "4I", version, len(msgbuf),
-                                                   len(bitmap), len(pmap))
+        hdr = magic.ljust(24, b"\0") + struct.pack(
+            e + "4I", version, len(msgbuf), len(bitmap), len(pmap)
+        )
         if f.startswith("i386"):
             hdr += struct.pack("<2I", kernbase, int(f == "i386-pae"))
         elif f == "arm":
-            hdr += struct.pack("<3I", kernbase, 7, 2)    # __ARM_ARCH 7, MMU format v6
+            hdr += struct.pack("<3I", kernbase, 7, 2)  # __ARM_ARCH 7, MMU format v6
         else:
             dmapbase, dmapend, dmapphys = dmap
             hdr += struct.pack("<4Q", kernbase, dmapphys, dmapbase, dmapend)

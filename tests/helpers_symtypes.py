@@ -1,5 +1,6 @@
 """Fixtures' plumbing for tests/test_symbols_types.py: the real samples and
 independent oracles (System.map text, nm, readelf, drgn)."""
+
 from __future__ import annotations
 
 import re
@@ -44,8 +45,9 @@ def tool(name: str) -> str:
 
 
 def nm_size(vmlinux: Path, symbol: str) -> int:
-    out = subprocess.run([tool("nm"), "-S", str(vmlinux)], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [tool("nm"), "-S", str(vmlinux)], capture_output=True, text=True, check=True
+    ).stdout
     for line in out.splitlines():
         parts = line.split()
         if len(parts) == 4 and parts[3] == symbol:
@@ -54,8 +56,9 @@ def nm_size(vmlinux: Path, symbol: str) -> int:
 
 
 def readelf_section_bytes(vmlinux: Path, section: str) -> bytes:
-    out = subprocess.run([tool("readelf"), "-SW", str(vmlinux)], capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        [tool("readelf"), "-SW", str(vmlinux)], capture_output=True, text=True
+    ).stdout
     for line in out.splitlines():
         m = re.match(r"\s*\[\s*\d+\]\s+(\S+)\s+\S+\s+([0-9a-f]+)\s+([0-9a-f]+)\s+([0-9a-f]+)", line)
         if m and m.group(1) == section:

@@ -10,12 +10,13 @@ Optionally wraps the result in makedumpfile's flattened stream.
 
 Field layout facts: makedumpfile diskdump_mod.h / makedumpfile.h.
 """
+
 from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cramjam
 import lzallright
@@ -27,7 +28,7 @@ from kvmcore.notes import NT_PRSTATUS, Note
 FLAGS = {"zlib": 0x1, "lzo": 0x2, "snappy": 0x4, "zstd": 0x20}
 INCOMPLETE = 0x8
 HEADER = struct.Struct("<8si390s6xqqIiiIIIIIIi")  # 464 bytes, LP64 layout
-SUB_HEADER = struct.Struct("<QiiQQqQqQqQQQQ")      # 104 bytes, LP64 layout
+SUB_HEADER = struct.Struct("<QiiQQqQqQqQQQQ")  # 104 bytes, LP64 layout
 PAGE_DESC = struct.Struct("<qIIQ")
 FLAT_HEADER = struct.Struct(">16sqq")
 FLAT_RECORD = struct.Struct(">qq")
@@ -66,8 +67,9 @@ def _uts(uts: dict[str, str]) -> bytes:
     return b"".join(uts.get(f, "").encode()[:64].ljust(65, b"\0") for f in fields)
 
 
-def kdump_image(src: PhysicalMemory, codec: str, uts: dict[str, str],
-                current_cpu: int = 0) -> list[tuple[int, bytes]]:
+def kdump_image(
+    src: PhysicalMemory, codec: str, uts: dict[str, str], current_cpu: int = 0
+) -> list[tuple[int, bytes]]:
     """The kdump file as (offset, bytes) pieces in write order."""
     bs = src.facts.page_size
     compress, flag = compressor(codec), FLAGS[codec]
@@ -117,13 +119,40 @@ def kdump_image(src: PhysicalMemory, codec: str, uts: dict[str, str],
     note_off = bs + SUB_HEADER.size
 
     def header(status: int) -> bytes:
-        return HEADER.pack(b"KDUMP   ", 6, _uts(uts), crashtime, 0, status, bs, sub_blocks,
-                           bitmap_blocks, min(max_mapnr, 0xFFFFFFFF), len(pages), 0, 0,
-                           current_cpu, nr_cpus)
+        return HEADER.pack(
+            b"KDUMP   ",
+            6,
+            _uts(uts),
+            crashtime,
+            0,
+            status,
+            bs,
+            sub_blocks,
+            bitmap_blocks,
+            min(max_mapnr, 0xFFFFFFFF),
+            len(pages),
+            0,
+            0,
+            current_cpu,
+            nr_cpus,
+        )
 
-    sub = SUB_HEADER.pack(phys_base & (2**64 - 1), 0, 0, 0, 0,
-                          note_off + vmci_at if vmci_at is not None else 0, vmci_size,
-                          note_off, len(notes_blob), 0, 0, 0, 0, max_mapnr)
+    sub = SUB_HEADER.pack(
+        phys_base & (2**64 - 1),
+        0,
+        0,
+        0,
+        0,
+        note_off + vmci_at if vmci_at is not None else 0,
+        vmci_size,
+        note_off,
+        len(notes_blob),
+        0,
+        0,
+        0,
+        0,
+        max_mapnr,
+    )
     return [
         (0, header(flag | INCOMPLETE)),  # rewritten complete at the end, as a dumper might
         (bs, sub + notes_blob),
@@ -134,8 +163,15 @@ def kdump_image(src: PhysicalMemory, codec: str, uts: dict[str, str],
     ]
 
 
-def write_kdump(src: PhysicalMemory, out: Path, codec: str = "zlib", *,
-                uts: dict[str, str], flattened: bool = False, current_cpu: int = 0) -> Path:
+def write_kdump(
+    src: PhysicalMemory,
+    out: Path,
+    codec: str = "zlib",
+    *,
+    uts: dict[str, str],
+    flattened: bool = False,
+    current_cpu: int = 0,
+) -> Path:
     """Write `src`'s pages as a kdump-compressed file (or flattened stream) at `out`."""
     pieces = kdump_image(src, codec, uts, current_cpu)
     with open(out, "wb") as f:
@@ -147,7 +183,7 @@ def write_kdump(src: PhysicalMemory, out: Path, codec: str = "zlib", *,
         f.write(FLAT_HEADER.pack(b"makedumpfile", 1, 1).ljust(4096, b"\0"))
         for off, blob in pieces:
             for i in range(0, len(blob), FLAT_CHUNK):
-                chunk = blob[i:i + FLAT_CHUNK]
+                chunk = blob[i : i + FLAT_CHUNK]
                 f.write(FLAT_RECORD.pack(off + i, len(chunk)))
                 f.write(chunk)
         f.write(FLAT_RECORD.pack(-1, -1))  # END_FLAG_FLAT_HEADER in both fields

@@ -2,6 +2,7 @@
 touched. Used to put into real kernel data the values a sample did not happen
 to contain (a looping list, an impossible index, another task state), or
 take pages out of it as a filtered dump does."""
+
 from __future__ import annotations
 
 import mmap
@@ -14,8 +15,9 @@ import kvmcore
 from kvmcore.errors import PageExcludedError
 
 
-def patched_dump(samples, patches: dict[int, bytes], sid: str = "x86_64-kaslr",
-                 fmt: str = "elf") -> kvmcore.Dump:
+def patched_dump(
+    samples, patches: dict[int, bytes], sid: str = "x86_64-kaslr", fmt: str = "elf"
+) -> kvmcore.Dump:
     """The sample's dump with the bytes at these kernel virtual addresses replaced."""
     dump = kvmcore.open(str(samples.get_built(sid).file(fmt)))
     by_pa = {dump.translate(va).pa: value for va, value in patches.items()}
@@ -26,7 +28,7 @@ def patched_dump(samples, patches: dict[int, bytes], sid: str = "x86_64-kaslr",
         for at, value in by_pa.items():
             lo, hi = max(at, pa), min(at + len(value), pa + length)
             if lo < hi:
-                data[lo - pa:hi - pa] = value[lo - at:hi - at]
+                data[lo - pa : hi - pa] = value[lo - at : hi - at]
         return bytes(data)
 
     dump.mem.read_phys = read_phys
@@ -38,8 +40,9 @@ def word(value: int) -> bytes:
     return (value & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
 
 
-def excluded_dump(samples, ranges: list[tuple[int, int]], sid: str = "x86_64-kaslr",
-                  fmt: str = "elf") -> kvmcore.Dump:
+def excluded_dump(
+    samples, ranges: list[tuple[int, int]], sid: str = "x86_64-kaslr", fmt: str = "elf"
+) -> kvmcore.Dump:
     """The sample's dump with the physical pages holding these (kernel virtual
     address, length) ranges missing, as a filtered dump's excluded pages are:
     reading them raises PageExcludedError."""
@@ -61,8 +64,9 @@ def excluded_dump(samples, ranges: list[tuple[int, int]], sid: str = "x86_64-kas
 
 
 def _readelf_build_id(path: Path) -> str:
-    out = subprocess.run(["readelf", "-n", str(path)], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["readelf", "-n", str(path)], capture_output=True, text=True, check=True
+    ).stdout
     match = re.search(r"Build ID: ([0-9a-f]+)", out)
     assert match, f"readelf finds no build id in {path}"
     return match.group(1)

@@ -4,6 +4,7 @@ VMCOREINFO is the kernel's own note in memory), read with the -dbg vmlinux
 (Debian's 6.1 s390x and ppc64el kernels have no BTF: CONFIG_DEBUG_INFO_BTF is
 off for both). Ground truth: the manifests, drgn (given the VMCOREINFO text
 decoded here without kvmcore), gdb-multiarch."""
+
 from __future__ import annotations
 
 import mmap
@@ -14,9 +15,9 @@ import sys
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from oracles import drgn_module, gdb_binary
 
 import kvmcore
-from oracles import drgn_module, gdb_binary
 
 PY = sys.executable
 
@@ -25,15 +26,19 @@ class ElfPhys:
     """Physical memory of a QEMU ELF dump, read with pyelftools (not kvmcore)."""
 
     def __init__(self, path) -> None:
-        self.f = open(path, "rb")
+        # kept open for the object's lifetime: the mmap and pyelftools read it lazily
+        self.f = open(path, "rb")  # noqa: SIM115
         self.map = mmap.mmap(self.f.fileno(), 0, access=mmap.ACCESS_READ)
-        self.loads = [(s["p_paddr"], s["p_filesz"], s["p_offset"])
-                      for s in ELFFile(self.f).iter_segments() if s["p_type"] == "PT_LOAD"]
+        self.loads = [
+            (s["p_paddr"], s["p_filesz"], s["p_offset"])
+            for s in ELFFile(self.f).iter_segments()
+            if s["p_type"] == "PT_LOAD"
+        ]
 
     def read(self, pa: int, n: int) -> bytes:
         for start, size, off in self.loads:
             if start <= pa and pa + n <= start + size:
-                return self.map[off + pa - start: off + pa - start + n]
+                return self.map[off + pa - start : off + pa - start + n]
         raise KeyError(hex(pa))
 
 
@@ -49,10 +54,10 @@ def vmcoreinfo_text(path, arch: str) -> bytes:
         return mem.read(pa + 24, descsz)
     head = struct.pack("<I", 11)
     for m in re.finditer(re.escape(b"VMCOREINFO\0"), mem.map):
-        hdr = mem.map[m.start() - 12: m.start()]
+        hdr = mem.map[m.start() - 12 : m.start()]
         if hdr[:4] == head and hdr[8:12] == b"\0\0\0\0":
             descsz = struct.unpack("<I", hdr[4:8])[0]
-            text = mem.map[m.start() + 12: m.start() + 12 + descsz]
+            text = mem.map[m.start() + 12 : m.start() + 12 + descsz]
             if text.startswith(b"OSRELEASE="):
                 return text
     raise AssertionError("no VMCOREINFO note in the dump's memory")
@@ -118,8 +123,14 @@ def check_drgn(path, vmlinux, arch: str, m) -> None:
     prog.set_core_dump(str(path))
     prog.load_debug_info([str(vmlinux)], default=False, main=False)
     try:
-        theirs = {t.pid.value_(): (t.tgid.value_(), t.real_parent.tgid.value_(),
-                                   t.comm.string_().decode()) for t in for_each_task(prog)}
+        theirs = {
+            t.pid.value_(): (
+                t.tgid.value_(),
+                t.real_parent.tgid.value_(),
+                t.comm.string_().decode(),
+            )
+            for t in for_each_task(prog)
+        }
     except drgn.FaultError as exc:
         if arch != "ppc64le":
             raise
@@ -136,11 +147,25 @@ def check_drgn(path, vmlinux, arch: str, m) -> None:
 
 def check_gdb(path, vmlinux, arch: str, m) -> str:
     server = f"{PY} -m kvmcore.gdbserver --stdio {path} {vmlinux}"
-    args = [gdb_binary(arch), "-nx", "-batch", "-ex", "set width 0", "-ex", "set height 0",
-            "-ex", "set remotetimeout 60", "-ex", f"target remote | {server}",
-            "-ex", "info threads", "-ex", "bt 30", str(vmlinux)]
-    p = subprocess.run(args, capture_output=True, text=True, timeout=600,
-                       stdin=subprocess.DEVNULL)
+    args = [
+        gdb_binary(arch),
+        "-nx",
+        "-batch",
+        "-ex",
+        "set width 0",
+        "-ex",
+        "set height 0",
+        "-ex",
+        "set remotetimeout 60",
+        "-ex",
+        f"target remote | {server}",
+        "-ex",
+        "info threads",
+        "-ex",
+        "bt 30",
+        str(vmlinux),
+    ]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     out = p.stdout + p.stderr
     with kvmcore.open(str(path), vmlinux=str(vmlinux)) as dump:
         ntasks = len(dump.kernel.tasks())

@@ -1,5 +1,6 @@
 """`kvmcore analyze` end to end, as a user runs it (the installed console
 script, output piped), on the real sample dumps; facts from the manifests."""
+
 from __future__ import annotations
 
 import json
@@ -10,24 +11,29 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, sample_files
 
 KVMCORE = Path(sys.executable).with_name("kvmcore")
 SCHEMA = ROOT / "kvmcore" / "schema" / "report.schema.json"
 # one file of each kind per sample: ELF, QEMU's flattened kdump, filtered kdump. Kernels
 # with BTF only (x86_64, arm64): with no vmlinux, i386's 686-pae kernel has no types.
-REPORT_FILES = [(sid, fmt) for arch in ("x86_64", "aarch64")
-                for sid, fmt in sample_files(arch=arch)
-                if fmt in ("elf", "kdump-zlib", "mdf-d31-c", "proc-elf", "mdf-d31-l")]
+REPORT_FILES = [
+    (sid, fmt)
+    for arch in ("x86_64", "aarch64")
+    for sid, fmt in sample_files(arch=arch)
+    if fmt in ("elf", "kdump-zlib", "mdf-d31-c", "proc-elf", "mdf-d31-l")
+]
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if not KVMCORE.exists():
-        pytest.fail(f"{KVMCORE} is missing: install kvmcore into this venv (pip install -e .)",
-                    pytrace=False)
-    p = subprocess.run([str(KVMCORE), *args], capture_output=True, text=True, timeout=600,
-                       stdin=subprocess.DEVNULL)
+        pytest.fail(
+            f"{KVMCORE} is missing: install kvmcore into this venv (pip install -e .)",
+            pytrace=False,
+        )
+    p = subprocess.run(
+        [str(KVMCORE), *args], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
+    )
     if check:
         assert p.returncode == 0, p.stderr
     return p
@@ -41,8 +47,10 @@ def reports(samples):
     def get(sid: str, fmt: str):
         if (sid, fmt) not in cache:
             path = str(samples.get_built(sid).file(fmt))
-            cache[sid, fmt] = (run("analyze", path).stdout,
-                               json.loads(run("analyze", path, "--json").stdout))
+            cache[sid, fmt] = (
+                run("analyze", path).stdout,
+                json.loads(run("analyze", path, "--json").stdout),
+            )
         return cache[sid, fmt]
 
     return get
@@ -138,15 +146,18 @@ def _bad_inputs(tmp_path: Path, samples) -> dict[str, tuple[Path, str]]:
     trunc_kdump = tmp_path / "truncated.kdump"
     with open(src.file("mdf-d31-c"), "rb") as f:
         trunc_kdump.write_bytes(f.read(3 << 20))
-    return {"not a dump": (not_dump, "not a recognised crash dump"),
-            "empty": (empty, "is empty"),
-            "directory": (tmp_path, "is a directory"),
-            "truncated ELF": (trunc_elf, "truncated"),
-            "truncated kdump": (trunc_kdump, "truncated")}
+    return {
+        "not a dump": (not_dump, "not a recognised crash dump"),
+        "empty": (empty, "is empty"),
+        "directory": (tmp_path, "is a directory"),
+        "truncated ELF": (trunc_elf, "truncated"),
+        "truncated kdump": (trunc_kdump, "truncated"),
+    }
 
 
-@pytest.mark.parametrize("case", ["not a dump", "empty", "directory", "truncated ELF",
-                                  "truncated kdump"])
+@pytest.mark.parametrize(
+    "case", ["not a dump", "empty", "directory", "truncated ELF", "truncated kdump"]
+)
 def test_bad_input_is_one_line(tmp_path, samples, case):
     path, words = _bad_inputs(tmp_path, samples)[case]
     p = run("analyze", str(path), check=False)

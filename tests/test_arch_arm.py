@@ -250,8 +250,13 @@ def test_other_cpu_leaves_irq_stack(dump):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", "kvmcore.cli.main", *args], capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [PY, "-m", "kvmcore.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_without_vmlinux_one_line_error_names_the_dbg_vmlinux():
@@ -283,14 +288,25 @@ def test_dmesg_and_cpu_bt_with_system_map_only():
 
 def run_gdb(commands: list[str], symbols: Path, timeout: int = 600) -> str:
     path = sample().file("elf")
-    args = [gdb_binary("arm"), "-nx", "-batch", "-ex", "set width 0", "-ex", "set height 0",
-            "-ex", "set remotetimeout 60", "-ex", f"target remote | {PY} -m kvmcore.gdbserver "
-            f"--stdio {path} {symbols}"]
+    args = [
+        gdb_binary("arm"),
+        "-nx",
+        "-batch",
+        "-ex",
+        "set width 0",
+        "-ex",
+        "set height 0",
+        "-ex",
+        "set remotetimeout 60",
+        "-ex",
+        f"target remote | {PY} -m kvmcore.gdbserver --stdio {path} {symbols}",
+    ]
     for c in commands:
         args += ["-ex", c]
     args.append(str(symbols))
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                       stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
     return p.stdout + p.stderr
 
 

@@ -8,6 +8,7 @@ registers), from the -dbg package's System.map, and from gdb. The format
 variants of i386-pae are compared page for page in tests/test_kdump_formats.py
 (parametrized over every sample).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from oracles import readelf_vmcoreinfo
 
 import kvmcore
 from kvmcore.registry import get_arch
-from oracles import readelf_vmcoreinfo
 from sample_dumps.catalog import load_samples
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +61,7 @@ def qemu_cr4(dump) -> list[int]:
     """CR4 of every vCPU from QEMU's "QEMU" notes."""
     notes = [n for n in dump.mem.notes if n.name == "QEMU"]
     assert notes, "the QEMU ELF dump has no QEMU CPU-state notes"
-    return [int.from_bytes(n.desc[QEMU_NOTE_CR4:QEMU_NOTE_CR4 + 8], "little") for n in notes]
+    return [int.from_bytes(n.desc[QEMU_NOTE_CR4 : QEMU_NOTE_CR4 + 8], "little") for n in notes]
 
 
 def kvmcore_cli(*args: str) -> str:
@@ -74,6 +75,7 @@ def kvmcore_cli(*args: str) -> str:
 
 # -- arch selection and uts through kernel virtual memory ---------------------
 
+
 @pytest.mark.parametrize("sid,fmt", dump_files(I386) + dump_files(NOPAE) + dump_files(LA57))
 def test_open_picks_arch_and_reads_uts(sid, fmt):
     s = sample(sid)
@@ -85,10 +87,14 @@ def test_open_picks_arch_and_reads_uts(sid, fmt):
         info = dump.vmcoreinfo
         base = info.symbol("init_uts_ns") + info.offset("uts_namespace", "name")
         raw = dump.read(base, UTS_FIELD * 5)
-    fields = [raw[i * UTS_FIELD:(i + 1) * UTS_FIELD].split(b"\0")[0].decode() for i in range(5)]
+    fields = [raw[i * UTS_FIELD : (i + 1) * UTS_FIELD].split(b"\0")[0].decode() for i in range(5)]
     sysname, _node, release, version, machine = fields
     assert (sysname, release, version, machine) == (
-        m["uts"]["sysname"], m["uts"]["release"], m["uts"]["version"], m["uts"]["machine"])
+        m["uts"]["sysname"],
+        m["uts"]["release"],
+        m["uts"]["version"],
+        m["uts"]["machine"],
+    )
 
 
 @pytest.mark.parametrize("sid,other", [(I386, "x86_64"), (NOPAE, "x86_64"), (LA57, "i386")])
@@ -99,6 +105,7 @@ def test_other_x86_backend_does_not_claim(sid, other):
 
 
 # -- i386 PAE -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("sid,pae", [(I386, True), (NOPAE, False)])
 def test_i386_vmcoreinfo_and_cpu_agree_on_pae(sid, pae):
@@ -111,8 +118,7 @@ def test_i386_vmcoreinfo_and_cpu_agree_on_pae(sid, pae):
         assert len(dump.translator.table.levels) == (3 if pae else 2)
         assert [bool(cr4 & CR4_PAE) for cr4 in qemu_cr4(dump)] == [pae] * s.manifest["qemu"]["smp"]
         assert dump.translator.describe()["page_offset"] == I386_PAGE_OFFSET
-        assert dump.translator.root == int(fields["SYMBOL(swapper_pg_dir)"], 16) - \
-            I386_PAGE_OFFSET
+        assert dump.translator.root == int(fields["SYMBOL(swapper_pg_dir)"], 16) - I386_PAGE_OFFSET
 
 
 @pytest.mark.parametrize("sid,fmt", dump_files(I386) + dump_files(NOPAE))
@@ -128,7 +134,7 @@ def test_i386_translate_is_pa_of_direct_map(sid, fmt):
         # PAE: 4 KB or 2 MB pages; 2-level: 4 KB or 4 MB
         assert t.page_size in ((4096, 2 << 20) if sid == I386 else (4096, 4 << 20))
         phys = dump.read_phys(t.pa, UTS_FIELD * 3)
-        assert phys[2 * UTS_FIELD:].split(b"\0")[0].decode() == s.manifest["kernel_release"]
+        assert phys[2 * UTS_FIELD :].split(b"\0")[0].decode() == s.manifest["kernel_release"]
 
 
 @pytest.mark.parametrize("sid,large", [(I386, 2 << 20), (NOPAE, 4 << 20)])
@@ -150,6 +156,7 @@ def test_i386_walk_pages_page_sizes_and_lowmem(sid, large):
 
 
 # -- x86_64 5-level -----------------------------------------------------------
+
 
 def test_la57_vmcoreinfo_and_cpu_say_five_levels():
     s = sample(LA57)
@@ -192,19 +199,23 @@ def test_la57_kernel_image_and_direct_map():
         image_bytes = dump.read(uts, UTS_FIELD * 5)
         ranges = list(dump.walk_pages())
         # the direct map (page_offset_base, 0xff11... with 5 levels) also maps want_pa
-        dmap = [r for r in ranges if r.pa <= want_pa < r.pa + r.size and
-                0xFF11000000000000 <= r.va < 0xFF91000000000000]
+        dmap = [
+            r
+            for r in ranges
+            if r.pa <= want_pa < r.pa + r.size and 0xFF11000000000000 <= r.va < 0xFF91000000000000
+        ]
         assert dmap, "no direct-map range maps init_uts_ns's physical page"
         alias = dmap[0].va + (want_pa - dmap[0].pa)
         assert alias < 0xFFFF800000000000  # beyond what 4-level paging can address
         assert dump.translate(alias).pa == want_pa
         assert dump.read(alias, UTS_FIELD * 5) == image_bytes
-    assert image_bytes[2 * UTS_FIELD:].split(b"\0")[0].decode() == s.manifest["kernel_release"]
+    assert image_bytes[2 * UTS_FIELD :].split(b"\0")[0].decode() == s.manifest["kernel_release"]
     assert any(r.va >= START_KERNEL_MAP for r in ranges)
     assert all(a.va + a.size <= b.va for a, b in zip(ranges, ranges[1:]))
 
 
 # -- the kernel model (ps, dmesg) on both --------------------------------------
+
 
 def check_ps(tasks: list[dict], manifest: dict) -> None:
     by_pid = {t["pid"]: t for t in tasks}
@@ -252,6 +263,7 @@ def test_i386_sleeping_thread_unwinds_through_switch_frame(sid):
 
 # -- gdb accepts the i386 target description -----------------------------------
 
+
 def test_gdb_accepts_i386_tdesc():
     s = sample(I386)
     gdb = shutil.which("gdb") or shutil.which("gdb-multiarch")
@@ -259,11 +271,24 @@ def test_gdb_accepts_i386_tdesc():
         pytest.fail("gdb is missing: apt-get install gdb")
     dump = s.file("elf")
     serve = f"{sys.executable} -m kvmcore.gdbserver --stdio {dump}"
-    p = subprocess.run([gdb, "-nx", "-batch", "-ex", f"target remote | {serve}",
-                        "-ex", "show architecture", "-ex", "info registers eip eflags cs ds"],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            gdb,
+            "-nx",
+            "-batch",
+            "-ex",
+            f"target remote | {serve}",
+            "-ex",
+            "show architecture",
+            "-ex",
+            "info registers eip eflags cs ds",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = p.stdout + p.stderr
-    assert "currently \"i386\"" in out, out
+    assert 'currently "i386"' in out, out
     eip = int(re.search(r"^eip\s+(0x[0-9a-f]+)", out, re.M)[1], 16)
     # the vCPU stopped in kernel text: check against the -dbg System.map, slid
     # by the runtime _stext VMCOREINFO reports

@@ -251,14 +251,25 @@ def test_busyloop_cpu_crosses_irq_stack(dump):
 
 def run_gdb(commands: list[str], symbols: Path, timeout: int = 600) -> str:
     path = sample().file("elf")
-    args = [gdb_binary("riscv64"), "-nx", "-batch", "-ex", "set width 0", "-ex", "set height 0",
-            "-ex", "set remotetimeout 60", "-ex", f"target remote | {PY} -m kvmcore.gdbserver "
-            f"--stdio {path}"]
+    args = [
+        gdb_binary("riscv64"),
+        "-nx",
+        "-batch",
+        "-ex",
+        "set width 0",
+        "-ex",
+        "set height 0",
+        "-ex",
+        "set remotetimeout 60",
+        "-ex",
+        f"target remote | {PY} -m kvmcore.gdbserver --stdio {path}",
+    ]
     for c in commands:
         args += ["-ex", c]
     args.append(str(symbols))
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                       stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
     return p.stdout + p.stderr
 
 
@@ -293,14 +304,26 @@ def test_gdb_bt_with_symfile(tmp_path):
     unwinds the panicking task through sysrq_handle_crash and a sleeping task
     through __schedule, on its own DWARF unwinder."""
     sym = tmp_path / "vmlinux.sym"
-    p = subprocess.run([PY, "-m", "kvmcore.cli.main", "symfile", str(sample().file("elf")),
-                        "-o", str(sym)], capture_output=True, text=True, timeout=300,
-                       stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [PY, "-m", "kvmcore.cli.main", "symfile", str(sample().file("elf")), "-o", str(sym)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert p.returncode == 0 and ".debug_frame" in p.stdout, p.stdout + p.stderr
     m = sample().manifest
     sleep_pid = next(p["pid"] for p in m["processes"] if p["comm"] == "sleep")
-    out = run_gdb(["bt 30", "echo ==SLEEP==\\n", f"thread find ^{sleep_pid} sleep",
-                   "info threads", "echo ==END==\\n"], sym)
+    out = run_gdb(
+        [
+            "bt 30",
+            "echo ==SLEEP==\\n",
+            f"thread find ^{sleep_pid} sleep",
+            "info threads",
+            "echo ==END==\\n",
+        ],
+        sym,
+    )
     check_gdb_panic_bt(out.split("==SLEEP==")[0])
     row = re.search(rf"^[ *] +(\d+) +Thread {sleep_pid} ", out.split("==SLEEP==")[1], re.M)
     assert row, out[-3000:]
@@ -325,5 +348,8 @@ def test_every_task_unwinds_to_its_stack_end(with_vmlinux):
                 assert bt.user_regs is not None, (t.pid, names(bt))
             else:
                 assert last in ("ret_from_fork", "_start_kernel", "secondary_start_sbi"), (
-                    t.pid, t.comm, names(bt))
+                    t.pid,
+                    t.comm,
+                    names(bt),
+                )
         assert len(tasks) > 60

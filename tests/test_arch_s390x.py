@@ -4,12 +4,13 @@ vmlinux for types (the kernel has no BTF). See tests/s390ppc_checks.py.
 
 crash is not run: Debian's crash 8.0.2 is built for the host's architecture
 only and cannot open a s390x dump."""
+
 from __future__ import annotations
 
 import pytest
+import s390ppc_checks as c
 
 import kvmcore
-import s390ppc_checks as c
 
 SID, ARCH = "s390x", "s390x"
 FORMATS = ("elf", "kdump-zlib")

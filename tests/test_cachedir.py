@@ -1,5 +1,6 @@
 """One cache root, ${KVMCORE_CACHE:-~/.cache/kvmcore}, for kvmcore's index
 cache and the sample builder alike."""
+
 from __future__ import annotations
 
 from pathlib import Path

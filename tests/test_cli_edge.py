@@ -3,20 +3,20 @@ vmlinux refused at open, symbol offsets never past a symbol's end, the KASLR
 offset checked against kallsyms, `read` bounded and streamed, and every error
 one line with a documented exit status. Each recipe is built here; the facts
 asserted come from the manifests, readelf and System.map."""
+
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from patching import other_build
 
 import kvmcore
-from patching import other_build
 from kvmcore.errors import SymbolError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,9 +26,13 @@ README = (ROOT / "README.md").read_text()
 
 
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kvmcore.cli.main", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "kvmcore.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def one_line_error(p: subprocess.CompletedProcess, code: int) -> str:
@@ -44,12 +48,13 @@ def one_line_error(p: subprocess.CompletedProcess, code: int) -> str:
 
 def exit_status_paragraph() -> str:
     start = README.index("Exit status:")
-    return README[start:README.index("\n\n", start)]
+    return README[start : README.index("\n\n", start)]
 
 
 def readelf_build_id(path: Path) -> str:
-    out = subprocess.run(["readelf", "-n", str(path)], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["readelf", "-n", str(path)], capture_output=True, text=True, check=True
+    ).stdout
     return re.search(r"Build ID: ([0-9a-f]+)", out).group(1)
 
 
@@ -87,9 +92,15 @@ def _not_vmlinux_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     empty.write_bytes(b"")
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    libc = next(p for p in (Path("/lib/x86_64-linux-gnu/libc.so.6"),
-                            Path("/usr/lib/x86_64-linux-gnu/libc.so.6"),
-                            Path("/lib64/libc.so.6")) if p.exists())
+    libc = next(
+        p
+        for p in (
+            Path("/lib/x86_64-linux-gnu/libc.so.6"),
+            Path("/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            Path("/lib64/libc.so.6"),
+        )
+        if p.exists()
+    )
     return {
         "ls": (Path("/bin/ls"), "not a vmlinux"),
         "libc": (libc, "not a vmlinux"),
@@ -125,8 +136,9 @@ def test_samples_own_vmlinux_accepted(samples, sid):
 
 # -- 2. no offset past a symbol's end ---------------------------------------------------
 def nm_sized(path: Path) -> list[tuple[int, int, str]]:
-    out = subprocess.run(["nm", "-S", "--defined-only", "-n", str(path)], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["nm", "-S", "--defined-only", "-n", str(path)], capture_output=True, text=True, check=True
+    ).stdout
     rows = []
     for line in out.splitlines():
         parts = line.split()
@@ -144,9 +156,13 @@ def test_address_in_a_gap_after_a_sized_function_is_bare(samples):
     rows = nm_sized(vmlinux)
     addrs = sorted({a for a, _, _ in rows})
     # a function whose end (nm's size) is followed by padding no symbol starts in
-    gap = next(a + size for a, size, _ in rows
-               if size and a + size not in addrs
-               and addrs[__import__("bisect").bisect_right(addrs, a)] > a + size)
+    gap = next(
+        a + size
+        for a, size, _ in rows
+        if size
+        and a + size not in addrs
+        and addrs[__import__("bisect").bisect_right(addrs, a)] > a + size
+    )
     dump = kvmcore.open(str(s.file("elf")), str(vmlinux))
     table = load_symbols(dump)
     at = gap + dump.kernel_offset
@@ -165,8 +181,12 @@ def test_module_symbol_offset_past_its_size_is_bare():
 
 
 # -- 3. the KASLR offset checked against kallsyms -----------------------------------------
-KASLR = int(re.search(r"^KERNELOFFSET=([0-9a-f]+)$", COMMITTED.read_bytes()[:1 << 20]
-                      .decode("latin-1"), re.M).group(1), 16)
+KASLR = int(
+    re.search(
+        r"^KERNELOFFSET=([0-9a-f]+)$", COMMITTED.read_bytes()[: 1 << 20].decode("latin-1"), re.M
+    ).group(1),
+    16,
+)
 
 
 def patched(tmp_path: Path, old: bytes, new: bytes) -> Path:
@@ -190,9 +210,13 @@ def test_kaslr_offset_from_vmcoreinfo_says_so():
 def test_bad_kerneloffset_measured_from_stext(tmp_path, kind):
     digits = b"%x" % KASLR  # replacements keep the line's length, whatever this build's offset
     n = len(digits)
-    line = {"zero": b"KERNELOFFSET=" + b"0" * n, "not-hex": b"KERNELOFFSET=" + b"z" * n,
-            "key-missing": b"KERNELOFFSXT=" + digits, "negative": b"KERNELOFFSET=-" + digits[1:],
-            "huge": b"KERNELOFFSET=" + b"f" * n}[kind]
+    line = {
+        "zero": b"KERNELOFFSET=" + b"0" * n,
+        "not-hex": b"KERNELOFFSET=" + b"z" * n,
+        "key-missing": b"KERNELOFFSXT=" + digits,
+        "negative": b"KERNELOFFSET=-" + digits[1:],
+        "huge": b"KERNELOFFSET=" + b"f" * n,
+    }[kind]
     dump = patched(tmp_path, b"KERNELOFFSET=%x" % KASLR, line)
     p = cli("info", "--json", dump)
     assert p.returncode == 0, p.stderr
@@ -204,20 +228,24 @@ def test_bad_kerneloffset_measured_from_stext(tmp_path, kind):
 
 
 def test_duplicated_vmcoreinfo_keys_flagged(tmp_path):
-    dump = patched(tmp_path, b"NUMBER(KERNEL_IMAGE_SIZE)=1073741824",
-                   b"KERNELOFFSET=3c000000\nOSRELEASE=evil")
+    dump = patched(
+        tmp_path, b"NUMBER(KERNEL_IMAGE_SIZE)=1073741824", b"KERNELOFFSET=3c000000\nOSRELEASE=evil"
+    )
     info = json.loads(cli("info", "--json", dump).stdout)
     assert info["vmcoreinfo_conflicts"] == {
         "KERNELOFFSET": [f"{KASLR:x}", "3c000000"],
-        "OSRELEASE": [MANIFEST["kernel_release"], "evil"]}
+        "OSRELEASE": [MANIFEST["kernel_release"], "evil"],
+    }
     assert info["kaslr_offset"] == f"{KASLR:#x}" and "2 times" in info["kaslr_offset_source"]
     assert "conflicting duplicates" in cli("sys", dump).stdout
 
 
 def test_arm64_kaslr_offset_matches_the_boot_log(samples):
     s = samples.get_built("arm64-kaslr")
-    boot = re.search(r"Kernel Offset: (0x[0-9a-f]+)",
-                     (s.file("elf").parent / "serial.log").read_text(errors="replace")).group(1)
+    boot = re.search(
+        r"Kernel Offset: (0x[0-9a-f]+)",
+        (s.file("elf").parent / "serial.log").read_text(errors="replace"),
+    ).group(1)
     # the boot log's offset is from KIMAGE_VADDR; _stext sits 0x10000 above it in
     # both the link and the runtime image, so the offsets are the same
     assert kvmcore.open(str(s.file("elf"))).kernel_offset == int(boot, 16)
@@ -231,12 +259,30 @@ def test_read_refuses_an_address_wider_than_the_word():
 
 def test_read_past_the_end_of_memory_fails_before_reading():
     top = MANIFEST["qemu"]["memory_mb"] << 20
-    p = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "kvmcore.cli.main",
-                        "read", "--phys", str(COMMITTED), "0x100000", "0xFF00000"],
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            "/usr/bin/time",
+            "-f",
+            "%M",
+            sys.executable,
+            "-m",
+            "kvmcore.cli.main",
+            "read",
+            "--phys",
+            str(COMMITTED),
+            "0x100000",
+            "0xFF00000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 5 and p.stdout == "", p.stderr
-    err = [ln for ln in p.stderr.strip().splitlines() if not ln.strip().isdigit()
-           and not ln.startswith("Command exited")]
+    err = [
+        ln
+        for ln in p.stderr.strip().splitlines()
+        if not ln.strip().isdigit() and not ln.startswith("Command exited")
+    ]
     assert len(err) == 1 and f"{top:#x}" in err[0], p.stderr
     rss_kb = int(p.stderr.strip().splitlines()[-1])
     assert rss_kb < 200_000, rss_kb
@@ -245,9 +291,23 @@ def test_read_past_the_end_of_memory_fails_before_reading():
 def test_read_text_streams_and_json_is_capped():
     # 8 MiB of kernel text from _stext: kept at every dump level
     stext = 0xFFFFFFFF81000000 + KASLR
-    p = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "kvmcore.cli.main",
-                        "read", str(COMMITTED), hex(stext), "0x800000"],
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            "/usr/bin/time",
+            "-f",
+            "%M",
+            sys.executable,
+            "-m",
+            "kvmcore.cli.main",
+            "read",
+            str(COMMITTED),
+            hex(stext),
+            "0x800000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-500:]
     lines = p.stdout.splitlines()
     assert len(lines) == 0x800000 // 16 and lines[0].startswith(f"{stext:016x}:")
@@ -257,19 +317,22 @@ def test_read_text_streams_and_json_is_capped():
 
 
 # -- 5. one line, a documented exit status --------------------------------------------------
-@pytest.mark.parametrize("args,code", [
-    (["read", COMMITTED, "zz"], 2),
-    (["read", COMMITTED, "0xffffffffab200000", "-1"], 2),
-    (["read", COMMITTED, "0xffffffffab200000", "ten"], 2),
-    (["bt", COMMITTED, "--pid", "99999"], 6),
-    (["bt", COMMITTED, "--pid", "x10"], 2),
-    (["ps", COMMITTED, "--bogus"], 2),
-    (["ps"], 2),
-    (["serve", COMMITTED, "--listen", "nosuchhost.invalid:1"], 7),
-    (["serve", COMMITTED, "--listen", "192.0.2.1:1"], 7),
-    (["serve", COMMITTED, "--listen", "127.0.0.1:99999"], 2),
-    (["info", "/nonexistent/vmcore"], 6),
-])
+@pytest.mark.parametrize(
+    "args,code",
+    [
+        (["read", COMMITTED, "zz"], 2),
+        (["read", COMMITTED, "0xffffffffab200000", "-1"], 2),
+        (["read", COMMITTED, "0xffffffffab200000", "ten"], 2),
+        (["bt", COMMITTED, "--pid", "99999"], 6),
+        (["bt", COMMITTED, "--pid", "x10"], 2),
+        (["ps", COMMITTED, "--bogus"], 2),
+        (["ps"], 2),
+        (["serve", COMMITTED, "--listen", "nosuchhost.invalid:1"], 7),
+        (["serve", COMMITTED, "--listen", "192.0.2.1:1"], 7),
+        (["serve", COMMITTED, "--listen", "127.0.0.1:99999"], 2),
+        (["info", "/nonexistent/vmcore"], 6),
+    ],
+)
 def test_errors_are_one_line_with_a_documented_code(args, code):
     one_line_error(cli(*args, timeout=60), code)
 
@@ -321,4 +384,5 @@ def test_walk_error_code_is_documented():
 
     assert WalkError.exit_code == 8
     assert "8 corrupt kernel data (a page-table or list cycle" in " ".join(
-        exit_status_paragraph().split())
+        exit_status_paragraph().split()
+    )

@@ -2,6 +2,7 @@
 the KERNELOFFSET readelf decodes from the dump's VMCOREINFO note), translated
 by kvmcore, lands on the bytes readelf's program headers place at that
 physical address in the file, and those bytes are the kernel's banner."""
+
 from __future__ import annotations
 
 import json
@@ -31,11 +32,15 @@ def test_read_lands_on_the_file_bytes(samples, sid):
     info = bytes.fromhex(hexdata.replace(" ", "")).decode()
     offset = int(re.search(r"^KERNELOFFSET=([0-9a-f]+)$", info, re.M).group(1), 16)
     sysmap = samples.vmlinux(sid).parent / f"System.map-{s.manifest['kernel_release']}"
-    banner = next(int(line.split()[0], 16) for line in sysmap.read_text().splitlines()
-                  if line.endswith(" linux_banner"))
+    banner = next(
+        int(line.split()[0], 16)
+        for line in sysmap.read_text().splitlines()
+        if line.endswith(" linux_banner")
+    )
     va = banner + offset
-    p = subprocess.run([str(KVMCORE), "read", str(dump), hex(va), "64", "--json"],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [str(KVMCORE), "read", str(dump), hex(va), "64", "--json"], capture_output=True, text=True
+    )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     data = bytes.fromhex(out["hex"])

@@ -2,12 +2,13 @@
 with the table's arguments and a `monitor` command, `monitor help` lists
 them all, and the CLI prints exactly what the table's functions return.
 Facts about the dump come from the committed sample's manifest."""
+
 from __future__ import annotations
 
 import json
 import subprocess
-from collections import Counter
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -25,16 +26,27 @@ DUMP = SMALL / "vmcore.mdf-d31-c"
 MANIFEST = json.loads((SMALL / "manifest.json").read_text())
 KVMCORE = [sys.executable, "-c", "from kvmcore.cli.main import main; main()"]
 # what each command needs on a command line; the rest of its arguments are optional
-LINE_ARGS = {"sym": ["linux_banner"], "read": ["0x1000", "16", "--phys"], "analyze": [],
-             "p": ["init_task.comm"], "struct": ["list_head"], "union": ["__sifields"],
-             "whatis": ["init_task"], "rd": ["jiffies"], "list": ["init_task.tasks"],
-             "vtop": ["init_task"], "ptov": ["0x1000"], "foreach": ["1", "files"],
-             "search": ["init_task", "-l", "2"]}
+LINE_ARGS = {
+    "sym": ["linux_banner"],
+    "read": ["0x1000", "16", "--phys"],
+    "analyze": [],
+    "p": ["init_task.comm"],
+    "struct": ["list_head"],
+    "union": ["__sifields"],
+    "whatis": ["init_task"],
+    "rd": ["jiffies"],
+    "list": ["init_task.tasks"],
+    "vtop": ["init_task"],
+    "ptov": ["0x1000"],
+    "foreach": ["1", "files"],
+    "search": ["init_task", "-l", "2"],
+}
 
 
 def kvmcore_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(KVMCORE + [str(a) for a in args], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        KVMCORE + [str(a) for a in args], capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +111,11 @@ def test_monitor_read_of_the_banner(target):
     """sym then read: the words, put back in little-endian order, are the banner."""
     address = target.monitor("sym linux_banner").strip()
     text = target.monitor(f"read {address} 32")
-    raw = b"".join(int(word, 16).to_bytes(8, "little")
-                   for line in text.splitlines() for word in line.split()[1:])
+    raw = b"".join(
+        int(word, 16).to_bytes(8, "little")
+        for line in text.splitlines()
+        for word in line.split()[1:]
+    )
     assert raw.startswith(f"Linux version {MANIFEST['kernel_release']}".encode())
 
 
@@ -121,11 +136,20 @@ def test_parse():
     assert BT.parse(["115"]) == {"pid": 115}
     assert BT.parse(["-a"]) == {"all_tasks": True}
     assert BT.parse(["--all", "--pid", "7"]) == {"all_tasks": True, "pid": 7}
-    assert READ.parse(["0xffff0000", "0x20", "--phys"]) == \
-        {"address": "0xffff0000", "length": 32, "physical": True}
+    assert READ.parse(["0xffff0000", "0x20", "--phys"]) == {
+        "address": "0xffff0000",
+        "length": 32,
+        "physical": True,
+    }
     assert PS.parse([]) == {}
-    for cmd, words in ((PS, ["x"]), (BT, ["--pid"]), (BT, ["-a=1"]), (BT, ["--bogus"]),
-                       (READ, []), (READ, ["1", "2", "3"])):
+    for cmd, words in (
+        (PS, ["x"]),
+        (BT, ["--pid"]),
+        (BT, ["-a=1"]),
+        (BT, ["--bogus"]),
+        (READ, []),
+        (READ, ["1", "2", "3"]),
+    ):
         with pytest.raises(KvmcoreError, match="usage: "):
             cmd.parse(words)
 
@@ -141,8 +165,11 @@ def test_sym_resolves_module_addresses():
     with kvmcore.open(str(DUMP)) as dump:
         table = list(dump.kernel.symbol_table())
     counts = Counter(sym.name for sym in table)  # init_module etc. are in every module
-    name = next(sym.name for sym in table
-                if sym.module == module and sym.type in "tT" and counts[sym.name] == 1)
+    name = next(
+        sym.name
+        for sym in table
+        if sym.module == module and sym.type in "tT" and counts[sym.name] == 1
+    )
     addr = int(kvmcore_cli("sym", DUMP, name).stdout.strip(), 16)
     out = kvmcore_cli("sym", DUMP, hex(addr + 1))
     assert out.returncode == 0, out.stderr

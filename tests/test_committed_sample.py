@@ -11,6 +11,7 @@ Ground truth, never a value kvmcore just produced:
   taken from that independent decode;
 - x86_64 ABI facts (__START_KERNEL_map, TASK_COMM_LEN).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,10 +27,10 @@ from functools import cached_property
 from pathlib import Path
 
 import pytest
-
-import kvmcore
 from conftest import ROOT
 from kdump_writer import write_kdump
+
+import kvmcore
 from kvmcore.errors import KvmcoreError, PageExcludedError
 from kvmcore.formats import open_physical
 from kvmcore.gdbserver import serve
@@ -49,11 +50,12 @@ KVMCORE = Path(sys.executable).with_name("kvmcore")
 SCHEMA = ROOT / "kvmcore" / "schema" / "report.schema.json"
 
 START_KERNEL_MAP = 0xFFFFFFFF80000000  # x86_64 ABI: where the kernel image is mapped
-TASK_COMM_LEN = 16                     # include/linux/sched.h, fixed by the ABI of prctl()
+TASK_COMM_LEN = 16  # include/linux/sched.h, fixed by the ABI of prctl()
 U64 = 1 << 64
 
 
 # ------------------------------------------------------------------ an independent reader
+
 
 @dataclass
 class RawKdump:
@@ -64,19 +66,30 @@ class RawKdump:
     data: bytes
 
     HEADER = struct.Struct("<8si390s6xqqIiiIIIIIIi")  # struct disk_dump_header
-    SUB = struct.Struct("<QiiQQqQqQqQQQQ")           # struct kdump_sub_header (v6)
-    DESC = struct.Struct("<qIIQ")                     # page_desc_t
-    ZLIB = 0x1                                       # DUMP_DH_COMPRESSED_ZLIB
+    SUB = struct.Struct("<QiiQQqQqQqQQQQ")  # struct kdump_sub_header (v6)
+    DESC = struct.Struct("<qIIQ")  # page_desc_t
+    ZLIB = 0x1  # DUMP_DH_COMPRESSED_ZLIB
 
     def __post_init__(self) -> None:
-        (self.signature, self.version, _uts, _sec, _usec, _status, self.block_size,
-         self.sub_hdr_size, self.bitmap_blocks, max_mapnr, *_rest, self.nr_cpus) = \
-            self.HEADER.unpack_from(self.data, 0)
+        (
+            self.signature,
+            self.version,
+            _uts,
+            _sec,
+            _usec,
+            _status,
+            self.block_size,
+            self.sub_hdr_size,
+            self.bitmap_blocks,
+            max_mapnr,
+            *_rest,
+            self.nr_cpus,
+        ) = self.HEADER.unpack_from(self.data, 0)
         sub = self.SUB.unpack_from(self.data, self.block_size)
         self.phys_base, self.dump_level = sub[0], sub[1]
         off_vi, size_vi = sub[5], sub[6]
         self.max_mapnr = sub[13] if self.version >= 6 else max_mapnr
-        self.vmcoreinfo_text = self.data[off_vi:off_vi + size_vi].decode()
+        self.vmcoreinfo_text = self.data[off_vi : off_vi + size_vi].decode()
 
     @cached_property
     def vmcoreinfo(self) -> dict[str, str]:
@@ -97,7 +110,7 @@ class RawKdump:
             if self.data[bitmap2 + (pfn >> 3)] >> (pfn & 7) & 1:
                 off, size, flags, _ = self.DESC.unpack_from(self.data, desc_at)
                 desc_at += self.DESC.size
-                raw = self.data[off:off + size]
+                raw = self.data[off : off + size]
                 out[pfn] = zlib.decompress(raw) if flags & self.ZLIB else raw
                 assert len(out[pfn]) == bs, pfn
         return out
@@ -107,7 +120,7 @@ class RawKdump:
         out = b""
         while length > 0:
             pfn, off = divmod(pa, bs)
-            chunk = self.pages[pfn][off:off + length]
+            chunk = self.pages[pfn][off : off + length]
             out += chunk
             pa += len(chunk)
             length -= len(chunk)
@@ -132,6 +145,7 @@ def image_pa(raw: RawKdump, va: int) -> int:
 
 
 # ------------------------------------------------------------------ formats
+
 
 def test_manifest_and_file_agree(raw):
     entry = MANIFEST["files"][FMT]
@@ -170,20 +184,26 @@ def test_filtered_pages_are_reported_as_excluded(dump, raw, pob):
     bs = raw.block_size
     missing = [p for p in range(raw.max_mapnr) if p not in raw.pages]
     assert missing, "a -d 31 dump of a running system leaves some pages out"
-    for pfn in missing[::max(1, len(missing) // 200)]:
+    for pfn in missing[:: max(1, len(missing) // 200)]:
         with pytest.raises(PageExcludedError):
             dump.read_phys(pfn * bs, 8)
         # through the direct map, a caller that asks for zeros gets them (crash's -z)
         assert dump.read(pob + pfn * bs, 8, zero_excluded=True) == bytes(8)
 
 
-@pytest.mark.parametrize("codec, flattened", [("lzo", False), ("snappy", False),
-                                               ("zstd", False), ("zlib", True)])
+@pytest.mark.parametrize(
+    "codec, flattened", [("lzo", False), ("snappy", False), ("zstd", False), ("zlib", True)]
+)
 def test_repacked_in_each_codec_reads_the_same_pages(raw, tmp_path, codec, flattened):
     """The committed file's pages re-packed by tests/kdump_writer.py in another codec (or
     in makedumpfile's flattened stream) read back as the file holds them."""
-    out = write_kdump(open_physical(str(DUMP)), tmp_path / f"vmcore.{codec}", codec,
-                      uts=MANIFEST["uts"], flattened=flattened)
+    out = write_kdump(
+        open_physical(str(DUMP)),
+        tmp_path / f"vmcore.{codec}",
+        codec,
+        uts=MANIFEST["uts"],
+        flattened=flattened,
+    )
     mem = open_physical(str(out))
     assert mem.metadata["compression"] == [codec]
     assert (mem.metadata.get("container") == "flattened") == flattened
@@ -198,6 +218,7 @@ def test_repacked_in_each_codec_reads_the_same_pages(raw, tmp_path, codec, flatt
 
 
 # ------------------------------------------------------------------ translation
+
 
 def test_kernel_image_va_translates_by_the_linear_map(dump, raw):
     for name in ("init_uts_ns", "_stext", "prb", "init_top_pgt", "node_data"):
@@ -231,10 +252,14 @@ def test_direct_map_va_translates_by_page_offset_base(dump, raw, pob):
 def test_init_uts_ns_reads_the_manifest_uts(dump, raw):
     base = raw.symbol("init_uts_ns") + int(raw.vmcoreinfo["OFFSET(uts_namespace.name)"])
     blob = dump.read(base, 6 * 65)
-    fields = [blob[i * 65:(i + 1) * 65].split(b"\0")[0].decode() for i in range(6)]
+    fields = [blob[i * 65 : (i + 1) * 65].split(b"\0")[0].decode() for i in range(6)]
     uts = MANIFEST["uts"]
-    assert (fields[0], fields[2], fields[3], fields[4]) == \
-        (uts["sysname"], uts["release"], uts["version"], uts["machine"])
+    assert (fields[0], fields[2], fields[3], fields[4]) == (
+        uts["sysname"],
+        uts["release"],
+        uts["version"],
+        uts["machine"],
+    )
 
 
 def test_unmapped_va_is_an_error(dump):
@@ -243,6 +268,7 @@ def test_unmapped_va_is_an_error(dump):
 
 
 # ------------------------------------------------------------------ symbols
+
 
 def test_kallsyms_agrees_with_vmcoreinfo(dump, raw):
     table = load_symbols(dump)
@@ -284,6 +310,7 @@ def test_kallsyms_knows_the_panic_path(dump, raw):
 
 # ------------------------------------------------------------------ types
 
+
 @pytest.fixture(scope="module")
 def btf(dump) -> TypeInfo:
     types = load_types(dump)
@@ -318,6 +345,7 @@ def test_btf_agrees_with_every_vmcoreinfo_layout_line(btf, raw):
 
 # ------------------------------------------------------------------ the kernel model
 
+
 def test_ps_has_the_manifest_processes_and_threads(dump):
     tasks = dump.kernel.task_list
     assert not tasks.partial, tasks.problem
@@ -345,11 +373,14 @@ def test_dmesg_has_the_marker_and_the_panic(dump):
     assert texts.index(MANIFEST["marker"]) < panic_at
     # dump_stack()'s "CPU: n PID: p Comm: c" line names the panicking task
     cpu_lines = [m for t in texts if (m := CPU_LINE_RE.search(t))]
-    assert (int(cpu_lines[-1].group(1)), int(cpu_lines[-1].group(2))) == \
-        (MANIFEST["panic"]["cpu"], MANIFEST["panic"]["pid"])
+    assert (int(cpu_lines[-1].group(1)), int(cpu_lines[-1].group(2))) == (
+        MANIFEST["panic"]["cpu"],
+        MANIFEST["panic"]["pid"],
+    )
     # the marker's bytes are in the ring buffer's memory, as the file holds it
-    assert MANIFEST["marker"].encode() in b"".join(dump.read_phys(pfn * 4096, 4096)
-                                                    for pfn in _ring_pfns(dump))
+    assert MANIFEST["marker"].encode() in b"".join(
+        dump.read_phys(pfn * 4096, 4096) for pfn in _ring_pfns(dump)
+    )
 
 
 def _ring_pfns(dump) -> list[int]:
@@ -370,7 +401,7 @@ def test_panic_task_and_backtrace(dump):
     names = [f.function or "" for f in dump.backtrace(panic.task).frames]
     crash_at = next(i for i, n in enumerate(names) if n.startswith("sysrq_handle_crash+"))
     assert any(n.startswith("panic+") for n in names[:crash_at]), names
-    assert any(n.startswith("__handle_sysrq") for n in names[crash_at + 1:]), names
+    assert any(n.startswith("__handle_sysrq") for n in names[crash_at + 1 :]), names
 
 
 def test_sleeping_threads_unwind_through_schedule(dump):
@@ -382,12 +413,16 @@ def test_sleeping_threads_unwind_through_schedule(dump):
 
 # ------------------------------------------------------------------ the report (CLI)
 
+
 def kvmcore_cli(*args: str) -> str:
     if not KVMCORE.exists():
-        pytest.fail(f"{KVMCORE} is missing: install kvmcore into this venv (pip install -e .)",
-                    pytrace=False)
-    p = subprocess.run([str(KVMCORE), *args], capture_output=True, text=True, timeout=300,
-                       stdin=subprocess.DEVNULL)
+        pytest.fail(
+            f"{KVMCORE} is missing: install kvmcore into this venv (pip install -e .)",
+            pytrace=False,
+        )
+    p = subprocess.run(
+        [str(KVMCORE), *args], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
     assert p.returncode == 0, p.stderr
     return p.stdout
 
@@ -410,7 +445,11 @@ def test_report_headline_is_the_manifest_panic(report):
     h, m = report["headline"], MANIFEST
     assert h["panic_message"] == m["panic"]["message"]
     assert (h["task"]["pid"], h["task"]["comm"]) == (m["panic"]["pid"], m["panic"]["comm"])
-    assert (h["cpu"], h["release"], h["arch"]) == (m["panic"]["cpu"], m["kernel_release"], m["arch"])
+    assert (h["cpu"], h["release"], h["arch"]) == (
+        m["panic"]["cpu"],
+        m["kernel_release"],
+        m["arch"],
+    )
     names = [f["function"] or "" for f in report["backtrace"]["frames"]]
     assert any(n.startswith("sysrq_handle_crash+") for n in names), names
     d = report["dump"]
@@ -433,6 +472,7 @@ def test_report_text_headline_and_ps_json():
 
 # ------------------------------------------------------------------ the gdb server
 
+
 @pytest.fixture(scope="module")
 def server(dump):
     box, ready = {}, threading.Event()
@@ -441,8 +481,12 @@ def server(dump):
         box["server"] = srv
         ready.set()
 
-    threading.Thread(target=serve, args=(dump, "127.0.0.1:0"),
-                     kwargs={"log": lambda _line: None, "ready": on_ready}, daemon=True).start()
+    threading.Thread(
+        target=serve,
+        args=(dump, "127.0.0.1:0"),
+        kwargs={"log": lambda _line: None, "ready": on_ready},
+        daemon=True,
+    ).start()
     assert ready.wait(30)
     yield box["server"]
     box["server"].close()

@@ -1,6 +1,7 @@
 """Which NT_PRSTATUS note belongs to which CPU, and the panic's CPU line, on
 the real dumps: QEMU numbers its notes by vCPU (pr_pid = cpu + 1), a real
 kdump by the task that was running (pr_pid = its pid)."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,8 +11,15 @@ from kvmcore.errors import UnsupportedError
 from kvmcore.linux.panic import CPU_LINE_RE
 
 
-@pytest.mark.parametrize("sid,fmt", [("x86_64-kdump", "proc-elf"), ("x86_64-kdump", "mdf-d31-l"),
-                                     ("x86_64-kaslr", "elf"), ("arm64-kaslr", "elf")])
+@pytest.mark.parametrize(
+    "sid,fmt",
+    [
+        ("x86_64-kdump", "proc-elf"),
+        ("x86_64-kdump", "mdf-d31-l"),
+        ("x86_64-kaslr", "elf"),
+        ("arm64-kaslr", "elf"),
+    ],
+)
 def test_panic_cpu_gets_its_own_note(samples, sid, fmt):
     s = samples.get_built(sid)
     m = s.manifest
@@ -28,8 +36,10 @@ def test_panic_cpu_gets_its_own_note(samples, sid, fmt):
 @pytest.mark.fast
 def test_cpu_line_old_and_new_formats():
     """The "CPU: n PID: p Comm: c" line dump_stack() prints; 6.10 added "UID: u"."""
-    for line, cpu, pid in (("CPU: 1 PID: 115 Comm: crasher Not tainted 6.1.0-56-amd64 #1", 1, 115),
-                           ("CPU: 3 UID: 0 PID: 42 Comm: sh Tainted: G        W  6.12.0 #1", 3, 42)):
+    for line, cpu, pid in (
+        ("CPU: 1 PID: 115 Comm: crasher Not tainted 6.1.0-56-amd64 #1", 1, 115),
+        ("CPU: 3 UID: 0 PID: 42 Comm: sh Tainted: G        W  6.12.0 #1", 3, 42),
+    ):
         m = CPU_LINE_RE.search(line)
         assert m and (int(m.group(1)), int(m.group(2))) == (cpu, pid)
 

@@ -2,13 +2,13 @@
 and id replaced by stubs on PATH (nothing is installed): an `apt-get update`
 that fails (a mirror index mid-sync exits 100) is retried once and then
 tolerated; only a failing install stops the script, naming the packages."""
+
 from __future__ import annotations
 
 import os
 import subprocess
 
 import pytest
-
 from conftest import ROOT
 
 pytestmark = pytest.mark.fast
@@ -60,11 +60,26 @@ def apt(tmp_path):
         (state / "update-failures").write_text(f"{update_failures}\n")
         (state / "uninstallable").write_text("".join(f"{p}\n" for p in uninstallable))
         (state / "unknown").write_text("".join(f"{p}\n" for p in unknown))
-        env = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}", STATE=str(state),
-                   KVMCORE_APT_RETRY_SECONDS="0")
-        p = subprocess.run(["bash", "-c", 'source ./dev.sh && apt_install "$@" && echo DONE',
-                            "apt_install", *packages], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=60)
+        env = dict(
+            os.environ,
+            PATH=f"{stubs}:{os.environ['PATH']}",
+            STATE=str(state),
+            KVMCORE_APT_RETRY_SECONDS="0",
+        )
+        p = subprocess.run(
+            [
+                "bash",
+                "-c",
+                'source ./dev.sh && apt_install "$@" && echo DONE',
+                "apt_install",
+                *packages,
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         log = (state / "log").read_text().splitlines() if (state / "log").exists() else []
         return p, log
 
@@ -86,8 +101,13 @@ def test_update_fails_twice_warns_and_still_installs(apt):
 
 
 def test_failed_install_names_the_packages(apt):
-    p, _ = apt("qemu-system-x86", "no-such-pkg", "crash", uninstallable=["no-such-pkg"],
-               unknown=["no-such-pkg"])
+    p, _ = apt(
+        "qemu-system-x86",
+        "no-such-pkg",
+        "crash",
+        uninstallable=["no-such-pkg"],
+        unknown=["no-such-pkg"],
+    )
     assert p.returncode != 0 and "DONE" not in p.stdout
     assert "apt-get install failed; not installed: qemu-system-x86 no-such-pkg crash" in p.stderr
     assert "not in this machine's package lists: no-such-pkg" in p.stderr

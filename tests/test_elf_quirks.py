@@ -1,6 +1,7 @@
 """QEMU's ELF quirks, on the real dumps: program headers not after the ELF
 header, PN_XNUM segment counts (paging=true), an i386 guest in an ELF64
 container. readelf is the independent reader."""
+
 from __future__ import annotations
 
 import re
@@ -17,8 +18,9 @@ def readelf_header(path) -> str:
     tool = shutil.which("readelf")
     if tool is None:
         pytest.fail("readelf not found: apt-get install binutils", pytrace=False)
-    return subprocess.run([tool, "-h", str(path)], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(
+        [tool, "-h", str(path)], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def test_pn_xnum_segment_count(samples):
@@ -32,8 +34,9 @@ def test_pn_xnum_segment_count(samples):
     # every physical page it holds equals the plain ELF's (test_kdump_formats compares all)
     plain = open_physical(str(s.file("elf")))
     for rng in mem.ranges()[:200]:
-        assert mem.read_phys(rng.start, min(rng.size, 4096)) == \
-            plain.read_phys(rng.start, min(rng.size, 4096))
+        assert mem.read_phys(rng.start, min(rng.size, 4096)) == plain.read_phys(
+            rng.start, min(rng.size, 4096)
+        )
 
 
 def test_program_headers_where_the_header_says(samples):

@@ -34,8 +34,9 @@ def run(dump, line: str) -> dict:
 @pytest.fixture(scope="module")
 def pair(samples):
     s = samples.get_built(SID)
-    return kvmcore.open(str(s.file("elf"))), drgn_program(str(s.file("elf")),
-                                                           str(samples.vmlinux(SID)))
+    return kvmcore.open(str(s.file("elf"))), drgn_program(
+        str(s.file("elf")), str(samples.vmlinux(SID))
+    )
 
 
 def test_p_matches_drgn(pair):
@@ -43,10 +44,13 @@ def test_p_matches_drgn(pair):
     assert run(dump, "p init_task.comm")["value"] == prog["init_task"].comm.string_().decode()
     assert run(dump, "p init_task.tasks.next")["value"] == prog["init_task"].tasks.next.value_()
     assert run(dump, "p jiffies")["value"] == prog["jiffies"].value_()
-    assert run(dump, "p sizeof(struct task_struct)")["value"] == \
-        prog.type("struct task_struct").size
-    assert run(dump, "p init_task.se.load.weight")["value"] == \
-        prog["init_task"].se.load.weight.value_()
+    assert (
+        run(dump, "p sizeof(struct task_struct)")["value"] == prog.type("struct task_struct").size
+    )
+    assert (
+        run(dump, "p init_task.se.load.weight")["value"]
+        == prog["init_task"].se.load.weight.value_()
+    )
     # a cast of a list_head pointer, as C allows: the pid read at that address + offsetof
     ours = run(dump, "p ((struct task_struct *)init_task.tasks.next)->pid")
     assert ours["type"] == "pid_t"
@@ -58,8 +62,11 @@ def test_p_matches_drgn(pair):
 def test_struct_offsets_match_drgn(pair):
     dump, prog = pair
     for name in ("task_struct", "mm_struct", "list_head", "rq"):
-        ours = {m["name"]: m["bit_offset"] for m in run(dump, f"struct {name} -o")["members"]
-                if m["name"]}
+        ours = {
+            m["name"]: m["bit_offset"]
+            for m in run(dump, f"struct {name} -o")["members"]
+            if m["name"]
+        }
         theirs = {m.name: m.bit_offset for m in prog.type(f"struct {name}").members if m.name}
         assert ours == theirs, name
 
@@ -77,8 +84,7 @@ def test_rd_reads_the_bytes_drgn_reads(pair):
     addr = prog["init_task"].address_
     data = run(dump, f"rd {addr:#x} 16")
     assert bytes.fromhex(data["bytes"]) == prog.read(addr, 16 * 8)
-    assert run(dump, "rd -a linux_banner")["ascii"] == \
-        prog["linux_banner"].string_().decode()
+    assert run(dump, "rd -a linux_banner")["ascii"] == prog["linux_banner"].string_().decode()
 
 
 def test_runq_matches_drgn(pair):
@@ -101,8 +107,9 @@ def test_task_list_and_whatis(pair, samples):
     from drgn.helpers.linux.list import list_for_each_entry
 
     head = prog["init_task"].tasks.address_of_()
-    assert pids == [t.pid.value_() for t in list_for_each_entry("struct task_struct", head,
-                                                                "tasks")]
+    assert pids == [
+        t.pid.value_() for t in list_for_each_entry("struct task_struct", head, "tasks")
+    ]
     assert run(dump, "whatis init_task")["type"] == "struct task_struct"
 
 
@@ -111,8 +118,10 @@ def test_vtop_matches_drgn(pair):
 
     dump, prog = pair
     addr = prog["init_task"].address_
-    assert int(run(dump, f"vtop {addr:#x}")["physical"], 16) == \
-        follow_phys(prog["init_mm"].address_of_(), addr).value_()
+    assert (
+        int(run(dump, f"vtop {addr:#x}")["physical"], 16)
+        == follow_phys(prog["init_mm"].address_of_(), addr).value_()
+    )
 
 
 # -- the shell --------------------------------------------------------------------------
@@ -121,20 +130,26 @@ def test_shell_from_a_pipe_runs_each_line():
     """`kvmcore shell DUMP < cmds` (the committed dump): each command's output
     in order, errors as one line, the shell going on after them."""
     panic = MANIFEST["panic"]
-    script = "\n".join([
-        f"ps | grep {panic['comm']}",
-        f"set {panic['pid']}",
-        "task -R comm",
-        "p init_task.comm",
-        "p 1 +",                    # does not parse
-        "struct no_such_struct",    # no such type
-        "rd 0x10 1",                # not mapped
-        "p jiffies",
-        "q",
-        "p never_reached",
-    ]) + "\n"
-    out = subprocess.run([*KVMCORE, "shell", str(SMALL)], input=script, capture_output=True,
-                         text=True, timeout=300)
+    script = (
+        "\n".join(
+            [
+                f"ps | grep {panic['comm']}",
+                f"set {panic['pid']}",
+                "task -R comm",
+                "p init_task.comm",
+                "p 1 +",  # does not parse
+                "struct no_such_struct",  # no such type
+                "rd 0x10 1",  # not mapped
+                "p jiffies",
+                "q",
+                "p never_reached",
+            ]
+        )
+        + "\n"
+    )
+    out = subprocess.run(
+        [*KVMCORE, "shell", str(SMALL)], input=script, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert f" {panic['pid']} " in text.split("kvmcore> set")[0]  # ps | grep found it
@@ -147,8 +162,9 @@ def test_shell_from_a_pipe_runs_each_line():
 
 
 def _tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True,
-                          timeout=30).stdout
+    return subprocess.run(
+        ["tmux", *args], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
 
 
 def _wait_for(session: str, needle: str, timeout: float = 60) -> str:

@@ -6,13 +6,14 @@ FreeBSD's minidump_machdep.c / kern_dump.c / kerneldump.h lay them out, over
 page tables and kernel data it builds itself. The expected values are the
 fixture's model (what it planted), never values read back by kvmcore.
 """
+
 from __future__ import annotations
 
 import os
 
+import freebsd_fixtures as F
 import pytest
 
-import freebsd_fixtures as F
 import kvmcore
 from kvmcore.errors import KvmcoreError, TruncatedDumpError, WalkError
 from kvmcore.freebsd import FreeBSDKernel
@@ -20,8 +21,13 @@ from kvmcore.freebsd import FreeBSDKernel
 pytestmark = pytest.mark.fast  # generated fixtures only: the fast tier
 
 MINIDUMPS = [("amd64", 1), ("amd64", 2), ("amd64", 3), ("arm64", 1), ("arm64", 2)]
-FULL = {"plain": {}, "kdh": {"header": True}, "gz": {"compression": "gzip"},
-        "zst": {"compression": "zstd"}, "kdh-zst": {"header": True, "compression": "zstd"}}
+FULL = {
+    "plain": {},
+    "kdh": {"header": True},
+    "gz": {"compression": "gzip"},
+    "zst": {"compression": "zstd"},
+    "kdh-zst": {"header": True, "compression": "zstd"},
+}
 
 
 def machine(arch: str, helpers: bool = True) -> F.Machine:
@@ -74,8 +80,10 @@ def test_minidump_header_and_facts(minidump):
         assert mem.facts.machine == ("x86_64" if m.arch == "amd64" else "aarch64")
         assert mem.metadata["minidump_version"] == version
         assert mem.metadata["kernbase"] == facts["kernbase"]
-        assert (mem.metadata["dmapbase"], mem.metadata["dmapend"]) == (facts["dmapbase"],
-                                                                       facts["dmapend"])
+        assert (mem.metadata["dmapbase"], mem.metadata["dmapend"]) == (
+            facts["dmapbase"],
+            facts["dmapend"],
+        )
         assert mem.metadata["pages_dumped"] == len(facts["pages"])
         assert not mem.metadata["truncated"]
         assert mem.msgbuf() == m.expect["msgbuf_ring"]
@@ -139,8 +147,13 @@ def test_full_dump_reads(full_dump):
             assert dump.read(va, F.PAGE) == F.pattern(pa & ~(F.PAGE - 1)), hex(va)
         assert dump.translate(min(m.kva_pages)).page_size == F.NBPDR
         wrappers = dump.mem.metadata.get("container")
-        expected = {"plain": None, "kdh": ["kerneldumpheader"], "gz": ["gzip"],
-                    "zst": ["zstd"], "kdh-zst": ["kerneldumpheader", "zstd"]}[kind]
+        expected = {
+            "plain": None,
+            "kdh": ["kerneldumpheader"],
+            "gz": ["gzip"],
+            "zst": ["zstd"],
+            "kdh-zst": ["kerneldumpheader", "zstd"],
+        }[kind]
         assert wrappers == expected
         if "kdh" in kind:
             hdr = dump.mem.metadata["kerneldumpheader"]
@@ -180,15 +193,18 @@ def test_kernel_model_from_types(arch, workdir):
         kernel = FreeBSDKernel(dump, symbols=m.symbols, types=F.ModelTypes(arch))
         threads = check_threads(kernel, m)
         assert [t.td_state for t in threads] == [
-            {1: "inhibited", 4: "running"}[e["state"]] for e in m.expect["threads"]]
+            {1: "inhibited", 4: "running"}[e["state"]] for e in m.expect["threads"]
+        ]
         # TDS_INHIBITED with no inhibitor bit is a sleep; TDS_RUNNING runs
         assert [t.state for t in threads] == [
-            {1: "S", 4: "R"}[e["state"]] for e in m.expect["threads"]]
+            {1: "S", 4: "R"}[e["state"]] for e in m.expect["threads"]
+        ]
         assert [t.ppid for t in threads] == [e["ppid"] for e in m.expect["threads"]]
         mods = kernel.kld_modules()
         assert [(k.id, k.name, k.path, k.size, k.refs, k.address) for k in mods] == [
             (e["id"], e["name"], e["path"], e["size"], e["refs"], e["address"])
-            for e in m.expect["modules"]]
+            for e in m.expect["modules"]
+        ]
         assert kernel.msgbuf_text() == m.msgbuf_text.decode()
 
 
@@ -201,6 +217,7 @@ def test_kernel_model_without_layouts_fails_cleanly(workdir):
     class NoTypes:
         def offsetof(self, t, member):
             from kvmcore.errors import TypeInfoError
+
             raise TypeInfoError(f"{t} is unknown")
 
     with kvmcore.open(path) as dump:
@@ -214,7 +231,8 @@ def check_threads(kernel: FreeBSDKernel, m: F.Machine):
     expect = m.expect["threads"]
     assert [(t.pid, t.tid, t.name, t.proc_comm, t.cpu, t.on_cpu, t.address) for t in threads] == [
         (e["pid"], e["tid"], e["name"], e["comm"], e["cpu"], e["cpu"] != -1, e["address"])
-        for e in expect]
+        for e in expect
+    ]
     for t, e in zip(threads, expect):
         regs = t.registers()
         assert {k: regs[k] for k in e["regs"]} == e["regs"], t.tid

@@ -11,6 +11,7 @@ stack for the dumping thread), and writes the kernel's symbols as an ELF
 symbol file. The expected values are what the fixture planted, never values
 read back by kvmcore.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,16 +19,19 @@ import os
 import subprocess
 import sys
 
+import freebsd_fixtures as F
 import jsonschema
 import pytest
-
-import freebsd_fixtures as F
 
 pytestmark = pytest.mark.fast  # generated fixtures only: the fast tier
 
 KVMCORE = os.path.join(os.path.dirname(sys.executable), "kvmcore")
-SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "kvmcore", "schema", "report.schema.json")
+SCHEMA = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "kvmcore",
+    "schema",
+    "report.schema.json",
+)
 # (arch, dump kind, minidump version or None for a full dump, panicstr planted)
 CASES = [("amd64", "mini", 3, True), ("arm64", "mini", 2, False), ("amd64", "full", None, True)]
 
@@ -76,8 +80,9 @@ def test_analyze_text_headline(case):
     assert f"cpu: {panic['cpu']}" in out
     assert f"kernel: {F.OSRELEASE}" in out
     trace = out.split("Backtrace of the panicking task:")[1].split("System:")[0]
-    assert [line.split()[2].split("+")[0] for line in trace.strip().splitlines()] == \
-        m.expect["backtrace"]
+    assert [line.split()[2].split("+")[0] for line in trace.strip().splitlines()] == m.expect[
+        "backtrace"
+    ]
 
 
 def test_analyze_json_schema(case):
@@ -91,25 +96,34 @@ def test_analyze_json_schema(case):
     head = report["headline"]
     assert head["panic_message"] == panic["message"]
     assert head["sources"]["message"] == panic["source"]
-    assert head["task"] == {"pid": panic["pid"], "comm": panic["comm"],
-                            "address": f"{thread['address']:#x}"}
+    assert head["task"] == {
+        "pid": panic["pid"],
+        "comm": panic["comm"],
+        "address": f"{thread['address']:#x}",
+    }
     assert head["cpu"] == panic["cpu"] == thread["cpu"]
     assert head["release"] == F.OSRELEASE
     assert head["uptime_seconds"] == F.TIME_UPTIME
     assert head["crash_time"] == F.PANIC_TIME
-    assert [f["function"].split("+")[0] for f in report["backtrace"]["frames"]] == \
-        m.expect["backtrace"]
+    assert [f["function"].split("+")[0] for f in report["backtrace"]["frames"]] == m.expect[
+        "backtrace"
+    ]
     system = report["system"]
     uts = m.expect["uts"]
-    assert (system["release"], system["nodename"], system["version"], system["machine"]) == \
-        (uts["release"], uts["nodename"], uts["version"], uts["machine"])
+    assert (system["release"], system["nodename"], system["version"], system["machine"]) == (
+        uts["release"],
+        uts["nodename"],
+        uts["version"],
+        uts["machine"],
+    )
     assert system["cpus"] == m.expect["ncpus"]
     assert report["log"]["layout"] == "msgbuf"
     assert report["log"]["lines"][-1] == m.msgbuf_text.decode().rstrip("\n").split("\n")[-1]
     assert report["dump"]["os"] == "freebsd"
     assert report["tasks"]["count"] == len(m.expect["threads"])
-    assert [mod["name"] for mod in report["modules"]["list"]] == \
-        [e["name"] for e in m.expect["modules"] if e["id"] != 1]
+    assert [mod["name"] for mod in report["modules"]["list"]] == [
+        e["name"] for e in m.expect["modules"] if e["id"] != 1
+    ]
 
 
 def test_ps_json(case):
@@ -118,13 +132,18 @@ def test_ps_json(case):
     m, dump, symbols = case
     data = json.loads(ok("ps", dump, symbols, "--json"))
     assert not data["partial"]
-    got = [(t["pid"], t["tid"], t["comm"], t["proc_comm"], t["cpu"], t["on_cpu"], t["address"])
-           for t in data["tasks"]]
-    assert got == [(e["pid"], e["tid"], e["name"], e["comm"], e["cpu"], e["cpu"] != -1,
-                    f"{e['address']:#x}") for e in m.expect["threads"]]
+    got = [
+        (t["pid"], t["tid"], t["comm"], t["proc_comm"], t["cpu"], t["on_cpu"], t["address"])
+        for t in data["tasks"]
+    ]
+    assert got == [
+        (e["pid"], e["tid"], e["name"], e["comm"], e["cpu"], e["cpu"] != -1, f"{e['address']:#x}")
+        for e in m.expect["threads"]
+    ]
     # without types, td_state is unknown: a thread on a CPU runs, the others sleep
-    assert [t["state"] for t in data["tasks"]] == \
-        ["R" if e["cpu"] != -1 else "S" for e in m.expect["threads"]]
+    assert [t["state"] for t in data["tasks"]] == [
+        "R" if e["cpu"] != -1 else "S" for e in m.expect["threads"]
+    ]
     text = ok("ps", dump, symbols)
     assert "TID" in text.splitlines()[0]
     assert any(line.startswith(">") and f" {F.DUMPTID} " in line for line in text.splitlines())
@@ -136,8 +155,10 @@ def test_dmesg_is_the_msgbuf(case):
     the "<pri>" prefixes taken off as dmesg(8) does."""
     m, dump, symbols = case
     out = ok("dmesg", dump, symbols)
-    want = [line.split(">", 1)[1] if line.startswith("<") else line
-            for line in m.msgbuf_text.decode().rstrip("\n").split("\n")]
+    want = [
+        line.split(">", 1)[1] if line.startswith("<") else line
+        for line in m.msgbuf_text.decode().rstrip("\n").split("\n")
+    ]
     assert out.rstrip("\n").split("\n") == want
     assert f"panic: {m.expect['panic']['message']}" in out
     data = json.loads(ok("dmesg", dump, symbols, "--json"))
@@ -150,9 +171,9 @@ def test_mods_lists_klds(case):
     m, dump, symbols = case
     data = json.loads(ok("mods", dump, symbols, "--json"))
     want = [e for e in m.expect["modules"] if e["id"] != 1]
-    assert [(x["name"], int(x["base"], 16), x["size"], x["path"], x["refs"])
-            for x in data["modules"]] == \
-        [(e["name"], e["address"], e["size"], e["path"], e["refs"]) for e in want]
+    assert [
+        (x["name"], int(x["base"], 16), x["size"], x["path"], x["refs"]) for x in data["modules"]
+    ] == [(e["name"], e["address"], e["size"], e["path"], e["refs"]) for e in want]
     text = ok("mods", dump, symbols)
     for e in want:
         assert e["name"] in text and f"{e['address']:#x}" in text
@@ -168,23 +189,24 @@ def test_sys_and_bt(case):
     for ident in (42, F.DUMPTID):
         bt = json.loads(ok("bt", dump, symbols, "--json", "--pid", str(ident)))["tasks"]
         assert [t["tid"] for t in bt] == [F.DUMPTID]
-        assert [f["function"].split("+")[0] for f in bt[0]["backtrace"]["frames"]] == \
-            m.expect["backtrace"]
+        assert [f["function"].split("+")[0] for f in bt[0]["backtrace"]["frames"]] == m.expect[
+            "backtrace"
+        ]
 
 
 def test_gdb_thread_ids_are_tids(case):
     """Synthetic FreeBSD dump: the gdb server numbers threads by td_tid (as
     kgdb does) and starts on the dumping thread."""
-    from kvmcore.gdbserver.threads import ThreadList
-
     import kvmcore
+    from kvmcore.gdbserver.threads import ThreadList
 
     m, dump, symbols = case
     with kvmcore.open(dump, symbols) as d:
         threads = ThreadList.from_dump(d)
         assert threads.source == "tasks"
-        assert sorted(t.tid for t in threads.threads) == \
-            sorted(e["tid"] for e in m.expect["threads"])
+        assert sorted(t.tid for t in threads.threads) == sorted(
+            e["tid"] for e in m.expect["threads"]
+        )
         assert threads.current_tid == F.DUMPTID
         regs = threads.get(F.DUMPTID).registers()
         planted = dumping_thread(m)["regs"]
@@ -219,9 +241,11 @@ def test_both_kernels_provide_the_model():
     from kvmcore.linux import LinuxKernel
 
     instance_only = {"dump", "sources"}
-    names = {n for n in KernelModel.__protocol_attrs__} - instance_only \
-        if hasattr(KernelModel, "__protocol_attrs__") else \
-        {n for n in vars(KernelModel) if not n.startswith("_")} - instance_only
+    names = (
+        {n for n in KernelModel.__protocol_attrs__} - instance_only
+        if hasattr(KernelModel, "__protocol_attrs__")
+        else {n for n in vars(KernelModel) if not n.startswith("_")} - instance_only
+    )
     assert names >= {"task_list", "tasks", "find_task", "panic", "kernel_log", "modules"}
     for cls in (LinuxKernel, FreeBSDKernel):
         assert not [n for n in sorted(names) if not hasattr(cls, n)], cls

@@ -8,6 +8,7 @@ minidump_machdep writers, the entry formats of libkvm's kvm_<arch>.h and the
 Power ISA's hashed page table). Expected values are the fixture's model,
 never values read back by kvmcore.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,19 @@ from kvmcore.errors import KvmcoreError, NotMappedError, TruncatedDumpError
 
 pytestmark = pytest.mark.fast  # generated fixtures only: the fast tier
 
-FLAVOURS = [("i386", 1), ("i386", 2), ("i386-pae", 1), ("i386-pae", 2), ("arm", 1), ("arm", 2),
-            ("riscv", 1), ("riscv", 2), ("powerpc64", 1), ("powerpc64", 2),
-            ("powerpc64le", 2)]
+FLAVOURS = [
+    ("i386", 1),
+    ("i386", 2),
+    ("i386-pae", 1),
+    ("i386-pae", 2),
+    ("arm", 1),
+    ("arm", 2),
+    ("riscv", 1),
+    ("riscv", 2),
+    ("powerpc64", 1),
+    ("powerpc64", 2),
+    ("powerpc64le", 2),
+]
 #: a little-endian powerpc64 minidump's machine hint is ppc64le, an Arch that
 #: comes with the Linux ppc64le package; until then it is opened with --arch
 ARCH_OPTION = {"powerpc64le": "powerpc64"}
@@ -65,7 +76,8 @@ def test_probed(minidump):
         if version >= 2:
             assert mem.dump_avail == m.mem.avail
         assert sorted(pa for r in mem.ranges() for pa in range(r.start, r.end, F.PAGE)) == sorted(
-            facts["pages"])
+            facts["pages"]
+        )
         expected_arch = "powerpc64" if m.flavour.startswith("powerpc64") else m.machine
         assert dump.arch.name == expected_arch
         if m.flavour == "powerpc64":
@@ -95,7 +107,7 @@ def test_planted_pages_read(minidump):
             base, _, phys = m.dmap
             assert dump.read(base + pa - phys, F.PAGE) == F.pattern(pa)
         for va, pa in m.image_pages.items():
-            assert dump.read(va, 64) == F.pattern(pa)[(va & 0xFFF):(va & 0xFFF) + 64]
+            assert dump.read(va, 64) == F.pattern(pa)[(va & 0xFFF) : (va & 0xFFF) + 64]
 
 
 def test_read_across_frames(minidump):

@@ -48,8 +48,20 @@ def test_short_campaign_is_clean(names, seconds, runs):
 
 
 # -- hypothesis: structured inputs ---------------------------------------------------------
-names = st.sampled_from(["SYMBOL", "OFFSET", "SIZE", "LENGTH", "NUMBER", "KERNELOFFSET",
-                         "PAGESIZE", "CRASHTIME", "OSRELEASE", "BUILD-ID"])
+names = st.sampled_from(
+    [
+        "SYMBOL",
+        "OFFSET",
+        "SIZE",
+        "LENGTH",
+        "NUMBER",
+        "KERNELOFFSET",
+        "PAGESIZE",
+        "CRASHTIME",
+        "OSRELEASE",
+        "BUILD-ID",
+    ]
+)
 values = st.one_of(st.text(max_size=24), st.integers().map(str), st.integers().map(hex))
 
 
@@ -63,9 +75,13 @@ def test_vmcoreinfo_text(entries):
     assert_contract("vmcoreinfo", text.encode("utf-8", "surrogatepass"))
 
 
-note = st.tuples(st.sampled_from(["CORE", "VMCOREINFO", "QEMU", "", "LINUX"]),
-                 st.integers(0, 2**32 - 1), st.binary(max_size=64),
-                 st.integers(-8, 8), st.integers(-8, 8))
+note = st.tuples(
+    st.sampled_from(["CORE", "VMCOREINFO", "QEMU", "", "LINUX"]),
+    st.integers(0, 2**32 - 1),
+    st.binary(max_size=64),
+    st.integers(-8, 8),
+    st.integers(-8, 8),
+)
 
 
 @SETTINGS
@@ -81,10 +97,18 @@ def test_notes(notes, little):
 
 
 @SETTINGS
-@given(st.lists(st.one_of(st.binary(max_size=80),
-                          st.sampled_from([b"$", b"#", b"+", b"-", b"\x03", b"}", b"$g#67",
-                                           b"$m0,4#fd", b"$?#3f", b"$qC#b4"])), max_size=40),
-       st.integers(0, 255))
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=80),
+            st.sampled_from(
+                [b"$", b"#", b"+", b"-", b"\x03", b"}", b"$g#67", b"$m0,4#fd", b"$?#3f", b"$qC#b4"]
+            ),
+        ),
+        max_size=40,
+    ),
+    st.integers(0, 255),
+)
 def test_rsp_packets(chunks, step):
     from kvmcore.gdbserver.packets import PacketReader, frame
 
@@ -95,8 +119,13 @@ def test_rsp_packets(chunks, step):
     assert events and events[-1].kind == "packet" and events[-1].data == b"qfThreadInfo"
 
 
-btf_type = st.tuples(st.integers(0, 64), st.integers(0, 31), st.integers(0, 3),
-                     st.integers(0, 2**32 - 1), st.lists(st.integers(0, 2**32 - 1), max_size=12))
+btf_type = st.tuples(
+    st.integers(0, 64),
+    st.integers(0, 31),
+    st.integers(0, 3),
+    st.integers(0, 2**32 - 1),
+    st.lists(st.integers(0, 2**32 - 1), max_size=12),
+)
 
 
 @SETTINGS
@@ -112,20 +141,32 @@ def test_btf_records(types, strings):
 
 
 @SETTINGS
-@given(st.lists(st.binary(min_size=1, max_size=6), max_size=24), st.binary(max_size=8),
-       st.integers(1, 8), st.integers(-16, 16))
+@given(
+    st.lists(st.binary(min_size=1, max_size=6), max_size=24),
+    st.binary(max_size=8),
+    st.integers(1, 8),
+    st.integers(-16, 16),
+)
 def test_dwarf_cfi_instructions(rows, initial, code_align, data_align):
     from kvmcore.symbols.cfi import CfiLayout, DebugFrameWriter
 
     w = DebugFrameWriter(CfiLayout(8, 16, data_align, initial, code_align))
-    w.fde(0xFFFFFFFF81000000, 0xFFFFFFFF81000000 + 64 * (len(rows) + 1),
-          [(0xFFFFFFFF81000000 + 64 * i, r) for i, r in enumerate(rows)], signal=False)
+    w.fde(
+        0xFFFFFFFF81000000,
+        0xFFFFFFFF81000000 + 64 * (len(rows) + 1),
+        [(0xFFFFFFFF81000000 + 64 * i, r) for i, r in enumerate(rows)],
+        signal=False,
+    )
     assert_contract("dwarf_cfi", bytes(w.out))
 
 
 @SETTINGS
-@given(st.integers(0, 3000), st.lists(st.binary(min_size=1, max_size=6), min_size=1, max_size=40),
-       st.binary(max_size=64), st.binary(max_size=64))
+@given(
+    st.integers(0, 3000),
+    st.lists(st.binary(min_size=1, max_size=6), min_size=1, max_size=40),
+    st.binary(max_size=64),
+    st.binary(max_size=64),
+)
 def test_kallsyms_tables(num, names, offsets, base):
     from fuzz.targets import kallsyms_seeds, sections
 
@@ -136,8 +177,14 @@ def test_kallsyms_tables(num, names, offsets, base):
 
 
 @settings(SETTINGS, max_examples=6)
-@given(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 2**32 - 1), st.binary(min_size=1, max_size=8)),
-                max_size=6))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 255), st.integers(0, 2**32 - 1), st.binary(min_size=1, max_size=8)
+        ),
+        max_size=6,
+    )
+)
 def test_analyze_recipes(patches):
     data = b"".join(struct.pack("<BIB", k, w, len(v) - 1) + v for k, w, v in patches)
     assert_contract("analyze", data)

@@ -2,12 +2,19 @@
 unit tests: checksums, binary escapes, run-length bytes, garbage, truncated and
 oversized packets, acks. Expected values come from gdb's manual ("Overview" and
 "Packets" of the Remote Protocol appendix), worked by hand, never from the code."""
+
 from __future__ import annotations
 
 import pytest
 
-from kvmcore.gdbserver.packets import (PACKET_SIZE, Event, PacketReader, checksum,
-                                       escape_binary, frame)
+from kvmcore.gdbserver.packets import (
+    PACKET_SIZE,
+    Event,
+    PacketReader,
+    checksum,
+    escape_binary,
+    frame,
+)
 
 pytestmark = pytest.mark.fast
 
@@ -43,14 +50,18 @@ def packet(body: bytes) -> Event:
 
 # ------------------------------------------------------------------ checksums
 
-@pytest.mark.parametrize("body, wire", [
-    (b"OK", b"$OK#9a"),            # 'O' 0x4f + 'K' 0x4b
-    (b"g", b"$g#67"),
-    (b"?", b"$?#3f"),
-    (b"qC", b"$qC#b4"),            # 0x71 + 0x43
-    (b"", b"$#00"),
-    (b"\xff\x02", b"$\xff\x02#01"),  # the sum is taken modulo 256
-])
+
+@pytest.mark.parametrize(
+    "body, wire",
+    [
+        (b"OK", b"$OK#9a"),  # 'O' 0x4f + 'K' 0x4b
+        (b"g", b"$g#67"),
+        (b"?", b"$?#3f"),
+        (b"qC", b"$qC#b4"),  # 0x71 + 0x43
+        (b"", b"$#00"),
+        (b"\xff\x02", b"$\xff\x02#01"),  # the sum is taken modulo 256
+    ],
+)
 def test_frame_and_checksum(body, wire):
     assert frame(body) == wire
     assert checksum(body) == int(wire[-2:], 16)
@@ -58,7 +69,7 @@ def test_frame_and_checksum(body, wire):
 
 def test_checksum_is_two_lowercase_hex_digits():
     assert frame(b"\x00") == b"$\x00#00"
-    assert frame(b"m0,1") == b"$m0,1#%02x" % ((0x6d + 0x30 + 0x2c + 0x31) & 0xFF)
+    assert frame(b"m0,1") == b"$m0,1#%02x" % ((0x6D + 0x30 + 0x2C + 0x31) & 0xFF)
     assert frame(b"\x0a\x00")[-3:] == b"#0a"
 
 
@@ -77,6 +88,7 @@ def test_bad_checksum_does_not_poison_what_follows():
 
 # ------------------------------------------------------------------ acks and control bytes
 
+
 def test_acks_naks_and_interrupt():
     assert events(b"+-\x03+") == [Event("ack"), Event("nak"), Event("interrupt"), Event("ack")]
 
@@ -87,10 +99,12 @@ def test_ack_then_packet_then_ack():
 
 # ------------------------------------------------------------------ incremental input
 
+
 def test_packet_fed_one_byte_at_a_time():
     wire = b"$qSupported:multiprocess+;swbreak+#" + b"%02x" % checksum(
-        b"qSupported:multiprocess+;swbreak+")
-    got = events(*(wire[i:i + 1] for i in range(len(wire))))
+        b"qSupported:multiprocess+;swbreak+"
+    )
+    got = events(*(wire[i : i + 1] for i in range(len(wire))))
     assert got == [packet(b"qSupported:multiprocess+;swbreak+")]
 
 
@@ -106,6 +120,7 @@ def test_two_packets_in_one_read():
 
 # ------------------------------------------------------------------ garbage
 
+
 def test_noise_between_packets_is_skipped():
     assert events(b"hello\x00\xff garbage $g#67 more noise\n$?#3f") == [packet(b"g"), packet(b"?")]
 
@@ -118,8 +133,10 @@ def test_noise_alone_yields_nothing_and_keeps_nothing():
 
 def test_truncated_packet_then_a_real_one():
     # a '$' before the '#': the first packet was cut short; the second still counts
-    assert events(b"$m1234", b"$qAttached#" + b"%02x" % checksum(b"qAttached")) == \
-        [Event("bad-checksum"), packet(b"qAttached")]
+    assert events(b"$m1234", b"$qAttached#" + b"%02x" % checksum(b"qAttached")) == [
+        Event("bad-checksum"),
+        packet(b"qAttached"),
+    ]
 
 
 def test_dollar_inside_an_unterminated_body():
@@ -128,17 +145,20 @@ def test_dollar_inside_an_unterminated_body():
 
 # ------------------------------------------------------------------ oversized packets
 
+
 def test_oversized_packet_is_refused_and_skipped():
     reader = PacketReader(64)
     got = reader.feed(b"$" + b"q" * 1000)
     assert got == [Event("oversized")]
-    assert reader.feed(b"q" * 1000) == []            # still inside the oversized packet
+    assert reader.feed(b"q" * 1000) == []  # still inside the oversized packet
     assert reader.feed(b"#00$g#67") == [packet(b"g")]  # its end, then a good packet
 
 
 def test_oversized_packet_in_one_read():
-    assert events(b"$" + b"x" * 100 + b"#00$g#67", max_size=64) == \
-        [Event("oversized"), packet(b"g")]
+    assert events(b"$" + b"x" * 100 + b"#00$g#67", max_size=64) == [
+        Event("oversized"),
+        packet(b"g"),
+    ]
 
 
 def test_buffer_stays_bounded():
@@ -157,14 +177,18 @@ def test_default_limit_fits_a_64k_memory_read():
 
 # ------------------------------------------------------------------ binary escapes, run-length
 
-@pytest.mark.parametrize("raw, wire", [
-    (b"}", b"}]"),       # 0x7d ^ 0x20 = 0x5d
-    (b"#", b"}\x03"),    # 0x23 ^ 0x20
-    (b"$", b"}\x04"),    # 0x24 ^ 0x20
-    (b"*", b"}\x0a"),    # 0x2a ^ 0x20: '*' starts run-length encoding, so it is escaped too
-    (b"}#", b"}]}\x03"),
-    (b"plain", b"plain"),
-])
+
+@pytest.mark.parametrize(
+    "raw, wire",
+    [
+        (b"}", b"}]"),  # 0x7d ^ 0x20 = 0x5d
+        (b"#", b"}\x03"),  # 0x23 ^ 0x20
+        (b"$", b"}\x04"),  # 0x24 ^ 0x20
+        (b"*", b"}\x0a"),  # 0x2a ^ 0x20: '*' starts run-length encoding, so it is escaped too
+        (b"}#", b"}]}\x03"),
+        (b"plain", b"plain"),
+    ],
+)
 def test_escape_binary(raw, wire):
     assert escape_binary(raw) == wire
     assert unescape_binary(wire) == raw
@@ -191,7 +215,7 @@ def test_run_length_bytes_are_checked_as_sent():
     # covers the bytes as sent; the reader hands the body on as sent, undecoded (gdb
     # itself never run-length encodes what it sends to a stub).
     body = b"0* "
-    assert frame(body) == b"$0* #%02x" % ((0x30 + 0x2a + 0x20) & 0xFF)
+    assert frame(body) == b"$0* #%02x" % ((0x30 + 0x2A + 0x20) & 0xFF)
     assert events(frame(body)) == [packet(body)]
 
 

@@ -4,6 +4,7 @@ into a dozen garbage frames read from the user pt_regs. The vmlinux's
 .debug_frame has no FDE for the entry code; the server lists a small ELF
 with the ORC-made rows gdb lacks as a library (kvmcore.gdbserver.unwindlib).
 Oracle: gdb's own `bt`, run the way `kvmcore serve` tells the user to."""
+
 from __future__ import annotations
 
 import re
@@ -24,13 +25,13 @@ def test_gdb_bt_ends_at_the_syscall_entry(samples, sid, fmt):
     s = samples.get_built(sid)
     vmlinux = str(samples.vmlinux(sid))
     with kvmcore.open(str(s.file(fmt)), vmlinux=vmlinux) as dump:
-        line = gdb_command_line(dump, stdio=True,
-                                serve_command=f"{sys.executable} -m kvmcore.gdbserver")
+        line = gdb_command_line(
+            dump, stdio=True, serve_command=f"{sys.executable} -m kvmcore.gdbserver"
+        )
     argv = shlex.split(line)
     argv[1:1] = ["-nx", "-batch", "-ex", "set width 0", "-ex", "set height 0"]
     argv += ["-ex", "bt"]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=600,
-                       stdin=subprocess.DEVNULL)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     out = p.stdout + p.stderr
     frames = FRAME.findall(p.stdout)
     names = [name for _, _, name in frames]

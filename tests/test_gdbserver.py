@@ -1,6 +1,7 @@
 """The gdb remote server, driven by a real gdb (Debian's gdb for x86_64,
 gdb-multiarch for arm64) against the real sample dumps, plus raw-socket
 protocol tests (garbage, checksums, noise, concurrency)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +13,6 @@ import sys
 import threading
 
 import pytest
-
 from oracles import gdb_binary, gdb_static_value
 
 import kvmcore
@@ -34,19 +34,31 @@ def current_thread(s) -> bytes:
     return b"QC%x" % s.manifest["panic"]["pid"]
 
 
-def run_gdb(arch: str, vmlinux, dump_path, commands: list[str], serve_vmlinux=None,
-            timeout: int = 300) -> str:
+def run_gdb(
+    arch: str, vmlinux, dump_path, commands: list[str], serve_vmlinux=None, timeout: int = 300
+) -> str:
     server = f"{PY} -m kvmcore.gdbserver --stdio {dump_path}"
     if serve_vmlinux:
         server += f" {serve_vmlinux}"
-    args = [gdb_binary(arch), "-nx", "-batch", "-ex", "set width 0", "-ex", "set height 0",
-            "-ex", "set remotetimeout 60",  # as gdb_command_line() prints it
-            "-ex", f"target remote | {server}"]
+    args = [
+        gdb_binary(arch),
+        "-nx",
+        "-batch",
+        "-ex",
+        "set width 0",
+        "-ex",
+        "set height 0",
+        "-ex",
+        "set remotetimeout 60",  # as gdb_command_line() prints it
+        "-ex",
+        f"target remote | {server}",
+    ]
     for c in commands:
         args += ["-ex", c]
     args.append(str(vmlinux))
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                       stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
     return p.stdout + p.stderr
 
 
@@ -60,15 +72,32 @@ def sha256(path) -> str:
 
 # ------------------------------------------------------------ real gdb, x86_64
 
+
 @pytest.fixture(scope="module")
 def x86(samples):
     s = samples.get_built("x86_64-kaslr")
     vmlinux = samples.vmlinux("x86_64-kaslr")
     path = s.file("elf")
-    out = run_gdb("x86_64", vmlinux, path, [
-        "info threads", "bt 8", "p init_uts_ns.name.release", "p jiffies", "p/x &init_uts_ns",
-        "echo ==X8==\\n", "x/8gx &init_uts_ns", "echo ==END==\\n",
-        "set var jiffies = 0", "break panic", "continue", "monitor ps", "echo ==PSEND==\\n"])
+    out = run_gdb(
+        "x86_64",
+        vmlinux,
+        path,
+        [
+            "info threads",
+            "bt 8",
+            "p init_uts_ns.name.release",
+            "p jiffies",
+            "p/x &init_uts_ns",
+            "echo ==X8==\\n",
+            "x/8gx &init_uts_ns",
+            "echo ==END==\\n",
+            "set var jiffies = 0",
+            "break panic",
+            "continue",
+            "monitor ps",
+            "echo ==PSEND==\\n",
+        ],
+    )
     return s, vmlinux, path, out
 
 
@@ -88,7 +117,7 @@ def test_gdb_current_thread_is_panic_task(x86):
     panic = s.manifest["panic"]
     current = re.search(r"^\* +\d+ +Thread (\d+) \"([^\"]+)\"", out, re.M)
     assert current, out[-3000:]
-    assert current[2] == f'{panic["pid"]} {panic["comm"]}'
+    assert current[2] == f"{panic['pid']} {panic['comm']}"
 
 
 def test_gdb_bt_of_panic_task(x86):
@@ -117,7 +146,7 @@ def test_gdb_memory_matches_dump(x86):
     assert len(words) == 8, block
     with kvmcore.open(str(path)) as dump:
         raw = dump.read(addr, 64)
-    assert words == [int.from_bytes(raw[i:i + 8], "little") for i in range(0, 64, 8)]
+    assert words == [int.from_bytes(raw[i : i + 8], "little") for i in range(0, 64, 8)]
     assert raw.startswith(b"Linux\0")  # independent fact: utsname.sysname
 
 
@@ -152,24 +181,31 @@ def test_gdb_monitor_dmesg(samples):
 
 # ------------------------------------------------------------ real gdb, arm64
 
+
 def test_gdb_arm64_kaslr(samples):
     s = samples.get_built("arm64-kaslr")
     vmlinux = samples.vmlinux("arm64-kaslr")
-    out = run_gdb("aarch64", vmlinux, s.file("elf"), [
-        "info threads", "p init_uts_ns.name.release", "p jiffies", "p $pc"],
-        serve_vmlinux=vmlinux)
+    out = run_gdb(
+        "aarch64",
+        vmlinux,
+        s.file("elf"),
+        ["info threads", "p init_uts_ns.name.release", "p jiffies", "p $pc"],
+        serve_vmlinux=vmlinux,
+    )
     assert f'"{s.manifest["kernel_release"]}"' in out, out[-3000:]
     jiffies = re.search(r"^\$2 = (\d+)$", out, re.M)
     assert jiffies and int(jiffies[1]) != initial_jiffies("aarch64", vmlinux), out[-3000:]
     panic = s.manifest["panic"]
-    assert re.search(rf'^\* +\d+ +Thread \d+ "{panic["pid"]} {panic["comm"]}"', out, re.M), \
-        out[-3000:]
+    assert re.search(rf'^\* +\d+ +Thread \d+ "{panic["pid"]} {panic["comm"]}"', out, re.M), out[
+        -3000:
+    ]
     with kvmcore.open(str(s.file("elf")), str(vmlinux)) as dump:
         ntasks = len(dump.kernel.tasks())
     assert len(re.findall(r"^[ *] +\d+ +Thread ", out, re.M)) == ntasks
 
 
 # ------------------------------------------------------------ TCP server, raw protocol
+
 
 @pytest.fixture(scope="module")
 def tcp_server(samples):
@@ -183,8 +219,12 @@ def tcp_server(samples):
         box["server"] = server
         ready.set()
 
-    t = threading.Thread(target=serve, args=(dump, "127.0.0.1:0"),
-                         kwargs={"log": lines.append, "ready": on_ready}, daemon=True)
+    t = threading.Thread(
+        target=serve,
+        args=(dump, "127.0.0.1:0"),
+        kwargs={"log": lines.append, "ready": on_ready},
+        daemon=True,
+    )
     t.start()
     assert ready.wait(30)
     yield box["server"], dump, lines, s
@@ -218,7 +258,7 @@ def test_listen_is_loopback_and_logged(tcp_server):
     server, dump, lines, _ = tcp_server
     assert server.address[0] == "127.0.0.1"
     assert any("read-only on 127.0.0.1:" in line for line in lines)
-    assert "target remote 127.0.0.1:" in gdb_command_line(dump, "127.0.0.1:%d" % server.address[1])
+    assert "target remote 127.0.0.1:" in gdb_command_line(dump, f"127.0.0.1:{server.address[1]}")
 
 
 def test_bad_checksum_gets_nak(tcp_server):
@@ -263,10 +303,22 @@ def test_noise_then_real_gdb(tcp_server, samples):
         pass  # the server may end the session on a lucky `k`
     sock.close()
     vmlinux = samples.vmlinux("x86_64-kaslr")
-    p = subprocess.run([gdb_binary("x86_64"), "-nx", "-batch", "-ex",
-                        f"target remote {server.address[0]}:{server.address[1]}",
-                        "-ex", "p init_uts_ns.name.release", str(vmlinux)],
-                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [
+            gdb_binary("x86_64"),
+            "-nx",
+            "-batch",
+            "-ex",
+            f"target remote {server.address[0]}:{server.address[1]}",
+            "-ex",
+            "p init_uts_ns.name.release",
+            str(vmlinux),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert f'"{s.manifest["kernel_release"]}"' in p.stdout, p.stdout + p.stderr
 
 
@@ -298,8 +350,16 @@ def test_concurrent_clients_read_memory(tcp_server):
 
 def test_write_and_run_packets_refused(tcp_server):
     sock = connect(tcp_server[0])
-    for pkt in (b"M1000,1:00", b"Gaabb", b"P0=00", b"Z0,ffffffff81000000,1",
-                b"c", b"s", b"vCont;c", b"vRun;"):
+    for pkt in (
+        b"M1000,1:00",
+        b"Gaabb",
+        b"P0=00",
+        b"Z0,ffffffff81000000,1",
+        b"c",
+        b"s",
+        b"vCont;c",
+        b"vRun;",
+    ):
         reply = exchange(sock, pkt)
         assert reply.startswith(b"E"), (pkt, reply)
         assert b"crash dump" in reply

@@ -301,8 +301,16 @@ def load(samples, tmp_path_factory):
     piece = 16 << 20
     for off in range(0, DUMP_BYTES, piece):
         p = subprocess.run(
-            [PY, "-m", "kvmcore.cli.main", "read", str(path), f"{start + off:#x}",
-             str(min(piece, DUMP_BYTES - off)), "--json"],
+            [
+                PY,
+                "-m",
+                "kvmcore.cli.main",
+                "read",
+                str(path),
+                f"{start + off:#x}",
+                str(min(piece, DUMP_BYTES - off)),
+                "--json",
+            ],
             capture_output=True,
             timeout=300,
             stdin=subprocess.DEVNULL,

@@ -1,10 +1,10 @@
 """Files kvmcore cannot map, and files that are not (whole) vmlinux images
 (issue 12 §4.3, §4.4): each is read anyway (positional reads) or refused on one
 line with its exit code, never an internal error."""
+
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import resource
 import shutil
@@ -26,9 +26,14 @@ LS = Path("/bin/ls")
 
 
 def _cli(*args: str, preexec=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kvmcore.cli.main", *args],
-                          capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL, preexec_fn=preexec)
+    return subprocess.run(
+        [sys.executable, "-m", "kvmcore.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=preexec,
+    )
 
 
 def _manifest() -> dict:
@@ -47,7 +52,7 @@ def test_unmappable_dump_is_read_with_pread(monkeypatch):
     assert not f.mapped
     raw = COMMITTED.read_bytes()
     for off, n in [(0, 8), (4096, 100), (len(raw) - 10, 10), (12345, 70000), (len(raw), 0)]:
-        assert f.pread(off, n) == raw[off:off + n]
+        assert f.pread(off, n) == raw[off : off + n]
     with pytest.raises(kvmcore.errors.TruncatedDumpError):
         f.pread(len(raw) - 4, 8)
     f.close()
@@ -67,11 +72,21 @@ def test_dump_larger_than_the_address_space_limit(tmp_path):
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    probe = subprocess.run([sys.executable, "-c", "import mmap, sys\n"
-                            "f = open(sys.argv[1], 'rb')\n"
-                            "try:\n    mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)\n"
-                            "except OSError as e:\n    print(e.errno)\n", str(big)],
-                           capture_output=True, text=True, timeout=60, preexec_fn=cap)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import mmap, sys\n"
+            "f = open(sys.argv[1], 'rb')\n"
+            "try:\n    mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)\n"
+            "except OSError as e:\n    print(e.errno)\n",
+            str(big),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=cap,
+    )
     assert probe.stdout.strip() == str(errno.ENOMEM), "the limit must make mmap fail"
     p = _cli("analyze", "--format", "text", str(big), preexec=cap)
     assert p.returncode == 0, p.stderr
@@ -93,7 +108,7 @@ def _patched(tmp_path: Path, name: str, data: bytes, *edits: tuple[int, str, int
 def _ls_header() -> tuple[bytes, int, int, int]:
     data = LS.read_bytes()
     assert data[:5] == b"\x7fELF\x02" and data[5] == 1, "a 64-bit little-endian /bin/ls"
-    shoff, = struct.unpack_from("<Q", data, 40)
+    (shoff,) = struct.unpack_from("<Q", data, 40)
     shentsize, shnum = struct.unpack_from("<HH", data, 58)
     return data, shoff, shentsize, shnum
 
@@ -103,27 +118,34 @@ def _bad_elves(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     cut = tmp_path / "ls-cut"
-    cut.write_bytes(data[:shoff + shentsize * shnum // 2])  # half its section headers
+    cut.write_bytes(data[: shoff + shentsize * shnum // 2])  # half its section headers
     return {
         "empty": (empty, "not a vmlinux: the file is empty"),
         "ls": (LS, "not a vmlinux: a user-space program"),
         "cut": (cut, "section header table .* runs past the end of the file"),
-        "past-end": (_patched(tmp_path, "ls-shoff", data, (40, "<Q", len(data) - 100)),
-                     "section header table .* runs past the end of the file"),
-        "shentsize": (_patched(tmp_path, "ls-shent", data, (58, "<H", 8)),
-                      "section header size 8"),
-        "core": (_patched(tmp_path, "ls-core", data, (16, "<H", 4)),
-                 "not a vmlinux: an ELF core file"),
-        "section-past-end": (_patched(tmp_path, "ls-sec", data,
-                                      (shoff + shentsize + 32, "<Q", 1 << 40)),
-                             "section .* runs past the end of the file"),
-        "text": (_patched(tmp_path, "text", b"hello, not an ELF\n" * 10),
-                 "not a vmlinux: not an ELF file"),
+        "past-end": (
+            _patched(tmp_path, "ls-shoff", data, (40, "<Q", len(data) - 100)),
+            "section header table .* runs past the end of the file",
+        ),
+        "shentsize": (_patched(tmp_path, "ls-shent", data, (58, "<H", 8)), "section header size 8"),
+        "core": (
+            _patched(tmp_path, "ls-core", data, (16, "<H", 4)),
+            "not a vmlinux: an ELF core file",
+        ),
+        "section-past-end": (
+            _patched(tmp_path, "ls-sec", data, (shoff + shentsize + 32, "<Q", 1 << 40)),
+            "section .* runs past the end of the file",
+        ),
+        "text": (
+            _patched(tmp_path, "text", b"hello, not an ELF\n" * 10),
+            "not a vmlinux: not an ELF file",
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["empty", "ls", "cut", "past-end", "shentsize", "core",
-                                  "section-past-end", "text"])
+@pytest.mark.parametrize(
+    "case", ["empty", "ls", "cut", "past-end", "shentsize", "core", "section-past-end", "text"]
+)
 def test_malformed_vmlinux_is_a_symbol_error(tmp_path, case):
     path, message = _bad_elves(tmp_path)[case]
     with pytest.raises(SymbolError, match=message) as exc:

@@ -3,6 +3,7 @@ max_clients are served, extra ones get a one-line refusal packet and are
 closed, silent clients are dropped after the idle timeout, and nothing a
 connection does (or a failed thread start) ends the server. 127.0.0.1 only;
 every wait is bounded."""
+
 from __future__ import annotations
 
 import socket
@@ -18,8 +19,13 @@ from kvmcore.gdbserver.packets import PacketReader, frame
 from kvmcore.gdbserver.server import TcpServer
 from kvmcore.gdbserver.target import DumpTarget
 
-COMMITTED = (Path(__file__).resolve().parent.parent / "sample_dumps" / "committed"
-             / "x86_64-small" / "vmcore.mdf-d31-c")
+COMMITTED = (
+    Path(__file__).resolve().parent.parent
+    / "sample_dumps"
+    / "committed"
+    / "x86_64-small"
+    / "vmcore.mdf-d31-c"
+)
 WAIT = 20.0  # seconds: the bound of every wait below
 
 

@@ -2,6 +2,7 @@
 of bitmap 2 set (or cleared) moves every later page onto its neighbour's
 descriptor. The open must refuse it, on one line, instead of reading shifted
 pages (issue 12 §4.1)."""
+
 from __future__ import annotations
 
 import shutil
@@ -16,8 +17,13 @@ import kvmcore
 from kvmcore.errors import DumpFormatError
 from kvmcore.report import build_report
 
-COMMITTED = (Path(__file__).resolve().parent.parent / "sample_dumps" / "committed"
-             / "x86_64-small" / "vmcore.mdf-d31-c")
+COMMITTED = (
+    Path(__file__).resolve().parent.parent
+    / "sample_dumps"
+    / "committed"
+    / "x86_64-small"
+    / "vmcore.mdf-d31-c"
+)
 DAMAGED_BYTE = 0x4D2B  # the byte the hostile-input pass flipped (0x00 -> 0xb7)
 
 
@@ -26,11 +32,17 @@ def _layout(path: Path) -> dict:
     layout (64-bit little-endian host), not through kvmcore."""
     raw = path.read_bytes()[:4096]
     assert raw[:8] == b"KDUMP   "
-    block_size, sub_hdr_size, bitmap_blocks, max_mapnr = struct.unpack_from("<iiIi", raw, 408 + 16 + 4)
+    block_size, sub_hdr_size, bitmap_blocks, max_mapnr = struct.unpack_from(
+        "<iiIi", raw, 408 + 16 + 4
+    )
     bitmap_start = (1 + sub_hdr_size) * block_size
     half = bitmap_blocks * block_size // 2
-    return {"bs": block_size, "bitmap2": bitmap_start + half, "half": half,
-            "desc_base": bitmap_start + 2 * half}
+    return {
+        "bs": block_size,
+        "bitmap2": bitmap_start + half,
+        "half": half,
+        "desc_base": bitmap_start + 2 * half,
+    }
 
 
 def _damaged(tmp_path: Path, at: int, value: int) -> tuple[Path, int]:
@@ -61,14 +73,17 @@ def test_one_bitmap_byte_set_is_refused(tmp_path):
         first_offset = min(off for off, _s, _f, _p in struct.iter_unpack("<qIIQ", f.read(24 * 16)))
     # the real table ends where page data starts: 6 descriptors before the damaged count
     assert lay["desc_base"] + (dumped - 6) * 24 == first_offset
-    with pytest.raises(DumpFormatError, match="bitmap 2 disagrees with the page descriptor "
-                       rf"table: its {dumped} dumped pages .*{first_offset:#x}"):
+    with pytest.raises(
+        DumpFormatError,
+        match="bitmap 2 disagrees with the page descriptor "
+        rf"table: its {dumped} dumped pages .*{first_offset:#x}",
+    ):
         kvmcore.open(str(bad))
 
 
 def test_one_bitmap_byte_cleared_is_refused(tmp_path):
     lay = _layout(COMMITTED)
-    data = COMMITTED.read_bytes()[lay["bitmap2"]:lay["bitmap2"] + lay["half"]]
+    data = COMMITTED.read_bytes()[lay["bitmap2"] : lay["bitmap2"] + lay["half"]]
     at = lay["bitmap2"] + data.index(b"\xff")  # eight dumped pages
     bad, old = _damaged(tmp_path, at, 0x00)
     assert old == 0xFF
@@ -78,9 +93,13 @@ def test_one_bitmap_byte_cleared_is_refused(tmp_path):
 
 def test_cli_one_line_exit_2(tmp_path):
     bad, _ = _damaged(tmp_path, DAMAGED_BYTE, 0xB7)
-    p = subprocess.run([sys.executable, "-m", "kvmcore.cli.main", "analyze", "--format", "text",
-                        str(bad)], capture_output=True, text=True, timeout=300,
-                       stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [sys.executable, "-m", "kvmcore.cli.main", "analyze", "--format", "text", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kvmcore: error: ") and "bitmap" in lines[0]
@@ -112,8 +131,9 @@ def test_committed_dump_has_prstatus_per_cpu():
     assert mem.notes_problem is None
 
 
-@pytest.mark.parametrize("field,value", [(SUB_OFFSET_NOTE, 0), (SUB_SIZE_NOTE, 0),
-                                         (SUB_SIZE_NOTE, 1)])
+@pytest.mark.parametrize(
+    "field,value", [(SUB_OFFSET_NOTE, 0), (SUB_SIZE_NOTE, 0), (SUB_SIZE_NOTE, 1)]
+)
 def test_missing_cpu_notes_are_recorded(tmp_path, field, value):
     lay = _layout(COMMITTED)
     bad = tmp_path / "nonotes.kdump"
@@ -137,8 +157,12 @@ def test_missing_cpu_notes_are_said_in_bt_and_report(tmp_path):
     with open(bad, "r+b") as f:
         f.seek(lay["bs"] + SUB_OFFSET_NOTE)
         f.write(struct.pack("<q", 0))
-    out = subprocess.run([sys.executable, "-c", "from kvmcore.cli.main import main; main()",
-                          "bt", str(bad)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", "from kvmcore.cli.main import main; main()", "bt", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     cpu = _manifest()["panic"]["cpu"]
     assert f"CPU {cpu}'s registers are missing (CPU registers missing" in out.stdout

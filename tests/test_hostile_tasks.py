@@ -3,13 +3,14 @@ thread list made to run through every other leader. The walk of all the lists
 must do work linear in the number of tasks (one step budget and one seen-set
 shared by every list), not a fresh bounded walk per group: counted in pointer
 reads, never timed."""
+
 from __future__ import annotations
 
 import pytest
+from patching import patched_dump, word
 
 import kvmcore
 from kvmcore.linux import tasks as tasks_mod
-from patching import patched_dump, word
 
 SID = "x86_64-kaslr"
 
@@ -30,8 +31,7 @@ def chain(samples):
     # task->thread_group (a ring through the leader) before
     new = t.has_member("struct signal_struct", "thread_head")
     link = t.offsetof("struct task_struct", "thread_node" if new else "thread_group")
-    return {"leaders": leaders, "link": link,
-            "manifest": samples.get_built(SID).manifest}
+    return {"leaders": leaders, "link": link, "manifest": samples.get_built(SID).manifest}
 
 
 def _chained(samples, chain) -> kvmcore.Dump:

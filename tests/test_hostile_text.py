@@ -2,6 +2,7 @@
 the reader's memory), OSRELEASE (patched in a copy of the committed file) and
 a log line must reach the text, markdown and rich reports as visible \\xNN
 escapes, never as raw control bytes or console markup."""
+
 from __future__ import annotations
 
 import io
@@ -17,8 +18,13 @@ from kvmcore.report import build_report
 from kvmcore.report.render import md, md_code, render_markdown, render_rich, render_text
 from kvmcore.textsafe import printable, printable_tree
 
-COMMITTED = (Path(__file__).resolve().parent.parent / "sample_dumps" / "committed"
-             / "x86_64-small" / "vmcore.mdf-d31-c")
+COMMITTED = (
+    Path(__file__).resolve().parent.parent
+    / "sample_dumps"
+    / "committed"
+    / "x86_64-small"
+    / "vmcore.mdf-d31-c"
+)
 MANIFEST = json.loads((COMMITTED.parent / "manifest.json").read_text())
 COMM = b"\x1b]0;pwn\x07[bold]"  # sets the window title; then rich markup
 RELEASE = MANIFEST["kernel_release"].encode()
@@ -76,14 +82,13 @@ def hostile_dump(tmp_path_factory):
     shutil.copyfile(COMMITTED, copy)
     data = bytearray(copy.read_bytes())
     at = data.index(b"OSRELEASE=" + RELEASE + b"\n") + len(b"OSRELEASE=")
-    data[at:at + len(RELEASE)] = EVIL_RELEASE
+    data[at : at + len(RELEASE)] = EVIL_RELEASE
     copy.write_bytes(bytes(data))
     locate = kvmcore.open(str(copy))
     panic = MANIFEST["panic"]
     task = next(t for t in locate.kernel.tasks() if t.pid == panic["pid"])
     assert task.comm == panic["comm"]
-    pa = locate.translate(task.address
-                          + locate.types.offsetof("struct task_struct", "comm")).pa
+    pa = locate.translate(task.address + locate.types.offsetof("struct task_struct", "comm")).pa
     patch = COMM + b"\0"
     dump = kvmcore.open(str(copy))  # a fresh model, patched before its first read
     original = dump.mem.read_phys
@@ -92,7 +97,7 @@ def hostile_dump(tmp_path_factory):
         out = bytearray(original(addr, length))
         lo, hi = max(addr, pa), min(addr + length, pa + len(patch))
         if lo < hi:
-            out[lo - addr:hi - addr] = patch[lo - pa:hi - pa]
+            out[lo - addr : hi - addr] = patch[lo - pa : hi - pa]
         return bytes(out)
 
     dump.mem.read_phys = read_phys
@@ -100,8 +105,13 @@ def hostile_dump(tmp_path_factory):
 
 
 def _no_controls(text: str) -> None:
-    bad = sorted({f"{ord(c):#x}" for c in text if (ord(c) < 0x20 and c not in "\n\t")
-                  or 0x7F <= ord(c) <= 0x9F})
+    bad = sorted(
+        {
+            f"{ord(c):#x}"
+            for c in text
+            if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F
+        }
+    )
     assert not bad, f"raw control characters in the output: {bad}"
 
 
@@ -124,8 +134,15 @@ def test_markdown_report(hostile):
 @pytest.mark.parametrize("terminal", [False, True])
 def test_rich_report(hostile, terminal):
     buf = io.StringIO()
-    render_rich(hostile, Console(file=buf, force_terminal=terminal, width=240,
-                                 color_system="standard" if terminal else None))
+    render_rich(
+        hostile,
+        Console(
+            file=buf,
+            force_terminal=terminal,
+            width=240,
+            color_system="standard" if terminal else None,
+        ),
+    )
     out = buf.getvalue()
     if not terminal:
         _no_controls(out)

@@ -1,11 +1,13 @@
 """The build-id index cache (kvmcore.indexcache): a warm cache gives the same
 symbols and types as decoding afresh (checked against System.map and drgn),
 and a stale, corrupt, truncated or unwritable cache is never trusted."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
+from helpers_symtypes import drgn_program, sample, system_map
 
 import kvmcore
 from kvmcore.symbols import load_symbols
@@ -13,12 +15,15 @@ from kvmcore.symbols.kallsyms import CACHE_NAME as KALLSYMS_FILE
 from kvmcore.types import load_types
 from kvmcore.types.btf import CACHE_NAME as BTF_FILE
 
-from helpers_symtypes import drgn_program, sample, system_map
-
 SIDS = ["x86_64-kaslr", "arm64-kaslr"]
 NAMES = ("_stext", "sysrq_handle_crash", "panic", "schedule", "start_kernel")
-MEMBERS = (("struct task_struct", "tasks"), ("struct task_struct", "comm"),
-           ("struct task_struct", "pid"), ("struct rq", "curr"), ("struct module", "list"))
+MEMBERS = (
+    ("struct task_struct", "tasks"),
+    ("struct task_struct", "comm"),
+    ("struct task_struct", "pid"),
+    ("struct rq", "curr"),
+    ("struct module", "list"),
+)
 
 
 def _facts(s):
@@ -39,8 +44,11 @@ def _read(s):
     table = load_symbols(dump)
     dump.__dict__["symbols"] = table  # the BTF bounds come from these symbols
     types = load_types(dump)
-    return ({n: table.lookup(n) for n in NAMES},
-            {(t, m): types.offsetof(t, m) for t, m in MEMBERS}, dump.vmcoreinfo.build_id)
+    return (
+        {n: table.lookup(n) for n in NAMES},
+        {(t, m): types.offsetof(t, m) for t, m in MEMBERS},
+        dump.vmcoreinfo.build_id,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +91,7 @@ def test_bad_cache_files_are_ignored_and_rewritten(damage, samples, cache):
             bad[len(bad) // 2] ^= 0x5A
             path.write_bytes(bytes(bad))
         elif damage == "truncate":
-            path.write_bytes(good[:len(good) // 3])
+            path.write_bytes(good[: len(good) // 3])
         elif damage == "foreign":  # another kernel's file: its source hash differs
             path.write_bytes((cache / "index" / other_id / name).read_bytes())
         else:

@@ -5,6 +5,7 @@ kdump variant holds must be byte-identical to it), the manifest, and
 independent tools: `makedumpfile -R` (flattened -> plain), `makedumpfile
 --split`, and `crash` reading what tests/kdump_writer.py writes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,13 +21,19 @@ from pathlib import Path
 import pytest
 
 import kvmcore
-from kvmcore.errors import (DecompressionError, DumpFormatError, KvmcoreError, NotInDumpError,
-                            PageExcludedError, TruncatedDumpError, UnsupportedError)
+from kvmcore.errors import (
+    DecompressionError,
+    DumpFormatError,
+    KvmcoreError,
+    NotInDumpError,
+    PageExcludedError,
+    TruncatedDumpError,
+)
 from kvmcore.fileio import DumpFile
 from kvmcore.formats import open_physical
-from kvmcore.registry import select_arch
 from kvmcore.formats.flattened import FlattenedSource
 from kvmcore.formats.kdump import KdumpDump, open_split
+from kvmcore.registry import select_arch
 from sample_dumps.catalog import load_samples
 from sample_dumps.makedumpfile import fix_qemu_elf
 
@@ -63,8 +70,9 @@ def _variants() -> list:
 
 def _sample(sid: str | None, fmt: str | None = None):
     if sid is None or sid not in SAMPLES:
-        pytest.fail(f"sample {sid or '(any with an ELF and a kdump file)'} is missing: "
-                    f"{HOW_TO_BUILD}")
+        pytest.fail(
+            f"sample {sid or '(any with an ELF and a kdump file)'} is missing: {HOW_TO_BUILD}"
+        )
     s = SAMPLES[sid]
     if fmt is not None and fmt not in s.manifest["files"]:
         pytest.fail(f"sample {sid} has no {fmt} file: {HOW_TO_BUILD}")
@@ -81,8 +89,10 @@ def _tool(name: str) -> str:
 @contextlib.contextmanager
 def deadline(seconds: int):
     """Fail instead of hanging: bad input must be refused promptly."""
+
     def expired(*_):
         raise AssertionError(f"took longer than {seconds}s")
+
     old = signal.signal(signal.SIGALRM, expired)
     signal.alarm(seconds)
     try:
@@ -127,6 +137,7 @@ def _compare_pages(mem, ref) -> dict[str, int]:
 
 # -- every variant against the ELF ------------------------------------------
 
+
 @pytest.mark.parametrize("sid,fmt", _variants())
 def test_variant_pages_match_elf(sid, fmt):
     s = _sample(sid, fmt)
@@ -139,7 +150,8 @@ def test_variant_pages_match_elf(sid, fmt):
         if info.get("compression"):
             assert mem.metadata["compression"] == [info["compression"]]
         assert (mem.metadata.get("container") == "flattened") == (
-            info["format"] == "kdump-flattened")
+            info["format"] == "kdump-flattened"
+        )
         arch = KVMCORE_ARCH.get(s.manifest["arch"], s.manifest["arch"])
         # QEMU's aarch64 kdump header says "Unknown": the arch probes decide then
         assert mem.facts.machine in (arch, None)
@@ -160,8 +172,9 @@ def test_variant_notes_match_elf(sid, fmt):
     s = _sample(sid, fmt)
     ref = open_physical(str(s.file(_reference_fmt(s))))
     mem = open_physical(str(s.file(fmt)))
-    assert [(n.name, n.type, n.desc) for n in mem.notes] == \
-        [(n.name, n.type, n.desc) for n in ref.notes]
+    assert [(n.name, n.type, n.desc) for n in mem.notes] == [
+        (n.name, n.type, n.desc) for n in ref.notes
+    ]
     assert mem.vmcoreinfo is not None
     assert mem.vmcoreinfo.text == ref.vmcoreinfo.text
     assert mem.vmcoreinfo.osrelease == s.manifest["kernel_release"]
@@ -178,8 +191,10 @@ def test_flattened_qemu_dump_read_in_place_equals_makedumpfile_R(tmp_path):
         subprocess.run([mdf, "-R", str(out)], stdin=src, check=True, capture_output=True)
     flat = FlattenedSource(DumpFile(s.file("kdump-zlib")))
     assert flat.size == out.stat().st_size
-    assert hashlib.sha256(flat.pread(0, flat.size)).digest() == \
-        hashlib.sha256(out.read_bytes()).digest()
+    assert (
+        hashlib.sha256(flat.pread(0, flat.size)).digest()
+        == hashlib.sha256(out.read_bytes()).digest()
+    )
     mem = open_physical(str(s.file("kdump-zlib")))
     assert mem.metadata["container"] == "flattened"
     assert mem.metadata["header_version"] == 6  # QEMU writes version 6
@@ -203,9 +218,15 @@ def test_flattened_mdf_equals_plain_page_for_page():
     assert dumped == plain.dumped_pages == flat.dumped_pages
 
 
-@pytest.mark.parametrize("sid,fmt", [p for p in _variants() if p.values[0] is None or
-                                     SAMPLES[p.values[0]].manifest["files"][p.values[1]]
-                                     ["format"] in KDUMP_KINDS])
+@pytest.mark.parametrize(
+    "sid,fmt",
+    [
+        p
+        for p in _variants()
+        if p.values[0] is None
+        or SAMPLES[p.values[0]].manifest["files"][p.values[1]]["format"] in KDUMP_KINDS
+    ],
+)
 def test_kdump_open_reads_kernel_memory(sid, fmt):
     """Through kvmcore.open: the arch backend is chosen from what the kdump file says
     (QEMU leaves utsname.machine "Unknown" on aarch64)."""
@@ -220,6 +241,7 @@ def test_kdump_open_reads_kernel_memory(sid, fmt):
 
 
 # -- the writer: every codec, read back and checked by crash ----------------
+
 
 @pytest.fixture(scope="module")
 def writer_source():
@@ -263,18 +285,29 @@ def test_writer_zlib_output_opens_in_crash(writer_source, tmp_path):
     vmlinux = s.vmlinux()
     if vmlinux is None:
         pytest.fail(f"no -dbg vmlinux for {s.id}: run `python -m sample_dumps build --with-dbg`")
-    out = write_kdump(elf, tmp_path / "vmcore.zlib", "zlib", uts=s.manifest["uts"],
-                      current_cpu=s.manifest["panic"]["cpu"])
+    out = write_kdump(
+        elf,
+        tmp_path / "vmcore.zlib",
+        "zlib",
+        uts=s.manifest["uts"],
+        current_cpu=s.manifest["panic"]["cpu"],
+    )
     # the marker string the guest left in memory: its page must read back through crash
     marker = s.manifest["marker"].encode()
     with open(s.file("elf"), "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
         at = m.find(marker)
     assert at >= 0, "marker not in the ELF dump"
-    pa = next(paddr + at - off for paddr, _va, off, filesz, _ in elf.segments
-              if off <= at < off + filesz)
+    pa = next(
+        paddr + at - off for paddr, _va, off, filesz, _ in elf.segments if off <= at < off + filesz
+    )
     script = f"sys\nrd -p -a {pa:#x}\nq\n"
-    p = subprocess.run([crash, "-s", str(vmlinux), str(out)], input=script, text=True,
-                       capture_output=True, timeout=600)
+    p = subprocess.run(
+        [crash, "-s", str(vmlinux), str(out)],
+        input=script,
+        text=True,
+        capture_output=True,
+        timeout=600,
+    )
     text = p.stdout + p.stderr
     assert p.returncode == 0, text[-2000:]
     assert f"RELEASE: {s.manifest['kernel_release']}" in text, text[-2000:]
@@ -287,6 +320,7 @@ def test_writer_zlib_output_opens_in_crash(writer_source, tmp_path):
 
 # -- split dumps -------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def split_parts(tmp_path_factory):
     s = _sample(WRITER_SAMPLE, "elf")
@@ -295,9 +329,12 @@ def split_parts(tmp_path_factory):
     fixed = tmp / "fixed.elf"
     fix_qemu_elf(s.file("elf"), fixed)  # makedumpfile rejects QEMU 7.2's header layout
     parts = [tmp / f"part{i}" for i in range(3)]
-    subprocess.run([mdf, "--split", "--splitblock-size", "4", "-c", "-d", "31", str(fixed),
-                    *map(str, parts)], check=True, capture_output=True,
-                   env={"TMPDIR": str(tmp), "PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        [mdf, "--split", "--splitblock-size", "4", "-c", "-d", "31", str(fixed), *map(str, parts)],
+        check=True,
+        capture_output=True,
+        env={"TMPDIR": str(tmp), "PATH": "/usr/bin:/bin"},
+    )
     fixed.unlink()
     return s, parts
 
@@ -337,6 +374,7 @@ def test_split_dump_through_kvmcore_open(split_parts):
 
 # -- bad input: one line naming the file and the fault, promptly ------------
 
+
 def _copy(s, fmt: str, dst: Path) -> Path:
     shutil.copyfile(s.file(fmt), dst)
     dst.chmod(0o644)
@@ -354,10 +392,13 @@ def test_truncated_file(tmp_path):
     _one_line_error(ei.value, head, "past the end")
 
     good = open_physical(str(src))
-    _, last = max((good.page_descriptor(p).offset, p) for p in range(good.header.max_mapnr)
-                  if good.has_page(p))  # the page stored last in the file
+    _, last = max(
+        (good.page_descriptor(p).offset, p)
+        for p in range(good.header.max_mapnr)
+        if good.has_page(p)
+    )  # the page stored last in the file
     tail = tmp_path / "cut-in-data"
-    tail.write_bytes(data[:len(data) // 2])
+    tail.write_bytes(data[: len(data) // 2])
     with deadline(20):
         mem = open_physical(str(tail))
         with pytest.raises(TruncatedDumpError) as ei:
@@ -366,7 +407,7 @@ def test_truncated_file(tmp_path):
 
     flat = tmp_path / "cut-flattened"
     fdata = s.file("mdf-d31-F").read_bytes()
-    flat.write_bytes(fdata[:len(fdata) // 2])
+    flat.write_bytes(fdata[: len(fdata) // 2])
     with deadline(20), pytest.raises(TruncatedDumpError) as ei:
         open_physical(str(flat))
     _one_line_error(ei.value, flat, "runs past the end")
@@ -398,7 +439,7 @@ def test_bitmap_claims_more_pages_than_file_holds(tmp_path):
     bitmap2_at = (1 + h.sub_hdr_size) * bs + half
     desc_end = good.desc_base + good.dumped_pages * 24
     data = bytearray(s.file("mdf-d31-c").read_bytes()[:desc_end])  # descriptors, no pages
-    data[bitmap2_at:bitmap2_at + h.max_mapnr // 8] = b"\xff" * (h.max_mapnr // 8)
+    data[bitmap2_at : bitmap2_at + h.max_mapnr // 8] = b"\xff" * (h.max_mapnr // 8)
     path = tmp_path / "bitmap-all-ones"
     path.write_bytes(bytes(data))
     with deadline(20), pytest.raises(TruncatedDumpError) as ei:
@@ -418,8 +459,11 @@ def test_bitmap_claims_more_pages_than_file_holds(tmp_path):
 def test_compressed_page_fails_to_inflate(tmp_path, fmt, codec):
     s = _sample(WRITER_SAMPLE, fmt)
     good = open_physical(str(s.file(fmt)))
-    pfn = next(p for p in range(good.header.max_mapnr)
-               if good.has_page(p) and good.page_descriptor(p).size < good.block_size)
+    pfn = next(
+        p
+        for p in range(good.header.max_mapnr)
+        if good.has_page(p) and good.page_descriptor(p).size < good.block_size
+    )
     desc = good.page_descriptor(pfn)
     path = _copy(s, fmt, tmp_path / f"corrupt-{codec}")
     with open(path, "r+b") as f:

@@ -1,18 +1,20 @@
 """The Linux kernel model on the real sample dumps, with and without a vmlinux,
 checked against the manifests (what the guest reported) and against drgn."""
+
 from __future__ import annotations
 
 import pytest
-
-import kvmcore
-from kvmcore.errors import SymbolError
 from conftest import sample_ids
 from oracles import drgn_log, drgn_tasks
 
+import kvmcore
+from kvmcore.errors import SymbolError
+
 # drgn (the oracle) cannot translate i386 addresses, and i386's kernel has no BTF, so
 # its model is checked against the manifest in test_arch_i386_la57.py instead.
-ELF_SAMPLES = [sid for arch in ("x86_64", "aarch64")
-               for sid in sample_ids(arch=arch, has_format="elf")]
+ELF_SAMPLES = [
+    sid for arch in ("x86_64", "aarch64") for sid in sample_ids(arch=arch, has_format="elf")
+]
 MODES = ["vmlinux", "no-vmlinux"]
 
 
@@ -75,7 +77,7 @@ def test_panic_task_and_backtrace(samples, sid, mode):
     assert panic.task.on_cpu and panic.task.cpu == m["panic"]["cpu"]
     names = [f.function or "" for f in dump.backtrace(panic.task).frames]
     crash_at = next(i for i, n in enumerate(names) if n.startswith("sysrq_handle_crash+"))
-    assert any(n.startswith("__handle_sysrq") for n in names[crash_at + 1:]), names
+    assert any(n.startswith("__handle_sysrq") for n in names[crash_at + 1 :]), names
 
 
 @pytest.mark.parametrize("sid", ELF_SAMPLES)

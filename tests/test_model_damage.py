@@ -2,14 +2,15 @@
 (the file is never touched), to hold a looping task list, a pointer into
 unmapped memory, or impossible log-buffer indexes. Every walk stays bounded,
 says where it stopped, and marks what it returns as partial."""
+
 from __future__ import annotations
 
 import pytest
+from patching import patched_dump, word
 
 import kvmcore
-from patching import patched_dump, word
-import kvmcore.report
 import kvmcore.commands
+import kvmcore.report
 from kvmcore.errors import UnsupportedError
 
 
@@ -24,9 +25,12 @@ def layout(samples):
     s = samples.get_built("x86_64-kaslr")
     dump = kvmcore.open(str(s.file("elf")))
     tasks = {t.comm: t for t in dump.kernel.tasks() if t.pid == t.tgid}
-    return {"tasks": {c: t.address for c, t in tasks.items()},
-            "off_tasks": dump.types.offsetof("struct task_struct", "tasks"),
-            "manifest": s.manifest, "count": len(dump.kernel.tasks())}
+    return {
+        "tasks": {c: t.address for c, t in tasks.items()},
+        "off_tasks": dump.types.offsetof("struct task_struct", "tasks"),
+        "manifest": s.manifest,
+        "count": len(dump.kernel.tasks()),
+    }
 
 
 def test_task_list_that_loops(samples, layout):
@@ -69,8 +73,10 @@ def test_log_with_impossible_indexes(samples):
     count_bits = ring + info.offset("prb_desc_ring", "count_bits")
     broken = patched_words(samples, {count_bits: 77})
     with pytest.raises(UnsupportedError, match="impossible count_bits 77"):
-        broken.kernel.kernel_log
+        _ = broken.kernel.kernel_log
     report = kvmcore.report.build_report(broken)
-    assert report["log"] == {"available": False, "reason": "printk ring buffer: impossible "
-                             "count_bits 77"}
+    assert report["log"] == {
+        "available": False,
+        "reason": "printk ring buffer: impossible count_bits 77",
+    }
     assert report["headline"]["available"]  # the rest of the report still comes out

@@ -40,8 +40,17 @@ def test_init_task_members_match_drgn(pair):
     ours, theirs = dump.object("init_task"), prog["init_task"]
     assert ours.address == theirs.address_
     assert ours.comm.string() == theirs.comm.string_().decode() == "swapper/0"
-    for path in ("pid", "tgid", "comm", "tasks", "thread.sp", "real_parent", "mm",
-                 "signal", "stack"):
+    for path in (
+        "pid",
+        "tgid",
+        "comm",
+        "tasks",
+        "thread.sp",
+        "real_parent",
+        "mm",
+        "signal",
+        "stack",
+    ):
         expect = prog.object("init_task").member_(path.split(".")[0])
         for part in path.split(".")[1:]:
             expect = expect.member_(part)
@@ -56,10 +65,14 @@ def test_task_list_matches_drgn(pair):
 
     dump, prog = pair
     head = dump.object("init_task").tasks.address_of()
-    ours = [(t.pid.value(), t.comm.string()) for t in
-            list_for_each_entry("struct task_struct", head, "tasks")]
-    theirs = [(t.pid.value_(), t.comm.string_().decode()) for t in
-              drgn_entries("struct task_struct", prog["init_task"].tasks.address_of_(), "tasks")]
+    ours = [
+        (t.pid.value(), t.comm.string())
+        for t in list_for_each_entry("struct task_struct", head, "tasks")
+    ]
+    theirs = [
+        (t.pid.value_(), t.comm.string_().decode())
+        for t in drgn_entries("struct task_struct", prog["init_task"].tasks.address_of_(), "tasks")
+    ]
     assert ours == theirs and len(ours) > 10
 
 
@@ -116,8 +129,12 @@ def test_hlist_of_a_pid_matches_drgn(pair):
     from drgn import container_of as drgn_container_of
 
     t = drgn_container_of(theirs_init, "struct task_struct", "tasks")
-    theirs = [e.value_() for e in drgn_hlist("struct task_struct",
-                                             t.thread_pid.tasks[0].address_of_(), "pid_links[0]")]
+    theirs = [
+        e.value_()
+        for e in drgn_hlist(
+            "struct task_struct", t.thread_pid.tasks[0].address_of_(), "pid_links[0]"
+        )
+    ]
     assert ours == theirs == [init.address]
 
 
@@ -129,8 +146,11 @@ def test_a_looping_list_is_a_walk_error(samples):
     second = dump.read_ptr(first)
     looped = patched_dump(samples, {second: word(first)})
     with pytest.raises(WalkError, match="loops"):
-        list(list_for_each_entry("struct task_struct",
-                                 looped.object("init_task").tasks.address_of(), "tasks"))
+        list(
+            list_for_each_entry(
+                "struct task_struct", looped.object("init_task").tasks.address_of(), "tasks"
+            )
+        )
 
 
 @pytest.mark.fast
@@ -140,8 +160,10 @@ def test_committed_dump_tasks_without_vmlinux():
     manifest = json.loads((COMMITTED / "manifest.json").read_text())
     dump = kvmcore.open(str(COMMITTED / "vmcore.mdf-d31-c"))
     head = dump.object("init_task").tasks.address_of()
-    pids = {t.pid.value(): t.comm.string()
-            for t in list_for_each_entry("struct task_struct", head, "tasks")}
+    pids = {
+        t.pid.value(): t.comm.string()
+        for t in list_for_each_entry("struct task_struct", head, "tasks")
+    }
     for proc in manifest["processes"]:
         assert pids.get(proc["pid"]) == proc["comm"], proc
 
@@ -149,10 +171,12 @@ def test_committed_dump_tasks_without_vmlinux():
 @pytest.mark.fast
 def test_bad_names_are_one_line_errors():
     dump = kvmcore.open(str(COMMITTED / "vmcore.mdf-d31-c"))
-    for bad in (lambda: dump.object("no_such_symbol_x"),
-                lambda: dump.object("init_task").no_such_member,
-                lambda: dump.cast("struct no_such_struct", 0),
-                lambda: dump.object("init_task").pid.deref()):
+    for bad in (
+        lambda: dump.object("no_such_symbol_x"),
+        lambda: dump.object("init_task").no_such_member,
+        lambda: dump.cast("struct no_such_struct", 0),
+        lambda: dump.object("init_task").pid.deref(),
+    ):
         with pytest.raises(KvmcoreError) as info:
             bad()
         assert "\n" not in str(info.value)

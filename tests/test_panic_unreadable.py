@@ -4,6 +4,7 @@ a real dump, in the reader only. The headline then names the task from the
 panic's log line (and says so), the panic CPU's backtrace comes from its saved
 registers, and `bt --cpu N` works for any CPU, as crash's `bt -c` does. The
 pid, comm and CPU come from the sample's manifest."""
+
 from __future__ import annotations
 
 import json
@@ -11,18 +12,19 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from patching import excluded_dump
 
 import kvmcore
 import kvmcore.commands
 from kvmcore.commands import BT, PS
 from kvmcore.gdbserver.target import DumpTarget
 from kvmcore.report import build_report
-from patching import excluded_dump
 
 # the QEMU ELF dump (its log line: "CPU: 1 PID: 115 Comm: crasher Not tainted")
 # and the real kdump ("... Comm: crasher Kdump: loaded Not tainted ...")
 SCHEMA = json.loads(
-    (Path(__file__).resolve().parent.parent / "kvmcore/schema/report.schema.json").read_text())
+    (Path(__file__).resolve().parent.parent / "kvmcore/schema/report.schema.json").read_text()
+)
 CASES = [("x86_64-kaslr", "elf"), ("x86_64-kdump", "proc-elf")]
 
 
@@ -63,7 +65,11 @@ def test_headline_names_the_task_from_the_log(case):
     head = report["headline"]
     assert head["cpu"] == panic["cpu"] and "kernel log" in head["sources"]["task"]
     assert head["task"] == {
-        "pid": panic["pid"], "comm": panic["comm"], "source": "log", "address": f"{address:#x}"}
+        "pid": panic["pid"],
+        "comm": panic["comm"],
+        "source": "log",
+        "address": f"{address:#x}",
+    }
     bt = report["backtrace"]
     assert bt["available"] and "cannot be read" in bt["warning"]
     names = [f["function"].split("+")[0] for f in bt["frames"] if f["function"]]

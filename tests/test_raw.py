@@ -1,6 +1,7 @@
 """A raw physical memory image (what LiME-style acquisition or a hypervisor's
 memory file gives): made here from a real QEMU ELF dump's PT_LOADs laid out
 at their physical addresses, read back with --arch like any other dump."""
+
 from __future__ import annotations
 
 import subprocess
@@ -37,10 +38,12 @@ def test_raw_image_reads_like_the_dump(raw_image):
     info = dump.vmcoreinfo  # found in memory: the image has no notes
     assert info.osrelease == manifest["kernel_release"]
     uts = dump.read(info.symbol("init_uts_ns") + info.offset("uts_namespace", "name"), 65 * 5)
-    fields = [uts[i * 65:(i + 1) * 65].split(b"\0")[0].decode() for i in range(5)]
-    assert (fields[0], fields[2], fields[4]) == (manifest["uts"]["sysname"],
-                                                 manifest["uts"]["release"],
-                                                 manifest["uts"]["machine"])
+    fields = [uts[i * 65 : (i + 1) * 65].split(b"\0")[0].decode() for i in range(5)]
+    assert (fields[0], fields[2], fields[4]) == (
+        manifest["uts"]["sysname"],
+        manifest["uts"]["release"],
+        manifest["uts"]["machine"],
+    )
     assert manifest["marker"] in [r.text for r in dump.kernel.log()]
     pids = {t.pid for t in dump.kernel.tasks()}
     assert {p["pid"] for p in manifest["processes"]} <= pids
@@ -50,6 +53,10 @@ def test_raw_needs_an_arch(raw_image):
     path, _ = raw_image
     with pytest.raises(DumpFormatError, match="--arch"):
         kvmcore.open(str(path))
-    p = subprocess.run([str(Path(sys.executable).with_name("kvmcore")), "info", str(path)],
-                       capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [str(Path(sys.executable).with_name("kvmcore")), "info", str(path)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     assert p.returncode == 2 and "--arch" in p.stderr and str(path) in p.stderr

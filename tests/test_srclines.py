@@ -1,6 +1,7 @@
 """Source lines and inlined frames (kvmcore.unwind.srclines) on the real kdump
 sample with the -dbg vmlinux. Oracle: drgn's stack_trace() (its inline frames
 and frame.source()), never kvmcore's own output."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from oracles import drgn_program
 
 import kvmcore
-from oracles import drgn_program
 
 SID = "x86_64-kdump"
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,14 +49,17 @@ def _ours(bt):
 
 
 @pytest.mark.parametrize("fmt", ["proc-elf", "mdf-d31-l"])
-def test_source_lines_and_inlined_frames_match_drgn(samples, drgn_source_frames, fmt,
-                                                   monkeypatch, tmp_path):
+def test_source_lines_and_inlined_frames_match_drgn(
+    samples, drgn_source_frames, fmt, monkeypatch, tmp_path
+):
     s = samples.get_built(SID)
     names = [n for n, _, _, _ in drgn_source_frames]
     # the inlined frames the issue names
-    for inlined, caller in [("crash_setup_regs", "__crash_kexec"),
-                            ("pde_write", "proc_reg_write"),
-                            ("do_syscall_x64", "do_syscall_64")]:
+    for inlined, caller in [
+        ("crash_setup_regs", "__crash_kexec"),
+        ("pde_write", "proc_reg_write"),
+        ("do_syscall_x64", "do_syscall_64"),
+    ]:
         assert names[names.index(inlined) + 1] == caller, drgn_source_frames
     with kvmcore.open(str(s.file(fmt)), vmlinux=str(samples.vmlinux(SID))) as dump:
         bt = dump.backtrace(dump.kernel.panic_task())
@@ -70,8 +74,9 @@ def _same(ours, theirs):
     assert all(o.startswith(t) for (o, *_), (t, *_) in zip(ours, theirs)), (ours, theirs)
 
 
-def test_source_lines_from_a_cold_cache_equal_the_cached(samples, drgn_source_frames,
-                                                         monkeypatch, tmp_path):
+def test_source_lines_from_a_cold_cache_equal_the_cached(
+    samples, drgn_source_frames, monkeypatch, tmp_path
+):
     """A private, empty cache: the CUs are decoded from DWARF, stored, then read back."""
     from kvmcore.unwind.srclines import vmlinux_index
 
@@ -89,21 +94,30 @@ def test_source_lines_from_a_cold_cache_equal_the_cached(samples, drgn_source_fr
 
 def test_bt_cli_prints_file_line_and_inlined(samples):
     s = samples.get_built(SID)
-    cmd = [str(Path(sys.executable).parent / "kvmcore"), "bt", str(s.file("proc-elf")),
-           str(samples.vmlinux(SID))]
+    cmd = [
+        str(Path(sys.executable).parent / "kvmcore"),
+        "bt",
+        str(s.file("proc-elf")),
+        str(samples.vmlinux(SID)),
+    ]
     text = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
     lines = text.splitlines()
     first = next(i for i, ln in enumerate(lines) if "crash_setup_regs" in ln)
     assert "(inlined) crash_setup_regs at arch/x86/include/asm/kexec.h:" in lines[first], text
     assert lines[first + 1].lstrip().startswith("#0 "), text
     assert "__crash_kexec+" in lines[first + 1] and " at kernel/kexec_core.c:" in lines[first + 1]
-    data = json.loads(subprocess.run(cmd + ["--json"], capture_output=True, text=True,
-                                     check=True, cwd=ROOT).stdout)
+    data = json.loads(
+        subprocess.run(
+            cmd + ["--json"], capture_output=True, text=True, check=True, cwd=ROOT
+        ).stdout
+    )
     frames = data["tasks"][0]["backtrace"]["frames"]
     assert frames[0]["file"] == "kernel/kexec_core.c" and frames[0]["line"] > 0
     assert frames[0]["inlined"][0]["function"] == "crash_setup_regs"
     from jsonschema import validate
 
     schema = json.loads((ROOT / "kvmcore/schema/report.schema.json").read_text())
-    validate({"frames": frames, "available": True},
-             {"$defs": schema["$defs"], **schema["$defs"]["backtrace"]})
+    validate(
+        {"frames": frames, "available": True},
+        {"$defs": schema["$defs"], **schema["$defs"]["backtrace"]},
+    )

@@ -1,5 +1,6 @@
 """Symbols and types on the real sample dumps, against independent oracles:
 the -dbg System.map text, nm, readelf, gdb and drgn."""
+
 from __future__ import annotations
 
 import json
@@ -8,18 +9,23 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers_symtypes import (
+    SAMPLE_IDS,
+    drgn_program,
+    nm_size,
+    readelf_section_bytes,
+    sample,
+    system_map,
+    tool,
+)
 
 import kvmcore
 from kvmcore.errors import SymbolError
 from kvmcore.symbols import load_symbols
 from kvmcore.symbols.elfsym import write_symbol_file
 from kvmcore.types import load_types
-from kvmcore.types.btf import BtfTypes
 from kvmcore.types.facade import TypeInfo
 from kvmcore.types.helpers import VmcoreInfoTypes
-
-from helpers_symtypes import (SAMPLE_IDS, drgn_program, nm_size, readelf_section_bytes,
-                              sample, system_map, tool)
 
 
 def _open(s, fmt="elf", vmlinux=True):
@@ -39,12 +45,17 @@ def test_kallsyms_functions_match_system_map(sid):
     for sym in table:
         if sym.type in "tT":
             ours.setdefault(sym.name, set()).add(sym.address)
-    theirs = {name: {addr + slide for addr, typ in entries if typ in "tT"}
-              for name, entries in smap.items()}
+    theirs = {
+        name: {addr + slide for addr, typ in entries if typ in "tT"}
+        for name, entries in smap.items()
+    }
     common = [n for n in ours if theirs.get(n)]
     assert len(common) > 20000, f"only {len(common)} function names in common"
-    mismatches = [(n, sorted(map(hex, ours[n])), sorted(map(hex, theirs[n])))
-                  for n in common if ours[n] != theirs[n]]
+    mismatches = [
+        (n, sorted(map(hex, ours[n])), sorted(map(hex, theirs[n])))
+        for n in common
+        if ours[n] != theirs[n]
+    ]
     assert not mismatches, f"{len(mismatches)} of {len(common)} differ: {mismatches[:10]}"
 
 
@@ -77,8 +88,9 @@ def _uts_cases():
     from sample_dumps.catalog import load_samples
 
     samples = load_samples()
-    return [(sid, fmt) for sid in SAMPLE_IDS if sid in samples for fmt in samples[sid].formats] \
-        or [(sid, "elf") for sid in SAMPLE_IDS]
+    return [(sid, fmt) for sid in SAMPLE_IDS if sid in samples for fmt in samples[sid].formats] or [
+        (sid, "elf") for sid in SAMPLE_IDS
+    ]
 
 
 @pytest.mark.parametrize("sid,fmt", _uts_cases())
@@ -112,30 +124,77 @@ def test_btf_from_memory_equals_vmlinux_section(sid):
 
 
 # (type, member or None for sizeof) the kernel model relies on
-COMMON = [("struct task_struct", m) for m in
-          ("pid", "tgid", "comm", "tasks", "tasks.next", "thread_group", "signal", "real_parent",
-           "__state", "on_cpu", "thread_info.cpu", "stack", "thread", "mm", "flags",
-           "children", "sibling", "group_leader", "cpus_ptr")] + [
-    ("struct list_head", "next"), ("struct list_head", "prev"),
-    ("struct module", "list"), ("struct module", "name"), ("struct module", "core_layout"),
-    ("struct module", "kallsyms"), ("struct mod_kallsyms", "symtab"),
-    ("struct mod_kallsyms", "num_symtab"), ("struct mod_kallsyms", "strtab"),
-    ("struct printk_ringbuffer", "desc_ring"), ("struct printk_ringbuffer", "text_data_ring"),
-    ("struct prb_desc_ring", "descs"), ("struct prb_desc_ring", "infos"),
-    ("struct prb_desc_ring", "head_id"), ("struct printk_info", "text_len"),
-    ("struct printk_info", "ts_nsec"), ("struct prb_data_ring", "data"),
-    ("struct uts_namespace", "name"), ("struct new_utsname", "release"),
-    ("struct signal_struct", "thread_head"), ("struct mm_struct", "pgd"),
-    ("struct pid", "numbers"), ("struct upid", "nr"),
+COMMON = [
+    ("struct task_struct", m)
+    for m in (
+        "pid",
+        "tgid",
+        "comm",
+        "tasks",
+        "tasks.next",
+        "thread_group",
+        "signal",
+        "real_parent",
+        "__state",
+        "on_cpu",
+        "thread_info.cpu",
+        "stack",
+        "thread",
+        "mm",
+        "flags",
+        "children",
+        "sibling",
+        "group_leader",
+        "cpus_ptr",
+    )
+] + [
+    ("struct list_head", "next"),
+    ("struct list_head", "prev"),
+    ("struct module", "list"),
+    ("struct module", "name"),
+    ("struct module", "core_layout"),
+    ("struct module", "kallsyms"),
+    ("struct mod_kallsyms", "symtab"),
+    ("struct mod_kallsyms", "num_symtab"),
+    ("struct mod_kallsyms", "strtab"),
+    ("struct printk_ringbuffer", "desc_ring"),
+    ("struct printk_ringbuffer", "text_data_ring"),
+    ("struct prb_desc_ring", "descs"),
+    ("struct prb_desc_ring", "infos"),
+    ("struct prb_desc_ring", "head_id"),
+    ("struct printk_info", "text_len"),
+    ("struct printk_info", "ts_nsec"),
+    ("struct prb_data_ring", "data"),
+    ("struct uts_namespace", "name"),
+    ("struct new_utsname", "release"),
+    ("struct signal_struct", "thread_head"),
+    ("struct mm_struct", "pgd"),
+    ("struct pid", "numbers"),
+    ("struct upid", "nr"),
 ]
-SIZES = ["struct task_struct", "struct list_head", "struct module", "struct printk_info",
-         "struct prb_desc", "struct uts_namespace", "struct new_utsname", "struct thread_struct",
-         "struct printk_ringbuffer", "struct mm_struct", "pid_t", "unsigned long"]
-ARCH = {"x86_64": [("struct inactive_task_frame", m) for m in ("bp", "ret_addr", "r15", "bx")]
-        + [("struct task_struct", "thread.sp"), ("struct thread_struct", "sp")],
-        "arm64": [("struct cpu_context", m) for m in ("x19", "fp", "sp", "pc")]
-        + [("struct task_struct", "thread.cpu_context"),
-           ("struct task_struct", "thread.cpu_context.sp")]}
+SIZES = [
+    "struct task_struct",
+    "struct list_head",
+    "struct module",
+    "struct printk_info",
+    "struct prb_desc",
+    "struct uts_namespace",
+    "struct new_utsname",
+    "struct thread_struct",
+    "struct printk_ringbuffer",
+    "struct mm_struct",
+    "pid_t",
+    "unsigned long",
+]
+ARCH = {
+    "x86_64": [("struct inactive_task_frame", m) for m in ("bp", "ret_addr", "r15", "bx")]
+    + [("struct task_struct", "thread.sp"), ("struct thread_struct", "sp")],
+    "arm64": [("struct cpu_context", m) for m in ("x19", "fp", "sp", "pc")]
+    + [
+        ("struct task_struct", "thread.cpu_context"),
+        ("struct task_struct", "thread.cpu_context.sp"),
+    ],
+}
 ARCH_SIZES = {"x86_64": ["struct inactive_task_frame"], "arm64": ["struct cpu_context"]}
 
 
@@ -174,6 +233,7 @@ def drgn_facts():
         if sid not in cache:
             cache[sid] = _drgn_facts(drgn_program(sample(sid)), sid)
         return cache[sid]
+
     return get
 
 
@@ -212,8 +272,10 @@ def test_vmcoreinfo_helpers_alone(drgn_facts):
     offsets, _ = drgn_facts("x86_64-kaslr")
     helpers_only = TypeInfo([], VmcoreInfoTypes(_open(s).vmcoreinfo))
     for member in ("desc_ring", "text_data_ring"):
-        assert helpers_only.offsetof("struct printk_ringbuffer", member) == \
-            offsets[("struct printk_ringbuffer", member)]
+        assert (
+            helpers_only.offsetof("struct printk_ringbuffer", member)
+            == offsets[("struct printk_ringbuffer", member)]
+        )
     assert helpers_only.source_of("struct printk_ringbuffer") == "vmcoreinfo"
     assert helpers_only.sizeof("struct list_head") == 16
 
@@ -260,8 +322,19 @@ def test_gdb_reads_written_symbol_file(sid, gdb, tmp_path):
     write_symbol_file(table, str(out), dump.arch.name)
     link = min(a for a, _ in system_map(s.system_map())["sysrq_handle_crash"])
     want = link + dump.vmcoreinfo.kernel_offset
-    res = subprocess.run([tool(gdb), "-batch", "-ex", "info address sysrq_handle_crash",
-                          "-ex", f"info symbol {want + 4:#x}", str(out)],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            tool(gdb),
+            "-batch",
+            "-ex",
+            "info address sysrq_handle_crash",
+            "-ex",
+            f"info symbol {want + 4:#x}",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert f"is at {want:#x}" in res.stdout, res.stdout + res.stderr
     assert "sysrq_handle_crash + 4 in section" in res.stdout, res.stdout

@@ -4,6 +4,7 @@ dump (ORC on x86_64, frame records on arm64) and names the frames as gdb with
 the -dbg vmlinux does. Both gdb sessions unwind on their own (gdb's DWARF
 unwinder), independently of kvmcore's unwinder; the server only supplies
 memory and registers."""
+
 from __future__ import annotations
 
 import re
@@ -11,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from oracles import gdb_binary
 
 PY = sys.executable
@@ -20,8 +20,13 @@ INFO_SYMBOL = "==SYM {}=="
 
 
 def write_symfile(dump_path, out) -> None:
-    p = subprocess.run([PY, "-m", "kvmcore.cli.main", "symfile", str(dump_path), "-o", str(out)],
-                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [PY, "-m", "kvmcore.cli.main", "symfile", str(dump_path), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert ".debug_frame" in p.stdout, p.stdout
 
@@ -30,8 +35,17 @@ def gdb(arch: str, dump_path, symbols, commands: list[str], offset: int | None =
     """gdb with `symbols` as its only symbol file; `offset` loads it with
     symbol-file -o (the vmlinux: its non-.text sections too), else the
     server's qOffsets places it."""
-    args = [gdb_binary(arch), "-nx", "-batch", "-ex", "set width 0", "-ex", "set height 0",
-            "-ex", "set remotetimeout 60"]
+    args = [
+        gdb_binary(arch),
+        "-nx",
+        "-batch",
+        "-ex",
+        "set width 0",
+        "-ex",
+        "set height 0",
+        "-ex",
+        "set remotetimeout 60",
+    ]
     if offset is not None:
         args += ["-ex", f"symbol-file -o {offset:#x} {symbols}"]
     args += ["-ex", f"target remote | {PY} -m kvmcore.gdbserver --stdio {dump_path}"]
@@ -98,10 +112,17 @@ def sessions(samples, sid: str, fmt: str, tmp_path_factory, extra: list[str]) ->
     with kvmcore.open(str(path)) as dump:
         offset = dump.kernel_offset
     commands = ["echo ==BT==\\n", "bt 40", "echo ==END==\\n"] + extra
-    return {"sample": s, "arch": arch, "path": path, "sym": sym, "vmlinux": vmlinux,
-            "offset": offset, "commands": commands,
-            "symfile": gdb(arch, path, sym, commands),
-            "vml": gdb(arch, path, vmlinux, commands, offset=offset)}
+    return {
+        "sample": s,
+        "arch": arch,
+        "path": path,
+        "sym": sym,
+        "vmlinux": vmlinux,
+        "offset": offset,
+        "commands": commands,
+        "symfile": gdb(arch, path, sym, commands),
+        "vml": gdb(arch, path, vmlinux, commands, offset=offset),
+    }
 
 
 def check_panic_bt(run: dict) -> list[tuple[str | None, str]]:
@@ -114,7 +135,10 @@ def check_panic_bt(run: dict) -> list[tuple[str | None, str]]:
     want_names = [base(n) for _, n in want]
     assert "sysrq_handle_crash" in want_names, run["vml"][-3000:]
     assert "sysrq_handle_crash" in got_names, run["symfile"][-3000:]
-    g, w = got[got_names.index("sysrq_handle_crash"):], want[want_names.index("sysrq_handle_crash"):]
+    g, w = (
+        got[got_names.index("sysrq_handle_crash") :],
+        want[want_names.index("sysrq_handle_crash") :],
+    )
     assert len(g) == len(w), (got, want)
     for i, ((gpc, gname), (wpc, wname)) in enumerate(zip(g, w)):
         assert same_function(gname, wname, i == len(w) - 1), (i, got, want)
@@ -157,7 +181,7 @@ def check_all_threads(out: str, ntasks: int) -> list[list[tuple[str | None, str]
     blocks = re.split(r"^Thread \d+ ", out, flags=re.M)[1:]
     assert len(blocks) == ntasks, out[-3000:]
     for bad in ("Cannot access memory", "Backtrace stopped", "error", "corrupt"):
-        assert bad not in out, out[out.find(bad) - 2000:out.find(bad) + 500]
+        assert bad not in out, out[out.find(bad) - 2000 : out.find(bad) + 500]
     result = []
     for block in blocks:
         frames = functions(block)
@@ -175,10 +199,16 @@ def ntasks(path) -> int:
 
 # ------------------------------------------------------------------ x86_64
 
+
 @pytest.fixture(scope="module")
 def x86_kaslr(samples, tmp_path_factory):
-    return sessions(samples, "x86_64-kaslr", "elf", tmp_path_factory,
-                    ["echo ==ALL==\\n", "thread apply all bt 3", "echo ==ALLEND==\\n"])
+    return sessions(
+        samples,
+        "x86_64-kaslr",
+        "elf",
+        tmp_path_factory,
+        ["echo ==ALL==\\n", "thread apply all bt 3", "echo ==ALLEND==\\n"],
+    )
 
 
 def test_x86_kaslr_panic_bt_matches_vmlinux(x86_kaslr):
@@ -199,8 +229,10 @@ def test_x86_kaslr_all_threads_bt(x86_kaslr):
     out = section(x86_kaslr["symfile"], "ALL")
     got = check_all_threads(out, ntasks(x86_kaslr["path"]))
     # frame #0 of every thread owns the same function as with the vmlinux
-    want_first = [functions(b)[0][1] for b in
-                  re.split(r"^Thread \d+ ", section(x86_kaslr["vml"], "ALL"), flags=re.M)[1:]]
+    want_first = [
+        functions(b)[0][1]
+        for b in re.split(r"^Thread \d+ ", section(x86_kaslr["vml"], "ALL"), flags=re.M)[1:]
+    ]
     assert [base(f[0][1]) for f in got] == [base(n) for n in want_first]
 
 
@@ -212,10 +244,16 @@ def test_x86_small_kdump_panic_bt_matches_vmlinux(samples, tmp_path_factory):
 
 # ------------------------------------------------------------------ arm64
 
+
 @pytest.fixture(scope="module")
 def arm64_kaslr(samples, tmp_path_factory):
-    return sessions(samples, "arm64-kaslr", "elf", tmp_path_factory,
-                    ["echo ==ALL==\\n", "thread apply all bt 12", "echo ==ALLEND==\\n"])
+    return sessions(
+        samples,
+        "arm64-kaslr",
+        "elf",
+        tmp_path_factory,
+        ["echo ==ALL==\\n", "thread apply all bt 12", "echo ==ALLEND==\\n"],
+    )
 
 
 def test_arm64_panic_bt(arm64_kaslr):

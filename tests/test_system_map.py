@@ -3,6 +3,7 @@ its vmlinux takes its symbols from the System.map it is given. Expected
 values come from the System.map text, the KERNELOFFSET that readelf decodes
 from the dump's VMCOREINFO note, the sample's manifest and the sample
 builder's table (the modules the guest init loads)."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ SID = "arm64-kaslr"
 
 
 def kvmcore_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(KVMCORE + [str(a) for a in args], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        KVMCORE + [str(a) for a in args], capture_output=True, text=True, timeout=600
+    )
 
 
 def link_address(system_map, name: str) -> int:
@@ -40,7 +42,9 @@ def kernel_offset(dump) -> int:
     p = subprocess.run(["readelf", "-n", str(dump)], capture_output=True, text=True)
     if p.returncode != 0:
         pytest.fail(f"readelf failed ({p.stderr.strip()}): apt-get install binutils", pytrace=False)
-    hexdata = re.search(r"VMCOREINFO.*?\n\s+description data: ([0-9a-f ]+)", p.stdout, re.S).group(1)
+    hexdata = re.search(r"VMCOREINFO.*?\n\s+description data: ([0-9a-f ]+)", p.stdout, re.S).group(
+        1
+    )
     info = bytes.fromhex(hexdata.replace(" ", "")).decode()
     return int(re.search(r"^KERNELOFFSET=([0-9a-f]+)$", info, re.M).group(1), 16)
 
@@ -79,8 +83,7 @@ def test_a_name_only_the_given_file_has(arm64, tmp_path):
     the bytes there are the kernel's banner."""
     s, dump, smap = arm64
     copy = tmp_path / "System.map"
-    copy.write_text(re.sub(r" linux_banner$", " kvmcore_test_banner", smap.read_text(),
-                           flags=re.M))
+    copy.write_text(re.sub(r" linux_banner$", " kvmcore_test_banner", smap.read_text(), flags=re.M))
     p = kvmcore_cli("sym", dump, "kvmcore_test_banner", "--system-map", copy, "--json")
     assert p.returncode == 0, p.stderr
     address = json.loads(p.stdout)["address"]
@@ -115,8 +118,9 @@ def test_open_takes_system_map(arm64):
         assert d.system_map == str(smap)
         assert d.symbols.source == "System.map"
         assert d.symbols.origin == str(smap)
-        assert d.symbols.lookup("linux_banner") == \
-            link_address(smap, "linux_banner") + kernel_offset(dump)
+        assert d.symbols.lookup("linux_banner") == link_address(
+            smap, "linux_banner"
+        ) + kernel_offset(dump)
 
 
 def test_system_map_next_to_the_vmlinux_is_found(arm64, tmp_path):
@@ -130,8 +134,10 @@ def test_system_map_next_to_the_vmlinux_is_found(arm64, tmp_path):
         assert table.lookup("modules") == link_address(smap, "modules") + kernel_offset(dump)
     lonely = tmp_path / vmlinux.name
     lonely.symlink_to(vmlinux)
-    with kvmcore.open(str(dump), str(lonely)) as d:
-        with pytest.raises(SymbolError, match="no System.map given or found"):
-            load_symbols(d, prefer="System.map")
+    with (
+        kvmcore.open(str(dump), str(lonely)) as d,
+        pytest.raises(SymbolError, match="no System.map given or found"),
+    ):
+        load_symbols(d, prefer="System.map")
     with kvmcore.open(str(dump), str(lonely), system_map=str(smap)) as d:
         assert load_symbols(d, prefer="System.map").origin == str(smap)

@@ -4,6 +4,7 @@ Ground truth: the manifests (panic CPU, the sysrq-c path, the sleepers) and
 independent tools: crash's `bt` and drgn's ORC/DWARF stack traces, both with
 the -dbg vmlinux. kvmcore itself unwinds without a vmlinux (kallsyms + ORC
 from the dump) except where the kernel model needs types (arm64: BTF)."""
+
 from __future__ import annotations
 
 import re
@@ -11,28 +12,78 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import sample_files, sample_ids
 
 import kvmcore
-from conftest import sample_files, sample_ids
 from kvmcore.linux.switch_frame import switch_frame
 from kvmcore.unwind import unwind
 
 PANIC_PATH = {  # the panicking CPU's call chain, innermost first (each a name prefix)
-    "x86_64": ["panic", "sysrq_handle_crash", "__handle_sysrq", "write_sysrq_trigger",
-               "vfs_write", "ksys_write", "do_syscall_64", "entry_SYSCALL_64"],
-    "aarch64": ["panic", "sysrq_handle_crash", "__handle_sysrq", "write_sysrq_trigger",
-                "vfs_write", "ksys_write", "el0_svc", "el0t_64_sync"],
-    "i686": ["panic", "sysrq_handle_crash", "__handle_sysrq", "write_sysrq_trigger",
-             "vfs_write", "ksys_write"],
-    "riscv64": ["panic", "sysrq_handle_crash", "__handle_sysrq", "write_sysrq_trigger",
-                "vfs_write", "ksys_write", "do_trap_ecall_u", "handle_exception"],
+    "x86_64": [
+        "panic",
+        "sysrq_handle_crash",
+        "__handle_sysrq",
+        "write_sysrq_trigger",
+        "vfs_write",
+        "ksys_write",
+        "do_syscall_64",
+        "entry_SYSCALL_64",
+    ],
+    "aarch64": [
+        "panic",
+        "sysrq_handle_crash",
+        "__handle_sysrq",
+        "write_sysrq_trigger",
+        "vfs_write",
+        "ksys_write",
+        "el0_svc",
+        "el0t_64_sync",
+    ],
+    "i686": [
+        "panic",
+        "sysrq_handle_crash",
+        "__handle_sysrq",
+        "write_sysrq_trigger",
+        "vfs_write",
+        "ksys_write",
+    ],
+    "riscv64": [
+        "panic",
+        "sysrq_handle_crash",
+        "__handle_sysrq",
+        "write_sysrq_trigger",
+        "vfs_write",
+        "ksys_write",
+        "do_trap_ecall_u",
+        "handle_exception",
+    ],
     # s390x: panic's notifier stops the CPU in disabled wait (QEMU: GUEST_PANICKED)
-    "s390x": ["stop_run", "on_panic_notify", "panic", "sysrq_handle_crash", "__handle_sysrq",
-              "write_sysrq_trigger", "vfs_write", "ksys_write", "__do_syscall", "system_call"],
+    "s390x": [
+        "stop_run",
+        "on_panic_notify",
+        "panic",
+        "sysrq_handle_crash",
+        "__handle_sysrq",
+        "write_sysrq_trigger",
+        "vfs_write",
+        "ksys_write",
+        "__do_syscall",
+        "system_call",
+    ],
     # pseries: the CPU sits in RTAS firmware (ibm,os-term), so frame #0 has no name
-    "ppc64le": ["rtas_call", "rtas_os_term", "pseries_panic", "panic", "sysrq_handle_crash",
-                "__handle_sysrq", "write_sysrq_trigger", "vfs_write", "ksys_write",
-                "system_call_exception", "system_call_vectored_common"],
+    "ppc64le": [
+        "rtas_call",
+        "rtas_os_term",
+        "pseries_panic",
+        "panic",
+        "sysrq_handle_crash",
+        "__handle_sysrq",
+        "write_sysrq_trigger",
+        "vfs_write",
+        "ksys_write",
+        "system_call_exception",
+        "system_call_vectored_common",
+    ],
 }
 # armhf's kernel has no BTF (tasks need the -dbg vmlinux, which these generic tests do
 # not give) and QEMU caught its panic CPU on the banked IRQ vector (frame #0 is lr_irq - 4,
@@ -68,8 +119,9 @@ def panic_backtrace(dump, manifest):
 # ------------------------------------------------------------ panicking CPU
 
 
-@pytest.mark.parametrize("sid,fmt", [p for p in sample_files()
-                                     if p[0] not in NO_VMLINUX_CPU_UNWIND])
+@pytest.mark.parametrize(
+    "sid,fmt", [p for p in sample_files() if p[0] not in NO_VMLINUX_CPU_UNWIND]
+)
 def test_panic_cpu_backtrace(samples, sid, fmt):
     s = samples.get_built(sid)
     m = s.manifest
@@ -83,10 +135,11 @@ def test_panic_cpu_backtrace(samples, sid, fmt):
         assert bt.user_regs is not None and bt.user_regs["pswm"] & (1 << 48), str(bt)
     elif m["arch"] != "i686":  # i386: the ebp chain just ends at the entry code
         assert bt.user_regs is not None and not dump.is_kernel_address(
-            bt.user_regs[dump.arch.pc_reg]), "walk should end at the syscall entry"
+            bt.user_regs[dump.arch.pc_reg]
+        ), "walk should end at the syscall entry"
     # the frames from the syscall entry down to the crash are exact, not guessed
     start = names.index("sysrq_handle_crash")
-    assert not any(f.guessed for f in bt.frames[start + 1:]), str(bt)
+    assert not any(f.guessed for f in bt.frames[start + 1 :]), str(bt)
 
 
 @pytest.mark.parametrize("sid", [i for i in sample_ids() if i not in NO_VMLINUX_CPU_UNWIND])
@@ -102,8 +155,9 @@ def test_every_cpu_unwinds_without_raising(samples, sid):
             assert len(bt.frames) <= 64
 
 
-@pytest.mark.parametrize("sid", [i for i in sample_ids(kind="qemu")
-                                 if i not in NO_VMLINUX_CPU_UNWIND])
+@pytest.mark.parametrize(
+    "sid", [i for i in sample_ids(kind="qemu") if i not in NO_VMLINUX_CPU_UNWIND]
+)
 def test_bounds_and_missing_memory(samples, sid):
     s = samples.get_built(sid)
     with kvmcore.open(str(s.file(main_file(s)))) as dump:
@@ -130,8 +184,13 @@ def tool(name: str) -> str:
 def crash_bt_names(crash: str, vmlinux, vmcore, cpu: int, tmp_path) -> list[str]:
     cmds = tmp_path / "cmds"
     cmds.write_text(f"bt -c {cpu}\nquit\n")
-    p = subprocess.run([crash, "-s", "-i", str(cmds), str(vmlinux), str(vmcore)],
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [crash, "-s", "-i", str(cmds), str(vmlinux), str(vmcore)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     names = re.findall(r"^\s*#\d+ \[[0-9a-f]+\] (\S+) at [0-9a-f]+", p.stdout, re.M)
     assert names, p.stdout[-3000:] + p.stderr[-2000:]
     return names
@@ -142,11 +201,13 @@ def test_matches_crash_bt(samples, sid, tmp_path):
     crash = tool("crash")
     s = samples.get_built(sid)
     m = s.manifest
-    theirs = crash_bt_names(crash, samples.vmlinux(sid), s.file(main_file(s)), m["panic"]["cpu"], tmp_path)
+    theirs = crash_bt_names(
+        crash, samples.vmlinux(sid), s.file(main_file(s)), m["panic"]["cpu"], tmp_path
+    )
     with kvmcore.open(str(s.file(main_file(s)))) as dump:
         ours = [n for n in panic_backtrace(dump, m).functions() if n]
-    ours = ours[ours.index("sysrq_handle_crash"):]
-    theirs = theirs[theirs.index("sysrq_handle_crash"):]
+    ours = ours[ours.index("sysrq_handle_crash") :]
+    theirs = theirs[theirs.index("sysrq_handle_crash") :]
     # crash's x86_64 bt (without ORC) also lists stale return addresses its
     # stack scan meets (seen: filp_close, do_dup2, exit_to_user_mode_prepare
     # between do_syscall_64 and the entry): ours must be crash's frames, in
@@ -178,7 +239,9 @@ def drgn_trace_pcs(vmlinux, vmcore, tid: int | None):
 
 
 # drgn reads x86_64 and arm64 kernels only
-@pytest.mark.parametrize("sid", [i for a in ("x86_64", "aarch64") for i in sample_ids(arch=a, kind="qemu")])
+@pytest.mark.parametrize(
+    "sid", [i for a in ("x86_64", "aarch64") for i in sample_ids(arch=a, kind="qemu")]
+)
 def test_matches_drgn_from_sysrq_handle_crash(samples, sid):
     """drgn unwinds with ORC (x86_64) / DWARF CFI (arm64) from the vmlinux; from
     sysrq_handle_crash to the syscall entry the frames' pcs must be identical."""
@@ -188,9 +251,9 @@ def test_matches_drgn_from_sysrq_handle_crash(samples, sid):
     with kvmcore.open(str(s.file(main_file(s)))) as dump:
         bt = panic_backtrace(dump, m)
     names = [base(n) for n in bt.functions()]
-    ours = [f.pc for f in bt.frames[names.index("sysrq_handle_crash"):]]
+    ours = [f.pc for f in bt.frames[names.index("sysrq_handle_crash") :]]
     assert ours[0] in theirs, ([hex(p) for p in ours], [hex(p) for p in theirs])
-    theirs = theirs[theirs.index(ours[0]):]
+    theirs = theirs[theirs.index(ours[0]) :]
     theirs = [pc for pc in theirs if dump.is_kernel_address(pc)]
     assert ours == theirs, ([hex(p) for p in ours], [hex(p) for p in theirs])
 
@@ -215,7 +278,8 @@ def test_sleeping_task_backtrace(samples, sid):
     names = [base(n) for n in bt.functions()]
     assert "schedule" in names, str(bt)
     assert in_order(names, ["schedule", "do_nanosleep"]) or in_order(
-        names, ["schedule", "hrtimer_nanosleep"]), str(bt)
+        names, ["schedule", "hrtimer_nanosleep"]
+    ), str(bt)
     assert bt.error is None, str(bt)
     if m["arch"] != "i686":  # i386: the ebp chain just ends at the entry code
         assert bt.user_regs is not None, str(bt)

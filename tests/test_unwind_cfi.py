@@ -7,6 +7,7 @@ unwinds the kernel with ORC or DWARF CFI from the vmlinux; it cannot read
 i386, where the frame-pointer walk of the same dump and the manifest's sysrq
 path are the references), and the manifests.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,9 +19,9 @@ import time
 import pytest
 
 import kvmcore
+from kvmcore.errors import KvmcoreError, SymbolError
 from kvmcore.linux.switch_frame import switch_frame
 from kvmcore.registry import get_arch
-from kvmcore.errors import KvmcoreError, SymbolError
 from kvmcore.unwind import dwarf_cfi, make_unwinder, unwind, unwinder_for
 from kvmcore.unwind.dwarf_cfi import DebugFrame, debug_frame_of
 
@@ -44,7 +45,7 @@ def in_order(names: list, wanted: list[str]) -> bool:
     return pos == len(wanted)
 
 
-_DUMPS: dict[tuple[str, bool], "kvmcore.Dump"] = {}
+_DUMPS: dict[tuple[str, bool], kvmcore.Dump] = {}
 
 
 def opened(samples, sid: str, with_vmlinux: bool = True):
@@ -70,8 +71,9 @@ def task_regs(dump, manifest, who: str) -> dict[str, int]:
     if who == "panic":
         return dump.cpu_states[manifest["panic"]["cpu"]].regs
     sleeper = next(p["pid"] for p in manifest["processes"] if p["comm"] == "sleeper_a")
-    child = next(p["pid"] for p in manifest["processes"]
-                 if p["comm"] == "sleep" and p["ppid"] == sleeper)
+    child = next(
+        p["pid"] for p in manifest["processes"] if p["comm"] == "sleep" and p["ppid"] == sleeper
+    )
     task = dump.kernel.find_task(child)
     assert task is not None and not task.on_cpu, f"pid {child} should be sleeping"
     return switch_frame(dump, task.address)
@@ -93,12 +95,15 @@ def readelf_table(vmlinux) -> list[tuple[int, int, list[tuple[int, str, dict[str
     readelf = shutil.which("readelf")
     if readelf is None:
         pytest.fail(f"readelf not found: {APT_HINT}", pytrace=False)
-    out = subprocess.run([readelf, "-wF", str(vmlinux)], capture_output=True, text=True,
-                         timeout=600).stdout
+    out = subprocess.run(
+        [readelf, "-wF", str(vmlinux)], capture_output=True, text=True, timeout=600
+    ).stdout
     fdes = []
     columns: list[str] = []
-    fde_re = re.compile(r"^[0-9a-f]+ [0-9a-f]+ [0-9a-f]+ FDE cie=[0-9a-f]+ "
-                        r"pc=([0-9a-f]+)\.\.([0-9a-f]+)$")
+    fde_re = re.compile(
+        r"^[0-9a-f]+ [0-9a-f]+ [0-9a-f]+ FDE cie=[0-9a-f]+ "
+        r"pc=([0-9a-f]+)\.\.([0-9a-f]+)$"
+    )
     current = None
     for line in out.splitlines():
         m = fde_re.match(line)
@@ -132,8 +137,9 @@ def rule_text(rule: tuple | None) -> str:
         return f"v{rule[1]:+d}"
     if kind == dwarf_cfi.REGISTER:
         return f"r{rule[1]}"
-    return {dwarf_cfi.SAME: "s", dwarf_cfi.EXPRESSION: "exp",
-            dwarf_cfi.VAL_EXPRESSION: "vexp"}[kind]
+    return {dwarf_cfi.SAME: "s", dwarf_cfi.EXPRESSION: "exp", dwarf_cfi.VAL_EXPRESSION: "vexp"}[
+        kind
+    ]
 
 
 @pytest.mark.parametrize("sid", CFI_SAMPLES)
@@ -178,7 +184,8 @@ def test_relocations_are_already_applied(samples, sid):
         elf = ELFFile(f)
         assert elf["e_type"] == "ET_EXEC"
         rel = elf.get_section_by_name(".rela.debug_frame") or elf.get_section_by_name(
-            ".rel.debug_frame")
+            ".rel.debug_frame"
+        )
         assert rel is not None
         data = elf.get_section_by_name(".debug_frame").data()
         symtab = elf.get_section(rel["sh_link"])
@@ -210,9 +217,12 @@ def test_fde_starts_at_the_function(samples, sid):
     exactly where the function ends: FDE addresses are link addresses. (arm64:
     the FDE starts after the two patchable-entry NOPs ftrace puts before the
     function's first instruction, 8 bytes into the symbol.)"""
-    out = subprocess.run(["sh", "-c", f"readelf -sW '{samples.vmlinux(sid)}' | "
-                          "grep -w sysrq_handle_crash"], capture_output=True, text=True,
-                         timeout=600).stdout
+    out = subprocess.run(
+        ["sh", "-c", f"readelf -sW '{samples.vmlinux(sid)}' | grep -w sysrq_handle_crash"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    ).stdout
     m = re.search(r":\s+([0-9a-f]+)\s+(\d+)\s+FUNC", out)
     assert m, out
     start, size = int(m[1], 16), int(m[2])
@@ -224,7 +234,7 @@ def test_fde_starts_at_the_function(samples, sid):
 def test_truncated_section_is_a_clear_error(samples):
     """The real section cut inside an entry: SymbolError naming the offset."""
     table = debug_frame_of(opened(samples, "x86_64-kaslr"))
-    cut = table.data[:len(table.data) // 2 + 5]
+    cut = table.data[: len(table.data) // 2 + 5]
     with pytest.raises(SymbolError, match="runs past the section"):
         DebugFrame(cut, 8, "little", "cut")
     # a CIE pointer aimed into the middle of another entry: an error, not an exception
@@ -254,8 +264,9 @@ def drgn_pcs(samples, sid: str, who: str) -> list[int]:
     else:
         m = s.manifest
         sleeper = next(p["pid"] for p in m["processes"] if p["comm"] == "sleeper_a")
-        thread = prog.thread(next(p["pid"] for p in m["processes"]
-                                  if p["comm"] == "sleep" and p["ppid"] == sleeper))
+        thread = prog.thread(
+            next(p["pid"] for p in m["processes"] if p["comm"] == "sleep" and p["ppid"] == sleeper)
+        )
     pcs = []
     is_kernel = opened(samples, sid).arch.is_kernel_address
     for frame in thread.stack_trace():
@@ -316,7 +327,9 @@ def test_i386_cfi_matches_frame_pointers(samples, who):
     with_cfi, with_fp = fresh_unwind(dump, regs, True), fresh_unwind(dump, regs, False)
     assert with_cfi.error is None and with_fp.error is None, (str(with_cfi), str(with_fp))
     assert [f.pc for f in with_cfi.frames] == [f.pc for f in with_fp.frames], (
-        str(with_cfi), str(with_fp))
+        str(with_cfi),
+        str(with_fp),
+    )
     methods = [f.method for f in with_cfi.frames[1:]]
     assert methods.count("cfi") > len(methods) // 2, str(with_cfi)
     assert "cfi" not in [f.method for f in with_fp.frames]
@@ -333,8 +346,9 @@ def test_cfi_sleeping_task_ends_like_the_old_path(samples, sid):
     dump = opened(samples, sid)
     regs = task_regs(dump, samples.get_built(sid).manifest, "sleeper")
     new, old = fresh_unwind(dump, regs, True), fresh_unwind(dump, regs, False)
-    assert [(f.pc, f.function) for f in new.frames if not f.guessed] == \
-        [(f.pc, f.function) for f in old.frames if not f.guessed], (str(new), str(old))
+    assert [(f.pc, f.function) for f in new.frames if not f.guessed] == [
+        (f.pc, f.function) for f in old.frames if not f.guessed
+    ], (str(new), str(old))
     assert (new.user_regs is None) == (old.user_regs is None)
 
 
@@ -346,8 +360,10 @@ def test_without_vmlinux_the_old_path_gives_the_same_names(samples, sid):
     assert unwinder_for(plain_dump).cfi is None
     plain = unwind(plain_dump, task_regs(plain_dump, m, "panic"))
     assert "cfi" not in [f.method for f in plain.frames], str(plain)
-    assert [f.pc for f in plain.frames] == [f.pc for f in with_vm.frames], (str(plain),
-                                                                             str(with_vm))
+    assert [f.pc for f in plain.frames] == [f.pc for f in with_vm.frames], (
+        str(plain),
+        str(with_vm),
+    )
     # names where the dump alone has them (i386: no module symbols without types)
     pairs = [(base(a), base(b)) for a, b in zip(plain.functions(), with_vm.functions()) if a]
     assert pairs and all(a == b for a, b in pairs), pairs
@@ -374,8 +390,10 @@ def test_cost_is_lazy_and_small(samples, sid):
         walk = time.perf_counter() - t0
         assert "cfi" in [f.method for f in bt.frames]
         assert walk < 1.0, f"{sid}: first CFI backtrace took {walk:.2f} s"
-        print(f"{sid}: {len(table)} FDEs indexed in {load * 1000:.0f} ms; "
-              f"first CFI backtrace ({len(bt.frames)} frames) {walk * 1000:.0f} ms")
+        print(
+            f"{sid}: {len(table)} FDEs indexed in {load * 1000:.0f} ms; "
+            f"first CFI backtrace ({len(bt.frames)} frames) {walk * 1000:.0f} ms"
+        )
 
 
 @pytest.mark.parametrize("sid", ["x86_64-kaslr", "arm64-kaslr"])

@@ -5,15 +5,16 @@ the entry objtool would have written (kvmcore.unwind.x86_stack), so the trace
 is exact with and without the vmlinux, and the symbol file gives gdb the
 same rows. Oracles: drgn's stack_trace() with the -dbg vmlinux (DWARF CFI),
 and gdb with `kvmcore symfile` as its only symbols."""
+
 from __future__ import annotations
 
 import pytest
+from test_symfile_gdb import functions, gdb, write_symfile
+from test_unwind import base, drgn_trace_pcs
 
 import kvmcore
 from kvmcore.unwind import orc
 from kvmcore.unwind.x86_stack import function_entries
-from test_symfile_gdb import functions, gdb, write_symfile
-from test_unwind import base, drgn_trace_pcs
 
 SID = "x86_64-kdump"
 
@@ -65,17 +66,18 @@ def _entries(code: bytes, start: int = 0x1000) -> dict[int, orc.OrcEntry] | None
 
 def test_stack_depth_of_a_frame_pointer_function():
     code = bytes.fromhex(
-        "55"            # push %rbp
-        "4889e5"        # mov %rsp,%rbp
-        "53"            # push %rbx
-        "4883ec20"      # sub $0x20,%rsp
-        "85ff"          # test %edi,%edi
-        "7406"          # je +6 -> the mov at 0x13
-        "e800000000"    # call
-        "90"            # nop
-        "488b5df8"      # mov -0x8(%rbp),%rbx
-        "c9"            # leave
-        "c3")           # ret
+        "55"  # push %rbp
+        "4889e5"  # mov %rsp,%rbp
+        "53"  # push %rbx
+        "4883ec20"  # sub $0x20,%rsp
+        "85ff"  # test %edi,%edi
+        "7406"  # je +6 -> the mov at 0x13
+        "e800000000"  # call
+        "90"  # nop
+        "488b5df8"  # mov -0x8(%rbp),%rbx
+        "c9"  # leave
+        "c3"
+    )  # ret
     e = _entries(code)
     assert e is not None
     depth = {at - 0x1000: (x.sp_offset, x.bp_reg, x.bp_offset) for at, x in e.items()}
@@ -89,10 +91,13 @@ def test_stack_depth_of_a_frame_pointer_function():
     assert sorted(depth) == [0, 1, 4, 5, 9, 0xB, 0xD, 0x12, 0x13, 0x17, 0x18]
 
 
-@pytest.mark.parametrize("hexcode", [
-    "554889e54883e4f0c9c3",  # and $-16,%rsp: a realignment
-    "4889c4c3",              # mov %rax,%rsp
-    "53750158c3",            # the two paths to the ret disagree (push; jne; pop; ret)
-])
+@pytest.mark.parametrize(
+    "hexcode",
+    [
+        "554889e54883e4f0c9c3",  # and $-16,%rsp: a realignment
+        "4889c4c3",  # mov %rax,%rsp
+        "53750158c3",  # the two paths to the ret disagree (push; jne; pop; ret)
+    ],
+)
 def test_stack_depth_gives_up(hexcode):
     assert _entries(bytes.fromhex(hexcode)) is None

@@ -62,8 +62,9 @@ def test_no_note_analyzes_like_the_note(stripped):
     assert (head["task"]["pid"], head["task"]["comm"]) == (m["panic"]["pid"], m["panic"]["comm"])
     names = [f["function"] or "" for f in report["backtrace"]["frames"]]
     assert any(n.startswith("sysrq_handle_crash+") for n in names), names
-    out = subprocess.run([*KVMCORE, "ps", "--json", str(path)], capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [*KVMCORE, "ps", "--json", str(path)], capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr
     pids = {t["pid"]: t["comm"] for t in json.loads(out.stdout)["tasks"]}
     for proc in m["processes"]:

@@ -22,11 +22,11 @@ PAGE_OFFSET at PHYS_OFFSET (arch/arm/include/asm/memory.h __virt_to_phys).
 from typing import Any
 
 from kvmcore.errors import KvmcoreError, UnsupportedError
-from kvmcore.pagetable import RadixTable, RadixTranslator
+from kvmcore.pagetable import RadixTranslator
 from kvmcore.registry import LINUX, TranslatorFlavour, is_linux, register_translator
 from kvmcore.translate import TranslationContext
 
-from .mmu import ArmLpaeTables, ArmShortTables
+from .mmu import ArmLpaeTables, ArmShortTables, ArmTables
 
 #: CONFIG_VMSPLIT_3G (the default), 3G_OPT, 2G, 1G
 PAGE_OFFSETS = (0xC0000000, 0xB0000000, 0x80000000, 0x40000000)
@@ -60,7 +60,7 @@ def _phys_offset(ctx: TranslationContext) -> tuple[int, str]:
     return min(r.start for r in ranges), "lowest physical range of the dump"
 
 
-def _formats(ctx: TranslationContext) -> list[RadixTable]:
+def _formats(ctx: TranslationContext) -> list[ArmTables]:
     info = ctx.vmcoreinfo
     lpae = info.get("CONFIG_ARM_LPAE") if info is not None else None
     if lpae == "y":
@@ -70,7 +70,7 @@ def _formats(ctx: TranslationContext) -> list[RadixTable]:
     return [ArmShortTables(), ArmLpaeTables()]
 
 
-class LinuxArmTranslator(RadixTranslator[RadixTable]):
+class LinuxArmTranslator(RadixTranslator[ArmTables]):
     """The short-descriptor (or LPAE) walk from swapper_pg_dir, plus the linear
     map's layout for linear_map_address."""
 

@@ -66,7 +66,13 @@ def supersection_base(entry: int) -> int:
     return (entry & L1_SUPER_FRAME) | ((entry >> 20) & 0xF) << 32 | ((entry >> 5) & 0xF) << 36
 
 
-class ArmShortTables(RadixTable):
+class ArmTables(RadixTable):
+    """Either ARMv7 table format; `lpae` says which."""
+
+    lpae: bool = False
+
+
+class ArmShortTables(ArmTables):
     """The ARMv7 short-descriptor format: L1 of 4096 x 1 MB, L2 of 256 x 4 KB."""
 
     entry_size = 4
@@ -98,7 +104,7 @@ class ArmShortTables(RadixTable):
         return None
 
 
-class ArmLpaeTables(RadixTable):
+class ArmLpaeTables(ArmTables):
     """The ARMv7 long-descriptor format (LPAE) of a 32-bit VA: 4 x 1 GB, 512 x
     2 MB, 512 x 4 KB."""
 

@@ -47,7 +47,7 @@ def little_endian_kernel(mem: PhysicalMemory) -> bool:
     info = mem.vmcoreinfo  # scans memory when the dump has no note
     order = mem.metadata.get("vmcoreinfo_byteorder")
     if order is not None:
-        return order == "little"
+        return bool(order == "little")
     if info is not None:
         return mem.facts.byteorder == "little"
     return False

@@ -18,6 +18,7 @@ opens natively (`gdb vmlinux FILE`), so it reads memory at its own speed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections.abc import Iterator
@@ -93,10 +94,8 @@ def _task_notes(dump: Dump, e: str) -> tuple[bytes, int]:
     kernel = dump.kernel
     tasks = list(kernel.tasks())
     panic = None
-    try:
+    with contextlib.suppress(KvmcoreError):
         panic = kernel.panic_task()
-    except KvmcoreError:
-        pass
     if panic is not None:
         tasks.sort(key=lambda t: t.address != panic.address)
     out, count, seen = bytearray(), 0, set()

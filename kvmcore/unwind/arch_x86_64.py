@@ -231,8 +231,9 @@ class X86_64Unwinder:
         if table is None or bounds is None or not table.covers(ip):
             return None
         start, end = bounds
-        entries = self._synthesized.get(start, False)
-        if entries is False:
+        if start in self._synthesized:
+            entries = self._synthesized[start]
+        else:
             entries = None
             if not table.has_entry_in(start, end):
                 try:
