@@ -47,7 +47,7 @@ SAMPLES = load_samples()
 WRITER_SAMPLE = "x86_64-kaslr"
 CODECS = ["zlib", "lzo", "snappy", "zstd"]
 #: manifest "arch" is uname's machine; kvmcore names the 32-bit x86 arch i386
-KVMCORE_ARCH = {"i686": "i386"}
+KVMCORE_ARCH = {"i686": "i386", "armv7l": "arm"}
 
 
 def _reference_fmt(sample) -> str | None:
