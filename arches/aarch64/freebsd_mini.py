@@ -4,25 +4,24 @@ from collections.abc import Iterator
 from typing import Any
 
 from kvmcore.errors import NotMappedError
+from kvmcore.kernelmap import KernelMapTranslator
 from kvmcore.registry import FREEBSD_MINI, TranslatorFlavour, is_freebsd_mini, register_translator
-from kvmcore.translate import MappedRange, Translation, Translator, coalesce
+from kvmcore.translate import MappedRange, Translation
 
 ATTR_MASK = 0xFFFC000000000FFF  # sys/arm64/include/pte.h ATTR_MASK
 L3_PAGE = 3
 
 
-class FreeBSDArm64MiniTranslator(Translator):
+class FreeBSDArm64MiniTranslator(KernelMapTranslator):
     """kva -> pa from an arm64 minidump (libkvm's _aarch64_minidump_vatop): the
     direct map first, pa = va - dmapbase + dmapphys; then the L3 array, one
     entry per page from kernbase (the writer expands L1/L2 blocks into fake L3
     pages, so block mappings arrive here as runs of L3 entries)."""
 
     def __init__(self, mem: Any) -> None:
-        self.mem = mem
-        self.hdr = mem.header
+        super().__init__(mem)
         self.page_size = mem.header.page_size
         self.shift = self.page_size.bit_length() - 1
-        self.path = mem.path
 
     def translate(self, va: int) -> Translation:
         hdr, page = self.hdr, self.page_size
@@ -58,20 +57,6 @@ class FreeBSDArm64MiniTranslator(Translator):
             l3 = self.mem.pmap_entry(index)
             if l3 & 3 == L3_PAGE:
                 yield MappedRange(hdr.kernbase + (index << self.shift), l3 & ~ATTR_MASK, page, page)
-
-    def _direct_map(self) -> Iterator[MappedRange]:
-        hdr = self.hdr
-        for rng in self.mem.ranges():
-            va = rng.start - hdr.dmapphys + hdr.dmapbase
-            if rng.start >= hdr.dmapphys and va + rng.size <= hdr.dmapend:
-                yield MappedRange(va, rng.start, rng.size, self.page_size)
-
-    def walk(self) -> Iterator[MappedRange]:
-        parts = [self._kernel_map(), self._direct_map()]
-        if self.hdr.dmapbase < self.hdr.kernbase:
-            parts.reverse()
-        for part in parts:
-            yield from coalesce(part)
 
 
 register_translator(

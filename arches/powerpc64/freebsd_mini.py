@@ -9,12 +9,12 @@ below dmapbase are the kernel image's link addresses, moved by
 startkernel - KERNBASE (the kernel runs relocated), as libkvm does. The radix
 MMU's minidumps (mmu_radix) are refused by the format reader."""
 
-from collections.abc import Iterator
 from typing import Any
 
 from kvmcore.errors import DumpFormatError, NotMappedError
+from kvmcore.kernelmap import KernelMapTranslator
 from kvmcore.registry import FREEBSD_MINI, TranslatorFlavour, is_freebsd_mini, register_translator
-from kvmcore.translate import MappedRange, Translation, Translator, coalesce
+from kvmcore.translate import MappedRange, Translation, Translator
 
 from .mmu import (
     KERNEL_VSID_BIT,
@@ -45,7 +45,7 @@ PAGE = 1 << PAGE_SHIFT
 MAX_SEGMENTS = 1 << 16
 
 
-class FreeBSDPowerpc64MiniTranslator(Translator):
+class FreeBSDPowerpc64MiniTranslator(KernelMapTranslator):
     """kva -> pa from a powerpc64 HPT minidump (libkvm's ppc64mmu_hpt_kvatop)."""
 
     def __init__(self, mem: Any) -> None:
@@ -165,19 +165,6 @@ class FreeBSDPowerpc64MiniTranslator(Translator):
             out.append(MappedRange(ea, pa, size, size))
         out.sort(key=lambda r: r.va)
         return out
-
-    def _direct_map(self) -> Iterator[MappedRange]:
-        hdr = self.hdr
-        for rng in self.mem.ranges():
-            if hdr.dmapbase + rng.end <= hdr.dmapend:
-                yield MappedRange(hdr.dmapbase + rng.start, rng.start, rng.size, PAGE)
-
-    def walk(self) -> Iterator[MappedRange]:
-        parts = [self._direct_map(), iter(self._kernel_map())]
-        if self.hdr.kernbase < self.hdr.dmapbase:
-            parts.reverse()
-        for part in parts:
-            yield from coalesce(part)
 
 
 def _build(ctx: Any) -> Translator:

@@ -5,28 +5,18 @@ L2 superpages into fake L3 pages); the direct map [dmapbase, dmapend) maps
 pa = va - dmapbase + dmapphys."""
 
 from collections.abc import Iterator
-from typing import Any
 
 from kvmcore.errors import NotMappedError
+from kvmcore.kernelmap import KernelMapTranslator
 from kvmcore.registry import FREEBSD_MINI, TranslatorFlavour, is_freebsd_mini, register_translator
-from kvmcore.translate import MappedRange, Translation, Translator, coalesce
+from kvmcore.translate import MappedRange, Translation
 
 from .mmu import PAGE, leaf_page
 
 
-class FreeBSDRiscvMiniTranslator(Translator):
+class FreeBSDRiscvMiniTranslator(KernelMapTranslator):
     """kva -> pa from a riscv minidump (libkvm's _riscv_minidump_vatop): the
     direct map first, then the L3 array."""
-
-    def __init__(self, mem: Any) -> None:
-        self.mem = mem
-        self.hdr = mem.header
-        self.path = mem.path
-
-    def linear_map_address(self, pa: int) -> int | None:
-        hdr = self.hdr
-        va = pa - hdr.dmapphys + hdr.dmapbase
-        return va if pa >= hdr.dmapphys and va < hdr.dmapend else None
 
     def translate(self, va: int) -> Translation:
         hdr = self.hdr
@@ -62,20 +52,6 @@ class FreeBSDRiscvMiniTranslator(Translator):
             page = leaf_page(self.mem.pmap_entry(index))
             if page is not None:
                 yield MappedRange(self.hdr.kernbase + index * PAGE, page, PAGE, PAGE)
-
-    def _direct_map(self) -> Iterator[MappedRange]:
-        hdr = self.hdr
-        for rng in self.mem.ranges():
-            va = rng.start - hdr.dmapphys + hdr.dmapbase
-            if rng.start >= hdr.dmapphys and va + rng.size <= hdr.dmapend:
-                yield MappedRange(va, rng.start, rng.size, PAGE)
-
-    def walk(self) -> Iterator[MappedRange]:
-        parts = [self._kernel_map(), self._direct_map()]
-        if self.hdr.dmapbase < self.hdr.kernbase:
-            parts.reverse()
-        for part in parts:
-            yield from coalesce(part)
 
 
 register_translator(

@@ -1,11 +1,11 @@
 """FreeBSD amd64 minidumps (libkvm's kvm_minidump_amd64.c)."""
 
 from collections.abc import Iterator
-from typing import Any
 
 from kvmcore.errors import NotInDumpError, NotMappedError
+from kvmcore.kernelmap import KernelMapTranslator
 from kvmcore.registry import FREEBSD_MINI, TranslatorFlavour, is_freebsd_mini, register_translator
-from kvmcore.translate import MappedRange, Translation, Translator, coalesce
+from kvmcore.translate import MappedRange, Translation
 
 from .mmu import PRESENT, PSE
 
@@ -14,17 +14,12 @@ PG_FRAME = 0x000FFFFFFFFFF000
 PG_PS_FRAME = 0x000FFFFFFFE00000
 
 
-class FreeBSDAmd64MiniTranslator(Translator):
+class FreeBSDAmd64MiniTranslator(KernelMapTranslator):
     """kva -> pa from an amd64 minidump's own kernel map (libkvm's
     _amd64_minidump_vatop): version 1 holds one 4K PTE per page from kernbase,
     version 2+ one PDE per 2 MB (a PS PDE is a 2 MB page, any other points at a
     page-table page that is itself among the dumped pages). The direct map
     [dmapbase, dmapend) is linear: pa = va - dmapbase."""
-
-    def __init__(self, mem: Any) -> None:
-        self.mem = mem
-        self.hdr = mem.header
-        self.path = mem.path
 
     def _entry(self, va: int, index: int, what: str) -> int:
         entry: int | None = self.mem.pmap_entry(index)  # FreeBSDMinidump.pmap_entry
@@ -96,19 +91,6 @@ class FreeBSDAmd64MiniTranslator(Translator):
                 pte = int.from_bytes(raw[i * 8 : i * 8 + 8], "little")
                 if pte & PRESENT:
                     yield MappedRange(va + (i << 12), pte & PG_FRAME, 1 << 12, 1 << 12)
-
-    def _direct_map(self) -> Iterator[MappedRange]:
-        hdr = self.hdr
-        for rng in self.mem.ranges():
-            if hdr.dmapbase + rng.end <= hdr.dmapend:
-                yield MappedRange(hdr.dmapbase + rng.start, rng.start, rng.size, 1 << 12)
-
-    def walk(self) -> Iterator[MappedRange]:
-        parts = [self._direct_map(), self._kernel_map()]
-        if self.hdr.kernbase < self.hdr.dmapbase:
-            parts.reverse()
-        for part in parts:
-            yield from coalesce(part)
 
 
 register_translator(
