@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import crashviews, explore
@@ -627,14 +627,22 @@ READ = Command(
 
 # -- exploration (kvmcore.explore): crash's vocabulary over typed objects --------
 _TEXT = explore.text_of
-P = Command(
+
+
+def _explore(*args: Any, **kwargs: Any) -> Command:
+    """An exploration command: its text function escapes the dump's strings
+    itself (repr of C strings, printable() of comms), so its newlines are its own."""
+    return Command(*args, multiline=True, **kwargs)
+
+
+P = _explore(
     "p",
     "Print the value of a C expression (symbols, members, casts, &, *, [], +, -).",
     explore.p_data,
     explore.p_text,
     (Param("expression", str, "a C expression", required=True, metavar="EXPR", rest=True),),
 )
-STRUCT = Command(
+STRUCT = _explore(
     "struct",
     "A struct's layout (-o: with offsets), or its members' values at ADDRESS.",
     explore.struct_data,
@@ -651,21 +659,21 @@ STRUCT = Command(
         Param("offsets", bool, "show member offsets", False, ("-o", "--offsets")),
     ),
 )
-UNION = Command(
+UNION = _explore(
     "union",
     "A union's layout (-o: with offsets), or its members' values at ADDRESS.",
     explore.union_data,
     _TEXT,
     STRUCT.params,
 )
-WHATIS = Command(
+WHATIS = _explore(
     "whatis",
     "The type of a symbol, or the definition of a type.",
     explore.whatis_data,
     _TEXT,
     (Param("name", str, "a symbol or a type", required=True, metavar="NAME", rest=True),),
 )
-RD = Command(
+RD = _explore(
     "rd",
     "Read memory as words (-8/-16/-32/-64 bits), symbols (-s) or a string (-a).",
     explore.rd_data,
@@ -682,7 +690,7 @@ RD = Command(
         Param("physical", bool, "ADDRESS is physical", False, ("-p", "--phys")),
     ),
 )
-LIST = Command(
+LIST = _explore(
     "list",
     "Walk a list_head list from START (-H: START is the head, not an entry).",
     explore.list_data,
@@ -710,7 +718,7 @@ LIST = Command(
         Param("head", bool, "START is the list's head", False, ("-H", "--head")),
     ),
 )
-TASK = Command(
+TASK = _explore(
     "task",
     "A task's struct task_struct (the panicking task by default; -R: some fields).",
     explore.task_data,
@@ -727,17 +735,17 @@ TASK = Command(
         ),
     ),
 )
-RUNQ = Command(
+RUNQ = _explore(
     "runq", "Each CPU's current task and CFS run queue.", explore.runq_data, explore.runq_text
 )
-VTOP = Command(
+VTOP = _explore(
     "vtop",
     "Translate a kernel virtual address (physical address, page size).",
     explore.vtop_data,
     _TEXT,
     (Param("address", str, "an address or expression", required=True, metavar="ADDRESS"),),
 )
-PTOV = Command(
+PTOV = _explore(
     "ptov",
     "The direct-map virtual address of a physical address.",
     explore.ptov_data,
@@ -745,7 +753,7 @@ PTOV = Command(
     (Param("address", str, "a physical address", required=True, metavar="ADDRESS"),),
 )
 
-KMEM = Command(
+KMEM = _explore(
     "kmem",
     "Memory: -i the summary /proc/meminfo gives, -s the slab caches (SLUB).",
     crashviews.kmem_data,
@@ -764,59 +772,59 @@ _PID = Param(
     bare=True,
     metavar="PID",
 )
-FILES = Command(
+FILES = _explore(
     "files",
     "A task's open files: fd, file, dentry, inode, type, path.",
     crashviews.files_data,
     crashviews.files_text,
     (_PID,),
 )
-VM = Command(
+VM = _explore(
     "vm",
     "A task's memory map: each VMA's start, end, flags and file.",
     crashviews.vm_data,
     crashviews.vm_text,
     (_PID,),
 )
-SIG = Command(
+SIG = _explore(
     "sig",
     "A task's pending and blocked signals and its signal handlers.",
     crashviews.sig_data,
     crashviews.sig_text,
     (_PID,),
 )
-MOUNT = Command(
+MOUNT = _explore(
     "mount",
     "The mounts of the initial mount namespace: device, type, mount point.",
     crashviews.mount_data,
     crashviews.mount_text,
 )
-NET = Command(
+NET = _explore(
     "net",
     "Network devices of the initial namespace: name, flags, MTU, addresses.",
     crashviews.net_data,
     crashviews.net_text,
 )
-DEV = Command(
+DEV = _explore(
     "dev",
     "Character and block device majors (chrdevs, major_names).",
     crashviews.dev_data,
     crashviews.dev_text,
 )
-IRQ = Command(
+IRQ = _explore(
     "irq",
     "Interrupts: each irq_desc's chip, actions (name: handler) and count.",
     crashviews.irq_data,
     crashviews.irq_text,
     (Param("irq", int, "only this irq", None, metavar="IRQ"),),
 )
-TIMER = Command(
+TIMER = _explore(
     "timer",
     "Each CPU's timer wheel: pending timers, expiry (jiffies), function.",
     crashviews.timer_data,
     crashviews.timer_text,
 )
-SEARCH = Command(
+SEARCH = _explore(
     "search",
     "Find a word (number, symbol or expression) in the dump's RAM, via the direct map.",
     crashviews.search_data,
@@ -828,7 +836,7 @@ SEARCH = Command(
         Param("end", str, "highest physical address", None, ("-e", "--end"), metavar="PA"),
     ),
 )
-LOG = Command(
+LOG = _explore(
     "log",
     "The kernel log (-T: with wall-clock times from the timekeeper, UTC).",
     crashviews.log_data,
@@ -893,7 +901,7 @@ def foreach_text(data: dict[str, Any]) -> str:
     return "\n".join(out).rstrip()
 
 
-FOREACH = Command(
+FOREACH = _explore(
     "foreach",
     "Run bt/task/files/vm/sig for every task (all) or some (pids or names, comma-separated).",
     foreach_data,
@@ -913,36 +921,8 @@ FOREACH = Command(
     ),
 )
 
-#: the exploration commands (the CLI builds their subcommands from the table); their
-#: text functions escape the dump's strings themselves, so newlines are theirs
-EXPLORE: tuple[Command, ...] = tuple(
-    replace(c, multiline=True)
-    for c in (
-        P,
-        STRUCT,
-        UNION,
-        WHATIS,
-        RD,
-        LIST,
-        TASK,
-        RUNQ,
-        VTOP,
-        PTOV,
-        KMEM,
-        FILES,
-        VM,
-        SIG,
-        MOUNT,
-        NET,
-        DEV,
-        IRQ,
-        TIMER,
-        FOREACH,
-        SEARCH,
-        LOG,
-    )
-)
-(
+#: the exploration commands (the CLI builds their subcommands from the table)
+EXPLORE: tuple[Command, ...] = (
     P,
     STRUCT,
     UNION,
@@ -965,7 +945,7 @@ EXPLORE: tuple[Command, ...] = tuple(
     FOREACH,
     SEARCH,
     LOG,
-) = EXPLORE
+)
 
 #: every command, by name, in the order `monitor help` lists them
 COMMANDS: dict[str, Command] = {

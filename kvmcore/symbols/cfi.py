@@ -56,8 +56,11 @@ MAX_ROWS = 4_000_000
 
 
 def uleb(value: int) -> bytes:
+    """ULEB128, as DWARF encodes unsigned numbers (.debug_frame, .debug_info)."""
     if value < 0:
         raise ValueError(f"uleb of negative {value}")
+    if value < 0x80:
+        return bytes((value,))
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -70,6 +73,9 @@ def uleb(value: int) -> bytes:
 
 
 def sleb(value: int) -> bytes:
+    """SLEB128, as DWARF encodes signed numbers."""
+    if -0x40 <= value < 0x40:
+        return bytes((value & 0x7F,))
     out = bytearray()
     while True:
         byte = value & 0x7F

@@ -20,6 +20,8 @@ import struct
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+from .cfi import sleb, uleb
+
 # tags (DWARF 4, section 7.5.3)
 DW_TAG_array_type = 0x01
 DW_TAG_enumeration_type = 0x04
@@ -90,35 +92,6 @@ DW_OP_const4u = 0x0C
 DW_OP_const8u = 0x0E
 
 DWARF_VERSION = 4
-
-
-def uleb(value: int) -> bytes:
-    if value < 0:
-        raise ValueError(f"uleb of negative {value}")
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def sleb(value: int) -> bytes:
-    if -0x40 <= value < 0x40:
-        return bytes((value & 0x7F,))
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if (value == 0 and not byte & 0x40) or (value == -1 and byte & 0x40):
-            out.append(byte)
-            return bytes(out)
-        out.append(byte | 0x80)
 
 
 #: (DW_AT_x, DW_FORM_y, value): the value's type depends on the form
