@@ -632,7 +632,8 @@ _TEXT = explore.text_of
 def _explore(*args: Any, **kwargs: Any) -> Command:
     """An exploration command: its text function escapes the dump's strings
     itself (repr of C strings, printable() of comms), so its newlines are its own."""
-    return Command(*args, multiline=True, **kwargs)
+    kwargs["multiline"] = True
+    return Command(*args, **kwargs)
 
 
 P = _explore(
