@@ -188,107 +188,6 @@ def _command(
         print(cmd.render(data))
 
 
-@app.command("ps", help=commands.PS.help)
-def ps(
-    dump: Path = DumpArg,
-    vmlinux: Path | None = VmlinuxArg,
-    force_vmlinux: bool = ForceOpt,
-    arch: str | None = ArchOpt,
-    json_out: bool = JsonOpt,
-    system_map: Path | None = SystemMapOpt,
-) -> None:
-    _command(commands.PS, dump, vmlinux, arch, system_map, json_out, force_vmlinux)
-
-
-@app.command("dmesg", help=commands.DMESG.help)
-def dmesg(
-    dump: Path = DumpArg,
-    vmlinux: Path | None = VmlinuxArg,
-    force_vmlinux: bool = ForceOpt,
-    arch: str | None = ArchOpt,
-    json_out: bool = JsonOpt,
-    system_map: Path | None = SystemMapOpt,
-) -> None:
-    _command(commands.DMESG, dump, vmlinux, arch, system_map, json_out, force_vmlinux)
-
-
-@app.command("mods", help=commands.MODS.help)
-def mods(
-    dump: Path = DumpArg,
-    vmlinux: Path | None = VmlinuxArg,
-    force_vmlinux: bool = ForceOpt,
-    arch: str | None = ArchOpt,
-    json_out: bool = JsonOpt,
-    system_map: Path | None = SystemMapOpt,
-) -> None:
-    _command(commands.MODS, dump, vmlinux, arch, system_map, json_out, force_vmlinux)
-
-
-@app.command("sys", help=commands.SYS.help)
-def sys_cmd(
-    dump: Path = DumpArg,
-    vmlinux: Path | None = VmlinuxArg,
-    force_vmlinux: bool = ForceOpt,
-    arch: str | None = ArchOpt,
-    json_out: bool = JsonOpt,
-    system_map: Path | None = SystemMapOpt,
-) -> None:
-    _command(commands.SYS, dump, vmlinux, arch, system_map, json_out, force_vmlinux)
-
-
-@app.command("bt", help=commands.BT.help)
-def bt(
-    dump: Path = DumpArg,
-    vmlinux: Path | None = VmlinuxArg,
-    force_vmlinux: bool = ForceOpt,
-    arch: str | None = ArchOpt,
-    json_out: bool = JsonOpt,
-    pid: str | None = _arg(commands.BT, "pid"),
-    all_tasks: bool = _arg(commands.BT, "all_tasks"),
-    cpu: str | None = _arg(commands.BT, "cpu"),
-    system_map: Path | None = SystemMapOpt,
-) -> None:
-    _command(
-        commands.BT,
-        dump,
-        vmlinux,
-        arch,
-        system_map,
-        json_out,
-        force_vmlinux,
-        pid=_int(commands.BT, "pid", pid),
-        all_tasks=all_tasks,
-        cpu=_int(commands.BT, "cpu", cpu),
-    )
-
-
-@app.command("info", help=commands.INFO.help)
-def info(
-    dump: Path = DumpArg,
-    vmlinux: Path | None = VmlinuxArg,
-    force_vmlinux: bool = ForceOpt,
-    arch: str | None = ArchOpt,
-    json_out: bool = JsonOpt,
-    system_map: Path | None = SystemMapOpt,
-) -> None:
-    _command(commands.INFO, dump, vmlinux, arch, system_map, json_out, force_vmlinux)
-
-
-@app.command("sym", help=commands.SYM.help)
-def sym(
-    dump: Path = DumpArg,
-    what: str = _arg(commands.SYM, "what"),
-    vmlinux: Path | None = VmlinuxArg,
-    force_vmlinux: bool = ForceOpt,
-    arch: str | None = ArchOpt,
-    json_out: bool = JsonOpt,
-    system_map: Path | None = SystemMapOpt,
-) -> None:
-    _command(commands.SYM, dump, vmlinux, arch, system_map, json_out, force_vmlinux, what=what)
-
-
-# a negative LENGTH reaches read_data (which refuses it in one line), not
-# typer's "no such option"
 @app.command("read", help=commands.READ.help, context_settings={"ignore_unknown_options": True})
 def read(
     dump: Path = DumpArg,
@@ -397,10 +296,11 @@ def shell(
 VmlinuxOpt = typer.Option(None, "--vmlinux", help="the kernel's vmlinux (optional)")
 
 
-def _table_command(cmd: commands.Command) -> None:
-    """A subcommand `kvmcore NAME DUMP ARGS... [--vmlinux FILE]` whose arguments
-    are the table's parameters (VMLINUX is an option here: the commands take
-    optional positionals of their own)."""
+def _table_command(cmd: commands.Command, vmlinux_positional: bool) -> None:
+    """A subcommand `kvmcore NAME DUMP ARGS... [VMLINUX]` whose arguments are
+    the table's parameters. VMLINUX is a trailing positional where the
+    command's own positionals are all required (ps, bt, sym, ...), else an
+    option (`--vmlinux FILE`: `struct TYPE [ADDR]` has optional positionals)."""
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     params = [inspect.Parameter("dump", kind, default=DumpArg, annotation=Path)]
     for p in cmd.params:
@@ -409,8 +309,10 @@ def _table_command(cmd: commands.Command) -> None:
         params.append(
             inspect.Parameter(p.name, kind, default=_arg(cmd, p.name), annotation=annotation)
         )
+    vmlinux = VmlinuxArg if vmlinux_positional else VmlinuxOpt
     params += [
-        inspect.Parameter("vmlinux", kind, default=VmlinuxOpt, annotation=Path | None),
+        inspect.Parameter("vmlinux", kind, default=vmlinux, annotation=Path | None),
+        inspect.Parameter("force_vmlinux", kind, default=ForceOpt, annotation=bool),
         inspect.Parameter("arch", kind, default=ArchOpt, annotation=str | None),
         inspect.Parameter("json_out", kind, default=JsonOpt, annotation=bool),
         inspect.Parameter("system_map", kind, default=SystemMapOpt, annotation=Path | None),
@@ -419,18 +321,30 @@ def _table_command(cmd: commands.Command) -> None:
     def run(**kwargs: Any) -> None:
         dump, vmlinux, arch = kwargs.pop("dump"), kwargs.pop("vmlinux"), kwargs.pop("arch")
         system_map, json_out = kwargs.pop("system_map"), kwargs.pop("json_out")
+        force = kwargs.pop("force_vmlinux")
         for p in cmd.params:
             if p.type is int and kwargs.get(p.name) is not None:
                 kwargs[p.name] = _int(cmd, p.name, kwargs[p.name])
-        _command(cmd, dump, vmlinux, arch, system_map, json_out, **kwargs)
+        _command(cmd, dump, vmlinux, arch, system_map, json_out, force, **kwargs)
 
     run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     run.__name__ = cmd.name
     app.command(cmd.name, help=cmd.help)(run)
 
 
+# the viewing commands, DUMP [VMLINUX]; then the exploration commands, --vmlinux FILE
+for _cmd in (
+    commands.PS,
+    commands.DMESG,
+    commands.MODS,
+    commands.SYS,
+    commands.BT,
+    commands.INFO,
+    commands.SYM,
+):
+    _table_command(_cmd, vmlinux_positional=True)
 for _cmd in commands.EXPLORE:
-    _table_command(_cmd)
+    _table_command(_cmd, vmlinux_positional=False)
 
 
 def main() -> None:
