@@ -8,12 +8,11 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from ..arches.aarch64.cpu import PSTATE_MODE_MASK, PT_REGS
-from ..errors import KvmcoreError, UnsupportedError
+from ..errors import KvmcoreError
 from ..symbols import cfi
 from . import register_symfile_cfi, register_unwinder
-from .framepointer import FramePointerUnwinder
+from .framepointer import FramePointerUnwinder, frame_record_cfi
 from .model import FrameKind
-from .symbolic import CodeSymbols
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -112,36 +111,11 @@ class Aarch64Unwinder(FramePointerUnwinder):
 # consulted, so no row can end the walk quietly). The rule is wrong for the innermost
 # frame while a function is still in its prologue or is a leaf.
 DWARF_FP, DWARF_LR = 29, 30
-CFI_DATA_ALIGN = -8
 
 
 def aarch64_fp_cfi(dump: Dump) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
-    """(CfiLayout, [CfiRange]) with the frame-record rule over the kernel's
-    text and each loaded module's, at runtime addresses."""
-    syms = CodeSymbols(dump)
-    lo = syms.address("_stext") or syms.address("_text")
-    hi = syms.address("_etext")
-    if not lo or not hi or hi <= lo:
-        raise UnsupportedError(
-            "kallsyms has no _stext/_etext: no kernel text range for CFI", dump.path
-        )
-    rule = cfi.CfiRule(b"", "frame-record")
-    ranges = [cfi.CfiRange([lo], [rule], hi)]
-    try:
-        modules = dump.kernel.modules()
-    except KvmcoreError:
-        modules = []  # module list unreadable (no data symbols): core text only
-    for mod in modules:
-        ranges.append(cfi.CfiRange([mod.base], [rule], mod.base + mod.size))
-    layout = cfi.CfiLayout(
-        address_size=8,
-        return_column=DWARF_LR,
-        data_align=CFI_DATA_ALIGN,
-        initial=cfi.def_cfa(DWARF_FP, 16)
-        + cfi.saved_at_cfa(DWARF_FP, -16, CFI_DATA_ALIGN)
-        + cfi.saved_at_cfa(DWARF_LR, -8, CFI_DATA_ALIGN),
-    )
-    return layout, ranges
+    """The frame-record rule (see above) for `kvmcore symfile`."""
+    return frame_record_cfi(dump, DWARF_FP, DWARF_LR, 16)
 
 
 register_unwinder("aarch64", None, Aarch64Unwinder)

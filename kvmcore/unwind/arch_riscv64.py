@@ -23,13 +23,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..arches.riscv64.cpu import PT_REGS, SSTATUS_SPP
-from ..errors import KvmcoreError, UnsupportedError
+from ..errors import KvmcoreError
 from ..symbols import cfi
 from . import register_symfile_cfi, register_unwinder
-from .framepointer import FramePointerUnwinder
+from .framepointer import FramePointerUnwinder, frame_record_cfi
 from .model import Backtrace, Frame, FrameKind
 from .stack import StackGuard
-from .symbolic import CodeSymbols
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -210,34 +209,11 @@ class Riscv64Unwinder(FramePointerUnwinder):
 # for leaf functions (which save no ra), and it does not cross exception
 # frames (entry code keeps no frame record): gdb stops there.
 DWARF_S0, DWARF_RA = 8, 1
-CFI_DATA_ALIGN = -8
 
 
 def riscv64_fp_cfi(dump: Dump) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
-    syms = CodeSymbols(dump)
-    lo = syms.address("_stext") or syms.address("_text")
-    hi = syms.address("_etext")
-    if not lo or not hi or hi <= lo:
-        raise UnsupportedError(
-            "kallsyms has no _stext/_etext: no kernel text range for CFI", dump.path
-        )
-    rule = cfi.CfiRule(b"", "frame-record")
-    ranges = [cfi.CfiRange([lo], [rule], hi)]
-    try:
-        modules = dump.kernel.modules()
-    except KvmcoreError:
-        modules = []
-    for mod in modules:
-        ranges.append(cfi.CfiRange([mod.base], [rule], mod.base + mod.size))
-    layout = cfi.CfiLayout(
-        address_size=8,
-        return_column=DWARF_RA,
-        data_align=CFI_DATA_ALIGN,
-        initial=cfi.def_cfa(DWARF_S0, 0)
-        + cfi.saved_at_cfa(DWARF_S0, -16, CFI_DATA_ALIGN)
-        + cfi.saved_at_cfa(DWARF_RA, -8, CFI_DATA_ALIGN),
-    )
-    return layout, ranges
+    """The frame-record rule (see above) for `kvmcore symfile`."""
+    return frame_record_cfi(dump, DWARF_S0, DWARF_RA, 0)
 
 
 register_unwinder("riscv64", "linux", Riscv64Unwinder)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import KvmcoreError
+from ..errors import KvmcoreError, UnsupportedError
+from ..symbols import cfi
 from .dwarf_cfi import DwarfCfi
 from .model import Backtrace, Frame, FrameKind
 from .stack import StackGuard
@@ -273,3 +274,39 @@ class FramePointerUnwinder:
             pc, sp, exact, via_record = ret, fp + self.record_offset + 2 * self.word, False, True
             known = {self.pc_reg: pc, self.sp_reg: sp, self.fp_reg: next_fp}
             self._add(bt, Frame(len(bt.frames), pc, sp, method="fp"), exact=False)
+
+
+def frame_record_cfi(
+    dump: Dump, fp_column: int, ra_column: int, cfa_offset: int
+) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
+    """Unwind rows for `kvmcore symfile` on a kernel that keeps frame records
+    {caller's fp, return address} just below the CFA: one rule over the
+    kernel's text and each loaded module's, at runtime addresses. CFA = fp +
+    `cfa_offset`; the caller's fp is saved at CFA-16, the return address at
+    CFA-8. Wrong for the innermost frame while a function is still in its
+    prologue or is a leaf."""
+    syms = CodeSymbols(dump)
+    lo = syms.address("_stext") or syms.address("_text")
+    hi = syms.address("_etext")
+    if not lo or not hi or hi <= lo:
+        raise UnsupportedError(
+            "kallsyms has no _stext/_etext: no kernel text range for CFI", dump.path
+        )
+    rule = cfi.CfiRule(b"", "frame-record")
+    ranges = [cfi.CfiRange([lo], [rule], hi)]
+    try:
+        modules = dump.kernel.modules()
+    except KvmcoreError:
+        modules = []  # module list unreadable (no data symbols): core text only
+    for mod in modules:
+        ranges.append(cfi.CfiRange([mod.base], [rule], mod.base + mod.size))
+    align = -dump.word_size
+    layout = cfi.CfiLayout(
+        address_size=dump.word_size,
+        return_column=ra_column,
+        data_align=align,
+        initial=cfi.def_cfa(fp_column, cfa_offset)
+        + cfi.saved_at_cfa(fp_column, -16, align)
+        + cfi.saved_at_cfa(ra_column, -8, align),
+    )
+    return layout, ranges
