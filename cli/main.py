@@ -246,6 +246,7 @@ def bt(
     pid: str | None = _arg(commands.BT, "pid"),
     all_tasks: bool = _arg(commands.BT, "all_tasks"),
     cpu: str | None = _arg(commands.BT, "cpu"),
+    module_dir: str | None = _arg(commands.BT, "module_dir"),
     system_map: Path | None = SystemMapOpt,
 ) -> None:
     _command(
@@ -259,6 +260,7 @@ def bt(
         pid=_int(commands.BT, "pid", pid),
         all_tasks=all_tasks,
         cpu=_int(commands.BT, "cpu", cpu),
+        module_dir=module_dir,
     )
 
 
