@@ -229,11 +229,22 @@ def serve(
     stdio: bool = typer.Option(
         False, "--stdio", help="speak on stdin/stdout (target remote | kvmcore serve --stdio DUMP)"
     ),
+    module_dir: Path | None = typer.Option(
+        None,
+        "--module-dir",
+        help="a directory of module debug files (.ko with DWARF): prints gdb's "
+        "add-symbol-file lines for them (also `monitor modules`)",
+        readable=False,
+    ),
 ) -> None:
     """Serve the dump to gdb over the remote serial protocol, read-only."""
     from kvmcore import gdbserver
 
     d = _open(dump, vmlinux, arch, system_map, force_vmlinux)
+    if module_dir is not None:
+        from kvmcore.unwind import use_module_dir
+
+        use_module_dir(d, str(module_dir))
     gdbserver.serve(d, listen=listen, stdio=stdio)
 
 

@@ -30,7 +30,8 @@ not in the table.
 | dmesg   | dmesg_data    | dmesg_text    |                                    |
 | mods    | mods_data     | mods_text     |                                    |
 | sys     | sys_data      | sys_text      |                                    |
-| bt      | bt_data       | bt_text       | [--pid] PID, --all/-a, --cpu/-c N  |
+| bt      | bt_data       | bt_text       | [--pid] PID, --all/-a, --cpu/-c N, |
+|         |               |               | --module-dir DIR                   |
 | info    | info_data     | info_text     |                                    |
 | sym     | sym_data      | sym_text      | WHAT (a symbol name or an address) |
 | read    | read_data     | read_text     | ADDRESS [LENGTH] --phys            |
@@ -112,8 +113,18 @@ def sys_data(dump: Dump) -> dict[str, Any]:
 
 
 def bt_data(
-    dump: Dump, pid: int | None = None, all_tasks: bool = False, cpu: int | None = None
+    dump: Dump,
+    pid: int | None = None,
+    all_tasks: bool = False,
+    cpu: int | None = None,
+    module_dir: str | None = None,
 ) -> dict[str, Any]:
+    """Backtraces; `module_dir` (module debug files, as kvmcore.open's) gives
+    module frames their file:line."""
+    if module_dir is not None:
+        from .unwind import use_module_dir
+
+        use_module_dir(dump, module_dir)
     kernel = dump.kernel
     if cpu is not None:
         return {"tasks": [_cpu_entry(dump, cpu)]}
@@ -597,6 +608,15 @@ BT = Command(
             None,
             ("--cpu", "-c"),
             metavar="CPU",
+        ),
+        Param(
+            "module_dir",
+            str,
+            "a directory of module debug files (.ko with DWARF, as a -dbg package's "
+            "usr/lib/debug/lib/modules/RELEASE): file:line in module frames",
+            None,
+            ("--module-dir",),
+            metavar="DIR",
         ),
     ),
 )

@@ -67,6 +67,7 @@ class Dump:
         system_map: str | None = None,
         symbol_map: Mapping[str, int] | None = None,
         force_vmlinux: bool = False,
+        module_dir: str | None = None,
     ) -> None:
         # a list of paths: the parts of a split kdump dump (makedumpfile --split)
         self.paths = (
@@ -102,6 +103,8 @@ class Dump:
         self.symbol_map: Mapping[str, int] | None = symbol_map
         #: per-dump state of the layers above the model (the unwinder), by name
         self.layer_cache: dict[str, Any] = {}
+        #: a directory of module debug files (.ko with DWARF), for module frames' file:line
+        self.module_dir: str | None = None
         self.flavour: TranslatorFlavour = select_translator(self.arch, self.mem)
         self._page_table_root: int | None = None
         self.aspace = self._address_space()
@@ -109,6 +112,8 @@ class Dump:
             warning = check_vmlinux(self, self.vmlinux, force_vmlinux)
             if warning:
                 self.warnings.append(warning)
+        if module_dir:
+            unwind.use_module_dir(self, module_dir)
 
     def _address_space(self) -> KernelAddressSpace:
         ctx = TranslationContext(
@@ -288,6 +293,7 @@ def open(
     system_map: str | None = None,
     symbol_map: Mapping[str, int] | None = None,
     force_vmlinux: bool = False,
+    module_dir: str | None = None,
 ) -> Dump:
     """Open a crash dump read-only; `arch` forces a backend (needed for raw images).
 
@@ -297,5 +303,10 @@ def open(
     `symbol_map` ({name: address}) is consulted before the dump's own symbol
     sources (a FreeBSD kernel's symbols from elsewhere). A `vmlinux` that is
     not a kernel image or not the dump's kernel build raises SymbolError;
-    `force_vmlinux` uses another build anyway, noted in `Dump.warnings`."""
-    return Dump(path, vmlinux, arch, allow_truncated, system_map, symbol_map, force_vmlinux)
+    `force_vmlinux` uses another build anyway, noted in `Dump.warnings`.
+    `module_dir` names a directory of module debug files (a -dbg package's
+    usr/lib/debug/lib/modules/<release>): module frames get file:line from
+    them (kvmcore.unwind.modlines)."""
+    return Dump(
+        path, vmlinux, arch, allow_truncated, system_map, symbol_map, force_vmlinux, module_dir
+    )

@@ -251,7 +251,7 @@ def build_sample(
             m = manifest.load(sdir)
             arch = spec.arch
             d = dbg_dir(cache, m["kernel_package"], m["kernel_version"], arch.debian_arch)
-            if not (d / ".done").exists():
+            if not debian.dbg_complete(d):  # no vmlinux, or module debug files not yet
                 pkg = debian.Package(m["kernel_package"], m["kernel_version"], arch.debian_arch)
                 Kernel(arch, cache, with_dbg=True, pkg=pkg)
         return "cached"

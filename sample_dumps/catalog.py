@@ -40,6 +40,17 @@ class Sample:
         p = self._dbg_boot() / f"vmlinux-{self.manifest['kernel_release']}"
         return p if p.exists() else None
 
+    def module_debug_dir(self) -> Path | None:
+        """The -dbg package's module debug files (usr/lib/debug/lib/modules/<release>),
+        if fetched with --with-dbg (build.py extracts those of the guests' modules)."""
+        root = self._dbg_boot().parent
+        release = self.manifest["kernel_release"]
+        for rel in ("lib/modules", "usr/lib/modules"):
+            p = root / rel / release
+            if p.is_dir():
+                return p
+        return None
+
     def system_map(self) -> Path | None:
         p = self._dbg_boot() / f"System.map-{self.manifest['kernel_release']}"
         return p if p.exists() else None

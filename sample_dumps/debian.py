@@ -276,34 +276,87 @@ def extract(deb: Path, dest: Path) -> Path:
     return dest
 
 
-def extract_dbg(deb: Path, dest: Path) -> Path:
-    """Extract only usr/lib/debug/boot/{vmlinux,System.map}-* from a -dbg deb."""
-    stamp = dest / ".done"
-    if stamp.exists():
-        return dest
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    log(f"extracting vmlinux + System.map from {deb.name}")
-    fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
-    subprocess.run(
-        [
-            "tar",
-            "-C",
-            str(dest),
-            "-x",
-            "--wildcards",
-            "*usr/lib/debug/boot/vmlinux-*",
-            "*usr/lib/debug/boot/System.map-*",
-        ],
-        stdin=fsys.stdout,
-        check=True,
+#: modules the sample guests load (sample_dumps.table's Arch.modules and their
+#: dependency pvpanic), whose debug .ko files extract_dbg takes from a -dbg deb
+DBG_MODULES = ("pvpanic", "pvpanic_mmio", "qemu_fw_cfg")
+_DBG_BOOT = re.compile(r"^(\./)?usr/lib/debug/boot/(vmlinux|System\.map)-[^/]+$")
+_DBG_KO = re.compile(r"^(\./)?usr/lib/debug/(usr/)?lib/modules/[^/]+/.+\.ko$")
+MODULES_STAMP = ".modules"
+
+
+def dbg_complete(dest: Path, modules: tuple[str, ...] = DBG_MODULES) -> bool:
+    """Whether extract_dbg has nothing left to do in `dest`."""
+    stamp = dest / MODULES_STAMP
+    return (dest / ".done").exists() and (
+        stamp.exists() and set(modules) <= set(stamp.read_text().split())
     )
-    fsys.stdout.close()
-    if fsys.wait() != 0:
-        raise RuntimeError(f"dpkg-deb --fsys-tarfile {deb} failed")
-    stamp.touch()
+
+
+def extract_dbg(deb: Path, dest: Path, modules: tuple[str, ...] = DBG_MODULES) -> Path:
+    """Extract usr/lib/debug/boot/{vmlinux,System.map}-* from a -dbg deb, and
+    the debug .ko files (usr/lib/debug/lib/modules/<release>/...) of
+    `modules` (names as lsmod shows them: pvpanic_mmio for pvpanic-mmio.ko).
+
+    Idempotent: `.done` marks the vmlinux extracted, `.modules` lists the
+    modules extracted (those the package ships; one it lacks is not looked for
+    again). A directory made before modules were extracted gets them added in
+    one pass over the deb, its vmlinux left in place."""
+    stamp = dest / ".done"
+    have_boot = stamp.exists()
+    mod_stamp = dest / MODULES_STAMP
+    done_mods = set(mod_stamp.read_text().split()) if mod_stamp.exists() else set()
+    wanted = set(modules) - done_mods
+    if have_boot and not wanted:
+        return dest
+    if not have_boot:
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        done_mods, wanted = set(), set(modules)
+        mod_stamp.unlink(missing_ok=True)
+    what = ["vmlinux + System.map"] if not have_boot else []
+    if wanted:
+        what.append("module debug files (" + ", ".join(sorted(wanted)) + ")")
+    log(f"extracting {' and '.join(what)} from {deb.name}")
+    found = _extract_members(deb, dest, boot=not have_boot, modules=wanted)
+    if not have_boot:
+        if not any(n.startswith("vmlinux-") for n in found.values()):
+            raise RuntimeError(f"{deb.name} has no usr/lib/debug/boot/vmlinux-*")
+        stamp.touch()
+    mod_stamp.write_text("\n".join(sorted(done_mods | wanted)) + "\n")
     return dest
+
+
+def _module_name(path: str) -> str:
+    """lsmod's name of a .ko path: pvpanic-mmio.ko -> pvpanic_mmio."""
+    return path.rsplit("/", 1)[-1][: -len(".ko")].replace("-", "_")
+
+
+def _extract_members(deb: Path, dest: Path, *, boot: bool, modules: set[str]) -> dict[str, str]:
+    """One streaming pass over the deb's data tar (dpkg-deb --fsys-tarfile):
+    extract the boot files (when `boot`) and the .ko files of `modules`.
+    Returns {member path: file name} of what was extracted."""
+    import tarfile
+
+    found: dict[str, str] = {}
+    fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    assert fsys.stdout is not None
+    try:
+        with tarfile.open(fileobj=fsys.stdout, mode="r|") as tar:
+            for member in tar:
+                name = member.name
+                take = (boot and _DBG_BOOT.match(name)) or (
+                    modules and _DBG_KO.match(name) and _module_name(name) in modules
+                )
+                if take and member.isfile():
+                    tar.extract(member, dest, filter="data")
+                    found[name] = name.rsplit("/", 1)[-1]
+    finally:
+        fsys.stdout.close()
+        rc = fsys.wait()
+    if rc != 0:
+        raise RuntimeError(f"dpkg-deb --fsys-tarfile {deb} failed")
+    return found
 
 
 def modules_root(pkg_root: Path) -> Path:

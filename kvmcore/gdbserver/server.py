@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from ..errors import HostError, UsageError
+from ..errors import HostError, KvmcoreError, UsageError
 from .packets import frame
 from .session import Session
 from .target import DumpTarget
@@ -254,6 +254,19 @@ def _quote(text: str) -> str:
     return shlex.quote(text)
 
 
+def module_symbol_files(dump: Any) -> list[str]:
+    """gdb's `add-symbol-file FILE -s .text ADDR -s .data ADDR ...` for the
+    loaded modules whose debug files the dump's module directory holds
+    (kvmcore.unwind.modlines); [] without one."""
+    from ..unwind.modlines import module_lines
+
+    try:
+        lines = module_lines(dump)
+    except KvmcoreError:
+        return []
+    return lines.gdb_commands() if lines is not None else []
+
+
 def gdb_command_line(
     dump: Any,
     listen: str = "127.0.0.1:1234",
@@ -274,10 +287,19 @@ def gdb_command_line(
             parts += ["-ex", _quote(f"symbol-file -o {offset:#x} {_quote(dump.vmlinux)}")]
         else:
             parts.append(_quote(dump.vmlinux))
+    adds = module_symbol_files(dump)
+    if adds:
+        # add-symbol-file asks to confirm each file at gdb's prompt
+        parts += ["-ex", _quote("set confirm off")]
+        for line in adds:
+            parts += ["-ex", _quote(line)]
+        parts += ["-ex", _quote("set confirm on")]
     if stdio:
         cmd = f"{serve_command} --stdio {_quote(dump.path)}"
         if dump.vmlinux:
             cmd += f" {_quote(dump.vmlinux)}"
+        if getattr(dump, "module_dir", None):
+            cmd += f" --module-dir {_quote(dump.module_dir)}"
         parts += ["-ex", _quote(f"target remote | {cmd}")]
     else:
         host, port = parse_listen(listen)
@@ -317,6 +339,13 @@ def serve(
         )
     log(f"kvmcore gdbserver: serving {dump.path} read-only on {bound}")
     log("attach with: " + gdb_command_line(dump, bound))
+    adds = module_symbol_files(dump)
+    if adds:
+        log(f"module debug files for gdb ({len(adds)}; also `monitor modules`):")
+        for line in adds:
+            log("  " + line)
+    elif getattr(dump, "module_dir", None):
+        log(f"no debug file in {dump.module_dir} matches a loaded module")
     if not dump.vmlinux:
         log(
             "no vmlinux given: for function names, write a symbol file with "

@@ -160,6 +160,9 @@ class DumpTarget:
         if not words or words[0] == "help":
             return monitor_help()
         name = words[0]
+        if name == "modules":
+            with self.lock:
+                return self.monitor_modules(words[1:])
         cmd = commands.COMMANDS.get(name)
         if cmd is None:
             return f"unknown monitor command {name!r}; try `monitor help`\n"
@@ -172,10 +175,34 @@ class DumpTarget:
                 return f"monitor {name}: not available ({type(exc).__name__}: {exc})\n"
         return text if text.endswith("\n") or not text else text + "\n"
 
+    def monitor_modules(self, args: list[str]) -> str:
+        """`monitor modules [DIR]`: gdb's add-symbol-file lines for the loaded
+        modules with a debug file in DIR (default: the server's --module-dir)."""
+        from ..unwind import use_module_dir
+        from .server import module_symbol_files
+
+        if len(args) > 1:
+            return "usage: monitor modules [DIR]\n"
+        try:
+            if args:
+                use_module_dir(self.dump, args[0])
+        except KvmcoreError as exc:
+            return f"monitor modules: {exc}\n"
+        if not getattr(self.dump, "module_dir", None):
+            return "monitor modules: no module directory (kvmcore serve --module-dir DIR)\n"
+        lines = module_symbol_files(self.dump)
+        if not lines:
+            where = self.dump.module_dir
+            return f"monitor modules: no debug file in {where} matches a loaded module\n"
+        return "".join(line + "\n" for line in lines)
+
 
 def monitor_help() -> str:
     """`monitor help`: every command of the table, with its arguments."""
-    rows = [("help", "List these commands.")]
+    rows = [
+        ("help", "List these commands."),
+        ("modules [DIR]", "gdb add-symbol-file lines for modules' debug files in DIR."),
+    ]
     rows += [(cmd.usage(), cmd.help) for cmd in commands.COMMANDS.values()]
     width = max(len(usage) for usage, _ in rows)
     return "kvmcore monitor commands (the target is a read-only crash dump):\n" + "".join(

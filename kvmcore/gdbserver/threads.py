@@ -161,16 +161,36 @@ def _kernel_text(dump: Any) -> tuple[int, int] | None:
         return None
 
 
+def _module_lines(dump: Any) -> Any:
+    from ..unwind.modlines import module_lines
+
+    try:
+        return module_lines(dump)
+    except KvmcoreError:
+        return None
+
+
 def _past_module_frames(dump: Any, thread: GdbThread, regs: dict[str, int]) -> dict[str, int]:
     """A CPU stopped inside a module (pvpanic's notifier, on QEMU dumps) leaves
     gdb with a frame it cannot unwind without that module's debug file, and
     `bt` ends there. kvmcore's own unwinder (ORC, stack scan) walks such frames,
     so gdb is given the registers of the first frame back in the kernel
-    image; the skipped frames are named in the thread's extra info."""
+    image; the skipped frames are named in the thread's extra info. Frames
+    of modules whose debug files the server was given (--module-dir) are
+    not skipped: gdb unwinds them with the .ko's .debug_frame."""
     pc_name, sp_name = dump.arch.pc_reg, dump.arch.sp_reg
     text = _kernel_text(dump)
     pc = regs.get(pc_name)
-    if text is None or pc is None or text[0] <= pc < text[1]:
+    if text is None or pc is None:
+        return regs
+    lines = _module_lines(dump)
+
+    def known(addr: int) -> bool:
+        """In the kernel image, or in a module gdb has the debug file of
+        (kvmcore serve --module-dir: the printed add-symbol-file lines)."""
+        return text[0] <= addr < text[1] or (lines is not None and lines.covers(addr))
+
+    if known(pc):
         return regs
     try:
         bt = unwind(dump, regs, max_frames=16, lines=False)
@@ -178,7 +198,7 @@ def _past_module_frames(dump: Any, thread: GdbThread, regs: dict[str, int]) -> d
         return regs
     skipped: list[str] = []
     for index, frame in enumerate(bt.frames):
-        if text[0] <= frame.pc < text[1]:
+        if known(frame.pc):
             if not skipped and not (frame.regs and frame.pc != pc):
                 return regs
             thread.skipped = skipped

@@ -38,6 +38,7 @@ __all__ = [
     "register_symfile_cfi",
     "register_unwinder",
     "symfile_cfi",
+    "use_module_dir",
     "unwind",
     "unwinder_for",
 ]
@@ -116,6 +117,14 @@ def unwind(
 
         annotate(dump, bt)
     return bt
+
+
+def use_module_dir(dump: Dump, directory: str | None) -> None:
+    """Take module debug files (.ko with DWARF) from `directory` for the
+    file:line of module frames (kvmcore.unwind.modlines)."""
+    from .modlines import use_module_dir as use
+
+    use(dump, directory)
 
 
 def backtrace(dump: Dump, task: Any, max_frames: int = 64, lines: bool = True) -> Backtrace:

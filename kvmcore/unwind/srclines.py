@@ -15,9 +15,9 @@ not open the DWARF at all. `.debug_aranges` itself is parsed here with
 `struct` (about 11,000 ranges for Debian's amd64 vmlinux, milliseconds).
 
 Addresses are the file's link addresses. A vmlinux is a final link: its
-DWARF needs no relocation. A module's debug file (ET_REL) is relocated by
-pyelftools with its sections at 0, so a module is looked up per section
-(`SourceIndex.for_module`, section-relative pcs; see kvmcore.unwind.modlines).
+DWARF needs no relocation. A module's debug file (ET_REL) has every section
+at 0: kvmcore.unwind.modlines relocates its DWARF onto a layout of its own
+and maps runtime pcs there (`ModuleSourceIndex`, a SourceIndex).
 """
 
 from __future__ import annotations
@@ -452,9 +452,10 @@ def annotate(dump: Dump, bt: Backtrace) -> None:
     """Give each frame of `bt` its file:line and the functions inlined at its
     pc, from the vmlinux's DWARF (and modules' debug files, when given)."""
     from .model import InlinedFrame
+    from .modlines import module_lines
 
     index = vmlinux_index(dump)
-    modules = dump.layer_cache.get("module_lines")
+    modules = module_lines(dump)
     if index is None and modules is None:
         return
     try:
