@@ -739,6 +739,38 @@ LIST = _explore(
         Param("head", bool, "START is the list's head", False, ("-H", "--head")),
     ),
 )
+TREE = _explore(
+    "tree",
+    "Walk an rbtree (-t rbtree, in order) or an xarray/radix tree (-t xarray) from ROOT.",
+    explore.tree_data,
+    explore.list_text,
+    (
+        Param(
+            "root",
+            str,
+            "an address or expression of the tree's root",
+            required=True,
+            metavar="ROOT",
+        ),
+        Param("kind", str, "rbtree or xarray", "rbtree", ("-t", "--type"), metavar="KIND"),
+        Param(
+            "member",
+            str,
+            "STRUCT.MEMBER: the entries' type and node member",
+            None,
+            ("-m", "--member"),
+            metavar="STRUCT.MEMBER",
+        ),
+        Param(
+            "fields",
+            str,
+            "members of each entry to show, comma-separated",
+            None,
+            ("-s", "--show"),
+            metavar="FIELDS",
+        ),
+    ),
+)
 TASK = _explore(
     "task",
     "A task's struct task_struct (the panicking task by default; -R: some fields).",
@@ -950,6 +982,7 @@ EXPLORE: tuple[Command, ...] = (
     WHATIS,
     RD,
     LIST,
+    TREE,
     TASK,
     RUNQ,
     VTOP,

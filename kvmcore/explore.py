@@ -325,16 +325,25 @@ def list_data(
     an entry), entries located by `member` ("task_struct.tasks"), each with
     the `fields` asked for ("pid,comm")."""
     addr = _address_arg(dump, start)
-    type_name = offset = None
-    if member:
-        struct, _, path = member.partition(".")
-        type_name = parse_type(dump, struct)
-        offset = dump.types.offsetof(type_name, path)
     nodes = list(list_for_each(Object(dump, dump.types.type("struct list_head"), address=addr)))
     if not head:
         nodes = [addr] + nodes
     if len(nodes) > MAX_LIST:
         raise KvmcoreError(f"list: more than {MAX_LIST} entries")
+    type_name, entries = _entries(dump, nodes, member, fields)
+    return {"start": f"{addr:#x}", "type": type_name, "entries": entries}
+
+
+def _entries(
+    dump: Dump, nodes: list[int], member: str | None, fields: str | None
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """Each node as an entry: with `member` ("task_struct.tasks") the address of
+    the structure holding it, with `fields` those members' values."""
+    type_name = offset = None
+    if member:
+        struct, _, path = member.partition(".")
+        type_name = parse_type(dump, struct)
+        offset = dump.types.offsetof(type_name, path)
     entries = []
     for node in nodes:
         entry: dict[str, Any] = {"node": f"{node:#x}"}
@@ -346,7 +355,38 @@ def list_data(
                 for f in fields.split(","):
                     entry[f.strip()] = format_value(obj.member(f.strip()))
         entries.append(entry)
-    return {"start": f"{addr:#x}", "type": type_name, "entries": entries}
+    return type_name, entries
+
+
+def tree_data(
+    dump: Dump,
+    root: str,
+    kind: str = "rbtree",
+    member: str | None = None,
+    fields: str | None = None,
+) -> dict[str, Any]:
+    """Walk a tree (crash's `tree`): an rbtree (`struct rb_root`, nodes in order)
+    or an xarray / radix tree (`struct xarray`, its present entries in index
+    order); entries located by `member` and shown with `fields` as `list` does."""
+    from .objects import rbtree_inorder, xa_for_each
+
+    addr = _address_arg(dump, root)
+    if kind in ("rbtree", "rb"):
+        nodes = list(rbtree_inorder(Object(dump, dump.types.type("struct rb_root"), address=addr)))
+        indexes: list[int | None] = [None] * len(nodes)
+    elif kind in ("xarray", "radix", "ra", "xa"):
+        found = list(xa_for_each(Object(dump, dump.types.type("struct xarray"), address=addr)))
+        indexes = [i for i, _ in found]
+        nodes = [e for _, e in found]
+    else:
+        raise KvmcoreError(f"tree: unknown kind {kind!r} (rbtree, xarray)")
+    if len(nodes) > MAX_LIST:
+        raise KvmcoreError(f"tree: more than {MAX_LIST} entries")
+    type_name, entries = _entries(dump, nodes, member, fields)
+    for entry, index in zip(entries, indexes):
+        if index is not None:
+            entry["index"] = index
+    return {"root": f"{addr:#x}", "kind": kind, "type": type_name, "entries": entries}
 
 
 def list_text(data: dict[str, Any]) -> str:

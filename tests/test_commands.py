@@ -36,6 +36,7 @@ LINE_ARGS = {
     "whatis": ["init_task"],
     "rd": ["jiffies"],
     "list": ["init_task.tasks"],
+    "tree": ["vmap_area_root"],
     "vtop": ["init_task"],
     "ptov": ["0x1000"],
     "foreach": ["1", "files"],

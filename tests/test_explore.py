@@ -221,3 +221,23 @@ def test_shell_at_a_terminal(tmp_path):
         assert "Traceback" not in screen
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, timeout=30)
+
+
+def test_tree_matches_drgn(pair):
+    """`tree` walks an rbtree in order and an xarray in index order as drgn's helpers do."""
+    from drgn.helpers.linux.idr import idr_for_each
+    from drgn.helpers.linux.rbtree import rbtree_inorder_for_each_entry
+
+    dump, prog = pair
+    rb = run(dump, "tree vmap_area_root -m vmap_area.rb_node -s va_start")["entries"]
+    theirs = [
+        v.va_start.value_()
+        for v in rbtree_inorder_for_each_entry(
+            "struct vmap_area", prog["vmap_area_root"].address_of_(), "rb_node"
+        )
+    ]
+    assert [int(e["va_start"]) for e in rb] == theirs and len(theirs) > 10
+    xa = run(dump, "tree &init_pid_ns.idr.idr_rt -t xarray")["entries"]
+    assert [(e["index"], int(e["node"], 16)) for e in xa] == [
+        (i, p.value_()) for i, p in idr_for_each(prog["init_pid_ns"].idr.address_of_())
+    ]
