@@ -122,7 +122,6 @@ def qemu_cmd(spec: SampleSpec, kernel: Kernel, initrd: Path, append: str) -> lis
     if a.debian_arch in ("amd64", "i386"):
         cmd += ["-vga", "none"]
     cmd += list(a.qemu_extra)
-    cmd += list(a.qemu_extra)
     if a.vmcoreinfo_device:
         cmd += ["-device", "vmcoreinfo"]
     cmd += ["-kernel", str(kernel.vmlinuz), "-initrd", str(initrd), "-append", append]
@@ -245,7 +244,7 @@ def build_sample(
     spec: SampleSpec, cache: Path, *, force: bool = False, with_dbg: bool = False
 ) -> str:
     sdir = cache / spec.cache_subdir / spec.id
-    if not force and manifest.is_complete(sdir, spec.formats, spec.min_schema):
+    if not force and manifest.is_complete(sdir, spec.formats, spec.min_schema, spec.min_release):
         log(f"{spec.id}: cached, up to date")
         if with_dbg:
             m = manifest.load(sdir)

@@ -170,12 +170,26 @@ def load(sample_dir: Path) -> dict | None:
         return None
 
 
-def is_complete(sample_dir: Path, formats: tuple[str, ...], min_schema: int = 1) -> bool:
+def release_tuple(release: str) -> tuple[int, ...]:
+    """(6, 12) of "6.12.107+deb13-s390x", (6, 1, 0) of "6.1.0-50-s390x"."""
+    m = re.match(r"(\d+(?:\.\d+)*)", release)
+    return tuple(int(x) for x in m[1].split(".")) if m else ()
+
+
+def is_complete(
+    sample_dir: Path,
+    formats: tuple[str, ...],
+    min_schema: int = 1,
+    min_release: str | None = None,
+) -> bool:
     """Manifest present, of at least the schema the sample's tests need (an older one
-    lacks ground truth they read: rebuild), lists every expected format, and every
-    file's sha256 matches."""
+    lacks ground truth they read: rebuild), of a kernel at least `min_release` (a row
+    moved to a newer suite: the older cached kernel is rebuilt), lists every expected
+    format, and every file's sha256 matches."""
     m = load(sample_dir)
     if not m or m.get("schema", 1) < min_schema or set(m.get("files", {})) != set(formats):
+        return False
+    if min_release and release_tuple(m.get("kernel_release", "")) < release_tuple(min_release):
         return False
     for entry in m["files"].values():
         p = sample_dir / entry["path"]

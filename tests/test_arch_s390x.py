@@ -1,6 +1,7 @@
-"""The s390x backend on the real sample "s390x" (QEMU TCG, Debian 12's 6.1 kernel
-panicked by sysrq-c on CPU 1), its ELF and QEMU kdump-zlib files, with the -dbg
-vmlinux for types (the kernel has no BTF). See tests/s390ppc_checks.py.
+"""The s390x backend on the real sample "s390x" (QEMU TCG, Debian trixie's 6.12
+kernel, 4K pages, the kernel image mapped at a fixed KERNELOFFSET, panicked by
+sysrq-c on CPU 1), its ELF and QEMU kdump-zlib files, each read with no vmlinux
+(kallsyms and BTF from the dump) and with the -dbg vmlinux. See tests/s390ppc_checks.py.
 
 crash is not run: Debian's crash 8.0.2 is built for the host's architecture
 only and cannot open a s390x dump."""
@@ -14,47 +15,76 @@ import kvmcore
 
 SID, ARCH = "s390x", "s390x"
 FORMATS = ("elf", "kdump-zlib")
+#: with the -dbg vmlinux, or with none (the kernel's BTF and kallsyms)
+SYMBOLS = ("vmlinux", "no-vmlinux")
 
 
-@pytest.fixture(scope="module", params=FORMATS)
+@pytest.fixture(
+    scope="module",
+    params=[(f, v) for f in FORMATS for v in SYMBOLS],
+    ids=[f"{f}-{v}" for f in FORMATS for v in SYMBOLS],
+)
 def opened(request, samples):
-    s, vmlinux, path = c.dump_or_fail(samples, SID, request.param)
-    with kvmcore.open(str(path), vmlinux=str(vmlinux)) as dump:
-        yield s.manifest, dump
+    fmt, symbols = request.param
+    s, vmlinux, path = c.dump_or_fail(samples, SID, fmt, with_vmlinux=symbols == "vmlinux")
+    with kvmcore.open(str(path), vmlinux=str(vmlinux) if vmlinux else None) as dump:
+        yield s, vmlinux, path, dump
 
 
 def test_arch_and_vmcoreinfo_from_memory(opened):
-    m, dump = opened
+    s, vmlinux, _, dump = opened
+    m = s.manifest
     assert dump.arch.name == ARCH
     assert dump.vmcoreinfo.osrelease == m["kernel_release"]
     assert "in memory" in dump.mem.metadata.get("vmcoreinfo_source", "")
     assert dump.kernel.utsname["release"] == m["kernel_release"]
     assert dump.kernel.utsname["machine"] == m["uts"]["machine"]
+    assert dump.symbols.source == ("vmlinux" if vmlinux else "kallsyms")
+    if vmlinux is None:
+        assert [type(t).__name__ for t in dump.types.sources] == ["BtfTypes"]
+
+
+def test_symbols_match_system_map(opened, samples):
+    s, _, path, dump = opened
+    smap = s.system_map()
+    if smap is None:
+        samples.vmlinux(SID)  # fails with the build hint
+    c.check_symbols(dump, s.file("elf"), ARCH, smap)
+
+
+def test_image_bytes_match_vmlinux(opened, samples):
+    s, _, _, dump = opened
+    c.check_image_bytes(dump, samples.vmlinux(SID), s.manifest)
 
 
 def test_ps_matches_manifest(opened):
-    m, dump = opened
-    c.check_ps(dump, m)
+    s, _, _, dump = opened
+    c.check_ps(dump, s.manifest)
 
 
 def test_dmesg_panic_and_backtrace(opened):
-    m, dump = opened
-    c.check_dmesg_and_panic(dump, m)
+    s, _, _, dump = opened
+    c.check_dmesg_and_panic(dump, s.manifest)
 
 
 def test_sleeping_tasks_unwind_from_switch_frames(opened):
-    m, dump = opened
-    c.check_sleepers(dump, m)
+    s, _, _, dump = opened
+    c.check_sleepers(dump, s.manifest)
 
 
 def test_page_tables_agree_with_linear_map(opened):
-    _, dump = opened
+    _, _, _, dump = opened
     c.check_linear_map_pages(dump)
 
 
-def test_drgn_agrees(samples):
+def test_image_translation_as_crash_computes_it(opened, samples):
+    s, _, _, dump = opened
+    c.check_s390x_image_translation(dump, s.file("elf"))
+
+
+def test_drgn_agrees(samples, tmp_path):
     s, vmlinux, path = c.dump_or_fail(samples, SID, "elf")  # drgn reads no flattened kdump
-    c.check_drgn(path, vmlinux, ARCH, s.manifest)
+    c.check_drgn(path, vmlinux, ARCH, s.manifest, tmp_path)
 
 
 def test_gdb_threads_and_backtrace(samples):

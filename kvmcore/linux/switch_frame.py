@@ -131,20 +131,40 @@ def _s390x(dump: Dump, task: int) -> dict[str, int]:
     return regs
 
 
+#: where _switch's struct pt_regs starts in its frame: STACK_SWITCH_FRAME_REGS (6.2+:
+#: STACK_FRAME_MIN_SIZE + 16 on ELFv2), STACK_FRAME_OVERHEAD (up to 6.1)
+_PPC64_SWITCH_REGS = (48, 112)
+
+
 @switch_frame_reader("ppc64le")
 def _ppc64(dump: Dump, task: int) -> dict[str, int]:
-    """thread.ksp is r1 after _switch made its frame (SWITCH_FRAME_SIZE: a
-    stack frame header, then struct pt_regs) and stored the non-volatile
-    r14-r31 and, as nip, its return address into __switch_to there. That
-    frame's back chain is __switch_to's frame, where the walk resumes."""
+    """thread.ksp is r1 after _switch made its frame (a stack frame header, then
+    struct pt_regs) and stored the non-volatile r14-r31 and, as nip, its return
+    address into __switch_to there. That frame's back chain is __switch_to's
+    frame, where the walk resumes. _switch writes no "regshere" marker, so the
+    layout (pt_regs at 48 since 6.2, at 112 before) is the one whose nip returns
+    into __switch_to (else, the first whose nip is kernel code)."""
     types = dump.types
     ksp = dump.read_ptr(task + types.offsetof("struct task_struct", "thread.ksp"))
-    regs_at = ksp + 112  # STACK_FRAME_OVERHEAD (6.1); 48 (STACK_INT_FRAME_REGS) since 6.2
-    try:
-        if dump.read_ptr(ksp + 32) == 0x7265677368657265:  # 6.2+: "regshere" at 32
-            regs_at = ksp + 48
-    except KvmcoreError:
-        pass
+    nips = {}
+    for off in _PPC64_SWITCH_REGS:
+        try:
+            nips[off] = dump.read_ptr(ksp + off + 8 * 32)
+        except KvmcoreError:
+            continue
+    regs_at = None
+    for want_switch_to in (True, False):
+        for off, nip in nips.items():
+            hit = dump.symbols.nearest(nip) if dump.is_kernel_address(nip) else None
+            if hit is None or hit[0].type not in "Tt":
+                continue
+            if not want_switch_to or hit[0].name == "__switch_to":
+                regs_at = ksp + off
+                break
+        if regs_at is not None:
+            break
+    if regs_at is None:
+        regs_at = ksp + _PPC64_SWITCH_REGS[0]
     regs = {f"r{i}": dump.read_ptr(regs_at + 8 * i) for i in range(14, 32)}
     regs["nip"] = dump.read_ptr(regs_at + 8 * 32)
     regs["lr"] = regs["nip"]

@@ -10,6 +10,7 @@ query after symbols were added.
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
@@ -71,10 +72,22 @@ class SymbolColumns:
         )
 
 
-# Among symbols sharing one address, which to show: code first, globals
-# before locals, then names without a leading underscore.
-def _display_rank(name: str, typ: str) -> tuple[int, int, int]:
-    return (0 if typ in "Tt" else 1, 0 if typ.isupper() else 1, 1 if name.startswith("_") else 0)
+# Among symbols sharing one address, which to show: code first, a sized symbol
+# (a vmlinux's STT_FUNC) before a zero-size label, a function before a linker
+# script's section-boundary label (6.12 s390x's global __sched_text_start sits on
+# the local __schedule, in kallsyms too, which records no sizes), globals before
+# locals, then names without a leading underscore.
+def _display_rank(name: str, typ: str, size: int) -> tuple[int, int, int, int, int]:
+    return (
+        0 if typ in "Tt" else 1,
+        0 if size else 1,
+        1 if _BOUNDARY_LABEL.match(name) else 0,
+        0 if typ.isupper() else 1,
+        1 if name.startswith("_") else 0,
+    )
+
+
+_BOUNDARY_LABEL = re.compile(r"_.*_(start|end)$")
 
 
 class SymbolTable:
@@ -284,7 +297,10 @@ class SymbolTable:
         sym_addr = addrs[k - 1]
         j = bisect.bisect_left(addrs, sym_addr, 0, k)
         # the preferred alias among those at one address (first one on a tie)
-        i = min(order[j:k], key=lambda i: _display_rank(self._names[i], self._types[i]))
+        i = min(
+            order[j:k],
+            key=lambda i: _display_rank(self._names[i], self._types[i], self._sizes[i]),
+        )
         sym = self._symbol(i)
         offset = addr - sym_addr
         if k >= len(addrs) and offset >= max(sym.size, _LAST_SYMBOL_SLACK if sym.size == 0 else 0):
