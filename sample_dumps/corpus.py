@@ -87,7 +87,8 @@ def crasher_script(kind: Kind) -> str:
         lines.append("wait")
     else:
         lines.append("insmod /lib/crashmod.ko || echo KVMCORE insmod-failed crashmod")
-        lines.append(f"echo {kind.trigger.split(':', 1)[1]} > /sys/module/crashmod/parameters/crash")
+        value = kind.trigger.split(":", 1)[1]
+        lines.append(f"echo {value} > /sys/module/crashmod/parameters/crash")
     return "\n".join(lines) + "\n"
 
 
@@ -198,7 +199,7 @@ def load_corpus(cache: Path) -> dict[str, tuple[Path, dict]]:
 def build_corpus(cache: Path, tier: str = "full", kinds: list[str] | None = None,
                  copies: int = COPIES, force: bool = False) -> list[str]:
     """Build (or keep the cached) corpus dumps of the tier; returns the failed IDs."""
-    from .build import Kernel, build_sample
+    from .build import build_sample
 
     todo = plan(tier, kinds, copies)
     unknown = [k for k in (kinds or []) if k not in KINDS]
