@@ -1,0 +1,74 @@
+"""The slow tier: kvmcore triage over the whole triage corpus (every crash kind of
+sample_dumps/corpus.py, COPIES dumps each with their own KASLR offsets), built by
+`python -m sample_dumps corpus` (about 10 minutes cold on 2 cores; `./dev.sh slow`)."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+import pytest
+
+from kvmcore.triage import engine
+from sample_dumps import cache_root
+from sample_dumps.corpus import COPIES, KINDS, load_corpus
+
+pytestmark = pytest.mark.slow
+HINT = "run `python -m sample_dumps corpus` (or ./dev.sh slow) from the repo root"
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    built = load_corpus(cache_root())
+    missing = [f"x86_64-{k}-{i}" for k in KINDS for i in range(1, COPIES + 1)
+               if f"x86_64-{k}-{i}" not in built]
+    if missing:
+        pytest.fail(f"corpus dumps not built: {', '.join(missing)}; {HINT}", pytrace=False)
+    return built
+
+
+@pytest.fixture(scope="module")
+def doc(corpus, tmp_path_factory):
+    db = tmp_path_factory.mktemp("db") / "t.sqlite3"
+    return engine.run([str(cache_root() / "corpus")], db_path=str(db), workers=2,
+                      include=["vmcore.*"])
+
+
+def test_one_bucket_per_kind(corpus, doc):
+    assert not doc["errors"], doc["errors"]
+    kind_of = {str(path): m["crash"]["kind"] for path, m in corpus.values()}
+    buckets_of_kind = defaultdict(set)
+    for b in doc["buckets"]:
+        kinds = {kind_of[m["path"]] for m in b["members"]}
+        assert len(kinds) == 1, (b["signature"], kinds)     # a bucket holds one kind
+        buckets_of_kind[kinds.pop()].add(b["signature"]["id"])
+    assert {k: len(v) for k, v in buckets_of_kind.items()} == {k: 1 for k in KINDS}
+    assert len(doc["buckets"]) == len(KINDS) >= 10
+
+
+def test_every_dump_once_and_kaslr_differs(corpus, doc):
+    members = [m for b in doc["buckets"] for m in b["members"]]
+    assert sorted(m["path"] for m in members) == sorted(str(p) for p, _ in corpus.values())
+    assert len({m["key"] for m in members}) == len(members)
+    offsets = defaultdict(set)
+    for b in doc["buckets"]:
+        for m in b["members"]:
+            offsets[b["signature"]["kind"] + b["signature"]["id"]].add(m["kaslr_offset"])
+    # the copies of a kind booted with their own KASLR offsets, into one bucket anyway
+    assert sum(len(v) > 1 for v in offsets.values()) >= len(KINDS) - 1, offsets
+
+
+def test_representatives_hold_the_kinds_function(corpus, doc):
+    kind_of = {str(path): m["crash"] for path, m in corpus.values()}
+    for b in doc["buckets"]:
+        crash = kind_of[b["representative"]["path"]]
+        assert b["signature"]["kind"] == crash["signature_kind"], (crash, b["signature"])
+        assert crash["message"] in b["representative"]["title"] or crash["message"] in (
+            b["representative"]["headline"]), (crash, b["representative"]["title"])
+        bt = b["representative"]["backtrace"]
+        if crash["kind"] == "hung":
+            # the panicking task is khungtaskd; the blocked task's frames are the signature's
+            assert crash["function"] in b["signature"]["frames"]
+        else:
+            assert any(crash["function"] in f for f in bt), (crash["kind"], bt)
+        assert b["count"] == COPIES and os.path.exists(b["representative"]["path"])
