@@ -179,9 +179,9 @@ def dask_cluster(tmp_path):
     procs = []
 
     def start(name, args):
-        out = open(logs / f"{name}.log", "wb")
-        p = subprocess.Popen([dask, *args], stdout=out, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+        with open(logs / f"{name}.log", "wb") as out:   # the child keeps its own copy
+            p = subprocess.Popen([dask, *args], stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
         procs.append(p)
         return p
 

@@ -127,7 +127,8 @@ HUNG_LOG = [
     "panic,log,kind,message",
     [
         ("sysrq triggered crash", [], "sysrq", "sysrq triggered crash"),
-        ("Fatal exception", NULL_LOG, "oops", "BUG: kernel NULL pointer dereference, address: ADDR"),
+        ("Fatal exception", NULL_LOG, "oops",
+         "BUG: kernel NULL pointer dereference, address: ADDR"),
         ("Fatal exception", BUG_LOG, "bug", "kernel BUG at crashmod.c:N!"),
         ("Fatal exception", LIST_LOG, "bug",
          "list_add corruption. next->prev should be prev (ADDR), but was ADDR. (next=ADDR)."),
