@@ -60,7 +60,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("panic", "module:panic", (), "crashmod_panic", "panic", "crashmod: explicit panic"),
     Kind("gpf", "module:gpf", (), "crashmod_gpf", "oops", "general protection fault"),
     Kind("overflow", "module:overflow", (), "crashmod_recurse", "oops",
-         "kernel stack overflow"),
+         "BUG: TASK stack guard page was hit"),
     Kind("oom", "oom", (("vm/panic_on_oom", "1"),), "out_of_memory", "oom",
          "Out of memory"),
 ]}

@@ -4,6 +4,7 @@ sample_dumps/corpus.py, COPIES dumps each with their own KASLR offsets), built b
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import defaultdict
 
@@ -59,9 +60,10 @@ def test_every_dump_once_and_kaslr_differs(corpus, doc):
 
 
 def test_representatives_hold_the_kinds_function(corpus, doc):
-    kind_of = {str(path): m["crash"] for path, m in corpus.values()}
+    kind_of = {str(path): m["crash"]["kind"] for path, m in corpus.values()}
     for b in doc["buckets"]:
-        crash = kind_of[b["representative"]["path"]]
+        crash = dataclasses.asdict(KINDS[kind_of[b["representative"]["path"]]])
+        crash["kind"] = crash.pop("name")
         assert b["signature"]["kind"] == crash["signature_kind"], (crash, b["signature"])
         assert crash["message"] in b["representative"]["title"] or crash["message"] in (
             b["representative"]["headline"]), (crash, b["representative"]["title"])
