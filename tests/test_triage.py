@@ -326,3 +326,29 @@ def test_html_page_renders_in_headless_chromium(inline_doc, tmp_path):
     console = [line for line in p.stderr.splitlines() if "CONSOLE" in line]
     assert not [c for c in console if "Uncaught" in c or "rror" in c], console
     assert "Uncaught" not in p.stderr
+
+
+def test_vmlinux_by_build_id_and_by_sidecar(samples, inline_doc, tmp_path):
+    """--vmlinux-dir matches the kernel by its build id; `<dump>.vmlinux` beside a dump
+    is taken first; the signature is the one kallsyms and BTF gave."""
+    vmlinux = samples.vmlinux("x86_64-small")
+    by_dir, by_sidecar = tmp_path / "d", tmp_path / "s"
+    for d in (by_dir, by_sidecar):
+        d.mkdir()
+        (d / "vmcore").symlink_to(COMMITTED)
+    (by_sidecar / "vmcore.vmlinux").symlink_to(vmlinux)
+    expected = next(b["signature"]["id"] for b in inline_doc["buckets"]
+                    if b["signature"]["kind"] == "sysrq")
+    from kvmcore.triage.db import TriageDB
+
+    for d, how, vdir in ((by_dir, "build-id", str(vmlinux.parent)), (by_sidecar, "sidecar", None)):
+        db = tmp_path / f"{how}.sqlite3"
+        doc = engine.run([str(d)], db_path=str(db), workers=0, vmlinux_dir=vdir)
+        assert doc["totals"]["files"] == 1   # the sidecar is not a dump of its own
+        (b,) = doc["buckets"]
+        assert b["signature"]["id"] == expected
+        t = TriageDB(db)
+        r = t.result(b["members"][0]["key"])
+        t.close()
+        assert r["vmlinux_match"] == how
+        assert os.path.realpath(r["vmlinux"]) == os.path.realpath(vmlinux)

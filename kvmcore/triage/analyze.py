@@ -31,24 +31,17 @@ VmlinuxIndex = dict[str, dict[str, str]]  # {"build_id": {id: path}, "release": 
 
 
 def vmlinux_build_id(path: str) -> str | None:
-    """The GNU build-id of an ELF file (a vmlinux), or None."""
-    try:
-        from elftools.elf.elffile import ELFFile
+    """The (first) GNU build-id of an ELF file (a vmlinux), or None."""
+    from ..symbols.vmlinux import VmlinuxFile
 
+    try:
         with open(path, "rb") as f:
             if f.read(4) != b"\x7fELF":
                 return None
-            f.seek(0)
-            elf = ELFFile(f)
-            for sec in elf.iter_sections():
-                if sec.header["sh_type"] != "SHT_NOTE":
-                    continue
-                for note in sec.iter_notes():
-                    if note["n_type"] == "NT_GNU_BUILD_ID":
-                        return str(note["n_desc"])
-    except (OSError, ValueError, Exception):  # noqa: BLE001 - any unreadable file is "none"
+        ids = VmlinuxFile(path).build_ids()
+    except Exception:  # noqa: BLE001 - any unreadable or odd file is "no build id"
         return None
-    return None
+    return ids[0] if ids else None
 
 
 def index_vmlinux_dir(directory: str) -> VmlinuxIndex:

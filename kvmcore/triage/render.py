@@ -209,7 +209,7 @@ def _histogram(doc: dict[str, Any], width: int = 900, height: int = 220, bins: i
     from .engine import _iso
 
     for i, c in enumerate(counts):
-        y = pad_t + plot_h
+        y: float = pad_t + plot_h
         for kind in sorted(c):
             h = c[kind] / top * plot_h
             y -= h
