@@ -1,7 +1,8 @@
 """python -m sample_dumps build [--only ID,...] [--with-dbg] [--force] [--commit-copy]
 python -m sample_dumps build --memory-mb MB [--extra-tasks N]   (scale sample, under $CACHE/scale/)
 python -m sample_dumps list
-python -m sample_dumps corpus [--tier ci|full] [--kinds K,...] [--copies N] [--force] [--list]
+python -m sample_dumps corpus [--tier ci|full] [--kinds K,...] [--copies N] [--arch amd64|arm64]
+                              [--force] [--list]
                               (the triage corpus, under $CACHE/corpus/: corpus.py)"""
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--copies", type=int, default=3, help="dumps per kind in the full tier")
     c.add_argument("--force", action="store_true", help="rebuild even if cached")
     c.add_argument("--list", action="store_true", help="list the built corpus dumps")
+    c.add_argument("--arch", choices=("amd64", "arm64"), default="amd64",
+                   help="the guest architecture (arm64: crashmod cross-built with "
+                   "aarch64-linux-gnu-gcc-12)")
     args = ap.parse_args(argv)
     cache = cache_root()
 
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             print("kinds: " + ", ".join(KINDS))
             return 0
         kinds = args.kinds.split(",") if args.kinds else None
-        failed = build_corpus(cache, args.tier, kinds, args.copies, args.force)
+        failed = build_corpus(cache, args.tier, kinds, args.copies, args.force, args.arch)
         return 1 if failed else 0
 
     if args.cmd == "list":

@@ -165,7 +165,7 @@ def corpus_kernel(cache: Path, arch: str = "amd64"):
     from .build import Kernel
 
     a = ARCHES[arch]
-    for sid in ("x86_64-small", "x86_64-kaslr"):
+    for sid in ("x86_64-small", "x86_64-kaslr", "arm64-kaslr"):
         m = manifest.load(cache / "samples" / sid)
         if m and m.get("debian_arch") == a.debian_arch:
             pkg = debian.Package(m["kernel_package"], m["kernel_version"], a.debian_arch)
@@ -176,8 +176,14 @@ def corpus_kernel(cache: Path, arch: str = "amd64"):
     return Kernel(a, cache, pkg=debian.newest_kernel(a.flavour, a.debian_arch))
 
 
-def plan(tier: str, kinds: list[str] | None = None, copies: int = COPIES) -> list[tuple[Kind, int]]:
+#: kinds an architecture cannot produce: arm64 has no divide-by-zero trap (udiv gives 0)
+UNSUPPORTED = {"arm64": {"divide"}}
+
+
+def plan(tier: str, kinds: list[str] | None = None, copies: int = COPIES,
+         arch: str = "amd64") -> list[tuple[Kind, int]]:
     names = kinds or (list(CI_KINDS) if tier == "ci" else list(KINDS))
+    names = [k for k in names if k not in UNSUPPORTED.get(arch, set())]
     n = 1 if tier == "ci" else copies
     return [(KINDS[k], i) for k in names for i in range(1, n + 1)]
 
@@ -197,22 +203,23 @@ def load_corpus(cache: Path) -> dict[str, tuple[Path, dict]]:
 
 
 def build_corpus(cache: Path, tier: str = "full", kinds: list[str] | None = None,
-                 copies: int = COPIES, force: bool = False) -> list[str]:
+                 copies: int = COPIES, force: bool = False, arch: str = "amd64") -> list[str]:
     """Build (or keep the cached) corpus dumps of the tier; returns the failed IDs."""
     from .build import build_sample
 
-    todo = plan(tier, kinds, copies)
+    todo = plan(tier, kinds, copies, arch)
     unknown = [k for k in (kinds or []) if k not in KINDS]
     if unknown:
         raise ValueError(f"unknown crash kinds {unknown}; known: {', '.join(KINDS)}")
     t0 = time.monotonic()
-    kernel = corpus_kernel(cache)
+    kernel = corpus_kernel(cache, arch)
     module = None
     if any(k.trigger.startswith("module:") for k, _ in todo):
         module = build_module(kernel, cache)
     failed = []
     for kind, copy in todo:
-        spec = spec_for(kind, copy, module if kind.trigger.startswith("module:") else None)
+        spec = spec_for(kind, copy, module if kind.trigger.startswith("module:") else None,
+                        arch)
         try:
             build_sample(spec, cache, force=force, kernel=kernel)
         except Exception as e:  # report and go on with the others

@@ -148,6 +148,18 @@ HUNG_LOG = [
                              "[ 1.1] Kernel panic - not syncing: Fatal exception"],
          "oops", "divide error: N [#N] PREEMPT SMP NOPTI"),
         ("Fatal exception", [], "oops", "Fatal exception"),
+        # arm64: die() panics with "<str>: Fatal exception"
+        ("Oops: Fatal exception",
+         ["[ 10.2] Unable to handle kernel NULL pointer dereference at virtual address "
+          "0000000000000000",
+          "[ 10.3] Mem abort info:",
+          "[ 10.4] Internal error: Oops: 0000000096000046 [#1] SMP",
+          "[ 10.5] Kernel panic - not syncing: Oops: Fatal exception"],
+         "oops", "Unable to handle kernel NULL pointer dereference at virtual address ADDR"),
+        ("Oops - BUG: Fatal exception",
+         ["[ 1.0] kernel BUG at lib/list_debug.c:30!",
+          "[ 1.1] Internal error: Oops - BUG: 00000000f2000800 [#1] SMP"],
+         "bug", "kernel BUG at lib/list_debug.c:N!"),
         (None, [], "panic", "(no panic message)"),
     ],
 )

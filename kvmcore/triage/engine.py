@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .. import __version__
+from ..errors import KvmcoreError
 from .analyze import VmlinuxIndex, analyze_dump, index_vmlinux_dir
 from .db import TriageDB
 from .hashing import full_hash, quick_hash
@@ -190,7 +191,13 @@ def analyze_all(
         }
     import logging
 
-    from dask.distributed import Client, LocalCluster, as_completed
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError as exc:
+        raise KvmcoreError(
+            f"the Dask engine needs dask[distributed] ({exc}): pip install 'kvmcore[triage]', "
+            "or analyze in this process with --workers 0"
+        ) from None
 
     cluster = None
     if scheduler:

@@ -246,9 +246,10 @@ _PANIC_KINDS: list[tuple[str, re.Pattern[str]]] = [
 ]
 # panic messages that only say an oops happened: the log's report says what
 _OOPS_PANICS = re.compile(
-    r"^(?:Fatal exception|Fatal exception in interrupt|"
+    # arm64's die() panics with "<what>: Fatal exception" (Oops, Oops - BUG, ...)
+    r"^(?:[\w -]{1,40}: )?(?:Fatal exception|Fatal exception in interrupt|"
     r"Aiee, killing interrupt handler!|Attempted to kill the idle task!|"
-    r"Attempted to kill init!.*|Machine halted\.?|)$"
+    r"Attempted to kill init!.*|Machine halted\.?)$|^$"
 )
 
 
@@ -363,8 +364,9 @@ def crash_report(log_lines: Iterable[str]) -> tuple[str | None, str | None, int 
 
 
 #: how many lines before a report's title line another title line of the same
-#: report may be (BUG: kernel NULL pointer dereference ... 4 lines ... Oops:)
-REPORT_LOOKBACK = 6
+#: report may be (x86: BUG: kernel NULL pointer dereference ... 4 lines ... Oops:; arm64:
+#: Unable to handle kernel ... 13 lines of abort info ... Internal error: Oops:)
+REPORT_LOOKBACK = 20
 
 
 def _report_kind(line: str) -> str | None:
