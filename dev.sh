@@ -111,6 +111,7 @@ slow)
     venv "[test]"
     "$VENV/bin/python" -m sample_dumps build --with-dbg
     "$VENV/bin/python" -m sample_dumps corpus --tier full
+    "$VENV/bin/python" -m sample_dumps corpus --tier full --arch arm64 --copies 2
     exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider -m slow tests "$@"
     ;;
 fast)

@@ -20,7 +20,7 @@ HINT = "run `python -m sample_dumps corpus` (or ./dev.sh slow) from the repo roo
 
 @pytest.fixture(scope="module")
 def corpus():
-    built = load_corpus(cache_root())
+    built = {k: v for k, v in load_corpus(cache_root()).items() if k.startswith("x86_64-")}
     missing = [f"x86_64-{k}-{i}" for k in KINDS for i in range(1, COPIES + 1)
                if f"x86_64-{k}-{i}" not in built]
     if missing:
@@ -31,8 +31,7 @@ def corpus():
 @pytest.fixture(scope="module")
 def doc(corpus, tmp_path_factory):
     db = tmp_path_factory.mktemp("db") / "t.sqlite3"
-    return engine.run([str(cache_root() / "corpus")], db_path=str(db), workers=2,
-                      include=["vmcore.*"])
+    return engine.run([str(p) for p, _ in corpus.values()], db_path=str(db), workers=2)
 
 
 def test_one_bucket_per_kind(corpus, doc):
@@ -74,3 +73,42 @@ def test_representatives_hold_the_kinds_function(corpus, doc):
         else:
             assert any(crash["function"] in f for f in bt), (crash["kind"], bt)
         assert b["count"] == COPIES and os.path.exists(b["representative"]["path"])
+
+
+ARM64_COPIES = 2
+
+
+def test_arm64_corpus_one_bucket_per_kind(samples, tmp_path):
+    """The arm64 corpus (`python -m sample_dumps corpus --arch arm64 --copies 2`), with
+    the -dbg vmlinux matched by build id: without it, arm64's kallsyms has no `modules`
+    symbol and crashmod's frames have no names."""
+    from sample_dumps.corpus import UNSUPPORTED
+
+    built = {k: v for k, v in load_corpus(cache_root()).items() if k.startswith("aarch64-")}
+    kinds = [k for k in KINDS if k not in UNSUPPORTED["arm64"]]
+    missing = [f"aarch64-{k}-{i}" for k in kinds for i in range(1, ARM64_COPIES + 1)
+               if f"aarch64-{k}-{i}" not in built]
+    if missing:
+        pytest.fail(f"arm64 corpus dumps not built: {', '.join(missing)}; run `python -m "
+                    "sample_dumps corpus --arch arm64 --copies 2`", pytrace=False)
+    vmlinux = samples.vmlinux("arm64-kaslr")
+    doc = engine.run([str(p) for p, _ in built.values()], db_path=str(tmp_path / "a.sqlite3"),
+                     workers=2, vmlinux_dir=str(vmlinux.parent))
+    assert not doc["errors"], doc["errors"]
+    kind_of = {str(path): m["crash"]["kind"] for path, m in built.values()}
+    per_kind = defaultdict(list)
+    for b in doc["buckets"]:
+        ks = {kind_of[m["path"]] for m in b["members"]}
+        assert len(ks) == 1, (b["signature"], ks)
+        per_kind[ks.pop()].append(b)
+    assert sorted(per_kind) == sorted(kinds)
+    for kind, bs in per_kind.items():
+        assert len(bs) == 1, (kind, [b["signature"] for b in bs])
+        (b,) = bs
+        assert b["count"] == ARM64_COPIES and b["architectures"] == ["aarch64"]
+        fn = KINDS[kind].function
+        if kind == "hung":
+            assert fn in b["signature"]["frames"]
+        else:
+            assert any(fn in f for f in b["representative"]["backtrace"]), (
+                kind, b["representative"]["backtrace"])
