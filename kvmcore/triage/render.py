@@ -68,6 +68,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _minute(iso: str | None) -> str:
+    return iso[:16].replace("T", " ") if iso else "-"
+
+
 def render_rich(doc: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
@@ -76,30 +80,24 @@ def render_rich(doc: dict[str, Any], console: Any) -> None:
         title=f"kvmcore triage: {t['dumps']} dumps in {t['buckets']} buckets, "
         f"{t['errors']} errors, {t['new_dumps']} new"
     )
-    for col in (
-        "#",
-        "count",
-        "kind",
-        "signature",
-        "top frames",
-        "first seen",
-        "last seen",
-        "kernels",
-        "new",
-    ):
-        table.add_column(col, overflow="fold")
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("n", justify="right", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("signature", ratio=3, overflow="fold")
+    table.add_column("top frames", ratio=2, overflow="fold")
+    table.add_column("first / last seen", no_wrap=True)
+    table.add_column("kernels", ratio=1, overflow="fold")
     for i, b in enumerate(doc["buckets"], 1):
         s = b["signature"]
+        kind = f"[bold]{s['kind']}[/bold]" + (" [yellow]new[/yellow]" if b["new"] else "")
         table.add_row(
             str(i),
             str(b["count"]),
-            s["kind"],
+            kind,
             s["message"],
             " < ".join(s["frames"][:3]),
-            b["first_seen"] or "-",
-            b["last_seen"] or "-",
+            f"{_minute(b['first_seen'])}\n{_minute(b['last_seen'])}",
             ", ".join(b["kernels"]),
-            "new" if b["new"] else "",
         )
     console.print(table)
     for e in doc["errors"]:
