@@ -47,21 +47,26 @@ def vmlinux_build_id(path: str) -> str | None:
 def index_vmlinux_dir(directory: str) -> VmlinuxIndex:
     """The kernels under `directory` (recursively), by GNU build-id and by release
     (from a ``vmlinux-<release>`` file name, as Debian's -dbg packages name them,
-    or a ``<release>/vmlinux`` directory)."""
+    or a ``<release>/vmlinux`` directory); and ``System.map-<release>`` files by
+    release, used when no vmlinux matches a dump."""
     by_id: dict[str, str] = {}
     by_release: dict[str, str] = {}
+    maps: dict[str, str] = {}
     for root, _dirs, files in os.walk(directory, followlinks=True):
         for name in sorted(files):
+            path = os.path.join(root, name)
+            if name.startswith("System.map-"):
+                maps.setdefault(name[len("System.map-") :], path)
+                continue
             if not (name == "vmlinux" or name.startswith("vmlinux-")):
                 continue
-            path = os.path.join(root, name)
             bid = vmlinux_build_id(path)
             if bid is None:
                 continue
             by_id.setdefault(bid, path)
             release = name[len("vmlinux-") :] if name != "vmlinux" else os.path.basename(root)
             by_release.setdefault(release, path)
-    return {"build_id": by_id, "release": by_release}
+    return {"build_id": by_id, "release": by_release, "system_map": maps}
 
 
 def _choose_vmlinux(dump: Any, index: VmlinuxIndex | None) -> tuple[str | None, str | None]:
@@ -75,6 +80,13 @@ def _choose_vmlinux(dump: Any, index: VmlinuxIndex | None) -> tuple[str | None, 
     if rel and rel in index.get("release", {}):
         return index["release"][rel], "release"
     return None, None
+
+
+def _choose_system_map(dump: Any, index: VmlinuxIndex | None) -> str | None:
+    info = dump.vmcoreinfo
+    if not index or info is None or not info.osrelease:
+        return None
+    return index.get("system_map", {}).get(info.osrelease)
 
 
 def _frame_text(frame: dict[str, Any]) -> str:
@@ -111,9 +123,12 @@ def analyze_dump(path: str, key: str, vmlinux_index: VmlinuxIndex | None = None)
         dump = kvmcore.open(path, vmlinux)
         if vmlinux is None:
             vmlinux, how = _choose_vmlinux(dump, vmlinux_index)
-            if vmlinux is not None:
+            system_map = None if vmlinux else _choose_system_map(dump, vmlinux_index)
+            if vmlinux is not None or system_map is not None:
                 dump.close()
-                dump = kvmcore.open(path, vmlinux)
+                dump = kvmcore.open(path, vmlinux, system_map=system_map)
+                if system_map is not None:
+                    vmlinux, how = system_map, "system-map"
         report = build_report(dump, log_lines=LOG_LINES)
         sig = signature(facts_from_report(report))
         headline = report.get("headline") or {}
