@@ -264,6 +264,11 @@ def test_second_run_analyzes_only_new_dumps(tmp_path):
     doc3 = engine.run([str(fleet)], db_path=str(db), workers=0)
     assert doc3["totals"]["analyzed"] == 0 and doc3["totals"]["new_dumps"] == 0
     assert doc3["totals"]["buckets"] == len(dumps)
+    # --reanalyze: everything analyzed again, nothing new
+    doc4 = engine.run([str(fleet)], db_path=str(db), workers=0, reanalyze=True)
+    assert doc4["totals"]["analyzed"] == len(dumps)
+    assert doc4["totals"]["new_dumps"] == 0 and doc4["totals"]["new_buckets"] == 0
+    assert membership(doc4) == membership(doc3)
     assert time.monotonic() - t0 < 120
 
 

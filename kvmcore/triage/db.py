@@ -147,6 +147,10 @@ class TriageDB:
             ),
         )
 
+    def first_run(self, key: str) -> int | None:
+        row = self.conn.execute("SELECT run FROM results WHERE key=?", (key,)).fetchone()
+        return int(row[0]) if row else None
+
     def signature_first_run(self, sig: str) -> int | None:
         row = self.conn.execute("SELECT MIN(run) FROM results WHERE signature=?", (sig,)).fetchone()
         return int(row[0]) if row and row[0] is not None else None

@@ -321,8 +321,9 @@ def run(
                 key if key.startswith("quick:") else None,
             )
             r["hash"] = how.get(by_key[key][0], "quick")
-            r["run"] = run_id
-            db.store({k: v for k, v in r.items() if k != "run"}, run_id)
+            # a dump analyzed again (--reanalyze) keeps the run that first saw it
+            r["run"] = db.first_run(key) or run_id
+            db.store({k: v for k, v in r.items() if k != "run"}, r["run"])
         db.commit()
         results = {**stored, **fresh}
         doc = build_document(
