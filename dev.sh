@@ -5,6 +5,10 @@
 #   ./dev.sh test            install everything the tests need, build (or reuse) the real
 #                            sample dumps in ~/.cache/kvmcore, run the linters and the whole
 #                            test suite
+#                            (not the slow tier: tests marked slow are skipped)
+#   ./dev.sh slow            the slow tier: build the whole triage corpus (python -m
+#                            sample_dumps corpus: 13 crash kinds x 3 dumps, ~10 minutes
+#                            cold) and run the tests marked slow
 #   ./dev.sh fast            the fast tier (pytest -m fast): .venv with the test extra, then
 #                            the tests that need only the committed sample and generated
 #                            fixtures; no QEMU, no sample build, under a minute
@@ -98,7 +102,18 @@ test)
     venv "[test]"
     lint
     "$VENV/bin/python" -m sample_dumps build --with-dbg
-    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
+    # the triage corpus's CI tier: one dump of each of 4 crash kinds (~1 minute cold)
+    "$VENV/bin/python" -m sample_dumps corpus --tier ci
+    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider -m "not slow" tests "$@"
+    ;;
+slow)
+    shift
+    apt_install $(grep -v '^#' sample_dumps/apt-packages.txt)
+    venv "[test]"
+    "$VENV/bin/python" -m sample_dumps build --with-dbg
+    "$VENV/bin/python" -m sample_dumps corpus --tier full
+    "$VENV/bin/python" -m sample_dumps corpus --tier full --arch arm64 --copies 2
+    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider -m slow tests "$@"
     ;;
 fast)
     shift
@@ -107,6 +122,7 @@ fast)
     ;;
 *)
     echo "usage: ./dev.sh analyze [DUMP [VMLINUX]] | ./dev.sh test [PYTEST-ARGS]" \
+         "| ./dev.sh slow [PYTEST-ARGS]" \
          "| ./dev.sh fast [PYTEST-ARGS] | ./dev.sh lint" >&2
     exit 2
     ;;

@@ -358,6 +358,85 @@ for _cmd in commands.EXPLORE:
     _table_command(_cmd, vmlinux_positional=False)
 
 
+@app.command("triage")
+def triage(
+    paths: list[Path] = typer.Argument(
+        ..., help="dumps and directories of dumps (searched recursively)", readable=False
+    ),
+    json_out: bool = typer.Option(False, "--json", help="print the triage as JSON"),
+    markdown: bool = typer.Option(False, "--markdown", help="print the triage as Markdown"),
+    html_out: Path | None = typer.Option(
+        None, "--html", help="write one self-contained HTML page to FILE"
+    ),
+    db: Path | None = typer.Option(
+        None, "--db", help="the results database (default: triage.sqlite3 in the cache)"
+    ),
+    vmlinux_dir: Path | None = typer.Option(
+        None, "--vmlinux-dir", help="vmlinux files, matched to dumps by build id or release"
+    ),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", help="a running Dask cluster: tcp://HOST:PORT"
+    ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        help="local Dask worker processes (default: one per core); 0: in this process",
+    ),
+    include: list[str] = typer.Option([], "--include", help="only files matching GLOB"),
+    exclude: list[str] = typer.Option(
+        [], "--exclude", help="skip files matching GLOB (added to *.vmlinux *.json *.log ...)"
+    ),
+    reanalyze: bool = typer.Option(
+        False, "--reanalyze", help="analyze every dump again, ignoring the database"
+    ),
+) -> None:
+    """Analyze every dump under PATHS and group them by crash signature."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kvmcore.triage import engine, render
+
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers must be 0 or more, not {workers}")
+    err = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("finding dumps", total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=stage, completed=done, total=total or None)
+
+        doc = engine.run(
+            [str(p) for p in paths],
+            db_path=str(db) if db else None,
+            vmlinux_dir=str(vmlinux_dir) if vmlinux_dir else None,
+            scheduler=scheduler,
+            workers=workers,
+            include=include,
+            exclude=list(engine.DEFAULT_EXCLUDE) + list(exclude),
+            reanalyze=reanalyze,
+            progress=progress,
+        )
+    if html_out is not None:
+        html_out.write_text(render.render_html(doc))
+        print(f"kvmcore: wrote {html_out}", file=sys.stderr)
+    if json_out:
+        _print_json(doc)
+    elif markdown:
+        sys.stdout.write(render.render_markdown(doc))
+    elif sys.stdout.isatty():
+        render.render_rich(doc, Console())
+    else:
+        print(render.render_text(doc))
+
+
 def main() -> None:
     """Console-script entry: run the app, turning errors into one line each."""
     try:

@@ -1,6 +1,9 @@
 """python -m sample_dumps build [--only ID,...] [--with-dbg] [--force] [--commit-copy]
 python -m sample_dumps build --memory-mb MB [--extra-tasks N]   (scale sample, under $CACHE/scale/)
-python -m sample_dumps list"""
+python -m sample_dumps list
+python -m sample_dumps corpus [--tier ci|full] [--kinds K,...] [--copies N] [--arch amd64|arm64]
+                              [--force] [--list]
+                              (the triage corpus, under $CACHE/corpus/: corpus.py)"""
 
 from __future__ import annotations
 
@@ -45,8 +48,44 @@ def main(argv: list[str] | None = None) -> int:
         help="with --memory-mb: init starts this many extra sleep processes",
     )
     sub.add_parser("list", help="list cached samples and their files")
+    c = sub.add_parser(
+        "corpus",
+        help="build (or verify cached) the triage corpus: kernels "
+        "crashed in many ways, several dumps of each (corpus.py)",
+    )
+    c.add_argument(
+        "--tier",
+        choices=("ci", "full"),
+        default="full",
+        help="ci: one dump of each of 4 kinds; full: every kind, --copies each",
+    )
+    c.add_argument("--kinds", help="comma-separated crash kinds (default: the tier's)")
+    c.add_argument("--copies", type=int, default=3, help="dumps per kind in the full tier")
+    c.add_argument("--force", action="store_true", help="rebuild even if cached")
+    c.add_argument("--list", action="store_true", help="list the built corpus dumps")
+    c.add_argument(
+        "--arch",
+        choices=("amd64", "arm64"),
+        default="amd64",
+        help="the guest architecture (arm64: crashmod cross-built with aarch64-linux-gnu-gcc-12)",
+    )
     args = ap.parse_args(argv)
     cache = cache_root()
+
+    if args.cmd == "corpus":
+        from .corpus import KINDS, build_corpus, load_corpus
+
+        if args.list:
+            for cid, (path, m) in load_corpus(cache).items():
+                print(
+                    f"{cid:28} {m['crash']['kind']:11} {m['files']['kdump-zlib']['size']:>10}  "
+                    f"{path}"
+                )
+            print("kinds: " + ", ".join(KINDS))
+            return 0
+        kinds = args.kinds.split(",") if args.kinds else None
+        failed = build_corpus(cache, args.tier, kinds, args.copies, args.force, args.arch)
+        return 1 if failed else 0
 
     if args.cmd == "list":
         from .catalog import load_samples

@@ -198,6 +198,8 @@ def build_qemu_sample(spec: SampleSpec, cache: Path, sdir: Path, kernel: Kernel)
         threaded_task=threaded_task(a, cache),
         marker=marker,
         extra_tasks=spec.extra_tasks,
+        crasher=spec.extra.get("crasher"),
+        extra_files=spec.extra.get("files"),
     )
     append = cmdline(spec)
     need_elf = any(f == "elf" or f in MDF_FORMATS for f in spec.formats)
@@ -227,11 +229,17 @@ def build_qemu_sample(spec: SampleSpec, cache: Path, sdir: Path, kernel: Kernel)
         fixed.unlink()
     for p in sdir.glob("tmp-*"):
         p.unlink()
+    if spec.extra.get("drop_initrd"):
+        initrd.unlink()
     m = base_manifest(spec, kernel, append, serial.read_text(errors="replace"))
     if m["marker"] != marker:
         raise RuntimeError(f"marker mismatch: {m['marker']} != {marker}")
     if spec.extra_tasks:
         m["extra_tasks"] = spec.extra_tasks
+    if "crash" in spec.extra:  # the triage corpus (corpus.py): how this guest crashed
+        m["crash"] = spec.extra["crash"]
+        m["panic"]["trigger"] = spec.extra["crash"]["trigger"]
+        m["panic"]["message"] = spec.extra["crash"]["message"]
     m["qemu"]["version"] = info["qemu_version"]
     m["qemu"]["package"] = info["qemu_package"]
     m["build"]["panic_event"] = info["panic_event"]
@@ -241,8 +249,16 @@ def build_qemu_sample(spec: SampleSpec, cache: Path, sdir: Path, kernel: Kernel)
 
 
 def build_sample(
-    spec: SampleSpec, cache: Path, *, force: bool = False, with_dbg: bool = False
+    spec: SampleSpec,
+    cache: Path,
+    *,
+    force: bool = False,
+    with_dbg: bool = False,
+    kernel: Kernel | None = None,
 ) -> str:
+    """Build one sample (or keep its cached copy). `kernel`: an already resolved
+    Kernel (the triage corpus builds dozens of dumps of one kernel; resolving it
+    runs apt-cache once per kernel package apt knows, minutes on a loaded host)."""
     sdir = cache / spec.cache_subdir / spec.id
     if not force and manifest.is_complete(sdir, spec.formats, spec.min_schema, spec.min_release):
         log(f"{spec.id}: cached, up to date")
@@ -259,7 +275,7 @@ def build_sample(
     if sdir.exists():
         shutil.rmtree(sdir)
     sdir.mkdir(parents=True)
-    kernel = Kernel(spec.arch, cache, with_dbg=with_dbg)
+    kernel = kernel or Kernel(spec.arch, cache, with_dbg=with_dbg)
     if spec.kind == "kdump":
         from .kdump import build_kdump_sample
 

@@ -96,9 +96,11 @@ def build(
     kexec: str = "",
     extra_files: dict[str, Path] | None = None,
     extra_tasks: int = 0,
+    crasher: str | None = None,
 ) -> list[str]:
     """Write the initramfs to `out`; return the module load order (file names).
-    extra_tasks > 0 makes init start that many more `sleep` processes (scale samples)."""
+    extra_tasks > 0 makes init start that many more `sleep` processes (scale samples);
+    `crasher` replaces guest/crasher.sh (the triage corpus crashes the kernel other ways)."""
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         root = Path(tmp)
         for d in ("bin", "etc", "lib/modules", "proc", "sys", "dev", "tmp"):
@@ -113,7 +115,7 @@ def build(
         for name in SLEEPERS:
             _script(root / "bin" / name, (GUEST / "sleeper.sh").read_text().replace("@NAME@", name))
         _script(root / "bin/busyloop_task", (GUEST / "busyloop_task.sh").read_text())
-        _script(root / "bin/crasher", (GUEST / "crasher.sh").read_text())
+        _script(root / "bin/crasher", crasher or (GUEST / "crasher.sh").read_text())
         init = (GUEST / "init.sh").read_text()
         init = init.replace("@MARKER@", marker).replace("@NTHREADS@", str(NTHREADS))
         init = init.replace("@KEXEC@", kexec)
