@@ -112,12 +112,13 @@ def render(info: dict, sample, cfg: Config, rows: list, points: list) -> str:
     lines += [f"- {k}: {v}" for k, v in info.items()]
     if rows:
         m = sample.manifest
+        crash_runs = cfg.crash_runs if cfg.with_crash and not cfg.explore_only else 0
         lines += [
             "",
             f"Sample `{sample.id}`: {m['kernel_release']}, {m['qemu']['memory_mb']} MB x86_64 "
             f"QEMU guest, {len(m['processes'])} user processes; vmlinux: the -dbg package's "
             "(drgn and crash need it; kvmcore runs without it, from the dump's kallsyms and BTF).",
-            f"Runs: kvmcore and drgn {cfg.runs}, crash {cfg.crash_runs if cfg.with_crash else 0}.",
+            f"Runs: kvmcore and drgn {cfg.runs}, crash {crash_runs}.",
             "",
         ]
         for group, title, note in (
