@@ -1,10 +1,14 @@
-"""python -m bench [--runs N] [--crash-runs M] [--sample ID] [--quick] [--scale] [--output FILE]
+"""python -m bench [--runs N] [--crash-runs M] [--sample ID] [--quick] [--scale] [--explore]
+                 [--explore-only] [--output FILE]
 
 Times kvmcore against drgn, crash and gdb on a cached sample dump (default
 x86_64-kaslr, which has every format), prints the medians, the ratio
 kvmcore/anchor per task and the peak RSS of each, and writes bench/RESULTS.md.
 --scale adds the scale series (building 256 MB..4 GB / 100..10,000-task dumps
-the first time).  --quick: 1 run, ELF only, no crash, no RESULTS.md."""
+the first time).  --explore adds the exploration commands (p, struct, rd, list,
+runq, task, kmem -i/-s, files, vm, mount, net, irq, log) against drgn's helpers
+doing the same work; --explore-only runs that group alone and writes
+bench/RESULTS-explore.md.  --quick: 1 run, ELF only, no crash, no RESULTS.md."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from . import report
 from .suite import Config, run_suite
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS_EXPLORE = Path(__file__).resolve().parent / "RESULTS-explore.md"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", action="store_true", help="also run the memory/task scale series")
     ap.add_argument("--scale-only", action="store_true", help="only the scale series")
     ap.add_argument(
+        "--explore",
+        action="store_true",
+        help="also time the exploration commands against drgn's helpers",
+    )
+    ap.add_argument(
+        "--explore-only",
+        action="store_true",
+        help=f"only the exploration commands (writes {RESULTS_EXPLORE.name})",
+    )
+    ap.add_argument(
         "--output", type=Path, help=f"results file (default {RESULTS}; none with --quick)"
     )
     args = ap.parse_args(argv)
@@ -59,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(runs=args.runs, crash_runs=args.crash_runs)
     if args.quick:
         cfg = Config(runs=1, crash_runs=0, formats=("elf",), with_crash=False)
-    output = args.output or (None if args.quick else RESULTS)
+    cfg.with_explore = args.explore or args.explore_only
+    cfg.explore_only = args.explore_only
+    default = RESULTS_EXPLORE if args.explore_only else RESULTS
+    output = args.output or (None if args.quick else default)
 
     info = report.machine()
     t0 = time.monotonic()
@@ -94,12 +112,13 @@ def render(info: dict, sample, cfg: Config, rows: list, points: list) -> str:
     lines += [f"- {k}: {v}" for k, v in info.items()]
     if rows:
         m = sample.manifest
+        crash_runs = cfg.crash_runs if cfg.with_crash and not cfg.explore_only else 0
         lines += [
             "",
             f"Sample `{sample.id}`: {m['kernel_release']}, {m['qemu']['memory_mb']} MB x86_64 "
             f"QEMU guest, {len(m['processes'])} user processes; vmlinux: the -dbg package's "
             "(drgn and crash need it; kvmcore runs without it, from the dump's kallsyms and BTF).",
-            f"Runs: kvmcore and drgn {cfg.runs}, crash {cfg.crash_runs if cfg.with_crash else 0}.",
+            f"Runs: kvmcore and drgn {cfg.runs}, crash {crash_runs}.",
             "",
         ]
         for group, title, note in (
@@ -121,6 +140,14 @@ def render(info: dict, sample, cfg: Config, rows: list, points: list) -> str:
                 "as for any ELF core, while kvmcore reports them as filtered, so the two do "
                 "different work on that format; the kdump files store zero pages once and do not "
                 "count them as filtered.",
+            ),
+            (
+                "explore",
+                "Exploration commands (whole process: open + work + exit)",
+                "`kvmcore CMD DUMP ...` with no vmlinux (BTF and kallsyms) against "
+                "bench/drgn_explore.py doing the same work through drgn's helpers with the -dbg "
+                "vmlinux; the command lines are bench/tools.py EXPLORE_COMMANDS (pid 151 is the "
+                "crashing task).",
             ),
             (
                 "gdb",

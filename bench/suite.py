@@ -17,7 +17,7 @@ READ_FORMATS = ("elf", "kdump-zlib", "mdf-d31-c", "mdf-d31-l", "mdf-d31-E")
 
 @dataclass
 class Row:
-    group: str  # "commands", "reads", "gdb"
+    group: str  # "commands", "reads", "gdb", "explore"
     task: str
     metric: str  # "seconds" (whole process) or "loop_seconds" (timed inside)
     kvmcore: Measurement
@@ -38,6 +38,8 @@ class Config:
     formats: tuple[str, ...] = READ_FORMATS
     with_crash: bool = True
     with_gdb: bool = True
+    with_explore: bool = False  # --explore: the exploration commands against drgn
+    explore_only: bool = False  # --explore-only: that group alone
 
 
 def _say(text: str) -> None:
@@ -59,6 +61,24 @@ def command_rows(sample, cfg: Config, work: Path) -> list[Row]:
             row.anchors["crash"] = measure(
                 "crash", tools.crash_cmd(task, dump, vmlinux, work), cfg.crash_runs
             )
+        rows.append(row)
+    return rows
+
+
+def explore_rows(sample, cfg: Config) -> list[Row]:
+    """Each exploration command, `kvmcore CMD DUMP ...` with no vmlinux, against
+    bench/drgn_explore.py doing the same work through drgn's helpers."""
+    dump, vmlinux = sample.file("elf"), sample.vmlinux()
+    rows = []
+    for task in tools.EXPLORE_COMMANDS:
+        _say(f"  explore {task}: kvmcore, drgn")
+        row = Row(
+            "explore",
+            task,
+            "seconds",
+            measure("kvmcore", tools.kvmcore_explore_cmd(task, dump), cfg.runs),
+        )
+        row.anchors["drgn"] = measure("drgn", tools.drgn_explore_cmd(task, dump, vmlinux), cfg.runs)
         rows.append(row)
     return rows
 
@@ -144,10 +164,16 @@ def run_suite(sample, cfg: Config) -> list[Row]:
         )
     with tempfile.TemporaryDirectory(prefix="kvmcore-bench-") as tmp:
         work = Path(tmp)
+        if cfg.explore_only:
+            _say(f"{sample.id}: exploration commands")
+            return explore_rows(sample, cfg)
         _say(f"{sample.id}: commands")
         rows = command_rows(sample, cfg, work)
         _say(f"{sample.id}: reads")
         rows += read_rows(sample, cfg)
         if cfg.with_gdb:
             rows += gdb_rows(sample, cfg, work)
+        if cfg.with_explore:
+            _say(f"{sample.id}: exploration commands")
+            rows += explore_rows(sample, cfg)
     return rows

@@ -21,6 +21,35 @@ CRASH_COMMANDS = {
 }
 
 
+# the exploration group: kvmcore's arguments after the dump for each task; drgn runs
+# bench/drgn_explore.py TASK (same work through its helpers). 151 is the crashing task.
+EXPLORE_COMMANDS = {
+    "p": ["p", "init_task.comm"],
+    "struct": ["struct", "task_struct", "-o"],
+    "rd": ["rd", "init_task", "64"],
+    "list": ["list", "init_task.tasks", "-m", "task_struct.tasks", "-s", "pid,comm"],
+    "runq": ["runq"],
+    "task": ["task", "--pid", "151"],
+    "kmem -i": ["kmem", "-i"],
+    "kmem -s": ["kmem", "-s"],
+    "files": ["files", "--pid", "151"],
+    "vm": ["vm", "--pid", "151"],
+    "mount": ["mount"],
+    "net": ["net"],
+    "irq": ["irq"],
+    "log": ["log"],
+}
+
+
+def kvmcore_explore_cmd(task: str, dump: Path) -> list[str]:
+    name, *rest = EXPLORE_COMMANDS[task]
+    return [KVMCORE, name, str(dump), *rest]
+
+
+def drgn_explore_cmd(task: str, dump: Path, vmlinux: Path) -> list[str]:
+    return [PY, "-m", "bench.drgn_explore", task, str(dump), str(vmlinux)]
+
+
 def kvmcore_cmd(task: str, dump: Path) -> list[str]:
     if task == "analyze":
         return [KVMCORE, "analyze", str(dump), "--format", "text"]

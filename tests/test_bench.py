@@ -46,3 +46,21 @@ def test_bench_quick_prints_a_ratio_per_task() -> None:
                 f"{task}: a measurement failed: {hits[0]}\n{proc.stdout}"
             )
     assert "kvmcore/drgn=" in "\n".join(ratios) and "kvmcore/gdb=" in "\n".join(ratios)
+
+
+def test_bench_explore_quick_prints_a_ratio_per_command() -> None:
+    """--explore-only --quick: every exploration command timed against drgn's helpers."""
+    from bench.tools import EXPLORE_COMMANDS
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--explore-only"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ratios = [line for line in proc.stdout.splitlines() if line.startswith("ratio explore: ")]
+    assert [line.split(": ")[1] for line in ratios] == list(EXPLORE_COMMANDS)
+    for line in ratios:
+        assert "kvmcore/drgn=-" not in line, f"a measurement failed: {line}\n{proc.stdout}"
