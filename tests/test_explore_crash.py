@@ -10,8 +10,8 @@ What crash 8.0.2 itself gets wrong or cannot do on this 6.1 kernel is said
 where it matters:
 - its PID hash walk finds no task ("active task ... not found in PID hash"): its
   task table holds the idle tasks and the two running tasks only, so `files`,
-  `sig`, `task` are asked about the running ones (pid 151 `crasher`, pid 107
-  `busyloop_task`);
+  `sig`, `task` are asked about the running ones (the panicking `crasher` and
+  the `busyloop_task` pinned to CPU 0, their pids read from the manifest);
 - `vm` stops at "invalid structure member offset: mm_struct_mmap" (6.1 keeps the
   VMAs in a maple tree, which crash 8.0.2 does not walk): only vm's header (mm,
   pgd, total_vm) is compared, the VMA ranges are checked against drgn in
@@ -32,11 +32,26 @@ import sys
 
 import pytest
 
+from sample_dumps.catalog import load_samples
+
 SID = "x86_64-kaslr"
 KVMCORE = [sys.executable, "-c", "from kvmcore.cli.main import main; main()"]
 MARK = "@@@kvmcore-cmd "
-# the tasks crash's table holds on this dump (see above)
-CRASHER, BUSY = 151, 107
+
+
+def _running_pids() -> tuple[int, int]:
+    """The two tasks running when the guest panicked, whose pids crash's task
+    table holds (see above): from the sample's manifest, which every build
+    writes anew (pids differ from build to build)."""
+    s = load_samples().get(SID)
+    if s is None:  # the `samples` fixture fails every test with how to build it
+        return -1, -2
+    m = s.manifest
+    busy = next(p["pid"] for p in m["processes"] if p["comm"] == "busyloop_task")
+    return m["panic"]["pid"], busy
+
+
+CRASHER, BUSY = _running_pids()
 PA = 0x1000000
 
 COMMANDS = [
