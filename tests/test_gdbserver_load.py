@@ -488,9 +488,12 @@ def test_dropped_connections_and_trickle_client(load):
     assert t["expected"] and t["replies"] == t["expected"], t
     log = load["log"]
     assert "refused" not in log and "internal error" not in log, log[-3000:]
-    # every connection ended with its one log line
+    # every connection ended with its one log line; a connection reset while
+    # still in the listen queue may never reach accept() (the kernel can drop
+    # it there), so the reset ones (every fifth) may be missing, none other
     ends = re.findall(r"^gdb client 127\.0\.0\.1:\d+: ", log, re.M)
-    assert len(ends) == GDBS + CHURN + 3, log[-3000:]
+    total, resets = GDBS + CHURN + 3, CHURN // 5
+    assert total - resets <= len(ends) <= total, (len(ends), log[-3000:])
 
 
 def test_memory_stays_bounded(load):
