@@ -311,8 +311,3 @@ def check_gdb(path, vmlinux, arch: str, m) -> str:
 def dump_or_fail(samples, sid: str, fmt: str, with_vmlinux: bool = True):
     s = samples.get_built(sid)
     return s, samples.vmlinux(sid) if with_vmlinux else None, s.file(fmt)
-
-
-def skip_unless(cond: bool, why: str) -> None:
-    if not cond:
-        pytest.skip(why)

@@ -12,10 +12,7 @@ from hypothesis import strategies as st
 
 from fuzz import campaign
 from fuzz.contract import ERROR, OK, check
-from fuzz.seeds import COMMITTED
 from fuzz.targets import TARGETS, frame_sections
-
-pytestmark = pytest.mark.skipif(not COMMITTED.exists(), reason="no committed sample dump")
 
 SETTINGS = settings(
     derandomize=True,

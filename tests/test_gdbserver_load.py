@@ -54,8 +54,6 @@ GDB_TIMEOUT = 600  # seconds, per gdb process (all run at once)
 SETTLE = 30.0  # seconds to wait for threads and sockets to go after the clients
 ANON_GROWTH_LIMIT = 48 << 20  # bytes of anonymous memory the load may add
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
-
 
 # ------------------------------------------------------------ the server process, from /proc
 

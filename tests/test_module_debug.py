@@ -54,7 +54,7 @@ def panic_frame(samples, moddir):
 def _addr2line(ko: Path, offset: int) -> list[tuple[str, str, int]]:
     """(function, file, line) from addr2line -i, innermost first."""
     if shutil.which("addr2line") is None:
-        pytest.skip("binutils' addr2line is not installed")
+        pytest.fail("addr2line is missing: apt-get install binutils", pytrace=False)
     out = subprocess.run(
         ["addr2line", "-f", "-i", "-j", ".text", "-e", str(ko), f"{offset:#x}"],
         capture_output=True,
@@ -195,7 +195,7 @@ def test_dbg_extraction_adds_module_files_to_an_extracted_directory(tmp_path, mo
     from sample_dumps import debian
 
     if shutil.which("dpkg-deb") is None:
-        pytest.skip("dpkg-deb is not installed")
+        pytest.fail("dpkg-deb is missing: apt-get install dpkg", pytrace=False)
     deb, dest = _deb(tmp_path), tmp_path / "dbg"
     debian.extract_dbg(deb, dest, modules=())  # as before: the vmlinux only
     vmlinux = dest / "usr/lib/debug/boot/vmlinux-6.1.0-9-amd64"
