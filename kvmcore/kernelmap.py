@@ -14,6 +14,7 @@ from abc import abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .errors import NotMappedError
 from .translate import MappedRange, Translation, Translator, coalesce
 
 
@@ -67,3 +68,56 @@ class KernelMapTranslator(Translator):
         parts = [(self.hdr.kernbase, self._kernel_map()), (self.hdr.dmapbase, self._direct_map())]
         for _, part in sorted(parts, key=lambda p: p[0]):
             yield from coalesce(iter(part))
+
+
+class PageArrayTranslator(KernelMapTranslator):
+    """A kernel map that is one entry per 4K page from kernbase and no direct
+    map (FreeBSD's i386 and arm minidumps): a flavour says only how an entry
+    gives its page (`page_of`)."""
+
+    has_direct_map = False
+    #: what an entry is called in errors ("PTE", "L2 entry")
+    entry_name = "entry"
+
+    def __init__(self, mem: Any) -> None:
+        super().__init__(mem)
+        self.kernel_start = self.hdr.kernbase
+
+    @abstractmethod
+    def page_of(self, entry: int, va: int) -> int | None:
+        """The physical page an entry maps `va` to, or None when it is invalid."""
+
+    def translate(self, va: int) -> Translation:
+        hdr = self.hdr
+        if va < hdr.kernbase:
+            raise NotMappedError(
+                f"virtual address {va:#x} is below the minidump's kernel map "
+                f"(from kernbase {hdr.kernbase:#x})",
+                va,
+                self.path,
+            )
+        index = (va - hdr.kernbase) >> 12
+        entry = self.mem.pmap_entry(index)
+        if entry is None:
+            raise NotMappedError(
+                f"virtual address {va:#x} lies past the minidump's kernel map "
+                f"({self.mem.pmap_count} {self.entry_name}s from "
+                f"{hdr.kernbase:#x})",
+                va,
+                self.path,
+            )
+        page = self.page_of(entry, va)
+        if page is None:
+            raise NotMappedError(
+                f"virtual address {va:#x} is not mapped ({self.entry_name} {index} is invalid)",
+                va,
+                self.path,
+            )
+        return Translation(va, page | (va & 0xFFF), 4096)
+
+    def _kernel_map(self) -> Iterator[MappedRange]:
+        for index in range(self.mem.pmap_count):
+            va = self.hdr.kernbase + index * 4096
+            page = self.page_of(self.mem.pmap_entry(index), va)
+            if page is not None:
+                yield MappedRange(va, page, 4096, 4096)
