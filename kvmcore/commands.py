@@ -711,6 +711,25 @@ RD = _explore(
         Param("physical", bool, "ADDRESS is physical", False, ("-p", "--phys")),
     ),
 )
+#: how `list` and `tree` show their entries: the structure holding each node, its fields
+ENTRY_PARAMS = (
+    Param(
+        "member",
+        str,
+        "STRUCT.MEMBER: the entries' type and their node member",
+        None,
+        ("-m", "--member"),
+        metavar="STRUCT.MEMBER",
+    ),
+    Param(
+        "fields",
+        str,
+        "members of each entry to show, comma-separated",
+        None,
+        ("-s", "--show"),
+        metavar="FIELDS",
+    ),
+)
 LIST = _explore(
     "list",
     "Walk a list_head list from START (-H: START is the head, not an entry).",
@@ -720,22 +739,7 @@ LIST = _explore(
         Param(
             "start", str, "an address or expression of a list_head", required=True, metavar="START"
         ),
-        Param(
-            "member",
-            str,
-            "STRUCT.MEMBER: the entries' type and list_head member",
-            None,
-            ("-m", "--member"),
-            metavar="STRUCT.MEMBER",
-        ),
-        Param(
-            "fields",
-            str,
-            "members of each entry to show, comma-separated",
-            None,
-            ("-s", "--show"),
-            metavar="FIELDS",
-        ),
+        *ENTRY_PARAMS,
         Param("head", bool, "START is the list's head", False, ("-H", "--head")),
     ),
 )
@@ -753,22 +757,7 @@ TREE = _explore(
             metavar="ROOT",
         ),
         Param("kind", str, "rbtree or xarray", "rbtree", ("-t", "--type"), metavar="KIND"),
-        Param(
-            "member",
-            str,
-            "STRUCT.MEMBER: the entries' type and node member",
-            None,
-            ("-m", "--member"),
-            metavar="STRUCT.MEMBER",
-        ),
-        Param(
-            "fields",
-            str,
-            "members of each entry to show, comma-separated",
-            None,
-            ("-s", "--show"),
-            metavar="FIELDS",
-        ),
+        *ENTRY_PARAMS,
     ),
 )
 TASK = _explore(
