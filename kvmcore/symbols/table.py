@@ -77,7 +77,7 @@ class SymbolColumns:
 # script's section-boundary label (6.12 s390x's global __sched_text_start sits on
 # the local __schedule, in kallsyms too, which records no sizes), globals before
 # locals, then names without a leading underscore.
-def _display_rank(name: str, typ: str, size: int) -> tuple[int, int, int, int, int]:
+def display_rank(name: str, typ: str, size: int) -> tuple[int, int, int, int, int]:
     return (
         0 if typ in "Tt" else 1,
         0 if size else 1,
@@ -299,7 +299,7 @@ class SymbolTable:
         # the preferred alias among those at one address (first one on a tie)
         i = min(
             order[j:k],
-            key=lambda i: _display_rank(self._names[i], self._types[i], self._sizes[i]),
+            key=lambda i: display_rank(self._names[i], self._types[i], self._sizes[i]),
         )
         sym = self._symbol(i)
         offset = addr - sym_addr
