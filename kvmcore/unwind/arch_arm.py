@@ -29,7 +29,9 @@ pt_regs of user mode end the walk (Backtrace.user_regs). The IRQ stack is
 left through call_with_stack's own unwind entry (`.setfp`).
 
 With a vmlinux whose .debug_frame covers a frame's pc, that frame is unwound
-by the CFI first (the shared path), by the table where it has no FDE.
+by the CFI first (the shared path), by the table where it has no FDE. The
+table is also what `kvmcore symfile` gives gdb, as DWARF CFI
+(kvmcore.unwind.exidx_cfi).
 
 A CPU caught in another mode than SVC (QEMU stopped the panicking CPU on the
 IRQ vector while panic() waits with interrupts enabled) has only that mode's
@@ -49,7 +51,8 @@ from typing import TYPE_CHECKING
 
 from ..arches.arm.cpu import CORE_REGS, CPSR_MODE_MASK, PT_REGS, USR_MODE
 from ..errors import KvmcoreError
-from . import register_unwinder
+from ..symbols import cfi
+from . import register_symfile_cfi, register_unwinder
 from .dwarf_cfi import DwarfCfi
 from .model import Backtrace, Frame, FrameKind
 from .stack import StackGuard
@@ -558,4 +561,15 @@ class ArmUnwinder:
         return None
 
 
+def _symfile_cfi(dump: Dump) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]] | None:
+    """The rows `kvmcore symfile` gives gdb: this table's entries as DWARF
+    CFI (kvmcore.unwind.exidx_cfi)."""
+    if dump.os != "linux":
+        return None
+    from .exidx_cfi import exidx_cfi_ranges
+
+    return exidx_cfi_ranges(dump)
+
+
 register_unwinder("arm", "linux", ArmUnwinder)
+register_symfile_cfi("arm", _symfile_cfi)

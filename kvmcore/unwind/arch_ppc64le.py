@@ -18,6 +18,8 @@ real mode): its pc is firmware code (QEMU's RTAS blob at 0x2ffff000), not the
 kernel's. enter_rtas left a frame at r1 (and saved r1 in paca->saved_r1), so
 the walk starts there: the frame at pc is shown as firmware, the callers come
 from the back chain.
+
+Also the unwind rows `kvmcore symfile` gives gdb (see ppc64_backchain_cfi).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from typing import TYPE_CHECKING
 
 from ..arches.ppc64le.cpu import MSR_PR, PT_REGS
 from ..errors import KvmcoreError
-from . import register_unwinder
+from ..symbols import cfi
+from . import register_symfile_cfi, register_unwinder
+from .framepointer import text_ranges
 from .model import Backtrace, Frame
 from .stack import StackGuard
 from .symbolic import CodeSymbols
@@ -165,4 +169,84 @@ class Ppc64Unwinder:
         return bt
 
 
+# -- DWARF CFI for `kvmcore symfile` -------------------------------------------
+# gdb's rs6000 prologue analyser, given symbols alone, stops after a few
+# frames ("frame did not save the PC"). One rule serves all kernel code, the
+# back chain as show_stack follows it, as DWARF expressions on r1 (this
+# frame's sp):
+#   the frame at r1 holds the exception marker (STACK_FRAME_REGS_MARKER at
+#     the kernel version's marker offset): struct pt_regs follows it; the
+#     caller is the interrupted context: CFA = its gpr[1], pc its nip, lr its
+#     link, r0 and r2-r31 its gprs; with MSR_PR set (user mode) the CFA is r1
+#     itself, below the caller frame's, so gdb stops there ("previous frame
+#     inner to this frame");
+#   else: CFA = *r1 (the back chain: the caller's sp), the return address at
+#     CFA + 16 (LR_SAVE in the caller's frame), other registers unchanged.
+# The return address column is a number gdb maps to no register (67), so
+# that pc and lr can differ across an exception frame. The rule is wrong for
+# the innermost frame while a function is in its prologue or keeps no frame.
+DWARF_R1, DWARF_LR, DWARF_RA = 1, 65, 67
+PT_NIP, PT_MSR, PT_LINK = 8 * 32, 8 * 33, 8 * 36  # struct pt_regs after gpr[32]
+
+
+def _marker_layout(dump: Dump) -> tuple[int, int, int]:
+    """(marker offset, pt_regs offset, marker word) of the kernel's exception
+    frames: 6.2 moved them (MARKER_LAYOUTS) and changed the marker."""
+    release = ""
+    info = dump.vmcoreinfo
+    if info is not None:
+        release = info.osrelease or ""
+    parts = [int(p) for p in release.split("-")[0].split(".")[:2] if p.isdigit()]
+    if len(parts) == 2 and tuple(parts) < (6, 2):
+        (marker_at, regs_at), word = (
+            MARKER_LAYOUTS[0],
+            REGS_MARKERS[2 if dump.byteorder == "little" else 1],
+        )
+    else:
+        (marker_at, regs_at), word = MARKER_LAYOUTS[1], REGS_MARKERS[0]
+    return marker_at, regs_at, word
+
+
+def ppc64_backchain_cfi(dump: Dump) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
+    """The back-chain rule (see above) over kernel and module text."""
+    marker_at, regs_at, marker = _marker_layout(dump)
+    order = dump.byteorder
+
+    def if_zero_else(test: bytes, when_zero: bytes, otherwise: bytes) -> bytes:
+        return cfi.if_zero_else(test, when_zero, otherwise, order)
+
+    def word(at: int) -> bytes:
+        return cfi.breg(DWARF_R1, at) + cfi.deref()
+
+    not_exception = word(marker_at) + cfi.differs(marker)
+    user = word(regs_at + PT_MSR) + cfi.mask(MSR_PR)
+    chain = word(0)
+    cfa = if_zero_else(
+        not_exception,
+        if_zero_else(user, word(regs_at + 8 * DWARF_R1), cfi.breg(DWARF_R1, 0)),
+        chain,
+    )
+    rule = cfi.def_cfa_expression(cfa)
+    rule += cfi.saved_at(
+        DWARF_RA,
+        if_zero_else(
+            not_exception, cfi.breg(DWARF_R1, regs_at + PT_NIP), chain + cfi.plus(LR_SAVE)
+        ),
+    )
+    rule += cfi.saved_at(
+        DWARF_LR,
+        if_zero_else(
+            not_exception, cfi.breg(DWARF_R1, regs_at + PT_LINK), chain + cfi.plus(LR_SAVE)
+        ),
+    )
+    rule += cfi.value_is(DWARF_R1, cfi.plus(0))
+    for n in (0, *range(2, 32)):
+        rule += cfi.value_is(n, if_zero_else(not_exception, word(regs_at + 8 * n), cfi.breg(n, 0)))
+    layout = cfi.CfiLayout(address_size=8, return_column=DWARF_RA, data_align=-8, byteorder=order)
+    return layout, text_ranges(dump, cfi.CfiRule(rule, "backchain"))
+
+
 register_unwinder("ppc64le", None, Ppc64Unwinder)
+register_symfile_cfi(
+    "ppc64le", lambda dump: ppc64_backchain_cfi(dump) if dump.os == "linux" else None
+)
