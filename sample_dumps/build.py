@@ -180,6 +180,7 @@ def base_manifest(spec: SampleSpec, kernel: Kernel, append: str, serial_text: st
         "threads": g["threads"],
         "marker": g["marker"],
         "explore": g["explore"],
+        "modules": g["modules"],
         "serial_log": "serial.log",
         "files": {},
         "build": {},

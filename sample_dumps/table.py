@@ -47,6 +47,11 @@ class Arch:
     qemu_extra: tuple[str, ...] = ()  # more QEMU options for this arch
 
 
+# a small stock module of the kernel package, for `mods` on the architectures whose
+# guests need no module of their own (no vmcoreinfo or pvpanic device); recorded
+# by the guest in the manifest (schema 3: /proc/modules)
+NEW_ARCH_MODULES = ("crc_itu_t",)
+
 ARCHES = {
     "amd64": Arch(
         "x86_64",
@@ -105,7 +110,7 @@ ARCHES = {
         "qemu-system-riscv64",
         "virt",
         "ttyS0",
-        (),
+        NEW_ARCH_MODULES,
         "serial",
         "riscv64-linux-gnu-gcc",
         suite="trixie",
@@ -121,7 +126,7 @@ ARCHES = {
         "qemu-system-arm",
         "virt",
         "ttyAMA0",
-        (),
+        NEW_ARCH_MODULES,
         "serial",
         "arm-linux-gnueabihf-gcc",
         suite="trixie",
@@ -148,8 +153,9 @@ class SampleSpec:
     extra_tasks: int = 0  # more `sleep` processes started by init (scale samples)
     cache_subdir: str = "samples"  # scale samples live apart from the test samples
     # the manifest schema the sample's tests need (2: the guest's /proc/meminfo, mounts,
-    # net devices, fds and boot time, read by tests/test_explore_more.py); a cached
-    # sample of an older schema is rebuilt, others are kept
+    # net devices, fds and boot time, read by tests/test_explore_more.py; 3: its
+    # /proc/modules, read by tests/test_mods_new_arches.py); a cached sample of an
+    # older schema is rebuilt, others are kept
     min_schema: int = 1
     # the oldest kernel release the sample's tests expect: a cached sample of an older
     # kernel (s390x and ppc64le built from bookworm's 6.1 before their rows moved to
@@ -185,10 +191,17 @@ SAMPLES: list[SampleSpec] = [
     SampleSpec("x86_64-la57", A64, ("elf",), cpu="qemu64,+la57"),
     # trixie's 6.12 riscv64 kernel on QEMU's virt machine (Sv57 offered by QEMU 7.2's rv64
     # cpu); Debian's riscv64 config has no RANDOMIZE_BASE, so no KASLR
-    SampleSpec("riscv64", RV64, ("elf", "kdump-zlib"), cpu="rv64", kaslr=False),
+    SampleSpec("riscv64", RV64, ("elf", "kdump-zlib"), cpu="rv64", kaslr=False, min_schema=3),
     # trixie's 6.12 armmp kernel (short descriptors, 3G/1G split) on QEMU's virt machine;
     # 32-bit Arm has no KASLR
-    SampleSpec("armhf", ARCHES["armhf"], ("elf", "kdump-zlib"), cpu="cortex-a15", kaslr=False),
+    SampleSpec(
+        "armhf",
+        ARCHES["armhf"],
+        ("elf", "kdump-zlib"),
+        cpu="cortex-a15",
+        kaslr=False,
+        min_schema=3,
+    ),
 ]
 
 # s390x and ppc64le (big-endian s390x, little-endian ppc64 with the radix MMU of POWER9):
@@ -201,7 +214,7 @@ ARCHES["s390x"] = Arch(
     "qemu-system-s390x",
     "s390-ccw-virtio",
     "ttysclp0",
-    (),
+    NEW_ARCH_MODULES,
     "guest-panicked",
     "s390x-linux-gnu-gcc",
     suite="trixie",
@@ -215,7 +228,7 @@ ARCHES["ppc64el"] = Arch(
     "qemu-system-ppc64",
     "pseries",
     "hvc0",
-    (),
+    NEW_ARCH_MODULES,
     "guest-panicked",
     "powerpc64le-linux-gnu-gcc",
     suite="trixie",
@@ -223,9 +236,21 @@ ARCHES["ppc64el"] = Arch(
     qemu_extra=("-vga", "none", "-action", "panic=pause"),
 )
 SAMPLES += [
-    SampleSpec("s390x", ARCHES["s390x"], ("elf", "kdump-zlib"), cpu="max", min_release="6.12"),
     SampleSpec(
-        "ppc64le", ARCHES["ppc64el"], ("elf", "kdump-zlib"), cpu="power9", min_release="6.12"
+        "s390x",
+        ARCHES["s390x"],
+        ("elf", "kdump-zlib"),
+        cpu="max",
+        min_release="6.12",
+        min_schema=3,
+    ),
+    SampleSpec(
+        "ppc64le",
+        ARCHES["ppc64el"],
+        ("elf", "kdump-zlib"),
+        cpu="power9",
+        min_release="6.12",
+        min_schema=3,
     ),
 ]
 

@@ -55,7 +55,7 @@ def write_symbol_file(
     debug: dict[str, bytes] | None = None,
     extra: list[Symbol] | None = None,
 ) -> None:
-    """Write `symtab`'s kernel-half symbols to an ELF file at `path`; vmlinux
+    """Write `symtab`'s kernel-half and module symbols to an ELF file at `path`; vmlinux
     symbols moved back by `kernel_offset` to their link addresses. `debug_frame`
     (kvmcore.symbols.cfi) becomes a .debug_frame section, for gdb to unwind with;
     `debug` adds more non-allocated sections by name (.debug_info, ...);
@@ -68,7 +68,7 @@ def write_symbol_file(
     low = floor < 1 << (symtab.word_size * 8 - 1)  # s390x: absolute values look like addresses
     groups: dict[str | None, list[Symbol]] = {}
     for sym in [*symtab, *(extra or ())]:
-        if sym.address >= floor and not (low and sym.type in "aA"):
+        if (sym.address >= floor or sym.module is not None) and not (low and sym.type in "aA"):
             if sym.module is None and kernel_offset:
                 sym = Symbol(sym.name, sym.address - kernel_offset, sym.size, sym.type, None)
             groups.setdefault(sym.module, []).append(sym)

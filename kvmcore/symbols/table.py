@@ -167,6 +167,11 @@ class SymbolTable:
         if self._sorted_upto < total:
             addresses = self._addresses
             keep = list(map(self._kernel_floor.__le__, addresses[self._sorted_upto : total]))
+            modules = self._modules_of[self._sorted_upto : total]
+            if any(modules):
+                # a module's own symbols are runtime addresses wherever its area
+                # is (32-bit Arm's module area lies below PAGE_OFFSET)
+                keep = [k or m is not None for k, m in zip(keep, modules)]
             if self._kernel_floor < 1 << (self.word_size * 8 - 1):
                 # a low kernel: absolute values (type a/A) would look like addresses
                 types = self._types[self._sorted_upto : total]
