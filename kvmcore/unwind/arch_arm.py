@@ -474,15 +474,27 @@ class ArmUnwinder:
             return bt
         frames = best[1].frames
         for k, frame in enumerate(frames):
-            if frame.kind != "normal" and frame.pc == pc and frame.regs:
+            if frame.pc != pc:
+                continue
+            first = bt.frames[0]
+            own = {r: regs[r] for r in CORE_REGS[:13]}  # r0-r12 are the dump's own
+            if frame.kind != "normal" and frame.regs:
                 # an earlier interrupt of the same instruction left its pt_regs on the
                 # stack: the frames above it are those of the code now interrupted, and
-                # its sp and lr are frame #0's (r0-r12 are the dump's own)
-                frames = frames[k + 1 :]
-                first = bt.frames[0]
-                first.regs = {**frame.regs, **{r: regs[r] for r in CORE_REGS[:13]}, "pc": pc}
-                first.sp, first.guessed = frame.regs["sp"], True
-                break
+                # its sp and lr are frame #0's
+                first.regs = {**frame.regs, **own, "pc": pc}
+                first.sp = frame.regs["sp"]
+            else:
+                # a return address equal to the interrupted pc: the function at pc
+                # called one that returned there (an earlier interrupt of that callee
+                # left the stale frames above this one), so this frame's sp is frame
+                # #0's; its lr is not known
+                svc = (regs.get("cpsr", SVC_MODE) & ~CPSR_MODE_MASK) | SVC_MODE
+                first.regs = {**own, "sp": frame.sp, "pc": pc, "cpsr": svc}
+                first.sp = frame.sp
+            first.guessed = True
+            frames = frames[k + 1 :]
+            break
         for frame in frames:
             frame.index = len(bt.frames)
             bt.frames.append(frame)
