@@ -50,7 +50,7 @@ DW_OP_addr, DW_OP_const1u, DW_OP_const8s = 0x03, 0x08, 0x0F
 DW_OP_constu, DW_OP_consts, DW_OP_over, DW_OP_swap = 0x10, 0x11, 0x14, 0x16
 DW_OP_minus, DW_OP_plus, DW_OP_bregx, DW_OP_nop = 0x1C, 0x22, 0x92, 0x96
 DW_OP_lit31, DW_OP_breg31 = 0x4F, 0x8F
-DW_OP_ne = 0x2E
+DW_OP_ne, DW_OP_mul = 0x2E, 0x1E
 
 MAX_ROWS_PER_FDE = 64
 MAX_ROWS = 4_000_000
@@ -160,6 +160,18 @@ def mask(bits: int) -> bytes:
 def differs(value: int) -> bytes:
     """Expression: replace the top of the stack by 0 when it equals `value`, else 1."""
     return const(value) + bytes([DW_OP_ne])
+
+
+def differs_from_all(values: tuple[int, ...]) -> bytes:
+    """Expression: replace the top of the stack by 0 when it equals one of
+    `values`, else by a non-zero value (the product of the `differs` tests)."""
+    if len(values) == 1:
+        return differs(values[0])
+    code = b""
+    for value in values[:-1]:
+        code += bytes([DW_OP_dup]) + differs(value) + bytes([DW_OP_swap])
+    code += differs(values[-1])
+    return code + bytes([DW_OP_mul]) * (len(values) - 1)
 
 
 def if_zero_else(

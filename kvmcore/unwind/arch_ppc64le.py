@@ -24,6 +24,7 @@ Also the unwind rows `kvmcore symfile` gives gdb (see ppc64_backchain_cfi).
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from ..arches.ppc64le.cpu import MSR_PR, PT_REGS
@@ -39,11 +40,27 @@ if TYPE_CHECKING:
     from ..dump import Dump
 
 LR_SAVE = 16
-#: STACK_FRAME_REGS_MARKER as read in a word: "regshere" since 6.2; up to 6.1
-#: the bytes "REGS" (0x52454753 stored from the kernel's exception_marker)
+#: STACK_FRAME_REGS_MARKER as read in a word: "regshere", or the bytes "REGS"
+#: (0x52454753 stored from 6.1's exception_marker; 6.12 on ppc64le stores
+#: 0x53474552, seen in the sample's syscall frames)
 REGS_MARKERS = (0x7265677368657265, 0x53474552, 0x52454753)
 #: (marker offset, pt_regs offset) in an exception frame: 6.1 and older, 6.2+
 MARKER_LAYOUTS = ((96, 112), (32, 48))
+
+
+def marker_layouts(dump: Dump) -> tuple[tuple[int, int], ...]:
+    """The exception-frame layouts to look for: the one of the dump's kernel
+    when its release is known, else both. Trying both on a known kernel is
+    wrong: a 64-byte frame's word at 96 can be the next frame's marker (at
+    its 32), which made a syscall's last frame look like the entry frame."""
+    info = dump.vmcoreinfo
+    release = (info.osrelease if info is not None else None) or ""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    if m is None:
+        return MARKER_LAYOUTS
+    return (MARKER_LAYOUTS[0],) if (int(m[1]), int(m[2])) < (6, 2) else (MARKER_LAYOUTS[1],)
+
+
 THREAD_SIZE = 16384
 
 
@@ -52,6 +69,7 @@ class Ppc64Unwinder:
         self.dump = dump
         self.syms = CodeSymbols(dump)
         self._saved_r1: int | None | bool = False
+        self.layouts = marker_layouts(dump)
 
     def _add(self, bt: Backtrace, frame: Frame, exact: bool) -> None:
         desc = self.syms.describe(frame.pc) if exact else self.syms.describe_return(frame.pc)
@@ -68,7 +86,7 @@ class Ppc64Unwinder:
 
     def exception_regs(self, sp: int) -> dict[str, int] | None:
         """The pt_regs of the exception frame at `sp`, when it is one."""
-        for marker_at, regs_at in MARKER_LAYOUTS:
+        for marker_at, regs_at in self.layouts:
             try:
                 if self.dump.read_ptr(sp + marker_at) not in REGS_MARKERS:
                     continue
@@ -189,27 +207,9 @@ DWARF_R1, DWARF_LR, DWARF_RA = 1, 65, 67
 PT_NIP, PT_MSR, PT_LINK = 8 * 32, 8 * 33, 8 * 36  # struct pt_regs after gpr[32]
 
 
-def _marker_layout(dump: Dump) -> tuple[int, int, int]:
-    """(marker offset, pt_regs offset, marker word) of the kernel's exception
-    frames: 6.2 moved them (MARKER_LAYOUTS) and changed the marker."""
-    release = ""
-    info = dump.vmcoreinfo
-    if info is not None:
-        release = info.osrelease or ""
-    parts = [int(p) for p in release.split("-")[0].split(".")[:2] if p.isdigit()]
-    if len(parts) == 2 and tuple(parts) < (6, 2):
-        (marker_at, regs_at), word = (
-            MARKER_LAYOUTS[0],
-            REGS_MARKERS[2 if dump.byteorder == "little" else 1],
-        )
-    else:
-        (marker_at, regs_at), word = MARKER_LAYOUTS[1], REGS_MARKERS[0]
-    return marker_at, regs_at, word
-
-
 def ppc64_backchain_cfi(dump: Dump) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
     """The back-chain rule (see above) over kernel and module text."""
-    marker_at, regs_at, marker = _marker_layout(dump)
+    marker_at, regs_at = marker_layouts(dump)[-1]
     order = dump.byteorder
 
     def if_zero_else(test: bytes, when_zero: bytes, otherwise: bytes) -> bytes:
@@ -218,7 +218,8 @@ def ppc64_backchain_cfi(dump: Dump) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
     def word(at: int) -> bytes:
         return cfi.breg(DWARF_R1, at) + cfi.deref()
 
-    not_exception = word(marker_at) + cfi.differs(marker)
+    # 0 when the word at the marker offset is one of REGS_MARKERS
+    not_exception = word(marker_at) + cfi.differs_from_all(REGS_MARKERS)
     user = word(regs_at + PT_MSR) + cfi.mask(MSR_PR)
     chain = word(0)
     cfa = if_zero_else(
