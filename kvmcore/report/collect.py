@@ -176,6 +176,7 @@ def _headline(dump: Dump) -> dict[str, Any]:
     task = panic.task
     return {
         "panic_message": panic.message,
+        "panic_string": getattr(panic, "panic_string", panic.message),
         "task": {"pid": task.pid, "comm": task.comm, "address": f"{task.address:#x}"}
         if task
         else log_task(dump),
