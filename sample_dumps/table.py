@@ -165,6 +165,8 @@ class SampleSpec:
 
 # the non-PAE 686 flavour (2-level paging, 4 MB pages) of the same i386 build
 ARCHES["i386-686"] = replace(ARCHES["i386"], flavour="686")
+# 32-bit Arm's LPAE flavour (armmp-lpae: three-level long-descriptor tables)
+ARCHES["armhf-lpae"] = replace(ARCHES["armhf"], flavour="armmp-lpae")
 A64, ARM, I386, RV64 = ARCHES["amd64"], ARCHES["arm64"], ARCHES["i386"], ARCHES["riscv64"]
 ALL_MDF = ("mdf-d31-c", "mdf-d31-l", "mdf-d31-E", "mdf-d31-F")
 
@@ -194,6 +196,15 @@ SAMPLES: list[SampleSpec] = [
     SampleSpec("riscv64", RV64, ("elf", "kdump-zlib"), cpu="rv64", kaslr=False, min_schema=3),
     # trixie's 6.12 armmp kernel (short descriptors, 3G/1G split) on QEMU's virt machine;
     # 32-bit Arm has no KASLR
+    # the armmp-lpae flavour of the same trixie build: LPAE (long-descriptor) page tables
+    SampleSpec(
+        "armhf-lpae",
+        ARCHES["armhf-lpae"],
+        ("elf",),
+        cpu="cortex-a15",
+        kaslr=False,
+        min_schema=3,
+    ),
     SampleSpec(
         "armhf",
         ARCHES["armhf"],

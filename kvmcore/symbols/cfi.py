@@ -121,6 +121,11 @@ def value_is(reg: int, expr: bytes) -> bytes:
     return bytes([DW_CFA_val_expression]) + uleb(reg) + uleb(len(expr)) + expr
 
 
+def in_register(reg: int, source: int) -> bytes:
+    """reg's caller value is the value `source` holds in this frame."""
+    return bytes([DW_CFA_register]) + uleb(reg) + uleb(source)
+
+
 def undefined(reg: int) -> bytes:
     return bytes([DW_CFA_undefined]) + uleb(reg)
 

@@ -473,11 +473,26 @@ class ArmUnwinder:
             bt.error = "no return address on the task's stack leads to the end of the stack"
             return bt
         frames = best[1].frames
+        at_entry = self._function_start(pc) == pc
         for k, frame in enumerate(frames):
-            if frame.pc != pc:
-                continue
             first = bt.frames[0]
             own = {r: regs[r] for r in CORE_REGS[:13]}  # r0-r12 are the dump's own
+            svc = (regs.get("cpsr", SVC_MODE) & ~CPSR_MODE_MASK) | SVC_MODE
+            if frame.pc != pc:
+                exact = frame.kind != "normal"
+                if not at_entry or k + 1 >= len(frames):
+                    continue
+                if self._function_start(frame.pc if exact else frame.pc - 1) != pc:
+                    continue
+                # the CPU was caught on the first instruction of a function whose
+                # earlier run left this (stale) frame: frame #0 is a new call from
+                # the next frame of the chain, so its sp is that frame's and its
+                # lr that frame's pc
+                caller = frames[k + 1]
+                first.regs = {**own, "sp": caller.sp, "lr": caller.pc, "pc": pc, "cpsr": svc}
+                first.sp, first.guessed = caller.sp, True
+                frames = frames[k + 1 :]
+                break
             if frame.kind != "normal" and frame.regs:
                 # an earlier interrupt of the same instruction left its pt_regs on the
                 # stack: the frames above it are those of the code now interrupted, and
@@ -489,7 +504,6 @@ class ArmUnwinder:
                 # called one that returned there (an earlier interrupt of that callee
                 # left the stale frames above this one), so this frame's sp is frame
                 # #0's; its lr is not known
-                svc = (regs.get("cpsr", SVC_MODE) & ~CPSR_MODE_MASK) | SVC_MODE
                 first.regs = {**own, "sp": frame.sp, "pc": pc, "cpsr": svc}
                 first.sp = frame.sp
             first.guessed = True

@@ -26,8 +26,11 @@ by return addresses equal to a function's first instruction (the syscall
 table's handlers return to ret_fast_syscall, whose address `badr` put in
 lr), so each row of a function in entry text starts one byte early, as
 kvmcore's own walk treats such an address (ArmUnwinder._entry_start).
-Like every CFI, the rows are right at call sites and wrong while a function
-is in its prologue or epilogue (the innermost frame only). Module tables
+Each function's first instruction gets a row of its own (nothing pushed
+yet: CFA = sp, the caller's pc in lr), where a CPU caught on a call stands.
+Like every CFI, the rows are right at call sites and on that first
+instruction, and wrong inside a prologue or epilogue (the innermost frame
+only). Module tables
 (each module's own .ARM.exidx, on the kernel's unwind_tables list) are not
 read: module text gets no rows.
 """
@@ -174,6 +177,18 @@ def rule_of(ops: list[int] | None) -> cfi.CfiRule:
     return cfi.CfiRule(code, ("exidx", stated))
 
 
+def entry_rule(body: cfi.CfiRule) -> cfi.CfiRule:
+    """The rule at a function's first instruction, of the same kind as its
+    `body` rule: nothing is pushed yet (CFA = sp) and the caller's pc is in
+    lr; every register the body rule states keeps its value."""
+    kind = body.kind
+    stated: tuple[int, ...] = kind[1] if isinstance(kind, tuple) else ()
+    code = cfi.def_cfa(SP, 0)
+    for reg in stated:
+        code += cfi.in_register(PC, LR) if reg == PC else cfi.same_value(reg)
+    return cfi.CfiRule(code, body.kind)
+
+
 def exidx_cfi_ranges(dump: Dump) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
     """Rows for every entry of the kernel's unwind table, at runtime addresses."""
     from . import unwinder_for
@@ -189,6 +204,7 @@ def exidx_cfi_ranges(dump: Dump) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
     starts: list[int] = []
     rules: list[cfi.CfiRule] = []
     cache: dict[tuple[int, ...] | None, cfi.CfiRule] = {}
+    entry_rules: dict[cfi.CfiRule, cfi.CfiRule] = {}
     for k in range(len(table)):
         function, insn, at = table.functions[k], table.insns[k], table.start + 8 * k + 4
         try:
@@ -199,11 +215,19 @@ def exidx_cfi_ranges(dump: Dump) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
             key = tuple(ops) if ops is not None else None
             rule = cache.get(key) or cache.setdefault(key, rule_of(ops))
         start = function
-        if entry_lo and entry_hi and entry_lo < function < entry_hi:
+        in_entry_text = bool(entry_lo and entry_hi and entry_lo < function < entry_hi)
+        if in_entry_text:
             start -= 1  # see the module docstring: a return to this first instruction
-        if starts and start <= starts[-1]:
+        while starts and start <= starts[-1]:
             starts.pop()  # two entries for one address: the later one is the table's
             rules.pop()
+        if rule is not END_RULE and not in_entry_text:
+            # the function's first instruction, where the CPU may be caught (a
+            # banked-mode panic CPU interrupted on a call): one byte, so that
+            # no return address (looked up at address - 1) lands in it
+            starts.append(start)
+            rules.append(entry_rules.get(rule) or entry_rules.setdefault(rule, entry_rule(rule)))
+            start += 1
         starts.append(start)
         rules.append(rule)
     return LAYOUT, [cfi.CfiRange(starts, rules, max(end, starts[-1] + 1))] if starts else []
