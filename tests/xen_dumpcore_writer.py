@@ -436,3 +436,50 @@ def hvm_from_dump(src: Path, dst: Path, vcpus: Iterable[int] | None = None) -> P
         )
     finally:
         mem.close()
+
+
+# ------------------------------------------------------------ patching a copy
+
+
+def sections(path: Path) -> dict[str, tuple[int, Elf64Shdr]]:
+    """name -> (file offset of its section header, the header), read with
+    ctypes from the ELF layout (no kvmcore)."""
+    with open(path, "rb") as f:
+        ehdr = Elf64Ehdr.from_buffer_copy(f.read(C.sizeof(Elf64Ehdr)))
+        f.seek(ehdr.e_shoff)
+        size = C.sizeof(Elf64Shdr)
+        table = f.read(ehdr.e_shnum * size)
+        headers = [Elf64Shdr.from_buffer_copy(table, i * size) for i in range(ehdr.e_shnum)]
+        strtab = headers[ehdr.e_shstrndx]
+        f.seek(strtab.sh_offset)
+        names = f.read(strtab.sh_size)
+    out = {}
+    for i, sh in enumerate(headers):
+        name = names[sh.sh_name :].split(b"\0", 1)[0].decode()
+        if name:
+            out[name] = (ehdr.e_shoff + i * size, sh)
+    return out
+
+
+def sparse_copy(src: Path, dst: Path, length: int | None = None) -> Path:
+    """A copy of the first `length` bytes of `src` (all by default) whose
+    zero pages stay holes: a patched copy of a fixture costs little disk."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        left = src.stat().st_size if length is None else length
+        while left > 0:
+            block = fin.read(min(left, 1 << 20))
+            for at in range(0, len(block), PAGE):
+                chunk = block[at : at + PAGE]
+                if chunk.count(0) == len(chunk):
+                    fout.seek(len(chunk), 1)
+                else:
+                    fout.write(chunk)
+            left -= len(block)
+        fout.truncate()
+    return dst
+
+
+def patch(path: Path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
