@@ -363,34 +363,50 @@ def qemu_cpu_state(desc: bytes) -> dict[str, int]:
     return out
 
 
+#: Linux's i386 user_regs_struct, elf_prstatus.pr_reg at offset 72 (17 longs)
+USER_REGS_I386 = [
+    "ebx",
+    "ecx",
+    "edx",
+    "esi",
+    "edi",
+    "ebp",
+    "eax",
+    "ds",
+    "es",
+    "fs",
+    "gs",
+    "orig_eax",
+    "eip",
+    "cs",
+    "eflags",
+    "esp",
+    "ss",
+]
+#: the general registers of cpu_user_regs
+GPRS = [name for name, _ in CpuUserRegs._fields_ if name[0] == "r" and name != "rflags"]
+
+
+def prstatus_registers(desc: bytes) -> dict[str, int]:
+    """NT_PRSTATUS's registers in x86_64 names, from either width's note."""
+    if len(desc) == 336:
+        regs = dict(zip(USER_REGS, struct.unpack_from("<27Q", desc, 112)))
+        return {**regs, "rflags": regs["eflags"]}
+    assert len(desc) == 144, f"an NT_PRSTATUS of {len(desc)} bytes"
+    regs = dict(zip(USER_REGS_I386, struct.unpack_from("<17I", desc, 72)))
+    return {("r" + k[1:] if k[0] == "e" and k != "es" else k): v for k, v in regs.items()}
+
+
 def hvm_context(prstatus: bytes, qemu: bytes) -> bytes:
     """An HVM vcpu_guest_context as Xen's arch_get_info_guest would fill it for
     this vCPU: general registers from NT_PRSTATUS, the rest from QEMU's note."""
-    regs = dict(zip(USER_REGS, struct.unpack_from("<27Q", prstatus, 112)))
+    regs = prstatus_registers(prstatus)
     q = qemu_cpu_state(qemu)
     ctx = VcpuGuestContext()
     ctx.flags = 1 | 1 << 5  # VGCF_i387_valid | VGCF_online
-    for name in [
-        "r15",
-        "r14",
-        "r13",
-        "r12",
-        "rbp",
-        "rbx",
-        "r11",
-        "r10",
-        "r9",
-        "r8",
-        "rax",
-        "rcx",
-        "rdx",
-        "rsi",
-        "rdi",
-        "rip",
-        "rsp",
-    ]:
-        setattr(ctx.user_regs, name, regs[name])
-    ctx.user_regs.rflags = regs["eflags"]
+    for name in GPRS:
+        setattr(ctx.user_regs, name, regs.get(name, q[name]))
+    ctx.user_regs.rflags = regs["rflags"]
     for seg in ("cs", "ss", "ds", "es", "fs", "gs"):
         setattr(ctx.user_regs, seg, q[seg])
     for i in (0, 2, 3, 4):
