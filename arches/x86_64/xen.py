@@ -6,8 +6,9 @@ and their registers.
   (xen_pfn_to_cr3: the MFN << 12 on x86_64) and reads every table through
   the inverse of .xen_p2m, as gdbserver-xen's x86_64 PV fix does; the leaf's
   machine frame is mapped back the same way, so the translation is a
-  pseudo-physical address, the dump's physical space. An entry whose frame
-  is not the guest's (Xen's own slots in every L4, a foreign mapping)
+  pseudo-physical address, the dump's physical space. Xen's 16 slots of the
+  top table (its own mappings, a linear page table among them) read as
+  empty; any other entry whose frame is not the guest's (a foreign mapping)
   translates to an error and is left out of a walk, counted.
 - HVM ("xen-hvm"): guest-physical is the dump's space; the walk starts at the
   CR3 of a vCPU with paging on, 4- or 5-level as its CR4 says.
@@ -17,7 +18,7 @@ and their registers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kvmcore.cpu import CpuState
@@ -39,6 +40,13 @@ from .mmu import ADDR_MASK, X86_64Tables
 
 XEN_PV, XEN_HVM = "xen-pv", "xen-hvm"
 PAGE = 4096
+#: the top table's slots Xen keeps for itself in every 64-bit PV guest
+#: (HYPERVISOR_VIRT_START 0xffff800000000000 to _END 0xffff880000000000):
+#: its own mappings, among them a linear page table that points back at the
+#: top table; none is the guest's, so the walk leaves them out
+XEN_SLOTS = range(256, 272)
+#: the top table's user half, which a walk of kernel mappings leaves out
+USER_SLOTS = range(0, 256)
 KERNEL_HALF = 1 << 63
 
 
@@ -59,8 +67,25 @@ def is_xen_hvm(mem: PhysicalMemory) -> bool:
 # -- PV -------------------------------------------------------------------------
 
 
+def blank_slots(
+    read: Callable[[int, int], bytes], table: int, slots: range
+) -> Callable[[int, int], bytes]:
+    """`read`, with entries `slots` of the top table at `table` reading as empty."""
+    lo, hi = table + slots.start * 8, table + slots.stop * 8
+
+    def blanked(pa: int, length: int) -> bytes:
+        data = read(pa, length)
+        if pa < hi and pa + length > lo:
+            start, end = max(pa, lo) - pa, min(pa + length, hi) - pa
+            data = data[:start] + bytes(end - start) + data[end:]
+        return data
+
+    return blanked
+
+
 class XenPVTranslator(Translator):
-    """The x86_64 4-level walk over machine frames, mapped back to pfns."""
+    """The x86_64 4-level walk over machine frames, mapped back to pfns. A
+    walk covers the kernel half only: the root is a process's table."""
 
     def __init__(self, core: XenDumpCore, root_mfn: int, root_from: str) -> None:
         self.core = core
@@ -71,9 +96,12 @@ class XenPVTranslator(Translator):
         #: in the last walk: tables and leaf pages whose frame is not the guest's
         self.foreign_tables = 0
         self.foreign_pages = 0
-        self.walker = RadixTranslator(
-            X86_64Tables(five_level=False), root_mfn * PAGE, self._read_table, "little", self.path
-        )
+        root = root_mfn * PAGE
+        tables = X86_64Tables(five_level=False)
+        read = blank_slots(self._read_table, root, XEN_SLOTS)
+        self.walker = RadixTranslator(tables, root, read, "little", self.path)
+        kernel_only = blank_slots(read, root, USER_SLOTS)
+        self.kernel_walker = RadixTranslator(tables, root, kernel_only, "little", self.path)
 
     def _read_table(self, ma: int, length: int) -> bytes:
         try:
@@ -99,7 +127,7 @@ class XenPVTranslator(Translator):
         return coalesce(self._pages())
 
     def _pages(self) -> Iterator[MappedRange]:
-        for rng in self.walker.walk():
+        for rng in self.kernel_walker.walk():
             for done in range(0, rng.size, PAGE):
                 try:
                     pfn = self.core.pfn_of_mfn((rng.pa + done) // PAGE)
@@ -152,9 +180,18 @@ def build_pv(ctx: TranslationContext) -> Translator:
 
 
 class XenHVMTranslator(RadixTranslator[X86_64Tables]):
+    """The guest's own walk from a vCPU's CR3; a walk covers the kernel half
+    only (the CR3 is a process's table)."""
+
     def __init__(self, core: XenDumpCore, root: int, five_level: bool, root_from: str) -> None:
         super().__init__(X86_64Tables(five_level), root, core.read_phys, "little", core.path)
         self.root_from = root_from
+        half = 1 << (self.table.levels[0].bits - 1)
+        kernel_only = blank_slots(core.read_phys, root, range(half))
+        self.kernel_walker = RadixTranslator(self.table, root, kernel_only, "little", core.path)
+
+    def walk(self) -> Iterator[MappedRange]:
+        return self.kernel_walker.walk()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -209,13 +246,19 @@ _SAME = (
 )
 
 
-def vcpu_registers(vcpu: VcpuContext) -> dict[str, int]:
+def vcpu_registers(vcpu: VcpuContext, pv: bool = False) -> dict[str, int]:
     """A vCPU's registers in NT_PRSTATUS's names, plus its control and debug
-    registers (cr0-cr7, dr0-dr7) and both gs bases."""
+    registers (cr0-cr7, dr0-dr7) and both gs bases. A 64-bit PV kernel runs
+    in ring 3 (FLAT_KERNEL_CS64 is 0xe033, the user's selector too), and Xen
+    clears CS.RPL in the frames it builds for the guest kernel
+    (create_bounce_frame), so its own pt_regs say RPL 0 there: in the kernel
+    half, cs is given as the kernel sees it (the raw one stays in `raw`)."""
     regs = {name: vcpu.user_regs[name] for name in _SAME}
     regs["eflags"] = vcpu.user_regs["rflags"]
     regs["fs_base"] = vcpu.fs_base
     in_kernel = regs["rip"] >= KERNEL_HALF
+    if pv and in_kernel:
+        regs["cs"] &= ~3
     regs["gs_base"] = vcpu.gs_base_kernel if in_kernel else vcpu.gs_base_user
     regs["gs_base_kernel"] = vcpu.gs_base_kernel
     regs["gs_base_user"] = vcpu.gs_base_user
@@ -226,8 +269,9 @@ def vcpu_registers(vcpu: VcpuContext) -> dict[str, int]:
 
 def cpu_states(mem: PhysicalMemory) -> list[CpuState]:
     """One CpuState per vCPU context, numbered by its place in .xen_prstatus."""
+    core = xen_core(mem)
     return [
-        CpuState(v.index, 0, vcpu_registers(v), v.raw, numbered=True) for v in xen_core(mem).vcpus
+        CpuState(v.index, 0, vcpu_registers(v, core.pv), v.raw, numbered=True) for v in core.vcpus
     ]
 
 
