@@ -341,6 +341,9 @@ def info_text(data: dict[str, Any]) -> str:
     conflicts = rows.pop("vmcoreinfo_conflicts", None)
     if conflicts:
         rows["VMCOREINFO"] = _conflict_text(conflicts)
+    problems = rows.pop("problems", None)
+    if problems:
+        rows["problems"] = "; ".join(problems)
     return "\n".join(f"{k:>13}: {v}" for k, v in rows.items())
 
 
