@@ -345,11 +345,12 @@ def test_crash_agrees_on_the_log_and_panic_task(samples, path, plain, tmp_path):
 # ------------------------------------------------------------------ gdb over serve
 
 
-@pytest.fixture(scope="module")
-def gdb_out(samples, path) -> str:
+@pytest.fixture(scope="module", params=["served without vmlinux", "served with vmlinux"])
+def gdb_out(request, samples, path) -> str:
+    vmlinux = samples.vmlinux(SID)
     return run_gdb(
         "x86_64",
-        samples.vmlinux(SID),
+        vmlinux,
         path,
         [
             "info threads",
@@ -360,6 +361,7 @@ def gdb_out(samples, path) -> str:
             "monitor ps",
             "echo ==PSEND==\\n",
         ],
+        serve_vmlinux=vmlinux if request.param == "served with vmlinux" else None,
     )
 
 
