@@ -132,7 +132,7 @@ class XenDumpCore(PhysicalMemory):
         sections = _section_headers(source)
         if not sections:
             raise DumpFormatError("not a Xen dump-core file (no ELF64 section table)", self.path)
-        self.machine = struct.unpack("<H", source.pread(18, 2))[0]
+        self.e_machine = struct.unpack("<H", source.pread(18, 2))[0]
         self.sections = self._named(sections)
         self._read_notes()
         self._read_frames()
@@ -253,10 +253,10 @@ class XenDumpCore(PhysicalMemory):
         for pfn in ambiguous:  # two pages claim this pfn: read neither
             del self._pfn_index[pfn]
         self._ambiguous_pfns = ambiguous
-        if self.nr_pages > table.size // width:
+        if self.nr_pages != table.size // width:
             problems.append(
                 f"{table_name} holds {table.size // width} entries, the header counts "
-                f"{self.nr_pages} pages"
+                f"{self.nr_pages} pages: {entries} are read"
             )
         if lost:
             problems.append(
@@ -273,7 +273,7 @@ class XenDumpCore(PhysicalMemory):
     def _pfn_runs(self) -> list[PhysRange]:
         ps = self.page_size
         out: list[PhysRange] = []
-        for pfn in sorted(self._pfn_index):
+        for pfn in self.pfns():
             if out and out[-1].end == pfn * ps:
                 out[-1] = PhysRange(out[-1].start, (pfn + 1) * ps)
             else:
@@ -308,13 +308,13 @@ class XenDumpCore(PhysicalMemory):
         f.page_size = self.page_size
         f.kind = "xen-pv" if self.pv else "xen-hvm"
         if self.pv:
-            if self.machine == EM_386:
+            if self.e_machine == EM_386:
                 raise UnsupportedError(
                     "a 32-bit PV guest's dump: not read (Linux dropped 32-bit PV guests in "
                     "5.9, so no sample exists)",
                     self.path,
                 )
-            f.machine = "x86_64" if self.machine == EM_X86_64 else None
+            f.machine = "x86_64" if self.e_machine == EM_X86_64 else None
         else:
             f.machine = self._hvm_machine()
         f.word_size = {"x86_64": 8, "i386": 4}.get(f.machine or "")
@@ -370,6 +370,10 @@ class XenDumpCore(PhysicalMemory):
             pa += n
             length -= n
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def pfns(self) -> list[int]:
+        """The pfns whose pages the dump holds, ascending."""
+        return sorted(self._pfn_index)
 
     def file_offset(self, pa: int) -> int | None:
         index = self._pfn_index.get(pa // self.page_size)
@@ -471,7 +475,7 @@ class MachineMemory:
     def ranges(self) -> list[PhysRange]:
         ps = self.core.page_size
         out: list[PhysRange] = []
-        for pfn in sorted(self.core._pfn_index, key=self.core.mfn_of_pfn):
+        for pfn in sorted(self.core.pfns(), key=self.core.mfn_of_pfn):
             ma = self.core.mfn_of_pfn(pfn) * ps
             if out and out[-1].end == ma:
                 out[-1] = PhysRange(out[-1].start, ma + ps)
