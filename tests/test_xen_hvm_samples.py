@@ -37,6 +37,8 @@ def test_walk_mode_is_the_vcpus(case):
     assert dump.arch.name == get_arch(s.manifest["arch"]).name  # uname -m: i686 is i386
     assert dump.translator.describe()["paging"] == CASES[s.id]
     assert dump.translator.describe()["root_from"].endswith("'s CR3")
+    ranges = list(dump.walk_pages())  # the kernel's mappings, though the CR3 is a process's
+    assert ranges and all(dump.is_kernel_address(r.va) for r in ranges)
 
 
 def test_pages_are_the_source_elfs(case):

@@ -7,6 +7,7 @@ read: formats/xen_dumpcore.py refuses them.)"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from kvmcore.cpu import CpuState
@@ -16,8 +17,9 @@ from kvmcore.formats.xen_dumpcore import XenDumpCore
 from kvmcore.formats.xen_vcpu import CR4_PAE, VcpuContext, paging_vcpu
 from kvmcore.pagetable import RadixTranslator
 from kvmcore.registry import TranslatorFlavour, register_translator
-from kvmcore.translate import TranslationContext, Translator
+from kvmcore.translate import MappedRange, TranslationContext, Translator
 
+from .cpu import DEFAULT_PAGE_OFFSET
 from .linux import find_page_offset
 from .mmu import I386Tables
 
@@ -53,12 +55,21 @@ class XenHVM32Translator(RadixTranslator[I386Tables]):
         if ctx.vmcoreinfo is not None and ctx.vmcoreinfo.symbol("swapper_pg_dir") is not None:
             self.kernel_start = find_page_offset(ctx, self.table)
 
+    def walk(self) -> Iterator[MappedRange]:
+        """The kernel's mappings only: the CR3 is a process's table."""
+        start = DEFAULT_PAGE_OFFSET if self.kernel_start is None else self.kernel_start
+        for rng in super().walk():
+            if rng.va + rng.size <= start:
+                continue
+            cut = max(0, start - rng.va)
+            yield MappedRange(rng.va + cut, rng.pa + cut, rng.size - cut, rng.page_size)
+
     def describe(self) -> dict[str, Any]:
         return {
             "paging": "i386 HVM, " + ("PAE" if self.table.pae else "2-level"),
             "root": f"{self.root:#x}",
             "root_from": self.root_from,
-            "page_offset": self.kernel_start,
+            "page_offset": None if self.kernel_start is None else f"{self.kernel_start:#x}",
         }
 
 
