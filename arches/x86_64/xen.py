@@ -12,8 +12,11 @@ and their registers.
   translates to an error and is left out of a walk, counted.
 - HVM ("xen-hvm"): guest-physical is the dump's space; the walk starts at the
   CR3 of a vCPU with paging on, 4- or 5-level as its CR4 says.
+- Either root is a process's table: a walk of every mapping (`walk`) covers
+  the kernel half only.
 - Registers: each vCPU's vcpu_guest_context, renamed to the NT_PRSTATUS
-  names (rflags -> eflags; gs_base is the kernel's while in the kernel).
+  names (rflags -> eflags; gs_base is the kernel's while in the kernel; a
+  PV kernel's cs with RPL 0, as its own frames show it).
 """
 
 from __future__ import annotations
