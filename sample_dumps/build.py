@@ -275,7 +275,7 @@ def build_sample(
     if sdir.exists():
         shutil.rmtree(sdir)
     sdir.mkdir(parents=True)
-    if kernel is None and spec.kind == "xen-pv":
+    if kernel is None and spec.kind.startswith("xen-"):
         # the x86_64 samples' kernel, no apt look-up of every kernel package
         from .corpus import corpus_kernel
 
@@ -285,10 +285,10 @@ def build_sample(
         from .kdump import build_kdump_sample
 
         m = build_kdump_sample(spec, cache, sdir, kernel)
-    elif spec.kind == "xen-pv":
-        from .xen import build_xen_pv_sample
+    elif spec.kind.startswith("xen-"):
+        from .xen import build_xen_sample
 
-        m = build_xen_pv_sample(spec, cache, sdir, kernel)
+        m = build_xen_sample(spec, cache, sdir, kernel)
     else:
         m = build_qemu_sample(spec, cache, sdir, kernel)
     m["files"] = {f: manifest.file_entry(sdir, f) for f in spec.formats}

@@ -199,13 +199,14 @@ def candidate(name: str, arch: str, apt: Apt = HOST_APT) -> Package:
 
 def candidates(names: list[str], arch: str, apt: Apt = HOST_APT) -> dict[str, Package]:
     """The candidate version of each package, from one apt-cache call (each call
-    loads apt's whole cache: seconds on a loaded host)."""
+    loads apt's whole cache: seconds on a loaded host). An Architecture: all package
+    gets arch "all" (its .deb is named so, and apt-get download takes name:all)."""
     out = run(apt.cmd("apt-cache", "show", "--no-all-versions", *(f"{n}:{arch}" for n in names)))
     found = {}
     for st in _deb822(out):
         name, version = st.get("package"), st.get("version")
         if name in names and version and name not in found:
-            found[name] = Package(name, version, arch)
+            found[name] = Package(name, version, "all" if st.get("architecture") == "all" else arch)
     missing = [n for n in names if n not in found]
     if missing:
         raise RuntimeError(f"apt has no candidate for {', '.join(missing)} ({arch})")

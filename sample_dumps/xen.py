@@ -15,6 +15,13 @@ writes two `xl dump-core` files onto a virtio disk as a tar stream:
 The guest's console (xenconsoled --log=guest) is the sample's serial.log: the same
 KVMCORE lines as the other samples' serial logs, parsed by manifest.parse_serial.
 The machine's serial console (Xen and dom0) is kept as xen-serial.log.
+
+The HVM variant (xen-hvm, slow: `xl dump-core` of an HVM guest maps every frame up to
+the 4 GiB hole one at a time) runs the same kernel and init as an HVM guest booted
+directly by Debian's device model (qemu-system-xen, in dom0), with `-cpu ...,+svm` for
+the machine; its guest has its PV drivers off (`xen_nopv`: with them it triple-faulted
+partway through boot), so it does not report its panic to Xen: dom0 pauses it when its
+serial log shows the end of the panic, and dumps it once (`xen-core`).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import secrets
 import shutil
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import PACKAGE_DIR, debian, initramfs
@@ -73,14 +81,10 @@ LIBDIR = "usr/lib/x86_64-linux-gnu"
 HOST_DLOPENED = ("/lib/x86_64-linux-gnu/libgcc_s.so.1",)
 
 GUEST_NAME = "kvmcore"
-#: nosoftlockup: the guest is paused for the live dump (20-30 s), after which the
-#: soft-lockup watchdog blames busyloop_task and taints the kernel (L)
-GUEST_CMDLINE = "console=hvc0 panic=0 nosoftlockup"
 DOM0_CMDLINE = "console=hvc0 earlyprintk=xen panic=1"
 DOM0_MEMORY_MB = 768
 #: QEMU's RAM: Xen, dom0 (its ramfs holds both dumps before the tar) and the guest
 MACHINE_MEMORY_MB = 1280
-QEMU_CPU = "max,-smap,-smep"
 XEN_CMDLINE = (
     f"console=com1 com1=115200,8n1 dom0_mem={DOM0_MEMORY_MB}M,max:{DOM0_MEMORY_MB}M "
     "loglvl=all guest_loglvl=all"
@@ -92,15 +96,75 @@ go=
 while [ "$go" != go ]; do read -r go || sleep 1; done
 echo "KVMCORE go"
 """
-READY_TIMEOUT = 600  # seconds from xl create to "KVMCORE ready" (dom0's own bound)
-CRASH_TIMEOUT = 300  # from "go" to the crashed state
-RUN_TIMEOUT = 1500.0  # the whole QEMU run
-FILES = ("xen-core", "xen-core-live")
+CRASH_TIMEOUT = 300  # from "go" to the crashed state (dom0's own bound)
 
 
-def fetch_packages(cache: Path) -> dict[str, tuple[debian.Package, Path]]:
-    """{name: (package, extracted root)} of the hypervisor and the toolstack."""
-    names = [HYPERVISOR_PACKAGE, *TOOLSTACK_PACKAGES]
+@dataclass(frozen=True)
+class Mode:
+    """What differs between the PV and the HVM guest."""
+
+    guest_type: str  # xl's type=
+    qemu_cpu: str  # the machine's -cpu
+    cmdline: str  # the guest kernel's
+    files: tuple[str, ...]  # the dumps dom0 writes
+    guest_log: str  # the guest's console log in dom0
+    config: str  # xl config lines beyond name, kernel, ramdisk, memory, vcpus, on_*
+    before_crash: str = ""  # guest init lines after "KVMCORE ready"
+    packages: tuple[str, ...] = ()  # beyond the hypervisor and the toolstack
+    programs: tuple[str, ...] = ()  # beyond DOM0_PROGRAMS (ELF programs: ldd'ed)
+    data: tuple[str, ...] = ()  # files or directories copied from the packages as they are
+    ready_timeout: int = 600  # seconds from xl create to "KVMCORE ready" (hvm: the panic)
+    run_timeout: float = 1500.0  # the whole QEMU run
+
+
+MODES = {
+    "xen-pv": Mode(
+        guest_type="pv",
+        qemu_cpu="max,-smap,-smep",
+        # nosoftlockup: the guest is paused for the live dump (20-40 s), after which the
+        # soft-lockup watchdog blames busyloop_task and taints the kernel (L)
+        cmdline="console=hvc0 panic=0 nosoftlockup",
+        files=("xen-core", "xen-core-live"),
+        guest_log=f"/var/log/xen/console/guest-{GUEST_NAME}.log",
+        config="",
+        before_crash=GUEST_WAIT,
+    ),
+    "xen-hvm": Mode(
+        guest_type="hvm",
+        qemu_cpu="max,-smap,-smep,+svm",
+        # xen_nopv xen_platform_pci=0: with its PV-on-HVM drivers the guest triple-faulted
+        # partway through boot, at a different point each time
+        cmdline="console=ttyS0 panic=0 xen_nopv xen_platform_pci=0",
+        files=("xen-core",),
+        guest_log="/var/log/xen/console/guest-serial.log",
+        config=(
+            'serial = "file:/var/log/xen/console/guest-serial.log"\n'
+            'vga = "none"\n'
+            "nographic = 1\n"
+            "vnc = 0\n"
+            "xen_platform_pci = 0\n"
+            # QEMU's TCG reports RDTSCP as an RDTSC exit, which Xen then fails to
+            # emulate ("SVM Insn len emulation failed"): no RDTSCP (nor its kin)
+            'tsc_mode = "native"\n'
+            'cpuid = "host,rdtscp=0,rdpid=0,invpcid=0,umip=0"\n'
+        ),
+        packages=("qemu-system-xen", "qemu-system-data", "seabios"),
+        programs=("usr/libexec/xen-qemu-system-i386",),
+        data=(
+            f"usr/lib/xen-{XEN_SERIES}/boot/hvmloader",
+            "usr/share/seabios",
+            "usr/share/qemu",
+        ),
+        ready_timeout=2400,
+        run_timeout=4800.0,
+    ),
+}
+
+
+def fetch_packages(cache: Path, mode: Mode) -> dict[str, tuple[debian.Package, Path]]:
+    """{name: (package, extracted root)} of the hypervisor, the toolstack and the
+    mode's own packages (HVM: the device model and its firmware)."""
+    names = [HYPERVISOR_PACKAGE, *TOOLSTACK_PACKAGES, *mode.packages]
     pkgs = debian.candidates(names, "amd64")
     debs = debian.download_all(list(pkgs.values()), cache / "debs")
     return {n: (pkgs[n], debian.extract(debs[n], cache / "xen" / debs[n].name[:-4])) for n in names}
@@ -145,55 +209,68 @@ def _libraries(programs: list[Path], libdirs: list[Path]) -> dict[str, Path]:
     return libs
 
 
-def guest_config(memory_mb: int, vcpus: int) -> str:
+def guest_config(mode: Mode, memory_mb: int, vcpus: int) -> str:
+    """The xl config; on_reboot preserve keeps a triple-faulted HVM guest dumpable."""
     return (
         f'name = "{GUEST_NAME}"\n'
-        'type = "pv"\n'
+        f'type = "{mode.guest_type}"\n'
         'kernel = "/boot/vmlinuz"\n'
         'ramdisk = "/boot/initrd.cpio.gz"\n'
-        f'extra = "{GUEST_CMDLINE}"\n'
+        f'cmdline = "{mode.cmdline}"\n'
         f"memory = {memory_mb}\n"
         f"maxmem = {memory_mb}\n"
         f"vcpus = {vcpus}\n"
         'on_crash = "preserve"\n'
         'on_reboot = "preserve"\n'
         'on_poweroff = "preserve"\n'
-    )
+    ) + mode.config
 
 
-def dom0_init() -> str:
+def dom0_init(mode: Mode) -> str:
     text = (PACKAGE_DIR / "guest" / "xen-dom0-init.sh").read_text()
     for key, value in (
         ("XEN_SERIES", XEN_SERIES),
         ("NAME", GUEST_NAME),
-        ("READY_TIMEOUT", str(READY_TIMEOUT)),
+        ("MODE", mode.guest_type),
+        ("GUEST_LOG", mode.guest_log),
+        ("READY_TIMEOUT", str(mode.ready_timeout)),
         ("CRASH_TIMEOUT", str(CRASH_TIMEOUT)),
     ):
         text = text.replace(f"@{key}@", value)
     return text
 
 
+def _find(rel: str, roots: list[Path]) -> Path:
+    for r in roots:
+        if (r / rel).exists():
+            return r / rel
+    raise RuntimeError(f"no {rel} in the packages unpacked under {roots[0].parent}")
+
+
 def build_dom0_initrd(
     out: Path,
     *,
+    mode: Mode,
     busybox: Path,
     moddir: Path,
-    toolstack: list[Path],
+    packages: list[Path],
     guest_kernel: Path,
     guest_initrd: Path,
     config: str,
 ) -> None:
-    """dom0's initramfs: busybox, the toolstack with its libraries, the modules, the
-    guest's kernel, initramfs and xl config, and guest/xen-dom0-init.sh as /init."""
-    programs = []
-    for rel in DOM0_PROGRAMS:
-        found = [r / rel for r in toolstack if (r / rel).exists()]
-        if not found:
-            raise RuntimeError(f"no {rel} in the toolstack packages")
-        programs.append((rel, found[0]))
-    libdirs = sorted({p.parent for r in toolstack for p in r.rglob("*.so*")})
-    files = {rel: src for rel, src in programs}
-    files.update(_libraries([src for _, src in programs], libdirs))
+    """dom0's initramfs: busybox, the toolstack (and the mode's programs and data) with
+    their libraries, the modules, the guest's kernel, initramfs and xl config, and
+    guest/xen-dom0-init.sh as /init."""
+    programs = {rel: _find(rel, packages) for rel in (*DOM0_PROGRAMS, *mode.programs)}
+    libdirs = sorted({p.parent for r in packages for p in r.rglob("*.so*")})
+    files = dict(programs)
+    files.update(_libraries(list(programs.values()), libdirs))
+    for rel in mode.data:
+        src = _find(rel, packages)
+        if src.is_dir():
+            files.update({f"{rel}/{f.relative_to(src)}": f for f in src.rglob("*") if f.is_file()})
+        else:
+            files[rel] = src
     files["boot/vmlinuz"] = guest_kernel
     files["boot/initrd.cpio.gz"] = guest_initrd
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
@@ -213,12 +290,12 @@ def build_dom0_initrd(
         (root / "etc/xen/xl.conf").write_text('autoballoon = "off"\n')
         (root / "etc/xen" / f"{GUEST_NAME}.cfg").write_text(config)
         init = root / "init"
-        init.write_text(dom0_init())
+        init.write_text(dom0_init(mode))
         init.chmod(0o755)
         initramfs.write_cpio(root, out)
 
 
-def qemu_cmd(xen: Path, dom0_kernel: Path, dom0_initrd: Path, disk: Path) -> list[str]:
+def qemu_cmd(mode: Mode, xen: Path, dom0_kernel: Path, dom0_initrd: Path, disk: Path) -> list[str]:
     for p in (dom0_kernel, dom0_initrd):
         if "," in str(p) or " " in str(p):  # QEMU's multiboot module list syntax
             raise RuntimeError(f"{p}: a multiboot module path may hold no comma or space")
@@ -227,7 +304,7 @@ def qemu_cmd(xen: Path, dom0_kernel: Path, dom0_initrd: Path, disk: Path) -> lis
         "-accel",
         "tcg",
         "-cpu",
-        QEMU_CPU,
+        mode.qemu_cpu,
         "-m",
         f"{MACHINE_MEMORY_MB}M",
         "-smp",
@@ -263,13 +340,15 @@ def _seconds(pattern: str, text: str) -> float | None:
     return float(m[1]) if m else None
 
 
-def build_xen_pv_sample(spec, cache: Path, sdir: Path, kernel) -> dict:
-    """The xen-pv sample: both dumps, the guest's console log and the manifest."""
+def build_xen_sample(spec, cache: Path, sdir: Path, kernel) -> dict:
+    """A Xen sample (spec.kind: a key of MODES): its dumps, the guest's console log and
+    the manifest."""
     from .build import base_manifest, busybox, threaded_task
 
+    mode = MODES[spec.kind]
     a = spec.arch
     marker = "kvmcore-marker-" + secrets.token_hex(8)
-    pkgs = fetch_packages(cache)
+    pkgs = fetch_packages(cache, mode)
     hyp_pkg, hyp_root = pkgs[HYPERVISOR_PACKAGE]
     xen = hypervisor_elf(hyp_root)
     bb = busybox(a, cache, kernel.apt)
@@ -281,35 +360,38 @@ def build_xen_pv_sample(spec, cache: Path, sdir: Path, kernel) -> dict:
         modules=[],
         threaded_task=threaded_task(a, cache),
         marker=marker,
-        before_crash=GUEST_WAIT,
+        before_crash=mode.before_crash,
     )
-    config = guest_config(spec.memory_mb, spec.smp)
+    config = guest_config(mode, spec.memory_mb, spec.smp)
     dom0_initrd = sdir / "tmp-dom0-initrd.cpio.gz"
     build_dom0_initrd(
         dom0_initrd,
+        mode=mode,
         busybox=bb,
         moddir=kernel.moddir,
-        toolstack=[pkgs[n][1] for n in TOOLSTACK_PACKAGES],
+        packages=[root for n, (_, root) in pkgs.items() if n != HYPERVISOR_PACKAGE],
         guest_kernel=kernel.vmlinuz,
         guest_initrd=guest_initrd,
         config=config,
     )
     disk = sdir / "tmp-disk.img"
-    with open(disk, "wb") as f:  # sparse: room for both dumps and the logs
-        f.truncate((2 * spec.memory_mb + 64) << 20)
+    with open(disk, "wb") as f:  # sparse: room for the dumps and the logs
+        f.truncate((len(mode.files) * spec.memory_mb + 64) << 20)
     machine_serial = sdir / "xen-serial.log"
-    secs = qemu_run(qemu_cmd(xen, kernel.vmlinuz, dom0_initrd, disk), machine_serial)
+    secs = qemu_run(
+        qemu_cmd(mode, xen, kernel.vmlinuz, dom0_initrd, disk), machine_serial, mode.run_timeout
+    )
     names = extract_tar(disk, sdir)
-    missing = [n for n in (*FILES, "guest-console.log") if n not in names]
+    missing = [n for n in (*mode.files, "guest-console.log") if n not in names]
     if missing:
         raise RuntimeError(f"dom0's tar on {disk} lacks {missing} (it holds {names})")
     disk.unlink()
     dom0_initrd.unlink()
-    for fmt in FILES:
+    for fmt in mode.files:
         (sdir / fmt).rename(sdir / f"vmcore.{fmt}")
     (sdir / "guest-console.log").rename(sdir / "serial.log")
     guest_log = (sdir / "serial.log").read_text(errors="replace")
-    m = base_manifest(spec, kernel, GUEST_CMDLINE, guest_log)
+    m = base_manifest(spec, kernel, mode.cmdline, guest_log)
     if m["marker"] != marker:
         raise RuntimeError(f"marker mismatch: {m['marker']} != {marker}")
     xen_log = machine_serial.read_text(errors="replace")
@@ -318,7 +400,7 @@ def build_xen_pv_sample(spec, cache: Path, sdir: Path, kernel) -> dict:
     m["qemu"] = {
         "binary": "qemu-system-x86_64",
         "machine": "pc",
-        "cpu": QEMU_CPU,
+        "cpu": mode.qemu_cpu,
         "memory_mb": MACHINE_MEMORY_MB,
         "smp": 2,
         "version": vm[1] if vm else ver,
@@ -329,15 +411,15 @@ def build_xen_pv_sample(spec, cache: Path, sdir: Path, kernel) -> dict:
         "hypervisor_package": HYPERVISOR_PACKAGE,
         "hypervisor_version": hyp_pkg.version,
         "version": xv[1] if xv else None,
-        "toolstack_packages": {n: pkgs[n][0].version for n in TOOLSTACK_PACKAGES},
+        "packages": {n: pkg.version for n, (pkg, _) in pkgs.items() if n != HYPERVISOR_PACKAGE},
         "cmdline": XEN_CMDLINE,
         "serial_log": machine_serial.name,
         "guest": {
             "name": GUEST_NAME,
-            "type": "pv",
+            "type": mode.guest_type,
             "memory_mb": spec.memory_mb,
             "vcpus": spec.smp,
-            "cmdline": GUEST_CMDLINE,
+            "cmdline": mode.cmdline,
             "config": config,
             "on_crash": "preserve",
         },
@@ -348,29 +430,35 @@ def build_xen_pv_sample(spec, cache: Path, sdir: Path, kernel) -> dict:
             "cmdline": DOM0_CMDLINE,
             "memory_mb": DOM0_MEMORY_MB,
         },
-        "live_dump": {
+    }
+    if "xen-core-live" in mode.files:
+        m["xen"]["live_dump"] = {
             "file": "xen-core-live",
             "taken_after": "KVMCORE ready",
             "guest_paused": True,
             "absent_processes": ["crasher"],
             "init_state": "S (read: waiting for dom0's go on its console)",
-        },
-    }
+        }
+    else:  # HVM: no crash report to Xen; dom0 paused the guest after its panic output
+        m["xen"]["crash_dump"] = {"paused_after": "end Kernel panic"}
     m["build"]["cycle_seconds"] = round(secs, 1)
     m["build"]["dump_seconds"] = {
-        "xen-core-live": _seconds("dump-core live seconds", xen_log),
-        "xen-core": _seconds("dump-core crashed seconds", xen_log),
+        f: _seconds(
+            "dump-core live seconds" if f == "xen-core-live" else "dump-core crashed seconds",
+            xen_log,
+        )
+        for f in mode.files
     }
     return m
 
 
-def qemu_run(cmd: list[str], serial: Path) -> float:
+def qemu_run(cmd: list[str], serial: Path, timeout: float) -> float:
     from . import qemu
 
     secs = qemu.run_until_exit(
         cmd,
         serial=serial,
-        timeout=RUN_TIMEOUT,
+        timeout=timeout,
         fail_patterns=("KVMXEN failed", "Panic on CPU", "Kernel panic - not syncing"),
         done_pattern="KVMXEN done",
         tail_lines=120,

@@ -82,8 +82,9 @@ def notes(blob: bytes) -> list[tuple[str, int, bytes]]:
 
 
 @pytest.mark.fast
-def test_dom0_init_placeholders_filled():
-    assert not re.search(r"@[A-Z_]+@", xen.dom0_init())
+@pytest.mark.parametrize("kind", sorted(xen.MODES))
+def test_dom0_init_placeholders_filled(kind):
+    assert not re.search(r"@[A-Z_]+@", xen.dom0_init(xen.MODES[kind]))
 
 
 @pytest.mark.fast
@@ -98,7 +99,7 @@ def test_guest_init_has_the_wait_hook():
 def test_multiboot_paths_refused_with_a_comma(tmp_path):
     bad = tmp_path / "a,b"
     with pytest.raises(RuntimeError, match="comma"):
-        xen.qemu_cmd(tmp_path / "xen", bad, tmp_path / "initrd", tmp_path / "disk")
+        xen.qemu_cmd(xen.MODES["xen-pv"], tmp_path / "xen", bad, tmp_path / "i", tmp_path / "d")
 
 
 # ---------------------------------------------------------------- manifest
