@@ -204,15 +204,24 @@ def info_data(dump: Dump) -> dict[str, Any]:
         "release": vi.osrelease if vi else None,
         "kaslr_offset": f"{dump.kernel_offset:#x}" if dump.os == "linux" else None,
         "kaslr_offset_source": _kaslr_source(dump),
-        "cpus_dumped": len(dump.mem.prstatus_notes()),
+        "cpus_dumped": _cpus_dumped(dump),
         "memory_bytes": sum(r.size for r in dump.phys_ranges()),
         "vmcoreinfo_conflicts": _vmcoreinfo_conflicts(dump),
+        "problems": list(dump.mem.problems),
     }
     if data["release"] is None and dump.os in ("linux", "freebsd"):
         # from the kernel's memory; FreeBSD's osrelease needs the kernel's symbols
         with contextlib.suppress(KvmcoreError):
             data["release"] = dump.kernel.release or None
     return data
+
+
+def _cpus_dumped(dump: Dump) -> int:
+    """CPUs whose registers the dump saved (NT_PRSTATUS notes, or Xen's vCPU contexts)."""
+    try:
+        return len(dump.cpu_states)
+    except KvmcoreError:
+        return len(dump.mem.prstatus_notes())
 
 
 def _kaslr_source(dump: Dump) -> str | None:
@@ -341,6 +350,9 @@ def info_text(data: dict[str, Any]) -> str:
     conflicts = rows.pop("vmcoreinfo_conflicts", None)
     if conflicts:
         rows["VMCOREINFO"] = _conflict_text(conflicts)
+    problems = rows.pop("problems", None)
+    if problems:
+        rows["problems"] = "; ".join(problems)
     return "\n".join(f"{k:>13}: {v}" for k, v in rows.items())
 
 

@@ -115,10 +115,13 @@ def build(
     extra_files: dict[str, Path] | None = None,
     extra_tasks: int = 0,
     crasher: str | None = None,
+    before_crash: str = "",
 ) -> list[str]:
     """Write the initramfs to `out`; return the module load order (file names).
     extra_tasks > 0 makes init start that many more `sleep` processes (scale samples);
-    `crasher` replaces guest/crasher.sh (the triage corpus crashes the kernel other ways)."""
+    `crasher` replaces guest/crasher.sh (the triage corpus crashes the kernel other ways);
+    `before_crash`: shell lines init runs after "KVMCORE ready", before the crasher
+    (the Xen guest waits there for dom0 to dump it alive)."""
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         root = Path(tmp)
         for d in ("bin", "etc", "lib/modules", "proc", "sys", "dev", "tmp"):
@@ -138,18 +141,24 @@ def build(
         init = init.replace("@MARKER@", marker).replace("@NTHREADS@", str(NTHREADS))
         init = init.replace("@KEXEC@", kexec)
         init = init.replace("@EXTRA_TASKS@", extra_tasks_script(extra_tasks))
+        init = init.replace("@BEFORE_CRASH@", before_crash)
         _script(root / "init", init)
         for rel, src in (extra_files or {}).items():
             dst = root / rel.lstrip("/")
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst, follow_symlinks=True)
-        with open(out, "wb") as f:
-            subprocess.run(
-                "find . -print0 | LC_ALL=C sort -z"
-                " | cpio --null -o -H newc -R 0:0 --quiet | gzip -1",
-                shell=True,
-                cwd=root,
-                stdout=f,
-                check=True,
-            )
+        write_cpio(root, out)
     return [module_file_name(m) for m in mods]
+
+
+def write_cpio(root: Path, out: Path) -> None:
+    """The tree under `root` as a gzip'ed cpio newc archive, owned by root, in a
+    stable order."""
+    with open(out, "wb") as f:
+        subprocess.run(
+            "find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --quiet | gzip -1",
+            shell=True,
+            cwd=root,
+            stdout=f,
+            check=True,
+        )

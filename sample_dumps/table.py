@@ -22,6 +22,8 @@ FORMAT_INFO = {
     "mdf-d31-E": ("elf-filtered", "d31", None),
     "mdf-d31-F": ("kdump-flattened", "d31", "zlib"),
     "proc-elf": ("elf", None, None),
+    "xen-core": ("xen-core", None, None),  # xl dump-core of the crashed guest
+    "xen-core-live": ("xen-core", None, None),  # xl dump-core of the running guest
 }
 
 
@@ -144,7 +146,9 @@ class SampleSpec:
     smp: int = 2
     cpu: str | None = None  # -cpu
     kaslr: bool = True
-    kind: str = "qemu"  # "qemu" (dump-guest-memory) or "kdump" (real kexec -p capture)
+    # "qemu" (dump-guest-memory), "kdump" (real kexec -p capture) or "xen-pv" (xl
+    # dump-core of a PV guest of Xen under QEMU: memory_mb and smp are the guest's)
+    kind: str = "qemu"
     extra_append: str = ""
     default: bool = True  # part of `build` without --only
     commit_copy: bool = False  # may be copied into sample_dumps/committed/
@@ -263,6 +267,17 @@ SAMPLES += [
         min_release="6.12",
         min_schema=3,
     ),
+]
+
+# Debian 12's Xen 4.17 under QEMU TCG, a PV dom0 and a domU of the amd64 kernel running
+# the samples' guest init (xen.py): `xl dump-core` of the crashed guest and (PV) of the
+# running one; a PV guest's kernel is not relocated (no KASLR). The HVM guest is the slow
+# tier (default=False; ./dev.sh slow): its dump alone takes ~10 minutes under TCG
+SAMPLES += [
+    SampleSpec(
+        "xen-pv", A64, ("xen-core", "xen-core-live"), memory_mb=128, kaslr=False, kind="xen-pv"
+    ),
+    SampleSpec("xen-hvm", A64, ("xen-core",), memory_mb=128, kind="xen-hvm", default=False),
 ]
 
 BY_ID = {s.id: s for s in SAMPLES}

@@ -115,6 +115,7 @@ def build_report(
 
     note("reading the dump")
     report["dump"] = _dump_section(dump)
+    problems.extend(f"dump: {p}" for p in dump.mem.problems)
     note("reading the kernel log")
     report["log"] = _section(lambda: _log_section(kernel, log_lines), problems, "log")
     note("walking tasks")

@@ -95,6 +95,7 @@ echo "KVMCORE clock date=$(date +%s) uptime=$up"
 echo "KVMCORE marker=@MARKER@"
 echo "@MARKER@" > /dev/kmsg
 echo "KVMCORE ready"
+@BEFORE_CRASH@
 taskset -c 1 /bin/crasher
 echo "KVMCORE crasher-returned"
 sleep 100000
