@@ -1,8 +1,8 @@
 """The command table: every command that shows something of a dump.
 
-`COMMANDS` maps each name to a `Command`. The `kvmcore` CLI (kvmcore/cli/main.py),
-the gdb server's `monitor` (kvmcore/gdbserver/target.py) and the interactive
-shell take their commands from it and from nowhere else, so a command is
+`COMMANDS` maps each name to a `Command`. The `kvmcore` CLI (kvmcore/cli/app.py,
+and cli/fastpath.py for the common lines), the gdb server's `monitor`
+(kvmcore/gdbserver/target.py) and the interactive shell take their commands from it and from nowhere else, so a command is
 written once:
 
     Command(name, help, data, text, params)
