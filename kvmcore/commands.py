@@ -2,8 +2,8 @@
 
 `COMMANDS` maps each name to a `Command`. The `kvmcore` CLI (kvmcore/cli/app.py,
 and cli/fastpath.py for the common lines), the gdb server's `monitor`
-(kvmcore/gdbserver/target.py) and the interactive shell take their commands from it and from nowhere else, so a command is
-written once:
+(kvmcore/gdbserver/target.py) and the interactive shell take their commands
+from it and from nowhere else, so a command is written once:
 
     Command(name, help, data, text, params)
 
