@@ -116,3 +116,29 @@ def test_cache_can_be_turned_off(samples, cache, monkeypatch):
     monkeypatch.setenv("KVMCORE_INDEX_CACHE", "0")
     assert _read(s)[:2] == want
     assert not os.path.exists(cache / "index")
+
+
+def test_vmlinux_symtab_cache_gives_the_decoded_columns(samples, cache):
+    """The -dbg vmlinux's .symtab, decoded (cold) and from the cache (warm):
+    the same columns, whose addresses and nm letters System.map confirms;
+    a damaged cache file is ignored and rewritten."""
+    from kvmcore.symbols.vmlinux import SYMBOL_CACHE_NAME, VmlinuxFile
+
+    s, _ = samples["x86_64-kaslr"]
+    image = VmlinuxFile(str(s.vmlinux()))
+    build_id = image.build_ids()[0]
+    cold = image.symbol_columns()
+    path = cache / "index" / build_id / SYMBOL_CACHE_NAME
+    stamp = path.stat().st_mtime_ns
+    warm = image.symbol_columns()
+    assert warm == cold and path.stat().st_mtime_ns == stamp
+    smap = system_map(s.system_map())
+    for name in NAMES:
+        i = cold.names.index(name)
+        assert (cold.addresses[i], cold.types[i]) in smap[name]
+    bad = bytearray(path.read_bytes())
+    bad[len(bad) // 2] ^= 0x5A
+    path.write_bytes(bytes(bad))
+    assert image.symbol_columns() == cold
+    assert path.read_bytes() != bytes(bad)  # rewritten
+    image.close()

@@ -172,7 +172,19 @@ def decode_addresses(dump: Dump, num: int, absolute_percpu: bool) -> list[int]:
 
 
 def read_kallsyms_columns(dump: Dump) -> SymbolColumns:
-    """Decode every kallsyms entry from dumped memory (runtime addresses)."""
+    """Decode every kallsyms entry from dumped memory (runtime addresses),
+    once per open dump (the KASLR check and the symbol table both need them);
+    the columns are shared: read only."""
+    cols = dump.layer_cache.get(_MEMO)
+    if cols is None:
+        cols = dump.layer_cache[_MEMO] = _decode_columns(dump)
+    return cols
+
+
+_MEMO = "kallsyms-columns"
+
+
+def _decode_columns(dump: Dump) -> SymbolColumns:
     num = _read_num_syms(dump)
     tokens = read_tokens(dump)
     entries = _expanded_text(dump, num, tokens).split("\n")[1:]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..errors import KvmcoreError
 from .kallsyms import read_kallsyms_columns
 from .sysmap import read_system_map
-from .vmlinux import VmlinuxFile
+from .vmlinux import VmlinuxFile, dump_symbol_columns
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -58,7 +58,7 @@ def _link_stext(dump: Dump) -> tuple[int, str]:
         try:
             image = VmlinuxFile(dump.vmlinux)
             try:
-                cols = image.symbol_columns()
+                cols = dump_symbol_columns(dump, image)
             finally:
                 image.close()
             return cols.addresses[cols.names.index("_stext")], "the vmlinux"
