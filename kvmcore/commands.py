@@ -319,7 +319,7 @@ def parse_address(text: str) -> int:
 
 # -- text -----------------------------------------------------------------
 def analyze_text(data: dict[str, Any]) -> str:
-    from .report.render import render_text  # imports rich: only when a report is rendered
+    from .report.render import render_text
 
     return render_text(data)
 

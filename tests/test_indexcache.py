@@ -142,3 +142,39 @@ def test_vmlinux_symtab_cache_gives_the_decoded_columns(samples, cache):
     assert image.symbol_columns() == cold
     assert path.read_bytes() != bytes(bad)  # rewritten
     image.close()
+
+
+@pytest.mark.parametrize("sid", SIDS)
+def test_stext_from_one_kallsyms_entry_is_system_maps(sid, samples, cache):
+    """The KASLR check decodes only _stext's kallsyms entry when a vmlinux
+    gives the symbols: the same address as the whole table's, and System.map's
+    _stext moved by VMCOREINFO's KERNELOFFSET."""
+    from kvmcore.symbols.kallsyms import read_kallsyms_columns, stext_address
+
+    s, (addrs, _) = samples[sid]
+    one = stext_address(kvmcore.open(str(s.file("elf"))))
+    cols = read_kallsyms_columns(kvmcore.open(str(s.file("elf"))))
+    assert one == cols.addresses[cols.names.index("_stext")] == addrs["_stext"]
+
+
+def test_debug_frame_index_cache_gives_the_decoded_index(samples, cache):
+    """The vmlinux's .debug_frame FDE index decoded (cold) and from the cache
+    (warm): the same FDEs, and the same rows for every function of NAMES."""
+    from kvmcore.symbols.vmlinux import VmlinuxFile
+    from kvmcore.unwind.dwarf_cfi import FDE_CACHE_NAME, DebugFrame
+
+    s, _ = samples["x86_64-kaslr"]
+    image = VmlinuxFile(str(s.vmlinux()))
+    data = bytes(image.section_bytes(image.section(".debug_frame")))
+    build_id = image.build_ids()[0]
+    image.close()
+    cold = DebugFrame(data, 8, "little", build_id=build_id)
+    assert (cache / "index" / build_id / FDE_CACHE_NAME).exists()
+    warm = DebugFrame(data, 8, "little", build_id=build_id)
+    assert len(cold) == len(warm) > 1000
+    assert list(cold.fdes) == list(warm.fdes) and list(cold.starts) == list(warm.starts)
+    smap = system_map(s.system_map())
+    pcs = [min(a for a, t in smap[name] if t in "tT") + 4 for name in NAMES]
+    rows = [cold.row(pc) for pc in pcs]
+    assert rows == [warm.row(pc) for pc in pcs]
+    assert sum(r is not None for r in rows) >= 3  # panic, schedule, ... have FDEs

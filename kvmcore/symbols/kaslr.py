@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import KvmcoreError
-from .kallsyms import read_kallsyms_columns
+from .kallsyms import stext_address
 from .sysmap import read_system_map
 from .vmlinux import VmlinuxFile, dump_symbol_columns
 
@@ -45,8 +45,7 @@ class KernelOffset:
 
 def _runtime_stext(dump: Dump) -> int | None:
     try:
-        cols = read_kallsyms_columns(dump)
-        return cols.addresses[cols.names.index("_stext")]
+        return stext_address(dump)
     except (KvmcoreError, ValueError):
         info = dump.vmcoreinfo
         return info.symbol("_stext") if info is not None else None

@@ -25,8 +25,11 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 import zlib
+from array import array
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
     from ..dump import Dump
     from .model import Backtrace
 
-CACHE_VERSION = b"srclines-2"
+CACHE_VERSION = b"srclines-3"
 SHF_ALLOC, SHF_EXECINSTR = 2, 4
 #: scopes a walk descends into (a lexical block holds inlined calls too)
 _CODE_TAGS = ("DW_TAG_subprogram", "DW_TAG_inlined_subroutine", "DW_TAG_lexical_block")
@@ -58,23 +61,57 @@ class _CuLines:
     """What one CU says about its code: line rows and function scopes."""
 
     def __init__(self, files: list[str], rows: list[list[int]], scopes: list[list[Any]]) -> None:
-        self.files = files
         # rows: [address, file index (-1: end of a sequence), line], sorted by address
-        self.rows = rows
-        self.addrs = [r[0] for r in rows]
+        self._set(files, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], scopes)
+
+    def _set(
+        self,
+        files: list[str],
+        addrs: Sequence[int],
+        row_files: Sequence[int],
+        row_lines: Sequence[int],
+        scopes: list[list[Any]],
+    ) -> None:
+        self.files = files
+        # the rows as three columns (address, file index, line)
+        self.addrs, self.row_files, self.row_lines = addrs, row_files, row_lines
         # scopes: [lo, hi, depth, name, call file index, call line]
         self.scopes = scopes
 
     def to_bytes(self) -> bytes:
+        """zlib of: the JSON of files and scopes (its length first, u32), then the
+        rows' three columns as little-endian 64-bit arrays (a large CU has ~35,000
+        rows: as JSON they took 30 ms to read back, as arrays well under 1 ms)."""
+        head = json.dumps({"files": self.files, "scopes": self.scopes}).encode()
+        columns = [
+            array(code, c) for code, c in zip("Qqq", (self.addrs, self.row_files, self.row_lines))
+        ]
+        if sys.byteorder != "little":
+            for c in columns:
+                c.byteswap()
         return zlib.compress(
-            json.dumps({"files": self.files, "rows": self.rows, "scopes": self.scopes}).encode(),
-            6,
+            b"".join([struct.pack("<I", len(head)), head] + [c.tobytes() for c in columns]), 6
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> _CuLines:
-        obj = json.loads(zlib.decompress(data))
-        return cls(obj["files"], obj["rows"], obj["scopes"])
+        raw = zlib.decompress(data)
+        (n,) = struct.unpack_from("<I", raw)
+        obj = json.loads(raw[4 : 4 + n])
+        body = raw[4 + n :]
+        if len(body) % 24:
+            raise ValueError("srclines rows of unequal columns")
+        third = len(body) // 3
+        columns = []
+        for k, code in enumerate("Qqq"):
+            c = array(code)
+            c.frombytes(body[k * third : (k + 1) * third])
+            if sys.byteorder != "little":
+                c.byteswap()
+            columns.append(c)
+        cu = cls.__new__(cls)
+        cu._set(obj["files"], columns[0], columns[1], columns[2], obj["scopes"])
+        return cu
 
     def file(self, index: int) -> str | None:
         return self.files[index] if 0 <= index < len(self.files) else None
@@ -83,7 +120,7 @@ class _CuLines:
         i = bisect_right(self.addrs, pc) - 1
         if i < 0:
             return None, None
-        _, file_index, line = self.rows[i]
+        file_index, line = self.row_files[i], self.row_lines[i]
         if file_index < 0:  # past the end of a sequence
             return None, None
         return self.file(file_index), line or None
@@ -184,7 +221,7 @@ class SourceIndex:
         if raw is not None:
             try:
                 cu = _CuLines.from_bytes(raw)
-            except (ValueError, KeyError, zlib.error):
+            except (ValueError, KeyError, TypeError, struct.error, zlib.error):
                 cu = None
         if cu is None:
             try:
