@@ -71,16 +71,38 @@ class RadixTranslator(Translator, Generic[_Table]):
         self.byteorder = byteorder
         self.path = path
         self.max_tables = max_tables
-        self._cache: dict[int, Translation] = {}
+        # translations already walked, as (page's physical base, page size): 4 KiB
+        # pages by va >> 12, larger pages by va >> their shift (a direct map of
+        # 2 MiB pages is 32 walks for 64 MiB, not one per 4 KiB)
+        self._cache: dict[int, tuple[int, int]] = {}
+        self._large: dict[int, dict[int, tuple[int, int]]] = {}
 
     def _entry(self, table_pa: int, index: int) -> int:
         size = self.table.entry_size
         return int.from_bytes(self.read_phys(table_pa + index * size, size), self.byteorder)
 
     def translate(self, va: int) -> Translation:
-        cached = self._cache.get(va >> 12)
-        if cached is not None:
-            return Translation(va, cached.pa + (va & 0xFFF), cached.page_size)
+        hit = self._cache.get(va >> 12)
+        if hit is None:
+            for shift, pages in self._large.items():
+                hit = pages.get(va >> shift)
+                if hit is not None:
+                    break
+            else:
+                return self._walk(va)
+        base, size = hit
+        return Translation(va, base + (va & (size - 1)), size)
+
+    def _remember(self, va: int, pa: int, size: int) -> None:
+        shift = size.bit_length() - 1
+        if size != 1 << shift or shift < 12:
+            return  # not a page this cache keys
+        pages = self._cache if shift == 12 else self._large.setdefault(shift, {})
+        if len(pages) > 1 << 16:
+            pages.clear()
+        pages[va >> shift] = (pa - (va & (size - 1)), size)
+
+    def _walk(self, va: int) -> Translation:
         table_pa = self.root
         seen: set[int] = set()
         for depth, level in enumerate(self.table.levels):
@@ -105,9 +127,7 @@ class RadixTranslator(Translator, Generic[_Table]):
             if kind == LEAF:
                 size = self.table.leaf_size(entry, depth) or 1 << level.shift
                 pa = base + (va & (size - 1))
-                if len(self._cache) > 1 << 16:
-                    self._cache.clear()
-                self._cache[va >> 12] = Translation(va & ~0xFFF, pa & ~0xFFF, size)
+                self._remember(va, pa, size)
                 return Translation(va, pa, size)
             table_pa = base
         raise NotMappedError(

@@ -10,6 +10,7 @@ byte order and class.
 
 from __future__ import annotations
 
+import bisect
 import struct
 
 from ..errors import DumpFormatError
@@ -141,6 +142,16 @@ class ElfDump(PhysicalMemory):
                     holes.append((paddr + filesz, paddr + memsz))
         self._map = RangeMap(_trim_overlaps(runs))
         self._holes = sorted(holes)
+        # the holes merged into sorted, disjoint [start, end): one bisection tells
+        # whether an address was filtered (makedumpfile -E writes thousands)
+        merged: list[list[int]] = []
+        for start, end in self._holes:
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        self._hole_starts = [h[0] for h in merged]
+        self._hole_ends = [h[1] for h in merged]
         if self.segments:
             last_end = max(off + filesz for _, _, off, filesz, _ in self.segments)
             self.metadata["expected_size"] = last_end
@@ -188,7 +199,11 @@ class ElfDump(PhysicalMemory):
         return self._map.ranges()
 
     def is_excluded(self, pa: int) -> bool:
-        return self._map.lookup(pa) is None and any(s <= pa < e for s, e in self._holes)
+        return self._map.lookup(pa) is None and self._in_hole(pa)
+
+    def _in_hole(self, pa: int) -> bool:
+        i = bisect.bisect_right(self._hole_starts, pa) - 1
+        return i >= 0 and pa < self._hole_ends[i]
 
     def read_phys(self, pa: int, length: int) -> bytes:
         if length <= 0:
@@ -196,7 +211,7 @@ class ElfDump(PhysicalMemory):
         run = self._map.lookup(pa)
         if run is not None and pa + length <= run[0] + run[1]:
             return self.source.pread(run[2] + pa - run[0], length)  # fast path
-        if run is None and self.is_excluded(pa):
+        if run is None and self._in_hole(pa):
             raise excluded(pa, self.path)
         return self._map.read(self.source, pa, length, self.path)
 
