@@ -51,23 +51,42 @@ class KernelAddressSpace:
         t = self.translator.translate(va)
         return Translation(va, t.pa, t.page_size, self.mem.file_offset(t.pa))
 
-    def read(self, va: int, length: int, zero_excluded: bool = False) -> bytes:
+    def read(
+        self,
+        va: int,
+        length: int,
+        zero_excluded: bool = False,
+        excluded: list[tuple[int, int]] | None = None,
+    ) -> bytes:
         """Read `length` bytes at kernel virtual address `va`. With
         `zero_excluded`, pages a filtered dump left out read as zeros: right for
         kernel objects on pages makedumpfile dropped as zero-filled (dump level
-        bit 1), as crash's --zero_excluded does."""
+        bit 1), as crash's --zero_excluded does; each span read so is appended
+        to `excluded` as (virtual address, length) when a list is given."""
         va &= self.mask
         if length <= 0:
             return b""
+        spans: list[tuple[int, int]]
         parts: list[bytes] = []
+        # zero-filled reads go straight to a layer that can fill in one pass
+        filled = getattr(self.mem, "read_phys_filled", None) if zero_excluded else None
         while length > 0:
             t = self.translator.translate(va)
             chunk = min(length, t.page_size - (t.pa & (t.page_size - 1)))
             try:
-                parts.append(self.mem.read_phys(t.pa, chunk))
+                if filled is not None:
+                    spans = []
+                    parts.append(filled(t.pa, chunk, spans))
+                    if spans and excluded is not None:
+                        excluded += [(va + pa - t.pa, n) for pa, n in spans]
+                else:
+                    parts.append(self.mem.read_phys(t.pa, chunk))
             except PageExcludedError as exc:
                 if zero_excluded:
-                    parts.append(self._zero_filled(t.pa, chunk))
+                    spans = []
+                    parts.append(self._zero_filled(t.pa, chunk, spans))
+                    if excluded is not None:
+                        excluded += [(va + pa - t.pa, n) for pa, n in spans]
                     va = (va + chunk) & self.mask
                     length -= chunk
                     continue
@@ -87,7 +106,14 @@ class KernelAddressSpace:
             length -= chunk
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _zero_filled(self, pa: int, length: int) -> bytes:
+    def _zero_filled(self, pa: int, length: int, spans: list[tuple[int, int]]) -> bytes:
+        """Physical bytes with excluded pages as zeros, each such (pa, length)
+        appended to `spans`: in one pass where the layer can (read_phys_filled),
+        else page by page."""
+        filled = getattr(self.mem, "read_phys_filled", None)
+        if filled is not None:
+            data: bytes = filled(pa, length, spans)
+            return data
         out = bytearray()
         while length > 0:
             n = min(length, 4096 - (pa & 0xFFF))
@@ -95,6 +121,7 @@ class KernelAddressSpace:
                 out += self.mem.read_phys(pa, n)
             except PageExcludedError:
                 out += bytes(n)
+                spans.append((pa, n))
             pa += n
             length -= n
         return bytes(out)

@@ -190,8 +190,17 @@ class Dump:
         return self.arch.cpu_states(self.mem)
 
     # -- memory ------------------------------------------------------------
-    def read(self, va: int, length: int, zero_excluded: bool = False) -> bytes:
-        return self.aspace.read(va, length, zero_excluded)
+    def read(
+        self,
+        va: int,
+        length: int,
+        zero_excluded: bool = False,
+        excluded: list[tuple[int, int]] | None = None,
+    ) -> bytes:
+        """`length` bytes at kernel virtual `va`; `zero_excluded` reads pages
+        the dump filtered out as zeros, listing each such span in `excluded`
+        (kvmcore.addrspace.KernelAddressSpace.read)."""
+        return self.aspace.read(va, length, zero_excluded, excluded)
 
     def read_phys(self, pa: int, length: int) -> bytes:
         return self.mem.read_phys(pa, length)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .errors import NotInDumpError, NotMappedError, WalkError
+from .errors import KvmcoreError, NotInDumpError, NotMappedError, WalkError
 from .notes import ByteOrder
 from .translate import MappedRange, Translation, Translator, coalesce
 
@@ -76,10 +76,24 @@ class RadixTranslator(Translator, Generic[_Table]):
         # 2 MiB pages is 32 walks for 64 MiB, not one per 4 KiB)
         self._cache: dict[int, tuple[int, int]] = {}
         self._large: dict[int, dict[int, tuple[int, int]]] = {}
+        self._blocks: dict[int, bytes] = {}  # page-table bytes by 4 KiB block
 
     def _entry(self, table_pa: int, index: int) -> int:
         size = self.table.entry_size
-        return int.from_bytes(self.read_phys(table_pa + index * size, size), self.byteorder)
+        at = table_pa + index * size
+        # the 4 KiB of tables around the entry, read once: a walk of a 4 KiB-page
+        # mapping meets the same last-level table 512 times in a row
+        block = at & ~0xFFF
+        raw = self._blocks.get(block)
+        if raw is None:
+            try:
+                raw = self.read_phys(block, 0x1000)
+            except KvmcoreError:  # the block is not all there: the entry alone
+                return int.from_bytes(self.read_phys(at, size), self.byteorder)
+            if len(self._blocks) >= 4096:
+                self._blocks.clear()
+            self._blocks[block] = raw
+        return int.from_bytes(raw[at - block : at - block + size], self.byteorder)
 
     def translate(self, va: int) -> Translation:
         hit = self._cache.get(va >> 12)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import struct
 
-from ..errors import DumpFormatError
+from ..errors import DumpFormatError, NotInDumpError
 from ..fileio import ByteSource
 from ..notes import ByteOrder, parse_notes
 from . import register_format
@@ -214,6 +214,34 @@ class ElfDump(PhysicalMemory):
         if run is None and self._in_hole(pa):
             raise excluded(pa, self.path)
         return self._map.read(self.source, pa, length, self.path)
+
+    def read_phys_filled(self, pa: int, length: int, filtered: list[tuple[int, int]]) -> bytes:
+        """read_phys, with the pages the dump's producer filtered out (the
+        holes of PT_LOADs whose p_filesz < p_memsz) read as zeros and each
+        such span appended to `filtered` as (pa, length): a run of them costs
+        one step, not an exception per page."""
+        out: list[bytes] = []
+        starts, runs = self._map.starts, self._map.runs
+        while length > 0:
+            i = bisect.bisect_right(starts, pa) - 1
+            start, rlen, off = runs[i] if i >= 0 else (0, 0, 0)
+            if pa < start + rlen:
+                n = min(length, start + rlen - pa)
+                out.append(self.source.pread(off + pa - start, n))
+            else:
+                h = bisect.bisect_right(self._hole_starts, pa) - 1
+                if h < 0 or pa >= self._hole_ends[h]:
+                    raise NotInDumpError(
+                        f"physical address {pa:#x} is not in the dump", pa, self.path
+                    )
+                n = min(length, self._hole_ends[h] - pa)
+                if i + 1 < len(starts):
+                    n = min(n, starts[i + 1] - pa)
+                out.append(bytes(n))
+                filtered.append((pa, n))
+            pa += n
+            length -= n
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def file_offset(self, pa: int) -> int | None:
         run = self._map.lookup(pa)

@@ -752,6 +752,29 @@ class KdumpDump(PhysicalMemory):
         pages = self._read_run(pfn, (off + length + bs - 1) // bs)
         return b"".join(pages)[off : off + length]
 
+    def read_phys_filled(self, pa: int, length: int, filtered: list[tuple[int, int]]) -> bytes:
+        """read_phys, with pages makedumpfile filtered out (in the RAM bitmap,
+        not dumped) read as zeros and each such span appended to `filtered`
+        as (pa, length), without an exception per page."""
+        bs = self.block_size
+        out: list[bytes] = []
+        while length > 0:
+            pfn, off = divmod(pa, bs)
+            n = min(length, bs - off)
+            if pfn in self._cache or self.has_page(pfn):
+                out.append(self.read_page(pfn)[off : off + n])
+            elif self.ram.test(pfn) and not self.dumped.test(pfn):
+                out.append(bytes(n))
+                if filtered and filtered[-1][0] + filtered[-1][1] == pa:
+                    filtered[-1] = (filtered[-1][0], filtered[-1][1] + n)
+                else:
+                    filtered.append((pa, n))
+            else:
+                raise self._absent(pfn)
+            pa += n
+            length -= n
+        return b"".join(out)
+
     def file_offset(self, pa: int) -> int | None:
         pfn = pa // self.block_size
         if not self.has_page(pfn):
