@@ -121,3 +121,34 @@ def test_bt_cli_prints_file_line_and_inlined(samples):
         {"frames": frames, "available": True},
         {"$defs": schema["$defs"], **schema["$defs"]["backtrace"]},
     )
+
+
+@pytest.mark.parametrize("sid", ["x86_64-kaslr", "s390x"])
+def test_fast_line_programs_give_pyelftools_rows(samples, sid):
+    """kvmcore.unwind.linetable runs the line programs of a -dbg vmlinux
+    (little- and big-endian) to the rows pyelftools' own decoder gives, for
+    every 50th CU."""
+    import itertools
+
+    from kvmcore.unwind.linetable import line_rows
+    from kvmcore.unwind.srclines import _mapped_elf_file
+
+    with open(str(samples.vmlinux(sid)), "rb") as f:
+        dwarf = _mapped_elf_file(f).get_dwarf_info(relocate_dwarf_sections=False)
+        checked = 0
+        for cu in itertools.islice(dwarf.iter_CUs(), 0, None, 50):
+            program = dwarf.line_program_for_CU(cu)
+            if program is None:
+                continue
+            start, end = program.program_start_offset, program.program_end_offset
+            program.stream.seek(start)
+            data = program.stream.read(end - start)
+            ours = line_rows(data, program.header, dwarf.config.little_endian)
+            theirs = [
+                (e.state.address, e.state.file, e.state.line, bool(e.state.end_sequence))
+                for e in program.get_entries()
+                if e.state is not None
+            ]
+            assert ours == theirs, f"CU at {cu.cu_offset:#x}"
+            checked += bool(ours)
+        assert checked >= 20

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import indexcache
 from ..errors import KvmcoreError
+from .linetable import Declined, line_rows
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -266,14 +267,11 @@ class SourceIndex:
         file_base = 0
         if program is not None:
             files, file_base = _file_names(program, top)
-            for entry in program.get_entries():
-                state = entry.state
-                if state is None:
-                    continue
-                if state.end_sequence:
-                    rows.append([state.address, -1, 0])
-                else:
-                    rows.append([state.address, state.file - file_base, state.line])
+            little = dwarf.config.little_endian
+            rows = [
+                [address, -1, 0] if end else [address, file - file_base, line]
+                for address, file, line, end in _program_rows(program, little)
+            ]
         # a stable sort keeps a sequence's rows in order; at one address the
         # last row wins (bisect_right), as in libdw
         rows.sort(key=lambda r: r[0])
@@ -369,6 +367,23 @@ def _mapped_elf_file(file: Any) -> Any:
 
     mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
     return MappedELFFile(file)
+
+
+def _program_rows(program: Any, little: bool) -> list[tuple[int, int, int, bool]]:
+    """(address, file, line, end_sequence) of each row of a CU's line program:
+    run by kvmcore.unwind.linetable, or by pyelftools where that declines."""
+    start, end = program.program_start_offset, program.program_end_offset
+    try:
+        program.stream.seek(start)
+        return line_rows(program.stream.read(end - start), program.header, little)
+    except Declined:
+        pass
+    out = []
+    for entry in program.get_entries():
+        state = entry.state
+        if state is not None:
+            out.append((state.address, state.file, state.line, bool(state.end_sequence)))
+    return out
 
 
 def _drop_discarded(rows: list[list[int]]) -> list[list[int]]:
