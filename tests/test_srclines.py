@@ -152,3 +152,25 @@ def test_fast_line_programs_give_pyelftools_rows(samples, sid):
             assert ours == theirs, f"CU at {cu.cu_offset:#x}"
             checked += bool(ours)
         assert checked >= 20
+
+
+@pytest.mark.parametrize("sid", ["x86_64-kaslr", "s390x"])
+def test_scanned_code_dies_are_pyelftools_ones(samples, sid):
+    """kvmcore.unwind.dwarfscan finds the same top-level code DIEs (functions)
+    as pyelftools' walk of each CU, for every 40th CU of a -dbg vmlinux."""
+    import itertools
+
+    from kvmcore.unwind.dwarfscan import code_die_offsets
+    from kvmcore.unwind.srclines import _CODE_TAGS, _mapped_elf_file
+
+    with open(str(samples.vmlinux(sid)), "rb") as f:
+        dwarf = _mapped_elf_file(f).get_dwarf_info(relocate_dwarf_sections=False)
+        found = 0
+        for cu in itertools.islice(dwarf.iter_CUs(), 0, 1200, 40):
+            stream = dwarf.debug_info_sec.stream
+            stream.seek(cu.cu_offset)
+            ours = code_die_offsets(cu, stream.read(cu.size), _CODE_TAGS)
+            theirs = [d.offset for d in cu.get_top_DIE().iter_children() if d.tag in _CODE_TAGS]
+            assert ours == theirs, f"CU at {cu.cu_offset:#x}"
+            found += len(ours)
+        assert found > 100
