@@ -130,11 +130,11 @@ def test_fast_line_programs_give_pyelftools_rows(samples, sid):
     every 50th CU."""
     import itertools
 
+    from kvmcore.symbols.elfmap import mapped_elf_file
     from kvmcore.unwind.linetable import line_rows
-    from kvmcore.unwind.srclines import _mapped_elf_file
 
     with open(str(samples.vmlinux(sid)), "rb") as f:
-        dwarf = _mapped_elf_file(f).get_dwarf_info(relocate_dwarf_sections=False)
+        dwarf = mapped_elf_file(f).get_dwarf_info(relocate_dwarf_sections=False)
         checked = 0
         for cu in itertools.islice(dwarf.iter_CUs(), 0, None, 50):
             program = dwarf.line_program_for_CU(cu)
@@ -160,11 +160,12 @@ def test_scanned_code_dies_are_pyelftools_ones(samples, sid):
     as pyelftools' walk of each CU, for every 40th CU of a -dbg vmlinux."""
     import itertools
 
+    from kvmcore.symbols.elfmap import mapped_elf_file
     from kvmcore.unwind.dwarfscan import code_die_offsets
-    from kvmcore.unwind.srclines import _CODE_TAGS, _mapped_elf_file
+    from kvmcore.unwind.srclines import _CODE_TAGS
 
     with open(str(samples.vmlinux(sid)), "rb") as f:
-        dwarf = _mapped_elf_file(f).get_dwarf_info(relocate_dwarf_sections=False)
+        dwarf = mapped_elf_file(f).get_dwarf_info(relocate_dwarf_sections=False)
         found = 0
         for cu in itertools.islice(dwarf.iter_CUs(), 0, 1200, 40):
             stream = dwarf.debug_info_sec.stream

@@ -51,7 +51,7 @@ class DwarfTypes:
     name = "dwarf"
 
     def __init__(self, path: str, word_size: int, build_id: str) -> None:
-        from elftools.elf.elffile import ELFFile
+        from ..symbols.elfmap import mapped_elf_file
 
         self.path = path
         self.word_size = word_size
@@ -59,7 +59,7 @@ class DwarfTypes:
         # open for the object's lifetime: pyelftools reads the DWARF lazily from it
         self._file = open(path, "rb")  # noqa: SIM115
         try:
-            elf = ELFFile(self._file)
+            elf = mapped_elf_file(self._file)  # sections read in place, not copied
             if not elf.has_dwarf_info():
                 raise TypeInfoError("vmlinux has no DWARF (.debug_info)", path)
             t0 = time.monotonic()

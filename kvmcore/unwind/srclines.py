@@ -23,7 +23,6 @@ and maps runtime pcs there (`ModuleSourceIndex`, a SourceIndex).
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import struct
 import sys
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import indexcache
 from ..errors import KvmcoreError
+from ..symbols.elfmap import mapped_elf_file
 from .dwarfscan import Unscannable, code_die_offsets
 from .linetable import Declined, line_rows
 
@@ -299,7 +299,7 @@ class SourceIndex:
     def dwarf(self) -> Any:
         if self._dwarf is None:
             self._file = open(self.path, "rb")  # noqa: SIM115 (kept open for pyelftools)
-            elf = _mapped_elf_file(self._file)
+            elf = mapped_elf_file(self._file)
             if not elf.has_dwarf_info():
                 raise KvmcoreError("no DWARF", self.path)
             self._dwarf = elf.get_dwarf_info(relocate_dwarf_sections=elf["e_type"] == "ET_REL")
@@ -388,61 +388,6 @@ class SourceIndex:
                 if lo < hi and lo:
                     scopes.append([lo, hi, inner, name, call_file, call_line])
         self._walk(die, inner, scopes, ranges, names, file_base)
-
-
-class _MappedStream:
-    """A read-only file-like window [start, start + size) of a memory map:
-    what pyelftools reads a DWARF section through (seek, tell, read)."""
-
-    def __init__(self, mapped: mmap.mmap, start: int, size: int) -> None:
-        self._map, self._start, self._size, self._pos = mapped, start, size, 0
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        base = (0, self._pos, self._size)[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def read(self, n: int | None = -1) -> bytes:
-        end = self._size if n is None or n < 0 else min(self._size, self._pos + n)
-        if end <= self._pos:
-            return b""
-        data = self._map[self._start + self._pos : self._start + end]
-        self._pos = end
-        return data
-
-
-def _mapped_elf_file(file: Any) -> Any:
-    """pyelftools' ELFFile whose DWARF sections are read in place from a
-    memory map of the file. ELFFile copies each whole section into a BytesIO
-    first: for a debug vmlinux that is ~200 MB (.debug_info) copied twice
-    before one CU is decoded, 0.7 s and most of a `bt`'s peak memory.
-    Sections that need relocating or are compressed are still read its way."""
-    from elftools.dwarf.dwarfinfo import DebugSectionDescriptor
-    from elftools.elf.elffile import ELFFile
-
-    class MappedELFFile(ELFFile):
-        def _read_dwarf_section(self, section: Any, relocate_dwarf_sections: bool) -> Any:
-            if (
-                relocate_dwarf_sections
-                or self.has_phantom_bytes()
-                or section.compressed
-                or section["sh_type"] == "SHT_NOBITS"
-            ):
-                return super()._read_dwarf_section(section, relocate_dwarf_sections)
-            start, size = section["sh_offset"], section.data_size
-            return DebugSectionDescriptor(
-                stream=_MappedStream(mapped, start, size),  # type: ignore[arg-type]
-                name=section.name,
-                global_offset=start,
-                size=size,
-                address=section["sh_addr"],
-            )
-
-    mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-    return MappedELFFile(file)
 
 
 def _code_children(dwarf: Any, cu: Any, top: Any) -> list[Any]:
