@@ -160,8 +160,8 @@ def test_scanned_code_dies_are_pyelftools_ones(samples, sid):
     as pyelftools' walk of each CU, for every 40th CU of a -dbg vmlinux."""
     import itertools
 
+    from kvmcore.symbols.dwarfscan import code_die_offsets
     from kvmcore.symbols.elfmap import mapped_elf_file
-    from kvmcore.unwind.dwarfscan import code_die_offsets
     from kvmcore.unwind.srclines import _CODE_TAGS
 
     with open(str(samples.vmlinux(sid)), "rb") as f:
@@ -175,3 +175,31 @@ def test_scanned_code_dies_are_pyelftools_ones(samples, sid):
             assert ours == theirs, f"CU at {cu.cu_offset:#x}"
             found += len(ours)
         assert found > 100
+
+
+@pytest.mark.parametrize("sid", ["i386-pae", "armhf"])
+def test_scanned_type_dies_are_pyelftools_ones(samples, sid):
+    """The DWARF type index (kvmcore.types.dwarf, for kernels without BTF)
+    finds each CU's named types by skipping through .debug_info
+    (kvmcore.symbols.dwarfscan): the same offsets, tags, names and
+    declarations as pyelftools' walk, for every 60th CU of the -dbg vmlinux."""
+    import itertools
+
+    from kvmcore.symbols.elfmap import mapped_elf_file
+    from kvmcore.types.dwarf import _TYPE_TAGS, _type_dies
+
+    with open(str(samples.vmlinux(sid)), "rb") as f:
+        dwarf = mapped_elf_file(f).get_dwarf_info(relocate_dwarf_sections=False)
+        named = 0
+        for cu in itertools.islice(dwarf.iter_CUs(), 0, 1500, 60):
+            theirs = []
+            for die in cu.get_top_DIE().iter_children():
+                if die.tag in _TYPE_TAGS:
+                    name = die.attributes.get("DW_AT_name")
+                    text = name.value.decode("latin-1") if name is not None else None
+                    theirs.append(
+                        (die.offset, die.tag, text, "DW_AT_declaration" in die.attributes)
+                    )
+            assert _type_dies(dwarf, cu) == theirs, f"CU at {cu.cu_offset:#x}"
+            named += sum(1 for _, _, name, _ in theirs if name)
+        assert named > 100

@@ -26,6 +26,12 @@ class _MappedStream:
     def tell(self) -> int:
         return self._pos
 
+    def cstring(self, offset: int) -> bytes:
+        """The NUL-terminated string at `offset` (a .debug_str entry)."""
+        at = self._start + offset
+        end = self._map.find(b"\0", at, self._start + self._size)
+        return self._map[at : end if end >= 0 else self._start + self._size]
+
     def read(self, n: int | None = -1) -> bytes:
         end = self._size if n is None or n < 0 else min(self._size, self._pos + n)
         if end <= self._pos:

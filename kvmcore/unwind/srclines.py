@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import indexcache
 from ..errors import KvmcoreError
+from ..symbols.dwarfscan import Unscannable, code_die_offsets
 from ..symbols.elfmap import mapped_elf_file
-from .dwarfscan import Unscannable, code_die_offsets
 from .linetable import Declined, line_rows
 
 if TYPE_CHECKING:

@@ -99,16 +99,29 @@ def _plan(form: str, addr_size: int, offset_size: int, version: int) -> tuple[in
 def code_die_offsets(cu: Any, data: bytes, tags: tuple[str, ...]) -> list[int]:
     """Section offsets of the CU DIE's children whose tag is one of `tags`;
     `data` is the unit's bytes (from cu.cu_offset, cu.size long)."""
+    return [off for off, _tag, _name, _decl in top_level_dies(cu, data, tags)]
+
+
+def top_level_dies(
+    cu: Any, data: bytes, tags: tuple[str, ...] | frozenset[str], names: bool = False
+) -> list[tuple[int, str, str | None, bool]]:
+    """(section offset, tag, DW_AT_name or None, has a DW_AT_declaration) of the
+    CU DIE's children whose tag is one of `tags` (names decoded as latin-1
+    only when asked); `data` is the unit's bytes (from cu.cu_offset, cu.size
+    long)."""
     version = cu["version"]
     addr_size = cu["address_size"]
     offset_size = 8 if cu.dwarf_format() == 64 else 4
     little = cu.dwarfinfo.config.little_endian
     order: Literal["little", "big"] = "little" if little else "big"
     table = cu.get_abbrev_table()
-    plans: dict[int, tuple[str, bool, list[tuple[int, int]], int, int]] = {}
+    # per abbreviation: tag, children, skip steps, sibling attr index and size,
+    # name attr index and form, declaration attr index and form
+    plans: dict[int, tuple[Any, ...]] = {}
     for code, decl in table._abbrev_map.items():
         steps = []
-        sibling = sibling_size = -1
+        sibling = sibling_size = name = declaration = -1
+        name_form = declaration_form = ""
         for i, spec in enumerate(decl["attr_spec"]):
             if spec.name == "DW_AT_sibling":
                 if spec.form in _REF_SIZE:
@@ -117,10 +130,29 @@ def code_die_offsets(cu: Any, data: bytes, tags: tuple[str, ...]) -> list[int]:
                     raise Unscannable(f"sibling of form {spec.form}")
                 else:
                     sibling, sibling_size = i, 0
+            elif spec.name == "DW_AT_name":
+                name, name_form = i, spec.form
+            elif spec.name == "DW_AT_declaration":
+                declaration, declaration_form = i, spec.form
             steps.append(_plan(spec.form, addr_size, offset_size, version))
-        plans[code] = (decl["tag"], decl.has_children(), steps, sibling, sibling_size)
+        plans[code] = (
+            decl["tag"],
+            decl.has_children(),
+            steps,
+            sibling,
+            sibling_size,
+            name,
+            name_form,
+            declaration,
+            declaration_form,
+        )
     n = len(data)
     pos = cu.cu_die_offset - cu.cu_offset
+    info = cu.dwarfinfo
+    strings = getattr(getattr(info.debug_str_sec, "stream", None), "cstring", None)
+    line_strings = getattr(getattr(info.debug_line_str_sec, "stream", None), "cstring", None)
+    # attribute value positions of the DIE last parsed: name, declaration
+    found = [-1, -1]
 
     def uleb(at: int) -> tuple[int, int]:
         value = shift = 0
@@ -141,14 +173,19 @@ def code_die_offsets(cu: Any, data: bytes, tags: tuple[str, ...]) -> list[int]:
         plan = plans.get(code)
         if plan is None:
             raise Unscannable(f"abbreviation {code} is not in the table")
-        tag, children, steps, sibling_index, sibling_size = plan
+        tag, children, steps, sibling_index, sibling_size, name_index, _, decl_index, _ = plan
         sibling = -1
+        found[0] = found[1] = -1
         for i, (kind, size) in enumerate(steps):
             if i == sibling_index:
                 if sibling_size:
                     sibling = int.from_bytes(data[at : at + sibling_size], order)
                 else:
                     sibling, _ = uleb(at)
+            elif i == name_index:
+                found[0] = at
+            elif i == decl_index:
+                found[1] = at
             if kind == _SIZE:
                 at += size
             elif kind == _ULEB:
@@ -163,6 +200,30 @@ def code_die_offsets(cu: Any, data: bytes, tags: tuple[str, ...]) -> list[int]:
                 length, at = uleb(at)
                 at += length
         return code, tag, children, sibling, at
+
+    def name_of(code: int) -> str | None:
+        at, form = found[0], plans[code][6]
+        if at < 0:
+            return None
+        if form == "DW_FORM_string":
+            return data[at : data.index(b"\0", at)].decode("latin-1")
+        if form in ("DW_FORM_strp", "DW_FORM_line_strp"):
+            offset = int.from_bytes(data[at : at + offset_size], order)
+            strp = form == "DW_FORM_strp"
+            section = strings if strp else line_strings
+            if section is not None:  # a kvmcore.symbols.elfmap stream: read in place
+                return bytes(section(offset)).decode("latin-1")
+            info = cu.dwarfinfo
+            raw = (
+                info.get_string_from_table(offset)
+                if strp
+                else info.get_string_from_linetable(offset)
+            )
+            return None if raw is None else bytes(raw).decode("latin-1")
+        raise Unscannable(f"name of form {form}")
+
+    def declared(code: int) -> bool:
+        return found[1] >= 0  # the attribute is there (pyelftools' test too)
 
     def skip_children(at: int, depth: int) -> int:
         """Where the children list starting at `at` ends (past its null entry)."""
@@ -179,14 +240,16 @@ def code_die_offsets(cu: Any, data: bytes, tags: tuple[str, ...]) -> list[int]:
         code, _tag, children, _sibling, pos = die(pos)
         if code == 0 or not children:
             return []
-        out = []
+        out: list[tuple[int, str, str | None, bool]] = []
         while pos < n:
             start = pos
             code, tag, children, sibling, pos = die(pos)
             if code == 0:
                 break
             if tag in tags:
-                out.append(cu.cu_offset + start)
+                out.append(
+                    (cu.cu_offset + start, tag, name_of(code) if names else None, declared(code))
+                )
             if children:
                 pos = sibling if sibling > 0 else skip_children(pos, 1)
         return out
