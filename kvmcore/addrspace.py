@@ -71,6 +71,13 @@ class KernelAddressSpace:
         if length <= 0:
             return b""
         translate, mask = self.translator.translate, self.mask
+        t = translate(va)
+        if not zero_excluded and length <= t.page_size - (t.pa & (t.page_size - 1)):
+            # within one page (a pointer, a member): the common case, straight through
+            try:
+                return self.mem.read_phys(t.pa, length)
+            except NotInDumpError:
+                return self._read_pages(va, length)
         parts: list[bytes] = []
         while length > 0:
             t = translate(va)

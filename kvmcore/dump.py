@@ -230,7 +230,8 @@ class Dump:
         return self.read_int(va, 8)
 
     def read_ptr(self, va: int) -> int:
-        return self.read_int(va, self.word_size)
+        # straight to the address space: list walks read millions of these
+        return int.from_bytes(self.aspace.read(va, self.word_size), self.byteorder)
 
     def read_ptrs(self, va: int, count: int) -> list[int]:
         fmt = self._e + ("Q" if self.word_size == 8 else "I") * count

@@ -150,6 +150,7 @@ class ElfDump(PhysicalMemory):
                 merged[-1][1] = max(merged[-1][1], end)
             else:
                 merged.append([start, end])
+        self._last_run = (0, 0, 0)  # (start, end, file offset) of the run read last
         self._hole_starts = [h[0] for h in merged]
         self._hole_ends = [h[1] for h in merged]
         if self.segments:
@@ -208,8 +209,12 @@ class ElfDump(PhysicalMemory):
     def read_phys(self, pa: int, length: int) -> bytes:
         if length <= 0:
             return b""
+        last = self._last_run  # a QEMU ELF has a few PT_LOADs: mostly the same one
+        if last[0] <= pa and pa + length <= last[1]:
+            return self.source.pread(last[2] + pa - last[0], length)
         run = self._map.lookup(pa)
         if run is not None and pa + length <= run[0] + run[1]:
+            self._last_run = (run[0], run[0] + run[1], run[2])
             return self.source.pread(run[2] + pa - run[0], length)  # fast path
         if run is None and self._in_hole(pa):
             raise excluded(pa, self.path)
