@@ -16,9 +16,9 @@ import os
 import struct
 from collections.abc import Iterator, Mapping
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import objects, unwind
+from . import objects
 from .addrspace import KernelAddressSpace
 from .cpu import CpuState
 from .errors import (
@@ -31,7 +31,6 @@ from .errors import (
 )
 from .formats import open_physical
 from .formats.base import PhysicalMemory, PhysRange
-from .freebsd import FreeBSDKernel
 from .kernel import KernelModel
 from .linux import LinuxKernel
 from .notes import VmcoreInfo
@@ -41,7 +40,9 @@ from .symbols import SymbolTable, check_vmlinux, load_symbols
 from .symbols.kaslr import KernelOffset, measure_kernel_offset
 from .translate import MappedRange, Translation, TranslationContext, Translator
 from .types import TypeInfo, load_types
-from .unwind.model import Backtrace
+
+if TYPE_CHECKING:
+    from .unwind.model import Backtrace
 
 
 def _regular_file(path: str, what: str) -> None:
@@ -113,6 +114,8 @@ class Dump:
             if warning:
                 self.warnings.append(warning)
         if module_dir:
+            from . import unwind  # the unwinders: imported by what needs them
+
             unwind.use_module_dir(self, module_dir)
 
     def _address_space(self) -> KernelAddressSpace:
@@ -265,6 +268,8 @@ class Dump:
         kvmcore.linux.LinuxKernel or kvmcore.freebsd.FreeBSDKernel."""
         model: KernelModel
         if self.os == "freebsd":
+            from .freebsd import FreeBSDKernel  # a Linux dump never needs it
+
             model = FreeBSDKernel(self)
         elif self.os == "linux" or self.vmcoreinfo is not None:
             model = LinuxKernel(self)
@@ -283,6 +288,8 @@ class Dump:
 
     def backtrace(self, task: Any, max_frames: int = 64) -> Backtrace:
         """The kernel backtrace of a task of `kernel` (kvmcore.unwind)."""
+        from . import unwind
+
         return unwind.backtrace(self, task, max_frames)
 
     def close(self) -> None:
