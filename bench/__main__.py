@@ -1,11 +1,11 @@
-"""python -m bench [--runs N] [--crash-runs M] [--sample ID] [--quick] [--scale] [--explore]
-                 [--explore-only] [--output FILE]
+"""python -m bench [--runs N] [--crash-runs M] [--sample ID] [--quick] [--scale]
+                 [--scale-built-only] [--explore] [--explore-only] [--output FILE]
 
 Times kvmcore against drgn, crash and gdb on a cached sample dump (default
 x86_64-kaslr, which has every format), prints the medians, the ratio
 kvmcore/anchor per task and the peak RSS of each, and writes bench/RESULTS.md.
---scale adds the scale series (building 256 MB..4 GB / 100..10,000-task dumps
-the first time).  --explore adds the exploration commands (p, struct, rd, list,
+--scale adds the scale series (building 256 MB..16 GB / 100..10,000-task dumps
+the first time; --scale-built-only measures the ones already built).  --explore adds the exploration commands (p, struct, rd, list,
 runq, task, kmem -i/-s, files, vm, mount, net, irq, log) against drgn's helpers
 doing the same work; --explore-only runs that group alone and writes
 bench/RESULTS-explore.md.  --quick: 1 run, ELF only, no crash, no RESULTS.md."""
@@ -45,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 run, ELF only, no crash, no RESULTS.md")
     ap.add_argument("--scale", action="store_true", help="also run the memory/task scale series")
     ap.add_argument("--scale-only", action="store_true", help="only the scale series")
+    ap.add_argument(
+        "--scale-built-only",
+        action="store_true",
+        help="the scale series on the dumps already built (no QEMU builds)",
+    )
     ap.add_argument(
         "--explore",
         action="store_true",
@@ -91,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     rows = [] if args.scale_only else run_suite(sample, cfg)
     points = []
-    if args.scale or args.scale_only:
+    if args.scale or args.scale_only or args.scale_built_only:
         from .scale import run_scale
 
-        points = run_scale(cfg.runs)
+        points = run_scale(cfg.runs, build=not args.scale_built_only)
     info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     info["benchmark wall time"] = f"{time.monotonic() - t0:.0f} s"
 
