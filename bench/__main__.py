@@ -5,7 +5,8 @@ Times kvmcore against drgn, crash and gdb on a cached sample dump (default
 x86_64-kaslr, which has every format), prints the medians, the ratio
 kvmcore/anchor per task and the peak RSS of each, and writes bench/RESULTS.md.
 --scale adds the scale series (building 256 MB..16 GB / 100..10,000-task dumps
-the first time; --scale-built-only measures the ones already built).  --explore adds the exploration commands (p, struct, rd, list,
+the first time; --scale-built-only measures the ones already built).  --explore
+adds the exploration commands (p, struct, rd, list,
 runq, task, kmem -i/-s, files, vm, mount, net, irq, log) against drgn's helpers
 doing the same work; --explore-only runs that group alone and writes
 bench/RESULTS-explore.md.  --quick: 1 run, ELF only, no crash, no RESULTS.md."""
