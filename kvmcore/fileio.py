@@ -18,9 +18,23 @@ from typing import Protocol
 
 from .errors import DumpFormatError, HostError, KvmcoreError, NotFoundError, TruncatedDumpError
 
-#: 64 KiB blocks of the map read, at most, before its pages are let go
-#: (DumpFile._drop_mapped): 48 MiB mapped
-MAPPED_BLOCKS = 768
+#: file pages this process may keep mapped (the dump's, and its libraries') before
+#: a dump's mapped pages are let go (DumpFile._drop_mapped)
+MAPPED_BYTES = 48 << 20
+#: how many 64 KiB blocks not read before make DumpFile look at that size again
+CHECK_BLOCKS = 16
+
+
+def _mapped_file_bytes() -> int:
+    """The file-backed pages this process has mapped (/proc/self/statm's
+    `shared`): not just what was read, since a fault maps a whole page-cache
+    folio (up to 2 MiB on a file read ahead into large folios). Unknown
+    (another OS): as if over the limit, so that the pages are let go."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[2]) * mmap.PAGESIZE
+    except (OSError, ValueError, IndexError):
+        return MAPPED_BYTES + 1
 
 
 class ByteSource(Protocol):
@@ -62,6 +76,7 @@ class DumpFile:
             raise _open_error(exc, self.path) from None
         self.size = st.st_size
         self._touched: set[int] = set()  # 64 KiB blocks read through the map since the last drop
+        self._new_blocks = 0  # blocks added to _touched since the last look at the mapped size
         self._map: mmap.mmap | None = None
         self._fd: int | None = None
         try:
@@ -85,19 +100,18 @@ class DumpFile:
                 self.path,
             )
         if self._map is not None:
-            # what this read maps: the 64 KiB blocks it touches (a fault maps the
-            # 64 KiB around the page: the kernel's fault-around) not touched before
+            # the 64 KiB blocks this read touches that no read touched before: every
+            # CHECK_BLOCKS of those, see how much of the file is mapped now
             first, last = offset >> 16, (offset + length - 1) >> 16
             touched = self._touched
-            if first == last:
-                if first not in touched:
-                    touched.add(first)
-                    if len(touched) > MAPPED_BLOCKS:
-                        self._drop_mapped()
-            else:
+            if first not in touched or last not in touched:
+                before = len(touched)
                 touched.update(range(first, last + 1))
-                if len(touched) > MAPPED_BLOCKS:
-                    self._drop_mapped()
+                self._new_blocks += len(touched) - before
+                if self._new_blocks >= CHECK_BLOCKS:
+                    self._new_blocks = 0
+                    if _mapped_file_bytes() > MAPPED_BYTES:
+                        self._drop_mapped()
             return self._map[offset : offset + length]
         return self._pread(offset, length)
 
@@ -107,6 +121,7 @@ class DumpFile:
         dump keeps every page it touched resident in this process (ps of
         10,000 tasks: ~150 MB of task_structs and the pages around them)."""
         self._touched.clear()
+        self._new_blocks = 0
         dontneed = getattr(mmap, "MADV_DONTNEED", None)
         if self._map is not None and dontneed is not None:
             with contextlib.suppress(OSError, ValueError):
