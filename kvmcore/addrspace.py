@@ -91,23 +91,23 @@ class KernelAddressSpace:
                 if nxt.pa != pa + n:
                     break
                 n += min(length - n, nxt.page_size - (nxt.pa & (nxt.page_size - 1)))
-            filled = getattr(self.mem, "read_phys_filled", None) if zero_excluded else None
-            if filled is not None:  # a layer that zero-fills in one pass
-                spans: list[tuple[int, int]] = []
-                try:
-                    parts.append(filled(pa, n, spans))
-                except NotInDumpError:
+            try:
+                parts.append(self.mem.read_phys(pa, n))
+            except PageExcludedError:
+                filled = getattr(self.mem, "read_phys_filled", None) if zero_excluded else None
+                if filled is None:  # the error names the page; or page by page, zeros
                     parts.append(self._read_pages(va, n, zero_excluded, excluded))
-                else:
-                    if spans and excluded is not None:
-                        excluded += [(va + at - pa, size) for at, size in spans]
-            elif zero_excluded:
+                else:  # a layer that zero-fills the run in one pass
+                    spans: list[tuple[int, int]] = []
+                    try:
+                        parts.append(filled(pa, n, spans))
+                    except NotInDumpError:
+                        parts.append(self._read_pages(va, n, zero_excluded, excluded))
+                    else:
+                        if excluded is not None:
+                            excluded += [(va + at - pa, size) for at, size in spans]
+            except NotInDumpError:
                 parts.append(self._read_pages(va, n, zero_excluded, excluded))
-            else:
-                try:
-                    parts.append(self.mem.read_phys(pa, n))
-                except NotInDumpError:
-                    parts.append(self._read_pages(va, n))
             va = (va + n) & mask
             length -= n
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -123,19 +123,11 @@ class KernelAddressSpace:
         is read again with, so that the error names the page at fault."""
         spans: list[tuple[int, int]]
         parts: list[bytes] = []
-        # zero-filled reads go straight to a layer that can fill in one pass
-        filled = getattr(self.mem, "read_phys_filled", None) if zero_excluded else None
         while length > 0:
             t = self.translator.translate(va)
             chunk = min(length, t.page_size - (t.pa & (t.page_size - 1)))
             try:
-                if filled is not None:
-                    spans = []
-                    parts.append(filled(t.pa, chunk, spans))
-                    if spans and excluded is not None:
-                        excluded += [(va + pa - t.pa, n) for pa, n in spans]
-                else:
-                    parts.append(self.mem.read_phys(t.pa, chunk))
+                parts.append(self.mem.read_phys(t.pa, chunk))
             except PageExcludedError as exc:
                 if zero_excluded:
                     spans = []

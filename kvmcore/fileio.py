@@ -23,6 +23,8 @@ from .errors import DumpFormatError, HostError, KvmcoreError, NotFoundError, Tru
 MAPPED_BYTES = 48 << 20
 #: how many 64 KiB blocks not read before make DumpFile look at that size again
 CHECK_BLOCKS = 16
+#: reads shorter than this are copied with pread, not sliced from the map (1 MiB)
+SMALL_READ = 0x100000
 
 
 def _mapped_file_bytes() -> int:
@@ -79,6 +81,7 @@ class DumpFile:
         self._new_blocks = 0  # blocks added to _touched since the last look at the mapped size
         self._map: mmap.mmap | None = None
         self._fd: int | None = None
+        self._small_fd: int | None = None
         try:
             self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError, OverflowError):
@@ -86,7 +89,8 @@ class DumpFile:
             # cannot map, a file larger than this platform's map size
             self._fd = fd
         else:
-            os.close(fd)
+            # kept for the reads under SMALL_READ, which pread copies (see pread)
+            self._small_fd = fd
 
     @property
     def mapped(self) -> bool:
@@ -99,6 +103,15 @@ class DumpFile:
                 f"({self.size:#x} bytes): the dump is truncated",
                 self.path,
             )
+        if self._map is not None and length < SMALL_READ and self._small_fd is not None:
+            # a small read copies with pread: a fault on the map would map a whole
+            # page-cache folio (up to 2 MiB) to read a pointer
+            try:
+                data = os.pread(self._small_fd, length, offset)
+            except OSError:
+                data = b""
+            if len(data) == length:
+                return data
         if self._map is not None:
             # the 64 KiB blocks this read touches that no read touched before: every
             # CHECK_BLOCKS of those, see how much of the file is mapped now
@@ -158,6 +171,9 @@ class DumpFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._small_fd is not None:
+            os.close(self._small_fd)
+            self._small_fd = None
         if self._map is not None:
             # BufferError: a memoryview is still alive; the map goes when it does
             with contextlib.suppress(BufferError):

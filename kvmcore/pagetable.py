@@ -77,6 +77,7 @@ class RadixTranslator(Translator, Generic[_Table]):
         self._cache: dict[int, tuple[int, int]] = {}
         self._large: dict[int, dict[int, tuple[int, int]]] = {}
         self._blocks: dict[int, bytes] = {}  # page-table bytes by 4 KiB block
+        self._leaf_walks: dict[int, int] = {}  # walks that ended in each last-level table
 
     def _entry(self, table_pa: int, index: int) -> int:
         size = self.table.entry_size
@@ -116,6 +117,37 @@ class RadixTranslator(Translator, Generic[_Table]):
             pages.clear()
         pages[va >> shift] = (pa - (va & (size - 1)), size)
 
+    def _leaf_table_walked(self, table_pa: int, depth: int, va: int) -> None:
+        """A walk ended in the last-level table at `table_pa`: the second time
+        one does, remember every 4 KiB page that table maps (a 4 KiB-mapped
+        stretch read front to back walks it 512 times otherwise)."""
+        level = self.table.levels[depth]
+        size = self.table.entry_size
+        count = 1 << level.bits
+        if count * size != 0x1000 or table_pa & 0xFFF or level.shift != 12:
+            return  # only 4 KiB tables of 4 KiB pages (x86, arm64 4K, riscv)
+        seen = self._leaf_walks.get(table_pa, 0) + 1
+        if len(self._leaf_walks) > 4096:
+            self._leaf_walks.clear()
+        self._leaf_walks[table_pa] = seen
+        if seen != 2:
+            return
+        raw = self._blocks.get(table_pa)
+        if raw is None or len(raw) != 0x1000:
+            return
+        base_va = va & ~((count << 12) - 1)
+        decode, leaf_size, order = self.table.decode, self.table.leaf_size, self.byteorder
+        pages = self._cache
+        if len(pages) > 1 << 16:
+            pages.clear()
+        for i in range(count):
+            entry = int.from_bytes(raw[i * size : (i + 1) * size], order)
+            if not entry:
+                continue
+            kind, page = decode(entry, depth)
+            if kind == LEAF and leaf_size(entry, depth) is None:
+                pages[(base_va >> 12) + i] = (page, 0x1000)
+
     def _walk(self, va: int) -> Translation:
         table_pa = self.root
         seen: set[int] = set()
@@ -142,6 +174,8 @@ class RadixTranslator(Translator, Generic[_Table]):
                 size = self.table.leaf_size(entry, depth) or 1 << level.shift
                 pa = base + (va & (size - 1))
                 self._remember(va, pa, size)
+                if size == 0x1000 and depth == len(self.table.levels) - 1:
+                    self._leaf_table_walked(table_pa, depth, va)
                 return Translation(va, pa, size)
             table_pa = base
         raise NotMappedError(

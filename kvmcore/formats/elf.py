@@ -218,7 +218,12 @@ class ElfDump(PhysicalMemory):
             return self.source.pread(run[2] + pa - run[0], length)  # fast path
         if run is None and self._in_hole(pa):
             raise excluded(pa, self.path)
-        return self._map.read(self.source, pa, length, self.path)
+        try:
+            return self._map.read(self.source, pa, length, self.path)
+        except NotInDumpError as exc:  # the range runs into a hole: filtered, say so
+            if exc.address is not None and self._in_hole(exc.address):
+                raise excluded(exc.address, self.path) from None
+            raise
 
     def read_phys_filled(self, pa: int, length: int, filtered: list[tuple[int, int]]) -> bytes:
         """read_phys, with the pages the dump's producer filtered out (the

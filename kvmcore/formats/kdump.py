@@ -414,6 +414,7 @@ class KdumpDump(PhysicalMemory):
         self.desc_end = desc_end
         self._check_descriptor_table(source, ndesc)
         self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._desc_blocks: dict[int, bytes] = {}  # the descriptor table by 4 KiB block
         self._read_notes(source)
         self._fill_facts()
         self._check_length(source, ndesc)
@@ -626,7 +627,20 @@ class KdumpDump(PhysicalMemory):
         """The page_desc_t of `count` pages from `pfn`, all dumped (the caller
         checked): their descriptors are consecutive in the table, one read."""
         index = self.dumped.rank(pfn) - self._rank_base
-        raw = self.source.pread(self.desc_base + index * PAGE_DESC_SIZE, count * PAGE_DESC_SIZE)
+        start = self.desc_base + index * PAGE_DESC_SIZE
+        end = start + count * PAGE_DESC_SIZE
+        block = start & ~0xFFF
+        if end <= block + 0x1000:  # within one 4 KiB block of the table: read it once
+            data = self._desc_blocks.get(block)
+            if data is None:
+                data = self.source.pread(block, min(0x1000, self.source.size - block))
+                if len(self._desc_blocks) >= 4096:
+                    self._desc_blocks.clear()
+                self._desc_blocks[block] = data
+            raw = data[start - block : end - block]
+            if len(raw) == end - start:
+                return list(struct.iter_unpack(self.header.e + "qIIQ", raw))
+        raw = self.source.pread(start, end - start)
         return list(struct.iter_unpack(self.header.e + "qIIQ", raw))
 
     def _checked(
