@@ -161,7 +161,8 @@ def symfile(
     # same for this file, whose one allocated section is .text; stated here so
     # that the line also serves a `kvmcore core` file)
     load = f"-ex 'symbol-file -o {d.kernel_offset:#x} {output}'" if d.kernel_offset else str(output)
-    serve = f"-ex 'target remote | kvmcore serve --stdio {dump}'"
+    smap = f" --system-map {system_map}" if system_map else ""
+    serve = f"-ex 'target remote | kvmcore serve --stdio {dump}{smap}'"
     print(f"wrote {output}: {note}; use: gdb {load} {serve}")
 
 

@@ -43,11 +43,13 @@ def sample_files() -> list[str]:
 
 
 def files_of_format(name: str, limit: int = 4) -> list[str]:
-    """Cached sample files whose format kvmcore probes as `name` ('elf', 'kdump', 'flattened')."""
+    """Cached sample files whose format kvmcore probes as `name` ('elf', 'kdump',
+    'flattened', 'xen')."""
     from kvmcore.fileio import DumpFile
     from kvmcore.formats.elf import ElfDump
     from kvmcore.formats.flattened import is_flattened
     from kvmcore.formats.kdump import KdumpDump
+    from kvmcore.formats.xen_dumpcore import XenDumpCore
 
     out = []
     for path in sample_files():
@@ -56,6 +58,8 @@ def files_of_format(name: str, limit: int = 4) -> list[str]:
             kind = (
                 "flattened"
                 if is_flattened(f)
+                else "xen"
+                if XenDumpCore.probe(f)
                 else "elf"
                 if ElfDump.probe(f)
                 else "kdump"
@@ -148,3 +152,29 @@ def freebsd_files() -> list[tuple[str, bytes]]:
             write(path)
             out.append((name, Path(path).read_bytes()))
     return out
+
+
+@functools.cache
+def xen_fixture(pages: int = 24) -> bytes:
+    """A small Xen HVM dump-core (tests/xen_dumpcore_writer.py) holding the
+    committed dump's vCPUs and its first dumped pages."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        import xen_dumpcore_writer as X
+    finally:
+        sys.path.pop(0)
+    mem = committed_dump().mem
+    prstatus = [n.desc for n in mem.notes if n.name == "CORE" and n.type == 1]
+    qemu = [n.desc for n in mem.notes if n.name == "QEMU"]
+    vcpus = [X.hvm_context(p, q) for p, q in zip(prstatus, qemu)]
+    pfns = X.present_pfns(mem)[:pages]
+    with tempfile.TemporaryDirectory(prefix="kvmcore-fuzz-") as d:
+        path = Path(d) / "xen.core"
+        X.write_dumpcore(
+            path,
+            hvm=True,
+            pfns=pfns,
+            read_page=lambda pfn: mem.read_phys(pfn * 4096, 4096),
+            vcpus=vcpus,
+        )
+        return path.read_bytes()

@@ -254,6 +254,42 @@ def run_freebsd(data: bytes) -> None:
         msgbuf()
 
 
+@functools.cache
+def xen_bases() -> list[Base]:
+    """A small HVM dump-core made from the committed dump (the whole file is
+    the head an input replaces), and the head (headers, notes, vCPU contexts)
+    of each cached Xen sample."""
+    blob = S.xen_fixture()
+    src = BytesSource(blob, "<synthetic xen dump-core>")
+    out = [Base("synthetic-xen", lambda: src, len(blob), blob)]
+    for p in S.files_of_format("xen", limit=2):
+        out.append(_file_base(p, min(S.PREFIX_CAP, _dumpfile(p).size)))
+    return out
+
+
+@target("xen", overlay_seeds(xen_bases), _real_files(xen_bases))
+def run_xen(data: bytes) -> None:
+    """Xen dump-core files (formats/xen_dumpcore.py, xen_vcpu.py) and the
+    translators and registers arches/*/xen.py build from them."""
+    from kvmcore.formats.xen_dumpcore import XenDumpCore
+    from kvmcore.registry import select_arch, select_translator
+    from kvmcore.translate import TranslationContext
+
+    mem = XenDumpCore(overlay(xen_bases(), data))
+    exercise_memory(mem)
+    with contextlib.suppress(KvmcoreError):
+        for pfn in range(8):
+            mem.pfn_of_mfn(mem.mfn_of_pfn(pfn))
+    arch = select_arch(mem)
+    flavour = select_translator(arch, mem)
+    flavour.cpu_states(arch, mem)
+    tr = flavour.build(TranslationContext(mem, None, lambda _name: None))
+    for va in (0xFFFFFFFF81000000, 0xFFFF888000000000, 0xC1000000, 0):
+        with contextlib.suppress(KvmcoreError):
+            tr.translate(va)
+    tr.describe()
+
+
 # -- notes and VMCOREINFO -------------------------------------------------------------
 @functools.cache
 def note_seeds() -> list[bytes]:

@@ -120,16 +120,25 @@ def bt_data(
     module_dir: str | None = None,
 ) -> dict[str, Any]:
     """Backtraces; `module_dir` (module debug files, as kvmcore.open's) gives
-    module frames their file:line."""
+    module frames their file:line. `cpu` alone walks from that CPU's saved
+    registers (crash's bt -c); with `pid` it picks the task of that pid on
+    that CPU: `pid` 0 is each CPU's own idle task (swapper/N), which crash
+    shows as `bt` of that CPU's idle task."""
     if module_dir is not None:
         from .unwind import use_module_dir
 
         use_module_dir(dump, module_dir)
     kernel = dump.kernel
-    if cpu is not None:
+    if cpu is not None and pid is None:
         return {"tasks": [_cpu_entry(dump, cpu)]}
     if all_tasks:
         chosen = kernel.tasks()
+    elif pid is not None and cpu is not None:
+        task = next((t for t in kernel.tasks() if t.pid == pid and t.cpu == cpu), None)
+        if task is None:
+            what = f"CPU {cpu} has no idle task" if pid == 0 else f"no task {pid} on CPU {cpu}"
+            raise NotFoundError(what, dump.path)
+        chosen = [task]
     elif pid is not None:
         task = kernel.find_task(pid)
         if task is None:
@@ -195,15 +204,24 @@ def info_data(dump: Dump) -> dict[str, Any]:
         "release": vi.osrelease if vi else None,
         "kaslr_offset": f"{dump.kernel_offset:#x}" if dump.os == "linux" else None,
         "kaslr_offset_source": _kaslr_source(dump),
-        "cpus_dumped": len(dump.mem.prstatus_notes()),
+        "cpus_dumped": _cpus_dumped(dump),
         "memory_bytes": sum(r.size for r in dump.phys_ranges()),
         "vmcoreinfo_conflicts": _vmcoreinfo_conflicts(dump),
+        "problems": list(dump.mem.problems),
     }
     if data["release"] is None and dump.os in ("linux", "freebsd"):
         # from the kernel's memory; FreeBSD's osrelease needs the kernel's symbols
         with contextlib.suppress(KvmcoreError):
             data["release"] = dump.kernel.release or None
     return data
+
+
+def _cpus_dumped(dump: Dump) -> int:
+    """CPUs whose registers the dump saved (NT_PRSTATUS notes, or Xen's vCPU contexts)."""
+    try:
+        return len(dump.cpu_states)
+    except KvmcoreError:
+        return len(dump.mem.prstatus_notes())
 
 
 def _kaslr_source(dump: Dump) -> str | None:
@@ -332,6 +350,9 @@ def info_text(data: dict[str, Any]) -> str:
     conflicts = rows.pop("vmcoreinfo_conflicts", None)
     if conflicts:
         rows["VMCOREINFO"] = _conflict_text(conflicts)
+    problems = rows.pop("problems", None)
+    if problems:
+        rows["problems"] = "; ".join(problems)
     return "\n".join(f"{k:>13}: {v}" for k, v in rows.items())
 
 
@@ -595,11 +616,19 @@ MODS = Command("mods", "Loaded modules, with taints.", mods_data, mods_text)
 SYS = Command("sys", "System and panic summary (as crash's `sys`).", sys_data, sys_text)
 BT = Command(
     "bt",
-    "Backtrace of the panicking task (or --pid PID, --cpu CPU, or --all).",
+    "Backtrace of the panicking task (or --pid PID, --cpu CPU, --pid 0 --cpu N, or --all).",
     bt_data,
     bt_text,
     (
-        Param("pid", int, "backtrace of this task", None, ("--pid",), bare=True, metavar="PID"),
+        Param(
+            "pid",
+            int,
+            "backtrace of this task (with --cpu: the one on that CPU; 0: its idle task)",
+            None,
+            ("--pid",),
+            bare=True,
+            metavar="PID",
+        ),
         Param("all_tasks", bool, "every task", False, ("--all", "-a")),
         Param(
             "cpu",

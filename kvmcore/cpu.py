@@ -24,6 +24,9 @@ class CpuState:
     pid: int
     regs: dict[str, int]
     raw: bytes = b""
+    #: `cpu` is the CPU's number, not just the record's position (Xen writes
+    #: one context per vCPU, in vCPU order, and no pid to match them by)
+    numbered: bool = False
 
 
 @dataclass(frozen=True)

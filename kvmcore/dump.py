@@ -189,8 +189,9 @@ class Dump:
 
     @cached_property
     def cpu_states(self) -> list[CpuState]:
-        """Registers per CPU from the dump's NT_PRSTATUS notes."""
-        return self.arch.cpu_states(self.mem)
+        """Registers per CPU from the dump's NT_PRSTATUS notes (or the
+        records the dump flavour keeps instead: Xen's vCPU contexts)."""
+        return self.flavour.cpu_states(self.arch, self.mem)
 
     # -- memory ------------------------------------------------------------
     def read(

@@ -128,15 +128,25 @@ class TranslatorFlavour:
     probe: Callable[[PhysicalMemory], bool]
     #: the translator, from the context alone
     build: Callable[[TranslationContext], Translator]
+    #: per-CPU registers from records of this flavour's own (Xen's vCPU
+    #: contexts); None: the Arch's, from NT_PRSTATUS notes
+    registers: Callable[[PhysicalMemory], list[CpuState]] | None = field(
+        default=None, compare=False
+    )
+
+    def cpu_states(self, arch: Arch, mem: PhysicalMemory) -> list[CpuState]:
+        """The registers the dump saved per CPU."""
+        return self.registers(mem) if self.registers is not None else arch.cpu_states(mem)
 
 
 def is_linux(mem: PhysicalMemory) -> bool:
-    """The default probe of a LINUX flavour: any full dump not from FreeBSD."""
-    return mem.facts.os != "freebsd" and mem.facts.kind != "mini"
+    """The default probe of a LINUX flavour: any full dump not from FreeBSD
+    (a format that needs its own flavour says so in facts.kind)."""
+    return mem.facts.os != "freebsd" and mem.facts.kind == "full"
 
 
 def is_freebsd_full(mem: PhysicalMemory) -> bool:
-    return mem.facts.os == "freebsd" and mem.facts.kind != "mini"
+    return mem.facts.os == "freebsd" and mem.facts.kind == "full"
 
 
 def is_freebsd_mini(mem: PhysicalMemory) -> bool:

@@ -180,6 +180,7 @@ def base_manifest(spec: SampleSpec, kernel: Kernel, append: str, serial_text: st
         "threads": g["threads"],
         "marker": g["marker"],
         "explore": g["explore"],
+        "modules": g["modules"],
         "serial_log": "serial.log",
         "files": {},
         "build": {},
@@ -275,11 +276,20 @@ def build_sample(
     if sdir.exists():
         shutil.rmtree(sdir)
     sdir.mkdir(parents=True)
+    if kernel is None and spec.kind.startswith("xen-"):
+        # the x86_64 samples' kernel, no apt look-up of every kernel package
+        from .corpus import corpus_kernel
+
+        kernel = corpus_kernel(cache, spec.arch.debian_arch, with_dbg=with_dbg)
     kernel = kernel or Kernel(spec.arch, cache, with_dbg=with_dbg)
     if spec.kind == "kdump":
         from .kdump import build_kdump_sample
 
         m = build_kdump_sample(spec, cache, sdir, kernel)
+    elif spec.kind.startswith("xen-"):
+        from .xen import build_xen_sample
+
+        m = build_xen_sample(spec, cache, sdir, kernel)
     else:
         m = build_qemu_sample(spec, cache, sdir, kernel)
     m["files"] = {f: manifest.file_entry(sdir, f) for f in spec.formats}

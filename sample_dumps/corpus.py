@@ -214,9 +214,9 @@ def spec_for(kind: Kind, copy: int, module: Path | None, arch: str = "amd64") ->
     )
 
 
-def corpus_kernel(cache: Path, arch: str = "amd64"):
+def corpus_kernel(cache: Path, arch: str = "amd64", *, with_dbg: bool = False):
     """The kernel of the built x86_64 samples when there are any (no apt look-ups),
-    else the one the flavour's metapackage names."""
+    else the one the flavour's metapackage names (also the Xen sample's guest kernel)."""
     from .build import Kernel
 
     a = ARCHES[arch]
@@ -225,10 +225,11 @@ def corpus_kernel(cache: Path, arch: str = "amd64"):
         if m and m.get("debian_arch") == a.debian_arch:
             pkg = debian.Package(m["kernel_package"], m["kernel_version"], a.debian_arch)
             try:
-                return Kernel(a, cache, pkg=pkg)
+                return Kernel(a, cache, pkg=pkg, with_dbg=with_dbg)
             except RuntimeError as e:
                 log(f"{pkg.spec}: {e}; resolving the newest kernel")
-    return Kernel(a, cache, pkg=debian.newest_kernel(a.flavour, a.debian_arch))
+    pkg = debian.newest_kernel(a.flavour, a.debian_arch)
+    return Kernel(a, cache, pkg=pkg, with_dbg=with_dbg)
 
 
 #: kinds an architecture cannot produce: arm64 has no divide-by-zero trap (udiv gives 0)

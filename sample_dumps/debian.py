@@ -197,6 +197,45 @@ def candidate(name: str, arch: str, apt: Apt = HOST_APT) -> Package:
     raise RuntimeError(f"apt has no candidate for {name}:{arch}")
 
 
+def candidates(names: list[str], arch: str, apt: Apt = HOST_APT) -> dict[str, Package]:
+    """The candidate version of each package, from one apt-cache call (each call
+    loads apt's whole cache: seconds on a loaded host). An Architecture: all package
+    gets arch "all" (its .deb is named so, and apt-get download takes name:all)."""
+    out = run(apt.cmd("apt-cache", "show", "--no-all-versions", *(f"{n}:{arch}" for n in names)))
+    found = {}
+    for st in _deb822(out):
+        name, version = st.get("package"), st.get("version")
+        if name in names and version and name not in found:
+            found[name] = Package(name, version, "all" if st.get("architecture") == "all" else arch)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise RuntimeError(f"apt has no candidate for {', '.join(missing)} ({arch})")
+    return found
+
+
+def download_all(pkgs: list[Package], debs: Path, apt: Apt = HOST_APT) -> dict[str, Path]:
+    """{package name: .deb}, the missing ones fetched by one apt-get download."""
+    debs.mkdir(parents=True, exist_ok=True)
+    missing = [p for p in pkgs if not (debs / p.deb_name).exists()]
+    if missing:
+        log(f"apt-get download {' '.join(p.spec for p in missing)}")
+        p = subprocess.run(
+            apt.cmd("apt-get", "-o", "APT::Sandbox::User=root", "download")
+            + [m.spec for m in missing],
+            cwd=debs,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        lost = [m for m in missing if not (debs / m.deb_name).exists()]
+        if p.returncode != 0 or lost:
+            raise DownloadError(
+                f"apt-get download failed ({p.returncode}) for "
+                f"{', '.join(m.spec for m in lost)}: {p.stderr.strip()[-600:]}"
+            )
+    return {p.name: debs / p.deb_name for p in pkgs}
+
+
 def newest_kernel(flavour: str, arch: str, apt: Apt = HOST_APT) -> Package:
     """The kernel the linux-image-<flavour> metapackage points to (newest ABI)."""
     out = run(apt.cmd("apt-cache", "depends", f"linux-image-{flavour}:{arch}"))

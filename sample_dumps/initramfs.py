@@ -3,6 +3,7 @@ script, the named test processes, the threaded_task binary and a few modules."""
 
 from __future__ import annotations
 
+import lzma
 import re
 import shutil
 import subprocess
@@ -18,11 +19,28 @@ SLEEPERS = ("sleeper_a", "sleeper_b", "sleeper_c")
 
 
 def _module_index(moddir: Path) -> dict[str, Path]:
-    return {p.name[:-3].replace("-", "_"): p for p in (moddir / "kernel").rglob("*.ko")}
+    """lsmod name -> module file: .ko, or .ko.xz as trixie's packages ship them."""
+    index = {}
+    for suffix in (".ko.xz", ".ko"):
+        for p in (moddir / "kernel").rglob("*" + suffix):
+            index[p.name[: -len(suffix)].replace("-", "_")] = p
+    return index
+
+
+def module_bytes(path: Path) -> bytes:
+    """A module file's ELF bytes (an .xz one decompressed: the guest's busybox
+    insmod is not relied on to do it)."""
+    data = path.read_bytes()
+    return lzma.decompress(data) if path.name.endswith(".xz") else data
+
+
+def module_file_name(path: Path) -> str:
+    """The name a module gets in the initramfs: always an uncompressed .ko."""
+    return path.name.removesuffix(".xz")
 
 
 def _depends(ko: Path) -> list[str]:
-    m = re.search(rb"\x00depends=([^\x00]*)\x00", b"\x00" + ko.read_bytes())
+    m = re.search(rb"\x00depends=([^\x00]*)\x00", b"\x00" + module_bytes(ko))
     return [d.replace("-", "_") for d in m.group(1).decode().split(",") if d] if m else []
 
 
@@ -97,10 +115,13 @@ def build(
     extra_files: dict[str, Path] | None = None,
     extra_tasks: int = 0,
     crasher: str | None = None,
+    before_crash: str = "",
 ) -> list[str]:
     """Write the initramfs to `out`; return the module load order (file names).
     extra_tasks > 0 makes init start that many more `sleep` processes (scale samples);
-    `crasher` replaces guest/crasher.sh (the triage corpus crashes the kernel other ways)."""
+    `crasher` replaces guest/crasher.sh (the triage corpus crashes the kernel other ways);
+    `before_crash`: shell lines init runs after "KVMCORE ready", before the crasher
+    (the Xen guest waits there for dom0 to dump it alive)."""
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         root = Path(tmp)
         for d in ("bin", "etc", "lib/modules", "proc", "sys", "dev", "tmp"):
@@ -110,8 +131,8 @@ def build(
         shutil.copy2(threaded_task, root / "bin/threaded_task")
         mods = resolve_modules(moddir, modules)
         for m in mods:
-            shutil.copy2(m, root / "lib/modules" / m.name)
-        (root / "etc/modules.order").write_text("".join(m.name + "\n" for m in mods))
+            (root / "lib/modules" / module_file_name(m)).write_bytes(module_bytes(m))
+        (root / "etc/modules.order").write_text("".join(module_file_name(m) + "\n" for m in mods))
         for name in SLEEPERS:
             _script(root / "bin" / name, (GUEST / "sleeper.sh").read_text().replace("@NAME@", name))
         _script(root / "bin/busyloop_task", (GUEST / "busyloop_task.sh").read_text())
@@ -120,18 +141,24 @@ def build(
         init = init.replace("@MARKER@", marker).replace("@NTHREADS@", str(NTHREADS))
         init = init.replace("@KEXEC@", kexec)
         init = init.replace("@EXTRA_TASKS@", extra_tasks_script(extra_tasks))
+        init = init.replace("@BEFORE_CRASH@", before_crash)
         _script(root / "init", init)
         for rel, src in (extra_files or {}).items():
             dst = root / rel.lstrip("/")
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst, follow_symlinks=True)
-        with open(out, "wb") as f:
-            subprocess.run(
-                "find . -print0 | LC_ALL=C sort -z"
-                " | cpio --null -o -H newc -R 0:0 --quiet | gzip -1",
-                shell=True,
-                cwd=root,
-                stdout=f,
-                check=True,
-            )
-    return [m.name for m in mods]
+        write_cpio(root, out)
+    return [module_file_name(m) for m in mods]
+
+
+def write_cpio(root: Path, out: Path) -> None:
+    """The tree under `root` as a gzip'ed cpio newc archive, owned by root, in a
+    stable order."""
+    with open(out, "wb") as f:
+        subprocess.run(
+            "find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --quiet | gzip -1",
+            shell=True,
+            cwd=root,
+            stdout=f,
+            check=True,
+        )

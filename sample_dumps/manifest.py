@@ -15,7 +15,8 @@ from .util import sha256
 
 MANIFEST = "manifest.json"
 #: 2: the exploration commands' ground truth (fds, mounts, net devices, meminfo, clock)
-SCHEMA_VERSION = 2
+#: 3: the loaded modules as /proc/modules lists them (`modules`)
+SCHEMA_VERSION = 3
 
 _PROC = re.compile(r"KVMCORE pid=(\d+) ppid=(\d+) comm=(\S+)")
 _THREAD = re.compile(r"KVMCORE tid=(\d+) tgid=(\d+) comm=(\S+)")
@@ -28,14 +29,28 @@ _NETDEV = re.compile(r"KVMCORE netdev name=(\S+) flags=(\S+) mtu=(\d+) mac=(\S*)
 _NETADDR = re.compile(r"KVMCORE netaddr name=(\S+) family=(\S+) addr=(\S+)")
 _MEMINFO = re.compile(r"KVMCORE meminfo\.(\w+)=(\d+)")
 _CLOCK = re.compile(r"KVMCORE clock date=(\d+) uptime=([\d.]+)")
+_MODULE = re.compile(r"KVMCORE module name=(\S+) size=(\d+) refs=(\d+) state=(\S+) addr=(\S+)")
 
 
 def parse_serial(text: str) -> dict:
     """Extract processes, threads, panicker, uts and marker from the guest's KVMCORE
-    lines, and (schema 2) the exploration commands' ground truth: `explore`."""
+    lines, (schema 2) the exploration commands' ground truth: `explore`, and (schema
+    3) the modules /proc/modules listed: `modules`."""
     procs, threads, uts, panic, marker = [], [], {}, None, None
     explore: dict = {}
+    modules: list[dict] = []
     for line in text.splitlines():
+        if m := _MODULE.search(line):
+            modules.append(
+                {
+                    "name": m[1],
+                    "size": int(m[2]),
+                    "refs": int(m[3]),
+                    "state": m[4],
+                    "address": int(m[5], 16),
+                }
+            )
+            continue
         if m := _FD.search(line):
             fds = explore.setdefault("fds", {"pid": int(m[1]), "fds": {}})
             fds["fds"][m[2]] = m[3].strip()
@@ -83,6 +98,7 @@ def parse_serial(text: str) -> dict:
         "panic": panic,
         "marker": marker,
         "explore": explore,
+        "modules": modules,
     }
 
 

@@ -190,30 +190,54 @@ def run_and_dump(
 
 
 def run_until_exit(
-    cmd: list[str], *, serial: Path, timeout: float = 180.0, fail_patterns: tuple[str, ...] = ()
+    cmd: list[str],
+    *,
+    serial: Path,
+    timeout: float = 180.0,
+    fail_patterns: tuple[str, ...] = (),
+    done_pattern: str | None = None,
+    done_grace: float = 20.0,
+    tail_lines: int = 40,
 ) -> float:
     """Run QEMU until it exits by itself (guest poweroff); for the real-kdump cycle.
-    Any of fail_patterns in the serial log aborts the run early."""
+    Any of fail_patterns in the serial log aborts the run (also when the guest powers
+    off right after printing it). Once `done_pattern` is in the serial log the guest's
+    work is done: QEMU gets `done_grace` seconds to power off, then is killed (Xen
+    under TCG does not always power the machine off)."""
     full = cmd + ["-serial", f"file:{serial}", "-display", "none", "-monitor", "none", "-no-reboot"]
     serial.unlink(missing_ok=True)
     log(" ".join(full))
     t0 = time.monotonic()
+    done_at = None
+
+    def check_serial() -> None:
+        text = serial.read_text(errors="replace") if serial.exists() else ""
+        hit = [p for p in fail_patterns if p in text]
+        if hit:
+            time.sleep(2.0)  # the lines the guest prints after its failure line
+            raise RuntimeError(
+                f"serial log shows {hit[0]!r}\n"
+                f"--- serial tail ({serial}) ---\n{serial_tail(serial, tail_lines)}"
+            )
+        nonlocal done_at
+        if done_at is None and done_pattern is not None and done_pattern in text:
+            done_at = time.monotonic()
+
     proc = subprocess.Popen(full, stdin=subprocess.DEVNULL)
     try:
         while proc.poll() is None:
-            if time.monotonic() - t0 > timeout:
+            now = time.monotonic()
+            if done_at is not None and now - done_at > done_grace:
+                log(f"no poweroff {done_grace}s after {done_pattern!r}: stopping QEMU")
+                break
+            if now - t0 > timeout:
                 raise RuntimeError(
                     f"QEMU did not power off within {timeout}s\n"
-                    f"--- serial tail ({serial}) ---\n{serial_tail(serial)}"
+                    f"--- serial tail ({serial}) ---\n{serial_tail(serial, tail_lines)}"
                 )
-            text = serial.read_text(errors="replace") if serial.exists() else ""
-            hit = [p for p in fail_patterns if p in text]
-            if hit:
-                raise RuntimeError(
-                    f"serial log shows {hit[0]!r}\n"
-                    f"--- serial tail ({serial}) ---\n{serial_tail(serial)}"
-                )
+            check_serial()
             time.sleep(0.5)
+        check_serial()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -22,6 +22,8 @@ FORMAT_INFO = {
     "mdf-d31-E": ("elf-filtered", "d31", None),
     "mdf-d31-F": ("kdump-flattened", "d31", "zlib"),
     "proc-elf": ("elf", None, None),
+    "xen-core": ("xen-core", None, None),  # xl dump-core of the crashed guest
+    "xen-core-live": ("xen-core", None, None),  # xl dump-core of the running guest
 }
 
 
@@ -46,6 +48,11 @@ class Arch:
     vmcoreinfo_device: bool = True
     qemu_extra: tuple[str, ...] = ()  # more QEMU options for this arch
 
+
+# a small stock module of the kernel package, for `mods` on the architectures whose
+# guests need no module of their own (no vmcoreinfo or pvpanic device); recorded
+# by the guest in the manifest (schema 3: /proc/modules)
+NEW_ARCH_MODULES = ("crc_itu_t",)
 
 ARCHES = {
     "amd64": Arch(
@@ -105,7 +112,7 @@ ARCHES = {
         "qemu-system-riscv64",
         "virt",
         "ttyS0",
-        (),
+        NEW_ARCH_MODULES,
         "serial",
         "riscv64-linux-gnu-gcc",
         suite="trixie",
@@ -121,7 +128,7 @@ ARCHES = {
         "qemu-system-arm",
         "virt",
         "ttyAMA0",
-        (),
+        NEW_ARCH_MODULES,
         "serial",
         "arm-linux-gnueabihf-gcc",
         suite="trixie",
@@ -139,7 +146,9 @@ class SampleSpec:
     smp: int = 2
     cpu: str | None = None  # -cpu
     kaslr: bool = True
-    kind: str = "qemu"  # "qemu" (dump-guest-memory) or "kdump" (real kexec -p capture)
+    # "qemu" (dump-guest-memory), "kdump" (real kexec -p capture) or "xen-pv" (xl
+    # dump-core of a PV guest of Xen under QEMU: memory_mb and smp are the guest's)
+    kind: str = "qemu"
     extra_append: str = ""
     default: bool = True  # part of `build` without --only
     commit_copy: bool = False  # may be copied into sample_dumps/committed/
@@ -148,8 +157,9 @@ class SampleSpec:
     extra_tasks: int = 0  # more `sleep` processes started by init (scale samples)
     cache_subdir: str = "samples"  # scale samples live apart from the test samples
     # the manifest schema the sample's tests need (2: the guest's /proc/meminfo, mounts,
-    # net devices, fds and boot time, read by tests/test_explore_more.py); a cached
-    # sample of an older schema is rebuilt, others are kept
+    # net devices, fds and boot time, read by tests/test_explore_more.py; 3: its
+    # /proc/modules, read by tests/test_mods_new_arches.py); a cached sample of an
+    # older schema is rebuilt, others are kept
     min_schema: int = 1
     # the oldest kernel release the sample's tests expect: a cached sample of an older
     # kernel (s390x and ppc64le built from bookworm's 6.1 before their rows moved to
@@ -159,6 +169,8 @@ class SampleSpec:
 
 # the non-PAE 686 flavour (2-level paging, 4 MB pages) of the same i386 build
 ARCHES["i386-686"] = replace(ARCHES["i386"], flavour="686")
+# 32-bit Arm's LPAE flavour (armmp-lpae: three-level long-descriptor tables)
+ARCHES["armhf-lpae"] = replace(ARCHES["armhf"], flavour="armmp-lpae")
 A64, ARM, I386, RV64 = ARCHES["amd64"], ARCHES["arm64"], ARCHES["i386"], ARCHES["riscv64"]
 ALL_MDF = ("mdf-d31-c", "mdf-d31-l", "mdf-d31-E", "mdf-d31-F")
 
@@ -185,10 +197,26 @@ SAMPLES: list[SampleSpec] = [
     SampleSpec("x86_64-la57", A64, ("elf",), cpu="qemu64,+la57"),
     # trixie's 6.12 riscv64 kernel on QEMU's virt machine (Sv57 offered by QEMU 7.2's rv64
     # cpu); Debian's riscv64 config has no RANDOMIZE_BASE, so no KASLR
-    SampleSpec("riscv64", RV64, ("elf", "kdump-zlib"), cpu="rv64", kaslr=False),
+    SampleSpec("riscv64", RV64, ("elf", "kdump-zlib"), cpu="rv64", kaslr=False, min_schema=3),
     # trixie's 6.12 armmp kernel (short descriptors, 3G/1G split) on QEMU's virt machine;
     # 32-bit Arm has no KASLR
-    SampleSpec("armhf", ARCHES["armhf"], ("elf", "kdump-zlib"), cpu="cortex-a15", kaslr=False),
+    # the armmp-lpae flavour of the same trixie build: LPAE (long-descriptor) page tables
+    SampleSpec(
+        "armhf-lpae",
+        ARCHES["armhf-lpae"],
+        ("elf",),
+        cpu="cortex-a15",
+        kaslr=False,
+        min_schema=3,
+    ),
+    SampleSpec(
+        "armhf",
+        ARCHES["armhf"],
+        ("elf", "kdump-zlib"),
+        cpu="cortex-a15",
+        kaslr=False,
+        min_schema=3,
+    ),
 ]
 
 # s390x and ppc64le (big-endian s390x, little-endian ppc64 with the radix MMU of POWER9):
@@ -201,7 +229,7 @@ ARCHES["s390x"] = Arch(
     "qemu-system-s390x",
     "s390-ccw-virtio",
     "ttysclp0",
-    (),
+    NEW_ARCH_MODULES,
     "guest-panicked",
     "s390x-linux-gnu-gcc",
     suite="trixie",
@@ -215,7 +243,7 @@ ARCHES["ppc64el"] = Arch(
     "qemu-system-ppc64",
     "pseries",
     "hvc0",
-    (),
+    NEW_ARCH_MODULES,
     "guest-panicked",
     "powerpc64le-linux-gnu-gcc",
     suite="trixie",
@@ -223,10 +251,33 @@ ARCHES["ppc64el"] = Arch(
     qemu_extra=("-vga", "none", "-action", "panic=pause"),
 )
 SAMPLES += [
-    SampleSpec("s390x", ARCHES["s390x"], ("elf", "kdump-zlib"), cpu="max", min_release="6.12"),
     SampleSpec(
-        "ppc64le", ARCHES["ppc64el"], ("elf", "kdump-zlib"), cpu="power9", min_release="6.12"
+        "s390x",
+        ARCHES["s390x"],
+        ("elf", "kdump-zlib"),
+        cpu="max",
+        min_release="6.12",
+        min_schema=3,
     ),
+    SampleSpec(
+        "ppc64le",
+        ARCHES["ppc64el"],
+        ("elf", "kdump-zlib"),
+        cpu="power9",
+        min_release="6.12",
+        min_schema=3,
+    ),
+]
+
+# Debian 12's Xen 4.17 under QEMU TCG, a PV dom0 and a domU of the amd64 kernel running
+# the samples' guest init (xen.py): `xl dump-core` of the crashed guest and (PV) of the
+# running one; a PV guest's kernel is not relocated (no KASLR). The HVM guest is the slow
+# tier (default=False; ./dev.sh slow): its dump alone takes ~10 minutes under TCG
+SAMPLES += [
+    SampleSpec(
+        "xen-pv", A64, ("xen-core", "xen-core-live"), memory_mb=128, kaslr=False, kind="xen-pv"
+    ),
+    SampleSpec("xen-hvm", A64, ("xen-core",), memory_mb=128, kind="xen-hvm", default=False),
 ]
 
 BY_ID = {s.id: s for s in SAMPLES}

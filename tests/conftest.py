@@ -20,29 +20,40 @@ from sample_dumps.table import SAMPLES  # noqa: E402
 BUILD_HINT = "run `python -m sample_dumps build --with-dbg` from the repo root"
 
 
+#: sample kinds the generic sample tests cover (sample_ids() and sample_files() with no
+#: kind): Xen guest dumps ("xen-pv": xl dump-core files, one of a guest that has not
+#: panicked) are listed only when their kind is asked for
+GENERIC_KINDS = ("qemu", "kdump")
+
+
+def _kind_matches(spec_kind: str, kind: str | None) -> bool:
+    return spec_kind in GENERIC_KINDS if kind is None else spec_kind == kind
+
+
 def sample_ids(
     *, arch: str | None = None, kind: str | None = None, has_format: str | None = None
 ) -> list[str]:
     """IDs of the default sample rows, optionally filtered: for @pytest.mark.parametrize.
-    arch is the manifest arch ("x86_64", "aarch64")."""
+    arch is the manifest arch ("x86_64", "aarch64"); with no kind, GENERIC_KINDS only."""
     return [
         s.id
         for s in SAMPLES
         if s.default
         and (arch is None or s.arch.name == arch)
-        and (kind is None or s.kind == kind)
+        and _kind_matches(s.kind, kind)
         and (has_format is None or has_format in s.formats)
     ]
 
 
 def sample_files(
-    formats: set[str] | None = None, *, arch: str | None = None
+    formats: set[str] | None = None, *, arch: str | None = None, kind: str | None = None
 ) -> list[tuple[str, str]]:
-    """(sample ID, file format) pairs of the default rows, for parametrize."""
+    """(sample ID, file format) pairs of the default rows, for parametrize; with no
+    kind, GENERIC_KINDS only."""
     return [
         (s.id, f)
         for s in SAMPLES
-        if s.default
+        if s.default and _kind_matches(s.kind, kind)
         for f in s.formats
         if (formats is None or f in formats) and (arch is None or s.arch.name == arch)
     ]

@@ -154,9 +154,11 @@ def phys_addressed_copy(src, dst) -> None:
 
 
 def check_drgn(path, vmlinux, arch: str, m, tmp_path) -> None:
-    """drgn's task list and printk records (with the vmlinux) = kvmcore's, read
-    with the vmlinux and with none."""
+    """drgn's task list, printk records (text, level, facility, continuation)
+    and online CPUs (with the vmlinux) = kvmcore's, read with the vmlinux and
+    with none."""
     drgn = drgn_module()
+    from drgn.helpers.linux.cpumask import for_each_online_cpu
     from drgn.helpers.linux.pid import for_each_task
     from drgn.helpers.linux.printk import get_printk_records
 
@@ -173,15 +175,26 @@ def check_drgn(path, vmlinux, arch: str, m, tmp_path) -> None:
         )
         for t in for_each_task(prog)
     }
-    their_log = [r.text.decode(errors="replace") for r in get_printk_records(prog)]
+    # text, then the `u8 flags:5; u8 level:3` bit-fields drgn reads through the
+    # vmlinux's DWARF (on big-endian s390x GCC puts flags in the high bits)
+    their_log = [
+        (r.text.decode(errors="replace"), r.level, r.facility, r.continuation)
+        for r in get_printk_records(prog)
+    ]
+    # cpu_online_mask: unsigned long words in the kernel's byte order
+    their_online = list(for_each_online_cpu(prog))
     copy.unlink()
+    assert len({level for _, level, _, _ in their_log}) >= 3, their_log[:20]
     for vml in (str(vmlinux), None):
         with kvmcore.open(str(path), vmlinux=vml) as dump:
             ours = {t.pid: (t.tgid, t.ppid, t.comm) for t in dump.kernel.tasks() if t.pid}
-            log = [r.text for r in dump.kernel.log()]
+            log = [(r.text, r.level, r.facility, r.continuation) for r in dump.kernel.log()]
+            online = dump.kernel.online_cpus
         assert ours == theirs, vml
-        assert log == their_log, vml
-        assert m["marker"] in log
+        assert online == their_online and online, (vml, online, their_online)
+        assert [x[0] for x in log] == [x[0] for x in their_log], vml
+        assert log == their_log, (vml, [(a, b) for a, b in zip(log, their_log) if a != b][:5])
+        assert m["marker"] in [x[0] for x in log]
 
 
 def system_map(path) -> dict[str, int]:

@@ -67,6 +67,28 @@ def test_dmesg_panic_and_backtrace(opened):
     c.check_dmesg_and_panic(dump, s.manifest)
 
 
+def test_syscall_traces_end_at_the_entry_frame(opened):
+    """The panicking task's trace and every sleeping task's reach the syscall
+    entry frame (system_call_vectored_common) and end at its user-mode
+    pt_regs. Regression: with both marker layouts tried on a 6.12 kernel, the
+    word at 96 of system_call_exception's 64-byte frame (the entry frame's own
+    marker, at its 32) made that frame look like the entry frame, and the
+    trace ended one frame early."""
+    s, _, _, dump = opened
+    from kvmcore.arches.ppc64le.cpu import MSR_PR
+
+    by_pid = {t.pid: t for t in dump.kernel.tasks()}
+    pids = [s.manifest["panic"]["pid"]] + [
+        p["pid"] for p in s.manifest["processes"] if p["comm"].startswith("sleeper")
+    ]
+    for pid in pids:
+        bt = dump.backtrace(by_pid[pid])
+        names = bt.functions()
+        assert names[-1] == "system_call_vectored_common" and bt.error is None, (pid, names)
+        assert names[-2] == "system_call_exception", (pid, names)
+        assert bt.user_regs is not None and bt.user_regs["msr"] & MSR_PR, (pid, bt.user_regs)
+
+
 def test_sleeping_tasks_unwind_from_switch_frames(opened):
     s, _, _, dump = opened
     c.check_sleepers(dump, s.manifest)

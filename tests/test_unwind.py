@@ -87,8 +87,9 @@ PANIC_PATH = {  # the panicking CPU's call chain, innermost first (each a name p
 }
 # armhf's kernel has no BTF (tasks need the -dbg vmlinux, which these generic tests do
 # not give) and QEMU caught its panic CPU on the banked IRQ vector (frame #0 is lr_irq - 4,
-# not the saved pc): its CPU backtraces are tested in tests/test_arch_arm.py
-NO_VMLINUX_CPU_UNWIND = ("armhf",)
+# not the saved pc): its CPU backtraces are tested in tests/test_arch_arm.py (armhf-lpae:
+# tests/test_arch_arm_lpae.py)
+NO_VMLINUX_CPU_UNWIND = ("armhf", "armhf-lpae")
 APT_HINT = "apt-get install $(grep -v '^#' sample_dumps/apt-packages.txt)"
 
 

@@ -5,11 +5,12 @@ and 2 MB pages) paging, the kernel direct map at PAGE_OFFSET.
 - mmu.py: the two 32-bit page-table formats
 - linux.py: Linux full dumps (PAGE_OFFSET found from the tables)
 - freebsd_mini.py: FreeBSD minidumps (PAE and not)
+- xen.py: Xen HVM guests' dump-core files (PAE and not)
 """
 
 from kvmcore.registry import register_arch
 
-from . import freebsd_mini, linux  # noqa: F401  (each registers its translator)
+from . import freebsd_mini, linux, xen  # noqa: F401  (each registers its translator)
 from .cpu import ARCH
 
 register_arch(ARCH)

@@ -4,11 +4,12 @@
 - mmu.py: the page-table format
 - linux.py: Linux full dumps (root from VMCOREINFO)
 - freebsd_full.py, freebsd_mini.py: FreeBSD full dumps and minidumps
+- xen.py: Xen guests' dump-core files (PV through the p2m, HVM)
 """
 
 from kvmcore.registry import register_arch
 
-from . import freebsd_full, freebsd_mini, linux  # noqa: F401  (each registers its translator)
+from . import freebsd_full, freebsd_mini, linux, xen  # noqa: F401  (each registers its translator)
 from .cpu import ARCH
 
 register_arch(ARCH)

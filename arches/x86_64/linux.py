@@ -1,6 +1,8 @@
 """Linux x86_64 full dumps: the walk starts at init_top_pgt, whose physical
 address is its kernel-image address less __START_KERNEL_map plus phys_base
-(both in VMCOREINFO); NUMBER(pgtable_l5_enabled) selects 5-level paging."""
+(both in VMCOREINFO); NUMBER(pgtable_l5_enabled) selects 5-level paging and
+NUMBER(sme_mask), when non-zero, is the SME encryption bit masked out of
+every entry."""
 
 from kvmcore.errors import UnsupportedError
 from kvmcore.pagetable import RadixTranslator
@@ -32,8 +34,13 @@ def page_table_root(ctx: TranslationContext) -> int:
 def build(ctx: TranslationContext) -> Translator:
     info = ctx.vmcoreinfo
     five_level = bool(info and info.number("pgtable_l5_enabled"))
+    sme_mask = (info.number("sme_mask") if info else None) or 0
     return RadixTranslator(
-        X86_64Tables(five_level), page_table_root(ctx), ctx.mem.read_phys, "little", ctx.path
+        X86_64Tables(five_level, sme_mask),
+        page_table_root(ctx),
+        ctx.mem.read_phys,
+        "little",
+        ctx.path,
     )
 
 

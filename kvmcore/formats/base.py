@@ -36,8 +36,11 @@ class DumpFacts:
 
     ``machine`` is a normalized architecture hint ("x86_64", "i386",
     "aarch64", ...) or None; ``os`` is "linux", "freebsd" or None.
-    ``kind`` is "full" (page tables must be walked in dumped memory) or
-    "mini" (the dump carries its own kva map, as FreeBSD minidumps do).
+    ``kind`` is "full" (page tables must be walked in dumped memory),
+    "mini" (the dump carries its own kva map, as FreeBSD minidumps do), or
+    the name of a translator flavour the format's memory needs and that
+    only that flavour claims ("xen-pv": a Xen PV guest, whose page tables
+    hold machine frames; "xen-hvm").
     """
 
     machine: str | None = None
@@ -108,6 +111,13 @@ class PhysicalMemory(ABC):
 
     def prstatus_notes(self) -> list[Note]:
         return [n for n in self.notes if n.type == NT_PRSTATUS and n.name in ("CORE", "")]
+
+    @property
+    def problems(self) -> list[str]:
+        """What the format found damaged or missing and read around, one line
+        each (`info` and the report list them): the results are partial."""
+        problems: list[str] = self.metadata.setdefault("problems", [])
+        return problems
 
     @property
     def notes_problem(self) -> str | None:

@@ -215,6 +215,8 @@ class LinuxKernel:
         leaves a gap in the order: those notes are matched by pid, and only the
         pid-0 (idle) ones by order onto the CPUs still without a note."""
         states = self.dump.cpu_states
+        if states and all(s.numbered for s in states):
+            return {s.cpu: s for s in states}
         # QEMU's pr_pid is cpu + 1, written in the wrong byte order by its
         # s390x target, and not at all (0) by its ppc64 one: with a note for
         # every possible CPU and no pid to match, the order is the CPU number

@@ -57,10 +57,14 @@ def read_modules(kernel: LinuxKernel) -> list[Module]:
     off_name = types.offsetof(mod, "name")
     if types.has_member(mod, "core_layout"):  # up to 6.3
         off_base = types.offsetof(mod, "core_layout.base")
-        off_size = types.offsetof(mod, "core_layout.size")
-    else:  # 6.4+: mem[MOD_TEXT]
-        off_base = types.offsetof(mod, "mem") + types.offsetof("struct module_memory", "base")
-        off_size = types.offsetof(mod, "mem") + types.offsetof("struct module_memory", "size")
+        size_offsets = [types.offsetof(mod, "core_layout.size")]
+    else:  # 6.4+: base mem[MOD_TEXT]; the size /proc/modules shows sums every mem[]
+        # (module_total_size; the init ones are 0 once the module is live)
+        off_mem = types.offsetof(mod, "mem")
+        off_base = off_mem + types.offsetof("struct module_memory", "base")
+        stride = types.sizeof("struct module_memory")
+        size_at = off_mem + types.offsetof("struct module_memory", "size")
+        size_offsets = [size_at + i * stride for i in range(types.array_length(mod, "mem"))]
     off_taints = types.offsetof(mod, "taints")
     modules: list[Module] = []
     node = dump.read_ptr(head)
@@ -77,7 +81,7 @@ def read_modules(kernel: LinuxKernel) -> list[Module]:
             name,
             addr,
             dump.read_ptr(addr + off_base),
-            dump.read_u32(addr + off_size),
+            sum(dump.read_u32(addr + off) for off in size_offsets),
             dump.read_ptr(addr + off_taints),
         )
         with contextlib.suppress(KvmcoreError):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import KvmcoreError
+from .oops import OOPS_PANICS, crash_report
 
 if TYPE_CHECKING:
     from . import LinuxKernel
@@ -70,7 +71,12 @@ CPU_LINE_RE = re.compile(
 
 @dataclass
 class PanicInfo:
+    #: what went wrong, as one reads it: the panic's message, or the first line
+    #: of the oops report when the panic only says an oops happened ("Fatal
+    #: exception", as panic_on_oops and arm64's die() word it)
     message: str | None = None
+    #: the panic() message itself (None when the log has no panic line)
+    panic_string: str | None = None
     cpu: int | None = None
     task: Task | None = None
     taint_mask: int | None = None
@@ -109,12 +115,19 @@ def find_panic(kernel: LinuxKernel) -> PanicInfo:
     except KvmcoreError:
         records = []
     panic_rec = None
-    for rec in reversed(records):
-        m = PANIC_RE.match(rec.text)
+    for k in range(len(records) - 1, -1, -1):
+        m = PANIC_RE.match(records[k].text)
         if m:
-            info.message = m.group(1).strip()
+            info.message = info.panic_string = m.group(1).strip()
             info.sources["message"] = "kernel log"
-            panic_rec = rec
+            panic_rec = records[k]
+            if OOPS_PANICS.match(info.message):
+                _, title, _ = crash_report(r.text for r in records[: k + 1])
+                if title:
+                    info.message = title
+                    info.sources["message"] = (
+                        f"kernel log: the oops report the panic ({info.panic_string!r}) ends"
+                    )
             break
     if panic_rec is None:
         for rec in reversed(records):

@@ -21,6 +21,16 @@ DESC_COMMITTED, DESC_FINALIZED = 1, 2
 LOG_CONT = 8  # printk_info.flags / printk_log.flags bit for continuation records
 
 
+def flags_and_level(byte: int, byteorder: str) -> tuple[int, int]:
+    """(flags, level) of the byte holding `u8 flags:5; u8 level:3;`: GCC
+    allocates bit-fields from the low bits on a little-endian target and from
+    the high bits on a big-endian one (s390x), so the level is the top three
+    bits there and the bottom three here."""
+    if byteorder == "little":
+        return byte & 0x1F, byte >> 5
+    return byte >> 3, byte & 0x07
+
+
 @dataclass(frozen=True)
 class LogRecord:
     """One kernel log record."""
@@ -180,16 +190,16 @@ def _read_ringbuffer(dump: Dump, info: VmcoreInfo) -> KernelLog:
             i = idx * info_size
             text_len = field(info_blob, i + len_off, 2)
             text = _block_text(text_blob, begin, nxt, data_size, word, text_len)
-            fl = info_blob[i + flags_off]
+            flags, level = flags_and_level(info_blob[i + flags_off], bo)
             records.append(
                 LogRecord(
                     seq=field(info_blob, i + seq_off, 8),
                     timestamp_ns=field(info_blob, i + ts_off, 8),
-                    level=fl >> 5,
+                    level=level,
                     facility=info_blob[i + fac_off],
                     text=text.decode("utf-8", "replace"),
                     caller_id=field(info_blob, i + caller_off, 4),
-                    continuation=bool(fl & LOG_CONT),
+                    continuation=bool(flags & LOG_CONT),
                 )
             )
         if ident == head:
@@ -268,12 +278,10 @@ def _read_log_buf(dump: Dump) -> KernelLog:
         # as helpers; the layout is fixed from 3.11 to 5.9)
         fac_at = idx + tlen_off + 4
         facility = blob[fac_at] if fac_at < buf_len else 0
-        flags_level = blob[fac_at + 1] if fac_at + 1 < buf_len else 0
+        flags, level = flags_and_level(blob[fac_at + 1] if fac_at + 1 < buf_len else 0, bo)
         text = blob[idx + hdr : idx + hdr + text_len].decode("utf-8", "replace")
         records.append(
-            LogRecord(
-                seq, ts, flags_level >> 5, facility, text, continuation=bool(flags_level & LOG_CONT)
-            )
+            LogRecord(seq, ts, level, facility, text, continuation=bool(flags & LOG_CONT))
         )
         seq += 1
         idx += length

@@ -115,6 +115,7 @@ def build_report(
 
     note("reading the dump")
     report["dump"] = _dump_section(dump)
+    problems.extend(f"dump: {p}" for p in dump.mem.problems)
     note("reading the kernel log")
     report["log"] = _section(lambda: _log_section(kernel, log_lines), problems, "log")
     note("walking tasks")
@@ -176,6 +177,7 @@ def _headline(dump: Dump) -> dict[str, Any]:
     task = panic.task
     return {
         "panic_message": panic.message,
+        "panic_string": getattr(panic, "panic_string", panic.message),
         "task": {"pid": task.pid, "comm": task.comm, "address": f"{task.address:#x}"}
         if task
         else log_task(dump),

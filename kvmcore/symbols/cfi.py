@@ -50,6 +50,7 @@ DW_OP_addr, DW_OP_const1u, DW_OP_const8s = 0x03, 0x08, 0x0F
 DW_OP_constu, DW_OP_consts, DW_OP_over, DW_OP_swap = 0x10, 0x11, 0x14, 0x16
 DW_OP_minus, DW_OP_plus, DW_OP_bregx, DW_OP_nop = 0x1C, 0x22, 0x92, 0x96
 DW_OP_lit31, DW_OP_breg31 = 0x4F, 0x8F
+DW_OP_ne, DW_OP_mul = 0x2E, 0x1E
 
 MAX_ROWS_PER_FDE = 64
 MAX_ROWS = 4_000_000
@@ -120,6 +121,11 @@ def value_is(reg: int, expr: bytes) -> bytes:
     return bytes([DW_CFA_val_expression]) + uleb(reg) + uleb(len(expr)) + expr
 
 
+def in_register(reg: int, source: int) -> bytes:
+    """reg's caller value is the value `source` holds in this frame."""
+    return bytes([DW_CFA_register]) + uleb(reg) + uleb(source)
+
+
 def undefined(reg: int) -> bytes:
     return bytes([DW_CFA_undefined]) + uleb(reg)
 
@@ -144,15 +150,48 @@ def deref() -> bytes:
     return bytes([DW_OP_deref])
 
 
-def if_zero_else(test: bytes, when_zero: bytes, otherwise: bytes) -> bytes:
+def const(value: int) -> bytes:
+    """Expression: push an unsigned constant."""
+    if 0 <= value <= 31:
+        return bytes([DW_OP_lit0 + value])
+    return bytes([DW_OP_constu]) + uleb(value)
+
+
+def mask(bits: int) -> bytes:
+    """Expression: the top of the stack AND `bits`."""
+    return const(bits) + bytes([DW_OP_and])
+
+
+def differs(value: int) -> bytes:
+    """Expression: replace the top of the stack by 0 when it equals `value`, else 1."""
+    return const(value) + bytes([DW_OP_ne])
+
+
+def differs_from_all(values: tuple[int, ...]) -> bytes:
+    """Expression: replace the top of the stack by 0 when it equals one of
+    `values`, else by a non-zero value (the product of the `differs` tests)."""
+    if len(values) == 1:
+        return differs(values[0])
+    code = b""
+    for value in values[:-1]:
+        code += bytes([DW_OP_dup]) + differs(value) + bytes([DW_OP_swap])
+    code += differs(values[-1])
+    return code + bytes([DW_OP_mul]) * (len(values) - 1)
+
+
+def if_zero_else(
+    test: bytes, when_zero: bytes, otherwise: bytes, byteorder: str = "little"
+) -> bytes:
     """Expression: evaluate `test`; then `when_zero` if it gave 0, else
-    `otherwise` (each branch pushes one value; the stack below is kept)."""
+    `otherwise` (each branch pushes one value; the stack below is kept).
+    The branch offsets are 2-byte operands in the target's `byteorder`."""
     # test; bra L_other; when_zero; skip L_end; L_other: otherwise; L_end:
-    skip = bytes([DW_OP_skip]) + struct.pack("<h", len(otherwise))
+    e = "<" if byteorder == "little" else ">"
+    skip = bytes([DW_OP_skip]) + struct.pack(e + "h", len(otherwise))
     return (
         test
         + bytes([DW_OP_bra])
-        + struct.pack("<h", len(when_zero) + len(skip))
+        + struct.pack(e + "h", len(when_zero) + len(skip))
         + when_zero
         + skip
         + otherwise

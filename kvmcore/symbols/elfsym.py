@@ -24,7 +24,7 @@ import struct
 
 from ..errors import SymbolError
 from ..registry import get_arch
-from .table import Symbol, SymbolTable
+from .table import Symbol, SymbolTable, display_rank
 
 SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_NOBITS = 1, 2, 3, 8
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 1, 2, 4
@@ -55,7 +55,7 @@ def write_symbol_file(
     debug: dict[str, bytes] | None = None,
     extra: list[Symbol] | None = None,
 ) -> None:
-    """Write `symtab`'s kernel-half symbols to an ELF file at `path`; vmlinux
+    """Write `symtab`'s kernel-half and module symbols to an ELF file at `path`; vmlinux
     symbols moved back by `kernel_offset` to their link addresses. `debug_frame`
     (kvmcore.symbols.cfi) becomes a .debug_frame section, for gdb to unwind with;
     `debug` adds more non-allocated sections by name (.debug_info, ...);
@@ -68,7 +68,7 @@ def write_symbol_file(
     low = floor < 1 << (symtab.word_size * 8 - 1)  # s390x: absolute values look like addresses
     groups: dict[str | None, list[Symbol]] = {}
     for sym in [*symtab, *(extra or ())]:
-        if sym.address >= floor and not (low and sym.type in "aA"):
+        if (sym.address >= floor or sym.module is not None) and not (low and sym.type in "aA"):
             if sym.module is None and kernel_offset:
                 sym = Symbol(sym.name, sym.address - kernel_offset, sym.size, sym.type, None)
             groups.setdefault(sym.module, []).append(sym)
@@ -81,6 +81,7 @@ def write_symbol_file(
     sections: list[tuple[int, int, int, int, int]] = []
     entries: list[tuple[int, int, int, int, int]] = []  # name, value, size, info, shndx
     for module, syms in sorted(groups.items(), key=lambda kv: (kv[0] is not None, kv[0] or "")):
+        syms = _sized_aliases(syms)
         lo = min(s.address for s in syms)
         hi = max(s.address + max(s.size, 1) for s in syms)
         name = ".text" if module is None else f".text.{module}"
@@ -220,6 +221,31 @@ def write_symbol_file(
         os.replace(tmp, path)
     except OSError as exc:
         raise SymbolError(f"cannot write symbol file: {exc}", path) from None
+
+
+def _sized_aliases(syms: list[Symbol]) -> list[Symbol]:
+    """Sizes for unsized code symbols (kallsyms records none): among those
+    sharing an address, the one kvmcore shows (SymbolTable's display rank)
+    spans up to the next address, the others stay 0. gdb names a pc by a
+    symbol whose size covers it before a zero-size one, so it picks the same
+    alias kvmcore does (the local __schedule, not the global
+    __sched_text_start label at its address)."""
+    code = sorted((s for s in syms if s.type in "tTwW" and not s.size), key=lambda s: s.address)
+    if not code:
+        return syms
+    addresses = sorted({s.address for s in syms})
+    following = dict(zip(addresses, addresses[1:]))
+    chosen: dict[int, Symbol] = {}
+    for s in code:
+        best = chosen.get(s.address)
+        if best is None or display_rank(s.name, s.type, 0) < display_rank(best.name, best.type, 0):
+            chosen[s.address] = s
+    out = []
+    for s in syms:
+        if chosen.get(s.address) is s and s.address in following:
+            s = Symbol(s.name, s.address, following[s.address] - s.address, s.type, s.module)
+        out.append(s)
+    return out
 
 
 def symtab_byteorder(arch: str) -> str:

@@ -77,7 +77,7 @@ class SymbolColumns:
 # script's section-boundary label (6.12 s390x's global __sched_text_start sits on
 # the local __schedule, in kallsyms too, which records no sizes), globals before
 # locals, then names without a leading underscore.
-def _display_rank(name: str, typ: str, size: int) -> tuple[int, int, int, int, int]:
+def display_rank(name: str, typ: str, size: int) -> tuple[int, int, int, int, int]:
     return (
         0 if typ in "Tt" else 1,
         0 if size else 1,
@@ -167,6 +167,11 @@ class SymbolTable:
         if self._sorted_upto < total:
             addresses = self._addresses
             keep = list(map(self._kernel_floor.__le__, addresses[self._sorted_upto : total]))
+            modules = self._modules_of[self._sorted_upto : total]
+            if any(modules):
+                # a module's own symbols are runtime addresses wherever its area
+                # is (32-bit Arm's module area lies below PAGE_OFFSET)
+                keep = [k or m is not None for k, m in zip(keep, modules)]
             if self._kernel_floor < 1 << (self.word_size * 8 - 1):
                 # a low kernel: absolute values (type a/A) would look like addresses
                 types = self._types[self._sorted_upto : total]
@@ -299,7 +304,7 @@ class SymbolTable:
         # the preferred alias among those at one address (first one on a tie)
         i = min(
             order[j:k],
-            key=lambda i: _display_rank(self._names[i], self._types[i], self._sizes[i]),
+            key=lambda i: display_rank(self._names[i], self._types[i], self._sizes[i]),
         )
         sym = self._symbol(i)
         offset = addr - sym_addr

@@ -48,9 +48,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..linux.oops import OOPS_PANICS as _OOPS_PANICS
+from ..linux.oops import TIMESTAMP as _TIMESTAMP
+from ..linux.oops import crash_report
+from ..linux.oops import strip_ts as _strip_ts
 
 #: how many frames a signature holds
 TOP_FRAMES = 5
@@ -207,34 +212,6 @@ SCHEDULER_FRAMES = frozenset(
 #: how deep the panic machinery is looked for at the top of a backtrace
 ENTRY_DEPTH = 24
 
-_PANIC_LINE = re.compile(r"Kernel panic - not syncing: ?(.*)")
-_TIMESTAMP = re.compile(r"^\s*(?:<\d+>)?\[\s*\d+\.\d+\]\s?")
-# the first line of a crash report in the log; `kind` is the class it implies
-_REPORT_STARTS: list[tuple[str, re.Pattern[str]]] = [
-    ("soft_lockup", re.compile(r"BUG: soft lockup")),
-    ("hard_lockup", re.compile(r"(?:Watchdog detected|NMI watchdog: .*) hard LOCKUP", re.I)),
-    ("hung_task", re.compile(r"INFO: task \S+ blocked for more than")),
-    ("oom", re.compile(r"invoked oom-killer|Out of memory")),
-    ("warning", re.compile(r"^WARNING: CPU: ")),
-    (
-        "bug",
-        re.compile(
-            r"^kernel BUG at |^BUG: (?:Bad page|scheduling while atomic)"
-            r"|corruption[.:]|^BUG: KASAN|^BUG: KFENCE"
-        ),
-    ),
-    (
-        "oops",
-        re.compile(
-            r"^BUG: (?:kernel NULL pointer dereference|unable to handle)"
-            r"|^(?:general protection fault|divide error|invalid opcode|"
-            r"stack segment|double fault)|kernel stack overflow"
-            r"|^BUG: TASK stack guard page"
-            r"|^Unable to handle kernel |^Internal error: |^Oops(?: -|:)"
-        ),
-    ),
-]
-
 # the panic message alone decides these
 _PANIC_KINDS: list[tuple[str, re.Pattern[str]]] = [
     ("sysrq", re.compile(r"^sysrq triggered crash")),
@@ -244,13 +221,6 @@ _PANIC_KINDS: list[tuple[str, re.Pattern[str]]] = [
     ("oom", re.compile(r"^Out of memory|^System is deadlocked on memory")),
     ("warning", re.compile(r"panic_on_warn set")),
 ]
-# panic messages that only say an oops happened: the log's report says what
-_OOPS_PANICS = re.compile(
-    # arm64's die() panics with "<what>: Fatal exception" (Oops, Oops - BUG, ...)
-    r"^(?:[\w -]{1,40}: )?(?:Fatal exception|Fatal exception in interrupt|"
-    r"Aiee, killing interrupt handler!|Attempted to kill the idle task!|"
-    r"Attempted to kill init!.*|Machine halted\.?)$|^$"
-)
 
 
 @dataclass
@@ -328,52 +298,6 @@ def normalize_message(text: str) -> str:
     text = _NUMBER.sub("N", text)
     text = _SPACES.sub(" ", text).strip()
     return text[:MESSAGE_MAX]
-
-
-def _strip_ts(line: str) -> str:
-    return _TIMESTAMP.sub("", line).rstrip()
-
-
-def crash_report(log_lines: Iterable[str]) -> tuple[str | None, str | None, int | None]:
-    """(kind, title line, index) of the last crash report in the log before the
-    last panic line (or in the whole log when it holds no panic line)."""
-    lines = [_strip_ts(x) for x in log_lines]
-    end = len(lines)
-    for i in range(len(lines) - 1, -1, -1):
-        if _PANIC_LINE.search(lines[i]) and "---[ end" not in lines[i]:
-            end = i
-            break
-    for i in range(end - 1, -1, -1):
-        kind = _report_kind(lines[i])
-        if kind is None:
-            continue
-        # one report can have several title-like lines (kernel BUG at ... then
-        # invalid opcode; BUG: kernel NULL pointer ... then Oops:; a corruption
-        # check's line, cut here, kernel BUG): the report's first line says most
-        j = i
-        k = i - 1
-        while k >= max(0, j - REPORT_LOOKBACK):
-            if "---[ end trace" in lines[k]:
-                break
-            earlier = _report_kind(lines[k])
-            if earlier is not None:
-                kind, j = earlier, k
-            k -= 1
-        return kind, lines[j], j
-    return None, None, None
-
-
-#: how many lines before a report's title line another title line of the same
-#: report may be (x86: BUG: kernel NULL pointer dereference ... 4 lines ... Oops:; arm64:
-#: Unable to handle kernel ... 13 lines of abort info ... Internal error: Oops:)
-REPORT_LOOKBACK = 20
-
-
-def _report_kind(line: str) -> str | None:
-    for kind, pat in _REPORT_STARTS:
-        if pat.search(line):
-            return kind
-    return None
 
 
 def classify(panic_message: str | None, log_lines: Sequence[str]) -> tuple[str, str]:
@@ -457,7 +381,9 @@ def facts_from_report(report: dict[str, Any]) -> Facts:
             }
         )
     return Facts(
-        panic_message=headline.get("panic_message"),
+        # the panic() string itself (the headline's panic_message may be the
+        # oops line a "Fatal exception" panic stands for); older reports lack it
+        panic_message=headline.get("panic_string", headline.get("panic_message")),
         log_lines=log.get("lines") or [],
         frames=frames,
         blocked=blocked,

@@ -29,7 +29,9 @@ pt_regs of user mode end the walk (Backtrace.user_regs). The IRQ stack is
 left through call_with_stack's own unwind entry (`.setfp`).
 
 With a vmlinux whose .debug_frame covers a frame's pc, that frame is unwound
-by the CFI first (the shared path), by the table where it has no FDE.
+by the CFI first (the shared path), by the table where it has no FDE. The
+table is also what `kvmcore symfile` gives gdb, as DWARF CFI
+(kvmcore.unwind.exidx_cfi).
 
 A CPU caught in another mode than SVC (QEMU stopped the panicking CPU on the
 IRQ vector while panic() waits with interrupts enabled) has only that mode's
@@ -49,7 +51,8 @@ from typing import TYPE_CHECKING
 
 from ..arches.arm.cpu import CORE_REGS, CPSR_MODE_MASK, PT_REGS, USR_MODE
 from ..errors import KvmcoreError
-from . import register_unwinder
+from ..symbols import cfi
+from . import register_symfile_cfi, register_unwinder
 from .dwarf_cfi import DwarfCfi
 from .model import Backtrace, Frame, FrameKind
 from .stack import StackGuard
@@ -470,16 +473,42 @@ class ArmUnwinder:
             bt.error = "no return address on the task's stack leads to the end of the stack"
             return bt
         frames = best[1].frames
+        at_entry = self._function_start(pc) == pc
         for k, frame in enumerate(frames):
-            if frame.kind != "normal" and frame.pc == pc and frame.regs:
+            first = bt.frames[0]
+            own = {r: regs[r] for r in CORE_REGS[:13]}  # r0-r12 are the dump's own
+            svc = (regs.get("cpsr", SVC_MODE) & ~CPSR_MODE_MASK) | SVC_MODE
+            if frame.pc != pc:
+                exact = frame.kind != "normal"
+                if not at_entry or k + 1 >= len(frames):
+                    continue
+                if self._function_start(frame.pc if exact else frame.pc - 1) != pc:
+                    continue
+                # the CPU was caught on the first instruction of a function whose
+                # earlier run left this (stale) frame: frame #0 is a new call from
+                # the next frame of the chain, so its sp is that frame's and its
+                # lr that frame's pc
+                caller = frames[k + 1]
+                first.regs = {**own, "sp": caller.sp, "lr": caller.pc, "pc": pc, "cpsr": svc}
+                first.sp, first.guessed = caller.sp, True
+                frames = frames[k + 1 :]
+                break
+            if frame.kind != "normal" and frame.regs:
                 # an earlier interrupt of the same instruction left its pt_regs on the
                 # stack: the frames above it are those of the code now interrupted, and
-                # its sp and lr are frame #0's (r0-r12 are the dump's own)
-                frames = frames[k + 1 :]
-                first = bt.frames[0]
-                first.regs = {**frame.regs, **{r: regs[r] for r in CORE_REGS[:13]}, "pc": pc}
-                first.sp, first.guessed = frame.regs["sp"], True
-                break
+                # its sp and lr are frame #0's
+                first.regs = {**frame.regs, **own, "pc": pc}
+                first.sp = frame.regs["sp"]
+            else:
+                # a return address equal to the interrupted pc: the function at pc
+                # called one that returned there (an earlier interrupt of that callee
+                # left the stale frames above this one), so this frame's sp is frame
+                # #0's; its lr is not known
+                first.regs = {**own, "sp": frame.sp, "pc": pc, "cpsr": svc}
+                first.sp = frame.sp
+            first.guessed = True
+            frames = frames[k + 1 :]
+            break
         for frame in frames:
             frame.index = len(bt.frames)
             bt.frames.append(frame)
@@ -558,4 +587,15 @@ class ArmUnwinder:
         return None
 
 
+def _symfile_cfi(dump: Dump) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]] | None:
+    """The rows `kvmcore symfile` gives gdb: this table's entries as DWARF
+    CFI (kvmcore.unwind.exidx_cfi)."""
+    if dump.os != "linux":
+        return None
+    from .exidx_cfi import exidx_cfi_ranges
+
+    return exidx_cfi_ranges(dump)
+
+
 register_unwinder("arm", "linux", ArmUnwinder)
+register_symfile_cfi("arm", _symfile_cfi)

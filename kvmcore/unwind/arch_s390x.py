@@ -14,6 +14,8 @@ A zero back chain ends the frames of one entry: struct pt_regs follows at
 sp + 160 (entry.S clears __SF_BACKCHAIN before it builds them), holding the
 interrupted psw and gprs; a psw in problem state ends the walk at user mode.
 The offsets come from the dump's types (BTF) when it has them.
+
+Also the unwind rows `kvmcore symfile` gives gdb (see s390x_backchain_cfi).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from typing import TYPE_CHECKING
 
 from ..arches.s390x.cpu import GPRS, PSW_MASK_PSTATE
 from ..errors import KvmcoreError
-from . import register_unwinder
+from ..symbols import cfi
+from . import register_symfile_cfi, register_unwinder
+from .framepointer import text_ranges
 from .model import Backtrace, Frame
 from .stack import StackGuard
 from .symbolic import CodeSymbols
@@ -39,24 +43,30 @@ PT_GPRS = 24
 THREAD_SIZE = 16384
 
 
+def frame_offsets(dump: Dump) -> tuple[int, int, int, int]:
+    """offsetof stack_frame.gprs and .back_chain, pt_regs.psw and .gprs: from
+    the dump's types when it has them, else the 6.x layout."""
+    sf_gprs, sf_backchain, pt_psw, pt_gprs = SF_GPRS, SF_BACKCHAIN, PT_PSW, PT_GPRS
+    try:
+        types = dump.types
+        sf_gprs = types.offsetof("struct stack_frame", "gprs")
+        sf_backchain = types.offsetof("struct stack_frame", "back_chain")
+    except KvmcoreError:
+        pass
+    try:
+        types = dump.types
+        pt_psw = types.offsetof("struct pt_regs", "psw")
+        pt_gprs = types.offsetof("struct pt_regs", "gprs")
+    except KvmcoreError:
+        pass
+    return sf_gprs, sf_backchain, pt_psw, pt_gprs
+
+
 class S390xUnwinder:
     def __init__(self, dump: Dump) -> None:
         self.dump = dump
         self.syms = CodeSymbols(dump)
-        self.sf_gprs, self.sf_backchain = SF_GPRS, SF_BACKCHAIN
-        self.pt_psw, self.pt_gprs = PT_PSW, PT_GPRS
-        try:
-            types = dump.types
-            self.sf_gprs = types.offsetof("struct stack_frame", "gprs")
-            self.sf_backchain = types.offsetof("struct stack_frame", "back_chain")
-        except KvmcoreError:
-            pass
-        try:
-            types = dump.types
-            self.pt_psw = types.offsetof("struct pt_regs", "psw")
-            self.pt_gprs = types.offsetof("struct pt_regs", "gprs")
-        except KvmcoreError:
-            pass
+        self.sf_gprs, self.sf_backchain, self.pt_psw, self.pt_gprs = frame_offsets(dump)
 
     def _add(self, bt: Backtrace, frame: Frame, exact: bool) -> None:
         desc = self.syms.describe(frame.pc) if exact else self.syms.describe_return(frame.pc)
@@ -150,4 +160,68 @@ class S390xUnwinder:
         return bt
 
 
+# -- DWARF CFI for `kvmcore symfile` -------------------------------------------
+# gdb's own s390 unwinders fail on a kernel from symbols alone: its prologue
+# analyser needs function bounds it does not get ("PC not saved"), and its
+# back-chain unwinder reads the chain at offset 0 of the frame, where the
+# standard ABI keeps it; the kernel is built with -mpacked-stack, which moves
+# it to 152. One rule serves all kernel code, the back chain as unwind_bc.c
+# follows it, evaluated by gdb as DWARF expressions (r15 is this frame's sp):
+#   bc = *(r15 + 152)
+#   bc != 0: CFA = bc + 160 (the ABI's CFA: the caller's sp + 160); the
+#     return address (r14, the return column) is the caller's r14 slot,
+#     *(bc + 136); r6-r13 keep their values (gdb cannot tell which of them
+#     a function saved: the ABI's call-saved default).
+#   bc == 0: struct pt_regs at r15 + 160 (an interrupt or program check):
+#     CFA = its r15 + 160, the return address its psw address (0 when the
+#     psw is in problem state: gdb shows one "0x0 in ??" frame and stops),
+#     r6-r13 its gprs.
+# The rule is wrong for the innermost frame while a function is in its
+# prologue (before it stored its back chain) or keeps no frame (a leaf).
+DWARF_R14, DWARF_R15 = 14, 15
+
+
+def s390x_backchain_cfi(dump: Dump) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
+    """The back-chain rule (see above) over kernel and module text."""
+    sf_gprs, sf_backchain, pt_psw, pt_gprs = frame_offsets(dump)
+    pt = STACK_FRAME_OVERHEAD  # struct pt_regs follows a zero back chain's frame
+
+    def if_zero_else(test: bytes, when_zero: bytes, otherwise: bytes) -> bytes:
+        return cfi.if_zero_else(test, when_zero, otherwise, "big")
+
+    def bc() -> bytes:
+        return cfi.breg(DWARF_R15, sf_backchain) + cfi.deref()
+
+    def pt_gpr(n: int) -> bytes:
+        return cfi.breg(DWARF_R15, pt + pt_gprs + 8 * n) + cfi.deref()
+
+    user = cfi.breg(DWARF_R15, pt + pt_psw) + cfi.deref() + cfi.mask(PSW_MASK_PSTATE)
+    # a user-mode psw: a CFA below the caller frame's ends the walk there
+    # ("previous frame inner to this frame"), where a zero pc would make
+    # gdb's s390 stub unwinder fail with an error ("PC not saved")
+    cfa = if_zero_else(
+        bc(),
+        if_zero_else(user, pt_gpr(15) + cfi.plus(STACK_FRAME_OVERHEAD), cfi.breg(DWARF_R15, 0)),
+        bc() + cfi.plus(STACK_FRAME_OVERHEAD),
+    )
+    # where the return address is: a location (DW_CFA_expression), as gdb
+    # files a val_expression under the unadjusted column, where its s390
+    # return column (adjusted to r14's lower-half number) does not see it;
+    # the zero back chain slot itself stands for the 0 of a user-mode psw
+    ret_at = if_zero_else(
+        bc(),
+        if_zero_else(user, cfi.breg(DWARF_R15, pt + pt_psw + 8), cfi.breg(DWARF_R15, sf_backchain)),
+        bc() + cfi.plus(sf_gprs + 8 * (14 - 6)),
+    )
+    rule = cfi.def_cfa_expression(cfa) + cfi.saved_at(DWARF_R14, ret_at)
+    rule += cfi.value_is(DWARF_R15, cfi.plus(-STACK_FRAME_OVERHEAD))
+    for n in range(6, 14):
+        rule += cfi.value_is(n, if_zero_else(bc(), pt_gpr(n), cfi.breg(n, 0)))
+    layout = cfi.CfiLayout(address_size=8, return_column=DWARF_R14, data_align=-8, byteorder="big")
+    return layout, text_ranges(dump, cfi.CfiRule(rule, "backchain"))
+
+
 register_unwinder("s390x", None, S390xUnwinder)
+register_symfile_cfi(
+    "s390x", lambda dump: s390x_backchain_cfi(dump) if dump.os == "linux" else None
+)

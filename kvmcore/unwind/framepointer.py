@@ -276,6 +276,31 @@ class FramePointerUnwinder:
             self._add(bt, Frame(len(bt.frames), pc, sp, method="fp"), exact=False)
 
 
+def text_ranges(dump: Dump, rule: cfi.CfiRule) -> list[cfi.CfiRange]:
+    """`rule` over the kernel's text (_stext/_text to _etext), its init text
+    and each loaded module's text, at runtime addresses: the rows of an arch whose one unwind rule
+    serves all kernel code (frame records, back chains)."""
+    syms = CodeSymbols(dump)
+    lo = syms.address("_stext") or syms.address("_text")
+    hi = syms.address("_etext")
+    if not lo or not hi or hi <= lo:
+        raise UnsupportedError(
+            "kallsyms has no _stext/_etext: no kernel text range for CFI", dump.path
+        )
+    ranges = [cfi.CfiRange([lo], [rule], hi)]
+    init_lo, init_hi = syms.address("_sinittext"), syms.address("_einittext")
+    if init_lo and init_hi and lo <= hi <= init_lo < init_hi:
+        # init code (start_kernel, at the bottom of swapper/0's stack)
+        ranges.append(cfi.CfiRange([init_lo], [rule], init_hi))
+    try:
+        modules = dump.kernel.modules()
+    except KvmcoreError:
+        modules = []  # module list unreadable (no data symbols): core text only
+    for mod in modules:
+        ranges.append(cfi.CfiRange([mod.base], [rule], mod.base + mod.size))
+    return ranges
+
+
 def frame_record_cfi(
     dump: Dump, fp_column: int, ra_column: int, cfa_offset: int
 ) -> tuple[cfi.CfiLayout, list[cfi.CfiRange]]:
@@ -285,21 +310,7 @@ def frame_record_cfi(
     `cfa_offset`; the caller's fp is saved at CFA-16, the return address at
     CFA-8. Wrong for the innermost frame while a function is still in its
     prologue or is a leaf."""
-    syms = CodeSymbols(dump)
-    lo = syms.address("_stext") or syms.address("_text")
-    hi = syms.address("_etext")
-    if not lo or not hi or hi <= lo:
-        raise UnsupportedError(
-            "kallsyms has no _stext/_etext: no kernel text range for CFI", dump.path
-        )
-    rule = cfi.CfiRule(b"", "frame-record")
-    ranges = [cfi.CfiRange([lo], [rule], hi)]
-    try:
-        modules = dump.kernel.modules()
-    except KvmcoreError:
-        modules = []  # module list unreadable (no data symbols): core text only
-    for mod in modules:
-        ranges.append(cfi.CfiRange([mod.base], [rule], mod.base + mod.size))
+    ranges = text_ranges(dump, cfi.CfiRule(b"", "frame-record"))
     align = -dump.word_size
     layout = cfi.CfiLayout(
         address_size=dump.word_size,

@@ -9,6 +9,10 @@ mount -t devtmpfs devtmpfs /dev
 for m in $(cat /etc/modules.order); do
 	insmod /lib/modules/$m || echo "KVMCORE insmod-failed $m"
 done
+# ground truth for `mods`: /proc/modules (name size refcount deps state address)
+while read -r name size refs deps state addr rest; do
+	echo "KVMCORE module name=$name size=$size refs=$refs state=$state addr=$addr"
+done < /proc/modules
 
 if [ -e /proc/vmcore ]; then
 	# kdump capture kernel: copy the old kernel's memory image to the virtio disk
@@ -91,6 +95,7 @@ echo "KVMCORE clock date=$(date +%s) uptime=$up"
 echo "KVMCORE marker=@MARKER@"
 echo "@MARKER@" > /dev/kmsg
 echo "KVMCORE ready"
+@BEFORE_CRASH@
 taskset -c 1 /bin/crasher
 echo "KVMCORE crasher-returned"
 sleep 100000
