@@ -2,7 +2,9 @@
 
 Peak RSS comes from os.wait4 on the child itself (ru_maxrss of that process
 and its waited-for descendants), so runs do not blur into each other the way
-a process-wide RUSAGE_CHILDREN maximum would."""
+a process-wide RUSAGE_CHILDREN maximum would. A child's ru_maxrss starts at
+its parent's resident size at the fork (Linux keeps the high-water mark across
+exec): the bench process itself must stay small (it opens no dump itself)."""
 
 from __future__ import annotations
 

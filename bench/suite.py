@@ -156,11 +156,24 @@ def gdb_rows(sample, cfg: Config, work: Path) -> list[Row]:
     """64 MB `dump binary memory`: kernel-virtual through `kvmcore serve`, physical
     through gdb's own core-file reader (gdb cannot translate kernel virtual
     addresses in a QEMU paging=false dump; its PT_LOADs have p_vaddr == p_paddr)."""
-    import kvmcore
-
     dump = sample.file("elf")
-    with kvmcore.open(str(dump)) as d:
-        direct_map = d.read_u64(d.symbols.lookup("page_offset_base"))
+    # in a child: a dump opened in this process would grow it, and a command it
+    # starts afterwards inherits its peak RSS (ru_maxrss survives vfork + exec)
+    direct_map = int(
+        subprocess.run(
+            [
+                tools.PY,
+                "-c",
+                "import sys, kvmcore; d = kvmcore.open(sys.argv[1]); "
+                "print(d.read_u64(d.symbols.lookup('page_offset_base')))",
+                str(dump),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        ).stdout
+    )
     va, pa = direct_map + readplan.WINDOW_PA, readplan.WINDOW_PA
     size = readplan.WINDOW_BYTES
     _say("  gdb: dump binary memory via kvmcore serve, and gdb core-file")
