@@ -1,11 +1,12 @@
-"""python -m bench [--runs N] [--crash-runs M] [--sample ID] [--quick] [--scale] [--explore]
-                 [--explore-only] [--output FILE]
+"""python -m bench [--runs N] [--crash-runs M] [--sample ID] [--quick] [--scale]
+                 [--scale-built-only] [--explore] [--explore-only] [--output FILE]
 
 Times kvmcore against drgn, crash and gdb on a cached sample dump (default
 x86_64-kaslr, which has every format), prints the medians, the ratio
 kvmcore/anchor per task and the peak RSS of each, and writes bench/RESULTS.md.
---scale adds the scale series (building 256 MB..4 GB / 100..10,000-task dumps
-the first time).  --explore adds the exploration commands (p, struct, rd, list,
+--scale adds the scale series (building 256 MB..16 GB / 100..10,000-task dumps
+the first time; --scale-built-only measures the ones already built).  --explore
+adds the exploration commands (p, struct, rd, list,
 runq, task, kmem -i/-s, files, vm, mount, net, irq, log) against drgn's helpers
 doing the same work; --explore-only runs that group alone and writes
 bench/RESULTS-explore.md.  --quick: 1 run, ELF only, no crash, no RESULTS.md."""
@@ -46,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", action="store_true", help="also run the memory/task scale series")
     ap.add_argument("--scale-only", action="store_true", help="only the scale series")
     ap.add_argument(
+        "--scale-built-only",
+        action="store_true",
+        help="the scale series on the dumps already built (no QEMU builds)",
+    )
+    ap.add_argument(
         "--explore",
         action="store_true",
         help="also time the exploration commands against drgn's helpers",
@@ -73,7 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     sample = samples[args.sample]
     cfg = Config(runs=args.runs, crash_runs=args.crash_runs)
     if args.quick:
-        cfg = Config(runs=1, crash_runs=0, formats=("elf",), with_crash=False)
+        cfg = Config(
+            runs=1,
+            crash_runs=0,
+            formats=("elf",),
+            with_crash=False,
+            with_vmlinux=False,
+            with_cold=False,
+            nobtf_sample=None,
+        )
     cfg.with_explore = args.explore or args.explore_only
     cfg.explore_only = args.explore_only
     default = RESULTS_EXPLORE if args.explore_only else RESULTS
@@ -83,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     rows = [] if args.scale_only else run_suite(sample, cfg)
     points = []
-    if args.scale or args.scale_only:
+    if args.scale or args.scale_only or args.scale_built_only:
         from .scale import run_scale
 
-        points = run_scale(cfg.runs)
+        points = run_scale(cfg.runs, build=not args.scale_built_only)
     info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     info["benchmark wall time"] = f"{time.monotonic() - t0:.0f} s"
 
@@ -117,7 +131,9 @@ def render(info: dict, sample, cfg: Config, rows: list, points: list) -> str:
             "",
             f"Sample `{sample.id}`: {m['kernel_release']}, {m['qemu']['memory_mb']} MB x86_64 "
             f"QEMU guest, {len(m['processes'])} user processes; vmlinux: the -dbg package's "
-            "(drgn and crash need it; kvmcore runs without it, from the dump's kallsyms and BTF).",
+            "(drgn and crash need it; kvmcore runs without it, from the dump's kallsyms and BTF, "
+            "and with it in the `+vmlinux` rows). kvmcore is byte-compiled first (as a "
+            "pip-installed wheel is: this environment sets PYTHONDONTWRITEBYTECODE).",
             f"Runs: kvmcore and drgn {cfg.runs}, crash {crash_runs}.",
             "",
         ]
@@ -125,21 +141,41 @@ def render(info: dict, sample, cfg: Config, rows: list, points: list) -> str:
             (
                 "commands",
                 "Commands (whole process: open + work + exit)",
-                "crash runs `crash -s -i CMDFILE VMLINUX DUMP` with `sys` / `ps` / `log` / `bt` / "
-                "`sys; ps; log; bt`; drgn runs bench/drgn_worker.py (same work through drgn's "
-                "helpers).",
+                "kvmcore's per-build index cache (~/.cache/kvmcore/index) warm: each kvmcore "
+                "line has an untimed run first. crash runs `crash -s -i CMDFILE VMLINUX DUMP` "
+                "with `sys` / `ps` / `log` / `bt` / `sys; ps; log; bt`; drgn runs "
+                "bench/drgn_worker.py (same work through drgn's helpers, with the vmlinux) and "
+                "anchors both kvmcore lines of a command.",
+            ),
+            (
+                "cold",
+                "Commands, cold (kvmcore's index cache empty: a kernel build seen the first time)",
+                "Each kvmcore run gets an empty KVMCORE_CACHE: kallsyms names expanded, BTF "
+                "indexed, and with the vmlinux its .symtab, .debug_frame index and the DWARF "
+                "line tables of the CUs a backtrace meets decoded afresh. drgn has no such "
+                "cache: its figures are the ones above.",
+            ),
+            (
+                "nobtf",
+                "A kernel without BTF (types from the vmlinux's DWARF)",
+                "Debian's 686-pae kernel has no BTF: kvmcore indexes the DWARF types it needs "
+                "(cold: empty cache; warm: the index from the cold run) for `ps`. drgn loads "
+                "the same DWARF (`drgn DWARF load`: open_program alone) but cannot read this "
+                "QEMU i386 dump's memory (`could not find memory segment`), so its `ps` fails.",
             ),
             (
                 "reads",
                 "Read throughput (read loop only, timed inside the process)",
                 "64 MiB of the direct map from physical 16 MiB: `seq` = 64 KiB reads front to "
-                "back, `rand` = 4096 random 4 KiB reads; pages filtered out by makedumpfile fault "
-                "in both tools and are counted. drgn cannot open a format where it shows n/a. In "
-                "the ELF written by `makedumpfile -E` the filtered (and zero) pages are left out "
-                "of the PT_LOADs' file contents (p_filesz < p_memsz): drgn reads them as zeros, "
-                "as for any ELF core, while kvmcore reports them as filtered, so the two do "
-                "different work on that format; the kdump files store zero pages once and do not "
-                "count them as filtered.",
+                "back, `rand` = 4096 random 4 KiB reads. Pages makedumpfile filtered out are "
+                "counted: drgn's loop retries a chunk page by page after a FaultError; kvmcore "
+                "reads each chunk once with `read(va, n, zero_excluded=True, excluded=spans)`, "
+                "which reads them as zeros and lists them (bench/kvmcore_worker.py). drgn "
+                "cannot open a format where it shows n/a. In the ELF written by `makedumpfile "
+                "-E` the filtered (and zero) pages are left out of the PT_LOADs' file contents "
+                "(p_filesz < p_memsz): drgn reads them as zeros, as for any ELF core, and "
+                "counts none; kvmcore reads the same zeros and counts them as filtered. The "
+                "kdump files store zero pages once and do not count them as filtered.",
             ),
             (
                 "explore",

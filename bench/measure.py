@@ -2,7 +2,9 @@
 
 Peak RSS comes from os.wait4 on the child itself (ru_maxrss of that process
 and its waited-for descendants), so runs do not blur into each other the way
-a process-wide RUSAGE_CHILDREN maximum would."""
+a process-wide RUSAGE_CHILDREN maximum would. A child's ru_maxrss starts at
+its parent's resident size at the fork (Linux keeps the high-water mark across
+exec): the bench process itself must stay small (it opens no dump itself)."""
 
 from __future__ import annotations
 
@@ -92,12 +94,19 @@ def run_once(
     return Run(seconds, usage.ru_maxrss, out, inner)
 
 
-def measure(tool: str, cmd: list[str], runs: int, **kw) -> Measurement:
-    """`runs` runs of `cmd`; a failure is recorded, not raised."""
+def measure(tool: str, cmd: list[str], runs: int, fresh_cache: bool = False, **kw) -> Measurement:
+    """`runs` runs of `cmd`; a failure is recorded, not raised. `fresh_cache`:
+    each run gets an empty KVMCORE_CACHE (kvmcore's build-id index cache cold,
+    as the first time a kernel build is seen)."""
     done: list[Run] = []
     try:
         for _ in range(runs):
-            done.append(run_once(cmd, **kw))
+            if not fresh_cache:
+                done.append(run_once(cmd, **kw))
+                continue
+            with tempfile.TemporaryDirectory(prefix="kvmcore-cold-") as cache:
+                env = dict(kw.pop("env", None) or os.environ, KVMCORE_CACHE=cache)
+                done.append(run_once(cmd, env=env, **kw))
     except (CommandFailed, OSError) as exc:
         return Measurement(tool, done, str(exc))
     return Measurement(tool, done)

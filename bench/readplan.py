@@ -5,7 +5,10 @@ Window: 64 MiB of the x86_64 direct map starting at physical 16 MiB (inside
 every sample's RAM).  Sequential: 64 KiB reads front to back.  Random: 4 KiB
 reads at page-aligned offsets drawn from a fixed seed.  A read that faults
 (page filtered out by makedumpfile) is retried page by page and the faulting
-pages are counted, so filtered dumps get the same treatment in both tools."""
+pages are counted, so filtered dumps get the same treatment in both tools.
+A tool whose API reads a chunk with its filtered pages as zeros and says
+which they were (kvmcore's `read(..., zero_excluded=True, excluded=spans)`)
+passes that as `read_filled` instead: one call per chunk, same count."""
 
 from __future__ import annotations
 
@@ -44,19 +47,37 @@ def _read_chunk(
         return got, bad
 
 
-def run(mode: str, read: Callable[[int, int], bytes], faults: tuple, direct_map: int) -> dict:
-    """Time the `mode` loop ('seq' or 'rand'); the result is printed as a BENCH line."""
+def run(
+    mode: str,
+    read: Callable[[int, int], bytes],
+    faults: tuple,
+    direct_map: int,
+    read_filled: Callable[[int, int], tuple[bytes, int]] | None = None,
+) -> dict:
+    """Time the `mode` loop ('seq' or 'rand'); the result is printed as a BENCH line.
+    With `read_filled(va, size) -> (bytes, filtered pages)`, bytes read counts
+    only the pages not filtered, as the retry loop's does."""
+
+    def chunk(va: int, size: int) -> tuple[int, int]:
+        if read_filled is None:
+            return _read_chunk(read, faults, va, size)
+        try:
+            data, filtered = read_filled(va, size)
+        except faults:
+            return _read_chunk(read, faults, va, size)  # not in the dump at all
+        return len(data) - filtered * PAGE, filtered
+
     base = direct_map + WINDOW_PA
     total = bad = 0
     t0 = time.perf_counter()
     if mode == "seq":
         for off in range(0, WINDOW_BYTES, CHUNK):
-            got, b = _read_chunk(read, faults, base + off, CHUNK)
+            got, b = chunk(base + off, CHUNK)
             total += got
             bad += b
     elif mode == "rand":
         for off in random_offsets():
-            got, b = _read_chunk(read, faults, base + off, PAGE)
+            got, b = chunk(base + off, PAGE)
             total += got
             bad += b
     else:

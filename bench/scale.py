@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from . import tools
 from .measure import Measurement, measure
 
-MEMORY_SERIES = [(256, 0), (1024, 0), (4096, 0)]  # (guest MB, extra tasks)
+MEMORY_SERIES = [(256, 0), (1024, 0), (4096, 0), (16384, 0)]  # (guest MB, extra tasks)
 TASK_SERIES = [(2048, 100), (2048, 1000), (2048, 10000)]  # 10k processes need ~1 GB of guest RAM
 SCALE_TASKS = ("info", "ps", "dmesg", "bt", "analyze", "seq")
 
@@ -33,7 +33,7 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def ensure_built(memory_mb: int, extra_tasks: int) -> ScalePoint:
+def ensure_built(memory_mb: int, extra_tasks: int, build: bool = True) -> ScalePoint:
     from sample_dumps import cache_root
     from sample_dumps.build import build_sample
     from sample_dumps.manifest import load
@@ -44,6 +44,9 @@ def ensure_built(memory_mb: int, extra_tasks: int) -> ScalePoint:
     cache = cache_root()
     sdir = cache / spec.cache_subdir / spec.id
     if not (sdir / "vmcore.elf").exists():
+        if not build:
+            point.error = "not built (--scale-built-only)"
+            return point
         free = shutil.disk_usage(cache).free
         if free < (memory_mb << 20) * 1.5:
             point.error = (
@@ -77,10 +80,12 @@ def measure_point(point: ScalePoint, runs: int) -> None:
             )
 
 
-def run_scale(runs: int, series: list[tuple[int, int]] | None = None) -> list[ScalePoint]:
+def run_scale(
+    runs: int, series: list[tuple[int, int]] | None = None, build: bool = True
+) -> list[ScalePoint]:
     points = []
     for memory_mb, extra in series or (MEMORY_SERIES + TASK_SERIES):
-        point = ensure_built(memory_mb, extra)
+        point = ensure_built(memory_mb, extra, build)
         if point.error is None:
             measure_point(point, runs)
         points.append(point)

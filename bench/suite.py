@@ -40,6 +40,9 @@ class Config:
     with_gdb: bool = True
     with_explore: bool = False  # --explore: the exploration commands against drgn
     explore_only: bool = False  # --explore-only: that group alone
+    with_vmlinux: bool = True  # kvmcore given the -dbg vmlinux too
+    with_cold: bool = True  # kvmcore with an empty index cache (a build seen the first time)
+    nobtf_sample: str | None = "i386-pae"  # a kernel without BTF: types from DWARF
 
 
 def _say(text: str) -> None:
@@ -47,20 +50,66 @@ def _say(text: str) -> None:
 
 
 def command_rows(sample, cfg: Config, work: Path) -> list[Row]:
+    """Each command: kvmcore with no vmlinux and, with cfg.with_vmlinux, with
+    the -dbg vmlinux, its index cache warm (a warm-up run first); with
+    cfg.with_cold, the same with an empty cache per run. drgn (always with
+    the vmlinux) is measured once per command and anchors every row."""
     dump, vmlinux = sample.file("elf"), sample.vmlinux()
     rows = []
     for task in COMMAND_TASKS:
-        _say(f"  {task}: kvmcore")
-        row = Row(
-            "commands", task, "seconds", measure("kvmcore", tools.kvmcore_cmd(task, dump), cfg.runs)
-        )
         _say(f"  {task}: drgn")
-        row.anchors["drgn"] = measure("drgn", tools.drgn_cmd(task, dump, vmlinux), cfg.runs)
-        if cfg.with_crash and cfg.crash_runs > 0:
-            _say(f"  {task}: crash {' ; '.join(tools.CRASH_COMMANDS[task])}")
-            row.anchors["crash"] = measure(
-                "crash", tools.crash_cmd(task, dump, vmlinux, work), cfg.crash_runs
-            )
+        drgn = measure("drgn", tools.drgn_cmd(task, dump, vmlinux), cfg.runs)
+        for given, suffix in ((None, ""), (vmlinux, " +vmlinux")):
+            if given is not None and not cfg.with_vmlinux:
+                continue
+            cmd = tools.kvmcore_cmd(task, dump, given)
+            _say(f"  {task}{suffix}: kvmcore (warm)")
+            measure("kvmcore", cmd, 1)  # warm-up: the index cache holds this build
+            row = Row("commands", f"{task}{suffix}", "seconds", measure("kvmcore", cmd, cfg.runs))
+            row.anchors["drgn"] = drgn
+            if not suffix and cfg.with_crash and cfg.crash_runs > 0:
+                _say(f"  {task}: crash {' ; '.join(tools.CRASH_COMMANDS[task])}")
+                row.anchors["crash"] = measure(
+                    "crash", tools.crash_cmd(task, dump, vmlinux, work), cfg.crash_runs
+                )
+            rows.append(row)
+            if cfg.with_cold:
+                _say(f"  {task}{suffix}: kvmcore (cold)")
+                cold = measure("kvmcore", cmd, cfg.runs, fresh_cache=True)
+                cold_row = Row("cold", f"{task}{suffix}", "seconds", cold)
+                cold_row.anchors["drgn"] = drgn
+                rows.append(cold_row)
+    return rows
+
+
+def nobtf_rows(cfg: Config) -> list[Row]:
+    """A kernel without BTF (Debian's 686-pae): kvmcore's `ps` with the -dbg
+    vmlinux, its types from DWARF, cold (empty index cache) and warm; drgn
+    `ps` and drgn's DWARF load alone (open_program) on the same dump."""
+    from sample_dumps.catalog import load_samples
+
+    sample = load_samples().get(cfg.nobtf_sample or "")
+    if sample is None or sample.vmlinux() is None or "elf" not in sample.formats:
+        _say(f"  {cfg.nobtf_sample}: not built with its -dbg vmlinux, skipped")
+        return []
+    dump, vmlinux = sample.file("elf"), sample.vmlinux()
+    cmd = tools.kvmcore_cmd("ps", dump, vmlinux)
+    _say(f"  {sample.id}: drgn ps, drgn load")
+    drgn = measure("drgn", tools.drgn_cmd("ps", dump, vmlinux), cfg.runs)
+    load = measure("drgn load", tools.drgn_cmd("load", dump, vmlinux), cfg.runs)
+    rows = []
+    for label, fresh in (("cold", True), ("warm", False)):
+        _say(f"  {sample.id}: kvmcore ps +vmlinux ({label})")
+        if not fresh:
+            measure("kvmcore", cmd, 1)
+        row = Row(
+            "nobtf",
+            f"{sample.id} ps +vmlinux, {label}",
+            "seconds",
+            measure("kvmcore", cmd, cfg.runs, fresh_cache=fresh),
+        )
+        row.anchors["drgn"] = drgn
+        row.anchors["drgn DWARF load"] = load
         rows.append(row)
     return rows
 
@@ -92,13 +141,13 @@ def read_rows(sample, cfg: Config) -> list[Row]:
         dump = sample.file(fmt)
         for mode in ("seq", "rand"):
             _say(f"  read {mode} {fmt}: kvmcore, drgn")
-            row = Row(
-                "reads",
-                f"{mode} {fmt}",
-                "loop_seconds",
-                measure("kvmcore", tools.kvmcore_read_cmd(mode, dump), cfg.runs),
-            )
-            row.anchors["drgn"] = measure("drgn", tools.drgn_cmd(mode, dump, vmlinux), cfg.runs)
+            ours, theirs = tools.kvmcore_read_cmd(mode, dump), tools.drgn_cmd(mode, dump, vmlinux)
+            # an untimed run of each first: the window's file pages are in the page
+            # cache for both (whoever ran first would otherwise read them from disk)
+            measure("kvmcore", ours, 1)
+            measure("drgn", theirs, 1)
+            row = Row("reads", f"{mode} {fmt}", "loop_seconds", measure("kvmcore", ours, cfg.runs))
+            row.anchors["drgn"] = measure("drgn", theirs, cfg.runs)
             rows.append(row)
     return rows
 
@@ -107,11 +156,24 @@ def gdb_rows(sample, cfg: Config, work: Path) -> list[Row]:
     """64 MB `dump binary memory`: kernel-virtual through `kvmcore serve`, physical
     through gdb's own core-file reader (gdb cannot translate kernel virtual
     addresses in a QEMU paging=false dump; its PT_LOADs have p_vaddr == p_paddr)."""
-    import kvmcore
-
     dump = sample.file("elf")
-    with kvmcore.open(str(dump)) as d:
-        direct_map = d.read_u64(d.symbols.lookup("page_offset_base"))
+    # in a child: a dump opened in this process would grow it, and a command it
+    # starts afterwards inherits its peak RSS (ru_maxrss survives vfork + exec)
+    direct_map = int(
+        subprocess.run(
+            [
+                tools.PY,
+                "-c",
+                "import sys, kvmcore; d = kvmcore.open(sys.argv[1]); "
+                "print(d.read_u64(d.symbols.lookup('page_offset_base')))",
+                str(dump),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        ).stdout
+    )
     va, pa = direct_map + readplan.WINDOW_PA, readplan.WINDOW_PA
     size = readplan.WINDOW_BYTES
     _say("  gdb: dump binary memory via kvmcore serve, and gdb core-file")
@@ -162,6 +224,7 @@ def run_suite(sample, cfg: Config) -> list[Row]:
             f"{sample.id}: no -dbg vmlinux in the cache; drgn and crash need it: "
             f"python -m sample_dumps build --only {sample.id} --with-dbg"
         )
+    tools.compile_kvmcore()
     with tempfile.TemporaryDirectory(prefix="kvmcore-bench-") as tmp:
         work = Path(tmp)
         if cfg.explore_only:
@@ -171,6 +234,9 @@ def run_suite(sample, cfg: Config) -> list[Row]:
         rows = command_rows(sample, cfg, work)
         _say(f"{sample.id}: reads")
         rows += read_rows(sample, cfg)
+        if cfg.nobtf_sample:
+            _say(f"{cfg.nobtf_sample}: a kernel without BTF")
+            rows += nobtf_rows(cfg)
         if cfg.with_gdb:
             rows += gdb_rows(sample, cfg, work)
         if cfg.with_explore:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from .errors import NotInDumpError, PageExcludedError
+from .errors import KvmcoreError, NotInDumpError, PageExcludedError
 from .formats.base import PhysRange
 from .translate import MappedRange, Translation, Translator
 
@@ -51,14 +51,77 @@ class KernelAddressSpace:
         t = self.translator.translate(va)
         return Translation(va, t.pa, t.page_size, self.mem.file_offset(t.pa))
 
-    def read(self, va: int, length: int, zero_excluded: bool = False) -> bytes:
+    def read(
+        self,
+        va: int,
+        length: int,
+        zero_excluded: bool = False,
+        excluded: list[tuple[int, int]] | None = None,
+    ) -> bytes:
         """Read `length` bytes at kernel virtual address `va`. With
         `zero_excluded`, pages a filtered dump left out read as zeros: right for
         kernel objects on pages makedumpfile dropped as zero-filled (dump level
-        bit 1), as crash's --zero_excluded does."""
+        bit 1), as crash's --zero_excluded does; each span read so is appended
+        to `excluded` as (virtual address, length) when a list is given.
+
+        Pages that continue one physical run are read in one step (a direct map
+        of 4 KiB pages is mostly contiguous): one layer read for a 64 KiB read,
+        not sixteen; a run that faults is read again page by page."""
         va &= self.mask
         if length <= 0:
             return b""
+        translate, mask = self.translator.translate, self.mask
+        t = translate(va)
+        if not zero_excluded and length <= t.page_size - (t.pa & (t.page_size - 1)):
+            # within one page (a pointer, a member): the common case, straight through
+            try:
+                return self.mem.read_phys(t.pa, length)
+            except NotInDumpError:
+                return self._read_pages(va, length)
+        parts: list[bytes] = []
+        while length > 0:
+            t = translate(va)
+            pa = t.pa
+            n = min(length, t.page_size - (pa & (t.page_size - 1)))
+            while n < length:
+                try:
+                    nxt = translate((va + n) & mask)
+                except KvmcoreError:
+                    break  # the next step translates it again, and raises
+                if nxt.pa != pa + n:
+                    break
+                n += min(length - n, nxt.page_size - (nxt.pa & (nxt.page_size - 1)))
+            try:
+                parts.append(self.mem.read_phys(pa, n))
+            except PageExcludedError:
+                filled = getattr(self.mem, "read_phys_filled", None) if zero_excluded else None
+                if filled is None:  # the error names the page; or page by page, zeros
+                    parts.append(self._read_pages(va, n, zero_excluded, excluded))
+                else:  # a layer that zero-fills the run in one pass
+                    spans: list[tuple[int, int]] = []
+                    try:
+                        parts.append(filled(pa, n, spans))
+                    except NotInDumpError:
+                        parts.append(self._read_pages(va, n, zero_excluded, excluded))
+                    else:
+                        if excluded is not None:
+                            excluded += [(va + at - pa, size) for at, size in spans]
+            except NotInDumpError:
+                parts.append(self._read_pages(va, n, zero_excluded, excluded))
+            va = (va + n) & mask
+            length -= n
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_pages(
+        self,
+        va: int,
+        length: int,
+        zero_excluded: bool = False,
+        excluded: list[tuple[int, int]] | None = None,
+    ) -> bytes:
+        """read(), one page (translation) at a time: what a run that faulted
+        is read again with, so that the error names the page at fault."""
+        spans: list[tuple[int, int]]
         parts: list[bytes] = []
         while length > 0:
             t = self.translator.translate(va)
@@ -67,7 +130,10 @@ class KernelAddressSpace:
                 parts.append(self.mem.read_phys(t.pa, chunk))
             except PageExcludedError as exc:
                 if zero_excluded:
-                    parts.append(self._zero_filled(t.pa, chunk))
+                    spans = []
+                    parts.append(self._zero_filled(t.pa, chunk, spans))
+                    if excluded is not None:
+                        excluded += [(va + pa - t.pa, n) for pa, n in spans]
                     va = (va + chunk) & self.mask
                     length -= chunk
                     continue
@@ -87,7 +153,14 @@ class KernelAddressSpace:
             length -= chunk
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _zero_filled(self, pa: int, length: int) -> bytes:
+    def _zero_filled(self, pa: int, length: int, spans: list[tuple[int, int]]) -> bytes:
+        """Physical bytes with excluded pages as zeros, each such (pa, length)
+        appended to `spans`: in one pass where the layer can (read_phys_filled),
+        else page by page."""
+        filled = getattr(self.mem, "read_phys_filled", None)
+        if filled is not None:
+            data: bytes = filled(pa, length, spans)
+            return data
         out = bytearray()
         while length > 0:
             n = min(length, 4096 - (pa & 0xFFF))
@@ -95,6 +168,7 @@ class KernelAddressSpace:
                 out += self.mem.read_phys(pa, n)
             except PageExcludedError:
                 out += bytes(n)
+                spans.append((pa, n))
             pa += n
             length -= n
         return bytes(out)

@@ -1,9 +1,9 @@
 """The command table: every command that shows something of a dump.
 
-`COMMANDS` maps each name to a `Command`. The `kvmcore` CLI (kvmcore/cli/main.py),
-the gdb server's `monitor` (kvmcore/gdbserver/target.py) and the interactive
-shell take their commands from it and from nowhere else, so a command is
-written once:
+`COMMANDS` maps each name to a `Command`. The `kvmcore` CLI (kvmcore/cli/app.py,
+and cli/fastpath.py for the common lines), the gdb server's `monitor`
+(kvmcore/gdbserver/target.py) and the interactive shell take their commands
+from it and from nowhere else, so a command is written once:
 
     Command(name, help, data, text, params)
 
@@ -337,7 +337,7 @@ def parse_address(text: str) -> int:
 
 # -- text -----------------------------------------------------------------
 def analyze_text(data: dict[str, Any]) -> str:
-    from .report.render import render_text  # imports rich: only when a report is rendered
+    from .report.render import render_text
 
     return render_text(data)
 

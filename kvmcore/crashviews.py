@@ -8,7 +8,6 @@ from BTF alone or with a vmlinux, and every walk is bounded.
 
 from __future__ import annotations
 
-import datetime
 from typing import TYPE_CHECKING, Any
 
 from .errors import KvmcoreError, TypeInfoError, WalkError
@@ -932,6 +931,8 @@ def boot_time(dump: Dump) -> dict[str, Any]:
 
 
 def _wall(ns: int) -> str:
+    import datetime  # for `log -T` only
+
     t = datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC)
     return t.strftime("%a %b %d %H:%M:%S %Y")
 

@@ -16,9 +16,9 @@ import os
 import struct
 from collections.abc import Iterator, Mapping
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import objects, unwind
+from . import objects
 from .addrspace import KernelAddressSpace
 from .cpu import CpuState
 from .errors import (
@@ -31,7 +31,6 @@ from .errors import (
 )
 from .formats import open_physical
 from .formats.base import PhysicalMemory, PhysRange
-from .freebsd import FreeBSDKernel
 from .kernel import KernelModel
 from .linux import LinuxKernel
 from .notes import VmcoreInfo
@@ -41,7 +40,9 @@ from .symbols import SymbolTable, check_vmlinux, load_symbols
 from .symbols.kaslr import KernelOffset, measure_kernel_offset
 from .translate import MappedRange, Translation, TranslationContext, Translator
 from .types import TypeInfo, load_types
-from .unwind.model import Backtrace
+
+if TYPE_CHECKING:
+    from .unwind.model import Backtrace
 
 
 def _regular_file(path: str, what: str) -> None:
@@ -113,6 +114,8 @@ class Dump:
             if warning:
                 self.warnings.append(warning)
         if module_dir:
+            from . import unwind  # the unwinders: imported by what needs them
+
             unwind.use_module_dir(self, module_dir)
 
     def _address_space(self) -> KernelAddressSpace:
@@ -191,8 +194,17 @@ class Dump:
         return self.flavour.cpu_states(self.arch, self.mem)
 
     # -- memory ------------------------------------------------------------
-    def read(self, va: int, length: int, zero_excluded: bool = False) -> bytes:
-        return self.aspace.read(va, length, zero_excluded)
+    def read(
+        self,
+        va: int,
+        length: int,
+        zero_excluded: bool = False,
+        excluded: list[tuple[int, int]] | None = None,
+    ) -> bytes:
+        """`length` bytes at kernel virtual `va`; `zero_excluded` reads pages
+        the dump filtered out as zeros, listing each such span in `excluded`
+        (kvmcore.addrspace.KernelAddressSpace.read)."""
+        return self.aspace.read(va, length, zero_excluded, excluded)
 
     def read_phys(self, pa: int, length: int) -> bytes:
         return self.mem.read_phys(pa, length)
@@ -222,7 +234,8 @@ class Dump:
         return self.read_int(va, 8)
 
     def read_ptr(self, va: int) -> int:
-        return self.read_int(va, self.word_size)
+        # straight to the address space: list walks read millions of these
+        return int.from_bytes(self.aspace.read(va, self.word_size), self.byteorder)
 
     def read_ptrs(self, va: int, count: int) -> list[int]:
         fmt = self._e + ("Q" if self.word_size == 8 else "I") * count
@@ -256,6 +269,8 @@ class Dump:
         kvmcore.linux.LinuxKernel or kvmcore.freebsd.FreeBSDKernel."""
         model: KernelModel
         if self.os == "freebsd":
+            from .freebsd import FreeBSDKernel  # a Linux dump never needs it
+
             model = FreeBSDKernel(self)
         elif self.os == "linux" or self.vmcoreinfo is not None:
             model = LinuxKernel(self)
@@ -274,6 +289,8 @@ class Dump:
 
     def backtrace(self, task: Any, max_frames: int = 64) -> Backtrace:
         """The kernel backtrace of a task of `kernel` (kvmcore.unwind)."""
+        from . import unwind
+
         return unwind.backtrace(self, task, max_frames)
 
     def close(self) -> None:

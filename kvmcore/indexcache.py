@@ -18,7 +18,6 @@ import hashlib
 import os
 import re
 import struct
-import tempfile
 import zlib
 
 from .cachedir import index_dir
@@ -81,6 +80,8 @@ def store(build_id: str | None, name: str, source: tuple[int, bytes], payload: b
     path = _path(build_id, name)
     if path is None or len(payload) > MAX_PAYLOAD:
         return
+    import tempfile  # writing only: a warm run imports neither it nor shutil/random
+
     header = _HEADER.pack(MAGIC, source[0], source[1], len(payload), zlib.crc32(payload))
     folder = os.path.dirname(path)
     tmp = None

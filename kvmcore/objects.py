@@ -18,6 +18,7 @@ cycle-checked: a corrupt list ends with a WalkError, never a hang.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,7 @@ def _pointer_to(t: Type) -> Type:
 class Object:
     """A value of a C type in the dumped kernel's memory."""
 
-    __slots__ = ("_bit_offset", "_bit_size", "_dump", "_value", "address", "type")
+    __slots__ = ("_bit_offset", "_bit_size", "_dump", "_snap", "_value", "address", "type")
 
     def __init__(
         self,
@@ -52,6 +53,7 @@ class Object:
         value: int | None = None,
         bit_offset: int = 0,
         bit_size: int = 0,
+        snapshot: tuple[int, bytes] | None = None,
     ) -> None:
         if (address is None) == (value is None):
             raise TypeInfoError("an Object has either an address or a value")
@@ -62,6 +64,33 @@ class Object:
         self._value = value
         self._bit_offset = bit_offset
         self._bit_size = bit_size
+        #: (address, bytes) read by read_() of this object or of one holding it
+        self._snap = snapshot
+
+    def _read(self, address: int, length: int) -> bytes:
+        """Memory at `address`: from the snapshot when it holds it."""
+        snap = self._snap
+        if snap is not None:
+            at = address - snap[0]
+            if at >= 0 and at + length <= len(snap[1]):
+                return snap[1][at : at + length]
+        return self._dump.read(address, length)
+
+    def read_(self) -> Object:
+        """This object with its bytes read now, in one read: its members' values
+        then come from those bytes (as drgn's Object.read_()); one read of a
+        task_struct instead of one per member read."""
+        if self.address is None:
+            return self
+        data = self._dump.read(self.address, self.sizeof())
+        return Object(
+            self._dump,
+            self.type,
+            address=self.address,
+            bit_offset=self._bit_offset,
+            bit_size=self._bit_size,
+            snapshot=(self.address, data),
+        )
 
     # -- describing ------------------------------------------------------------
     @property
@@ -119,8 +148,9 @@ class Object:
                 address=start // 8,
                 bit_offset=start % 8,
                 bit_size=member.bit_size,
+                snapshot=obj._snap,
             )
-        return Object(self._dump, member.type, address=start // 8)
+        return Object(self._dump, member.type, address=start // 8, snapshot=obj._snap)
 
     def __getattr__(self, name: str) -> Object:
         if name.startswith("_"):
@@ -138,7 +168,9 @@ class Object:
                 raise TypeInfoError(f"index {index} out of {self.type_name}", self._dump.path)
             if self.address is None:
                 raise TypeInfoError(f"{self.type_name} is not in memory", self._dump.path)
-            return Object(self._dump, target, address=self.address + index * size)
+            return Object(
+                self._dump, target, address=self.address + index * size, snapshot=self._snap
+            )
         return Object(self._dump, target, address=self.value() + index * size)
 
     def deref(self) -> Object:
@@ -177,7 +209,7 @@ class Object:
             size = dump.word_size if t.kind == "ptr" else (t.size or dump.word_size)
             if self._bit_size:
                 nbytes = (self._bit_offset + self._bit_size + 7) // 8
-                raw = int.from_bytes(dump.read(self.address, nbytes), dump.byteorder)
+                raw = int.from_bytes(self._read(self.address, nbytes), dump.byteorder)
                 if dump.byteorder == "little":
                     bits = (raw >> self._bit_offset) & ((1 << self._bit_size) - 1)
                 else:
@@ -187,7 +219,7 @@ class Object:
                     bits -= 1 << self._bit_size
                 return bits
             signed = t.signed and t.kind != "ptr"
-            v = int.from_bytes(dump.read(self.address, size), dump.byteorder, signed=signed)
+            v = int.from_bytes(self._read(self.address, size), dump.byteorder, signed=signed)
             return bool(v) if t.kind == "int" and t.name == "_Bool" else v
         if t.kind == "float":
             import struct
@@ -196,19 +228,21 @@ class Object:
             if fmt is None:
                 raise TypeInfoError(f"{t.c_name} of {t.size} bytes", dump.path)
             order = "<" if dump.byteorder == "little" else ">"
-            return struct.unpack(order + fmt, dump.read(self.address, t.size or 0))[0]
+            return struct.unpack(order + fmt, self._read(self.address, t.size or 0))[0]
         if depth >= MAX_VALUE_DEPTH:
             return f"<{self.type_name} at {self.address:#x}>"
         if t.kind == "array":
             target = (t.target or t).strip()
             if target.kind == "int" and target.size == 1:
-                return dump.read(self.address, self.sizeof())
+                return self._read(self.address, self.sizeof())
             return [self[i].value(depth + 1) for i in range(t.length or 0)]
         if t.kind in ("struct", "union"):
             out: dict[str, Any] = {}
             for m in t.members:
                 if m.name is None:  # anonymous: its members read as this struct's
-                    sub = Object(dump, m.type, address=self.address + m.bit_offset // 8)
+                    sub = Object(
+                        dump, m.type, address=self.address + m.bit_offset // 8, snapshot=self._snap
+                    )
                     value = sub.value(depth + 1)
                     if isinstance(value, dict):
                         out.update(value)
@@ -256,8 +290,27 @@ class Object:
         return hash((self.type_name, self.address, self._value))
 
 
+#: _find_member's answers per struct type (task_struct has ~250 members: a
+#: scan per access was most of an Object member's cost)
+_MEMBERS: weakref.WeakKeyDictionary[Type, dict[str, tuple[int, Any] | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _find_member(t: Type, name: str, depth: int = 0) -> tuple[int, Any] | None:
     """(bit offset, member) of `name` in struct/union `t`, through anonymous members."""
+    if depth == 0:
+        known = _MEMBERS.get(t)
+        if known is None:
+            known = _MEMBERS[t] = {}
+        elif name in known:
+            return known[name]
+        hit = known[name] = _scan_members(t, name, 0)
+        return hit
+    return _scan_members(t, name, depth)
+
+
+def _scan_members(t: Type, name: str, depth: int) -> tuple[int, Any] | None:
     if depth > 32:
         return None
     for m in t.members:
@@ -267,7 +320,7 @@ def _find_member(t: Type, name: str, depth: int = 0) -> tuple[int, Any] | None:
         if m.name is None:
             inner = m.type.strip()
             if inner.kind in ("struct", "union"):
-                hit = _find_member(inner, name, depth + 1)
+                hit = _scan_members(inner, name, depth + 1)
                 if hit:
                     return m.bit_offset + hit[0], hit[1]
     return None

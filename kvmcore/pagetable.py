@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .errors import NotInDumpError, NotMappedError, WalkError
+from .errors import KvmcoreError, NotInDumpError, NotMappedError, WalkError
 from .notes import ByteOrder
 from .translate import MappedRange, Translation, Translator, coalesce
 
@@ -71,16 +71,84 @@ class RadixTranslator(Translator, Generic[_Table]):
         self.byteorder = byteorder
         self.path = path
         self.max_tables = max_tables
-        self._cache: dict[int, Translation] = {}
+        # translations already walked, as (page's physical base, page size): 4 KiB
+        # pages by va >> 12, larger pages by va >> their shift (a direct map of
+        # 2 MiB pages is 32 walks for 64 MiB, not one per 4 KiB)
+        self._cache: dict[int, tuple[int, int]] = {}
+        self._large: dict[int, dict[int, tuple[int, int]]] = {}
+        self._blocks: dict[int, bytes] = {}  # page-table bytes by 4 KiB block
+        self._leaf_walks: dict[int, int] = {}  # walks that ended in each last-level table
 
     def _entry(self, table_pa: int, index: int) -> int:
         size = self.table.entry_size
-        return int.from_bytes(self.read_phys(table_pa + index * size, size), self.byteorder)
+        at = table_pa + index * size
+        # the 4 KiB of tables around the entry, read once: a walk of a 4 KiB-page
+        # mapping meets the same last-level table 512 times in a row
+        block = at & ~0xFFF
+        raw = self._blocks.get(block)
+        if raw is None:
+            try:
+                raw = self.read_phys(block, 0x1000)
+            except KvmcoreError:  # the block is not all there: the entry alone
+                return int.from_bytes(self.read_phys(at, size), self.byteorder)
+            if len(self._blocks) >= 4096:
+                self._blocks.clear()
+            self._blocks[block] = raw
+        return int.from_bytes(raw[at - block : at - block + size], self.byteorder)
 
     def translate(self, va: int) -> Translation:
-        cached = self._cache.get(va >> 12)
-        if cached is not None:
-            return Translation(va, cached.pa + (va & 0xFFF), cached.page_size)
+        hit = self._cache.get(va >> 12)
+        if hit is None:
+            for shift, pages in self._large.items():
+                hit = pages.get(va >> shift)
+                if hit is not None:
+                    break
+            else:
+                return self._walk(va)
+        base, size = hit
+        return Translation(va, base + (va & (size - 1)), size)
+
+    def _remember(self, va: int, pa: int, size: int) -> None:
+        shift = size.bit_length() - 1
+        if size != 1 << shift or shift < 12:
+            return  # not a page this cache keys
+        pages = self._cache if shift == 12 else self._large.setdefault(shift, {})
+        if len(pages) > 1 << 16:
+            pages.clear()
+        pages[va >> shift] = (pa - (va & (size - 1)), size)
+
+    def _leaf_table_walked(self, table_pa: int, depth: int, va: int) -> None:
+        """A walk ended in the last-level table at `table_pa`: the second time
+        one does, remember every 4 KiB page that table maps (a 4 KiB-mapped
+        stretch read front to back walks it 512 times otherwise)."""
+        level = self.table.levels[depth]
+        size = self.table.entry_size
+        count = 1 << level.bits
+        if count * size != 0x1000 or table_pa & 0xFFF or level.shift != 12:
+            return  # only 4 KiB tables of 4 KiB pages (x86, arm64 4K, riscv)
+        seen = self._leaf_walks.get(table_pa, 0) + 1
+        if len(self._leaf_walks) > 4096:
+            self._leaf_walks.clear()
+        self._leaf_walks[table_pa] = seen
+        if seen != 2:
+            return
+        raw = self._blocks.get(table_pa)
+        if raw is None or len(raw) != 0x1000:
+            return
+        base_va = va & ~((count << 12) - 1)
+        decode, leaf_size, order = self.table.decode, self.table.leaf_size, self.byteorder
+        pages = self._cache
+        if len(pages) > 1 << 16:
+            pages.clear()
+        for i in range(count):
+            entry = int.from_bytes(raw[i * size : (i + 1) * size], order)
+            if not entry:
+                continue
+            kind, page = decode(entry, depth)
+            if kind == LEAF and leaf_size(entry, depth) is None:
+                pages[(base_va >> 12) + i] = (page, 0x1000)
+
+    def _walk(self, va: int) -> Translation:
         table_pa = self.root
         seen: set[int] = set()
         for depth, level in enumerate(self.table.levels):
@@ -105,9 +173,9 @@ class RadixTranslator(Translator, Generic[_Table]):
             if kind == LEAF:
                 size = self.table.leaf_size(entry, depth) or 1 << level.shift
                 pa = base + (va & (size - 1))
-                if len(self._cache) > 1 << 16:
-                    self._cache.clear()
-                self._cache[va >> 12] = Translation(va & ~0xFFF, pa & ~0xFFF, size)
+                self._remember(va, pa, size)
+                if size == 0x1000 and depth == len(self.table.levels) - 1:
+                    self._leaf_table_walked(table_pa, depth, va)
                 return Translation(va, pa, size)
             table_pa = base
         raise NotMappedError(

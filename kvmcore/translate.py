@@ -13,16 +13,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import SymbolError
 from .formats.base import PhysicalMemory
 from .notes import ByteOrder, VmcoreInfo
 
 
-@dataclass(frozen=True)
-class Translation:
-    """Where a virtual address lives: physical address, page size, file offset."""
+class Translation(NamedTuple):
+    """Where a virtual address lives: physical address, page size, file offset.
+    (A NamedTuple: every read makes one, and a frozen dataclass costs 3x more.)"""
 
     va: int
     pa: int

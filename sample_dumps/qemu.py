@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
 import subprocess
 import time
@@ -164,6 +165,7 @@ def run_and_dump(
                 format="elf" if paging else fmt,
             )
             dump_secs[fmt] = round(time.monotonic() - t1, 2)
+            _dig_holes(path)
             log(
                 f"dump-guest-memory {fmt} -> {path.name} "
                 f"({path.stat().st_size} bytes, {dump_secs[fmt]}s)"
@@ -241,3 +243,13 @@ def run_until_exit(
             proc.kill()
             proc.wait()
     return time.monotonic() - t0
+
+
+def _dig_holes(path: Path) -> None:
+    """Make the runs of zeros QEMU wrote (a guest's untouched memory) holes of a
+    sparse file, where the file system allows: a 16 GB guest's ELF dump then
+    takes the disk its used memory does. The bytes read are the same."""
+    tool = shutil.which("fallocate")
+    if tool:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run([tool, "--dig-holes", str(path)], capture_output=True, timeout=600)

@@ -32,6 +32,24 @@ def patched_dump(
         return bytes(data)
 
     dump.mem.read_phys = read_phys
+    if hasattr(dump.mem, "read_phys_filled"):
+        # the layer's zero-filling read (kvmcore.addrspace's zero_excluded path)
+        # sees the same pages missing, page by page through read_phys above
+
+        def read_phys_filled(pa: int, length: int, filtered: list) -> bytes:
+            out = bytearray()
+            while length > 0:
+                n = min(length, 0x1000 - (pa & 0xFFF))
+                try:
+                    out += read_phys(pa, n)
+                except PageExcludedError:
+                    out += bytes(n)
+                    filtered.append((pa, n))
+                pa += n
+                length -= n
+            return bytes(out)
+
+        dump.mem.read_phys_filled = read_phys_filled
     return dump
 
 
@@ -60,6 +78,24 @@ def excluded_dump(
         return original(pa, length)
 
     dump.mem.read_phys = read_phys
+    if hasattr(dump.mem, "read_phys_filled"):
+        # the layer's zero-filling read (kvmcore.addrspace's zero_excluded path)
+        # sees the same pages missing, page by page through read_phys above
+
+        def read_phys_filled(pa: int, length: int, filtered: list) -> bytes:
+            out = bytearray()
+            while length > 0:
+                n = min(length, 0x1000 - (pa & 0xFFF))
+                try:
+                    out += read_phys(pa, n)
+                except PageExcludedError:
+                    out += bytes(n)
+                    filtered.append((pa, n))
+                pa += n
+                length -= n
+            return bytes(out)
+
+        dump.mem.read_phys_filled = read_phys_filled
     return dump
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,33 @@ def test_i386_guest_in_elf64_container(samples):
     mem = open_physical(str(path))
     assert mem.metadata["elf_class"] == 64
     assert (mem.facts.machine, mem.facts.word_size) == ("i386", 4)
+
+
+@pytest.mark.fast
+def test_mapped_pages_let_go_still_read_the_file(monkeypatch):
+    """DumpFile lets the mapped pages go (MADV_DONTNEED) when more than
+    MAPPED_BYTES of files are mapped: with no budget at all and a look every 2
+    new 64 KiB blocks, every block of the committed sample, read in a
+    scattered order, still equals os.pread's bytes."""
+    import os as _os
+
+    from kvmcore import fileio
+
+    path = (
+        Path(__file__).resolve().parent.parent
+        / "sample_dumps/committed/x86_64-small/vmcore.mdf-d31-c"
+    )
+    monkeypatch.setattr(fileio, "MAPPED_BYTES", 0)
+    monkeypatch.setattr(fileio, "CHECK_BLOCKS", 2)
+    f = fileio.DumpFile(path)
+    assert f.mapped
+    fd = _os.open(path, _os.O_RDONLY)
+    try:
+        blocks = list(range(0, f.size, 0x10000))
+        for i, off in enumerate(blocks[::7] + blocks[3::5]):
+            n = min(0x1000 + i, f.size - off)
+            assert f.pread(off, n) == _os.pread(fd, n, off)
+        assert len(f._touched) <= 3  # let go repeatedly, not grown to every block
+    finally:
+        _os.close(fd)
+        f.close()

@@ -116,3 +116,65 @@ def test_cache_can_be_turned_off(samples, cache, monkeypatch):
     monkeypatch.setenv("KVMCORE_INDEX_CACHE", "0")
     assert _read(s)[:2] == want
     assert not os.path.exists(cache / "index")
+
+
+def test_vmlinux_symtab_cache_gives_the_decoded_columns(samples, cache):
+    """The -dbg vmlinux's .symtab, decoded (cold) and from the cache (warm):
+    the same columns, whose addresses and nm letters System.map confirms;
+    a damaged cache file is ignored and rewritten."""
+    from kvmcore.symbols.vmlinux import SYMBOL_CACHE_NAME, VmlinuxFile
+
+    s, _ = samples["x86_64-kaslr"]
+    image = VmlinuxFile(str(s.vmlinux()))
+    build_id = image.build_ids()[0]
+    cold = image.symbol_columns()
+    path = cache / "index" / build_id / SYMBOL_CACHE_NAME
+    stamp = path.stat().st_mtime_ns
+    warm = image.symbol_columns()
+    assert warm == cold and path.stat().st_mtime_ns == stamp
+    smap = system_map(s.system_map())
+    for name in NAMES:
+        i = cold.names.index(name)
+        assert (cold.addresses[i], cold.types[i]) in smap[name]
+    bad = bytearray(path.read_bytes())
+    bad[len(bad) // 2] ^= 0x5A
+    path.write_bytes(bytes(bad))
+    assert image.symbol_columns() == cold
+    assert path.read_bytes() != bytes(bad)  # rewritten
+    image.close()
+
+
+@pytest.mark.parametrize("sid", SIDS)
+def test_stext_from_one_kallsyms_entry_is_system_maps(sid, samples, cache):
+    """The KASLR check decodes only _stext's kallsyms entry when a vmlinux
+    gives the symbols: the same address as the whole table's, and System.map's
+    _stext moved by VMCOREINFO's KERNELOFFSET."""
+    from kvmcore.symbols.kallsyms import read_kallsyms_columns, stext_address
+
+    s, (addrs, _) = samples[sid]
+    one = stext_address(kvmcore.open(str(s.file("elf"))))
+    cols = read_kallsyms_columns(kvmcore.open(str(s.file("elf"))))
+    assert one == cols.addresses[cols.names.index("_stext")] == addrs["_stext"]
+
+
+def test_debug_frame_index_cache_gives_the_decoded_index(samples, cache):
+    """The vmlinux's .debug_frame FDE index decoded (cold) and from the cache
+    (warm): the same FDEs, and the same rows for every function of NAMES."""
+    from kvmcore.symbols.vmlinux import VmlinuxFile
+    from kvmcore.unwind.dwarf_cfi import FDE_CACHE_NAME, DebugFrame
+
+    s, _ = samples["x86_64-kaslr"]
+    image = VmlinuxFile(str(s.vmlinux()))
+    data = bytes(image.section_bytes(image.section(".debug_frame")))
+    build_id = image.build_ids()[0]
+    image.close()
+    cold = DebugFrame(data, 8, "little", build_id=build_id)
+    assert (cache / "index" / build_id / FDE_CACHE_NAME).exists()
+    warm = DebugFrame(data, 8, "little", build_id=build_id)
+    assert len(cold) == len(warm) > 1000
+    assert list(cold.fdes) == list(warm.fdes) and list(cold.starts) == list(warm.starts)
+    smap = system_map(s.system_map())
+    pcs = [min(a for a, t in smap[name] if t in "tT") + 4 for name in NAMES]
+    rows = [cold.row(pc) for pc in pcs]
+    assert rows == [warm.row(pc) for pc in pcs]
+    assert sum(r is not None for r in rows) >= 3  # panic, schedule, ... have FDEs

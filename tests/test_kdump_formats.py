@@ -472,3 +472,39 @@ def test_compressed_page_fails_to_inflate(tmp_path, fmt, codec):
     with deadline(20), pytest.raises(DecompressionError) as ei:
         open_physical(str(path)).read_phys(pfn * good.block_size, 8)
     _one_line_error(ei.value, path, f"pfn {pfn:#x}", codec)
+
+
+@pytest.mark.parametrize("fmt", ["mdf-d31-c", "mdf-d31-E"])
+def test_zero_filled_reads_list_the_filtered_pages(fmt):
+    """`read(va, n, zero_excluded=True, excluded=spans)` over 64 MiB of the
+    direct map of a makedumpfile -d 31 dump: the bytes are drgn's (libkdumpfile
+    for -c, with drgn's faulting pages as zeros; drgn's ELF reader for -E, which
+    reads filtered pages as zeros), and the spans listed are exactly the pages
+    a plain read refuses as excluded (and, for -c, the pages drgn faults on)."""
+    import drgn  # the test extra installs it
+
+    s = _sample("x86_64-kaslr", fmt)
+    dump = kvmcore.open(str(s.file(fmt)))
+    prog = drgn.Program()
+    prog.set_core_dump(str(s.file(fmt)))
+    prog.load_debug_info([str(s.vmlinux())])
+    base = dump.read_u64(dump.symbols.lookup("page_offset_base")) + (16 << 20)
+    size, page = 64 << 20, 4096
+    spans: list[tuple[int, int]] = []
+    data = dump.read(base, size, zero_excluded=True, excluded=spans)
+    listed = {va for start, n in spans for va in range(start, start + n, page)}
+    refused, expected = set(), bytearray()
+    for va in range(base, base + size, page):
+        with contextlib.suppress(PageExcludedError):
+            dump.read(va, page)
+            continue
+        refused.add(va)
+    for va in range(base, base + size, page):
+        try:
+            expected += prog.read(va, page)
+        except drgn.FaultError:
+            assert fmt == "mdf-d31-c", f"drgn faults on {va:#x} of an ELF"
+            assert va in listed
+            expected += bytes(page)
+    assert len(data) == size and data == bytes(expected)
+    assert listed == refused and len(listed) > 100  # -d 31 drops free and cache pages

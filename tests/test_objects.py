@@ -180,3 +180,23 @@ def test_bad_names_are_one_line_errors():
         with pytest.raises(KvmcoreError) as info:
             bad()
         assert "\n" not in str(info.value)
+
+
+def test_read_once_objects_read_as_drgn(pair):
+    """read_() reads a struct in one go and its members' values come from those
+    bytes: for every task, pid, tgid, comm, the thread's sp, a bitfield-free
+    nested member and the list pointers are drgn's values."""
+    from drgn.helpers.linux.pid import for_each_task
+
+    dump, prog = pair
+    checked = 0
+    for theirs in for_each_task(prog):
+        ours = dump.cast("struct task_struct *", theirs.value_()).deref().read_()
+        assert ours.pid.value() == theirs.pid.value_()
+        assert ours.tgid.value() == theirs.tgid.value_()
+        assert ours.comm.string() == theirs.comm.string_().decode()
+        assert ours.member("thread.sp").value() == theirs.thread.sp.value_()
+        assert ours.tasks.next.value() == theirs.tasks.next.value_()
+        assert ours.real_parent.deref().pid.value() == theirs.real_parent.pid.value_()
+        checked += 1
+    assert checked == len([t for t in dump.kernel.tasks() if not t.is_idle]) > 20

@@ -121,3 +121,85 @@ def test_bt_cli_prints_file_line_and_inlined(samples):
         {"frames": frames, "available": True},
         {"$defs": schema["$defs"], **schema["$defs"]["backtrace"]},
     )
+
+
+@pytest.mark.parametrize("sid", ["x86_64-kaslr", "s390x"])
+def test_fast_line_programs_give_pyelftools_rows(samples, sid):
+    """kvmcore.unwind.linetable runs the line programs of a -dbg vmlinux
+    (little- and big-endian) to the rows pyelftools' own decoder gives, for
+    every 50th CU."""
+    import itertools
+
+    from kvmcore.symbols.elfmap import mapped_elf_file
+    from kvmcore.unwind.linetable import line_rows
+
+    with open(str(samples.vmlinux(sid)), "rb") as f:
+        dwarf = mapped_elf_file(f).get_dwarf_info(relocate_dwarf_sections=False)
+        checked = 0
+        for cu in itertools.islice(dwarf.iter_CUs(), 0, None, 50):
+            program = dwarf.line_program_for_CU(cu)
+            if program is None:
+                continue
+            start, end = program.program_start_offset, program.program_end_offset
+            program.stream.seek(start)
+            data = program.stream.read(end - start)
+            ours = line_rows(data, program.header, dwarf.config.little_endian)
+            theirs = [
+                (e.state.address, e.state.file, e.state.line, bool(e.state.end_sequence))
+                for e in program.get_entries()
+                if e.state is not None
+            ]
+            assert ours == theirs, f"CU at {cu.cu_offset:#x}"
+            checked += bool(ours)
+        assert checked >= 20
+
+
+@pytest.mark.parametrize("sid", ["x86_64-kaslr", "s390x"])
+def test_scanned_code_dies_are_pyelftools_ones(samples, sid):
+    """kvmcore.unwind.dwarfscan finds the same top-level code DIEs (functions)
+    as pyelftools' walk of each CU, for every 40th CU of a -dbg vmlinux."""
+    import itertools
+
+    from kvmcore.symbols.dwarfscan import code_die_offsets
+    from kvmcore.symbols.elfmap import mapped_elf_file
+    from kvmcore.unwind.srclines import _CODE_TAGS
+
+    with open(str(samples.vmlinux(sid)), "rb") as f:
+        dwarf = mapped_elf_file(f).get_dwarf_info(relocate_dwarf_sections=False)
+        found = 0
+        for cu in itertools.islice(dwarf.iter_CUs(), 0, 1200, 40):
+            stream = dwarf.debug_info_sec.stream
+            stream.seek(cu.cu_offset)
+            ours = code_die_offsets(cu, stream.read(cu.size), _CODE_TAGS)
+            theirs = [d.offset for d in cu.get_top_DIE().iter_children() if d.tag in _CODE_TAGS]
+            assert ours == theirs, f"CU at {cu.cu_offset:#x}"
+            found += len(ours)
+        assert found > 100
+
+
+@pytest.mark.parametrize("sid", ["i386-pae", "armhf"])
+def test_scanned_type_dies_are_pyelftools_ones(samples, sid):
+    """The DWARF type index (kvmcore.types.dwarf, for kernels without BTF)
+    finds each CU's named types by skipping through .debug_info
+    (kvmcore.symbols.dwarfscan): the same offsets, tags, names and
+    declarations as pyelftools' walk, for every 60th CU of the -dbg vmlinux."""
+    import itertools
+
+    from kvmcore.symbols.elfmap import mapped_elf_file
+    from kvmcore.types.dwarf import _TYPE_TAGS, _type_dies
+
+    with open(str(samples.vmlinux(sid)), "rb") as f:
+        dwarf = mapped_elf_file(f).get_dwarf_info(relocate_dwarf_sections=False)
+        named = 0
+        for cu in itertools.islice(dwarf.iter_CUs(), 0, 1500, 60):
+            theirs = []
+            for die in cu.get_top_DIE().iter_children():
+                if die.tag in _TYPE_TAGS:
+                    name = die.attributes.get("DW_AT_name")
+                    text = name.value.decode("latin-1") if name is not None else None
+                    theirs.append(
+                        (die.offset, die.tag, text, "DW_AT_declaration" in die.attributes)
+                    )
+            assert _type_dies(dwarf, cu) == theirs, f"CU at {cu.cu_offset:#x}"
+            named += sum(1 for _, _, name, _ in theirs if name)
+        assert named > 100

@@ -10,9 +10,10 @@ byte order and class.
 
 from __future__ import annotations
 
+import bisect
 import struct
 
-from ..errors import DumpFormatError
+from ..errors import DumpFormatError, NotInDumpError
 from ..fileio import ByteSource
 from ..notes import ByteOrder, parse_notes
 from . import register_format
@@ -141,6 +142,17 @@ class ElfDump(PhysicalMemory):
                     holes.append((paddr + filesz, paddr + memsz))
         self._map = RangeMap(_trim_overlaps(runs))
         self._holes = sorted(holes)
+        # the holes merged into sorted, disjoint [start, end): one bisection tells
+        # whether an address was filtered (makedumpfile -E writes thousands)
+        merged: list[list[int]] = []
+        for start, end in self._holes:
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        self._last_run = (0, 0, 0)  # (start, end, file offset) of the run read last
+        self._hole_starts = [h[0] for h in merged]
+        self._hole_ends = [h[1] for h in merged]
         if self.segments:
             last_end = max(off + filesz for _, _, off, filesz, _ in self.segments)
             self.metadata["expected_size"] = last_end
@@ -188,17 +200,58 @@ class ElfDump(PhysicalMemory):
         return self._map.ranges()
 
     def is_excluded(self, pa: int) -> bool:
-        return self._map.lookup(pa) is None and any(s <= pa < e for s, e in self._holes)
+        return self._map.lookup(pa) is None and self._in_hole(pa)
+
+    def _in_hole(self, pa: int) -> bool:
+        i = bisect.bisect_right(self._hole_starts, pa) - 1
+        return i >= 0 and pa < self._hole_ends[i]
 
     def read_phys(self, pa: int, length: int) -> bytes:
         if length <= 0:
             return b""
+        last = self._last_run  # a QEMU ELF has a few PT_LOADs: mostly the same one
+        if last[0] <= pa and pa + length <= last[1]:
+            return self.source.pread(last[2] + pa - last[0], length)
         run = self._map.lookup(pa)
         if run is not None and pa + length <= run[0] + run[1]:
+            self._last_run = (run[0], run[0] + run[1], run[2])
             return self.source.pread(run[2] + pa - run[0], length)  # fast path
-        if run is None and self.is_excluded(pa):
+        if run is None and self._in_hole(pa):
             raise excluded(pa, self.path)
-        return self._map.read(self.source, pa, length, self.path)
+        try:
+            return self._map.read(self.source, pa, length, self.path)
+        except NotInDumpError as exc:  # the range runs into a hole: filtered, say so
+            if exc.address is not None and self._in_hole(exc.address):
+                raise excluded(exc.address, self.path) from None
+            raise
+
+    def read_phys_filled(self, pa: int, length: int, filtered: list[tuple[int, int]]) -> bytes:
+        """read_phys, with the pages the dump's producer filtered out (the
+        holes of PT_LOADs whose p_filesz < p_memsz) read as zeros and each
+        such span appended to `filtered` as (pa, length): a run of them costs
+        one step, not an exception per page."""
+        out: list[bytes] = []
+        starts, runs = self._map.starts, self._map.runs
+        while length > 0:
+            i = bisect.bisect_right(starts, pa) - 1
+            start, rlen, off = runs[i] if i >= 0 else (0, 0, 0)
+            if pa < start + rlen:
+                n = min(length, start + rlen - pa)
+                out.append(self.source.pread(off + pa - start, n))
+            else:
+                h = bisect.bisect_right(self._hole_starts, pa) - 1
+                if h < 0 or pa >= self._hole_ends[h]:
+                    raise NotInDumpError(
+                        f"physical address {pa:#x} is not in the dump", pa, self.path
+                    )
+                n = min(length, self._hole_ends[h] - pa)
+                if i + 1 < len(starts):
+                    n = min(n, starts[i + 1] - pa)
+                out.append(bytes(n))
+                filtered.append((pa, n))
+            pa += n
+            length -= n
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def file_offset(self, pa: int) -> int | None:
         run = self._map.lookup(pa)

@@ -17,7 +17,6 @@ import contextlib
 import mmap
 import os
 import struct
-import tempfile
 import zlib
 
 from ..errors import DecompressionError, DumpFormatError, TruncatedDumpError, UnsupportedError
@@ -84,6 +83,8 @@ def _gunzip(src: ByteSource, path: str, limit: int) -> BufferSource:
     """Stream-inflate a gzip member into an unlinked temp file, capped at `limit`."""
     inflater = zlib.decompressobj(wbits=31)
     total = 0
+    import tempfile  # only to inflate a compressed dump: not every open's import
+
     with tempfile.TemporaryFile(prefix="kvmcore-") as tmp:
         pos = 0
         try:

@@ -184,6 +184,18 @@ class PageDesc:
 
 
 def _codec(flags: int) -> tuple[str, Callable[[bytes, int], bytes]]:
+    """The codec of a descriptor's flags (name, inflate(data, page size)),
+    found once per distinct flags."""
+    codec = _CODECS.get(flags)
+    if codec is None:
+        codec = _CODECS[flags] = _find_codec(flags)
+    return codec
+
+
+_CODECS: dict[int, tuple[str, Callable[[bytes, int], bytes]]] = {}
+
+
+def _find_codec(flags: int) -> tuple[str, Callable[[bytes, int], bytes]]:
     if flags & COMPRESSED_ZLIB:
         return "zlib", lambda data, n: zlib.decompress(data)
     if flags & COMPRESSED_LZO:
@@ -402,6 +414,7 @@ class KdumpDump(PhysicalMemory):
         self.desc_end = desc_end
         self._check_descriptor_table(source, ndesc)
         self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._desc_blocks: dict[int, bytes] = {}  # the descriptor table by 4 KiB block
         self._read_notes(source)
         self._fill_facts()
         self._check_length(source, ndesc)
@@ -608,9 +621,32 @@ class KdumpDump(PhysicalMemory):
                 pfn * self.block_size,
                 self.path,
             )
+        return PageDesc(*self._checked(pfn, *self._raw_descs(pfn, 1)[0]))
+
+    def _raw_descs(self, pfn: int, count: int) -> list[tuple[int, int, int, int]]:
+        """The page_desc_t of `count` pages from `pfn`, all dumped (the caller
+        checked): their descriptors are consecutive in the table, one read."""
         index = self.dumped.rank(pfn) - self._rank_base
-        raw = self.source.pread(self.desc_base + index * PAGE_DESC_SIZE, PAGE_DESC_SIZE)
-        off, size, flags, page_flags = struct.unpack(self.header.e + "qIIQ", raw)
+        start = self.desc_base + index * PAGE_DESC_SIZE
+        end = start + count * PAGE_DESC_SIZE
+        block = start & ~0xFFF
+        if end <= block + 0x1000:  # within one 4 KiB block of the table: read it once
+            data = self._desc_blocks.get(block)
+            if data is None:
+                data = self.source.pread(block, min(0x1000, self.source.size - block))
+                if len(self._desc_blocks) >= 4096:
+                    self._desc_blocks.clear()
+                self._desc_blocks[block] = data
+            raw = data[start - block : end - block]
+            if len(raw) == end - start:
+                return list(struct.iter_unpack(self.header.e + "qIIQ", raw))
+        raw = self.source.pread(start, end - start)
+        return list(struct.iter_unpack(self.header.e + "qIIQ", raw))
+
+    def _checked(
+        self, pfn: int, off: int, size: int, flags: int, page_flags: int
+    ) -> tuple[int, int, int, int]:
+        """A descriptor whose page data lies where page data can be."""
         if off <= 0 or size == 0 or size > self.block_size:
             raise DumpFormatError(
                 f"bad page descriptor for pfn {pfn:#x}: {size} bytes at offset {off:#x}", self.path
@@ -627,7 +663,7 @@ class KdumpDump(PhysicalMemory):
                 f"({self.source.size:#x} bytes): the dump is truncated",
                 self.path,
             )
-        return PageDesc(off, size, flags, page_flags)
+        return off, size, flags, page_flags
 
     def read_page(self, pfn: int) -> bytes:
         """The whole page `pfn`, decompressed; raises if not dumped."""
@@ -637,29 +673,54 @@ class KdumpDump(PhysicalMemory):
             return page
         if not self.has_page(pfn):
             raise self._absent(pfn)
-        desc = self.page_descriptor(pfn)
-        data = self.source.pread(desc.offset, desc.size)
+        return self._inflate(pfn, *self._raw_descs(pfn, 1)[0])
+
+    def _read_run(self, pfn: int, count: int) -> list[bytes]:
+        """Pages pfn..pfn+count-1 in order, as read_page would give them one by
+        one (the same error at the same page), with one descriptor read per
+        run of dumped pages not in the cache (a 64 KiB read is 16 pages)."""
+        out: list[bytes] = []
+        cache, end = self._cache, pfn + count
+        while pfn < end:
+            page = cache.get(pfn)
+            if page is not None:
+                cache.move_to_end(pfn)
+                out.append(page)
+                pfn += 1
+                continue
+            if not self.has_page(pfn):
+                raise self._absent(pfn)
+            stop = pfn + 1
+            while stop < end and stop not in cache and self.has_page(stop):
+                stop += 1
+            for page_pfn, desc in zip(range(pfn, stop), self._raw_descs(pfn, stop - pfn)):
+                out.append(self._inflate(page_pfn, *desc))
+            pfn = stop
+        return out
+
+    def _inflate(self, pfn: int, off: int, size: int, flags: int, page_flags: int) -> bytes:
+        """Page `pfn`'s bytes from its descriptor, decompressed, and cached."""
+        off, size, flags, page_flags = self._checked(pfn, off, size, flags, page_flags)
+        data = self.source.pread(off, size)
         bs = self.block_size
-        if desc.size == bs:
+        if size == bs:
             page = data  # stored raw
-        elif not desc.flags & (
-            COMPRESSED_ZLIB | COMPRESSED_LZO | COMPRESSED_SNAPPY | COMPRESSED_ZSTD
-        ):
+        elif not flags & (COMPRESSED_ZLIB | COMPRESSED_LZO | COMPRESSED_SNAPPY | COMPRESSED_ZSTD):
             raise DumpFormatError(
-                f"pfn {pfn:#x}: {desc.size}-byte page stored uncompressed (flags "
-                f"{desc.flags:#x}) but pages are {bs} bytes",
+                f"pfn {pfn:#x}: {size}-byte page stored uncompressed (flags "
+                f"{flags:#x}) but pages are {bs} bytes",
                 self.path,
             )
         else:
             try:
-                name, inflate = _codec(desc.flags)
+                name, inflate = _codec(flags)
             except UnsupportedError as exc:
                 raise UnsupportedError(f"pfn {pfn:#x}: {exc.message}", self.path) from None
             try:
                 page = bytes(inflate(data, bs))
             except Exception as exc:  # each codec library raises its own error type
                 raise DecompressionError(
-                    f"pfn {pfn:#x}: {name} page ({desc.size} bytes at {desc.offset:#x}) "
+                    f"pfn {pfn:#x}: {name} page ({size} bytes at {off:#x}) "
                     f"failed to inflate: {exc}",
                     self.path,
                 ) from None
@@ -696,7 +757,37 @@ class KdumpDump(PhysicalMemory):
         return self.ram.test(pfn) and not self.dumped.test(pfn)
 
     def read_phys(self, pa: int, length: int) -> bytes:
-        return _read_pages(self.read_page, self.block_size, pa, length)
+        if length <= 0:
+            return b""
+        bs = self.block_size
+        pfn, off = divmod(pa, bs)
+        if off + length <= bs:
+            return self.read_page(pfn)[off : off + length]
+        pages = self._read_run(pfn, (off + length + bs - 1) // bs)
+        return b"".join(pages)[off : off + length]
+
+    def read_phys_filled(self, pa: int, length: int, filtered: list[tuple[int, int]]) -> bytes:
+        """read_phys, with pages makedumpfile filtered out (in the RAM bitmap,
+        not dumped) read as zeros and each such span appended to `filtered`
+        as (pa, length), without an exception per page."""
+        bs = self.block_size
+        out: list[bytes] = []
+        while length > 0:
+            pfn, off = divmod(pa, bs)
+            n = min(length, bs - off)
+            if pfn in self._cache or self.has_page(pfn):
+                out.append(self.read_page(pfn)[off : off + n])
+            elif self.ram.test(pfn) and not self.dumped.test(pfn):
+                out.append(bytes(n))
+                if filtered and filtered[-1][0] + filtered[-1][1] == pa:
+                    filtered[-1] = (filtered[-1][0], filtered[-1][1] + n)
+                else:
+                    filtered.append((pa, n))
+            else:
+                raise self._absent(pfn)
+            pa += n
+            length -= n
+        return b"".join(out)
 
     def file_offset(self, pa: int) -> int | None:
         pfn = pa // self.block_size

@@ -141,17 +141,21 @@ class TaskReader:
             self.off_thread_link = t.offsetof(ts, "thread_group")
         self.size = t.sizeof(ts)
         self.registers = registers
+        self._tgids: dict[int, int] = {}  # parent task -> its tgid (-1: unreadable)
 
     def read(self, address: int, idle: bool = False) -> Task:
         d = self.dump
         # makedumpfile -d 1 drops zero-filled pages, which may hold the tail of a task_struct
-        blob = d.read(address, self.size, zero_excluded=True)
+        filtered: list[tuple[int, int]] = []
+        blob = d.read(address, self.size, zero_excluded=True, excluded=filtered)
         # ... but pid and comm are never all zero in a live task (the idle
         # tasks' comm is swapper/N): their pages missing means the task_struct
         # was filtered out (makedumpfile -d 31 can drop its slab pages), and a
-        # zero-filled stand-in would be a bogus pid-0 task
-        d.read(address + self.off_pid, 4)
-        d.read(address + self.off_comm, 16)
+        # zero-filled stand-in would be a bogus pid-0 task. Read again (and
+        # fail) only when a page of the struct was filtered.
+        if filtered:
+            d.read(address + self.off_pid, 4)
+            d.read(address + self.off_comm, 16)
         bo = d.byteorder
 
         def num(off: int, size: int, signed: bool = False) -> int:
@@ -161,10 +165,13 @@ class TaskReader:
         parent = num(self.off_parent, word)
         # ppid as ps and /proc/PID/stat give it: the *process* (tgid) of
         # real_parent, which is a thread when a non-leader thread forked
-        try:
-            ppid = d.read_u32(parent + self.off_tgid) if parent and parent != address else 0
-        except AddressError:
-            ppid = -1
+        ppid = self._tgids.get(parent) if parent and parent != address else 0
+        if ppid is None:  # a parent's tgid, read once (kthreadd and init parent most tasks)
+            try:
+                ppid = d.read_u32(parent + self.off_tgid)
+            except AddressError:
+                ppid = -1
+            self._tgids[parent] = ppid
         comm = blob[self.off_comm : self.off_comm + 16].split(b"\0", 1)[0]
         return Task(
             address=address,

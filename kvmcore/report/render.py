@@ -9,16 +9,13 @@ renderer escapes table cells and fences code blocks past any backticks."""
 from __future__ import annotations
 
 import re
-from typing import Any
-
-from rich.console import Console, Group
-from rich.markup import escape
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from ..textsafe import printable, printable_tree
 from .lines import frame_lines
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def safe_report(report: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +140,14 @@ def render_text(report: dict[str, Any]) -> str:
 
 def render_rich(report: dict[str, Any], console: Console) -> None:
     """Panels and tables for a terminal. Strings from the report go in as
-    Text (or markup-escaped), never as markup: a comm "[link=...]" stays text."""
+    Text (or markup-escaped), never as markup: a comm "[link=...]" stays text.
+    rich is imported here, for a terminal only: text, markdown and JSON need none."""
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
     report = safe_report(report)
     head = Table.grid(padding=(0, 2))
     for k, v in _headline_rows(report):

@@ -13,7 +13,7 @@ from ..errors import SymbolError
 from .kallsyms import read_kallsyms_columns
 from .sysmap import find_system_map, read_system_map
 from .table import FUNCTION_TYPES, Symbol, SymbolColumns, SymbolTable, relocated
-from .vmlinux import VmlinuxFile
+from .vmlinux import VmlinuxFile, dump_symbol_columns
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -54,7 +54,7 @@ def _vmcoreinfo_symbols_disagree(dump: Dump, image: VmlinuxFile) -> str | None:
     runtime_stext = info.symbol("_stext") if info else None
     if info is None or runtime_stext is None:
         return None
-    cols = image.symbol_columns()
+    cols = dump_symbol_columns(dump, image)
     link = dict(zip(cols.names, cols.addresses))
     if "_stext" not in link:
         return "the vmlinux has no _stext symbol"
@@ -134,7 +134,7 @@ def symbols_from_vmlinux(dump: Dump, path: str) -> SymbolTable:
     image = VmlinuxFile(path)
     try:
         check_build_id(dump, image)
-        cols = image.symbol_columns()
+        cols = dump_symbol_columns(dump, image)
     finally:
         image.close()
     slide = _slide(dump, _link_stext(cols), path)

@@ -19,6 +19,7 @@ symbol table. Layout (as built by scripts/kallsyms.c):
 
 from __future__ import annotations
 
+import re
 import struct
 from itertools import compress
 from operator import itemgetter
@@ -156,6 +157,51 @@ def _expand(data: bytes, num: int, tokens: list[bytes], path: str) -> str:
     return "".join(parts)
 
 
+def _decode_one(dump: Dump, index: int, absolute_percpu: bool) -> int:
+    """decode_addresses(...)[index], reading one entry."""
+    info = _info(dump)
+    mask = (1 << (dump.word_size * 8)) - 1
+    if info.symbol("kallsyms_offsets") is None and info.symbol("kallsyms_addresses") is not None:
+        return dump.read_ptr(_need(dump, "kallsyms_addresses") + index * dump.word_size)
+    raw = _read(dump, _need(dump, "kallsyms_offsets") + 4 * index, 4, "kallsyms_offsets")
+    (off,) = struct.unpack(f"{dump._e}i", raw)
+    base_addr = info.symbol("kallsyms_relative_base")
+    base = dump.read_ptr(base_addr) if base_addr is not None else (info.symbol("_text") or 0)
+    if not absolute_percpu:
+        return (base + (off & 0xFFFFFFFF)) & mask
+    return off if off >= 0 else (base - 1 - off) & mask
+
+
+def stext_address(dump: Dump) -> int:
+    """`_stext`'s address as read_kallsyms_columns decodes it (the first
+    symbol of that name, its address mode confirmed by VMCOREINFO's
+    SYMBOL(_stext)), decoding one address instead of every one: the KASLR
+    check needs only this when a vmlinux gives the symbols."""
+    cols = dump.layer_cache.get(_MEMO)
+    if cols is None:
+        num = _read_num_syms(dump)
+        text = _expanded_text(dump, num, read_tokens(dump))
+        first = _FIRST_STEXT.search(text)
+        if first is not None and first[1] == "T":
+            absolute = dump.arch.kallsyms_absolute_percpu
+            index = text.count("\n", 0, first.start() + 1) - 1
+            addr = _decode_one(dump, index, absolute)
+            stext = _info(dump).symbol("_stext")
+            if stext is None or addr == stext:
+                return addr
+            if _decode_one(dump, index, not absolute) == stext:
+                return stext
+            raise SymbolError(
+                f"kallsyms decodes _stext to {addr:#x}, VMCOREINFO says {stext:#x}", dump.path
+            )
+        cols = read_kallsyms_columns(dump)  # no T _stext: as the whole table says
+    return cols.addresses[cols.names.index("_stext")]
+
+
+#: the first entry named _stext in the expanded text, and its type letter
+_FIRST_STEXT = re.compile(r"\n(.)_stext(?=\n|$)")
+
+
 def decode_addresses(dump: Dump, num: int, absolute_percpu: bool) -> list[int]:
     info = _info(dump)
     mask = (1 << (dump.word_size * 8)) - 1
@@ -172,7 +218,19 @@ def decode_addresses(dump: Dump, num: int, absolute_percpu: bool) -> list[int]:
 
 
 def read_kallsyms_columns(dump: Dump) -> SymbolColumns:
-    """Decode every kallsyms entry from dumped memory (runtime addresses)."""
+    """Decode every kallsyms entry from dumped memory (runtime addresses),
+    once per open dump (the KASLR check and the symbol table both need them);
+    the columns are shared: read only."""
+    cols = dump.layer_cache.get(_MEMO)
+    if cols is None:
+        cols = dump.layer_cache[_MEMO] = _decode_columns(dump)
+    return cols
+
+
+_MEMO = "kallsyms-columns"
+
+
+def _decode_columns(dump: Dump) -> SymbolColumns:
     num = _read_num_syms(dump)
     tokens = read_tokens(dump)
     entries = _expanded_text(dump, num, tokens).split("\n")[1:]

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import KvmcoreError
-from .kallsyms import read_kallsyms_columns
+from .kallsyms import stext_address
 from .sysmap import read_system_map
-from .vmlinux import VmlinuxFile
+from .vmlinux import VmlinuxFile, dump_symbol_columns
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -45,8 +45,7 @@ class KernelOffset:
 
 def _runtime_stext(dump: Dump) -> int | None:
     try:
-        cols = read_kallsyms_columns(dump)
-        return cols.addresses[cols.names.index("_stext")]
+        return stext_address(dump)
     except (KvmcoreError, ValueError):
         info = dump.vmcoreinfo
         return info.symbol("_stext") if info is not None else None
@@ -58,7 +57,7 @@ def _link_stext(dump: Dump) -> tuple[int, str]:
         try:
             image = VmlinuxFile(dump.vmlinux)
             try:
-                cols = image.symbol_columns()
+                cols = dump_symbol_columns(dump, image)
             finally:
                 image.close()
             return cols.addresses[cols.names.index("_stext")], "the vmlinux"

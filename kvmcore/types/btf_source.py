@@ -37,6 +37,8 @@ def _btf_bounds(dump: Dump) -> tuple[int, int]:
     for prefer in ("vmlinux", "System.map"):
         if tables and tables[-1].get("__start_BTF") is not None:
             break
+        if any(t.source == prefer for t in tables):
+            continue  # the dump's own table is that one already
         try:
             tables.append(load_symbols(dump, prefer=prefer))
         except (SymbolError, KvmcoreError):
@@ -45,6 +47,14 @@ def _btf_bounds(dump: Dump) -> tuple[int, int]:
         start, stop = table.get("__start_BTF"), table.get("__stop_BTF")
         if start is not None and stop is not None:
             return start, stop
+    complete = [t.source for t in tables if t.source in ("vmlinux", "System.map")]
+    if complete:
+        # a vmlinux's or System.map's symbols are all of them: a kernel with BTF
+        # has __start_BTF there, so this one has none (Debian's 686-pae, armmp),
+        # and a scan of its image for a BTF header (a second or more) is moot
+        raise TypeInfoError(
+            f"this kernel has no BTF (its {complete[0]} has no __start_BTF)", dump.path
+        )
     # No symbols: find the blob by its validated header in the kernel image.
     found = find_btf(dump)
     if found is not None:

@@ -21,8 +21,9 @@ import re
 import struct
 from array import array
 from bisect import bisect_right
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 from ..errors import KvmcoreError, UnsupportedError
 from .symbolic import CodeSymbols
@@ -72,6 +73,38 @@ def decode_entry(raw: bytes, new_layout: bool) -> OrcEntry:
     return OrcEntry(sp_offset, bp_offset, sp_reg, bp_reg, kind, signal)
 
 
+class IpTable(Sequence[int]):
+    """An orc_unwind_ip array as the sorted instruction addresses it holds,
+    each computed when a look-up (a bisection) asks for it: a kernel has
+    ~0.5M entries and an unwind needs a few dozen (making them all took 70 ms)."""
+
+    __slots__ = ("start", "rel")
+
+    def __init__(self, start: int, rel: array[int]) -> None:
+        self.start = start  # the address of entry 0
+        self.rel = rel  # each entry's s32 offset from its own address
+
+    def __len__(self) -> int:
+        return len(self.rel)
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[int]: ...
+
+    def __getitem__(self, i: int | slice) -> int | list[int]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self.rel)))]
+        if i < 0:
+            i += len(self.rel)
+        return self.start + 4 * i + self.rel[i]
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.start
+        return (start + 4 * i + off for i, off in enumerate(self.rel))
+
+
 class OrcTable:
     """Look-up of the ORC entry covering a core-kernel text address."""
 
@@ -93,7 +126,7 @@ class OrcTable:
         self.dump = dump
         self.ips = self._read_ips(start_ip, count)  # AddressError propagates: caller reports it
         self.entries_at = start_orc
-        self._modules: list[tuple[int, int, list[int], int]] | None = None
+        self._modules: list[tuple[int, int, IpTable, int]] | None = None
         self.new_layout = _kernel_version(dump) >= (6, 4)
         # the tables cover core and init text only; everything else (modules, BPF) has no entry
         text_lo = syms.address("_stext") or self.ips[0]
@@ -104,15 +137,15 @@ class OrcTable:
             self.ranges.append((init_lo, init_hi))
         self._cache: dict[int, OrcEntry] = {}
 
-    def _read_ips(self, start: int, count: int) -> list[int]:
+    def _read_ips(self, start: int, count: int) -> IpTable:
         rel = array("i")
         rel.frombytes(self.dump.read(start, count * 4))
         if self.dump.byteorder != "little":
             rel.byteswap()
-        return [start + 4 * i + off for i, off in enumerate(rel)]
+        return IpTable(start, rel)
 
     @property
-    def modules(self) -> list[tuple[int, int, list[int], int]]:
+    def modules(self) -> list[tuple[int, int, IpTable, int]]:
         """(text start, end, sorted ips, entries address) per loaded module."""
         if self._modules is None:
             self._modules = []
@@ -138,7 +171,7 @@ class OrcTable:
                     continue  # that module's tables are not in the dump
         return self._modules
 
-    def _table_for(self, ip: int) -> tuple[list[int], int] | None:
+    def _table_for(self, ip: int) -> tuple[IpTable, int] | None:
         if any(lo <= ip < hi for lo, hi in self.ranges):
             return self.ips, self.entries_at
         for lo, hi, ips, entries_at in self.modules:

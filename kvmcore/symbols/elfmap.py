@@ -1,0 +1,72 @@
+"""pyelftools' ELFFile reading DWARF sections in place from a memory map.
+
+ELFFile.get_dwarf_info copies each whole debug section into a BytesIO before
+one DIE is decoded: for a debug vmlinux that is ~200 MB (.debug_info) copied
+twice, 0.7 s and most of the peak memory of a command that needs one CU
+(srclines' file:line, the DWARF types of a kernel without BTF)."""
+
+from __future__ import annotations
+
+import mmap
+from typing import Any
+
+
+class _MappedStream:
+    """A read-only file-like window [start, start + size) of a memory map:
+    what pyelftools reads a DWARF section through (seek, tell, read)."""
+
+    def __init__(self, mapped: mmap.mmap, start: int, size: int) -> None:
+        self._map, self._start, self._size, self._pos = mapped, start, size, 0
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = (0, self._pos, self._size)[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def cstring(self, offset: int) -> bytes:
+        """The NUL-terminated string at `offset` (a .debug_str entry)."""
+        at = self._start + offset
+        end = self._map.find(b"\0", at, self._start + self._size)
+        return self._map[at : end if end >= 0 else self._start + self._size]
+
+    def read(self, n: int | None = -1) -> bytes:
+        end = self._size if n is None or n < 0 else min(self._size, self._pos + n)
+        if end <= self._pos:
+            return b""
+        data = self._map[self._start + self._pos : self._start + end]
+        self._pos = end
+        return data
+
+
+def mapped_elf_file(file: Any) -> Any:
+    """pyelftools' ELFFile whose DWARF sections are read in place from a
+    memory map of the file. ELFFile copies each whole section into a BytesIO
+    first: for a debug vmlinux that is ~200 MB (.debug_info) copied twice
+    before one CU is decoded, 0.7 s and most of a `bt`'s peak memory.
+    Sections that need relocating or are compressed are still read its way."""
+    from elftools.dwarf.dwarfinfo import DebugSectionDescriptor
+    from elftools.elf.elffile import ELFFile
+
+    class MappedELFFile(ELFFile):
+        def _read_dwarf_section(self, section: Any, relocate_dwarf_sections: bool) -> Any:
+            if (
+                relocate_dwarf_sections
+                or self.has_phantom_bytes()
+                or section.compressed
+                or section["sh_type"] == "SHT_NOBITS"
+            ):
+                return super()._read_dwarf_section(section, relocate_dwarf_sections)
+            start, size = section["sh_offset"], section.data_size
+            return DebugSectionDescriptor(
+                stream=_MappedStream(mapped, start, size),  # type: ignore[arg-type]
+                name=section.name,
+                global_offset=start,
+                size=size,
+                address=section["sh_addr"],
+            )
+
+    mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    return MappedELFFile(file)
