@@ -364,6 +364,7 @@ class FakeDump:
 
         self.memory = memory
         self.vmcoreinfo = VmcoreInfo(vmcoreinfo_text)
+        self.layer_cache: dict[str, object] = {}  # what a Dump's decoders memoize in
 
     def read(self, va: int, length: int) -> bytes:
         return self.memory.read(va, length)
