@@ -19,9 +19,11 @@ The machine's serial console (Xen and dom0) is kept as xen-serial.log.
 The HVM variant (xen-hvm, slow: `xl dump-core` of an HVM guest maps every frame up to
 the 4 GiB hole one at a time) runs the same kernel and init as an HVM guest booted
 directly by Debian's device model (qemu-system-xen, in dom0), with `-cpu ...,+svm` for
-the machine; its guest has its PV drivers off (`xen_nopv`: with them it triple-faulted
-partway through boot), so it does not report its panic to Xen: dom0 pauses it when its
-serial log shows the end of the panic, and dumps it once (`xen-core`).
+the machine; dom0 and the guest run on separate pCPUs (sharing them, dom0's processes
+got bad FS bases and the guest triple-faulted). Its guest has its PV drivers off
+(`xen_nopv`: with them it triple-faulted partway through boot in an earlier run), so it
+does not report its panic to Xen: dom0 pauses it when its serial log shows the end of
+the panic, and dumps it once (`xen-core`).
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class Mode:
     packages: tuple[str, ...] = ()  # beyond the hypervisor and the toolstack
     programs: tuple[str, ...] = ()  # beyond DOM0_PROGRAMS (ELF programs: ldd'ed)
     data: tuple[str, ...] = ()  # files or directories copied from the packages as they are
+    xen_cmdline: str = ""  # added to XEN_CMDLINE
     ready_timeout: int = 600  # seconds from xl create to "KVMCORE ready" (hvm: the panic)
     run_timeout: float = 1500.0  # the whole QEMU run
 
@@ -147,7 +150,12 @@ MODES = {
             # emulate ("SVM Insn len emulation failed"): no RDTSCP (nor its kin)
             'tsc_mode = "native"\n'
             'cpuid = "host,rdtscp=0,rdpid=0,invpcid=0,umip=0"\n'
+            # both vCPUs on pCPU 1, dom0's one on pCPU 0: with the PV dom0 and the HVM
+            # guest sharing pCPUs, dom0's processes died of bad FS bases (segfaults on
+            # their TLS loads) and the guest triple-faulted partway through boot
+            'cpus = "1"\n'
         ),
+        xen_cmdline="dom0_max_vcpus=1 dom0_vcpus_pin",
         packages=("qemu-system-xen", "qemu-system-data", "seabios"),
         programs=("usr/libexec/xen-qemu-system-i386",),
         data=(
@@ -316,7 +324,7 @@ def qemu_cmd(mode: Mode, xen: Path, dom0_kernel: Path, dom0_initrd: Path, disk: 
         "-kernel",
         str(xen),
         "-append",
-        XEN_CMDLINE,
+        f"{XEN_CMDLINE} {mode.xen_cmdline}".strip(),
         "-initrd",
         f"{dom0_kernel} {DOM0_CMDLINE},{dom0_initrd}",
         "-drive",
@@ -407,12 +415,13 @@ def build_xen_sample(spec, cache: Path, sdir: Path, kernel) -> dict:
         "package": (vm[2] or "") if vm else "",
     }
     xv = re.search(r"Xen version (\S+) \(", xen_log)
+    ko = re.search(r"Kernel Offset: (0x[0-9a-f]+|disabled)", guest_log)
     m["xen"] = {
         "hypervisor_package": HYPERVISOR_PACKAGE,
         "hypervisor_version": hyp_pkg.version,
         "version": xv[1] if xv else None,
         "packages": {n: pkg.version for n, (pkg, _) in pkgs.items() if n != HYPERVISOR_PACKAGE},
-        "cmdline": XEN_CMDLINE,
+        "cmdline": f"{XEN_CMDLINE} {mode.xen_cmdline}".strip(),
         "serial_log": machine_serial.name,
         "guest": {
             "name": GUEST_NAME,
@@ -420,6 +429,8 @@ def build_xen_sample(spec, cache: Path, sdir: Path, kernel) -> dict:
             "memory_mb": spec.memory_mb,
             "vcpus": spec.smp,
             "cmdline": mode.cmdline,
+            # the panic's "Kernel Offset:" line: KASLR's offset (a PV guest: disabled, 0)
+            "kernel_offset": None if ko is None else int(ko[1], 16) if ko[1] != "disabled" else 0,
             "config": config,
             "on_crash": "preserve",
         },

@@ -14,10 +14,18 @@ import pytest
 from conftest import sample_files, sample_ids
 
 from sample_dumps import xen
+from sample_dumps.table import BY_ID
 from sample_dumps.util import sha256
 
-XEN_IDS = sample_ids(kind="xen-pv")
-XEN_FILES = sample_files(kind="xen-pv")
+PV_IDS = sample_ids(kind="xen-pv")
+# the HVM guest's sample is the slow tier (./dev.sh slow builds it)
+HVM = [pytest.param("xen-hvm", marks=pytest.mark.slow)]
+XEN_IDS = PV_IDS + HVM
+XEN_FILES = sample_files(kind="xen-pv") + [
+    pytest.param(p.values[0], f, marks=pytest.mark.slow)
+    for p in HVM
+    for f in BY_ID["xen-hvm"].formats
+]
 APT_HINT = "apt-get install $(grep -v '^#' sample_dumps/apt-packages.txt)"
 
 # ELF note types of .note.Xen (dump-core-format.txt)
@@ -25,7 +33,9 @@ XEN_ELFNOTE_DUMPCORE_NONE = 0x2000000
 XEN_ELFNOTE_DUMPCORE_HEADER = 0x2000001
 XEN_ELFNOTE_DUMPCORE_XEN_VERSION = 0x2000002
 XEN_ELFNOTE_DUMPCORE_FORMAT_VERSION = 0x2000003
-PV_MAGIC = 0xF00FEBED
+MAGIC = {"pv": 0xF00FEBED, "hvm": 0xF00FEBEE}
+#: the section mapping the pages of .xen_pages to the guest's frames, and its entry size
+FRAME_MAP = {"pv": (".xen_p2m", 16), "hvm": (".xen_pfn", 8)}  # (pfn, gmfn) pairs; pfns
 
 
 def tool(name: str) -> str:
@@ -109,10 +119,14 @@ def test_multiboot_paths_refused_with_a_comma(tmp_path):
 def test_manifest(samples, sid):
     s = samples.get_built(sid)
     m = s.manifest
-    assert m["id"] == sid and m["kind"] == "xen-pv" and m["arch"] == "x86_64"
+    spec = BY_ID[sid]
+    assert m["id"] == sid and m["kind"] == spec.kind and m["arch"] == "x86_64"
     assert m["uts"]["release"] == m["kernel_release"]
     g = m["xen"]["guest"]
-    assert g["type"] == "pv" and 128 <= g["memory_mb"] <= 256 and g["vcpus"] == 2
+    assert g["type"] == xen.MODES[spec.kind].guest_type
+    assert 128 <= g["memory_mb"] <= 256 and g["vcpus"] == 2
+    # the kernel's own "Kernel Offset:" line: a PV guest's kernel is not relocated
+    assert (g["kernel_offset"] != 0) == m["kaslr"] == (g["type"] == "hvm")
     assert m["xen"]["version"].startswith(xen.XEN_SERIES + ".")
     comms = [p["comm"] for p in m["processes"]]
     for name in ("init", "sleeper_a", "sleeper_b", "sleeper_c", "busyloop_task", "crasher"):
@@ -122,14 +136,15 @@ def test_manifest(samples, sid):
     assert sorted(t["comm"] for t in m["threads"]) == [f"worker-{i}" for i in range(4)]
     assert all(t["tgid"] == tt["pid"] for t in m["threads"])
     assert m["panic"]["comm"] == "crasher" and m["panic"]["cpu"] == 1
-    assert set(m["files"]) == {"xen-core", "xen-core-live"}
+    assert set(m["files"]) == set(spec.formats)
     assert {e["format"] for e in m["files"].values()} == {"xen-core"}
 
 
 @pytest.mark.parametrize("sid", XEN_IDS)
 def test_guest_console_log(samples, sid):
-    """The guest's console (xenconsoled's log) holds the kernel's own panic line for
-    the task and CPU init's KVMCORE lines named, and the marker it logged."""
+    """The guest's console (PV: xenconsoled's log, HVM: its serial port) holds the
+    kernel's own panic line for the task and CPU init's KVMCORE lines named, and the
+    marker it logged."""
     s = samples.get_built(sid)
     m = s.manifest
     text = (s.dir / m["serial_log"]).read_text(errors="replace")
@@ -152,18 +167,22 @@ def test_sha256(samples, sid, fmt):
 
 @pytest.mark.parametrize("sid,fmt", XEN_FILES)
 def test_dump_core_layout(samples, sid, fmt):
-    """ELF64 core, no program headers, the PV sections, and a .note.Xen whose header
-    note gives the PV magic, the guest's vCPU count and the page count of .xen_pages."""
+    """ELF64 core, no program headers, the sections of the guest's type (.xen_p2m for
+    PV, .xen_pfn for HVM), and a .note.Xen whose header note gives the type's magic,
+    the guest's vCPU count and the page count of .xen_pages."""
     s = samples.get_built(sid)
     m = s.manifest
     path = s.file(fmt)
+    gtype = m["xen"]["guest"]["type"]
+    frame_map, entry = FRAME_MAP[gtype]
+    other_map = next(n for n, _ in FRAME_MAP.values() if n != frame_map)
     head = readelf("-h", str(path))
     assert re.search(r"Class:\s+ELF64", head) and re.search(r"Type:\s+CORE", head)
     assert re.search(r"Number of program headers:\s+0\b", head)
     sec = sections(path)
-    for name in (".note.Xen", ".xen_prstatus", ".xen_shared_info", ".xen_pages", ".xen_p2m"):
+    for name in (".note.Xen", ".xen_prstatus", ".xen_shared_info", ".xen_pages", frame_map):
         assert name in sec, f"{name} not in {sorted(sec)}"
-    assert ".xen_pfn" not in sec  # that one is HVM's
+    assert other_map not in sec
     vcpus = m["xen"]["guest"]["vcpus"]
 
     found = {t: (n, d) for n, t, d in notes(section_bytes(path, ".note.Xen"))}
@@ -172,15 +191,15 @@ def test_dump_core_layout(samples, sid, fmt):
     magic, nr_vcpus, nr_pages, page_size = struct.unpack_from(
         "<QQQQ", found[XEN_ELFNOTE_DUMPCORE_HEADER][1]
     )
-    assert magic == PV_MAGIC
+    assert magic == MAGIC[gtype]
     assert nr_vcpus == vcpus and page_size == 4096
     major, minor = struct.unpack_from("<QQ", found[XEN_ELFNOTE_DUMPCORE_XEN_VERSION][1])
     assert f"{major}.{minor}" == xen.XEN_SERIES
     assert struct.unpack_from("<Q", found[XEN_ELFNOTE_DUMPCORE_FORMAT_VERSION][1]) == (1,)
 
     assert sec[".xen_pages"][1] == nr_pages * page_size
-    assert sec[".xen_p2m"][1] == nr_pages * 16  # (pfn, gmfn) pairs
-    # every page of the guest's memory is there (a few MB are Xen's start-of-day pages)
+    assert sec[frame_map][1] == nr_pages * entry
+    # the guest's memory, every page of it (HVM: less the frames its firmware gave back)
     assert nr_pages * page_size <= m["xen"]["guest"]["memory_mb"] << 20
     assert nr_pages * page_size >= (m["xen"]["guest"]["memory_mb"] - 8) << 20
     _, size, entsize = sec[".xen_prstatus"]
@@ -204,7 +223,7 @@ def crash_output(samples, sid: str, path: Path, cmds: str, tmp_path: Path) -> st
     return p.stdout + p.stderr
 
 
-@pytest.mark.parametrize("sid", XEN_IDS)
+@pytest.mark.parametrize("sid", PV_IDS)
 def test_crash_reads_the_crashed_guest(samples, sid, tmp_path):
     """crash 8.0.2 reads Xen dump-core files with the guest's vmlinux: release, log
     (marker and panic) and the panicking task's backtrace through sysrq_handle_crash."""
@@ -221,7 +240,7 @@ def test_crash_reads_the_crashed_guest(samples, sid, tmp_path):
     assert "sysrq_handle_crash" in out
 
 
-@pytest.mark.parametrize("sid", XEN_IDS)
+@pytest.mark.parametrize("sid", PV_IDS)
 def test_crash_reads_the_live_guest(samples, sid, tmp_path):
     """The live dump was taken after the marker and before the crash: crash finds the
     marker in its log and no panic."""

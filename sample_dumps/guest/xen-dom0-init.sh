@@ -49,17 +49,19 @@ xenconsoled --log=guest --log-dir=/var/log/xen/console \
 say "toolstack up at $(up)"
 xl info > $OUT/xl-info.txt 2>&1 || fail "xl info"
 
-# wait_log PATTERN SECONDS: until the guest's console log holds PATTERN
+# state: the state column of `xl list` (r, b, p, s, c, d flags)
+state() { xl list @NAME@ 2>/dev/null | awk 'NR == 2 { print $5 }'; }
+# wait_log PATTERN SECONDS: until the guest's console log holds PATTERN; every 30 s
+# the guest's state and last console line
 wait_log() {
 	i=0
 	while ! grep -q "$1" $LOG 2>/dev/null; do
 		i=$((i + 1))
 		[ $i -gt $(($2 * 5)) ] && return 1
+		[ $((i % 150)) -eq 0 ] && say "waiting for $1: state $(state), guest: $(tail -n 1 $LOG 2>/dev/null | cut -c1-150)"
 		sleep 0.2
 	done
 }
-# state: the state column of `xl list` (r, b, p, s, c, d flags)
-state() { xl list @NAME@ 2>/dev/null | awk 'NR == 2 { print $5 }'; }
 
 t=$(up)
 xl create /etc/xen/@NAME@.cfg || fail "xl create"
