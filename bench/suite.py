@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import subprocess
 import sys
 import tempfile
@@ -209,9 +210,11 @@ def gdb_rows(sample, cfg: Config, work: Path) -> list[Row]:
     )
     core_row.anchors["gdb"] = row.anchors["gdb"]
     a, b, c = work / "serve.bin", work / "core.bin", work / "kcore.bin"
-    if a.exists() and b.exists() and a.read_bytes() != b.read_bytes():
+    # compared in chunks (filecmp): three 64 MB files read whole would grow this
+    # process, and every command measured after it (see bench/measure.py)
+    if a.exists() and b.exists() and not filecmp.cmp(a, b, shallow=False):
         row.note += "; WARNING: the two dumps differ"
-    if c.exists() and b.exists() and c.read_bytes() != b.read_bytes():
+    if c.exists() and b.exists() and not filecmp.cmp(c, b, shallow=False):
         core_row.note += "; WARNING: the two dumps differ"
     for p in (a, b, c, kcore):
         p.unlink(missing_ok=True)
