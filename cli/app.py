@@ -242,15 +242,7 @@ def _table_command(cmd: commands.Command, vmlinux_positional: bool) -> None:
 
 
 # the viewing commands, DUMP [VMLINUX]; then the exploration commands, --vmlinux FILE
-for _cmd in (
-    commands.PS,
-    commands.DMESG,
-    commands.MODS,
-    commands.SYS,
-    commands.BT,
-    commands.INFO,
-    commands.SYM,
-):
+for _cmd in commands.VIEW:
     _table_command(_cmd, vmlinux_positional=True)
 for _cmd in commands.EXPLORE:
     _table_command(_cmd, vmlinux_positional=False)

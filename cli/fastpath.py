@@ -24,18 +24,6 @@ from kvmcore import commands
 
 from . import actions
 
-#: the viewing commands take the vmlinux as a trailing positional, the
-#: exploration commands as --vmlinux (cli/app.py registers them the same way)
-VIEW_COMMANDS = (
-    commands.PS,
-    commands.DMESG,
-    commands.MODS,
-    commands.SYS,
-    commands.BT,
-    commands.INFO,
-    commands.SYM,
-)
-
 #: the options every table command takes: dest, takes a value
 _COMMON = {
     "--force-vmlinux": ("force_vmlinux", False),
@@ -171,7 +159,7 @@ def run(argv: list[str]) -> bool:
             _path(values["system_map"]),
         )
         return True
-    cmd = next((c for c in VIEW_COMMANDS if c.name == name), None)
+    cmd = next((c for c in commands.VIEW if c.name == name), None)
     view = cmd is not None
     if cmd is None:
         cmd = next((c for c in commands.EXPLORE if c.name == name), None)

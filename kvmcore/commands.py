@@ -992,6 +992,10 @@ FOREACH = _explore(
     ),
 )
 
+#: the viewing commands: the CLI takes their vmlinux as a trailing positional
+#: (DUMP [VMLINUX]); the exploration commands (EXPLORE) take it as --vmlinux
+VIEW: tuple[Command, ...] = (PS, DMESG, MODS, SYS, BT, INFO, SYM)
+
 #: the exploration commands (the CLI builds their subcommands from the table)
 EXPLORE: tuple[Command, ...] = (
     P,

@@ -139,7 +139,7 @@ def test_fast_path_leaves_unsure_lines_to_typer(monkeypatch, argv):
 
 def test_every_table_command_is_on_the_fast_path():
     """The fast path knows each command the typer app builds from the table."""
-    names = {c.name for c in fastpath.VIEW_COMMANDS} | {c.name for c in commands.EXPLORE}
+    names = {c.name for c in commands.VIEW} | {c.name for c in commands.EXPLORE}
     assert names | {"analyze", "read"} == set(commands.COMMANDS)
 
 
