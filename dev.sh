@@ -6,7 +6,7 @@
 #                            sample dumps in ~/.cache/kvmcore, run the linters and the whole
 #                            test suite
 #                            (not the slow tier: tests marked slow are skipped)
-#   ./dev.sh slow            the slow tier: build the Xen HVM guest sample (~25 minutes)
+#   ./dev.sh slow            the slow tier: build the Xen HVM guest sample (16-25 min)
 #                            and the whole triage corpus (python -m sample_dumps corpus:
 #                            13 crash kinds x 3 dumps, ~10 minutes cold) and run the
 #                            tests marked slow
@@ -102,7 +102,7 @@ slow)
     apt_install $(grep -v '^#' sample_dumps/apt-packages.txt)
     venv "[test]"
     "$VENV/bin/python" -m sample_dumps build --with-dbg
-    # the Xen HVM guest's dump (~25 minutes: its boot and its xl dump-core are slow under TCG)
+    # the Xen HVM guest's dump (16-25 minutes: its boot and its xl dump-core are slow under TCG)
     "$VENV/bin/python" -m sample_dumps build --only xen-hvm --with-dbg
     "$VENV/bin/python" -m sample_dumps corpus --tier full
     "$VENV/bin/python" -m sample_dumps corpus --tier full --arch arm64 --copies 2

@@ -1,7 +1,8 @@
 """Xen guest dumps: `xl dump-core` files of a Linux guest under Debian's Xen.
 
-QEMU (TCG, `-cpu max,-smap,-smep`: under KVM Xen 4.17 dies probing CET, and with
-SMAP/SMEP the PV dom0 faults) boots Debian 12's Xen hypervisor with a PV dom0 running
+QEMU (TCG, `-cpu max,-smap,-smep,-svm`: under KVM Xen 4.17 dies probing CET, with
+SMAP/SMEP the PV dom0 faults, with SVM processes now and then ran with a wrong FS base:
+MODES) boots Debian 12's Xen hypervisor with a PV dom0 running
 Debian's amd64 kernel from a busybox initramfs that carries the xl toolstack unpacked
 from the apt packages (no root filesystem). dom0 (guest/xen-dom0-init.sh) creates a
 PV domU running the same kernel with the samples' own guest init (guest/init.sh), and
