@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import SymbolError
-from .kallsyms import read_kallsyms_columns
+from .frozen import FrozenSymbols
+from .kallsyms import kallsyms_symbols
 from .sysmap import find_system_map, read_system_map
 from .table import FUNCTION_TYPES, Symbol, SymbolColumns, SymbolTable, relocated
-from .vmlinux import VmlinuxFile, dump_symbol_columns
+from .vmlinux import VmlinuxFile, dump_frozen_symbols
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -54,19 +55,20 @@ def _vmcoreinfo_symbols_disagree(dump: Dump, image: VmlinuxFile) -> str | None:
     runtime_stext = info.symbol("_stext") if info else None
     if info is None or runtime_stext is None:
         return None
-    cols = dump_symbol_columns(dump, image)
-    link = dict(zip(cols.names, cols.addresses))
-    if "_stext" not in link:
+    frozen = dump_frozen_symbols(dump, image)
+    link_stext = _frozen_address(frozen, "_stext")
+    if link_stext is None:
         return "the vmlinux has no _stext symbol"
     for key in info:
         if not key.startswith("SYMBOL(") or key == "SYMBOL(_stext)":
             continue
         name, value = key[7:-1], info.symbol(key[7:-1])
+        link = _frozen_address(frozen, name)
         if (
-            name in link
+            link is not None
             and value is not None
             and value >= runtime_stext
-            and value - runtime_stext != link[name] - link["_stext"]
+            and value - runtime_stext != link - link_stext
         ):
             return f"its {name} is not where VMCOREINFO's SYMBOL({name}) puts it"
     return None
@@ -130,16 +132,24 @@ def _link_stext(cols: SymbolColumns) -> int | None:
         return None
 
 
+def _frozen_address(frozen: FrozenSymbols, name: str) -> int | None:
+    """The link-time address of `name` (its first global, else first entry)."""
+    found = frozen.find(name)
+    if not found:
+        return None
+    return frozen.address(next((i for i in found if frozen.types[i].isupper()), found[0]), 0)
+
+
 def symbols_from_vmlinux(dump: Dump, path: str) -> SymbolTable:
     image = VmlinuxFile(path)
     try:
         check_build_id(dump, image)
-        cols = dump_symbol_columns(dump, image)
+        frozen = dump_frozen_symbols(dump, image)
     finally:
         image.close()
-    slide = _slide(dump, _link_stext(cols), path)
+    slide = _slide(dump, _frozen_address(frozen, "_stext"), path)
     return SymbolTable(
-        _relocate(cols, slide, dump),
+        frozen,
         "vmlinux",
         slide,
         dump.word_size,
@@ -162,11 +172,11 @@ def symbols_from_system_map(dump: Dump, path: str) -> SymbolTable:
 
 
 def symbols_from_kallsyms(dump: Dump) -> SymbolTable:
-    info = dump.vmcoreinfo
+    slide = dump.kernel_offset if dump.vmcoreinfo else 0
     return SymbolTable(
-        read_kallsyms_columns(dump),
+        kallsyms_symbols(dump, slide),
         "kallsyms",
-        dump.kernel_offset if info else 0,
+        slide,
         dump.word_size,
         dump.path,
         kernel_floor=dump.arch.kernel_start,

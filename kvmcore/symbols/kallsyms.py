@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from .. import indexcache
 from ..errors import KvmcoreError, SymbolError
+from .frozen import FrozenSymbols
 from .table import SymbolColumns
 
 if TYPE_CHECKING:
@@ -91,6 +92,14 @@ def _read_num_syms(dump: Dump) -> int:
 
 
 def _names_bytes(dump: Dump, num: int) -> bytes:
+    key = f"kallsyms-names-bytes:{num}"
+    data = dump.layer_cache.get(key)
+    if data is None:
+        data = dump.layer_cache[key] = _read_names_bytes(dump, num)
+    return data
+
+
+def _read_names_bytes(dump: Dump, num: int) -> bytes:
     names_addr = _need(dump, "kallsyms_names")
     # The names end before kallsyms_markers, which the linker places before
     # the token table; read up to there when it lies after the names.
@@ -215,6 +224,53 @@ def decode_addresses(dump: Dump, num: int, absolute_percpu: bool) -> list[int]:
     if not absolute_percpu:
         return [(base + (off & 0xFFFFFFFF)) & mask for off in offsets]
     return [off if off >= 0 else (base - 1 - off) & mask for off in offsets]
+
+
+def _address_source(dump: Dump, num: int, slide: int) -> list[bytes]:
+    """What the decoded addresses less `slide` depend on: the offsets (or
+    addresses) array and the link-time base, the address mode's inputs."""
+    info = _info(dump)
+    mask = (1 << (dump.word_size * 8)) - 1
+    if info.symbol("kallsyms_offsets") is None and info.symbol("kallsyms_addresses") is not None:
+        addr = _need(dump, "kallsyms_addresses")
+        return [_read(dump, addr, num * dump.word_size, "kallsyms_addresses"), b"%x" % slide]
+    raw = _read(dump, _need(dump, "kallsyms_offsets"), num * 4, "kallsyms_offsets")
+    base_addr = info.symbol("kallsyms_relative_base")
+    base = dump.read_ptr(base_addr) if base_addr is not None else (info.symbol("_text") or 0)
+    stext = info.symbol("_stext")
+    link = [(base - slide) & mask, ((stext - slide) & mask) if stext is not None else -1]
+    return [raw, repr(link).encode()]
+
+
+def kallsyms_symbols(dump: Dump, slide: int) -> FrozenSymbols:
+    """Every kallsyms entry as FrozenSymbols stored `slide`-free (`slide`:
+    the dump's kernel offset), from the build-id index cache when it holds
+    the same kallsyms bytes at the same link-time base; else decoded."""
+    info = dump.vmcoreinfo
+    build_id = info.build_id if info is not None and indexcache.enabled() else None
+    floor = dump.arch.kernel_start
+    source = None
+    if build_id:
+        num = _read_num_syms(dump)
+        source = indexcache.source_digest(
+            FROZEN_CACHE_NAME.encode(),
+            repr((num, dump.word_size, floor, dump.arch.kallsyms_absolute_percpu)).encode(),
+            b"\0".join(read_tokens(dump)),
+            _names_bytes(dump, num),
+            *_address_source(dump, num, slide),
+        )
+        cached = indexcache.load(build_id, FROZEN_CACHE_NAME, source)
+        frozen = FrozenSymbols.from_bytes(cached) if cached is not None else None
+        if frozen is not None and frozen.word_size == dump.word_size:
+            return frozen
+    frozen = FrozenSymbols.freeze(read_kallsyms_columns(dump), slide, dump.word_size, floor)
+    if source is not None:
+        indexcache.store(build_id, FROZEN_CACHE_NAME, source, frozen.to_bytes())
+    return frozen
+
+
+#: the frozen symbols in the build-id index cache
+FROZEN_CACHE_NAME = "kallsyms-symbols.v1"
 
 
 def read_kallsyms_columns(dump: Dump) -> SymbolColumns:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..errors import KvmcoreError
 from .kallsyms import stext_address
 from .sysmap import read_system_map
-from .vmlinux import VmlinuxFile, dump_symbol_columns
+from .vmlinux import VmlinuxFile, dump_frozen_symbols
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -57,10 +57,12 @@ def _link_stext(dump: Dump) -> tuple[int, str]:
         try:
             image = VmlinuxFile(dump.vmlinux)
             try:
-                cols = dump_symbol_columns(dump, image)
+                frozen = dump_frozen_symbols(dump, image)
             finally:
                 image.close()
-            return cols.addresses[cols.names.index("_stext")], "the vmlinux"
+            found = frozen.find("_stext")
+            if found:
+                return frozen.address(found[0], 0), "the vmlinux"
         except (KvmcoreError, ValueError):
             pass
     if dump.system_map:

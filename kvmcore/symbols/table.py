@@ -1,10 +1,9 @@
 """SymbolTable: name <-> address for one kernel, from whichever source was used.
 
 A kernel has 100k-200k symbols and a command asks about a handful, so the
-table keeps them as parallel columns (names, addresses, sizes, types) and
-makes a Symbol object only for what a query returns. The name index is two
-dicts built in bulk; the address index is sorted once, on the first address
-query after symbols were added.
+table makes a Symbol object only for what a query returns: the kernel's own
+symbols are flat arrays (FrozenSymbols, kept per build in the index cache),
+the modules' a few parallel lists beside them.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from itertools import compress, repeat
 
 from ..errors import SymbolError
+from .frozen import FrozenSymbols
 
 #: nm-style type letters that mark code
 FUNCTION_TYPES = frozenset("tTwW")
@@ -90,20 +90,119 @@ def display_rank(name: str, typ: str, size: int) -> tuple[int, int, int, int, in
 _BOUNDARY_LABEL = re.compile(r"_.*_(start|end)$")
 
 
+class _SymbolList:
+    """Symbols added after the kernel's own (modules'), as parallel lists: a
+    name index built in bulk, an address index sorted once per batch."""
+
+    def __init__(self, word_size: int, kernel_floor: int, origin: str | None) -> None:
+        self.word_size = word_size
+        self.kernel_floor = kernel_floor
+        self.origin = origin
+        self.names: list[str] = []
+        self.addresses: list[int] = []
+        self.sizes: list[int] = []
+        self.types: list[str] = []
+        self.modules_of: list[str | None] = []
+        # name -> index of its first / last symbol (equal unless the name repeats)
+        self.first: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+        # address index: symbol indexes sorted by address (stable)
+        self._order: list[int] = []
+        self._addrs: list[int] = []
+        self._sorted_upto = 0
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def append(self, cols: SymbolColumns, module: str | None) -> None:
+        base, n = len(self.names), len(cols)
+        if not n:
+            return
+        if not (
+            len(cols.addresses) == len(cols.types) == n
+            and (cols.sizes is None or len(cols.sizes) == n)
+            and (cols.modules is None or len(cols.modules) == n)
+        ):
+            raise SymbolError("symbol columns of unequal length", self.origin)
+        self.names.extend(cols.names)
+        self.addresses.extend(cols.addresses)
+        self.types.extend(cols.types)
+        self.sizes.extend(cols.sizes if cols.sizes is not None else repeat(0, n))
+        self.modules_of.extend(cols.modules if cols.modules is not None else repeat(module, n))
+        for name, i in zip(reversed(cols.names), range(base + n - 1, base - 1, -1)):
+            self.first.setdefault(name, i)
+        self.last.update(zip(cols.names, range(base, base + n)))
+
+    def index(self) -> tuple[list[int], list[int]]:
+        """(sorted addresses, symbol indexes in that order), updated for
+        symbols added since the last call."""
+        total = len(self.addresses)
+        if self._sorted_upto < total:
+            addresses = self.addresses
+            keep = list(map(self.kernel_floor.__le__, addresses[self._sorted_upto : total]))
+            modules = self.modules_of[self._sorted_upto : total]
+            # a module's own symbols are runtime addresses wherever its area is
+            # (32-bit Arm's module area lies below PAGE_OFFSET)
+            keep = [k or m is not None for k, m in zip(keep, modules)]
+            if self.kernel_floor < 1 << (self.word_size * 8 - 1):
+                # a low kernel: absolute values (type a/A) would look like addresses
+                types = self.types[self._sorted_upto : total]
+                keep = [k and t not in "aA" for k, t in zip(keep, types)]
+            order = self._order + list(compress(range(self._sorted_upto, total), keep))
+            order.sort(key=addresses.__getitem__)
+            self._order = order
+            self._addrs = list(map(addresses.__getitem__, order))
+            self._sorted_upto = total
+        return self._addrs, self._order
+
+    def indexes_of(self, name: str) -> list[int]:
+        first = self.first.get(name)
+        if first is None:
+            return []
+        last = self.last[name]
+        out = [first]
+        names = self.names
+        while out[-1] != last:
+            out.append(names.index(name, out[-1] + 1, last + 1))
+        return out
+
+    def symbol(self, i: int) -> Symbol:
+        return Symbol(
+            self.names[i], self.addresses[i], self.sizes[i], self.types[i], self.modules_of[i]
+        )
+
+    def at_or_below(self, addr: int) -> tuple[int, list[int]] | None:
+        addrs, order = self.index()
+        k = bisect.bisect_right(addrs, addr)
+        if k == 0:
+            return None
+        at = addrs[k - 1]
+        return at, order[bisect.bisect_left(addrs, at, 0, k) : k]
+
+    def next_above(self, addr: int) -> int | None:
+        addrs, _ = self.index()
+        k = bisect.bisect_right(addrs, addr)
+        return addrs[k] if k < len(addrs) else None
+
+
 class SymbolTable:
-    """Symbols of the dumped kernel (and later its modules), already relocated.
+    """Symbols of the dumped kernel (and later its modules), relocated.
 
     `source` says where the kernel symbols came from: "vmlinux",
-    "System.map" or "kallsyms". `kaslr_offset` is the slide applied to
-    link-time addresses (0 for kallsyms, which holds runtime addresses).
-    Only addresses in the kernel half of the address space go into the
-    address index, so per-cpu offsets and absolute constants never
-    symbolize ordinary addresses.
+    "System.map" or "kallsyms". `kaslr_offset` is the slide that moved the
+    kernel from its link-time addresses (kallsyms holds runtime addresses:
+    its columns come moved already). Only addresses in the kernel half of
+    the address space are in the address index, so per-cpu offsets and
+    absolute constants never symbolize ordinary addresses.
+
+    The kernel's own symbols are a FrozenSymbols (given, from the index
+    cache, or frozen here from columns of runtime addresses); module
+    symbols are added to a list beside them.
     """
 
     def __init__(
         self,
-        symbols: Iterable[Symbol] | SymbolColumns,
+        symbols: Iterable[Symbol] | SymbolColumns | FrozenSymbols,
         source: str,
         kaslr_offset: int = 0,
         word_size: int = 8,
@@ -118,73 +217,27 @@ class SymbolTable:
         #: the lowest kernel address (the upper half, unless the arch's kernel
         #: lives low: s390x's kernel has an address space of its own from 0)
         self._kernel_floor = 1 << (word_size * 8 - 1) if kernel_floor is None else kernel_floor
-        self._names: list[str] = []
-        self._addresses: list[int] = []
-        self._sizes: list[int] = []
-        self._types: list[str] = []
-        self._modules_of: list[str | None] = []
-        # name -> index of its first / last symbol (equal unless the name repeats)
-        self._first: dict[str, int] = {}
-        self._last: dict[str, int] = {}
-        # address index: kernel-half symbol indexes sorted by address (stable)
-        self._order: list[int] = []
-        self._addrs: list[int] = []
-        self._sorted_upto = 0
         self.modules: dict[str, list[Symbol]] = {}
+        self._extra = _SymbolList(word_size, self._kernel_floor, origin)
+        if isinstance(symbols, FrozenSymbols):
+            self._base = symbols
+            return
         cols = (
             symbols if isinstance(symbols, SymbolColumns) else SymbolColumns.from_symbols(symbols)
         )
-        self._append(cols, None)
-
-    # -- building ----------------------------------------------------------
-    def _append(self, cols: SymbolColumns, module: str | None) -> None:
-        base, n = len(self._names), len(cols)
-        if not n:
-            return
+        n = len(cols)
         if not (
             len(cols.addresses) == len(cols.types) == n
             and (cols.sizes is None or len(cols.sizes) == n)
             and (cols.modules is None or len(cols.modules) == n)
         ):
             raise SymbolError("symbol columns of unequal length", self.origin)
-        self._names.extend(cols.names)
-        self._addresses.extend(cols.addresses)
-        self._types.extend(cols.types)
-        self._sizes.extend(cols.sizes if cols.sizes is not None else repeat(0, n))
-        self._modules_of.extend(cols.modules if cols.modules is not None else repeat(module, n))
-        first = dict(zip(reversed(cols.names), range(base + n - 1, base - 1, -1)))
-        if base == 0:
-            self._first = first
-        else:
-            for name, i in first.items():
-                self._first.setdefault(name, i)
-        self._last.update(zip(cols.names, range(base, base + n)))
-
-    def _index(self) -> tuple[list[int], list[int]]:
-        """(sorted addresses, symbol indexes in that order), updated for
-        symbols added since the last call."""
-        total = len(self._addresses)
-        if self._sorted_upto < total:
-            addresses = self._addresses
-            keep = list(map(self._kernel_floor.__le__, addresses[self._sorted_upto : total]))
-            modules = self._modules_of[self._sorted_upto : total]
-            if any(modules):
-                # a module's own symbols are runtime addresses wherever its area
-                # is (32-bit Arm's module area lies below PAGE_OFFSET)
-                keep = [k or m is not None for k, m in zip(keep, modules)]
-            if self._kernel_floor < 1 << (self.word_size * 8 - 1):
-                # a low kernel: absolute values (type a/A) would look like addresses
-                types = self._types[self._sorted_upto : total]
-                keep = [k and t not in "aA" for k, t in zip(keep, types)]
-            new = compress(range(self._sorted_upto, total), keep)
-            order = self._order + list(new)
-            # stable, and near-linear: kallsyms is address-sorted, and the old
-            # index is one sorted run
-            order.sort(key=addresses.__getitem__)
-            self._order = order
-            self._addrs = list(map(addresses.__getitem__, order))
-            self._sorted_upto = total
-        return self._addrs, self._order
+        if cols.modules is not None and any(cols.modules):
+            own = [m is None for m in cols.modules]
+            theirs = [not k for k in own]
+            self._extra.append(_subset(cols, theirs), None)
+            cols = _subset(cols, own)
+        self._base = FrozenSymbols.freeze(cols, kaslr_offset, word_size, kernel_floor)
 
     def add_module_symbols(
         self, module_name: str, symbols: Iterable[Symbol | ModuleSymbol]
@@ -207,7 +260,7 @@ class SymbolTable:
                 sym = Symbol(name, address, size or 0, typ, module_name)
             syms.append(sym)
         self.modules.setdefault(module_name, []).extend(syms)
-        self._append(SymbolColumns.from_symbols(syms), module_name)
+        self._extra.append(SymbolColumns.from_symbols(syms), module_name)
 
     @property
     def sources(self) -> list[str]:
@@ -215,21 +268,11 @@ class SymbolTable:
         return [self.source] + (["modules"] if self.modules else [])
 
     # -- single symbols ------------------------------------------------------
-    def _symbol(self, i: int) -> Symbol:
+    def _base_symbol(self, i: int) -> Symbol:
+        base = self._base
         return Symbol(
-            self._names[i], self._addresses[i], self._sizes[i], self._types[i], self._modules_of[i]
+            base.name(i), base.address(i, self.kaslr_offset), base.sizes[i], base.types[i]
         )
-
-    def _indexes_of(self, name: str) -> list[int]:
-        first = self._first.get(name)
-        if first is None:
-            return []
-        last = self._last[name]
-        out = [first]
-        names = self._names
-        while out[-1] != last:
-            out.append(names.index(name, out[-1] + 1, last + 1))
-        return out
 
     @property
     def kernel_floor(self) -> int:
@@ -239,43 +282,47 @@ class SymbolTable:
     # -- queries -----------------------------------------------------------
     def names(self) -> list[str]:
         """Every symbol name, sorted (for completion)."""
-        return sorted(self._first)
+        own = list(self._base.sorted_names())
+        if not self._extra.first:
+            return own
+        return sorted(set(own).union(self._extra.first))
 
     def __len__(self) -> int:
-        return len(self._names)
+        return self._base.n + len(self._extra)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._first
+        return name in self._base or name in self._extra.first
 
     def __iter__(self) -> Iterator[Symbol]:
-        """Every symbol, grouped by name in the order names first appear."""
-        for name, last in self._last.items():
-            first = self._first[name]
-            if first == last:
-                yield self._symbol(first)
-            else:
-                yield from map(self._symbol, self._indexes_of(name))
+        """Every symbol: the kernel's grouped by name (sorted), then the modules'."""
+        yield from map(self._base_symbol, self._base.by_name)
+        yield from map(self._extra.symbol, range(len(self._extra)))
 
     def symbols(self, name: str) -> list[Symbol]:
         """Every symbol called `name` (static functions may repeat)."""
-        return [self._symbol(i) for i in self._indexes_of(name)]
+        return [self._base_symbol(i) for i in self._base.find(name)] + [
+            self._extra.symbol(i) for i in self._extra.indexes_of(name)
+        ]
 
-    def _preferred(self, name: str) -> int | None:
-        first = self._first.get(name)
-        if first is None or first == self._last[name]:
-            return first
-        # Prefer the vmlinux's own symbol, then a global one.
-        return min(
-            self._indexes_of(name),
-            key=lambda i: (self._modules_of[i] is not None, not self._types[i].isupper()),
-        )
+    def _preferred(self, name: str) -> Symbol | None:
+        # the vmlinux's own symbol first, then a global one
+        own = self._base.find(name)
+        if own:
+            types = self._base.types
+            return self._base_symbol(next((i for i in own if types[i].isupper()), own[0]))
+        extra = self._extra.indexes_of(name)
+        if not extra:
+            return None
+        types_ = self._extra.types
+        return self._extra.symbol(next((i for i in extra if types_[i].isupper()), extra[0]))
 
     def symbol(self, name: str) -> Symbol:
-        i = self._preferred(name)
-        if i is None:
+        sym = self._preferred(name)
+        if sym is None:
             hint = ""
-            data = sum(1 for t in self._types if t in "dDbB")
-            if self.source == "kallsyms" and data * 20 < len(self._types):
+            types = self._base.types
+            data = sum(map(types.count, "dDbB"))
+            if self.source == "kallsyms" and data * 20 < len(types):
                 hint = (
                     " (this kernel's kallsyms holds functions only, no CONFIG_KALLSYMS_ALL: "
                     "give its vmlinux or --system-map System.map)"
@@ -283,42 +330,49 @@ class SymbolTable:
             raise SymbolError(
                 f"symbol {name!r} not found in the {self.source} symbols{hint}", self.origin
             )
-        return self._symbol(i)
+        return sym
 
     def lookup(self, name: str) -> int:
         """Address of `name`; SymbolError naming it when absent."""
         return self.symbol(name).address
 
     def get(self, name: str) -> int | None:
-        i = self._preferred(name)
-        return None if i is None else self._addresses[i]
+        sym = self._preferred(name)
+        return None if sym is None else sym.address
 
     def nearest(self, addr: int) -> tuple[Symbol, int] | None:
         """The symbol holding `addr` and the offset into it, or None."""
-        addrs, order = self._index()
-        k = bisect.bisect_right(addrs, addr)
-        if k == 0:
+        own = self._base.at_or_below(addr, self.kaslr_offset)
+        extra = self._extra.at_or_below(addr) if len(self._extra) else None
+        candidates: list[Symbol] = []
+        if own is not None and (extra is None or own[0] >= extra[0]):
+            candidates += map(self._base_symbol, own[1])
+        if extra is not None and (own is None or extra[0] >= own[0]):
+            candidates += map(self._extra.symbol, extra[1])
+        if not candidates:
             return None
-        sym_addr = addrs[k - 1]
-        j = bisect.bisect_left(addrs, sym_addr, 0, k)
         # the preferred alias among those at one address (first one on a tie)
-        i = min(
-            order[j:k],
-            key=lambda i: display_rank(self._names[i], self._types[i], self._sizes[i]),
-        )
-        sym = self._symbol(i)
-        offset = addr - sym_addr
-        if k >= len(addrs) and offset >= max(sym.size, _LAST_SYMBOL_SLACK if sym.size == 0 else 0):
+        sym = min(candidates, key=lambda s: display_rank(s.name, s.type, s.size))
+        offset = addr - sym.address
+        if self._next_above(sym.address) is None and offset >= max(
+            sym.size, _LAST_SYMBOL_SLACK if sym.size == 0 else 0
+        ):
             return None
         return sym, offset
+
+    def _next_above(self, addr: int) -> int | None:
+        own = self._base.next_above(addr, self.kaslr_offset)
+        extra = self._extra.next_above(addr) if len(self._extra) else None
+        if own is None or extra is None:
+            return extra if own is None else own
+        return min(own, extra)
 
     def size_of(self, sym: Symbol) -> int:
         """The symbol's size, or the gap to the next address when unrecorded."""
         if sym.size:
             return sym.size
-        addrs, _ = self._index()
-        k = bisect.bisect_right(addrs, sym.address)
-        return addrs[k] - sym.address if k < len(addrs) else 0
+        nxt = self._next_above(sym.address)
+        return nxt - sym.address if nxt is not None else 0
 
     def symbolize(self, addr: int) -> str:
         """`func+0x1c/0x80`, with ` [module]` for module symbols; hex address
@@ -337,6 +391,16 @@ class SymbolTable:
 
     def __repr__(self) -> str:
         return f"<SymbolTable {self.source} {len(self)} symbols kaslr={self.kaslr_offset:#x}>"
+
+
+def _subset(cols: SymbolColumns, keep: list[bool]) -> SymbolColumns:
+    return SymbolColumns(
+        list(compress(cols.names, keep)),
+        list(compress(cols.addresses, keep)),
+        list(compress(cols.types, keep)),
+        list(compress(cols.sizes, keep)) if cols.sizes is not None else None,
+        list(compress(cols.modules, keep)) if cols.modules is not None else None,
+    )
 
 
 def relocated(

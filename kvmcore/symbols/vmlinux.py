@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
-from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +15,7 @@ from .. import indexcache
 from ..errors import KvmcoreError, SymbolError
 from ..fileio import DumpFile
 from ..notes import ByteOrder, parse_notes
+from .frozen import FrozenSymbols
 from .table import Symbol, SymbolColumns
 
 if TYPE_CHECKING:
@@ -222,8 +221,14 @@ class VmlinuxFile:
     def symbol_columns(self) -> SymbolColumns:
         """The .symtab as columns (name, link-time address, size, nm-style
         type letter); section, file, undefined and mapping symbols left out.
-        Kept in the build-id index cache (kvmcore.indexcache): a debug
-        vmlinux's .symtab takes ~0.3 s to decode, its cached columns ~0.02 s."""
+        In the order of frozen_symbols(), whose cached form they come from."""
+        return self.frozen_symbols().columns(0)
+
+    def frozen_symbols(self, floor: int | None = None) -> FrozenSymbols:
+        """The .symtab as FrozenSymbols at link-time addresses (`floor`: the
+        arch's lowest kernel address, None for the upper half). Kept in the
+        build-id index cache (kvmcore.indexcache): decoding and indexing a debug
+        vmlinux's .symtab takes ~0.4 s, loading it from the cache ~0.01 s."""
         symtab = next((s for s in self.sections if s.type == SHT_SYMTAB), None)
         if symtab is None:
             raise SymbolError("vmlinux has no .symtab (stripped)", self.path)
@@ -232,22 +237,23 @@ class VmlinuxFile:
         strtab = self.sections[symtab.link]
         data = self.section_bytes(symtab)
         strings = self.section_bytes(strtab)
+        word_size = 8 if self.is64 else 4
         ids = self.build_ids() if indexcache.enabled() else []
         build_id = ids[0] if ids else None
         if build_id:
             # the letters depend on the sections' types and flags too
-            layout = repr([(s.type, s.flags) for s in self.sections]).encode()
+            layout = repr(([(s.type, s.flags) for s in self.sections], floor)).encode()
             source = indexcache.source_digest(
                 SYMBOL_CACHE_NAME.encode(), self._e.encode(), layout, data, strings
             )
             cached = indexcache.load(build_id, SYMBOL_CACHE_NAME, source)
-            cols = _columns_from_cache(cached) if cached is not None else None
-            if cols is not None:
-                return cols
-        cols = self._decode_symtab(data, strings)
+            frozen = FrozenSymbols.from_bytes(cached) if cached is not None else None
+            if frozen is not None and frozen.word_size == word_size:
+                return frozen
+        frozen = FrozenSymbols.freeze(self._decode_symtab(data, strings), 0, word_size, floor)
         if build_id:
-            indexcache.store(build_id, SYMBOL_CACHE_NAME, source, _columns_to_cache(cols))
-        return cols
+            indexcache.store(build_id, SYMBOL_CACHE_NAME, source, frozen.to_bytes())
+        return frozen
 
     def _decode_symtab(self, data: bytes, strings: bytes) -> SymbolColumns:
         # one decode of the whole string table, then str slices per name
@@ -283,59 +289,18 @@ class VmlinuxFile:
         return SymbolColumns(names, addresses, types, sizes)
 
 
-def dump_symbol_columns(dump: Dump, image: VmlinuxFile) -> SymbolColumns:
-    """`image.symbol_columns()`, decoded once per open dump (the KASLR check
-    and the symbol table both need them); the columns are shared: read only."""
+def dump_frozen_symbols(dump: Dump, image: VmlinuxFile) -> FrozenSymbols:
+    """`image.frozen_symbols()` for `dump`'s architecture, loaded once per open
+    dump (the KASLR check and the symbol table both need them): read only."""
     key = f"vmlinux-symbols:{image.path}"
-    cols = dump.layer_cache.get(key)
-    if cols is None:
-        cols = dump.layer_cache[key] = image.symbol_columns()
-    return cols
+    frozen = dump.layer_cache.get(key)
+    if frozen is None:
+        frozen = dump.layer_cache[key] = image.frozen_symbols(dump.arch.kernel_start)
+    return frozen
 
 
-#: the decoded .symtab in the build-id index cache
-SYMBOL_CACHE_NAME = "vmlinux-symtab.v1"
-_COUNT = struct.Struct("<I")
-
-
-def _columns_to_cache(cols: SymbolColumns) -> bytes:
-    """count, addresses and sizes (u64 each), one type letter each, then the
-    names joined by NULs (a .strtab name holds none)."""
-    addresses = array("Q", cols.addresses)
-    sizes = array("Q", cols.sizes if cols.sizes is not None else [0] * len(cols))
-    if sys.byteorder != "little":
-        addresses.byteswap()
-        sizes.byteswap()
-    return b"".join(
-        (
-            _COUNT.pack(len(cols)),
-            addresses.tobytes(),
-            sizes.tobytes(),
-            "".join(cols.types).encode("latin-1"),
-            "\0".join(cols.names).encode("latin-1"),
-        )
-    )
-
-
-def _columns_from_cache(payload: bytes) -> SymbolColumns | None:
-    """The columns of _columns_to_cache, or None when they do not add up."""
-    if len(payload) < _COUNT.size:
-        return None
-    (n,) = _COUNT.unpack_from(payload)
-    at = _COUNT.size
-    if len(payload) < at + 17 * n:
-        return None
-    addresses, sizes = array("Q"), array("Q")
-    addresses.frombytes(payload[at : at + 8 * n])
-    sizes.frombytes(payload[at + 8 * n : at + 16 * n])
-    if sys.byteorder != "little":
-        addresses.byteswap()
-        sizes.byteswap()
-    types = list(payload[at + 16 * n : at + 17 * n].decode("latin-1"))
-    names = payload[at + 17 * n :].decode("latin-1").split("\0") if n else []
-    if len(names) != n:
-        return None
-    return SymbolColumns(names, addresses.tolist(), types, sizes.tolist())
+#: the frozen .symtab in the build-id index cache
+SYMBOL_CACHE_NAME = "vmlinux-symbols.v2"
 
 
 class _LetterTable(dict):
