@@ -12,6 +12,7 @@ from helpers_symtypes import drgn_program, sample, system_map
 import kvmcore
 from kvmcore.symbols import load_symbols
 from kvmcore.symbols.kallsyms import CACHE_NAME as KALLSYMS_FILE
+from kvmcore.symbols.kallsyms import FROZEN_CACHE_NAME as FROZEN_FILE
 from kvmcore.types import load_types
 from kvmcore.types.btf import CACHE_NAME as BTF_FILE
 
@@ -70,7 +71,7 @@ def test_cold_and_warm_cache_agree_with_system_map_and_drgn(sid, samples, cache)
     s, want = samples[sid]
     cold = _read(s)
     folder = cache / "index" / cold[2]
-    files = [folder / KALLSYMS_FILE, folder / BTF_FILE]
+    files = [folder / KALLSYMS_FILE, folder / FROZEN_FILE, folder / BTF_FILE]
     stamps = [f.stat().st_mtime_ns for f in files]
     warm = _read(s)
     assert cold[:2] == want and warm[:2] == want
@@ -83,7 +84,7 @@ def test_bad_cache_files_are_ignored_and_rewritten(damage, samples, cache):
     build_id = _read(s)[2]
     other_id = _read(other)[2]
     folder = cache / "index" / build_id
-    for name in (KALLSYMS_FILE, BTF_FILE):
+    for name in (KALLSYMS_FILE, FROZEN_FILE, BTF_FILE):
         path = folder / name
         good = path.read_bytes()
         if damage == "flip":  # one payload byte: the CRC no longer matches
@@ -97,7 +98,7 @@ def test_bad_cache_files_are_ignored_and_rewritten(damage, samples, cache):
         else:
             path.write_bytes(b"")
     assert _read(s)[:2] == want
-    for name in (KALLSYMS_FILE, BTF_FILE):  # rebuilt in place
+    for name in (KALLSYMS_FILE, FROZEN_FILE, BTF_FILE):  # rebuilt in place
         assert (folder / name).stat().st_size > 1000
 
 
@@ -116,6 +117,27 @@ def test_cache_can_be_turned_off(samples, cache, monkeypatch):
     monkeypatch.setenv("KVMCORE_INDEX_CACHE", "0")
     assert _read(s)[:2] == want
     assert not os.path.exists(cache / "index")
+
+
+@pytest.fixture(scope="module")
+def nokaslr():
+    """The nokaslr boot of x86_64-kaslr's kernel and its System.map facts."""
+    return sample("x86_64-nokaslr"), _facts(sample("x86_64-nokaslr"))
+
+
+def test_frozen_kallsyms_serve_another_boot_of_the_build(samples, nokaslr, cache):
+    """The frozen kallsyms file is stored KASLR-free: written from the KASLR
+    boot, it serves the nokaslr boot of the same kernel build unchanged, and
+    each dump's symbols are System.map's moved by its own KERNELOFFSET."""
+    s, want = samples["x86_64-kaslr"]
+    other, (theirs, _) = nokaslr
+    build_id = _read(s)[2]
+    if kvmcore.open(str(other.file("elf"))).vmcoreinfo.build_id != build_id:
+        pytest.fail("x86_64-kaslr and x86_64-nokaslr should boot one kernel build: rebuild both")
+    path = cache / "index" / build_id / FROZEN_FILE
+    stamp = path.stat().st_mtime_ns
+    assert _read(other)[0] == theirs and theirs != want[0]
+    assert path.stat().st_mtime_ns == stamp, "a valid frozen file was rewritten"
 
 
 def test_vmlinux_symtab_cache_gives_the_decoded_columns(samples, cache):
