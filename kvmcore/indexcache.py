@@ -42,12 +42,12 @@ def _path(build_id: str | None, name: str) -> str | None:
     return os.path.join(index_dir(build_id), name)
 
 
-def source_digest(*parts: bytes) -> tuple[int, bytes]:
+def source_digest(*parts: bytes | memoryview) -> tuple[int, bytes]:
     """(total length, SHA-256) of the source bytes, given in parts."""
     h = hashlib.sha256()
     for part in parts:
         h.update(part)
-    return sum(len(p) for p in parts), h.digest()
+    return sum(memoryview(p).nbytes for p in parts), h.digest()
 
 
 def load(build_id: str | None, name: str, source: tuple[int, bytes]) -> bytes | None:

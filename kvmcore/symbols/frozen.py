@@ -154,17 +154,18 @@ class FrozenSymbols:
         need = at + 8 * n + 8 * n + 4 * (n + 1) + 4 * n + n + names_len
         if len(payload) != need:
             return None
+        view = memoryview(payload)
         parts = []
         for code, count in (("Q", n), ("Q", n), ("I", n + 1), ("I", n)):
             arr = array(code)
-            arr.frombytes(payload[at : at + arr.itemsize * count])
+            arr.frombytes(view[at : at + arr.itemsize * count])
             if sys.byteorder != "little":
                 arr.byteswap()
             parts.append(arr)
             at += arr.itemsize * count
         addrs, sizes, name_off, by_name = parts
-        types = payload[at : at + n].decode("latin-1")
-        names = payload[at + n :].decode("latin-1")
+        types = str(view[at : at + n], "latin-1")
+        names = str(view[at + n :], "latin-1")
         if name_off[n] != names_len:
             return None
         return cls(a, b, addrs, sizes, types, names, name_off, by_name, word_size, floor)

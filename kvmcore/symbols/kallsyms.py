@@ -189,11 +189,10 @@ def stext_address(dump: Dump) -> int:
     cols = dump.layer_cache.get(_MEMO)
     if cols is None:
         num = _read_num_syms(dump)
-        text = _expanded_text(dump, num, read_tokens(dump))
-        first = _FIRST_STEXT.search(text)
-        if first is not None and first[1] == "T":
+        found = _stext_entry(dump, num, read_tokens(dump))
+        if found is not None and found[1] == "T":
             absolute = dump.arch.kallsyms_absolute_percpu
-            index = text.count("\n", 0, first.start() + 1) - 1
+            index = found[0]
             addr = _decode_one(dump, index, absolute)
             stext = _info(dump).symbol("_stext")
             if stext is None or addr == stext:
@@ -209,6 +208,36 @@ def stext_address(dump: Dump) -> int:
 
 #: the first entry named _stext in the expanded text, and its type letter
 _FIRST_STEXT = re.compile(r"\n(.)_stext(?=\n|$)")
+#: (index, type letter) of the first _stext entry in the build-id index cache
+STEXT_CACHE_NAME = "kallsyms-stext.v1"
+
+
+def _stext_entry(dump: Dump, num: int, tokens: list[bytes]) -> tuple[int, str] | None:
+    """The index and type letter of the first kallsyms entry named _stext:
+    kept per build, since finding it means expanding every name."""
+    info = dump.vmcoreinfo
+    build_id = info.build_id if info is not None and indexcache.enabled() else None
+    source = None
+    if build_id:
+        source = indexcache.source_digest(
+            STEXT_CACHE_NAME.encode(),
+            num.to_bytes(4, "little"),
+            b"\0".join(tokens),
+            _names_bytes(dump, num),
+        )
+        cached = indexcache.load(build_id, STEXT_CACHE_NAME, source)
+        if cached is not None:
+            index, _, letter = cached.decode("latin-1").partition(" ")
+            if index.isdigit() and int(index) < num and len(letter) == 1:
+                return int(index), letter
+    text = _expanded_text(dump, num, tokens)
+    first = _FIRST_STEXT.search(text)
+    if first is None:
+        return None
+    found = text.count("\n", 0, first.start() + 1) - 1, first[1]
+    if source is not None:
+        indexcache.store(build_id, STEXT_CACHE_NAME, source, f"{found[0]} {found[1]}".encode())
+    return found
 
 
 def decode_addresses(dump: Dump, num: int, absolute_percpu: bool) -> list[int]:

@@ -195,6 +195,15 @@ class VmlinuxFile:
             raise SymbolError(f"section {sec.name} extends past end of file", self.path)
         return self._read(sec.offset, sec.size)
 
+    def section_view(self, sec: Section) -> bytes | memoryview:
+        """The section's bytes without a copy where the file is mapped (for
+        hashing), else as section_bytes."""
+        if sec.type == SHT_NOBITS or not self._file.mapped:
+            return self.section_bytes(sec)
+        if sec.offset + sec.size > self.size:
+            raise SymbolError(f"section {sec.name} extends past end of file", self.path)
+        return self._file.view()[sec.offset : sec.offset + sec.size]
+
     def build_ids(self) -> list[str]:
         """Every NT_GNU_BUILD_ID in the note sections (a vmlinux may hold several)."""
         ids = []
@@ -235,8 +244,6 @@ class VmlinuxFile:
         if symtab.link >= len(self.sections):
             raise SymbolError(".symtab links to a missing string table", self.path)
         strtab = self.sections[symtab.link]
-        data = self.section_bytes(symtab)
-        strings = self.section_bytes(strtab)
         word_size = 8 if self.is64 else 4
         ids = self.build_ids() if indexcache.enabled() else []
         build_id = ids[0] if ids else None
@@ -244,12 +251,18 @@ class VmlinuxFile:
             # the letters depend on the sections' types and flags too
             layout = repr(([(s.type, s.flags) for s in self.sections], floor)).encode()
             source = indexcache.source_digest(
-                SYMBOL_CACHE_NAME.encode(), self._e.encode(), layout, data, strings
+                SYMBOL_CACHE_NAME.encode(),
+                self._e.encode(),
+                layout,
+                self.section_view(symtab),
+                self.section_view(strtab),
             )
             cached = indexcache.load(build_id, SYMBOL_CACHE_NAME, source)
             frozen = FrozenSymbols.from_bytes(cached) if cached is not None else None
             if frozen is not None and frozen.word_size == word_size:
                 return frozen
+        data = self.section_bytes(symtab)
+        strings = self.section_bytes(strtab)
         frozen = FrozenSymbols.freeze(self._decode_symtab(data, strings), 0, word_size, floor)
         if build_id:
             indexcache.store(build_id, SYMBOL_CACHE_NAME, source, frozen.to_bytes())
