@@ -19,7 +19,9 @@ What a new architecture must provide (see arches/x86_64/ for a full one):
   ``TranslationContext`` alone (physical memory, VMCOREINFO, a symbol
   resolver, an explicit root), never from the Dump. ``linux.py`` for Linux
   full dumps; ``freebsd_full.py`` and ``freebsd_mini.py`` for FreeBSD.
-- ``__init__.py``: imports those modules and calls ``register_arch``.
+- ``__init__.py``: calls ``register_arch(ARCH, __name__)``; the registry
+  imports the package's other modules (and so registers the flavours) when
+  a dump of this architecture is opened, not before.
 
 What it may add later, each beside the code of its layer, not here:
 

@@ -156,13 +156,20 @@ def is_freebsd_mini(mem: PhysicalMemory) -> bool:
 _ARCHES: dict[str, Arch] = {}
 _ALIASES: dict[str, str] = {}
 _FLAVOURS: dict[tuple[str, str], TranslatorFlavour] = {}
+#: arch name -> the package whose modules register its translator flavours
+_PACKAGES: dict[str, str] = {}
 
 
-def register_arch(arch: Arch) -> Arch:
-    """Add an architecture to the registry (its package's __init__ calls this)."""
+def register_arch(arch: Arch, package: str | None = None) -> Arch:
+    """Add an architecture to the registry (its package's __init__ calls this,
+    with its own name as `package`: the package's other modules, which
+    register its flavours, are imported when a dump of `arch` is opened, so
+    opening a dump imports one architecture's translators, not all)."""
     _ARCHES[arch.name] = arch
     for alias in (arch.name, *arch.aliases):
         _ALIASES[alias] = arch.name
+    if package is not None:
+        _PACKAGES[arch.name] = package
     return arch
 
 
@@ -213,6 +220,8 @@ def select_arch(mem: PhysicalMemory, name: str | None = None) -> Arch:
 def select_translator(arch: Arch, mem: PhysicalMemory) -> TranslatorFlavour:
     """The flavour of `arch` whose probe claims `mem`."""
     _load_all()
+    if arch.name in _PACKAGES:
+        import_all(_PACKAGES[arch.name])
     mine = [f for (name, _), f in sorted(_FLAVOURS.items()) if name == arch.name]
     claims = [f for f in mine if f.probe(mem)]
     if len(claims) == 1:

@@ -10,7 +10,6 @@ and 2 MB pages) paging, the kernel direct map at PAGE_OFFSET.
 
 from kvmcore.registry import register_arch
 
-from . import freebsd_mini, linux, xen  # noqa: F401  (each registers its translator)
 from .cpu import ARCH
 
-register_arch(ARCH)
+register_arch(ARCH, __name__)  # the registry imports the flavour modules

@@ -8,7 +8,6 @@
 
 from kvmcore.registry import register_arch
 
-from . import freebsd_mini  # noqa: F401  (registers its translator)
 from .cpu import ARCH
 
-register_arch(ARCH)
+register_arch(ARCH, __name__)  # the registry imports the flavour modules

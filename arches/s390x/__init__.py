@@ -7,7 +7,6 @@
 
 from kvmcore.registry import register_arch
 
-from . import linux  # noqa: F401  (registers its translator)
 from .cpu import ARCH
 
-register_arch(ARCH)
+register_arch(ARCH, __name__)  # the registry imports the flavour modules

@@ -9,7 +9,6 @@
 
 from kvmcore.registry import register_arch
 
-from . import freebsd_full, freebsd_mini, linux, xen  # noqa: F401  (each registers its translator)
 from .cpu import ARCH
 
-register_arch(ARCH)
+register_arch(ARCH, __name__)  # the registry imports the flavour modules
