@@ -164,6 +164,22 @@ class _Plan:
             )
 
 
+_PLANS: dict[tuple[Abbrev, int, int, int], _Plan] = {}
+MAX_CACHED_PLANS = 1 << 16
+
+
+def _plan_for(abbrev: Abbrev, addr_size: int, offset_size: int, version: int) -> _Plan:
+    """The plan of an abbreviation, shared between units: the CUs of one
+    kernel repeat the same few hundred abbreviations under other codes."""
+    key = (abbrev, addr_size, offset_size, version)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= MAX_CACHED_PLANS:
+            _PLANS.clear()
+        plan = _PLANS[key] = _Plan(abbrev, addr_size, offset_size, version)
+    return plan
+
+
 def code_die_offsets(cu: Any, data: bytes, tags: tuple[str, ...]) -> list[int]:
     """Section offsets of the CU DIE's children whose tag is one of `tags`;
     `data` is the unit's bytes (from cu.cu_offset, cu.size long)."""
@@ -180,14 +196,23 @@ def _stream_reader(stream: Any) -> Callable[[int, int], bytes]:
 
 def section_strings(
     section: Any, fallback: Callable[[int], bytes | None]
-) -> Callable[[int], bytes] | None:
-    """The NUL-terminated bytes at an offset of a string section (pyelftools'
-    descriptor `section`, None when the file has none): read in place from a
-    kvmcore.symbols.elfmap stream, else through `fallback` (pyelftools')."""
+) -> Callable[[int], str] | None:
+    """The string at an offset of a string section (pyelftools' descriptor
+    `section`, None when the file has none), decoded as latin-1 and kept:
+    the CUs of a kernel name the same types over and over. Read in place
+    from a kvmcore.symbols.elfmap stream, else through `fallback` (pyelftools')."""
     if section is None:
         return None
-    cstring: Callable[[int], bytes] | None = getattr(section.stream, "cstring", None)
-    return cstring or (lambda offset: bytes(fallback(offset) or b""))
+    raw: Callable[[int], bytes | None] = getattr(section.stream, "cstring", None) or fallback
+    seen: dict[int, str] = {}
+
+    def string(offset: int) -> str:
+        text = seen.get(offset)
+        if text is None:
+            text = seen[offset] = bytes(raw(offset) or b"").decode("latin-1")
+        return text
+
+    return string
 
 
 def top_level_dies(
@@ -229,20 +254,20 @@ def unit_top_level_dies(
     abbrevs: dict[int, Abbrev],
     tags: Iterable[str],
     little: bool,
-    strings: Callable[[int], bytes] | None = None,
-    line_strings: Callable[[int], bytes] | None = None,
+    strings: Callable[[int], str] | None = None,
+    line_strings: Callable[[int], str] | None = None,
     names: bool = False,
 ) -> list[tuple[int, str | int, str | None, bool]]:
     """(section offset, tag, DW_AT_name or None, has a DW_AT_declaration) of the
-    unit DIE's children whose tag is one of `tags` (names decoded as latin-1
-    only when asked: `strings` and `line_strings` give the NUL-terminated
-    bytes at an offset of .debug_str and .debug_line_str); `data` is the
-    unit's bytes (from header.offset, header.size long). A tag is a
-    DW_TAG_* name, or its number when pyelftools has no name for it."""
+    unit DIE's children whose tag is one of `tags` (names only when asked:
+    `strings` and `line_strings` give the string at an offset of .debug_str
+    and .debug_line_str, see section_strings); `data` is the unit's bytes
+    (from header.offset, header.size long). A tag is a DW_TAG_* name, or its
+    number when pyelftools has no name for it."""
     if header.unit_type not in (1, 3):
         raise Unscannable(f"unit type {header.unit_type:#x}")
     order: Literal["little", "big"] = "little" if little else "big"
-    offset_size = header.offset_size
+    offset_size, addr_size, version = header.offset_size, header.address_size, header.version
     # built on first use: most abbreviations are of DIEs nested in subtrees
     # that DW_AT_sibling jumps over
     plans: dict[int, _Plan] = {}
@@ -257,6 +282,13 @@ def unit_top_level_dies(
             shift += 7
             if not byte & 0x80:
                 return value, at
+
+    def plan_of(code: int) -> _Plan:
+        abbrev = abbrevs.get(code)
+        if abbrev is None:
+            raise Unscannable(f"abbreviation {code} is not in the table")
+        plan = plans[code] = _plan_for(abbrev, addr_size, offset_size, version)
+        return plan
 
     def walk(at: int, plan: _Plan) -> tuple[int, int, int, int]:
         """(sibling: unit offset or -1, name position, declaration position,
@@ -290,7 +322,8 @@ def unit_top_level_dies(
 
     def die(at: int) -> tuple[_Plan | None, int, int, int, int]:
         """(plan, sibling, name position, declaration position, end) of the
-        DIE at `at`: plan None for a null entry."""
+        DIE at `at`: plan None for a null entry. The scan's loop below has
+        its fixed-size case inline (most DIEs; a call each costs)."""
         code = data[at]
         if code < 0x80:
             at += 1
@@ -298,14 +331,8 @@ def unit_top_level_dies(
             code, at = uleb(at)
         if code == 0:
             return None, -1, -1, -1, at
-        plan = plans.get(code)
-        if plan is None:
-            abbrev = abbrevs.get(code)
-            if abbrev is None:
-                raise Unscannable(f"abbreviation {code} is not in the table")
-            plan = plans[code] = _Plan(abbrev, header.address_size, offset_size, header.version)
-        fixed = plan.fixed
-        if fixed < 0:
+        plan = plans.get(code) or plan_of(code)
+        if plan.fixed < 0:
             sibling, name, declaration, end = walk(at, plan)
             return plan, sibling, name, declaration, end
         sibling = -1
@@ -314,7 +341,7 @@ def unit_top_level_dies(
             sibling = int.from_bytes(data[s : s + plan.sibling_size], order)
         name = at + plan.name if plan.name >= 0 else -1
         declaration = at + plan.declaration if plan.declaration >= 0 else -1
-        return plan, sibling, name, declaration, at + fixed
+        return plan, sibling, name, declaration, at + plan.fixed
 
     def name_at(at: int, form: int) -> str | None:
         if form == _FORM_STRING:
@@ -322,7 +349,7 @@ def unit_top_level_dies(
         if form in (_FORM_STRP, _FORM_LINE_STRP):
             offset = int.from_bytes(data[at : at + offset_size], order)
             section = strings if form == _FORM_STRP else line_strings
-            return None if section is None else bytes(section(offset)).decode("latin-1")
+            return None if section is None else section(offset)
         raise Unscannable(f"name of form {_FORM_NAMES.get(form, form)}")
 
     def skip_children(at: int, depth: int) -> int:
@@ -344,9 +371,25 @@ def unit_top_level_dies(
         out: list[tuple[int, str | int, str | None, bool]] = []
         while pos < n:
             start = pos
-            plan, sibling, name, declaration, pos = die(pos)
-            if plan is None:
+            code = data[pos]
+            if code < 0x80:
+                pos += 1
+            else:
+                code, pos = uleb(pos)
+            if code == 0:
                 break
+            plan = plans.get(code) or plan_of(code)
+            if plan.fixed >= 0:  # the die() above, inline
+                sibling = name = declaration = -1
+                if plan.children and plan.sibling >= 0:
+                    s = pos + plan.sibling
+                    sibling = int.from_bytes(data[s : s + plan.sibling_size], order)
+                if plan.name >= 0:
+                    name = pos + plan.name
+                declaration = plan.declaration
+                pos += plan.fixed
+            else:
+                sibling, name, declaration, pos = walk(pos, plan)
             if plan.tag in wanted:
                 out.append(
                     (

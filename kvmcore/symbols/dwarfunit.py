@@ -8,6 +8,7 @@ not understood raises Unscannable and the caller falls back to pyelftools.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
@@ -91,36 +92,61 @@ def _uleb(data: bytes, at: int) -> tuple[int, int]:
             return value, at
 
 
+# One abbreviation, delimited by a regular expression: its code, then its body
+# (tag, children flag, attribute and form numbers, an implicit constant after
+# form 0x21, a 0 0 pair ending it). A body repeats from CU to CU under other
+# codes: parsed once, it keys a cache.
+_ULEB = rb"[\x80-\xff]*[\x00-\x7f]"
+_NONZERO = rb"(?:[\x80-\xff]+[\x00-\x7f]|[\x01-\x7f])"
+_ENTRY = re.compile(
+    rb"([\x80-\xff]*[\x01-\x7f])("
+    + _ULEB
+    + rb"[\x00-\xff](?:"
+    + _NONZERO
+    + rb"(?:\x21"
+    + _ULEB
+    + rb"|[\x80-\xff]+[\x00-\x7f]|[\x01-\x20\x22-\x7f]))*)\x00\x00",
+    re.DOTALL,
+)
+_BODIES: dict[bytes, Abbrev] = {}
+MAX_CACHED_BODIES = 1 << 16
+
+
+def _body(data: bytes) -> Abbrev:
+    """The abbreviation whose body (from its tag) is `data`."""
+    abbrev = _BODIES.get(data)
+    if abbrev is None:
+        if len(_BODIES) >= MAX_CACHED_BODIES:
+            _BODIES.clear()
+        tag, at = _uleb(data, 0)
+        children = data[at] != 0
+        at += 1
+        attrs = []
+        while at < len(data):
+            name, at = _uleb(data, at)
+            form, at = _uleb(data, at)
+            if form == DW_FORM_implicit_const:
+                _, at = _uleb(data, at)  # an SLEB: skipped alike; the value is in no DIE
+            attrs.append((name, form))
+        abbrev = _BODIES[data] = Abbrev(tag, children, tuple(attrs))
+    return abbrev
+
+
 def parse_abbrev_table(data: bytes) -> dict[int, Abbrev]:
     """The abbreviation table at the start of `data` (up to its 0 code);
-    _Truncated when `data` ends first. Most numbers here fit one LEB byte:
-    that case is read inline."""
+    _Truncated when `data` ends first."""
     table: dict[int, Abbrev] = {}
     at = 0
-    try:
-        while True:
-            code = data[at]
-            code, at = (code, at + 1) if code < 0x80 else _uleb(data, at)
-            if code == 0:
+    match = _ENTRY.match
+    while True:
+        entry = match(data, at)
+        if entry is None:
+            if at < len(data) and data[at] == 0:
                 return table
-            tag = data[at]
-            tag, at = (tag, at + 1) if tag < 0x80 else _uleb(data, at)
-            children = data[at] != 0
-            at += 1
-            attrs = []
-            while True:
-                name = data[at]
-                name, at = (name, at + 1) if name < 0x80 else _uleb(data, at)
-                form = data[at]
-                form, at = (form, at + 1) if form < 0x80 else _uleb(data, at)
-                if not name and not form:
-                    break
-                if form == DW_FORM_implicit_const:
-                    _, at = _uleb(data, at)  # an SLEB: skipped alike; the value is in no DIE
-                attrs.append((name, form))
-            table[code] = Abbrev(tag, children, tuple(attrs))
-    except IndexError:
-        raise _Truncated from None
+            raise _Truncated  # or damaged: no well-formed entry, no end
+        code = entry.group(1)
+        table[code[0] if len(code) == 1 else _uleb(code, 0)[0]] = _body(entry.group(2))
+        at = entry.end()
 
 
 def read_abbrev_table(
