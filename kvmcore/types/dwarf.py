@@ -49,6 +49,11 @@ MAX_ARRAY_DIMS = 16
 
 
 def _read(stream: Any, offset: int, size: int) -> bytes:
+    """Bytes of a section: by pread from a kvmcore.symbols.elfmap stream (a
+    scan reads each unit once: mapped, its pages would stay in RSS)."""
+    pread = getattr(stream, "pread", None)
+    if pread is not None:
+        return pread(offset, size)
     stream.seek(offset)
     return bytes(stream.read(size))
 
