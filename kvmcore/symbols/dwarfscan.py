@@ -126,6 +126,7 @@ class _Plan:
 
     __slots__ = (
         "tag",
+        "tag_name",
         "children",
         "fixed",
         "steps",
@@ -138,6 +139,7 @@ class _Plan:
 
     def __init__(self, abbrev: Abbrev, addr_size: int, offset_size: int, version: int) -> None:
         self.tag, self.children = abbrev.tag, abbrev.children
+        self.tag_name: str | int = _TAG_NAMES.get(abbrev.tag, abbrev.tag)
         self.sibling = self.name = self.declaration = -1
         self.sibling_size = self.name_form = 0
         steps = []
@@ -391,14 +393,13 @@ def unit_top_level_dies(
             else:
                 sibling, name, declaration, pos = walk(pos, plan)
             if plan.tag in wanted:
-                out.append(
-                    (
-                        header.offset + start,
-                        _TAG_NAMES.get(plan.tag, plan.tag),
-                        name_at(name, plan.name_form) if names and name >= 0 else None,
-                        declaration >= 0,
-                    )
-                )
+                text = None
+                if names and name >= 0:
+                    if plan.name_form == _FORM_STRP and strings is not None:  # most: inline
+                        text = strings(int.from_bytes(data[name : name + offset_size], order))
+                    else:
+                        text = name_at(name, plan.name_form)
+                out.append((header.offset + start, plan.tag_name, text, declaration >= 0))
             if plan.children:
                 pos = sibling if sibling > pos else skip_children(pos, 1)
         return out

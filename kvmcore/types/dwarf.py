@@ -58,12 +58,16 @@ def _read(stream: Any, offset: int, size: int) -> bytes:
     return bytes(stream.read(size))
 
 
-def _type_dies(dwarf: Any, offset: int) -> tuple[int, list[tuple[int, Any, str | None, bool]]]:
+def _type_dies(
+    dwarf: Any, offset: int, strings: Any = None, line_strings: Any = None
+) -> tuple[int, list[tuple[int, Any, str | None, bool]]]:
     """(the unit's size, and (offset, tag, name, is a declaration) of its
     top-level named-type DIEs) for the unit at `offset` of .debug_info:
     skipped through undecoded (kvmcore.symbols.dwarfscan, with its header
     and abbreviations read by kvmcore.symbols.dwarfunit: no pyelftools
-    object, ~10x faster than its walk), else walked with pyelftools."""
+    object, ~10x faster than its walk), else walked with pyelftools.
+    `strings` and `line_strings` (section_strings of .debug_str and
+    .debug_line_str, made once for many units: they keep what they decoded)."""
     info, abbrev = dwarf.debug_info_sec, dwarf.debug_abbrev_sec
     little = dwarf.config.little_endian
     try:
@@ -77,8 +81,9 @@ def _type_dies(dwarf: Any, offset: int) -> tuple[int, list[tuple[int, Any, str |
             abbrevs,
             _TYPE_TAGS,
             little,
-            section_strings(dwarf.debug_str_sec, dwarf.get_string_from_table),
-            section_strings(dwarf.debug_line_str_sec, dwarf.get_string_from_linetable),
+            strings or section_strings(dwarf.debug_str_sec, dwarf.get_string_from_table),
+            line_strings
+            or section_strings(dwarf.debug_line_str_sec, dwarf.get_string_from_linetable),
             names=True,
         )
     except Unscannable:
@@ -126,6 +131,7 @@ class DwarfTypes:
         self._debug_info_size = info_sec.size
         self.index_path = os.path.join(index_dir(build_id), "types.json")
         self._names: dict[str, list[int]] = {}
+        self._strings: tuple[Any, Any] | None = None  # the scan's name readers, made on first use
         self._next_cu = 0
         self._complete = False
         self._load_index()
@@ -192,7 +198,13 @@ class DwarfTypes:
             self._complete = True
             return
         unit = self._next_cu
-        size, dies = _type_dies(self._dwarf, unit)
+        if self._strings is None:
+            dwarf = self._dwarf
+            self._strings = (
+                section_strings(dwarf.debug_str_sec, dwarf.get_string_from_table),
+                section_strings(dwarf.debug_line_str_sec, dwarf.get_string_from_linetable),
+            )
+        size, dies = _type_dies(self._dwarf, unit, *self._strings)
         for offset, tag, name, declaration in dies:
             if name is None or declaration:
                 continue
