@@ -1,15 +1,17 @@
-"""The top-level DIEs of a compile unit that hold code, found by skipping
-through `.debug_info` with the CU's abbreviations, without decoding any
-attribute.
+"""The top-level DIEs of a compile unit (its functions for srclines, its
+named types for the DWARF type index of a kernel without BTF), found by
+skipping through `.debug_info` with the unit's abbreviations, without
+decoding any attribute but the names asked for.
 
-srclines needs, per CU, its functions' code ranges: a handful of DIEs among
-thousands (types, variables, declarations). pyelftools makes a DIE object
-with every attribute decoded for each of them: ~0.2 s for a large kernel CU.
-Skipping is a table look-up per attribute (each form's size), and subtrees
-are jumped over by DW_AT_sibling where the producer wrote one. pyelftools then
-decodes only the DIEs found here. Anything this scanner does not know (a form
-it has no size for, a unit it cannot follow) raises Unscannable, and the
-caller walks with pyelftools as before."""
+pyelftools makes a DIE object with every attribute decoded for each DIE:
+~0.2 s for a large kernel CU, which holds a handful of functions among
+thousands of DIEs (types, variables, declarations). Skipping is a table
+look-up per attribute (each form's size), or one addition for a DIE whose
+attributes all have a fixed size (most); subtrees are jumped over by
+DW_AT_sibling where the producer wrote one. The unit's header and
+abbreviations come from kvmcore.symbols.dwarfunit. Anything this scanner
+does not know (a form it has no size for, a unit it cannot follow) raises
+Unscannable, and the caller walks with pyelftools as before."""
 
 from __future__ import annotations
 

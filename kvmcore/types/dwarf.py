@@ -5,9 +5,12 @@ relocation pass is turned off (the .rela sections of a linked vmlinux are
 for the kernel's own relocator, not for DWARF); walking every DIE is what
 costs. So the index maps type names to (CU offset, DIE offset) by walking
 only the top-level DIEs of each CU, one CU at a time and only as far as the
-name asked for; the index and how far it got are cached per build id under
-${KVMCORE_CACHE:-~/.cache/kvmcore}/index/<build-id>/types.json, so a second
-open neither re-parses nor re-scans. `build_full_index()` finishes the scan.
+name asked for, without pyelftools (kvmcore.symbols.dwarfscan and
+dwarfunit: ~1 ms a kernel CU, each CU read by pread so that a scan's pages
+do not stay mapped); the index and how far it got are cached per build id
+under ${KVMCORE_CACHE:-~/.cache/kvmcore}/index/<build-id>/types.json, so a
+second open neither re-parses nor re-scans. `build_full_index()` finishes
+the scan (~4 s for an i386 or armhf kernel, 2,200-2,800 CUs).
 """
 
 from __future__ import annotations
