@@ -99,3 +99,104 @@ def test_a_header_of_an_unknown_version_is_unscannable():
     data = (100).to_bytes(4, "little") + (6).to_bytes(2, "little") + bytes(HEADER_BYTES)
     with pytest.raises(Unscannable):
         unit_header(data, 0, True)
+
+
+def test_damaged_units_are_scanned_or_refused(samples):
+    """A real i386 unit with bytes overwritten at random (a fixed seed), its
+    header, abbreviations and DIEs: the scanner returns DIEs or raises
+    Unscannable (the caller then walks with pyelftools), nothing else, and
+    comes back (sibling references that do not move forward are walked
+    instead of followed)."""
+    import random
+
+    from kvmcore.symbols.dwarfscan import unit_top_level_dies
+    from kvmcore.types.dwarf import _TYPE_TAGS
+
+    with open(str(samples.vmlinux("i386-pae")), "rb") as f:
+        dwarf = mapped_elf_file(f).get_dwarf_info(relocate_dwarf_sections=False)
+        cu = next(itertools.islice(dwarf.iter_CUs(), 3, None))
+        info, abbrev = dwarf.debug_info_sec.stream, dwarf.debug_abbrev_sec
+        info.seek(cu.cu_offset)
+        unit = info.read(cu.size)
+        abbrev.stream.seek(cu["debug_abbrev_offset"])
+        table = abbrev.stream.read(4096)
+    tags = _TYPE_TAGS | {"DW_TAG_subprogram", "DW_TAG_variable"}
+    rng = random.Random(18)
+    outcomes = set()
+    for _ in range(300):
+        data, abbrevs = bytearray(unit), bytearray(table)
+        for _ in range(rng.randint(1, 8)):
+            target = data if rng.random() < 0.8 else abbrevs
+            target[rng.randrange(len(target))] = rng.randrange(256)
+        try:
+            header = unit_header(bytes(data[:HEADER_BYTES]), cu.cu_offset, True)
+            parsed = read_abbrev_table(
+                lambda at, n, a=bytes(abbrevs): a[at : at + n], 0, len(abbrevs)
+            )
+            dies = unit_top_level_dies(
+                header, bytes(data[: header.size]), parsed, tags, True, lambda o: "", names=True
+            )
+            assert isinstance(dies, list)
+            outcomes.add("scanned")
+        except Unscannable:
+            outcomes.add("refused")
+    assert outcomes == {"scanned", "refused"}
+
+
+def _hand_built_unit(sibling: int | None) -> tuple[bytes, bytes]:
+    """(.debug_info, .debug_abbrev) of one DWARF 4 unit, built from the
+    format's layout: a CU holding struct s { m } (its DW_AT_sibling is
+    `sibling`, the right one when None) and a base type int."""
+    abbrev = bytes(
+        [1, 0x11, 1, 0x03, 0x08, 0, 0]  # compile_unit, children: name string
+        + [2, 0x13, 1, 0x01, 0x13, 0x03, 0x08, 0, 0]  # struct: sibling ref4, name
+        + [3, 0x0D, 0, 0x03, 0x08, 0, 0]  # member: name
+        + [4, 0x24, 0, 0x03, 0x08, 0x0B, 0x0B, 0, 0]  # base type: name, byte_size
+        + [0]
+    )
+    cu_die = b"\x01a.c\0"
+    struct_at = 11 + len(cu_die)
+    base_at = struct_at + 1 + 4 + 2 + 3 + 1  # code, sibling, "s", member "m", null
+    ref = base_at if sibling is None else sibling
+    body = cu_die + b"\x02" + ref.to_bytes(4, "little") + b"s\0\x03m\0\0" + b"\x04int\0\x04" + b"\0"
+    header = (len(body) + 7).to_bytes(4, "little") + b"\x04\0" + bytes(4) + b"\x04"
+    return header + body, abbrev
+
+
+@pytest.mark.parametrize("sibling", [None, 0, 5, 16, 17])
+def test_a_sibling_that_does_not_move_forward_is_walked_instead(sibling):
+    """A DW_AT_sibling at or before its own DIE (damage: following it would
+    loop) is not followed; the DIE's children are walked, and the scan
+    finds the same DIEs as with the right sibling. Fixture: a unit built by
+    hand from the DWARF 4 layout (_hand_built_unit)."""
+    import signal
+
+    from kvmcore.symbols.dwarfscan import unit_top_level_dies
+
+    info, abbrev = _hand_built_unit(sibling)
+    header = unit_header(info[:HEADER_BYTES], 0, True)
+    assert header.size == len(info)
+    table = parse_abbrev_table(abbrev)
+
+    def hung(*_):
+        raise AssertionError("the scan did not come back: it followed a sibling backwards")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        dies = unit_top_level_dies(
+            header,
+            info,
+            table,
+            ("DW_TAG_structure_type", "DW_TAG_base_type"),
+            True,
+            names=True,
+        )
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    struct_at = 11 + 5
+    assert dies == [
+        (struct_at, "DW_TAG_structure_type", "s", False),
+        (struct_at + 11, "DW_TAG_base_type", "int", False),
+    ]
