@@ -37,6 +37,8 @@ def _btf_bounds(dump: Dump) -> tuple[int, int]:
     for prefer in ("vmlinux", "System.map"):
         if tables and tables[-1].get("__start_BTF") is not None:
             break
+        if any(t.source in ("vmlinux", "System.map") for t in tables):
+            break  # a complete table without __start_BTF: a second one says no more
         if any(t.source == prefer for t in tables):
             continue  # the dump's own table is that one already
         try:

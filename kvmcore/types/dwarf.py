@@ -5,9 +5,12 @@ relocation pass is turned off (the .rela sections of a linked vmlinux are
 for the kernel's own relocator, not for DWARF); walking every DIE is what
 costs. So the index maps type names to (CU offset, DIE offset) by walking
 only the top-level DIEs of each CU, one CU at a time and only as far as the
-name asked for; the index and how far it got are cached per build id under
-${KVMCORE_CACHE:-~/.cache/kvmcore}/index/<build-id>/types.json, so a second
-open neither re-parses nor re-scans. `build_full_index()` finishes the scan.
+name asked for, without pyelftools (kvmcore.symbols.dwarfscan and
+dwarfunit: ~1 ms a kernel CU, each CU read by pread so that a scan's pages
+do not stay mapped); the index and how far it got are cached per build id
+under ${KVMCORE_CACHE:-~/.cache/kvmcore}/index/<build-id>/types.json, so a
+second open neither re-parses nor re-scans. `build_full_index()` finishes
+the scan (~4 s for an i386 or armhf kernel, 2,200-2,800 CUs).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..cachedir import index_dir
 from ..errors import TypeInfoError
-from ..symbols.dwarfscan import Unscannable, top_level_dies
+from ..symbols.dwarfscan import Unscannable, section_strings, unit_top_level_dies
+from ..symbols.dwarfunit import HEADER_BYTES, read_abbrev_table, unit_header
 from .model import VOID, Member, Type
 
 if TYPE_CHECKING:
@@ -47,16 +51,47 @@ _QUALIFIERS = {
 MAX_ARRAY_DIMS = 16
 
 
-def _type_dies(dwarf: Any, cu: Any) -> list[tuple[int, str, str | None, bool]]:
-    """(offset, tag, name, is a declaration) of a CU's top-level named-type
-    DIEs: skipped through undecoded (kvmcore.symbols.dwarfscan, ~10x faster
-    than a pyelftools walk), else walked with pyelftools."""
+def _read(stream: Any, offset: int, size: int) -> bytes:
+    """Bytes of a section: by pread from a kvmcore.symbols.elfmap stream (a
+    scan reads each unit once: mapped, its pages would stay in RSS)."""
+    pread = getattr(stream, "pread", None)
+    if pread is not None:
+        return pread(offset, size)
+    stream.seek(offset)
+    return bytes(stream.read(size))
+
+
+def _type_dies(
+    dwarf: Any, offset: int, strings: Any = None, line_strings: Any = None
+) -> tuple[int, list[tuple[int, Any, str | None, bool]]]:
+    """(the unit's size, and (offset, tag, name, is a declaration) of its
+    top-level named-type DIEs) for the unit at `offset` of .debug_info:
+    skipped through undecoded (kvmcore.symbols.dwarfscan, with its header
+    and abbreviations read by kvmcore.symbols.dwarfunit: no pyelftools
+    object, ~10x faster than its walk), else walked with pyelftools.
+    `strings` and `line_strings` (section_strings of .debug_str and
+    .debug_line_str, made once for many units: they keep what they decoded)."""
+    info, abbrev = dwarf.debug_info_sec, dwarf.debug_abbrev_sec
+    little = dwarf.config.little_endian
     try:
-        stream = dwarf.debug_info_sec.stream
-        stream.seek(cu.cu_offset)
-        return top_level_dies(cu, stream.read(cu.size), _TYPE_TAGS, names=True)
+        header = unit_header(_read(info.stream, offset, HEADER_BYTES), offset, little)
+        abbrevs = read_abbrev_table(
+            lambda at, n: _read(abbrev.stream, at, n), header.abbrev_offset, abbrev.size
+        )
+        return header.size, unit_top_level_dies(
+            header,
+            _read(info.stream, offset, header.size),
+            abbrevs,
+            _TYPE_TAGS,
+            little,
+            strings or section_strings(dwarf.debug_str_sec, dwarf.get_string_from_table),
+            line_strings
+            or section_strings(dwarf.debug_line_str_sec, dwarf.get_string_from_linetable),
+            names=True,
+        )
     except Unscannable:
         pass
+    cu = dwarf.get_CU_at(offset)
     out = []
     for die in cu.get_top_DIE().iter_children():
         if die.tag in _TYPE_TAGS:
@@ -64,7 +99,7 @@ def _type_dies(dwarf: Any, cu: Any) -> list[tuple[int, str, str | None, bool]]:
             declaration = "DW_AT_declaration" in die.attributes
             text = name.value.decode("latin-1") if name is not None else None
             out.append((die.offset, die.tag, text, declaration))
-    return out
+    return cu.size, out
 
 
 class DwarfTypes:
@@ -99,6 +134,7 @@ class DwarfTypes:
         self._debug_info_size = info_sec.size
         self.index_path = os.path.join(index_dir(build_id), "types.json")
         self._names: dict[str, list[int]] = {}
+        self._strings: tuple[Any, Any] | None = None  # the scan's name readers, made on first use
         self._next_cu = 0
         self._complete = False
         self._load_index()
@@ -164,14 +200,21 @@ class DwarfTypes:
         if self._next_cu >= self._debug_info_size:
             self._complete = True
             return
-        cu = self._dwarf.get_CU_at(self._next_cu)
-        for offset, tag, name, declaration in _type_dies(self._dwarf, cu):
+        unit = self._next_cu
+        if self._strings is None:
+            dwarf = self._dwarf
+            self._strings = (
+                section_strings(dwarf.debug_str_sec, dwarf.get_string_from_table),
+                section_strings(dwarf.debug_line_str_sec, dwarf.get_string_from_linetable),
+            )
+        size, dies = _type_dies(self._dwarf, unit, *self._strings)
+        for offset, tag, name, declaration in dies:
             if name is None or declaration:
                 continue
             key = f"{_SPACES[tag]} {name}"
             if key not in self._names:
-                self._names[key] = [cu.cu_offset, offset]
-        self._next_cu = cu.cu_offset + cu.size
+                self._names[key] = [unit, offset]
+        self._next_cu = unit + size
         if self._next_cu >= self._debug_info_size:
             self._complete = True
 
