@@ -197,7 +197,7 @@ _CODECS: dict[int, tuple[str, Callable[[bytes, int], bytes]]] = {}
 
 def _find_codec(flags: int) -> tuple[str, Callable[[bytes, int], bytes]]:
     if flags & COMPRESSED_ZLIB:
-        return "zlib", lambda data, n: zlib.decompress(data)
+        return "zlib", lambda data, n: zlib.decompress(data, zlib.MAX_WBITS, n)
     if flags & COMPRESSED_LZO:
         import lzallright
 
@@ -415,6 +415,7 @@ class KdumpDump(PhysicalMemory):
         self._check_descriptor_table(source, ndesc)
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._desc_blocks: dict[int, bytes] = {}  # the descriptor table by 4 KiB block
+        self._desc = struct.Struct(h.e + "qIIQ")  # one page_desc_t
         self._read_notes(source)
         self._fill_facts()
         self._check_length(source, ndesc)
@@ -637,11 +638,11 @@ class KdumpDump(PhysicalMemory):
                 if len(self._desc_blocks) >= 4096:
                     self._desc_blocks.clear()
                 self._desc_blocks[block] = data
-            raw = data[start - block : end - block]
-            if len(raw) == end - start:
-                return list(struct.iter_unpack(self.header.e + "qIIQ", raw))
-        raw = self.source.pread(start, end - start)
-        return list(struct.iter_unpack(self.header.e + "qIIQ", raw))
+            if end - block <= len(data):
+                if count == 1:
+                    return [self._desc.unpack_from(data, start - block)]
+                return list(self._desc.iter_unpack(data[start - block : end - block]))
+        return list(self._desc.iter_unpack(self.source.pread(start, end - start)))
 
     def _checked(
         self, pfn: int, off: int, size: int, flags: int, page_flags: int
@@ -775,16 +776,27 @@ class KdumpDump(PhysicalMemory):
         while length > 0:
             pfn, off = divmod(pa, bs)
             n = min(length, bs - off)
-            if pfn in self._cache or self.has_page(pfn):
-                out.append(self.read_page(pfn)[off : off + n])
+            page = self._cache.get(pfn)
+            if page is not None:
+                self._cache.move_to_end(pfn)
+            elif self.start_pfn <= pfn < self.end_pfn and self.dumped.test(pfn):
+                page = self._inflate(pfn, *self._raw_descs(pfn, 1)[0])
             elif self.ram.test(pfn) and not self.dumped.test(pfn):
-                out.append(bytes(n))
                 if filtered and filtered[-1][0] + filtered[-1][1] == pa:
                     filtered[-1] = (filtered[-1][0], filtered[-1][1] + n)
                 else:
                     filtered.append((pa, n))
+                if n == length and not out:
+                    return bytes(n)  # one page's worth, filtered
+                out.append(bytes(n))
+                pa += n
+                length -= n
+                continue
             else:
                 raise self._absent(pfn)
+            if n == length and not out:
+                return page[off : off + n]  # within one page: the page itself when whole
+            out.append(page[off : off + n])
             pa += n
             length -= n
         return b"".join(out)
