@@ -113,10 +113,26 @@ class RadixTranslator(Translator, Generic[_Table]):
         return self._walk(va)
 
     def run(self, va: int, length: int) -> tuple[int, int]:
-        base = self._cache.get(va >> 12)
-        if base is not None and (va & 0xFFF) + length <= 0x1000:
-            return base + (va & 0xFFF), length  # within a 4 KiB page: a pointer, a member
-        pa, n = self._page_run(va)
+        key = va >> 12
+        base = self._cache.get(key)
+        if base is not None:
+            off = va & 0xFFF
+            if off + length <= 0x1000:
+                return base + off, length  # within a 4 KiB page: a pointer, a member
+            pa, n = base + off, self._span.get(key, 0x1000) - off
+        else:
+            for shift, pages in self._large.items():
+                base = pages.get(va >> shift)
+                if base is not None:
+                    size = 1 << shift
+                    off = va & (size - 1)
+                    if off + length <= size:
+                        return base + off, length  # within a large page
+                    pa, n = base + off, size - off
+                    break
+            else:
+                t = self.translate(va)  # a subclass's checks, then the walk
+                pa, n = t.pa, t.page_size - (t.pa & (t.page_size - 1))
         while n < length:
             try:
                 nxt, more = self._page_run(va + n)
