@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
         # filtered pages read as zeros and listed (no exception per page)
         spans: list[tuple[int, int]] = []
         data = dump.read(va, size, zero_excluded=True, excluded=spans)
-        return data, sum(-(-n // readplan.PAGE) for _, n in spans)
+        return data, sum(-(-n // readplan.PAGE) for _, n in spans) if spans else 0
 
     readplan.emit(readplan.run(mode, dump.read, (KvmcoreError,), direct_map, read_filled))
     return 0

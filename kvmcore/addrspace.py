@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from .errors import KvmcoreError, NotInDumpError, PageExcludedError
+from .errors import NotInDumpError, PageExcludedError
 from .formats.base import PhysRange
 from .translate import MappedRange, Translation, Translator
 
@@ -64,53 +64,57 @@ class KernelAddressSpace:
         bit 1), as crash's --zero_excluded does; each span read so is appended
         to `excluded` as (virtual address, length) when a list is given.
 
-        Pages that continue one physical run are read in one step (a direct map
-        of 4 KiB pages is mostly contiguous): one layer read for a 64 KiB read,
-        not sixteen; a run that faults is read again page by page."""
+        Pages that continue one physical run are read in one step (the
+        translator's `run`; a direct map is mostly contiguous): one layer read
+        for a 64 KiB read, not sixteen; a run that faults is read again page by
+        page, so that the error names the page."""
         va &= self.mask
         if length <= 0:
             return b""
-        translate, mask = self.translator.translate, self.mask
-        t = translate(va)
-        if not zero_excluded and length <= t.page_size - (t.pa & (t.page_size - 1)):
-            # within one page (a pointer, a member): the common case, straight through
-            try:
-                return self.mem.read_phys(t.pa, length)
-            except NotInDumpError:
-                return self._read_pages(va, length)
-        parts: list[bytes] = []
-        while length > 0:
-            t = translate(va)
-            pa = t.pa
-            n = min(length, t.page_size - (pa & (t.page_size - 1)))
-            while n < length:
+        # a run stops at the top of the address space; the loop wraps past it
+        pa, n = self.translator.run(va, min(length, self.mask + 1 - va))
+        if n == length:  # one physical run: a member, a page, a direct-map chunk
+            if not zero_excluded:  # a pointer, a member: straight through
                 try:
-                    nxt = translate((va + n) & mask)
-                except KvmcoreError:
-                    break  # the next step translates it again, and raises
-                if nxt.pa != pa + n:
-                    break
-                n += min(length - n, nxt.page_size - (nxt.pa & (nxt.page_size - 1)))
-            try:
-                parts.append(self.mem.read_phys(pa, n))
-            except PageExcludedError:
-                filled = getattr(self.mem, "read_phys_filled", None) if zero_excluded else None
-                if filled is None:  # the error names the page; or page by page, zeros
-                    parts.append(self._read_pages(va, n, zero_excluded, excluded))
-                else:  # a layer that zero-fills the run in one pass
-                    spans: list[tuple[int, int]] = []
-                    try:
-                        parts.append(filled(pa, n, spans))
-                    except NotInDumpError:
-                        parts.append(self._read_pages(va, n, zero_excluded, excluded))
-                    else:
-                        if excluded is not None:
-                            excluded += [(va + at - pa, size) for at, size in spans]
-            except NotInDumpError:
-                parts.append(self._read_pages(va, n, zero_excluded, excluded))
-            va = (va + n) & mask
+                    return self.mem.read_phys(pa, n)
+                except NotInDumpError:  # or filtered: page by page, naming the page
+                    return self._read_pages(va, n)
+            return self._read_run(va, pa, n, zero_excluded, excluded)
+        parts: list[bytes] = []
+        while True:
+            parts.append(self._read_run(va, pa, n, zero_excluded, excluded))
+            va = (va + n) & self.mask
             length -= n
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+            if length <= 0:
+                return b"".join(parts)
+            pa, n = self.translator.run(va, min(length, self.mask + 1 - va))
+
+    def _read_run(
+        self,
+        va: int,
+        pa: int,
+        n: int,
+        zero_excluded: bool,
+        excluded: list[tuple[int, int]] | None,
+    ) -> bytes:
+        """The `n` bytes of one physical run (virtual `va`, physical `pa`)."""
+        # the layer's read_phys_filled(pa, length, spans), when it has one (looked
+        # up each time: a test may wrap the layer's methods after opening)
+        filled = getattr(self.mem, "read_phys_filled", None) if zero_excluded else None
+        if filled is None:
+            try:
+                return self.mem.read_phys(pa, n)
+            except NotInDumpError:  # or filtered (PageExcludedError): page by page
+                return self._read_pages(va, n, zero_excluded, excluded)
+        # a layer that zero-fills the filtered pages of the run in one pass
+        spans: list[tuple[int, int]] = []
+        try:
+            data: bytes = filled(pa, n, spans)
+        except NotInDumpError:
+            return self._read_pages(va, n, zero_excluded, excluded)
+        if spans and excluded is not None:
+            excluded += [(va + at - pa, size) for at, size in spans]
+        return data
 
     def _read_pages(
         self,
@@ -137,16 +141,20 @@ class KernelAddressSpace:
                     va = (va + chunk) & self.mask
                     length -= chunk
                     continue
+                # the page at fault, which a large page's read may hold further in
+                at = _fault_offset(exc, t.pa, chunk)
                 raise PageExcludedError(
-                    f"virtual address {va:#x} (physical {t.pa:#x}) was excluded from the dump "
-                    "by filtering",
-                    va,
+                    f"virtual address {va + at:#x} (physical {t.pa + at:#x}) was excluded from "
+                    "the dump by filtering",
+                    va + at,
                     exc.path,
                 ) from None
             except NotInDumpError as exc:
+                at = _fault_offset(exc, t.pa, chunk)
                 raise NotInDumpError(
-                    f"virtual address {va:#x} maps to physical {t.pa:#x}, which is not in the dump",
-                    va,
+                    f"virtual address {va + at:#x} maps to physical {t.pa + at:#x}, which is not "
+                    "in the dump",
+                    va + at,
                     exc.path,
                 ) from None
             va = (va + chunk) & self.mask
@@ -175,3 +183,10 @@ class KernelAddressSpace:
 
     def walk_pages(self) -> Iterator[MappedRange]:
         return self.translator.walk()
+
+
+def _fault_offset(exc: NotInDumpError, pa: int, length: int) -> int:
+    """Where in the physical read [pa, pa+length) the layer's error points (the
+    address it names), else 0."""
+    at = exc.address
+    return at - pa if isinstance(at, int) and pa <= at < pa + length else 0

@@ -71,11 +71,16 @@ class RadixTranslator(Translator, Generic[_Table]):
         self.byteorder = byteorder
         self.path = path
         self.max_tables = max_tables
-        # translations already walked, as (page's physical base, page size): 4 KiB
-        # pages by va >> 12, larger pages by va >> their shift (a direct map of
-        # 2 MiB pages is 32 walks for 64 MiB, not one per 4 KiB)
-        self._cache: dict[int, tuple[int, int]] = {}
-        self._large: dict[int, dict[int, tuple[int, int]]] = {}
+        # translations already walked, as each page's physical base (ints, not
+        # tuples: a cache of tracked objects would bring the garbage collector
+        # round over everything young): 4 KiB pages by va >> 12, larger pages
+        # by va >> their shift (a direct map of 2 MiB pages is 32 walks for
+        # 64 MiB, not one per 4 KiB)
+        self._cache: dict[int, int] = {}
+        self._large: dict[int, dict[int, int]] = {}
+        # for a 4 KiB page whose successors continue it physically: the bytes
+        # contiguous from its base (one lookup answers a 64 KiB read)
+        self._span: dict[int, int] = {}
         self._blocks: dict[int, bytes] = {}  # page-table bytes by 4 KiB block
         self._leaf_walks: dict[int, int] = {}  # walks that ended in each last-level table
 
@@ -97,16 +102,63 @@ class RadixTranslator(Translator, Generic[_Table]):
         return int.from_bytes(raw[at - block : at - block + size], self.byteorder)
 
     def translate(self, va: int) -> Translation:
-        hit = self._cache.get(va >> 12)
-        if hit is None:
+        base = self._cache.get(va >> 12)
+        if base is not None:
+            return Translation(va, base + (va & 0xFFF), 0x1000)
+        for shift, pages in self._large.items():
+            base = pages.get(va >> shift)
+            if base is not None:
+                size = 1 << shift
+                return Translation(va, base + (va & (size - 1)), size)
+        return self._walk(va)
+
+    def run(self, va: int, length: int) -> tuple[int, int]:
+        key = va >> 12
+        base = self._cache.get(key)
+        if base is not None:
+            off = va & 0xFFF
+            if off + length <= 0x1000:
+                return base + off, length  # within a 4 KiB page: a pointer, a member
+            pa, n = base + off, self._span.get(key, 0x1000) - off
+        else:
             for shift, pages in self._large.items():
-                hit = pages.get(va >> shift)
-                if hit is not None:
+                base = pages.get(va >> shift)
+                if base is not None:
+                    size = 1 << shift
+                    off = va & (size - 1)
+                    if off + length <= size:
+                        return base + off, length  # within a large page
+                    pa, n = base + off, size - off
                     break
             else:
-                return self._walk(va)
-        base, size = hit
-        return Translation(va, base + (va & (size - 1)), size)
+                t = self.translate(va)  # a subclass's checks, then the walk
+                pa, n = t.pa, t.page_size - (t.pa & (t.page_size - 1))
+        while n < length:
+            try:
+                nxt, more = self._page_run(va + n)
+            except KvmcoreError:
+                break  # the caller's next step translates it again, and raises
+            if nxt != pa + n:
+                break
+            n += more
+        return pa, min(n, length)
+
+    def _page_run(self, va: int) -> tuple[int, int]:
+        """(pa, bytes physically contiguous from va): to the end of va's
+        page, or further when the cache knows the pages after it continue it."""
+        key = va >> 12
+        base = self._cache.get(key)
+        if base is not None:
+            off = va & 0xFFF
+            return base + off, self._span.get(key, 0x1000) - off
+        for shift, pages in self._large.items():
+            base = pages.get(va >> shift)
+            if base is not None:
+                size = 1 << shift
+                off = va & (size - 1)
+                return base + off, size - off
+        t = self.translate(va)  # a subclass's checks, then the walk
+        return t.pa, t.page_size - (t.pa & (t.page_size - 1))
 
     def _remember(self, va: int, pa: int, size: int) -> None:
         shift = size.bit_length() - 1
@@ -115,7 +167,9 @@ class RadixTranslator(Translator, Generic[_Table]):
         pages = self._cache if shift == 12 else self._large.setdefault(shift, {})
         if len(pages) > 1 << 16:
             pages.clear()
-        pages[va >> shift] = (pa - (va & (size - 1)), size)
+            if shift == 12:
+                self._span.clear()
+        pages[va >> shift] = pa - (va & (size - 1))
 
     def _leaf_table_walked(self, table_pa: int, depth: int, va: int) -> None:
         """A walk ended in the last-level table at `table_pa`: the second time
@@ -137,16 +191,28 @@ class RadixTranslator(Translator, Generic[_Table]):
             return
         base_va = va & ~((count << 12) - 1)
         decode, leaf_size, order = self.table.decode, self.table.leaf_size, self.byteorder
-        pages = self._cache
+        pages, spans = self._cache, self._span
         if len(pages) > 1 << 16:
             pages.clear()
+            spans.clear()
+        first = base_va >> 12
+        found = [-1] * (count + 1)  # each entry's page, -1 where none (and past the end)
         for i in range(count):
             entry = int.from_bytes(raw[i * size : (i + 1) * size], order)
             if not entry:
                 continue
             kind, page = decode(entry, depth)
             if kind == LEAF and leaf_size(entry, depth) is None:
-                pages[(base_va >> 12) + i] = (page, 0x1000)
+                pages[first + i] = page
+                found[i] = page
+        # back to front: how far each page's physical run goes within the table
+        run = 0x1000
+        for i in range(count - 1, -1, -1):
+            page = found[i]
+            if page >= 0:
+                run = run + 0x1000 if found[i + 1] == page + 0x1000 else 0x1000
+                if run > 0x1000:
+                    spans[first + i] = run
 
     def _walk(self, va: int) -> Translation:
         table_pa = self.root

@@ -14,6 +14,7 @@ Ground truth, never a value kvmcore just produced:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -31,7 +32,7 @@ from conftest import ROOT
 from kdump_writer import write_kdump
 
 import kvmcore
-from kvmcore.errors import KvmcoreError, PageExcludedError
+from kvmcore.errors import KvmcoreError, NotMappedError, PageExcludedError
 from kvmcore.formats import open_physical
 from kvmcore.gdbserver import serve
 from kvmcore.gdbserver.packets import PacketReader, frame
@@ -247,6 +248,49 @@ def test_direct_map_va_translates_by_page_offset_base(dump, raw, pob):
     sections = raw.symbol("mem_section")
     assert dump.translate(sections).pa == sections - pob
     assert dump.read(sections, 64) == raw.read_phys(sections - pob, 64)
+
+
+def test_direct_map_chunks_read_as_the_file_holds_them(dump, raw, pob):
+    """Reads of many pages at once through the direct map (4 KiB pages where the
+    kernel split it, 2 MiB elsewhere; kvmcore reads a physically contiguous run
+    in one step): 64 KiB chunks, and chunks of odd length and alignment, equal
+    the independent decode's pages, zeros for the pages the dump filtered,
+    which `excluded` lists exactly; without zero_excluded a chunk holding a
+    filtered page raises, naming its first one."""
+    bs = raw.block_size
+    start = 0x100000  # above the legacy VGA/BIOS hole, which is not RAM
+    end = start  # up to the first page the direct map leaves out (reserved at RAM's top)
+    with contextlib.suppress(NotMappedError):
+        while end < raw.max_mapnr * bs:
+            dump.translate(pob + end)
+            end += bs
+    assert end - start > (raw.max_mapnr * bs) // 2
+    expected = b"".join(raw.pages.get(pfn, bytes(bs)) for pfn in range(start // bs, end // bs))
+    filtered = {pob + pfn * bs for pfn in range(start // bs, end // bs) if pfn not in raw.pages}
+    assert filtered and len(filtered) < (end - start) // bs
+    listed: set[int] = set()
+    for size, step in ((0x10000, 0x10000), (0x6A38, 0x7000 + 0x123)):
+        for at in range(start, end - size, step):
+            spans: list[tuple[int, int]] = []
+            data = dump.read(pob + at, size, zero_excluded=True, excluded=spans)
+            assert data == expected[at - start : at - start + size], f"pa {at:#x}+{size:#x}"
+            for va, n in spans:
+                first, last = va & ~(bs - 1), (va + n - 1) & ~(bs - 1)
+                pages = set(range(first, last + 1, bs))
+                assert pages <= filtered, f"listed {va:#x}+{n:#x}: not all filtered"
+                if size == 0x10000:
+                    listed |= pages
+            if size != 0x10000:
+                continue
+            gone = [p for p in range(pob + at, pob + at + size, bs) if p in filtered]
+            if gone:
+                with pytest.raises(PageExcludedError) as ei:
+                    dump.read(pob + at, size)
+                assert f"{gone[0]:#x}" in str(ei.value)
+            else:
+                assert dump.read(pob + at, size) == data
+    window = {p for p in filtered if p < pob + start + ((end - start) // 0x10000 - 1) * 0x10000}
+    assert listed == window
 
 
 def test_init_uts_ns_reads_the_manifest_uts(dump, raw):

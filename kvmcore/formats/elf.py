@@ -230,6 +230,9 @@ class ElfDump(PhysicalMemory):
         holes of PT_LOADs whose p_filesz < p_memsz) read as zeros and each
         such span appended to `filtered` as (pa, length): a run of them costs
         one step, not an exception per page."""
+        last = self._last_run  # mostly within the PT_LOAD read last, as in read_phys
+        if last[0] <= pa and pa + length <= last[1]:
+            return self.source.pread(last[2] + pa - last[0], length)
         out: list[bytes] = []
         starts, runs = self._map.starts, self._map.runs
         while length > 0:
@@ -237,6 +240,7 @@ class ElfDump(PhysicalMemory):
             start, rlen, off = runs[i] if i >= 0 else (0, 0, 0)
             if pa < start + rlen:
                 n = min(length, start + rlen - pa)
+                self._last_run = (start, start + rlen, off)
                 out.append(self.source.pread(off + pa - start, n))
             else:
                 h = bisect.bisect_right(self._hole_starts, pa) - 1

@@ -197,7 +197,7 @@ _CODECS: dict[int, tuple[str, Callable[[bytes, int], bytes]]] = {}
 
 def _find_codec(flags: int) -> tuple[str, Callable[[bytes, int], bytes]]:
     if flags & COMPRESSED_ZLIB:
-        return "zlib", lambda data, n: zlib.decompress(data)
+        return "zlib", lambda data, n: zlib.decompress(data, zlib.MAX_WBITS, n)
     if flags & COMPRESSED_LZO:
         import lzallright
 
@@ -415,6 +415,7 @@ class KdumpDump(PhysicalMemory):
         self._check_descriptor_table(source, ndesc)
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._desc_blocks: dict[int, bytes] = {}  # the descriptor table by 4 KiB block
+        self._desc = struct.Struct(h.e + "qIIQ")  # one page_desc_t
         self._read_notes(source)
         self._fill_facts()
         self._check_length(source, ndesc)
@@ -637,11 +638,11 @@ class KdumpDump(PhysicalMemory):
                 if len(self._desc_blocks) >= 4096:
                     self._desc_blocks.clear()
                 self._desc_blocks[block] = data
-            raw = data[start - block : end - block]
-            if len(raw) == end - start:
-                return list(struct.iter_unpack(self.header.e + "qIIQ", raw))
-        raw = self.source.pread(start, end - start)
-        return list(struct.iter_unpack(self.header.e + "qIIQ", raw))
+            if end - block <= len(data):
+                if count == 1:
+                    return [self._desc.unpack_from(data, start - block)]
+                return list(self._desc.iter_unpack(data[start - block : end - block]))
+        return list(self._desc.iter_unpack(self.source.pread(start, end - start)))
 
     def _checked(
         self, pfn: int, off: int, size: int, flags: int, page_flags: int
@@ -693,15 +694,39 @@ class KdumpDump(PhysicalMemory):
             stop = pfn + 1
             while stop < end and stop not in cache and self.has_page(stop):
                 stop += 1
-            for page_pfn, desc in zip(range(pfn, stop), self._raw_descs(pfn, stop - pfn)):
-                out.append(self._inflate(page_pfn, *desc))
+            out += self._inflate_run(pfn, stop - pfn)
             pfn = stop
         return out
 
+    def _inflate_run(self, pfn: int, count: int) -> list[bytes]:
+        """Pages pfn..pfn+count-1, all dumped in this part and none cached (the
+        caller checked), decompressed and cached: one descriptor read, and one
+        file read for their data when it lies together (makedumpfile and QEMU
+        write the pages of a run back to back)."""
+        descs = [self._checked(pfn + i, *d) for i, d in enumerate(self._raw_descs(pfn, count))]
+        pread, decode = self.source.pread, self._decode
+        if count > 1:
+            lo = min(d[0] for d in descs)
+            hi = max(d[0] + d[1] for d in descs)
+            if hi - lo <= count * self.block_size:  # together: one read
+                blob = pread(lo, hi - lo)
+                return [
+                    decode(pfn + i, off, size, flags, blob[off - lo : off - lo + size])
+                    for i, (off, size, flags, _) in enumerate(descs)
+                ]
+        return [
+            decode(pfn + i, off, size, flags, pread(off, size))
+            for i, (off, size, flags, _) in enumerate(descs)
+        ]
+
     def _inflate(self, pfn: int, off: int, size: int, flags: int, page_flags: int) -> bytes:
         """Page `pfn`'s bytes from its descriptor, decompressed, and cached."""
-        off, size, flags, page_flags = self._checked(pfn, off, size, flags, page_flags)
-        data = self.source.pread(off, size)
+        self._checked(pfn, off, size, flags, page_flags)
+        return self._decode(pfn, off, size, flags, self.source.pread(off, size))
+
+    def _decode(self, pfn: int, off: int, size: int, flags: int, data: bytes) -> bytes:
+        """Page `pfn` from the `size` bytes its checked descriptor stores at
+        `off` (`data`), decompressed, and cached."""
         bs = self.block_size
         if size == bs:
             page = data  # stored raw
@@ -769,24 +794,49 @@ class KdumpDump(PhysicalMemory):
     def read_phys_filled(self, pa: int, length: int, filtered: list[tuple[int, int]]) -> bytes:
         """read_phys, with pages makedumpfile filtered out (in the RAM bitmap,
         not dumped) read as zeros and each such span appended to `filtered`
-        as (pa, length), without an exception per page."""
-        bs = self.block_size
+        as (pa, length), without an exception per page. A run of dumped pages
+        is inflated together (_inflate_run), a run of filtered ones is one span."""
+        bs, cache, ram, dumped = self.block_size, self._cache, self.ram, self.dumped
         out: list[bytes] = []
         while length > 0:
             pfn, off = divmod(pa, bs)
-            n = min(length, bs - off)
-            if pfn in self._cache or self.has_page(pfn):
-                out.append(self.read_page(pfn)[off : off + n])
-            elif self.ram.test(pfn) and not self.dumped.test(pfn):
-                out.append(bytes(n))
+            last = (pa + length - 1) // bs  # the read's last page
+            page = cache.get(pfn)
+            pages: list[bytes]
+            if page is not None:
+                cache.move_to_end(pfn)
+                pages = [page]
+            elif self.start_pfn <= pfn < self.end_pfn and dumped.test(pfn):
+                stop = pfn + 1
+                end = min(last + 1, self.end_pfn)
+                while stop < end and stop not in cache and dumped.test(stop):
+                    stop += 1
+                pages = self._inflate_run(pfn, stop - pfn)
+            elif ram.test(pfn) and not dumped.test(pfn):
+                stop = pfn + 1
+                while stop <= last and ram.test(stop) and not dumped.test(stop):
+                    stop += 1
+                n = min(length, stop * bs - pa)
                 if filtered and filtered[-1][0] + filtered[-1][1] == pa:
                     filtered[-1] = (filtered[-1][0], filtered[-1][1] + n)
                 else:
                     filtered.append((pa, n))
+                if n == length and not out:
+                    return bytes(n)
+                out.append(bytes(n))
+                pa += n
+                length -= n
+                continue
             else:
                 raise self._absent(pfn)
-            pa += n
-            length -= n
+            for page in pages:
+                n = min(length, bs - off)
+                if n == length and not out:
+                    return page[off : off + n]  # within one page: the page itself when whole
+                out.append(page[off : off + n])
+                pa += n
+                length -= n
+                off = 0
         return b"".join(out)
 
     def file_offset(self, pa: int) -> int | None:
