@@ -91,16 +91,20 @@ def hostile_dump(tmp_path_factory):
     pa = locate.translate(task.address + locate.types.offsetof("struct task_struct", "comm")).pa
     patch = COMM + b"\0"
     dump = kvmcore.open(str(copy))  # a fresh model, patched before its first read
-    original = dump.mem.read_phys
+    original, original_filled = dump.mem.read_phys, dump.mem.read_phys_filled
 
-    def read_phys(addr: int, length: int) -> bytes:
-        out = bytearray(original(addr, length))
-        lo, hi = max(addr, pa), min(addr + length, pa + len(patch))
+    def planted(addr: int, data: bytes) -> bytes:
+        out = bytearray(data)
+        lo, hi = max(addr, pa), min(addr + len(data), pa + len(patch))
         if lo < hi:
             out[lo - addr : hi - addr] = patch[lo - pa : hi - pa]
         return bytes(out)
 
-    dump.mem.read_phys = read_phys
+    # both ways the layer is read: plain, and with filtered pages as zeros
+    dump.mem.read_phys = lambda addr, length: planted(addr, original(addr, length))
+    dump.mem.read_phys_filled = lambda addr, length, spans: planted(
+        addr, original_filled(addr, length, spans)
+    )
     return dump
 
 

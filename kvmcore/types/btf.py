@@ -82,7 +82,7 @@ def _little_endian(words: array[int]) -> array[int]:
 
 
 #: the type scan in the build-id index cache (kvmcore.indexcache)
-CACHE_NAME = "btf-scan.v2"
+CACHE_NAME = "btf-scan.v3"
 # record size in u32 words after the 3-word common part, by kind: fixed + per * vlen;
 # an unknown kind jumps past any section so that the scan stops and says so
 _UNKNOWN_STEP = 1 << 40
@@ -145,7 +145,7 @@ class BtfTypes:
             source = indexcache.source_digest(section)
             scan = self._cached_scan(indexcache.load(build_id, CACHE_NAME, source), words)
         if scan is None:
-            scan = self._index(self._walk(words, t0), words)
+            scan = self._index(self._walk(words, t0), words, self._strings)
             if build_id:
                 indexcache.store(
                     build_id,
@@ -159,9 +159,20 @@ class BtfTypes:
         self._starts, self._sorted_name_offs, self._ids_by_name = scan
 
     @staticmethod
-    def _index(starts: list[int], words: array[int]) -> tuple[array[int], array[int], array[int]]:
+    def _index(
+        starts: list[int], words: array[int], strings: bytes
+    ) -> tuple[array[int], array[int], array[int]]:
+        """(type starts with void first, name offsets sorted by the names they
+        point at, the type ids in that order: ascending among equal names),
+        so that a lookup is a binary search by name, not a scan of the string
+        section for it."""
         name_offs = list(map(words.__getitem__, starts))
-        order = sorted(range(len(starts)), key=name_offs.__getitem__)
+        text = strings.decode("latin-1")
+        names: dict[int, str] = {}
+        for off in set(name_offs):
+            end = text.find("\0", off)
+            names[off] = text[off:end] if end >= 0 else text[off:]
+        order = sorted(range(len(starts)), key=lambda i: names[name_offs[i]])
         return (
             array("I", [0] + starts),
             array("I", map(name_offs.__getitem__, order)),
@@ -270,25 +281,12 @@ class BtfTypes:
         }
         return sorted(out)
 
-    def _ids_named(self, name_off: int) -> list[int]:
-        """Type ids whose name is the string at `name_off`, ascending."""
-        names = self._sorted_name_offs
-        lo = bisect.bisect_left(names, name_off)
-        hi = bisect.bisect_right(names, name_off, lo)
+    def _ids_named(self, name: str) -> list[int]:
+        """Type ids called `name`, ascending."""
+        offs, key = self._sorted_name_offs, self._str
+        lo = bisect.bisect_left(offs, name, key=key)
+        hi = bisect.bisect_right(offs, name, lo, key=key)
         return list(self._ids_by_name[lo:hi])
-
-    def _string_offsets(self, name: str) -> list[int]:
-        """Offsets of `name` in the string section (once if deduplicated)."""
-        try:
-            needle = b"\0" + name.encode("latin-1") + b"\0"
-        except UnicodeEncodeError:
-            return []
-        out = []
-        strings, pos = self._strings, self._strings.find(needle)
-        while pos >= 0:
-            out.append(pos + 1)
-            pos = strings.find(needle, pos + 1)
-        return out
 
     # -- decoding ----------------------------------------------------------
     def type_by_id(self, tid: Hashable) -> Type | None:
@@ -392,11 +390,10 @@ class BtfTypes:
         else:
             tid = None
             if name:
-                for off in self._string_offsets(name):
-                    for cand in self._ids_named(off):
-                        if _INDEXED.get(self._kind(cand)) == space:
-                            tid = cand if tid is None else min(tid, cand)
-                            break
+                for cand in self._ids_named(name):
+                    if _INDEXED.get(self._kind(cand)) == space:
+                        tid = cand
+                        break
             self._lookups[key] = tid
         return None if tid is None else self.type_by_id(tid)
 
