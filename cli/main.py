@@ -9,6 +9,7 @@ goes to the typer app in cli/app.py."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from typing import Any
@@ -17,10 +18,16 @@ from kvmcore.errors import KvmcoreError
 from kvmcore.textsafe import printable
 
 EXIT_INTERNAL = 70
+#: allocations between young-generation collections (Python's default: 700). A
+#: command makes many objects that live to its end (tasks, frames, rows) and
+#: few cycles: each collection scans the young objects for nothing, which was a
+#: quarter of `ps`'s CPU at 10,000 tasks. The threshold bounds what cycles wait.
+GC_YOUNG_THRESHOLD = 20_000
 
 
 def main() -> None:
     """Console-script entry: run the command, turning errors into one line each."""
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
     try:
         from . import fastpath
 
