@@ -91,3 +91,24 @@ def test_undamaged_walk_is_complete(samples, chain):
     assert not result.partial, result.problem
     leaders = {t.address for t in result.tasks if t.pid == t.tgid and not t.is_idle}
     assert set(chain["leaders"]) <= leaders
+
+
+def test_group_head_that_disagrees_with_its_leader(samples, chain):
+    """A leader whose thread link points at its group's head while the head
+    points elsewhere (at an earlier leader's link) is walked from the head,
+    as every group is: the walk meets a node already seen and says so."""
+    dump = kvmcore.open(str(samples.get_built(SID).file("elf")))
+    t = dump.types
+    assert t.has_member("struct signal_struct", "thread_head"), (
+        f"{SID} should have signal->thread_head (Debian's 6.1 has it)"
+    )
+    leaders, link = chain["leaders"], chain["link"]
+    first, victim = leaders[0], leaders[len(leaders) // 2]
+    head = dump.read_ptr(victim + t.offsetof("struct task_struct", "signal")) + t.offsetof(
+        "struct signal_struct", "thread_head"
+    )
+    assert dump.read_ptr(victim + link) == head, "the victim leads a group of one"
+    result = patched_dump(samples, {head: word(first + link)}, SID).kernel.task_list
+    assert result.partial
+    assert f"thread list of task {victim:#x}" in result.problem and "loops back" in result.problem
+    assert victim in {task.address for task in result.tasks}

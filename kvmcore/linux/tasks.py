@@ -329,23 +329,6 @@ class TaskReader:
                 self.dump.read_ptr(leader + self.off_signal) if rec is None else rec[self.SIGNAL]
             )
             head = signal + self.off_thread_head
-            node = leader + link
-            if (
-                rec is not None
-                and rec[self.THREAD_LINK] == head
-                and budget is not None
-                and budget.left >= 2
-                and node != head
-                and node not in seen
-            ):
-                # a group of one (most are): walk_list's steps for it, inline
-                budget.left -= 1
-                if self.read_ptr(head) == node:
-                    seen.add(node)
-                    out.append(leader)
-                    budget.left -= 1
-                    return
-                budget.left += 1  # not alone: walk_list takes the step again
             self.walk_list(out, head, link, seen, budget, self.THREAD_LINK, self.read_ptr)
         else:
             out.append(leader)
@@ -395,13 +378,39 @@ def walk_tasks(
             f"task list walk stopped after {len(leaders)} thread-group leaders "
             f"(last {leaders[-1]:#x}): {exc.message}"
         )
+    # Most groups are one task, whose thread link's .next is its group's head
+    # (signal->thread_head); the head's .next, read, says whether the leader is
+    # alone. That is walk_threads' walk of such a group, inline, with its steps
+    # (one at the leader, one at the head, one at the leader's link).
+    by_signal = reader.off_signal is not None
+    off_link, off_head = reader.off_thread_link, reader.off_thread_head
+    at_signal, at_link = TaskReader.SIGNAL, TaskReader.THREAD_LINK
+    read_ptr = reader.read_ptr
     for leader in leaders:
         if leader == init_task:
             members = [init_task]
         else:
             members = []
+            rec = records.get(leader)
             try:
-                reader.walk_threads(members, leader, seen_threads, budget)
+                node = leader + off_link
+                if (
+                    by_signal
+                    and rec is not None
+                    and rec[at_link] == rec[at_signal] + off_head != node  # the head
+                    and budget.left >= 3
+                    and node not in seen_threads
+                ):
+                    budget.left -= 2
+                    if read_ptr(rec[at_link]) == node:
+                        seen_threads.add(node)
+                        members.append(leader)
+                        budget.left -= 1
+                    else:  # more than one: walked from the start
+                        budget.left += 2
+                        reader.walk_threads(members, leader, seen_threads, budget)
+                else:
+                    reader.walk_threads(members, leader, seen_threads, budget)
             except (WalkError, AddressError) as exc:
                 problem = problem or f"thread list of task {leader:#x} stopped: {exc.message}"
             if leader not in members:
