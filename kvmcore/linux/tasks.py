@@ -184,13 +184,14 @@ class TaskReader:
             records[address] = None
             return None
         (pid, tgid, raw, parent, state, exit_state, cpu, on_cpu, tasks_next, signal, link_next) = (
-            span.pick(span.unpack(blob) + (0,))
+            span.pick(span.unpack(blob))
         )
-        comm = self._comms.get(raw)
+        comms = self._comms
+        comm = comms.get(raw)
         if comm is None:  # most tasks share a few names (10,000 of "sleep")
             comm = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-            if len(self._comms) < 4096:
-                self._comms[raw] = comm
+            if len(comms) < 4096:
+                comms[raw] = comm
         letter = self._states.get((state, exit_state))
         if letter is None:
             letter = self._states[state, exit_state] = state_char(state, exit_state)
@@ -383,7 +384,8 @@ def walk_tasks(
     # alone. That is walk_threads' walk of such a group, inline, with its steps
     # (one at the leader, one at the head, one at the leader's link).
     by_signal = reader.off_signal is not None
-    off_link, off_head = reader.off_thread_link, reader.off_thread_head
+    off_link = reader.off_thread_link
+    off_head = reader.off_thread_head if by_signal else 0
     at_signal, at_link = TaskReader.SIGNAL, TaskReader.THREAD_LINK
     read_ptr = reader.read_ptr
     for leader in leaders:
@@ -446,7 +448,7 @@ class _Span:
     unpack. (Two reads that skip the 2 KiB between its first members and the
     rest measured slower: a read's overhead is more than the copy it saves.)"""
 
-    #: the members, in the order pick(unpack(bytes) + (0,)) gives them
+    #: the members, in the order pick(unpack(bytes)) gives them
     NAMES = (
         "pid",
         "tgid",
@@ -504,9 +506,16 @@ class _Span:
             end = off + struct.calcsize(prefix + code)
         # unpack() gives the members by offset: pick them in NAMES order, 0 for
         # one this kernel lacks (no on_cpu, no signal->thread_head)
+        unpack: Callable[[bytes], tuple] = struct.Struct(fmt).unpack
+        if len(present) < len(cls.NAMES):
+            by_offset = unpack
+
+            def unpack(blob: bytes) -> tuple:
+                return by_offset(blob) + (0,)
+
         at = {name: i for i, (_, name, _) in enumerate(present)}
         pick = itemgetter(*(at.get(name, len(present)) for name in cls.NAMES))
-        return cls(start, end - start, struct.Struct(fmt).unpack, pick)
+        return cls(start, end - start, unpack, pick)
 
 
 class _BlockReads:
