@@ -66,8 +66,9 @@ def test_chained_thread_lists_are_walked_in_linear_steps(samples, chain):
     dump = _chained(samples, chain)
     calls = _counting(dump)
     result = dump.kernel.task_list
-    # the leader list (n + 1 reads), one group walking the chain (n), then one
-    # read per other group before it meets a node already seen, plus slack
+    # the leader list (n + 1 reads: each leader's members come with its link),
+    # each group's head (n), the chain's nodes (read already with the leaders,
+    # or one read each), plus slack; a walk per group would be n * n
     assert calls[0] <= 4 * n + 64, f"{calls[0]} reads for {n} leaders"
     assert result.partial and "thread list" in result.problem
     comms = {t.comm for t in result.tasks}
