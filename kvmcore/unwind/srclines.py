@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 from .. import indexcache
 from ..errors import KvmcoreError
-from ..symbols.dwarfscan import Unscannable, code_die_offsets
 from ..symbols.elfmap import mapped_elf_file
 from .linetable import Declined, line_rows
 
@@ -394,6 +393,10 @@ def _code_children(dwarf: Any, cu: Any, top: Any) -> list[Any]:
     """The CU DIE's children that are code scopes (functions), as pyelftools
     DIEs: found by kvmcore.unwind.dwarfscan, which skips the rest of the unit
     undecoded, else by pyelftools' own walk."""
+    # here, not at the top: it imports pyelftools' DWARF enums (~10 ms), which a
+    # backtrace without DWARF never needs
+    from ..symbols.dwarfscan import Unscannable, code_die_offsets
+
     try:
         stream = dwarf.debug_info_sec.stream
         stream.seek(cu.cu_offset)
