@@ -530,32 +530,32 @@ class _BlockReads:
         self.aspace = dump.aspace
         self.mem = dump.aspace.mem  # read_phys looked up at each read: a layer may be wrapped
         self._bases: dict[int, int] = {}  # va >> _BLOCK_SHIFT -> physical address of the block
-        self._chunks: dict[int, bytes] = {}  # physical chunks reads came from, by address
+        self._chunks: dict[int, bytes] = {}  # va >> _CHUNK_SHIFT -> the chunk's bytes
 
     def read(self, va: int, length: int) -> bytes:
+        at = va & _CHUNK_MASK
+        chunk = self._chunks.get(va >> _CHUNK_SHIFT)
+        if chunk is not None and at + length <= _CHUNK:
+            return chunk[at : at + length]
         base = self._bases.get(va >> _BLOCK_SHIFT)
         offset = va & _BLOCK_MASK
         if base is None or offset + length > _BLOCK_SIZE:
             return self._first(va, length)
-        # from the physical chunk read last time: slab neighbours are list
-        # neighbours (three task_structs share an order-3 slab; a signal_struct's
-        # neighbours are the next processes'). Only where a read is a copy: a
+        # from the chunk read last time: slab neighbours are list neighbours
+        # (three task_structs share an order-3 slab; a signal_struct's
+        # neighbours are the next processes'). A block is one large page, so
+        # its virtual chunks are physical ones. Only where a read is a copy: a
         # compressed chunk costs its pages' decompression, wanted or not.
         pa = base + offset
-        at = pa & _CHUNK_MASK
-        if at + length > _CHUNK:
+        if at + length > _CHUNK or self.mem.file_offset(pa - at) is None:
             return self.mem.read_phys(pa, length)
-        chunk = self._chunks.get(pa - at)
-        if chunk is None:
-            if self.mem.file_offset(pa - at) is None:  # compressed: its pages alone
-                return self.mem.read_phys(pa, length)
-            try:
-                chunk = self.mem.read_phys(pa - at, _CHUNK)
-            except KvmcoreError:  # not all of the chunk is there: the bytes alone
-                return self.mem.read_phys(pa, length)
-            if len(self._chunks) >= _CHUNKS:
-                self._chunks.clear()
-            self._chunks[pa - at] = chunk
+        try:
+            chunk = self.mem.read_phys(pa - at, _CHUNK)
+        except KvmcoreError:  # not all of the chunk is there: the bytes alone
+            return self.mem.read_phys(pa, length)
+        if len(self._chunks) >= _CHUNKS:
+            self._chunks.clear()
+        self._chunks[va >> _CHUNK_SHIFT] = chunk
         return chunk[at : at + length]
 
     def _first(self, va: int, length: int) -> bytes:
@@ -570,7 +570,8 @@ class _BlockReads:
 _BLOCK_SHIFT = 21
 #: reads are served from cached aligned physical chunks of this size (an
 #: order-3 slab), at most _CHUNKS of them (2 MiB)
-_CHUNK = 0x8000
+_CHUNK_SHIFT = 15
+_CHUNK = 1 << _CHUNK_SHIFT
 _CHUNK_MASK = _CHUNK - 1
 _CHUNKS = 64
 _BLOCK_SIZE = 1 << _BLOCK_SHIFT
