@@ -15,12 +15,9 @@ import kvmcore
 from kvmcore.errors import PageExcludedError
 
 
-def patched_dump(
-    samples, patches: dict[int, bytes], sid: str = "x86_64-kaslr", fmt: str = "elf"
-) -> kvmcore.Dump:
-    """The sample's dump with the bytes at these kernel virtual addresses replaced."""
-    dump = kvmcore.open(str(samples.get_built(sid).file(fmt)))
-    by_pa = {dump.translate(va).pa: value for va, value in patches.items()}
+def plant(dump: kvmcore.Dump, by_pa: dict[int, bytes]) -> kvmcore.Dump:
+    """`dump` with its reader seeing these bytes at these physical addresses
+    (patch before the model's first read: what it cached stays)."""
     original = dump.mem.read_phys
 
     def read_phys(pa: int, length: int) -> bytes:
@@ -31,10 +28,15 @@ def patched_dump(
                 data[lo - pa : hi - pa] = value[lo - at : hi - at]
         return bytes(data)
 
+    return _reading_through(dump, read_phys)
+
+
+def _reading_through(dump: kvmcore.Dump, read_phys) -> kvmcore.Dump:
+    """Point both of the layer's physical reads at `read_phys`: the plain one
+    and the zero-filling one (kvmcore.addrspace's zero_excluded path), which
+    sees the same pages, page by page, with the missing ones as zeros."""
     dump.mem.read_phys = read_phys
     if hasattr(dump.mem, "read_phys_filled"):
-        # the layer's zero-filling read (kvmcore.addrspace's zero_excluded path)
-        # sees the same pages missing, page by page through read_phys above
 
         def read_phys_filled(pa: int, length: int, filtered: list) -> bytes:
             out = bytearray()
@@ -51,6 +53,14 @@ def patched_dump(
 
         dump.mem.read_phys_filled = read_phys_filled
     return dump
+
+
+def patched_dump(
+    samples, patches: dict[int, bytes], sid: str = "x86_64-kaslr", fmt: str = "elf"
+) -> kvmcore.Dump:
+    """The sample's dump with the bytes at these kernel virtual addresses replaced."""
+    dump = kvmcore.open(str(samples.get_built(sid).file(fmt)))
+    return plant(dump, {dump.translate(va).pa: value for va, value in patches.items()})
 
 
 def word(value: int) -> bytes:
@@ -77,26 +87,7 @@ def excluded_dump(
                 raise PageExcludedError(f"physical address {page:#x} excluded (test)", page)
         return original(pa, length)
 
-    dump.mem.read_phys = read_phys
-    if hasattr(dump.mem, "read_phys_filled"):
-        # the layer's zero-filling read (kvmcore.addrspace's zero_excluded path)
-        # sees the same pages missing, page by page through read_phys above
-
-        def read_phys_filled(pa: int, length: int, filtered: list) -> bytes:
-            out = bytearray()
-            while length > 0:
-                n = min(length, 0x1000 - (pa & 0xFFF))
-                try:
-                    out += read_phys(pa, n)
-                except PageExcludedError:
-                    out += bytes(n)
-                    filtered.append((pa, n))
-                pa += n
-                length -= n
-            return bytes(out)
-
-        dump.mem.read_phys_filled = read_phys_filled
-    return dump
+    return _reading_through(dump, read_phys)
 
 
 def _readelf_build_id(path: Path) -> str:

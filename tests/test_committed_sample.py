@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 from kdump_writer import write_kdump
+from manifest_checks import assert_tasks_match_manifest
 
 import kvmcore
 from kvmcore.errors import KvmcoreError, NotMappedError, PageExcludedError
@@ -392,17 +393,7 @@ def test_btf_agrees_with_every_vmcoreinfo_layout_line(btf, raw):
 
 def test_ps_has_the_manifest_processes_and_threads(dump):
     tasks = dump.kernel.task_list
-    assert not tasks.partial, tasks.problem
-    by_pid = {t.pid: t for t in tasks.tasks if not t.is_idle}
-    for p in MANIFEST["processes"]:
-        t = by_pid.get(p["pid"])
-        assert t is not None, f"manifest process {p} missing from ps"
-        assert (t.comm, t.tgid) == (p["comm"], p["pid"])
-        assert t.ppid == p["ppid"], (p, t)
-    for th in MANIFEST["threads"]:
-        t = by_pid.get(th["tid"])
-        assert t is not None, f"manifest thread {th} missing from ps"
-        assert (t.comm, t.tgid) == (th["comm"], th["tgid"])
+    assert_tasks_match_manifest(tasks, MANIFEST)
     idle = {t.comm for t in tasks.tasks if t.is_idle}
     assert idle == {f"swapper/{cpu}" for cpu in range(MANIFEST["qemu"]["smp"])}
 

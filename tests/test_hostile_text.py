@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from patching import plant
 from rich.console import Console
 
 import kvmcore
@@ -89,23 +90,8 @@ def hostile_dump(tmp_path_factory):
     task = next(t for t in locate.kernel.tasks() if t.pid == panic["pid"])
     assert task.comm == panic["comm"]
     pa = locate.translate(task.address + locate.types.offsetof("struct task_struct", "comm")).pa
-    patch = COMM + b"\0"
-    dump = kvmcore.open(str(copy))  # a fresh model, patched before its first read
-    original, original_filled = dump.mem.read_phys, dump.mem.read_phys_filled
-
-    def planted(addr: int, data: bytes) -> bytes:
-        out = bytearray(data)
-        lo, hi = max(addr, pa), min(addr + len(data), pa + len(patch))
-        if lo < hi:
-            out[lo - addr : hi - addr] = patch[lo - pa : hi - pa]
-        return bytes(out)
-
-    # both ways the layer is read: plain, and with filtered pages as zeros
-    dump.mem.read_phys = lambda addr, length: planted(addr, original(addr, length))
-    dump.mem.read_phys_filled = lambda addr, length, spans: planted(
-        addr, original_filled(addr, length, spans)
-    )
-    return dump
+    # a fresh model, patched before its first read
+    return plant(kvmcore.open(str(copy)), {pa: COMM + b"\0"})
 
 
 def _no_controls(text: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import sample_ids
+from manifest_checks import assert_tasks_match_manifest
 from oracles import drgn_log, drgn_tasks
 
 import kvmcore
@@ -30,17 +31,7 @@ def test_ps_matches_manifest_and_drgn(samples, sid, mode):
     dump = open_sample(samples, sid, mode)
     m = samples.get_built(sid).manifest
     tasks = dump.kernel.task_list
-    assert not tasks.partial, tasks.problem
-    by_pid = {t.pid: t for t in tasks.tasks if not t.is_idle}
-    for p in m["processes"]:
-        t = by_pid.get(p["pid"])
-        assert t is not None, f"manifest process {p} missing from ps"
-        assert (t.comm, t.tgid) == (p["comm"], p["pid"])
-        assert t.ppid == p["ppid"], (p, t)
-    for th in m["threads"]:
-        t = by_pid.get(th["tid"])
-        assert t is not None, f"manifest thread {th} missing from ps"
-        assert (t.comm, t.tgid) == (th["comm"], th["tgid"])
+    assert_tasks_match_manifest(tasks, m)
     oracle = drgn_tasks(str(samples.get_built(sid).file("elf")), str(samples.vmlinux(sid)))
     ours = {t.pid: (t.tgid, t.ppid, t.comm) for t in tasks.tasks if not t.is_idle}
     assert ours == oracle

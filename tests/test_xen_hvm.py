@@ -19,6 +19,7 @@ import sys
 
 import pytest
 from conftest import ROOT
+from manifest_checks import assert_tasks_match_manifest
 from test_committed_sample import RawKdump
 from xen_dumpcore_writer import (
     PAGE,
@@ -152,15 +153,7 @@ def test_translation_starts_at_a_vcpus_cr3(dump):
 
 
 def test_ps_has_the_manifest_processes(dump):
-    tasks = dump.kernel.task_list
-    assert not tasks.partial, tasks.problem
-    by_pid = {t.pid: t for t in tasks.tasks if not t.is_idle}
-    for p in MANIFEST["processes"]:
-        t = by_pid.get(p["pid"])
-        assert t is not None, f"manifest process {p} missing from ps"
-        assert (t.comm, t.ppid) == (p["comm"], p["ppid"])
-    for th in MANIFEST["threads"]:
-        assert (by_pid[th["tid"]].comm, by_pid[th["tid"]].tgid) == (th["comm"], th["tgid"])
+    assert_tasks_match_manifest(dump.kernel.task_list, MANIFEST)
 
 
 def test_dmesg_has_the_marker(dump):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from manifest_checks import assert_tasks_match_manifest
 
 import kvmcore
 
@@ -44,14 +45,7 @@ def test_format_and_paging(dump):
 def test_ps_has_the_manifest_processes(dump, sample):
     m = sample.manifest
     tasks = dump.kernel.task_list
-    assert not tasks.partial, tasks.problem
-    by_pid = {t.pid: t for t in tasks.tasks if not t.is_idle}
-    for p in m["processes"]:
-        t = by_pid.get(p["pid"])
-        assert t is not None, f"manifest process {p} missing from ps"
-        assert (t.comm, t.ppid, t.tgid) == (p["comm"], p["ppid"], p["pid"])
-    for th in m["threads"]:
-        assert (by_pid[th["tid"]].comm, by_pid[th["tid"]].tgid) == (th["comm"], th["tgid"])
+    assert_tasks_match_manifest(tasks, m)
     idle = {t.comm for t in tasks.tasks if t.is_idle}
     assert idle == {f"swapper/{cpu}" for cpu in range(m["xen"]["guest"]["vcpus"])}
 

@@ -23,6 +23,7 @@ from functools import cached_property
 from pathlib import Path
 
 import pytest
+from manifest_checks import assert_tasks_match_manifest
 from test_gdbserver import run_gdb
 from xen_dumpcore_writer import PAGE, VcpuGuestContext, patch, sections, sparse_copy
 
@@ -227,15 +228,7 @@ def test_a_walk_of_every_mapping_stays_in_the_guest(plain, raw):
 def test_ps_has_the_manifest_processes(dump, sample):
     m = sample.manifest
     tasks = dump.kernel.task_list
-    assert not tasks.partial, tasks.problem
-    by_pid = {t.pid: t for t in tasks.tasks if not t.is_idle}
-    for p in m["processes"]:
-        t = by_pid.get(p["pid"])
-        assert t is not None, f"manifest process {p} missing from ps"
-        assert (t.comm, t.ppid, t.tgid) == (p["comm"], p["ppid"], p["pid"])
-    for th in m["threads"]:
-        t = by_pid[th["tid"]]
-        assert (t.comm, t.tgid) == (th["comm"], th["tgid"])
+    assert_tasks_match_manifest(tasks, m)
     idle = {t.comm for t in tasks.tasks if t.is_idle}
     assert idle == {f"swapper/{cpu}" for cpu in range(m["xen"]["guest"]["vcpus"])}
 

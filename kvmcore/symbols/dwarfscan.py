@@ -21,6 +21,7 @@ from typing import Any, Literal
 from elftools.dwarf.enums import ENUM_DW_AT, ENUM_DW_FORM, ENUM_DW_TAG
 
 from .dwarfunit import Abbrev, UnitHeader, Unscannable, read_abbrev_table
+from .leb128 import read_uleb
 
 __all__ = [
     "Unscannable",
@@ -277,16 +278,6 @@ def unit_top_level_dies(
     plans: dict[int, _Plan] = {}
     wanted = {_TAG_CODES[t] for t in tags if t in _TAG_CODES}
 
-    def uleb(at: int) -> tuple[int, int]:
-        value = shift = 0
-        while True:
-            byte = data[at]
-            at += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value, at
-
     def plan_of(code: int) -> _Plan:
         abbrev = abbrevs.get(code)
         if abbrev is None:
@@ -304,7 +295,7 @@ def unit_top_level_dies(
                 if plan.sibling_size:
                     sibling = int.from_bytes(data[at : at + plan.sibling_size], order)
                 else:
-                    sibling, _ = uleb(at)
+                    sibling, _ = read_uleb(data, at)
             elif i == plan.name:
                 name = at
             elif i == plan.declaration:
@@ -320,7 +311,7 @@ def unit_top_level_dies(
             elif kind == _BLOCK:
                 at += size + int.from_bytes(data[at : at + size], order)
             else:
-                length, at = uleb(at)
+                length, at = read_uleb(data, at)
                 at += length
         return sibling, name, declaration, at
 
@@ -332,7 +323,7 @@ def unit_top_level_dies(
         if code < 0x80:
             at += 1
         else:
-            code, at = uleb(at)
+            code, at = read_uleb(data, at)
         if code == 0:
             return None, -1, -1, -1, at
         plan = plans.get(code) or plan_of(code)
@@ -379,7 +370,7 @@ def unit_top_level_dies(
             if code < 0x80:
                 pos += 1
             else:
-                code, pos = uleb(pos)
+                code, pos = read_uleb(data, pos)
             if code == 0:
                 break
             plan = plans.get(code) or plan_of(code)

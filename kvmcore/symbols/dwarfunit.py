@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
+from .leb128 import read_uleb
+
 
 class Unscannable(Exception):
     """The unit needs pyelftools' own walk."""
@@ -81,17 +83,6 @@ class _Truncated(Exception):
     pass
 
 
-def _uleb(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, at
-
-
 # One abbreviation, delimited by a regular expression: its code, then its body
 # (tag, children flag, attribute and form numbers, an implicit constant after
 # form 0x21, a 0 0 pair ending it). A body repeats from CU to CU under other
@@ -118,15 +109,15 @@ def _body(data: bytes) -> Abbrev:
     if abbrev is None:
         if len(_BODIES) >= MAX_CACHED_BODIES:
             _BODIES.clear()
-        tag, at = _uleb(data, 0)
+        tag, at = read_uleb(data, 0)
         children = data[at] != 0
         at += 1
         attrs = []
         while at < len(data):
-            name, at = _uleb(data, at)
-            form, at = _uleb(data, at)
+            name, at = read_uleb(data, at)
+            form, at = read_uleb(data, at)
             if form == DW_FORM_implicit_const:
-                _, at = _uleb(data, at)  # an SLEB: skipped alike; the value is in no DIE
+                _, at = read_uleb(data, at)  # an SLEB: skipped alike; the value is in no DIE
             attrs.append((name, form))
         abbrev = _BODIES[data] = Abbrev(tag, children, tuple(attrs))
     return abbrev
@@ -145,7 +136,7 @@ def parse_abbrev_table(data: bytes) -> dict[int, Abbrev]:
                 return table
             raise _Truncated  # or damaged: no well-formed entry, no end
         code = entry.group(1)
-        table[code[0] if len(code) == 1 else _uleb(code, 0)[0]] = _body(entry.group(2))
+        table[code[0] if len(code) == 1 else read_uleb(code, 0)[0]] = _body(entry.group(2))
         at = entry.end()
 
 

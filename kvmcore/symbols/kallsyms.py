@@ -68,6 +68,17 @@ def _read(dump: Dump, addr: int, length: int, what: str) -> bytes:
 
 
 def read_tokens(dump: Dump) -> list[bytes]:
+    """The 256 tokens names are expanded from, read once per open dump."""
+    tokens = dump.layer_cache.get(_TOKENS)
+    if tokens is None:
+        tokens = dump.layer_cache[_TOKENS] = _read_tokens(dump)
+    return tokens
+
+
+_TOKENS = "kallsyms-tokens"
+
+
+def _read_tokens(dump: Dump) -> list[bytes]:
     index_addr = _need(dump, "kallsyms_token_index")
     table_addr = _need(dump, "kallsyms_token_table")
     index = struct.unpack(dump._e + "256H", _read(dump, index_addr, 512, "kallsyms_token_index"))

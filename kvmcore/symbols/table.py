@@ -354,9 +354,8 @@ class SymbolTable:
         # the preferred alias among those at one address (first one on a tie)
         sym = min(candidates, key=lambda s: display_rank(s.name, s.type, s.size))
         offset = addr - sym.address
-        if self._next_above(sym.address) is None and offset >= max(
-            sym.size, _LAST_SYMBOL_SLACK if sym.size == 0 else 0
-        ):
+        # past the last symbol's end (or slack): not inside any symbol
+        if offset >= (sym.size or _LAST_SYMBOL_SLACK) and self._next_above(sym.address) is None:
             return None
         return sym, offset
 

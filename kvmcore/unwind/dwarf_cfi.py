@@ -35,6 +35,8 @@ from ..cpu import DwarfRegisters
 from ..errors import KvmcoreError, SymbolError, UnsupportedError
 from ..notes import ByteOrder
 from ..symbols import cfi as C
+from ..symbols.leb128 import read_sleb as _sleb
+from ..symbols.leb128 import read_uleb as _uleb
 
 if TYPE_CHECKING:
     from ..dump import Dump
@@ -99,30 +101,6 @@ class CallerFrame:
     regs: dict[str, int]
     return_address: int | None
     cfa: int
-
-
-def _uleb(data: bytes, off: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[off]
-        off += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, off
-
-
-def _sleb(data: bytes, off: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[off]
-        off += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            if byte & 0x40:
-                value -= 1 << shift
-            return value, off
 
 
 class DebugFrame:

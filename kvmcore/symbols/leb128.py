@@ -1,0 +1,32 @@
+"""LEB128 decoding, as DWARF stores its numbers (.debug_info, .debug_abbrev,
+.debug_frame, .debug_line): the one decoder the DWARF readers share. The
+encoders, for the files kvmcore writes, are in cfi.py."""
+
+from __future__ import annotations
+
+
+def read_uleb(data: bytes, at: int) -> tuple[int, int]:
+    """The unsigned LEB128 at `at` and the offset after it (IndexError when
+    `data` ends inside it)."""
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
+def read_sleb(data: bytes, at: int) -> tuple[int, int]:
+    """The signed LEB128 at `at` and the offset after it."""
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            if byte & 0x40:
+                value -= 1 << shift
+            return value, at
