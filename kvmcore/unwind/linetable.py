@@ -57,6 +57,8 @@ def line_rows(data: bytes, header: Any, little: bool) -> list[tuple[int, int, in
                 line += line_base + adjusted % line_range
                 append((address, file, line, False))
             elif op == 0:  # extended: ULEB length, sub-opcode, operands
+                # LEB128 decoded inline here and below, not by symbols.leb128:
+                # a call per opcode is most of this loop's time
                 size = shift = 0
                 while True:
                     byte = data[pos]
