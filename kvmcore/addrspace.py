@@ -12,9 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from .errors import NotInDumpError, PageExcludedError
+from .errors import KvmcoreError, NotInDumpError, PageExcludedError
 from .formats.base import PhysRange
 from .translate import MappedRange, Translation, Translator
+
+BLOCK_SHIFT = 21
+BLOCK_SIZE = 1 << BLOCK_SHIFT
+BLOCK_MASK = BLOCK_SIZE - 1
+#: blocks remembered (each a dict entry: 64 Ki blocks cover 128 GiB)
+MAX_BLOCKS = 1 << 16
 
 
 class PhysicalLayer(Protocol):
@@ -45,6 +51,11 @@ class KernelAddressSpace:
         self.translator = translator
         self.word_size = word_size
         self.mask = (1 << (word_size * 8)) - 1
+        # va >> BLOCK_SHIFT -> the physical address of that 2 MiB block when a
+        # large page (2 MiB or more, aligned to its size) maps all of it, else
+        # -1: most kernel objects live in the direct map's large pages, and
+        # there a read needs no translation (ps reads 10,000 task_structs so)
+        self._blocks: dict[int, int] = {}
 
     def translate(self, va: int) -> Translation:
         va &= self.mask
@@ -71,6 +82,14 @@ class KernelAddressSpace:
         va &= self.mask
         if length <= 0:
             return b""
+        base = self._blocks.get(va >> BLOCK_SHIFT)
+        if base is None:
+            base = self._block_base(va)
+        if base >= 0 and not zero_excluded and (va & BLOCK_MASK) + length <= BLOCK_SIZE:
+            try:
+                return self.mem.read_phys(base + (va & BLOCK_MASK), length)
+            except NotInDumpError:  # or filtered: below, page by page, naming the page
+                pass
         # a run stops at the top of the address space; the loop wraps past it
         pa, n = self.translator.run(va, min(length, self.mask + 1 - va))
         if n == length:  # one physical run: a member, a page, a direct-map chunk
@@ -88,6 +107,20 @@ class KernelAddressSpace:
             if length <= 0:
                 return b"".join(parts)
             pa, n = self.translator.run(va, min(length, self.mask + 1 - va))
+
+    def _block_base(self, va: int) -> int:
+        """The physical address of the 2 MiB block holding `va` when one large
+        page maps it, else -1 (also for an address that does not translate:
+        the read's own translation raises); remembered for the next read."""
+        try:
+            t = self.translator.translate(va)
+        except KvmcoreError:
+            return -1
+        base = t.pa - (va & BLOCK_MASK) if t.page_size >= BLOCK_SIZE else -1
+        if len(self._blocks) >= MAX_BLOCKS:
+            self._blocks.clear()
+        self._blocks[va >> BLOCK_SHIFT] = base
+        return base
 
     def _read_run(
         self,

@@ -149,9 +149,13 @@ class LazyTranslator(Translator):
                 )
             self._busy = True
             try:
-                self._inner = self._make()
+                inner = self._inner = self._make()
             finally:
                 self._busy = False
+            # from now on a call goes straight to the translator built: a read
+            # is one translation, and this layer was a third of its cost
+            self.translate = inner.translate  # type: ignore[method-assign]
+            self.run = inner.run  # type: ignore[method-assign]
         return self._inner
 
     def translate(self, va: int) -> Translation:

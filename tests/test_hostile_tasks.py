@@ -94,10 +94,9 @@ def test_undamaged_walk_is_complete(samples, chain):
     assert set(chain["leaders"]) <= leaders
 
 
-def test_group_head_that_disagrees_with_its_leader(samples, chain):
-    """A leader whose thread link points at its group's head while the head
-    points elsewhere (at an earlier leader's link) is walked from the head,
-    as every group is: the walk meets a node already seen and says so."""
+def _victim_and_head(samples, chain) -> tuple[int, int, int, int]:
+    """(first leader, a leader of a group of one, its group's head, the
+    thread link's offset), read here with raw reads."""
     dump = kvmcore.open(str(samples.get_built(SID).file("elf")))
     t = dump.types
     assert t.has_member("struct signal_struct", "thread_head"), (
@@ -109,7 +108,30 @@ def test_group_head_that_disagrees_with_its_leader(samples, chain):
         "struct signal_struct", "thread_head"
     )
     assert dump.read_ptr(victim + link) == head, "the victim leads a group of one"
-    result = patched_dump(samples, {head: word(first + link)}, SID).kernel.task_list
+    assert dump.read_ptr(victim + link + 8) == head, "... by both of its links"
+    return first, victim, head, link
+
+
+def test_group_head_that_disagrees_with_its_leader(samples, chain):
+    """A leader whose thread link's .next points at its group's head but whose
+    .prev does not, while the head points elsewhere (at an earlier leader's
+    link), is walked from the head, as every group whose leader's links do
+    not agree is: the walk meets a node already seen and says so."""
+    first, victim, head, link = _victim_and_head(samples, chain)
+    patches = {head: word(first + link), victim + link + 8: word(first + link)}
+    result = patched_dump(samples, patches, SID).kernel.task_list
     assert result.partial
     assert f"thread list of task {victim:#x}" in result.problem and "loops back" in result.problem
     assert victim in {task.address for task in result.tasks}
+
+
+def test_group_of_one_is_read_from_its_leaders_links(samples, chain):
+    """A leader whose thread link's .next and .prev both point at its group's
+    head is a group of one, as /proc/PID/task's walk from the leader (next_tid)
+    finds it, without a read of the head: a head damaged alone is not seen
+    (the walk of 10,000 tasks reads no head)."""
+    first, victim, head, link = _victim_and_head(samples, chain)
+    result = patched_dump(samples, {head: word(first + link)}, SID).kernel.task_list
+    assert not result.partial, result.problem
+    listed = [task.address for task in result.tasks]
+    assert listed.count(victim) == 1 and listed.count(first) == 1

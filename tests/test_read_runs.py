@@ -14,9 +14,10 @@ import random
 
 import pytest
 from conftest import sample_ids
+from patching import excluded_dump
 
 import kvmcore
-from kvmcore.errors import KvmcoreError
+from kvmcore.errors import KvmcoreError, PageExcludedError
 
 PAGE = 4096
 
@@ -90,3 +91,24 @@ def test_runs_read_as_page_by_page(samples, sid):
             assert n == min(contiguous, size), f"{sid}: run({at:#x}, {size:#x}) = {n:#x}"
             checked += 1
     assert checked > 50, f"{sid}: only {checked} reads checked ({faults} faulted)"
+
+
+def test_read_in_a_remembered_large_page_names_the_excluded_page(samples):
+    """A read inside a 2 MiB block that a large page maps goes straight to the
+    physical layer once the block is known (KernelAddressSpace's block table);
+    a page of it the dump lacks still fails naming that page, not the start
+    of the read."""
+    sid = "x86_64-kaslr"
+    intact = kvmcore.open(str(samples.get_built(sid).file("elf")))
+    task = next(
+        t for t in intact.kernel.task_list.tasks if intact.translate(t.address).page_size >= 2 << 20
+    )
+    block = task.address & ~((2 << 20) - 1)
+    # a page in the middle of the block, not the task's
+    gone = block + (0x100000 if task.address - block >= 0x100000 + PAGE else 0x180000)
+    dump = excluded_dump(samples, [(gone, 8)], sid)
+    assert dump.read(task.address, 16) == intact.read(task.address, 16)  # the block is known now
+    with pytest.raises(PageExcludedError) as err:
+        dump.read(gone - 8, 32)
+    assert err.value.address == gone, f"{err.value.address:#x} != {gone:#x}"
+    assert dump.read(gone + PAGE, 64) == intact.read(gone + PAGE, 64)

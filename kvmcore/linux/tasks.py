@@ -113,8 +113,8 @@ class TaskReader:
     """Reads task_structs using offsets from the type facade."""
 
     #: the fields of a record (see _load): the Task, then the .next of its
-    #: `tasks` link, its `signal`, the .next of its thread link
-    TASK, TASKS, SIGNAL, THREAD_LINK = range(4)
+    #: `tasks` link, its `signal`, the .next and .prev of its thread link
+    TASK, TASKS, SIGNAL, THREAD_LINK, THREAD_PREV = range(5)
 
     def __init__(self, dump: Dump, registers: Callable[[Task], dict[str, int]]) -> None:
         self.dump = dump
@@ -149,7 +149,7 @@ class TaskReader:
         self.registers = registers
         self._tgids: dict[int, int] = {}  # parent task -> its tgid (-1: unreadable)
         self._span = _Span.of(self, dump.word_size, dump.byteorder)
-        self._reads = _BlockReads(dump)
+        self._read = dump.aspace.read  # kernel memory, straight through (a read per task)
         # task address -> its record, (Task, tasks.next, signal, thread link
         # .next) indexed by TASK, TASKS, SIGNAL, THREAD_LINK; None when its span
         # could not be read (read() says why)
@@ -179,13 +179,24 @@ class TaskReader:
         if span is None:
             return None
         try:
-            blob = self._reads.read(address + span.start, span.length)
+            blob = self._read(address + span.start, span.length)
         except KvmcoreError:
             records[address] = None
             return None
-        (pid, tgid, raw, parent, state, exit_state, cpu, on_cpu, tasks_next, signal, link_next) = (
-            span.pick(span.unpack(blob))
-        )
+        (
+            pid,
+            tgid,
+            raw,
+            parent,
+            state,
+            exit_state,
+            cpu,
+            on_cpu,
+            tasks_next,
+            signal,
+            link_next,
+            link_prev,
+        ) = span.pick(span.unpack(blob))
         comms = self._comms
         comm = comms.get(raw)
         if comm is None:  # most tasks share a few names (10,000 of "sleep")
@@ -208,7 +219,7 @@ class TaskReader:
             False,
             self.registers,
         )
-        rec = records[address] = (task, tasks_next, signal, link_next)
+        rec = records[address] = (task, tasks_next, signal, link_next, link_prev)
         return rec
 
     def _ppid(self, parent: int, address: int) -> int:
@@ -222,14 +233,6 @@ class TaskReader:
                 ppid = -1
             self._tgids[parent] = ppid
         return ppid
-
-    def read_ptr(self, va: int) -> int:
-        """The pointer at `va` (dump.read_ptr, through a translation already made)."""
-        d = self.dump
-        try:
-            return int.from_bytes(self._reads.read(va, d.word_size), d.byteorder)
-        except KvmcoreError:
-            return d.read_ptr(va)  # its error names the address
 
     def next_thread(self, node: int) -> int:
         """The thread link's .next of the task whose link is at `node`."""
@@ -330,7 +333,7 @@ class TaskReader:
                 self.dump.read_ptr(leader + self.off_signal) if rec is None else rec[self.SIGNAL]
             )
             head = signal + self.off_thread_head
-            self.walk_list(out, head, link, seen, budget, self.THREAD_LINK, self.read_ptr)
+            self.walk_list(out, head, link, seen, budget, self.THREAD_LINK)
         else:
             out.append(leader)
             self.walk_list(
@@ -379,40 +382,43 @@ def walk_tasks(
             f"task list walk stopped after {len(leaders)} thread-group leaders "
             f"(last {leaders[-1]:#x}): {exc.message}"
         )
-    # Most groups are one task, whose thread link's .next is its group's head
-    # (signal->thread_head); the head's .next, read, says whether the leader is
-    # alone. That is walk_threads' walk of such a group, inline, with its steps
-    # (one at the leader, one at the head, one at the leader's link).
+    # Most groups are one task, whose thread link's .next and .prev are both
+    # its group's head (signal->thread_head): in a doubly linked ring that is
+    # the whole group, as /proc/PID/task's walk (next_tid) sees it from the
+    # leader's own links. The head is not read: that was a second read per
+    # task, a quarter of ps's time at 10,000 tasks. So a head that alone is
+    # damaged goes unseen while its leader's links agree; a leader whose links
+    # disagree, and every larger group, is walked from the head. The steps
+    # are walk_threads' (at the leader, the head, the leader's link).
     by_signal = reader.off_signal is not None
     off_link = reader.off_thread_link
     off_head = reader.off_thread_head if by_signal else 0
-    at_signal, at_link = TaskReader.SIGNAL, TaskReader.THREAD_LINK
-    read_ptr = reader.read_ptr
+    at_task, at_signal = TaskReader.TASK, TaskReader.SIGNAL
+    at_link, at_prev = TaskReader.THREAD_LINK, TaskReader.THREAD_PREV
+    append, seen_add = tasks.append, seen_tasks.add
     for leader in leaders:
+        rec = records.get(leader)
+        node = leader + off_link
+        if (
+            by_signal
+            and rec is not None
+            and leader != init_task
+            and rec[at_link] == rec[at_prev] == rec[at_signal] + off_head != node
+            and budget.left >= 3
+            and node not in seen_threads
+            and leader not in seen_tasks
+        ):
+            budget.left -= 3
+            seen_threads.add(node)
+            seen_add(leader)
+            append(rec[at_task])  # read already, with the list walk
+            continue
         if leader == init_task:
             members = [init_task]
         else:
             members = []
-            rec = records.get(leader)
             try:
-                node = leader + off_link
-                if (
-                    by_signal
-                    and rec is not None
-                    and rec[at_link] == rec[at_signal] + off_head != node  # the head
-                    and budget.left >= 3
-                    and node not in seen_threads
-                ):
-                    budget.left -= 2
-                    if read_ptr(rec[at_link]) == node:
-                        seen_threads.add(node)
-                        members.append(leader)
-                        budget.left -= 1
-                    else:  # more than one: walked from the start
-                        budget.left += 2
-                        reader.walk_threads(members, leader, seen_threads, budget)
-                else:
-                    reader.walk_threads(members, leader, seen_threads, budget)
+                reader.walk_threads(members, leader, seen_threads, budget)
             except (WalkError, AddressError) as exc:
                 problem = problem or f"thread list of task {leader:#x} stopped: {exc.message}"
             if leader not in members:
@@ -420,15 +426,15 @@ def walk_tasks(
         for addr in members:
             if addr in seen_tasks:
                 continue
-            seen_tasks.add(addr)
+            seen_add(addr)
             rec = records.get(addr)
             if rec is not None:  # read already, with the list walk (reader.task)
-                task = rec[TaskReader.TASK]
+                task = rec[at_task]
                 task.is_idle = addr == init_task
-                tasks.append(task)
+                append(task)
                 continue
             try:
-                tasks.append(reader.task(addr, idle=addr == init_task))
+                append(reader.task(addr, idle=addr == init_task))
             except KvmcoreError as exc:
                 problem = problem or f"task at {addr:#x} unreadable: {exc.message}"
     for addr in idle_tasks:
@@ -461,6 +467,7 @@ class _Span:
         "tasks",
         "signal",
         "thread_link",
+        "thread_prev",
     )
 
     def __init__(
@@ -492,6 +499,7 @@ class _Span:
             "tasks": (reader.off_tasks, ptr),
             "signal": (reader.off_signal, ptr),
             "thread_link": (reader.off_thread_link, ptr),
+            "thread_prev": (reader.off_thread_link + word, ptr),
         }
         present = sorted(
             (off, name, code) for name, (off, code) in wanted.items() if off is not None
@@ -516,63 +524,3 @@ class _Span:
         at = {name: i for i, (_, name, _) in enumerate(present)}
         pick = itemgetter(*(at.get(name, len(present)) for name in cls.NAMES))
         return cls(start, end - start, unpack, pick)
-
-
-class _BlockReads:
-    """Reads of kernel virtual memory that reuse the translations of large
-    pages (2 MiB and up: a direct map's) by 2 MiB block, so that reading
-    10,000 task_structs is a dict look-up and a physical read each, not a
-    translation each. Any fault raises, not necessarily as dump.read would:
-    callers read again through the dump, whose error names the address."""
-
-    def __init__(self, dump: Dump) -> None:
-        self.dump = dump
-        self.aspace = dump.aspace
-        self.mem = dump.aspace.mem  # read_phys looked up at each read: a layer may be wrapped
-        self._bases: dict[int, int] = {}  # va >> _BLOCK_SHIFT -> physical address of the block
-        self._chunks: dict[int, bytes] = {}  # va >> _CHUNK_SHIFT -> the chunk's bytes
-
-    def read(self, va: int, length: int) -> bytes:
-        at = va & _CHUNK_MASK
-        chunk = self._chunks.get(va >> _CHUNK_SHIFT)
-        if chunk is not None and at + length <= _CHUNK:
-            return chunk[at : at + length]
-        base = self._bases.get(va >> _BLOCK_SHIFT)
-        offset = va & _BLOCK_MASK
-        if base is None or offset + length > _BLOCK_SIZE:
-            return self._first(va, length)
-        # from the chunk read last time: slab neighbours are list neighbours
-        # (three task_structs share an order-3 slab; a signal_struct's
-        # neighbours are the next processes'). A block is one large page, so
-        # its virtual chunks are physical ones. Only where a read is a copy: a
-        # compressed chunk costs its pages' decompression, wanted or not.
-        pa = base + offset
-        if at + length > _CHUNK or self.mem.file_offset(pa - at) is None:
-            return self.mem.read_phys(pa, length)
-        try:
-            chunk = self.mem.read_phys(pa - at, _CHUNK)
-        except KvmcoreError:  # not all of the chunk is there: the bytes alone
-            return self.mem.read_phys(pa, length)
-        if len(self._chunks) >= _CHUNKS:
-            self._chunks.clear()
-        self._chunks[va >> _CHUNK_SHIFT] = chunk
-        return chunk[at : at + length]
-
-    def _first(self, va: int, length: int) -> bytes:
-        data = self.dump.read(va, length)
-        va &= self.aspace.mask
-        t = self.aspace.translator.translate(va)
-        if t.page_size >= _BLOCK_SIZE and len(self._bases) < 1 << 16:
-            self._bases[va >> _BLOCK_SHIFT] = t.pa - (va & _BLOCK_MASK)
-        return data
-
-
-_BLOCK_SHIFT = 21
-#: reads are served from cached aligned physical chunks of this size (an
-#: order-3 slab), at most _CHUNKS of them (2 MiB)
-_CHUNK_SHIFT = 15
-_CHUNK = 1 << _CHUNK_SHIFT
-_CHUNK_MASK = _CHUNK - 1
-_CHUNKS = 64
-_BLOCK_SIZE = 1 << _BLOCK_SHIFT
-_BLOCK_MASK = _BLOCK_SIZE - 1
