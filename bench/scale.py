@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 
 from . import tools
-from .measure import Measurement, measure
+from .measure import Measurement, measure_in_turn
 
 MEMORY_SERIES = [(256, 0), (1024, 0), (4096, 0), (16384, 0)]  # (guest MB, extra tasks)
 TASK_SERIES = [(2048, 100), (2048, 1000), (2048, 10000)]  # 10k processes need ~1 GB of guest RAM
@@ -66,29 +66,36 @@ def ensure_built(memory_mb: int, extra_tasks: int, build: bool = True) -> ScaleP
     return point
 
 
-def measure_point(point: ScalePoint, runs: int) -> None:
+def measure_series(points: list[ScalePoint], runs: int) -> None:
+    """Each task on the series' dumps, their runs taken in turn
+    (measure_in_turn), so that the growth ratios compare like with like."""
     from sample_dumps import cache_root
 
-    dump = cache_root() / "scale" / point.id / "vmcore.elf"
+    points = [p for p in points if p.error is None]
     for task in SCALE_TASKS:
-        _say(f"  {point.id}: {task}")
-        cmd = tools.kvmcore_read_cmd(task, dump) if task == "seq" else tools.kvmcore_cmd(task, dump)
-        point.results[task] = m = measure("kvmcore", cmd, runs)
-        if task == "ps" and m.ok:
-            point.tasks_listed = sum(
-                1 for line in m.runs[0].stdout.splitlines()[1:] if line.strip()
-            )
+        _say(f"  {task}: " + ", ".join(p.id for p in points))
+        command = tools.kvmcore_read_cmd if task == "seq" else tools.kvmcore_cmd
+        jobs = [
+            ("kvmcore", command(task, cache_root() / "scale" / p.id / "vmcore.elf")) for p in points
+        ]
+        for p, m in zip(points, measure_in_turn(jobs, runs)):
+            p.results[task] = m
+            if task == "ps" and m.ok:
+                p.tasks_listed = sum(
+                    1 for line in m.runs[0].stdout.splitlines()[1:] if line.strip()
+                )
 
 
 def run_scale(
     runs: int, series: list[tuple[int, int]] | None = None, build: bool = True
 ) -> list[ScalePoint]:
+    """The memory series and the task series (or `series`), each built as
+    needed and then measured with its dumps' runs taken in turn."""
     points = []
-    for memory_mb, extra in series or (MEMORY_SERIES + TASK_SERIES):
-        point = ensure_built(memory_mb, extra, build)
-        if point.error is None:
-            measure_point(point, runs)
-        points.append(point)
+    for group in [series] if series else [MEMORY_SERIES, TASK_SERIES]:
+        built = [ensure_built(memory_mb, extra, build) for memory_mb, extra in group]
+        measure_series(built, runs)
+        points += built
     return points
 
 

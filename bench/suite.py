@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import readplan, tools
-from .measure import Measurement, measure
+from .measure import Measurement, measure, measure_in_turn
 
 COMMAND_TASKS = ("info", "ps", "dmesg", "bt", "analyze")
 READ_FORMATS = ("elf", "kdump-zlib", "mdf-d31-c", "mdf-d31-l", "mdf-d31-E")
@@ -58,15 +58,18 @@ def command_rows(sample, cfg: Config, work: Path) -> list[Row]:
     dump, vmlinux = sample.file("elf"), sample.vmlinux()
     rows = []
     for task in COMMAND_TASKS:
-        _say(f"  {task}: drgn")
-        drgn = measure("drgn", tools.drgn_cmd(task, dump, vmlinux), cfg.runs)
-        for given, suffix in ((None, ""), (vmlinux, " +vmlinux")):
-            if given is not None and not cfg.with_vmlinux:
-                continue
-            cmd = tools.kvmcore_cmd(task, dump, given)
-            _say(f"  {task}{suffix}: kvmcore (warm)")
-            measure("kvmcore", cmd, 1)  # warm-up: the index cache holds this build
-            row = Row("commands", f"{task}{suffix}", "seconds", measure("kvmcore", cmd, cfg.runs))
+        givens = [(None, "")] + ([(vmlinux, " +vmlinux")] if cfg.with_vmlinux else [])
+        cmds = [tools.kvmcore_cmd(task, dump, given) for given, _ in givens]
+        for cmd in cmds:  # warm-up: the index cache holds this build
+            measure("kvmcore", cmd, 1)
+        # drgn and kvmcore's runs in turn (measure_in_turn): drgn anchors every row
+        _say(f"  {task}: drgn, kvmcore (warm)" + (", +vmlinux" if cfg.with_vmlinux else ""))
+        drgn, *warm = measure_in_turn(
+            [("drgn", tools.drgn_cmd(task, dump, vmlinux))] + [("kvmcore", c) for c in cmds],
+            cfg.runs,
+        )
+        for (_, suffix), cmd, measured in zip(givens, cmds, warm):
+            row = Row("commands", f"{task}{suffix}", "seconds", measured)
             row.anchors["drgn"] = drgn
             if not suffix and cfg.with_crash and cfg.crash_runs > 0:
                 _say(f"  {task}: crash {' ; '.join(tools.CRASH_COMMANDS[task])}")
@@ -147,8 +150,9 @@ def read_rows(sample, cfg: Config) -> list[Row]:
             # cache for both (whoever ran first would otherwise read them from disk)
             measure("kvmcore", ours, 1)
             measure("drgn", theirs, 1)
-            row = Row("reads", f"{mode} {fmt}", "loop_seconds", measure("kvmcore", ours, cfg.runs))
-            row.anchors["drgn"] = measure("drgn", theirs, cfg.runs)
+            mine, drgn = measure_in_turn([("kvmcore", ours), ("drgn", theirs)], cfg.runs)
+            row = Row("reads", f"{mode} {fmt}", "loop_seconds", mine)
+            row.anchors["drgn"] = drgn
             rows.append(row)
     return rows
 

@@ -85,7 +85,9 @@ class KernelAddressSpace:
         base = self._blocks.get(va >> BLOCK_SHIFT)
         if base is None:
             base = self._block_base(va)
-        if base >= 0 and not zero_excluded and (va & BLOCK_MASK) + length <= BLOCK_SIZE:
+        if base >= 0 and (va & BLOCK_MASK) + length <= BLOCK_SIZE:  # one large page: one run
+            if zero_excluded:
+                return self._read_run(va, base + (va & BLOCK_MASK), length, True, excluded)
             try:
                 return self.mem.read_phys(base + (va & BLOCK_MASK), length)
             except NotInDumpError:  # or filtered: below, page by page, naming the page
