@@ -151,8 +151,8 @@ class TaskReader:
         self._span = _Span.of(self, dump.word_size, dump.byteorder)
         self._read = dump.aspace.read  # kernel memory, straight through (a read per task)
         # task address -> its record, (Task, tasks.next, signal, thread link
-        # .next) indexed by TASK, TASKS, SIGNAL, THREAD_LINK; None when its span
-        # could not be read (read() says why)
+        # .next and .prev) indexed by TASK, TASKS, SIGNAL, THREAD_LINK,
+        # THREAD_PREV; None when its span could not be read (read() says why)
         self._records: dict[int, tuple[Any, ...] | None] = {}
         self._comms: dict[bytes, str] = {}
         self._states: dict[tuple[int, int], str] = {}
@@ -386,7 +386,7 @@ def walk_tasks(
     # its group's head (signal->thread_head): in a doubly linked ring that is
     # the whole group, as /proc/PID/task's walk (next_tid) sees it from the
     # leader's own links. The head is not read: that was a second read per
-    # task, a quarter of ps's time at 10,000 tasks. So a head that alone is
+    # task, a quarter of the walk's time at 10,000 tasks. So a head that alone is
     # damaged goes unseen while its leader's links agree; a leader whose links
     # disagree, and every larger group, is walked from the head. The steps
     # are walk_threads' (at the leader, the head, the leader's link).
