@@ -16,7 +16,14 @@ from rich.console import Console
 
 import kvmcore
 from kvmcore.report import build_report
-from kvmcore.report.render import md, md_code, render_markdown, render_rich, render_text
+from kvmcore.report.render import (
+    md,
+    md_code,
+    render_markdown,
+    render_rich,
+    render_text,
+    safe_report,
+)
 from kvmcore.textsafe import printable, printable_tree
 
 COMMITTED = (
@@ -111,6 +118,20 @@ def test_text_report(hostile):
     assert f"task: {MANIFEST['panic']['pid']} (\\x1b]0;pwn\\x07[bold])" in out
     assert "6.1.0\\x1b[2J\\x07amd6" in out
     assert "planted \\x1b[31mred\\x1b[0m log line" in out
+
+
+def test_renderers_escape_what_they_show_not_every_task(hostile):
+    """The renderers escape the report without its list of every task, which
+    none of them shows (only --json has it): the hostile comm is in that list
+    and in the on-CPU rows, and the rows come out escaped; the report itself
+    is left whole."""
+    evil = COMM.decode()
+    assert any(t["comm"] == evil for t in hostile["tasks"]["list"])
+    assert any(t["comm"] == evil for t in hostile["tasks"]["on_cpu"])
+    safe = safe_report(hostile)
+    assert "list" not in safe["tasks"] and "list" in hostile["tasks"]
+    assert all(t["comm"] != evil for t in safe["tasks"]["on_cpu"])
+    assert safe["tasks"]["count"] == hostile["tasks"]["count"] == len(hostile["tasks"]["list"])
 
 
 def test_markdown_report(hostile):

@@ -20,7 +20,13 @@ if TYPE_CHECKING:
 
 def safe_report(report: dict[str, Any]) -> dict[str, Any]:
     """A copy of the report whose every string is printable (the log's lines
-    keep their newlines: a record may have several)."""
+    keep their newlines: a record may have several), without the list of
+    every task (`tasks.list`), which no renderer shows (only --json has it):
+    escaping 10,000 tasks' strings for nothing was most of `analyze`'s time
+    beyond the task walk on a large machine."""
+    tasks = report.get("tasks")
+    if isinstance(tasks, dict) and "list" in tasks:
+        report = {**report, "tasks": {k: v for k, v in tasks.items() if k != "list"}}
     out = printable_tree(report)
     log = report.get("log")
     if isinstance(log, dict) and isinstance(log.get("lines"), list):
