@@ -30,7 +30,11 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 from kdump_writer import write_kdump
-from manifest_checks import assert_tasks_match_manifest
+from manifest_checks import (
+    assert_idle_task_per_cpu,
+    assert_marker_then_panic,
+    assert_tasks_match_manifest,
+)
 
 import kvmcore
 from kvmcore.errors import KvmcoreError, NotMappedError, PageExcludedError
@@ -394,18 +398,14 @@ def test_btf_agrees_with_every_vmcoreinfo_layout_line(btf, raw):
 def test_ps_has_the_manifest_processes_and_threads(dump):
     tasks = dump.kernel.task_list
     assert_tasks_match_manifest(tasks, MANIFEST)
-    idle = {t.comm for t in tasks.tasks if t.is_idle}
-    assert idle == {f"swapper/{cpu}" for cpu in range(MANIFEST["qemu"]["smp"])}
+    assert_idle_task_per_cpu(tasks, MANIFEST["qemu"]["smp"])
 
 
 def test_dmesg_has_the_marker_and_the_panic(dump):
     log = dump.kernel.kernel_log
     assert not log.partial, log.problem
     texts = [r.text for r in log.records]
-    assert MANIFEST["marker"] in texts
-    panic_at = next(i for i, t in enumerate(texts) if "Kernel panic - not syncing" in t)
-    assert MANIFEST["panic"]["message"] in texts[panic_at]
-    assert texts.index(MANIFEST["marker"]) < panic_at
+    assert_marker_then_panic(texts, MANIFEST)
     # dump_stack()'s "CPU: n PID: p Comm: c" line names the panicking task
     cpu_lines = [m for t in texts if (m := CPU_LINE_RE.search(t))]
     assert (int(cpu_lines[-1].group(1)), int(cpu_lines[-1].group(2))) == (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import sample_ids
-from manifest_checks import assert_tasks_match_manifest
+from manifest_checks import assert_marker_then_panic, assert_tasks_match_manifest
 from oracles import drgn_log, drgn_tasks
 
 import kvmcore
@@ -49,10 +49,7 @@ def test_dmesg_matches_drgn(samples, sid, mode):
     assert not log.partial, log.problem
     ours = [(r.seq, r.timestamp_ns, r.text) for r in log.records]
     assert ours == drgn_log(str(samples.get_built(sid).file("elf")), str(samples.vmlinux(sid)))
-    texts = [r.text for r in log.records]
-    assert m["marker"] in texts
-    panic_at = next(i for i, t in enumerate(texts) if "Kernel panic - not syncing" in t)
-    assert m["panic"]["message"] in texts[panic_at]
+    assert_marker_then_panic([r.text for r in log.records], m)
 
 
 @pytest.mark.parametrize("mode", MODES)

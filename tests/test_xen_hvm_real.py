@@ -13,7 +13,11 @@ import subprocess
 import sys
 
 import pytest
-from manifest_checks import assert_tasks_match_manifest
+from manifest_checks import (
+    assert_idle_task_per_cpu,
+    assert_marker_then_panic,
+    assert_tasks_match_manifest,
+)
 
 import kvmcore
 
@@ -46,16 +50,12 @@ def test_ps_has_the_manifest_processes(dump, sample):
     m = sample.manifest
     tasks = dump.kernel.task_list
     assert_tasks_match_manifest(tasks, m)
-    idle = {t.comm for t in tasks.tasks if t.is_idle}
-    assert idle == {f"swapper/{cpu}" for cpu in range(m["xen"]["guest"]["vcpus"])}
+    assert_idle_task_per_cpu(tasks, m["xen"]["guest"]["vcpus"])
 
 
 def test_dmesg_has_the_marker_before_the_panic(dump, sample):
     m = sample.manifest
-    texts = [r.text for r in dump.kernel.log()]
-    panic_at = next(i for i, t in enumerate(texts) if "Kernel panic - not syncing" in t)
-    assert m["panic"]["message"] in texts[panic_at]
-    assert texts.index(m["marker"]) < panic_at
+    assert_marker_then_panic([r.text for r in dump.kernel.log()], m)
 
 
 def test_panic_task_vcpu_and_backtrace(dump, sample):

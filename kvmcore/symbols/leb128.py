@@ -19,14 +19,9 @@ def read_uleb(data: bytes, at: int) -> tuple[int, int]:
 
 
 def read_sleb(data: bytes, at: int) -> tuple[int, int]:
-    """The signed LEB128 at `at` and the offset after it."""
-    value = shift = 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            if byte & 0x40:
-                value -= 1 << shift
-            return value, at
+    """The signed LEB128 at `at` and the offset after it: the unsigned value,
+    less 2**bits when the last byte's sign bit (0x40) is set."""
+    value, end = read_uleb(data, at)
+    if data[end - 1] & 0x40:
+        value -= 1 << (7 * (end - at))
+    return value, end
