@@ -49,6 +49,16 @@ apt_install() {  # apt_install PKG...: install what is missing
     fi
 }
 
+c_toolchain() {  # c_toolchain: gcc and Python's headers, to build kvmcore/_listwalk.c (the
+    # task walk's loop in C). Optional: without them kvmcore installs and walks in Python
+    local include
+    include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+    command -v gcc >/dev/null && [ -f "$include/Python.h" ] && return 0
+    command -v apt-get >/dev/null || return 0
+    (apt_install gcc python3-dev) || echo "dev.sh: warning: no C compiler or Python headers:" \
+        "kvmcore will walk task lists in Python (slower on dumps of many tasks)" >&2
+}
+
 venv() {  # venv EXTRAS: a virtual environment with kvmcore installed (editable)
     python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv python3-pip
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
@@ -59,6 +69,7 @@ venv() {  # venv EXTRAS: a virtual environment with kvmcore installed (editable)
             [ "$(cat "$VENV/.kvmcore-installed[test]" 2>/dev/null)" = "$hash" ]; }; then
         return 0
     fi
+    c_toolchain
     "$VENV/bin/pip" install -q --upgrade pip >/dev/null
     "$VENV/bin/pip" install -q -e ".$1"
     echo "$hash" >"$stamp"

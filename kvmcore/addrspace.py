@@ -9,7 +9,7 @@ a layer only needs the `PhysicalLayer` protocol of the one below.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from .errors import KvmcoreError, NotInDumpError, PageExcludedError
@@ -109,6 +109,28 @@ class KernelAddressSpace:
             if length <= 0:
                 return b"".join(parts)
             pa, n = self.translator.run(va, min(length, self.mask + 1 - va))
+
+    def file_blocks(self) -> tuple[int, Callable[[int], int]] | None:
+        """For a reader in C that reads the dump file itself (kvmcore._listwalk):
+        the file's descriptor, and a function giving the file offset of the
+        2 MiB block at a block-aligned virtual address: -1 unless one large
+        page maps that block and the layer below stores all of it in the file,
+        in order and uncompressed (its `file_run`). None when the layer below
+        cannot say (the layers that remap or decompress pages)."""
+        file_run = getattr(self.mem, "file_run", None)
+        fileno = getattr(self.mem, "fileno", None)
+        fd = fileno() if fileno is not None else None
+        if file_run is None or fd is None:
+            return None
+
+        def locate(block_va: int) -> int:
+            base = self._blocks.get(block_va >> BLOCK_SHIFT)
+            if base is None:
+                base = self._block_base(block_va)
+            offset = file_run(base, BLOCK_SIZE) if base >= 0 else None
+            return -1 if offset is None else offset
+
+        return fd, locate
 
     def _block_base(self, va: int) -> int:
         """The physical address of the 2 MiB block holding `va` when one large

@@ -387,8 +387,9 @@ def _hex_lines(raw: bytes, addr: int, width: int, byteorder: Any) -> str:
 def ps_text(data: dict[str, Any]) -> str:
     """The table; the dump's strings (comm, state) shown through printable()
     here, not by Command.render (PS.escapes)."""
-    # kernels whose threads have ids of their own (FreeBSD td_tid) get a TID column
-    tids = any("tid" in t for t in data["tasks"])
+    # kernels whose threads have ids of their own (FreeBSD td_tid) get a TID column;
+    # one kernel's rows all have it or none do
+    tids = bool(data["tasks"]) and "tid" in data["tasks"][0]
     lines = [
         "   PID    PPID" + ("     TID" if tids else "") + "  CPU  ST  TASK                COMM"
     ]

@@ -56,6 +56,20 @@ def _open_error(exc: OSError, path: str) -> KvmcoreError:
     return HostError(f"cannot open: {exc.strerror}", path)
 
 
+def _open_read_only(path: str) -> int:
+    """The file opened read-only, without updating its access time where the
+    kernel allows it (O_NOATIME: the file's owner, or root): reading a dump
+    writes nothing to it, not even the inode's atime, and each read skips the
+    atime check (2% of `ps` at 10,000 tasks)."""
+    noatime = getattr(os, "O_NOATIME", 0)
+    if noatime:
+        try:
+            return os.open(path, os.O_RDONLY | noatime)
+        except PermissionError:  # EPERM: another user's file
+            pass
+    return os.open(path, os.O_RDONLY)
+
+
 class DumpFile:
     """A dump file mapped read-only into memory, or read with os.pread when
     it cannot be mapped (`mapped` tells which)."""
@@ -73,7 +87,7 @@ class DumpFile:
         if st.st_size == 0:
             raise DumpFormatError("is empty", self.path)
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = _open_read_only(self.path)
         except OSError as exc:
             raise _open_error(exc, self.path) from None
         self.size = st.st_size
@@ -127,6 +141,11 @@ class DumpFile:
                         self._drop_mapped()
             return self._map[offset : offset + length]
         return self._pread(offset, length)
+
+    def fileno(self) -> int | None:
+        """The descriptor pread reads with (None once closed): for a reader in
+        C that reads the file itself (kvmcore._listwalk)."""
+        return self._small_fd if self._small_fd is not None else self._fd
 
     def _drop_mapped(self) -> None:
         """Unmap the pages read so far (MADV_DONTNEED): they stay in the page

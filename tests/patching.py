@@ -34,8 +34,12 @@ def plant(dump: kvmcore.Dump, by_pa: dict[int, bytes]) -> kvmcore.Dump:
 def _reading_through(dump: kvmcore.Dump, read_phys) -> kvmcore.Dump:
     """Point both of the layer's physical reads at `read_phys`: the plain one
     and the zero-filling one (kvmcore.addrspace's zero_excluded path), which
-    sees the same pages, page by page, with the missing ones as zeros."""
+    sees the same pages, page by page, with the missing ones as zeros. And
+    say no stretch of the file holds memory whole (file_run): the task walk's
+    loop in C (kvmcore._listwalk) reads the file itself, which holds none of
+    this reader's changes (tests/test_listwalk.py patches a copy instead)."""
     dump.mem.read_phys = read_phys
+    dump.mem.file_run = lambda pa, length: None
     if hasattr(dump.mem, "read_phys_filled"):
 
         def read_phys_filled(pa: int, length: int, filtered: list) -> bytes:

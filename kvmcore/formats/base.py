@@ -88,6 +88,19 @@ class PhysicalMemory(ABC):
         """File offset of `pa`, or None when the page is stored compressed."""
         return None
 
+    def file_run(self, pa: int, length: int) -> int | None:
+        """The offset in the file (fileno()) where the `length` bytes at `pa`
+        lie whole, in order and uncompressed, so that a reader in C
+        (kvmcore._listwalk) may pread them itself; None when they do not, or
+        this format cannot say (the default)."""
+        return None
+
+    def fileno(self) -> int | None:
+        """The descriptor of the file file_run's offsets are in: the source's,
+        when it is an open file."""
+        fileno = getattr(self.source, "fileno", None)
+        return fileno() if fileno is not None else None
+
     # -- notes -----------------------------------------------------------
     @property
     def vmcoreinfo(self) -> VmcoreInfo | None:

@@ -261,6 +261,13 @@ class ElfDump(PhysicalMemory):
         run = self._map.lookup(pa)
         return None if run is None else run[2] + pa - run[0]
 
+    def file_run(self, pa: int, length: int) -> int | None:
+        run = self._map.lookup(pa)
+        if run is None or pa + length > run[0] + run[1]:
+            return None
+        offset: int = run[2] + pa - run[0]
+        return offset if offset + length <= self.source.size else None  # not past a truncation
+
     def describe(self) -> str:
         return {"qemu": "ELF (QEMU dump-guest-memory)", "kdump": "ELF (/proc/vmcore, kdump)"}.get(
             self.metadata["producer"], "ELF vmcore"

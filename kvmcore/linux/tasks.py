@@ -4,16 +4,26 @@ frame for sleeping ones)."""
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
+from ..addrspace import BLOCK_MASK  # the loop in C reads memory by these blocks
 from ..errors import AddressError, KvmcoreError, WalkError
+
+try:  # the walk's hot loop in C (kvmcore/_listwalk.c), when the install built it
+    import kvmcore._listwalk as _listwalk
+except ImportError:  # no C compiler at install time: the walk is all Python
+    _listwalk = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from ..dump import Dump
+
+#: set (to anything) to walk in Python even where kvmcore._listwalk is built
+PURE_PYTHON_ENV = "KVMCORE_PURE_PYTHON"
 
 MAX_TASKS = 1 << 20  # bound on every list walk below
 #: bound on the list steps of one whole walk_tasks(), all lists together: each
@@ -156,6 +166,57 @@ class TaskReader:
         self._records: dict[int, tuple[Any, ...] | None] = {}
         self._comms: dict[bytes, str] = {}
         self._states: dict[tuple[int, int], str] = {}
+        #: for the loop in C: each 2 MiB block's file offset, -1 where it cannot read
+        self._c_blocks: dict[int, int] = {}
+        self._in_c = self._walker_in_c()
+
+    def _walker_in_c(self) -> Callable[..., tuple[int, int]] | None:
+        """walk_list's hot loop in C (kvmcore._listwalk), reading task spans
+        from the dump file where the address space says they lie in it whole
+        (ELF dumps' direct map); None when the module is not built, is turned
+        off (KVMCORE_PURE_PYTHON), or the dump's layers cannot say. It stops at
+        anything but a plain step, and the Python loop below takes over."""
+        span = self._span
+        if _listwalk is None or span is None or os.environ.get(PURE_PYTHON_ENV):
+            return None
+        file_blocks = self.dump.aspace.file_blocks()
+        if file_blocks is None:
+            return None
+        fd, locate = file_blocks
+        blocks = self._c_blocks  # block address -> its file offset, or -1
+        walk_spans = _listwalk.walk_spans
+        start, length, layout = span.start, span.length, span.layout
+        mask = self.dump.aspace.mask
+        big = self.dump.byteorder == "big"
+        next_field = {
+            self.TASKS: _Span.NAMES.index("tasks"),
+            self.THREAD_LINK: _Span.NAMES.index("thread_link"),
+        }
+        records, record = self._records, self._record
+
+        def walk(
+            node: int,
+            head: int,
+            link_off: int,
+            link: int,
+            limit: int,
+            seen: set[int],
+            out: list[int],
+        ) -> tuple[int, int]:
+            field = next_field.get(link)
+            if field is None or limit <= 0:
+                return node, 0
+            found: list[tuple[Any, ...]] = []
+            node, steps = walk_spans(
+                fd, blocks, locate, node, head, link_off, start, length, layout, field,
+                mask, big, limit, seen, out, found,
+            )  # fmt: skip
+            for entry, fields in zip(out[len(out) - steps :], found):
+                if entry not in records:
+                    record(entry, fields)
+            return node, steps
+
+        return walk
 
     def task(self, address: int, idle: bool = False) -> Task:
         """The task at `address`: from its one span read when that read
@@ -183,6 +244,11 @@ class TaskReader:
         except KvmcoreError:
             records[address] = None
             return None
+        return self._record(address, span.pick(span.unpack(blob)))
+
+    def _record(self, address: int, fields: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The record of the task at `address` from its span's members, in
+        _Span.NAMES order (read by _load, or by the walk in C)."""
         (
             pid,
             tgid,
@@ -196,7 +262,7 @@ class TaskReader:
             signal,
             link_next,
             link_prev,
-        ) = span.pick(span.unpack(blob))
+        ) = fields
         comms = self._comms
         comm = comms.get(raw)
         if comm is None:  # most tasks share a few names (10,000 of "sleep")
@@ -219,7 +285,7 @@ class TaskReader:
             False,
             self.registers,
         )
-        rec = records[address] = (task, tasks_next, signal, link_next, link_prev)
+        rec = self._records[address] = (task, tasks_next, signal, link_next, link_prev)
         return rec
 
     def _ppid(self, parent: int, address: int) -> int:
@@ -298,7 +364,21 @@ class TaskReader:
         records, load = self._records, self._load
         budget.take(head)
         node = (read_head or d.read_ptr)(head)
-        for _ in range(MAX_TASKS):
+        in_c = self._in_c if link is not None else None
+        # the blocks the loop in C found it cannot read (-1): no call for those
+        blocks, start = self._c_blocks, self._span.start if self._span else 0
+        steps = 0
+        while steps < MAX_TASKS:
+            if in_c is not None and blocks.get((node - link_off + start) & ~BLOCK_MASK) != -1:
+                # as many plain steps as it can take; then this loop takes the
+                # step it stopped at (the end, a loop, a span it cannot read)
+                node, taken = in_c(
+                    node, head, link_off, link, min(budget.left, MAX_TASKS - steps), seen, out
+                )
+                steps += taken
+                budget.left -= taken
+                if steps >= MAX_TASKS:
+                    break
             if node == head:
                 return
             if node in seen:
@@ -309,6 +389,7 @@ class TaskReader:
             if budget.left <= 0:
                 budget.take(head)  # raises
             budget.left -= 1
+            steps += 1
             rec = None if link is None else records.get(entry) or load(entry)
             node = d.read_ptr(node) if rec is None or link is None else rec[link]
         raise WalkError(f"list at {head:#x} has more than {MAX_TASKS} entries", d.path)
@@ -471,12 +552,21 @@ class _Span:
     )
 
     def __init__(
-        self, start: int, length: int, unpack: Callable[[bytes], tuple], pick: itemgetter
+        self,
+        start: int,
+        length: int,
+        unpack: Callable[[bytes], tuple],
+        pick: itemgetter,
+        layout: tuple[tuple[int, int, int], ...],
     ) -> None:
         self.start = start
         self.length = length
         self.unpack = unpack
         self.pick = pick
+        #: the members in NAMES order as kvmcore._listwalk reads them: (offset
+        #: in the span, size, kind: 0 unsigned, 1 signed, 2 bytes); size 0 for
+        #: a member this kernel lacks, read as 0
+        self.layout = layout
 
     @classmethod
     def of(cls, reader: TaskReader, word: int, byteorder: str) -> _Span | None:
@@ -523,4 +613,8 @@ class _Span:
 
         at = {name: i for i, (_, name, _) in enumerate(present)}
         pick = itemgetter(*(at.get(name, len(present)) for name in cls.NAMES))
-        return cls(start, end - start, unpack, pick)
+        kinds = {"i": 1, "16s": 2}
+        members = {name: (off - start, struct.calcsize(prefix + code), kinds.get(code, 0))
+                   for off, name, code in present}  # fmt: skip
+        layout = tuple(members.get(name, (0, 0, 0)) for name in cls.NAMES)
+        return cls(start, end - start, unpack, pick, layout)
