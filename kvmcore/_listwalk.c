@@ -19,6 +19,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
@@ -59,13 +60,18 @@ static long long block_offset(PyObject *blocks, PyObject *locate, unsigned long 
             return -2;
         }
     }
-    long long offset = PyLong_AsLongLong(value);
+    long long offset = -1;
+    if (PyLong_Check(value)) /* an int's value: no __index__ to run on a borrowed object */
+        offset = PyLong_AsLongLong(value);
+    else
+        PyErr_SetString(PyExc_TypeError, "locate() must return an int");
     if (hit == NULL)
         Py_DECREF(value);
     Py_DECREF(key);
     if (offset == -1 && PyErr_Occurred())
         return -2;
-    return offset < 0 ? -1 : offset;
+    /* -1 below 0 and near the top, where adding a block or an offset in it would overflow */
+    return offset < 0 || offset > LLONG_MAX - 4 * (long long)BLOCK_SIZE ? -1 : offset;
 }
 
 typedef struct {
@@ -183,10 +189,16 @@ static int parse_layout(PyObject *layout, field *fields, Py_ssize_t *count, Py_s
     *count = PyTuple_GET_SIZE(layout);
     for (Py_ssize_t i = 0; i < *count; i++) {
         field *f = &fields[i];
-        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(layout, i), "nni", &f->offset, &f->size, &f->kind))
+        PyObject *item = PyTuple_GET_ITEM(layout, i);
+        if (!PyTuple_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "layout: field %zd is not a tuple", i);
             return -1;
-        int bad = f->offset < 0 || f->size < 0 || f->offset + f->size > span ||
-                  f->kind < UNSIGNED || f->kind > BYTES || (f->kind != BYTES && f->size > 8);
+        }
+        if (!PyArg_ParseTuple(item, "nni", &f->offset, &f->size, &f->kind))
+            return -1;
+        int bad = f->offset < 0 || f->size < 0 || f->offset > span ||
+                  f->size > span - f->offset || f->kind < UNSIGNED || f->kind > BYTES ||
+                  (f->kind != BYTES && f->size > 8);
         if (bad) {
             PyErr_Format(PyExc_ValueError, "layout: field %zd does not fit the span", i);
             return -1;

@@ -194,15 +194,30 @@ def test_the_c_loop_stops_where_the_file_ends(samples):
 
 
 def test_the_c_loop_refuses_a_layout_that_does_not_fit(samples):
+    """Fields outside the span (one so long that offset + size overflows), a
+    next field that is not an unsigned number, a field that is not a tuple,
+    a locate() that answers something else than an int."""
     lw = listwalk()
-    bad = [(((0, 8, 0),), 1), (((4090, 8, 0),), 0), (((0, 16, 2),), 0), (((0, 4, 1),), 0)]
+    bad = [
+        (((0, 8, 0),), 1, ValueError),
+        (((4090, 8, 0),), 0, ValueError),
+        (((1, 2**63 - 1, 2), (0, 8, 0)), 1, ValueError),
+        (((0, 16, 2),), 0, ValueError),
+        (((0, 4, 1),), 0, ValueError),
+        (([0, 8, 0],), 0, TypeError),
+    ]
     with open(samples.get_built(SID).file("elf"), "rb") as f:
-        for layout, field in bad:
-            with pytest.raises(ValueError):
+        for layout, field, error in bad:
+            with pytest.raises(error):
                 lw.walk_spans(
                     f.fileno(), {}, lambda va: -1, 1, 2, 0, 0, 4096, layout, field,
                     2**64 - 1, False, 10, set(), [], [],
                 )  # fmt: skip
+        with pytest.raises(TypeError):
+            lw.walk_spans(
+                f.fileno(), {}, lambda va: "0", 1, 2, 0, 0, 4096, ((0, 8, 0),), 0,
+                2**64 - 1, False, 10, set(), [], [],
+            )  # fmt: skip
 
 
 def test_pure_python_env_turns_the_c_loop_off(samples, monkeypatch):

@@ -207,13 +207,16 @@ class TaskReader:
             if field is None or limit <= 0:
                 return node, 0
             found: list[tuple[Any, ...]] = []
-            node, steps = walk_spans(
-                fd, blocks, locate, node, head, link_off, start, length, layout, field,
-                mask, big, limit, seen, out, found,
-            )  # fmt: skip
-            for entry, fields in zip(out[len(out) - steps :], found):
-                if entry not in records:
-                    record(entry, fields)
+            first = len(out)
+            try:
+                node, steps = walk_spans(
+                    fd, blocks, locate, node, head, link_off, start, length, layout, field,
+                    mask, big, limit, seen, out, found,
+                )  # fmt: skip
+            finally:  # what it read is recorded, even if it raised (MemoryError) midway
+                for entry, fields in zip(out[first:], found):
+                    if entry not in records:
+                        record(entry, fields)
             return node, steps
 
         return walk
