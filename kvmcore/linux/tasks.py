@@ -477,26 +477,25 @@ def walk_tasks(
     by_signal = reader.off_signal is not None
     off_link = reader.off_thread_link
     off_head = reader.off_thread_head if by_signal else 0
-    at_task, at_signal = TaskReader.TASK, TaskReader.SIGNAL
-    at_link, at_prev = TaskReader.THREAD_LINK, TaskReader.THREAD_PREV
-    append, seen_add = tasks.append, seen_tasks.add
+    append, seen_add, seen_thread = tasks.append, seen_tasks.add, seen_threads.add
+    left = budget.left  # budget.left, kept here across the groups of one (synced around the rest)
     for leader in leaders:
         rec = records.get(leader)
-        node = leader + off_link
-        if (
-            by_signal
-            and rec is not None
-            and leader != init_task
-            and rec[at_link] == rec[at_prev] == rec[at_signal] + off_head != node
-            and budget.left >= 3
-            and node not in seen_threads
-            and leader not in seen_tasks
-        ):
-            budget.left -= 3
-            seen_threads.add(node)
-            seen_add(leader)
-            append(rec[at_task])  # read already, with the list walk
-            continue
+        if rec is not None and by_signal and leader != init_task:
+            task, _, signal, link_next, link_prev = rec
+            node = leader + off_link
+            if (
+                link_next == link_prev == signal + off_head != node
+                and left >= 3
+                and node not in seen_threads
+                and leader not in seen_tasks
+            ):
+                left -= 3
+                seen_thread(node)
+                seen_add(leader)
+                append(task)  # read already, with the list walk
+                continue
+        budget.left = left
         if leader == init_task:
             members = [init_task]
         else:
@@ -513,7 +512,7 @@ def walk_tasks(
             seen_add(addr)
             rec = records.get(addr)
             if rec is not None:  # read already, with the list walk (reader.task)
-                task = rec[at_task]
+                task = rec[TaskReader.TASK]
                 task.is_idle = addr == init_task
                 append(task)
                 continue
@@ -521,6 +520,8 @@ def walk_tasks(
                 append(reader.task(addr, idle=addr == init_task))
             except KvmcoreError as exc:
                 problem = problem or f"task at {addr:#x} unreadable: {exc.message}"
+        left = budget.left
+    budget.left = left
     for addr in idle_tasks:
         if addr and addr not in seen_tasks:
             seen_tasks.add(addr)
