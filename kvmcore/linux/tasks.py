@@ -165,7 +165,7 @@ class TaskReader:
         # THREAD_PREV; None when its span could not be read (read() says why)
         self._records: dict[int, tuple[Any, ...] | None] = {}
         self._comms: dict[bytes, str] = {}
-        self._states: dict[tuple[int, int], str] = {}
+        self._states: dict[int, str] = {}  # state | exit_state << 64 -> its letter
         #: for the loop in C: each 2 MiB block's file offset, -1 where it cannot read
         self._c_blocks: dict[int, int] = {}
         self._in_c = self._walker_in_c()
@@ -272,9 +272,9 @@ class TaskReader:
             comm = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
             if len(comms) < 4096:
                 comms[raw] = comm
-        letter = self._states.get((state, exit_state))
+        letter = self._states.get(state | exit_state << 64)
         if letter is None:
-            letter = self._states[state, exit_state] = state_char(state, exit_state)
+            letter = self._states[state | exit_state << 64] = state_char(state, exit_state)
         ppid = self._tgids.get(parent) if parent and parent != address else 0
         task = Task(
             address,
@@ -284,7 +284,7 @@ class TaskReader:
             comm,
             letter,
             cpu,
-            bool(on_cpu),
+            on_cpu != 0,
             False,
             self.registers,
         )
