@@ -304,8 +304,121 @@ static PyObject *walk_spans(PyObject *self, PyObject *args)
     return Py_BuildValue("(Kn)", node, steps);
 }
 
+/* The members of a task's span as walk_spans gives them (linux/tasks.py's
+ * _Span.NAMES order), and the record build_task_records makes of them. */
+enum { PID, TGID, COMM, PARENT, STATE, EXIT_STATE, CPU, ON_CPU, TASKS, SIGNAL, LINK, PREV,
+       NMEMBERS };
+
+/* The record of one task, or NULL with no exception set when a cache misses. */
+static PyObject *task_record(PyObject *entry, PyObject *m, PyObject *task_type,
+                             PyObject *registers, PyObject *comms, PyObject *states,
+                             PyObject *tgids)
+{
+    PyObject *comm = PyDict_GetItemWithError(comms, PyTuple_GET_ITEM(m, COMM)); /* borrowed */
+    if (comm == NULL)
+        return NULL;
+    PyObject *key = PyTuple_Pack(2, PyTuple_GET_ITEM(m, STATE), PyTuple_GET_ITEM(m, EXIT_STATE));
+    if (key == NULL)
+        return NULL;
+    PyObject *letter = PyDict_GetItemWithError(states, key); /* borrowed */
+    Py_DECREF(key);
+    if (letter == NULL)
+        return NULL;
+    PyObject *parent = PyTuple_GET_ITEM(m, PARENT);
+    PyObject *ppid; /* borrowed */
+    static PyObject *zero = NULL;
+    if (zero == NULL && (zero = PyLong_FromLong(0)) == NULL)
+        return NULL;
+    int none = PyObject_Not(parent);
+    int own = none ? 0 : PyObject_RichCompareBool(parent, entry, Py_EQ);
+    if (none < 0 || own < 0)
+        return NULL;
+    if (none || own)
+        ppid = zero; /* no parent, or its own (init_task): ppid 0 */
+    else if ((ppid = PyDict_GetItemWithError(tgids, parent)) == NULL)
+        return NULL;
+    int running = PyObject_IsTrue(PyTuple_GET_ITEM(m, ON_CPU));
+    if (running < 0)
+        return NULL;
+    PyObject *args[] = {
+        entry, PyTuple_GET_ITEM(m, PID), PyTuple_GET_ITEM(m, TGID), ppid, comm, letter,
+        PyTuple_GET_ITEM(m, CPU), running ? Py_True : Py_False, Py_False, registers,
+    };
+    /* held across the call: the dicts lent them, and Python code runs in it */
+    Py_INCREF(comm);
+    Py_INCREF(letter);
+    Py_INCREF(ppid);
+    PyObject *task = PyObject_Vectorcall(task_type, args, 10, NULL);
+    Py_DECREF(comm);
+    Py_DECREF(letter);
+    Py_DECREF(ppid);
+    if (task == NULL)
+        return NULL;
+    PyObject *record = PyTuple_Pack(5, task, PyTuple_GET_ITEM(m, TASKS), PyTuple_GET_ITEM(m, SIGNAL),
+                                    PyTuple_GET_ITEM(m, LINK), PyTuple_GET_ITEM(m, PREV));
+    Py_DECREF(task);
+    return record;
+}
+
+PyDoc_STRVAR(build_task_records_doc,
+"build_task_records(addresses, found, task_type, registers, comms, states, tgids,\n"
+"                   records, record) -> None\n\n"
+"linux/tasks.py's TaskReader._record for each task walk_spans read: for the\n"
+"task at addresses[i] with members found[i] (in _Span.NAMES order) not in\n"
+"`records` yet, records[address] = (task_type(address, pid, tgid, ppid, comm,\n"
+"letter, cpu, on_cpu != 0, False, registers), tasks, signal, thread link .next,\n"
+"thread link .prev), its comm from `comms` (raw bytes -> str), its letter from\n"
+"`states` ((state, exit_state) -> str) and its ppid from `tgids` (parent ->\n"
+"tgid; 0 with no parent or itself as parent). Where one of those has no entry\n"
+"yet, record(address, members) makes the record, in Python, and fills it.");
+
+static PyObject *build_task_records(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *addresses, *found, *task_type, *registers, *comms, *states, *tgids, *records,
+        *fallback;
+    if (!PyArg_ParseTuple(args, "O!O!OOO!O!O!O!O", &PyList_Type, &addresses, &PyList_Type, &found,
+                          &task_type, &registers, &PyDict_Type, &comms, &PyDict_Type, &states,
+                          &PyDict_Type, &tgids, &PyDict_Type, &records, &fallback))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(found);
+    if (PyList_GET_SIZE(addresses) != n) {
+        PyErr_SetString(PyExc_ValueError, "addresses and found differ in length");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *entry = PyList_GET_ITEM(addresses, i);
+        PyObject *m = PyList_GET_ITEM(found, i);
+        if (!PyTuple_Check(m) || PyTuple_GET_SIZE(m) != NMEMBERS) {
+            PyErr_Format(PyExc_ValueError, "found[%zd] is not a task's %d members", i, NMEMBERS);
+            return NULL;
+        }
+        int known = PyDict_Contains(records, entry);
+        if (known < 0)
+            return NULL;
+        if (known)
+            continue;
+        PyObject *record = task_record(entry, m, task_type, registers, comms, states, tgids);
+        if (record == NULL && PyErr_Occurred())
+            return NULL;
+        if (record == NULL) { /* a cache missed: the Python way, which fills it */
+            PyObject *made = PyObject_CallFunctionObjArgs(fallback, entry, m, NULL);
+            if (made == NULL)
+                return NULL;
+            Py_DECREF(made);
+            continue;
+        }
+        int bad = PyDict_SetItem(records, entry, record);
+        Py_DECREF(record);
+        if (bad < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"walk_spans", walk_spans, METH_VARARGS, walk_spans_doc},
+    {"build_task_records", build_task_records, METH_VARARGS, build_task_records_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -19,3 +19,14 @@ def walk_spans(
     out: list[int],
     found: list[tuple[object, ...]],
 ) -> tuple[int, int]: ...
+def build_task_records(
+    addresses: list[int],
+    found: list[tuple[object, ...]],
+    task_type: type,
+    registers: object,
+    comms: dict[bytes, str],
+    states: dict[tuple[int, int], str],
+    tgids: dict[int, int],
+    records: dict[int, tuple[object, ...] | None],
+    record: Callable[[int, tuple[object, ...]], object],
+) -> None: ...

@@ -57,6 +57,9 @@ class Counted:
         self.steps += steps
         return node, steps
 
+    def build_task_records(self, *args):
+        return self.module.build_task_records(*args)
+
 
 def outcome(path: Path, in_c: bool, monkeypatch, vmlinux: Path | None = None) -> tuple:
     """What the task walk of `path` gives, with the loop in C or without:
@@ -158,6 +161,49 @@ def test_the_c_loop_reads_what_the_layers_read(samples):
         layers = span.pick(span.unpack(dump.read(task + span.start, span.length)))
         assert (steps, out, found) == (1, [task], [layers])
         assert stop == layers[span.NAMES.index("tasks")]
+
+
+def test_task_records_built_in_c_equal_those_built_in_python(samples):
+    """build_task_records against TaskReader._record on the members walk_spans
+    read: a first pass makes each record with _record where a cache has no
+    entry yet (a new comm, state or parent), which fills it; a second pass,
+    its caches full, makes every record in C. Both equal _record's."""
+    lw = listwalk()
+    dump = kvmcore.open(str(samples.get_built(SID).file("elf")))
+    tasks = readable_in_c(dump, tasks_mod.TaskReader(dump, lambda task: {}))
+    found: list[tuple] = []
+    for task in tasks:
+        reader = tasks_mod.TaskReader(dump, lambda task: {})
+        found += walk_spans(dump, reader, task + reader.off_tasks, limit=1)[3]
+    registers = dump.kernel.task_registers  # one for both: a Task compares it too
+    in_python = tasks_mod.TaskReader(dump, registers)
+    for task, members in zip(tasks, found):
+        in_python._record(task, members)
+    in_c = tasks_mod.TaskReader(dump, registers)
+    by_python: list[int] = []
+
+    def fallback(address: int, members: tuple) -> tuple:
+        by_python.append(address)
+        return in_c._record(address, members)
+
+    for fresh in (True, False):
+        in_c._records.clear()
+        by_python.clear()
+        lw.build_task_records(
+            tasks, found, tasks_mod.Task, registers, in_c._comms, in_c._states, in_c._tgids,
+            in_c._records, fallback,
+        )  # fmt: skip
+        assert in_c._records == in_python._records
+        assert by_python if fresh else not by_python
+
+
+def test_task_records_refuse_what_is_not_a_tasks_members():
+    lw = listwalk()
+    args = (tasks_mod.Task, None, {}, {}, {}, {}, lambda a, m: None)
+    with pytest.raises(ValueError):
+        lw.build_task_records([1], [], *args)
+    with pytest.raises(ValueError):
+        lw.build_task_records([1], [(1, 2, 3)], *args)
 
 
 def test_the_c_loop_stops_at_a_node_met_before_the_head_and_the_limit(samples):

@@ -165,7 +165,7 @@ class TaskReader:
         # THREAD_PREV; None when its span could not be read (read() says why)
         self._records: dict[int, tuple[Any, ...] | None] = {}
         self._comms: dict[bytes, str] = {}
-        self._states: dict[int, str] = {}  # state | exit_state << 64 -> its letter
+        self._states: dict[tuple[int, int], str] = {}
         #: for the loop in C: each 2 MiB block's file offset, -1 where it cannot read
         self._c_blocks: dict[int, int] = {}
         self._in_c = self._walker_in_c()
@@ -193,6 +193,8 @@ class TaskReader:
             self.THREAD_LINK: _Span.NAMES.index("thread_link"),
         }
         records, record = self._records, self._record
+        build = _listwalk.build_task_records
+        comms, states, tgids, registers = self._comms, self._states, self._tgids, self.registers
 
         def walk(
             node: int,
@@ -214,9 +216,10 @@ class TaskReader:
                     mask, big, limit, seen, out, found,
                 )  # fmt: skip
             finally:  # what it read is recorded, even if it raised (MemoryError) midway
-                for entry, fields in zip(out[first:], found):
-                    if entry not in records:
-                        record(entry, fields)
+                # _record's work, in C where the caches know the comm, the
+                # state's letter and the parent's tgid; _record where not
+                addresses = out[first : first + len(found)]
+                build(addresses, found, Task, registers, comms, states, tgids, records, record)
             return node, steps
 
         return walk
@@ -272,9 +275,9 @@ class TaskReader:
             comm = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
             if len(comms) < 4096:
                 comms[raw] = comm
-        letter = self._states.get(state | exit_state << 64)
+        letter = self._states.get((state, exit_state))
         if letter is None:
-            letter = self._states[state | exit_state << 64] = state_char(state, exit_state)
+            letter = self._states[state, exit_state] = state_char(state, exit_state)
         ppid = self._tgids.get(parent) if parent and parent != address else 0
         task = Task(
             address,
