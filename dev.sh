@@ -49,11 +49,15 @@ apt_install() {  # apt_install PKG...: install what is missing
     fi
 }
 
-c_toolchain() {  # c_toolchain: gcc and Python's headers, to build kvmcore/_listwalk.c (the
-    # task walk's loop in C). Optional: without them kvmcore installs and walks in Python
+has_c_toolchain() {  # has_c_toolchain: gcc and python3's headers are here
     local include
     include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-    command -v gcc >/dev/null && [ -f "$include/Python.h" ] && return 0
+    command -v gcc >/dev/null && [ -f "$include/Python.h" ]
+}
+
+c_toolchain() {  # c_toolchain: gcc and Python's headers, to build kvmcore/_listwalk.c (the
+    # task walk's loop in C). Optional: without them kvmcore installs and walks in Python
+    has_c_toolchain && return 0
     command -v apt-get >/dev/null || return 0
     (apt_install gcc python3-dev) || echo "dev.sh: warning: no C compiler or Python headers:" \
         "kvmcore will walk task lists in Python (slower on dumps of many tasks)" >&2
@@ -67,9 +71,10 @@ venv() {  # venv EXTRAS: a virtual environment with kvmcore installed (editable)
     hash=$(sha256sum pyproject.toml | cut -d' ' -f1)
     if [ -x "$VENV/bin/kvmcore" ] && { [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ] ||
             [ "$(cat "$VENV/.kvmcore-installed[test]" 2>/dev/null)" = "$hash" ]; }; then
-        return 0
+        # ... or when it was installed without the C toolchain, which is here now
+        "$VENV/bin/python" -c 'import kvmcore._listwalk' 2>/dev/null && return 0
+        has_c_toolchain || return 0
     fi
-    c_toolchain
     "$VENV/bin/pip" install -q --upgrade pip >/dev/null
     "$VENV/bin/pip" install -q -e ".$1"
     echo "$hash" >"$stamp"
@@ -91,6 +96,7 @@ lint() {  # lint: ruff (lint + format check), mypy (strict on the public API), a
 case "${1:-}" in
 analyze)
     shift
+    c_toolchain
     venv ""
     exec "$VENV/bin/kvmcore" analyze "$@"
     ;;

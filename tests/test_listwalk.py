@@ -337,7 +337,6 @@ def test_a_wild_pointer_stops_both_walks_alike(damage_site, tmp_path, monkeypatc
     assert_same_damage(copy, monkeypatch, "task list walk stopped")
 
 
-@pytest.mark.fast
 def test_the_c_loop_reads_big_endian_members(tmp_path):
     """Members of a big-endian kernel (s390x; no sample's tasks lie in large
     pages there, so this is a generated file, not a dump): two structures on
