@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from ..symbols.leb128 import read_uleb
+
 # standard opcodes (DW_LNS_*) and extended opcodes (DW_LNE_*)
 _COPY, _ADVANCE_PC, _ADVANCE_LINE, _SET_FILE, _SET_COLUMN = 1, 2, 3, 4, 5
 _NEGATE_STMT, _SET_BASIC_BLOCK, _CONST_ADD_PC, _FIXED_ADVANCE_PC = 6, 7, 8, 9
@@ -57,16 +59,7 @@ def line_rows(data: bytes, header: Any, little: bool) -> list[tuple[int, int, in
                 line += line_base + adjusted % line_range
                 append((address, file, line, False))
             elif op == 0:  # extended: ULEB length, sub-opcode, operands
-                # LEB128 decoded inline here and below, not by symbols.leb128:
-                # a call per opcode is most of this loop's time
-                size = shift = 0
-                while True:
-                    byte = data[pos]
-                    pos += 1
-                    size |= (byte & 0x7F) << shift
-                    shift += 7
-                    if not byte & 0x80:
-                        break
+                size, pos = read_uleb(data, pos)
                 end = pos + size
                 if size == 0 or end > n:
                     raise Declined("extended opcode past the program's end")
@@ -84,6 +77,8 @@ def line_rows(data: bytes, header: Any, little: bool) -> list[tuple[int, int, in
             elif op == _COPY:
                 append((address, file, line, False))
             elif op in (_ADVANCE_PC, _ADVANCE_LINE, _SET_FILE):
+                # LEB128 decoded inline, not by symbols.leb128: these are most
+                # of a program's opcodes, and a call each was most of this loop
                 value = shift = 0
                 while True:
                     byte = data[pos]
